@@ -1,0 +1,219 @@
+/* roi_align.c — RoI-Align forward and backward on the CPU (torchvision.ops.roi_align semantics, DESIGN §7.1).
+ *
+ * Complexity: forward O(K * C * ph * pw * samples), backward the same plus O(N * C * H * W) to clear grad_input.
+ * Threads: forward over (RoI, channel block), backward over (image, channel block); deterministic.
+ */
+#include <string.h>
+
+#include "dr_roi_align.h"
+#include "dynrefer.h"
+
+#define DR_TAPCAP 256   /* bilinear taps (4 per sample) gathered per pass over a channel block */
+#define DR_CBLK_MAX 512 /* channels per task */
+
+/* A parallel loop's context: the kernel arguments and the channel blocking. */
+typedef struct {
+    const dr_roi_args *a;
+    int64_t cblk, ncb;
+} roi_ctx;
+
+#define DR_T float
+#define DR_LD(x) (x)
+#define DR_ST(x) (x)
+#define DR_RT float
+#define DR_RS(name) name##_f
+#define DR_KS(name) name##_f32
+#include "roi_align_cpu.inc"
+#undef DR_T
+#undef DR_LD
+#undef DR_ST
+#undef DR_RT
+#undef DR_RS
+#undef DR_KS
+
+#define DR_T double
+#define DR_LD(x) (x)
+#define DR_ST(x) (x)
+#define DR_RT double
+#define DR_RS(name) name##_d
+#define DR_KS(name) name##_f64
+#include "roi_align_cpu.inc"
+#undef DR_T
+#undef DR_LD
+#undef DR_ST
+#undef DR_RT
+#undef DR_RS
+#undef DR_KS
+
+#define DR_T uint16_t
+#define DR_LD(x) dr_f16_to_f32(x)
+#define DR_ST(x) dr_f32_to_f16(x)
+#define DR_RT float
+#define DR_RS(name) name##_f
+#define DR_KS(name) name##_f16
+#include "roi_align_cpu.inc"
+#undef DR_T
+#undef DR_LD
+#undef DR_ST
+#undef DR_RT
+#undef DR_RS
+#undef DR_KS
+
+#define DR_T uint16_t
+#define DR_LD(x) dr_bf16_to_f32(x)
+#define DR_ST(x) dr_f32_to_bf16(x)
+#define DR_RT float
+#define DR_RS(name) name##_f
+#define DR_KS(name) name##_bf16
+#include "roi_align_cpu.inc"
+#undef DR_T
+#undef DR_LD
+#undef DR_ST
+#undef DR_RT
+#undef DR_RS
+#undef DR_KS
+
+/* Every batch index must name an image: rois[k, 0] in (-1, N) truncates to [0, N). O(K). */
+static dr_status check_batch_indices(const dr_roi_args *a) {
+    for (int64_t k = 0; k < a->K; k++) {
+        double b = dr_load_real(a->rois, a->rois_dtype, k * a->roi_s[0]);
+        if (!(b > -1.0 && b < (double)a->N))
+            return dr_set_error(DR_EINVAL, "roi_align: rois[%lld, 0] = %g is not a batch index in [0, %lld)",
+                                (long long)k, b, (long long)a->N);
+    }
+    return DR_OK;
+}
+
+/* Split C into blocks so that there are enough tasks for the pool: at least 4 per thread when possible. */
+static void choose_blocks(int64_t outer, int64_t C, int64_t *cblk, int64_t *ncb) {
+    int64_t want = 4 * (int64_t)dr_get_num_threads();
+    int64_t nb = outer >= want ? 1 : (want + outer - 1) / (outer > 0 ? outer : 1);
+    if (nb > C)
+        nb = C > 0 ? C : 1;
+    int64_t b = (C + nb - 1) / nb;
+    if (b > DR_CBLK_MAX)
+        b = DR_CBLK_MAX;
+    if (b < 1)
+        b = 1;
+    *cblk = b;
+    *ncb = (C + b - 1) / b;
+}
+
+static dr_status prepare(const dr_tensor *feat, const dr_tensor *rois, const dr_tensor *pooled,
+                         const dr_roi_align_params *p, int backward, dr_roi_args *a) {
+    dr_status st = dr_roi_align_make_args(feat, rois, pooled, p, backward, a);
+    if (st != DR_OK)
+        return st;
+    if (feat->device != DR_CPU)
+        return dr_set_error(DR_EINVAL, "roi_align: CPU kernel called with tensors on another device");
+    return check_batch_indices(a);
+}
+
+static dr_status check_dtypes(const dr_tensor *data, const dr_tensor *out, int backward) {
+    if (data->dtype != DR_FLOAT32 && data->dtype != DR_FLOAT64 && data->dtype != DR_FLOAT16 &&
+        data->dtype != DR_BFLOAT16)
+        return dr_set_error(DR_EINVAL, "roi_align: unsupported dtype %s", dr_dtype_name(data->dtype));
+    dr_dtype want = backward ? (data->dtype == DR_FLOAT64 ? DR_FLOAT64 : DR_FLOAT32) : data->dtype;
+    if (out->dtype != want)
+        return dr_set_error(DR_EINVAL, "roi_align: %s must be %s for %s data, got %s",
+                            backward ? "grad_input" : "output", dr_dtype_name(want), dr_dtype_name(data->dtype),
+                            dr_dtype_name(out->dtype));
+    return DR_OK;
+}
+
+#define DR_DISPATCH(dtype, NAME, ...)                                                                              \
+    switch (dtype) {                                                                                               \
+    case DR_FLOAT32:                                                                                               \
+        NAME##_f32(__VA_ARGS__);                                                                                   \
+        break;                                                                                                     \
+    case DR_FLOAT64:                                                                                               \
+        NAME##_f64(__VA_ARGS__);                                                                                   \
+        break;                                                                                                     \
+    case DR_FLOAT16:                                                                                               \
+        NAME##_f16(__VA_ARGS__);                                                                                   \
+        break;                                                                                                     \
+    default:                                                                                                       \
+        NAME##_bf16(__VA_ARGS__);                                                                                  \
+        break;                                                                                                     \
+    }
+
+static void run_tasks(dr_dtype dt, int64_t ntasks, void (*f32)(void *, int64_t, int64_t),
+                      void (*f64)(void *, int64_t, int64_t), void (*f16)(void *, int64_t, int64_t),
+                      void (*bf16)(void *, int64_t, int64_t), void *ctx) {
+    dr_task_fn fn = dt == DR_FLOAT32 ? f32 : dt == DR_FLOAT64 ? f64 : dt == DR_FLOAT16 ? f16 : bf16;
+    dr_parallel_for(ntasks, 1, fn, ctx);
+}
+
+/* Forward: output[k, c, :, :] = RoI-Align of input[rois[k,0], c] over box rois[k,1:5]. */
+dr_status dr_roi_align_forward_cpu(const dr_tensor *input, const dr_tensor *rois, dr_tensor *output,
+                                   const dr_roi_align_params *p) {
+    dr_roi_args a;
+    dr_status st = check_dtypes(input, output, 0);
+    if (st == DR_OK)
+        st = prepare(input, rois, output, p, 0, &a);
+    if (st != DR_OK)
+        return st;
+    if (a.K == 0 || a.C == 0)
+        return DR_OK;
+    roi_ctx cx;
+    cx.a = &a;
+    choose_blocks(a.K, a.C, &cx.cblk, &cx.ncb);
+    run_tasks(input->dtype, a.K * cx.ncb, roi_fwd_task_f32, roi_fwd_task_f64, roi_fwd_task_f16, roi_fwd_task_bf16,
+              &cx);
+    return DR_OK;
+}
+
+/* Backward: grad_input (float32, or float64 for float64 data) = Σ over RoIs of the bilinear weights times
+ * grad_output / count. grad_input is overwritten. */
+dr_status dr_roi_align_backward_cpu(const dr_tensor *grad_output, const dr_tensor *rois, dr_tensor *grad_input,
+                                    const dr_roi_align_params *p) {
+    dr_roi_args a;
+    dr_status st = check_dtypes(grad_output, grad_input, 1);
+    if (st == DR_OK)
+        st = prepare(grad_input, rois, grad_output, p, 1, &a);
+    if (st != DR_OK)
+        return st;
+    if (a.N == 0 || a.C == 0 || a.H == 0 || a.W == 0)
+        return DR_OK;
+    roi_ctx cx;
+    cx.a = &a;
+    choose_blocks(a.N, a.C, &cx.cblk, &cx.ncb);
+    run_tasks(grad_output->dtype, a.N * cx.ncb, roi_bwd_task_f32, roi_bwd_task_f64, roi_bwd_task_f16,
+              roi_bwd_task_bf16, &cx);
+    return DR_OK;
+}
+
+dr_status dr_roi_align_forward_elementwise_cpu(const dr_tensor *input, const dr_tensor *rois, dr_tensor *output,
+                                               const dr_roi_align_params *p) {
+    dr_roi_args a;
+    dr_status st = check_dtypes(input, output, 0);
+    if (st == DR_OK)
+        st = prepare(input, rois, output, p, 0, &a);
+    if (st != DR_OK)
+        return st;
+    roi_ctx cx;
+    cx.a = &a;
+    run_tasks(input->dtype, a.K * a.C * a.pooled_h * a.pooled_w, roi_fwd_elem_task_f32, roi_fwd_elem_task_f64,
+              roi_fwd_elem_task_f16, roi_fwd_elem_task_bf16, &cx);
+    return DR_OK;
+}
+
+dr_status dr_roi_align_backward_elementwise_cpu(const dr_tensor *grad_output, const dr_tensor *rois,
+                                                dr_tensor *grad_input, const dr_roi_align_params *p,
+                                                int deterministic) {
+    dr_roi_args a;
+    dr_status st = check_dtypes(grad_output, grad_input, 1);
+    if (st == DR_OK)
+        st = prepare(grad_input, rois, grad_output, p, 1, &a);
+    if (st != DR_OK)
+        return st;
+    if (deterministic) {
+        roi_ctx cx;
+        cx.a = &a;
+        run_tasks(grad_output->dtype, a.N * a.C, roi_bwd_plane_task_f32, roi_bwd_plane_task_f64,
+                  roi_bwd_plane_task_f16, roi_bwd_plane_task_bf16, &cx);
+    } else {
+        DR_DISPATCH(grad_output->dtype, roi_bwd_scatter_serial, &a);
+    }
+    return DR_OK;
+}

@@ -1,0 +1,37 @@
+/* runtime.cuh — helpers shared by the CUDA launchers: device guard, error reporting, launch geometry. */
+#ifndef DR_RUNTIME_CUH
+#define DR_RUNTIME_CUH
+
+#include <cuda_runtime.h>
+
+#include "dynrefer.h"
+
+/* Make `device` current for the launcher's scope and restore the caller's device afterwards. */
+struct dr_device_guard {
+    int prev;
+    bool changed;
+    explicit dr_device_guard(int device) : prev(-1), changed(false) {
+        if (cudaGetDevice(&prev) == cudaSuccess && prev != device)
+            changed = cudaSetDevice(device) == cudaSuccess;
+    }
+    ~dr_device_guard() {
+        if (changed)
+            cudaSetDevice(prev);
+    }
+};
+
+/* Turn a CUDA error into DR_ECUDA with the CUDA error string. */
+static inline dr_status dr_cuda_check(cudaError_t err, const char *what) {
+    if (err == cudaSuccess)
+        return DR_OK;
+    return dr_set_error(DR_ECUDA, "%s: CUDA error: %s", what, cudaGetErrorString(err));
+}
+
+/* Blocks for a grid-stride loop over n elements with `threads` per block. */
+static inline unsigned dr_blocks(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    const int64_t cap = (int64_t)1 << 20;
+    return (unsigned)(b < 1 ? 1 : (b > cap ? cap : b));
+}
+
+#endif

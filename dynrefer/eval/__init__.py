@@ -1,0 +1,30 @@
+"""Evaluation metrics for the DynRefer benchmarks, in pure Python/NumPy (no PyTorch).
+
+Each metric reproduces its reference implementation (named in its module's docstring):
+
+- :mod:`~dynrefer.eval.tokenizer`, :mod:`~dynrefer.eval.bleu`, :mod:`~dynrefer.eval.cider`,
+  :mod:`~dynrefer.eval.meteor` — pycocoevalcap's PTB tokenisation, BLEU-1..4, CIDEr-D and METEOR 1.5
+  (same ``compute_score(gts, res)`` interface; tokenisation and METEOR run pycocoevalcap's jars with Java);
+- :mod:`~dynrefer.eval.densecap` — densecap's dense captioning mAP as DynRefer computes it;
+- :mod:`~dynrefer.eval.ovad` — OVAD box-oracle attribute mAP, the annotation loader, DynRefer's prompts;
+- :mod:`~dynrefer.eval.recognition` — COCO region recognition accuracy and COCOeval box mAP;
+- :mod:`~dynrefer.eval.api` — :func:`evaluate` for all of them and the paper-style :func:`format_report`.
+"""
+
+from ._checks import PredictionError
+from ._resources import JavaUnavailableError
+from .api import TASKS, caption_metrics, evaluate, format_report
+from .bleu import Bleu
+from .cider import Cider
+from .densecap import DenseCapEvaluator, densecap_map
+from .meteor import Meteor
+from .ovad import OvadAnnotations, load_ovad, max_over_prompts, ovad_ap, ovad_prompts
+from .recognition import coco_box_map, coco_recognition
+from .tokenizer import PTBTokenizer
+
+__all__ = [
+    "evaluate", "format_report", "caption_metrics", "TASKS", "PredictionError", "JavaUnavailableError",
+    "Bleu", "Cider", "Meteor", "PTBTokenizer", "DenseCapEvaluator", "densecap_map",
+    "OvadAnnotations", "load_ovad", "ovad_ap", "ovad_prompts", "max_over_prompts",
+    "coco_recognition", "coco_box_map",
+]
