@@ -1,0 +1,25 @@
+"""dynrefer.ops: the kernels as framework-agnostic ops.
+
+Each op takes NumPy arrays (returns arrays, forward only) or PyTorch tensors on CPU or CUDA (returns tensors,
+differentiable through ``torch.library`` custom ops that also work under ``torch.compile`` and autocast).
+Importing this package does not import PyTorch; the PyTorch registrations load on first use with a tensor.
+
+Ops:
+    roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False)
+        drop-in for ``torchvision.ops.roi_align``
+    RoIAlign(output_size, spatial_scale, sampling_ratio, aligned=False)
+        drop-in for ``torchvision.ops.RoIAlign`` (an ``nn.Module``; needs PyTorch)
+"""
+from dynrefer.ops.errors import BoxesShapeError
+from dynrefer.ops.roi_align import roi_align
+
+__all__ = ["roi_align", "RoIAlign", "BoxesShapeError"]
+
+
+def __getattr__(name):
+    # nn.Module classes need torch: load them only when asked for.
+    if name == "RoIAlign":
+        from dynrefer.ops._torch_roi_align import RoIAlign
+
+        return RoIAlign
+    raise AttributeError(f"module 'dynrefer.ops' has no attribute {name!r}")

@@ -1,0 +1,41 @@
+"""Argument helpers shared by the ops (no torch import here)."""
+import numbers
+
+
+def pair(value, name):
+    """An int or a pair of ints → (int, int), each >= 1 (torchvision's ``_pair`` plus validation)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        out = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+    ):
+        out = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return out
+
+
+def real(value, name):
+    """A finite Python float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def integer(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def is_torch_tensor(x):
+    """True for a torch.Tensor, without importing torch when it is not loaded."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)

@@ -1,0 +1,189 @@
+"""PyTorch face of RoI-Align: ``dynrefer::roi_align`` and its backward as ``torch.library`` custom ops.
+
+* eager, ``torch.compile(fullgraph=True)`` (fake implementations give shapes, dtypes and strides), autocast (the
+  op runs natively in the input's dtype with float32 accumulation and returns that dtype, as torchvision's
+  autocast wrapper does);
+* backward: gradient for the input only (boxes get None, as in torchvision); the backward op is itself
+  differentiable (it is linear in the gradient, its derivative is the forward op), so double backward works;
+* CUDA: runs on PyTorch's current stream; backward uses atomics unless
+  ``torch.use_deterministic_algorithms(True)`` is on, then a fixed-order gather.
+"""
+import torch
+from torch import Tensor
+
+from dynrefer import _C
+from dynrefer.ops._common import integer, pair, real
+from dynrefer.ops.errors import BoxesShapeError
+
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _stream(t: Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
+def _channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _check_cuda_batch_indices(rois: Tensor, n: int) -> None:
+    # The CPU kernel checks batch indices itself; device memory needs a reduction (one sync).
+    if rois.numel() == 0:
+        return
+    b = rois[:, 0]
+    bad = ~((b > -1) & (b < n))
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        raise ValueError(f"roi_align: rois[{k}, 0] = {float(b[k])} is not a batch index in [0, {n})")
+
+
+@torch.library.custom_op("dynrefer::roi_align", mutates_args=())
+def roi_align_op(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool
+) -> Tensor:
+    if input.dim() != 4:
+        raise ValueError(f"roi_align: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
+    if rois.dim() != 2:
+        raise BoxesShapeError(f"The boxes tensor shape is not correct as Tensor[K, 5], got {tuple(rois.shape)}")
+    out = torch.empty((rois.shape[0], input.shape[1], pooled_height, pooled_width), dtype=input.dtype, device=input.device)
+    if input.is_cuda and rois.device == input.device:
+        _check_cuda_batch_indices(rois, input.shape[0])
+    _C.roi_align_forward(
+        input.detach(), rois.detach(), out, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+        stream=_stream(input),
+    )
+    return out
+
+
+@roi_align_op.register_fake
+def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    torch._check(input.dim() == 4, lambda: "roi_align: input must be 4-D")
+    torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "roi_align: rois must be [K, 5]")
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+@torch.library.custom_op("dynrefer::roi_align_backward", mutates_args=())
+def roi_align_backward_op(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    batch_size: int,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+    channels_last: bool,
+) -> Tensor:
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gi = torch.empty((batch_size, grad.shape[1], height, width), dtype=acc, device=grad.device, memory_format=fmt)
+    _C.roi_align_backward(
+        grad.detach(), rois.detach(), gi, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+        deterministic=torch.are_deterministic_algorithms_enabled(), stream=_stream(grad),
+    )
+    return gi if gi.dtype == dtype else gi.to(dtype)
+
+
+@roi_align_backward_op.register_fake
+def _roi_align_backward_fake(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+                             batch_size, height, width, dtype, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((batch_size, grad.shape[1], height, width), dtype=dtype, device=grad.device, memory_format=fmt)
+
+
+def _setup(ctx, inputs, output):
+    input, rois, spatial_scale, ph, pw, sr, aligned = inputs
+    ctx.save_for_backward(rois)
+    ctx.params = (spatial_scale, ph, pw, sr, aligned)
+    ctx.in_shape = (input.shape[0], input.shape[2], input.shape[3])
+    ctx.in_dtype = input.dtype
+    ctx.channels_last = _channels_last(input)
+
+
+def _backward(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    n, h, w = ctx.in_shape
+    gi = roi_align_backward_op(grad, rois, *ctx.params, n, h, w, ctx.in_dtype, ctx.channels_last)
+    return gi, None, None, None, None, None, None
+
+
+roi_align_op.register_autograd(_backward, setup_context=_setup)
+
+
+def _bwd_setup(ctx, inputs, output):
+    grad, rois, spatial_scale, ph, pw, sr, aligned = inputs[:7]
+    ctx.save_for_backward(rois)
+    ctx.params = (spatial_scale, ph, pw, sr, aligned)
+    ctx.grad_dtype = grad.dtype
+
+
+def _bwd_backward(ctx, ggi):
+    (rois,) = ctx.saved_tensors
+    gg = roi_align_op(ggi.to(ctx.grad_dtype), rois, *ctx.params)
+    return (gg,) + (None,) * 11
+
+
+roi_align_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_setup)
+
+
+def _rois(boxes, input: Tensor) -> Tensor:
+    """torchvision's check_roi_boxes_shape + convert_boxes_to_roi_format."""
+    if isinstance(boxes, (list, tuple)):
+        parts = []
+        for i, b in enumerate(boxes):
+            if not isinstance(b, Tensor):
+                raise TypeError(f"roi_align: boxes[{i}] must be a tensor, got {type(b).__name__}")
+            if b.dim() != 2 or b.shape[1] != 4:
+                raise BoxesShapeError(
+                    f"The shape of the tensor in the boxes list is not correct as List[Tensor[L, 4]], got {tuple(b.shape)} at {i}"
+                )
+            parts.append(torch.cat([torch.full_like(b[:, :1], i), b], dim=1))
+        if not parts:
+            raise BoxesShapeError("boxes is an empty list; expected one [L, 4] tensor per image")
+        rois = torch.cat(parts, dim=0)
+    elif isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise BoxesShapeError(f"The boxes tensor shape is not correct as Tensor[K, 5], got {tuple(boxes.shape)}")
+        rois = boxes
+    else:
+        raise BoxesShapeError(f"boxes is expected to be a Tensor[L, 5] or a List[Tensor[K, 4]], got {type(boxes).__name__}")
+    if rois.dtype not in _FLOATS:
+        raise TypeError(f"roi_align: boxes must be a floating-point tensor, got {rois.dtype}")
+    if rois.device != input.device:
+        raise ValueError(f"roi_align: boxes are on {rois.device} but input is on {input.device}")
+    return rois
+
+
+def roi_align(input: Tensor, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False) -> Tensor:
+    if input.dtype not in _FLOATS:
+        raise TypeError(f"roi_align: input must be a floating-point tensor, got {input.dtype}")
+    if input.dim() != 4:
+        raise ValueError(f"roi_align: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
+    ph, pw = pair(output_size, "output_size")
+    rois = _rois(boxes, input)
+    return roi_align_op(
+        input, rois, real(spatial_scale, "spatial_scale"), ph, pw, integer(sampling_ratio, "sampling_ratio"), bool(aligned)
+    )
+
+
+class RoIAlign(torch.nn.Module):
+    """Drop-in for ``torchvision.ops.RoIAlign``."""
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input: Tensor, rois) -> Tensor:
+        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned})"
+        )

@@ -1,0 +1,64 @@
+"""RoI-Align with torchvision's semantics (DESIGN §7.1), for NumPy arrays and PyTorch tensors."""
+import numpy as np
+
+from dynrefer.ops._common import integer, is_torch_tensor, pair, real
+from dynrefer.ops.errors import BoxesShapeError
+
+
+def _numpy_rois(boxes):
+    """[K,5] rois from an array [K,5] or a list of [L,4] arrays (batch index = position in the list)."""
+    if isinstance(boxes, np.ndarray):
+        if boxes.ndim != 2 or boxes.shape[1] != 5:
+            raise BoxesShapeError(f"The boxes tensor shape is not correct as Tensor[K, 5], got {boxes.shape}")
+        rois = boxes
+    elif isinstance(boxes, (list, tuple)):
+        parts = []
+        for i, b in enumerate(boxes):
+            b = np.asarray(b)
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise BoxesShapeError(
+                    f"The shape of the tensor in the boxes list is not correct as List[Tensor[L, 4]], got {b.shape} at {i}"
+                )
+            parts.append(np.concatenate([np.full((b.shape[0], 1), i, dtype=b.dtype), b], axis=1))
+        if not parts:
+            raise BoxesShapeError("boxes is an empty list; expected one [L, 4] array per image")
+        rois = np.concatenate(parts, axis=0)
+    else:
+        raise BoxesShapeError(f"boxes is expected to be a Tensor[L, 5] or a List[Tensor[K, 4]], got {type(boxes).__name__}")
+    if rois.dtype.kind != "f":
+        raise TypeError(f"roi_align: boxes must be floating point, got {rois.dtype}")
+    return rois
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """RoI-Align, a drop-in for ``torchvision.ops.roi_align``.
+
+    Args:
+        input: ``[N, C, H, W]`` features (float32/float64/float16/bfloat16; any strides, channels-last included).
+        boxes: ``[K, 5]`` rois ``(batch_index, x1, y1, x2, y2)`` or a list of ``[L, 4]`` boxes, one per image.
+        output_size: ``int`` or ``(height, width)`` of each pooled map.
+        spatial_scale: factor mapping box coordinates to feature coordinates.
+        sampling_ratio: samples per bin along each axis; ``<= 0`` picks ``ceil(roi_size / output_size)``.
+        aligned: shift boxes by -0.5 pixel (pixel-centre convention).
+
+    Returns ``[K, C, output_h, output_w]`` in the input's type: an ndarray for NumPy input (forward only) or a
+    tensor (differentiable, ``torch.compile``-able) for PyTorch input. A batch index outside ``[0, N)`` raises
+    ValueError; non-finite box coordinates pool to zeros.
+    """
+    if is_torch_tensor(input):
+        from dynrefer.ops import _torch_roi_align
+
+        return _torch_roi_align.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    if not isinstance(input, np.ndarray):
+        raise TypeError(f"roi_align: input must be a NumPy array or a torch.Tensor, got {type(input).__name__}")
+    ph, pw = pair(output_size, "output_size")
+    scale = real(spatial_scale, "spatial_scale")
+    sr = integer(sampling_ratio, "sampling_ratio")
+    if input.ndim != 4:
+        raise ValueError(f"roi_align: input must be 4-D [N, C, H, W], got shape {input.shape}")
+    rois = _numpy_rois(boxes)
+    from dynrefer import _C
+
+    out = np.empty((rois.shape[0], input.shape[1], ph, pw), dtype=input.dtype)
+    _C.roi_align_forward(input, rois, out, scale, ph, pw, sr, bool(aligned))
+    return out
