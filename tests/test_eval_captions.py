@@ -2,7 +2,6 @@
 PTB tokenisation and METEOR 1.5 (identical when Java runs both)."""
 
 import math
-import random
 
 import numpy as np
 import pytest
@@ -80,6 +79,18 @@ def test_caption_scorers_reject_bad_input(scorer):
         scorer.compute_score({1: []}, {1: ["a"]})
     with pytest.raises(TypeError):
         scorer.compute_score({1: "a b"}, {1: ["a b"]})
+
+
+def test_clear_error_without_java(monkeypatch, tmp_path):
+    from dynrefer.eval import Meteor, PTBTokenizer
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    for cls in (Meteor, PTBTokenizer):
+        with pytest.raises(JavaUnavailableError, match="java"):
+            cls()
+    with pytest.raises(JavaUnavailableError):
+        caption_metrics({1: ["a dog"]}, {1: ["a dog"]})
 
 
 # ---------------------------------------------------------------- Java: tokenizer, METEOR ----------------------

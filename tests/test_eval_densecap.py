@@ -80,12 +80,13 @@ def test_unmatched_gt_lowers_recall_and_missing_detections_still_count():
 
 
 def test_merge_boxes_greedy_order():
-    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10.5], [0, 0, 10, 11], [50, 50, 60, 60], [0, 0, 10, 14]], float)
-    groups = merge_boxes(boxes, 0.7)
-    # box 1 overlaps boxes 0, 2 (and itself) the most; 4 overlaps only 2 (10/14 ~ .714) but 2 is taken
-    assert [g.tolist() for g in groups] == [[0, 1, 2], [3], [4]]
-    iou = box_iou(boxes[:1], boxes[3:4])
-    assert iou[0, 0] == 0
+    # heights 10, 11 (IoU .909), 16 (IoU .625 / .6875 with them), one far box
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 11], [50, 50, 60, 60], [0, 0, 10, 16]], float)
+    assert [g.tolist() for g in merge_boxes(boxes, 0.7)] == [[0, 1], [2], [3]]
+    # a hub box merges boxes that do not overlap each other enough: heights 10 and 14.4 (IoU .694) via 12
+    chain = np.array([[0, 0, 10, 10], [0, 0, 10, 14.4], [0, 0, 10, 12]], float)
+    assert [g.tolist() for g in merge_boxes(chain, 0.7)] == [[0, 1, 2]]
+    assert box_iou(boxes[:1], boxes[2:3])[0, 0] == 0
 
 
 def test_score_ties_and_float32_ordering():

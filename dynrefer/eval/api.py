@@ -185,7 +185,8 @@ def format_report(results: Mapping[str, Mapping[str, object]], method: str = "Dy
                   rows: Optional[Mapping[str, Mapping[str, Mapping[str, object]]]] = None) -> str:
     """Paper-style tables. ``results = {dataset: metrics from evaluate}`` for ``method``; dataset keys are
     ``refcocog``, ``vg``, ``vg1.0``, ``vg1.2``, ``vgcoco``, ``ovad``, ``coco``. ``rows`` adds other methods
-    (``{method: results}``) above it. Tables with no value at all are left out; missing cells print ``-``."""
+    (``{method: results}``) above it, each only in the tables where it has a value. Tables with no value at all
+    are left out; missing cells print ``-``."""
     all_rows = dict(rows or {})
     all_rows[method] = results
     lines = []
@@ -199,7 +200,8 @@ def format_report(results: Mapping[str, Mapping[str, object]], method: str = "Dy
             for _, ds, key in cols:
                 v = r.get(ds, {}).get(key)
                 cells.append("-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{float(v):.1f}")
-            body.append(cells)
+            if any(c != "-" for c in cells[1:]) or name == method:
+                body.append(cells)
         widths = [max(len(row[i]) for row in [headers] + body) for i in range(len(headers))]
         fmt = lambda row: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                                             for i, (c, w) in enumerate(zip(row, widths))) + " |"

@@ -23,7 +23,7 @@ reference script, which only matter on malformed input: images with no detection
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 

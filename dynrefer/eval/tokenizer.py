@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from typing import Dict, Hashable, List, Mapping, Sequence, Union
 
-from ._resources import JavaUnavailableError, find_java, pycocoevalcap_file
+from ._resources import find_java, pycocoevalcap_file
 
 __all__ = ["PTBTokenizer", "PUNCTUATIONS"]
 
@@ -95,10 +95,3 @@ class PTBTokenizer:
             result[k].append(t)
         return result
 
-
-def _available() -> bool:
-    try:
-        PTBTokenizer()
-    except JavaUnavailableError:
-        return False
-    return True
