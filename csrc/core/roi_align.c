@@ -10,6 +10,10 @@
 
 #define DR_TAPCAP 256   /* bilinear taps (4 per sample) gathered per pass over a channel block */
 #define DR_CBLK_MAX 512 /* channels per task */
+#define DR_ALLTAPS 8192 /* taps of a whole RoI kept for reuse across its channels */
+#define DR_BINCAP 1024  /* bins of a RoI for the whole-RoI tap path */
+#define DR_ROWBUF 8192  /* accumulators of a row of bins (channels-last) */
+#define DR_PLANAR_CBLK 16 /* channels per task for planar (NCHW) data: their planes stay in cache */
 
 /* A parallel loop's context: the kernel arguments and the channel blocking. */
 typedef struct {
@@ -85,14 +89,14 @@ static dr_status check_batch_indices(const dr_roi_args *a) {
 }
 
 /* Split C into blocks so that there are enough tasks for the pool: at least 4 per thread when possible. */
-static void choose_blocks(int64_t outer, int64_t C, int64_t *cblk, int64_t *ncb) {
+static void choose_blocks(int64_t outer, int64_t C, int64_t maxblk, int64_t *cblk, int64_t *ncb) {
     int64_t want = 4 * (int64_t)dr_get_num_threads();
     int64_t nb = outer >= want ? 1 : (want + outer - 1) / (outer > 0 ? outer : 1);
     if (nb > C)
         nb = C > 0 ? C : 1;
     int64_t b = (C + nb - 1) / nb;
-    if (b > DR_CBLK_MAX)
-        b = DR_CBLK_MAX;
+    if (b > maxblk)
+        b = maxblk;
     if (b < 1)
         b = 1;
     *cblk = b;
@@ -155,11 +159,19 @@ dr_status dr_roi_align_forward_cpu(const dr_tensor *input, const dr_tensor *rois
         return st;
     if (a.K == 0 || a.C == 0)
         return DR_OK;
+    dr_hint_output_memory(output);
     roi_ctx cx;
     cx.a = &a;
-    choose_blocks(a.K, a.C, &cx.cblk, &cx.ncb);
-    run_tasks(input->dtype, a.K * cx.ncb, roi_fwd_task_f32, roi_fwd_task_f64, roi_fwd_task_f16, roi_fwd_task_bf16,
-              &cx);
+    if (a.in_s[1] != 1 && a.N * ((a.C + DR_PLANAR_CBLK - 1) / DR_PLANAR_CBLK) >= 2 * dr_get_num_threads()) {
+        /* planar input: tasks (image, 16 channels) */
+        choose_blocks(a.N, a.C, DR_PLANAR_CBLK, &cx.cblk, &cx.ncb);
+        run_tasks(input->dtype, a.N * cx.ncb, roi_fwd_img_task_f32, roi_fwd_img_task_f64, roi_fwd_img_task_f16,
+                  roi_fwd_img_task_bf16, &cx);
+    } else {
+        choose_blocks(a.K, a.C, DR_CBLK_MAX, &cx.cblk, &cx.ncb);
+        run_tasks(input->dtype, a.K * cx.ncb, roi_fwd_task_f32, roi_fwd_task_f64, roi_fwd_task_f16,
+                  roi_fwd_task_bf16, &cx);
+    }
     return DR_OK;
 }
 
@@ -175,9 +187,10 @@ dr_status dr_roi_align_backward_cpu(const dr_tensor *grad_output, const dr_tenso
         return st;
     if (a.N == 0 || a.C == 0 || a.H == 0 || a.W == 0)
         return DR_OK;
+    dr_hint_output_memory(grad_input);
     roi_ctx cx;
     cx.a = &a;
-    choose_blocks(a.N, a.C, &cx.cblk, &cx.ncb);
+    choose_blocks(a.N, a.C, a.out_s[1] == 1 ? DR_CBLK_MAX : DR_PLANAR_CBLK, &cx.cblk, &cx.ncb);
     run_tasks(grad_output->dtype, a.N * cx.ncb, roi_bwd_task_f32, roi_bwd_task_f64, roi_bwd_task_f16,
               roi_bwd_task_bf16, &cx);
     return DR_OK;

@@ -73,6 +73,10 @@ int dr_is_contiguous(const dr_tensor *t);
 /* Checked products for sizes: return 0 on overflow. */
 int dr_mul_overflow(int64_t a, int64_t b, int64_t *out);
 
+/* Hint that a large CPU output about to be written for the first time should use huge pages (no effect on
+ * results). */
+void dr_hint_output_memory(const dr_tensor *t);
+
 /* ---- threads ----------------------------------------------------------------------------------------- */
 
 /* Body of a parallel loop: processes tasks [begin, end). */

@@ -1,0 +1,38 @@
+"""Timing helpers shared by the benchmarks: warm, median of repeats, same process for every contender."""
+import statistics
+import time
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def bench(fn, device="cpu", min_repeats=5, max_repeats=50, budget_s=3.0, warmup=1):
+    """Median wall time of fn() in seconds: `warmup` untimed calls, then repeats until the budget is spent."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def table(rows, headers):
+    """Format rows (lists of str) as a Markdown table."""
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def fmt_ms(s):
+    return f"{s * 1e3:.2f} ms"
