@@ -1,0 +1,33 @@
+"""Shared fixtures: the shared data folder, device lists, fresh random generators."""
+import os
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+@pytest.fixture
+def shared_data():
+    """Path of ../shared/data; skips the test when it is absent."""
+    if not os.path.isdir(SHARED_DATA):
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def rng(request):
+    """A NumPy generator seeded from the test's name, so every test draws its own fresh inputs reproducibly."""
+    seed = abs(hash(request.node.nodeid)) % (2**32)
+    return np.random.default_rng(seed)
+
+
+def cuda_devices():
+    try:
+        import torch
+    except ImportError:
+        return []
+    import dynrefer
+
+    return ["cuda"] if torch.cuda.is_available() and dynrefer.cuda_available() else []
