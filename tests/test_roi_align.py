@@ -1,0 +1,337 @@
+"""RoI-Align against torchvision: its own TestRoIAlign cases, property tests, autograd, compile, autocast,
+DataLoader workers, and CUDA (skipped without a GPU)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import dynrefer  # noqa: E402
+from conftest import cuda_devices  # noqa: E402
+from dynrefer import ops  # noqa: E402
+
+tv_roi_align = torchvision.ops.roi_align
+DEVICES = ["cpu"] + cuda_devices()
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+# --- torchvision's TestRoIAlign ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("rois_dtype", [None, torch.float16, torch.float32, torch.float64])
+def test_forward_torchvision_cases(device, contiguous, aligned, x_dtype, rois_dtype):
+    # torchvision test_ops.py RoIOpTester._helper_forward: 2x50x10x10, pool 5, sampling -1, four rois
+    rois_dtype = x_dtype if rois_dtype is None else rois_dtype
+    torch.manual_seed(hash((contiguous, aligned, str(x_dtype), str(rois_dtype))) % 2**31)
+    x = torch.rand(2, 50, 10, 10, dtype=x_dtype, device=device)
+    if not contiguous:
+        x = x.permute(0, 1, 3, 2)
+    rois = torch.tensor([[0, 0, 0, 9, 9], [0, 0, 5, 4, 9], [0, 5, 5, 9, 9], [1, 0, 0, 9, 9]], dtype=rois_dtype, device=device)
+    y = ops.roi_align(x, rois, 5, spatial_scale=1, sampling_ratio=-1, aligned=aligned)
+    assert y.dtype == x.dtype and y.shape == (4, 50, 5, 5)
+    golden = tv_roi_align(x.double(), rois.double(), 5, 1, -1, aligned)
+    if x_dtype in (torch.float32, torch.float64) and rois_dtype in (torch.float32, torch.float64):
+        assert rel_err(y, golden) < 1e-5
+    else:
+        # low precision: within a small multiple of torchvision's own error in that precision
+        try:
+            peer = tv_roi_align(x, rois.to(x_dtype), 5, 1, -1, aligned)
+        except (RuntimeError, NotImplementedError):  # no bfloat16 kernel on this device: its autocast route
+            peer = tv_roi_align(x.float(), rois.float(), 5, 1, -1, aligned).to(x_dtype)
+        assert rel_err(y, golden) <= 2 * rel_err(peer, golden) + 1e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_backward_gradcheck_torchvision_cases(device, seed, contiguous):
+    # torchvision RoIOpTester.test_backward: 1x8x5x5 float64, pool 2, sampling 1
+    torch.manual_seed(seed)
+    x = torch.rand(1, 8, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
+    if not contiguous:
+        x = x.permute(0, 1, 3, 2)
+    rois = torch.tensor([[0, 0, 0, 4, 4], [0, 0, 2, 3, 4], [0, 2, 2, 4, 4]], dtype=torch.float64, device=device)
+    assert torch.autograd.gradcheck(lambda z: ops.roi_align(z, rois, 2, 1, 1), (x,))
+    assert torch.autograd.gradgradcheck(lambda z: ops.roi_align(z, rois, 2, 1, 1), (x,))
+
+
+def test_boxes_shape_torchvision_cases():
+    a = torch.linspace(1, 8 * 8, 8 * 8).reshape(1, 1, 8, 8)
+    with pytest.raises(AssertionError):
+        ops.roi_align(a, torch.tensor([[0, 0, 3, 3]], dtype=a.dtype), output_size=(2, 2))
+    with pytest.raises(AssertionError):
+        ops.roi_align(a, [torch.tensor([[0, 0, 3]], dtype=a.dtype)], output_size=(2, 2))
+    with pytest.raises(AssertionError):
+        ops.roi_align(a, "boxes", output_size=(2, 2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_list_of_boxes_and_module(device):
+    torch.manual_seed(3)
+    x = torch.rand(2, 4, 12, 12, device=device)
+    boxes = [torch.rand(3, 4, device=device) * 10, torch.rand(5, 4, device=device) * 10]
+    boxes = [torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], 1) for b in boxes]
+    ours = ops.roi_align(x, boxes, (3, 2), 0.75, 2, True)
+    assert torch.equal(ours, tv_roi_align(x, boxes, (3, 2), 0.75, 2, True))
+    m, ref = ops.RoIAlign((3, 2), 0.75, 2, True), torchvision.ops.RoIAlign((3, 2), 0.75, 2, True)
+    assert repr(m) == repr(ref)
+    assert torch.equal(m(x, boxes), ref(x, boxes))
+
+
+def test_golden_detectron2_with_gradients():
+    x = torch.arange(25.0).reshape(1, 1, 5, 5).requires_grad_()
+    box = torch.tensor([[0, 3, 4, 5, 4.0]])  # empty box: zeros and zero gradient (aligned)
+    y = ops.roi_align(x, box, 7, 1.0, 0, aligned=True)
+    y.sum().backward()
+    assert torch.all(y == 0) and torch.all(x.grad == 0)
+    empty = ops.roi_align(torch.zeros(0, 3, 5, 5, requires_grad=True), torch.zeros(0, 5), 4, 1.0, 0, True)
+    assert empty.shape == (0, 3, 4, 4)
+    empty.sum().backward()
+
+
+# --- property tests against torchvision ----------------------------------------------------------------------
+
+@st.composite
+def roi_cases(draw):
+    n = draw(st.integers(1, 3))
+    c = draw(st.integers(1, 5))
+    h = draw(st.integers(1, 11))
+    w = draw(st.integers(1, 11))
+    k = draw(st.integers(0, 7))
+    kind = draw(st.sampled_from(["inside", "partly", "outside", "negative", "tiny", "huge"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = np.random.default_rng(seed)
+    size = max(h, w)
+    if kind == "inside":
+        xy, wh = g.uniform(0, size * 0.8, (k, 2)), g.uniform(0.5, size * 0.5, (k, 2))
+    elif kind == "partly":
+        xy, wh = g.uniform(-size, size, (k, 2)), g.uniform(0, 2 * size, (k, 2))
+    elif kind == "outside":
+        xy, wh = g.uniform(size * 2, size * 4, (k, 2)) * g.choice([-1, 1], (k, 2)), g.uniform(0, size, (k, 2))
+    elif kind == "negative":  # x2 < x1 and/or y2 < y1
+        xy, wh = g.uniform(0, size, (k, 2)), -g.uniform(0, size, (k, 2))
+    elif kind == "tiny":
+        xy, wh = g.uniform(0, size, (k, 2)), g.uniform(0, 1e-3, (k, 2))
+    else:
+        xy, wh = -g.uniform(0, 50 * size, (k, 2)), g.uniform(50 * size, 150 * size, (k, 2))
+    rois = np.concatenate([g.integers(0, n, (k, 1)), xy, xy + wh], 1)
+    return dict(
+        shape=(n, c, h, w),
+        rois=rois,
+        output_size=(draw(st.integers(1, 4)), draw(st.integers(1, 4))),
+        spatial_scale=draw(st.sampled_from([0.25, 0.5, 1.0, 1.3])),
+        sampling_ratio=draw(st.sampled_from([-1, 0, 1, 2, 3]) if kind != "huge" else st.sampled_from([1, 2, 0])),
+        aligned=draw(st.booleans()),
+        layout=draw(st.sampled_from(["contiguous", "channels_last", "permuted", "sliced"])),
+        dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+        seed=seed,
+    )
+
+
+def _layout(x, layout):
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "permuted":
+        return x.transpose(2, 3).contiguous().transpose(2, 3)
+    if layout == "sliced":
+        big = torch.zeros(x.shape[0], x.shape[1] * 2, x.shape[2], x.shape[3] + 3, dtype=x.dtype)
+        big[:, ::2, :, 1:-2] = x
+        return big[:, ::2, :, 1:-2]
+    return x
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(roi_cases())
+def test_property_against_torchvision(case):
+    torch.manual_seed(case["seed"])
+    x0 = torch.randn(case["shape"], dtype=torch.float64)
+    x = _layout(x0.to(case["dtype"]), case["layout"]).requires_grad_(True)
+    rois = torch.tensor(case["rois"], dtype=case["dtype"])
+    kw = {k: case[k] for k in ("output_size", "spatial_scale", "sampling_ratio", "aligned")}
+    y = ops.roi_align(x, rois, **kw)
+    ref = tv_roi_align(x0.requires_grad_(True), rois.double(), **kw)
+    tol = 1e-5 if case["dtype"] == torch.float32 else 1e-12
+    assert y.shape == ref.shape and y.dtype == case["dtype"]
+    assert (y.double() - ref).norm() <= tol * max(ref.norm().item(), 1e-6)
+    go = torch.randn(ref.shape, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(y, x, go.to(case["dtype"]))
+    (gref,) = torch.autograd.grad(ref, x0, go)
+    assert gx.shape == x.shape and gx.dtype == x.dtype
+    assert (gx.double() - gref).norm() <= tol * max(gref.norm().item(), 1e-6)
+
+
+# --- robustness ----------------------------------------------------------------------------------------------
+
+def test_non_finite_boxes_zero_output_and_grad():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    rois = torch.tensor([[0, float("nan"), 1, 4, 4], [1, 1, float("inf"), 4, 4], [1, -float("inf"), 0, float("inf"), 5]])
+    for sr in (-1, 2):
+        y = ops.roi_align(x, rois, 3, 1.0, sr)
+        assert torch.all(y == 0)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert torch.all(g == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_batch_index(device):
+    x = torch.randn(2, 1, 4, 4, device=device)
+    for b in (-1.0, 2.0, float("nan")):
+        with pytest.raises(ValueError, match="batch index"):
+            ops.roi_align(x, torch.tensor([[b, 0, 0, 2, 2]], device=device), 2)
+
+
+def test_bad_arguments_torch():
+    x = torch.randn(1, 2, 4, 4)
+    r = torch.tensor([[0, 0, 0, 2, 2.0]])
+    with pytest.raises(TypeError):
+        ops.roi_align(x.int(), r, 2)
+    with pytest.raises(TypeError):
+        ops.roi_align(x, r.long(), 2)
+    with pytest.raises(ValueError):
+        ops.roi_align(x[0], r, 2)
+    with pytest.raises(ValueError):
+        ops.roi_align(x, r, 0)
+    with pytest.raises(ValueError):
+        ops.roi_align(x, r, 2, float("nan"))
+    with pytest.raises(TypeError):
+        ops.roi_align(x, [r.numpy()[:, 1:]], 2)
+    with pytest.raises(ValueError, match="are on meta but input is on cpu"):
+        ops.roi_align(x, r.to("meta"), 2)
+    with pytest.raises(TypeError):
+        ops.roi_align(x.to(torch.complex64), r, 2)
+
+
+# --- PyTorch integration -------------------------------------------------------------------------------------
+
+def test_torch_compile_fullgraph():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 10, 12, requires_grad=True)
+    boxes = [torch.tensor([[1.0, 1, 5, 5]]), torch.tensor([[0.0, 0, 3, 3], [2, 2, 9, 7]])]
+
+    def f(t, bs):
+        return ops.roi_align(t, bs, (2, 3), 1.0, -1, True).relu().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    (g1,) = torch.autograd.grad(compiled(x, boxes), x)
+    (g2,) = torch.autograd.grad(tv_roi_align(x, boxes, (2, 3), 1.0, -1, True).relu().sum(), x)
+    assert torch.allclose(g1, g2, atol=1e-6)
+
+
+def test_torch_library_opcheck():
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 0.5, 1, 4, 5], [1, 1, 0, 6, 6.5]], dtype=torch.float64)
+    torch.library.opcheck(torch.ops.dynrefer.roi_align.default, (x, rois, 0.8, 3, 2, 2, False))
+    xcl = torch.randn(2, 3, 6, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.dynrefer.roi_align.default, (xcl, rois.float(), 1.0, 2, 2, -1, True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_autocast_keeps_input_dtype(dtype):
+    x = torch.randn(1, 4, 8, 8, dtype=dtype)
+    rois = torch.tensor([[0, 1, 1, 6, 6.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.roi_align(x, rois, 2, 1.0, 2)
+        ref = tv_roi_align(x, rois.to(dtype), 2, 1.0, 2)
+    assert y.dtype == ref.dtype == dtype
+
+
+def test_channels_last_gradient_keeps_layout():
+    x = torch.randn(2, 16, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
+    rois = torch.tensor([[1, 0, 0, 8, 8], [0, 2, 1, 5, 7.5]])
+    ops.roi_align(x, rois, 4, 1.0, 2).sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_import_ops_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, numpy as np, dynrefer.ops as o; o.roi_align(np.zeros((1,1,3,3)), np.zeros((1,5)), 2); assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+class _RoIDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(1, 8, 16, 16, generator=g)
+        rois = torch.tensor([[0, 1.0 + i, 1, 12, 13]])
+        return ops.roi_align(x, rois, 4, 1.0, 2), tv_roi_align(x, rois, 4, 1.0, 2)
+
+
+def test_dataloader_forked_workers():
+    ops.roi_align(torch.randn(2, 64, 32, 32), torch.tensor([[0, 1, 1, 30, 30.0]] * 64), 7)  # pool up in parent
+    loader = torch.utils.data.DataLoader(_RoIDataset(), batch_size=2, num_workers=2, multiprocessing_context="fork", timeout=120)
+    for ours, ref in loader:
+        assert torch.equal(ours, ref)
+
+
+# --- CUDA ------------------------------------------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not cuda_devices(), reason="no CUDA device (or dynrefer built without CUDA)")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_matches_cpu(dtype, layout):
+    torch.manual_seed(0)
+    x = _layout(torch.randn(3, 6, 13, 11, dtype=dtype), layout)
+    rois = torch.cat([torch.randint(0, 3, (20, 1)).float(), torch.rand(20, 2) * 8, torch.rand(20, 2) * 8 + 8], 1)
+    rois[0, 1] = float("nan")
+    for aligned in (False, True):
+        cpu = ops.roi_align(x, rois, (3, 4), 0.9, -1, aligned)
+        gpu = ops.roi_align(x.cuda(), rois.cuda(), (3, 4), 0.9, -1, aligned)
+        tol = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2
+        assert rel_err(gpu.cpu(), cpu) < tol
+        xg = x.cuda().requires_grad_()
+        go = torch.randn(gpu.shape, device="cuda", dtype=dtype)
+        (g_gpu,) = torch.autograd.grad(ops.roi_align(xg, rois.cuda(), (3, 4), 0.9, -1, aligned), xg, go)
+        xc = x.clone().requires_grad_()
+        (g_cpu,) = torch.autograd.grad(ops.roi_align(xc, rois, (3, 4), 0.9, -1, aligned), xc, go.cpu())
+        assert rel_err(g_gpu.cpu(), g_cpu) < tol
+
+
+@cuda
+def test_cuda_deterministic_backward_bitwise():
+    torch.manual_seed(1)
+    x = torch.randn(2, 32, 20, 20, device="cuda", requires_grad=True)
+    rois = torch.cat([torch.randint(0, 2, (300, 1)).float(), torch.rand(300, 2) * 10, torch.rand(300, 2) * 10 + 10], 1).cuda()
+    go = torch.randn(300, 32, 5, 5, device="cuda")
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = [torch.autograd.grad(ops.roi_align(x, rois, 5, 1.0, 2), x, go)[0] for _ in range(3)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+    (fast,) = torch.autograd.grad(ops.roi_align(x, rois, 5, 1.0, 2), x, go)
+    assert rel_err(fast, grads[0]) < 1e-5
+
+
+@cuda
+def test_cuda_gradcheck_and_stream():
+    x = torch.rand(1, 4, 6, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    rois = torch.tensor([[0, 0, 0, 4, 4], [0, 1.5, 2, 5, 5]], dtype=torch.float64, device="cuda")
+    assert torch.autograd.gradcheck(lambda z: ops.roi_align(z, rois, 2, 1.0, -1, True), (x,))
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        y = ops.roi_align(x.detach(), rois, 2, 1.0, -1, True)
+    s.synchronize()
+    assert torch.allclose(y, tv_roi_align(x.detach(), rois, 2, 1.0, -1, True))
+
+
+@cuda
+def test_cuda_cpu_mixed_devices_rejected():
+    with pytest.raises(ValueError, match="boxes are on cpu but input is on cuda"):
+        ops.roi_align(torch.randn(1, 1, 4, 4, device="cuda"), torch.tensor([[0, 0, 0, 2, 2.0]]), 2)
