@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# GPU check: build the CUDA kernels, run every test (CUDA ones included), print the benchmark tables.
+#   bash benchmarks/gpu_check.sh            (on a machine with an NVIDIA GPU, nvcc and PyTorch; no network needed)
+# Environment: PYTHON (default python3), DYNREFER_CUDA_ARCHS (default: this GPU's compute capability).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+if [ -z "${DYNREFER_CUDA_ARCHS:-}" ]; then
+    DYNREFER_CUDA_ARCHS=$($PY -c "import torch; p=torch.cuda.get_device_capability(); print(f'{p[0]}{p[1]}')" 2>/dev/null || echo 90)
+fi
+export DYNREFER_CUDA=1 DYNREFER_CUDA_ARCHS
+echo "== build (sm_${DYNREFER_CUDA_ARCHS})"
+start=$(date +%s)
+$PY -m pip install --no-build-isolation --no-deps -q -e . || { echo "BUILD FAILED"; exit 1; }
+echo "built in $(( $(date +%s) - start )) s"
+$PY -c "import dynrefer, torch; print('torch', torch.__version__, '| dynrefer.cuda_available():', dynrefer.cuda_available()); assert dynrefer.cuda_available()" || exit 1
+echo "== tests"
+$PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_align_core.py -x -rs 2>&1 | tail -15
+status=${PIPESTATUS[0]}
+echo "== benchmarks (CUDA)"
+$PY benchmarks/bench_roi_align.py --device cuda
+exit $status
