@@ -46,8 +46,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
+    ap.add_argument("--no-index-checks", action="store_true", help="CUDA: skip the batch-index check (a host sync)")
     args = ap.parse_args()
     dev = args.device
+    if args.no_index_checks:
+        from dynrefer.ops import set_cuda_index_checks
+
+        set_cuda_index_checks(False)
     rows = []
     for case in (dynrefer_case, detection_case):
         name, x, rois, kw = case(dev, args.quick)

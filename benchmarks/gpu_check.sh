@@ -21,4 +21,6 @@ $PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_alig
 status=${PIPESTATUS[0]}
 echo "== benchmarks (CUDA)"
 $PY benchmarks/bench_roi_align.py --device cuda
+echo "-- without the per-call batch-index check (no host sync)"
+$PY benchmarks/bench_roi_align.py --device cuda --no-index-checks
 exit $status

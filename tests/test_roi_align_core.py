@@ -123,8 +123,11 @@ def test_float16_close_to_reference(rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("aligned", [False, True])
-def test_elementwise_bodies_equal_fast_path(rng, dtype, aligned):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_elementwise_bodies_equal_fast_path(rng, dtype, aligned, channels_last):
     x = rng.standard_normal((3, 5, 9, 7)).astype(dtype)
+    if channels_last:  # unit channel stride: the GPU bodies walk channels fastest
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     rois = random_rois(rng, 3, 9, 9, 7)
     rois[0, 1:] = [np.nan, 1, 2, 3]
     rois[1, 1:] = [-1e6, -1e6, 1e6, 1e6]  # huge: exercises the narrowed sample ranges
@@ -137,6 +140,8 @@ def test_elementwise_bodies_equal_fast_path(rng, dtype, aligned):
         go = rng.standard_normal(fast.shape).astype(dtype)
         acc = np.float64 if dtype == np.float64 else np.float32
         g_fast, g_det, g_atomic = (np.empty(x.shape, acc) for _ in range(3))
+        if channels_last:
+            g_fast, g_det, g_atomic = (np.empty((3, 9, 7, 5), acc).transpose(0, 3, 1, 2) for _ in range(3))
         _C.roi_align_backward(go, rois, g_fast, 0.8, 3, 4, sampling, aligned)
         _C.roi_align_backward(go, rois, g_det, 0.8, 3, 4, sampling, aligned, deterministic=True, impl="elementwise")
         _C.roi_align_backward(go, rois, g_atomic, 0.8, 3, 4, sampling, aligned, impl="elementwise")

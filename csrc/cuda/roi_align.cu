@@ -34,7 +34,12 @@ template <typename T> __host__ __device__ inline void dr_atomic_add(T *p, T v) {
     __global__ void roi_zero_##SFX(dr_roi_args a, int64_t total) {                                                 \
         for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;                                \
              i += (int64_t)gridDim.x * blockDim.x) {                                                               \
-            int64_t x = i % a.W, y = (i / a.W) % a.H, c = (i / (a.W * a.H)) % a.C, n = i / (a.W * a.H * a.C);     \
+            int64_t n, c, y, x;                                                                                    \
+            if (a.out_s[1] == 1) { /* channels-last: channel fastest, coalesced */                                \
+                c = i % a.C, x = (i / a.C) % a.W, y = (i / (a.C * a.W)) % a.H, n = i / (a.C * a.W * a.H);          \
+            } else {                                                                                               \
+                x = i % a.W, y = (i / a.W) % a.H, c = (i / (a.W * a.H)) % a.C, n = i / (a.W * a.H * a.C);          \
+            }                                                                                                      \
             ((RT *)a.output)[n * a.out_s[0] + c * a.out_s[1] + y * a.out_s[2] + x * a.out_s[3]] = 0;              \
         }                                                                                                          \
     }

@@ -9,11 +9,14 @@ Ops:
         drop-in for ``torchvision.ops.roi_align``
     RoIAlign(output_size, spatial_scale, sampling_ratio, aligned=False)
         drop-in for ``torchvision.ops.RoIAlign`` (an ``nn.Module``; needs PyTorch)
+    set_cuda_index_checks(enabled)
+        skip the per-call batch-index check (one host sync) on CUDA tensors
 """
+from dynrefer.ops._config import set_cuda_index_checks
 from dynrefer.ops.errors import BoxesShapeError
 from dynrefer.ops.roi_align import roi_align
 
-__all__ = ["roi_align", "RoIAlign", "BoxesShapeError"]
+__all__ = ["roi_align", "RoIAlign", "BoxesShapeError", "set_cuda_index_checks"]
 
 
 def __getattr__(name):

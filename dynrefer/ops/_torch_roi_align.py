@@ -13,6 +13,7 @@ from torch import Tensor
 
 from dynrefer import _C
 from dynrefer.ops._common import integer, pair, real
+from dynrefer.ops._config import cuda_index_checks
 from dynrefer.ops.errors import BoxesShapeError
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -46,7 +47,7 @@ def roi_align_op(
     if rois.dim() != 2:
         raise BoxesShapeError(f"The boxes tensor shape is not correct as Tensor[K, 5], got {tuple(rois.shape)}")
     out = torch.empty((rois.shape[0], input.shape[1], pooled_height, pooled_width), dtype=input.dtype, device=input.device)
-    if input.is_cuda and rois.device == input.device:
+    if input.is_cuda and rois.device == input.device and cuda_index_checks():
         _check_cuda_batch_indices(rois, input.shape[0])
     _C.roi_align_forward(
         input.detach(), rois.detach(), out, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
