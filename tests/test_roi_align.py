@@ -253,6 +253,19 @@ def test_channels_last_gradient_keeps_layout():
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_torch_tensors_through_dlpack():
+    # the raw binding takes torch tensors through their __dlpack__ (legacy or versioned), zero-copy
+    from dynrefer import _C
+
+    x = torch.randn(2, 3, 7, 7).contiguous(memory_format=torch.channels_last)
+    rois = torch.tensor([[1, 0.5, 1, 6, 5.5], [0, 2, 2, 4, 6]])
+    out = torch.empty(2, 3, 2, 2)
+    _C.roi_align_forward(x, rois, out, 1.0, 2, 2, 2, False)
+    assert torch.equal(out, tv_roi_align(x.contiguous(), rois, 2, 1.0, 2))
+    with pytest.raises(TypeError):
+        _C.roi_align_forward(x.requires_grad_(), rois, out, 1.0, 2, 2, 2, False)  # torch refuses to export
+
+
 def test_import_ops_does_not_import_torch():
     import subprocess
     import sys

@@ -231,6 +231,11 @@ def test_raw_binding_validation():
         ((x[0], r, ok), ValueError),
         ((x, r, "out"), TypeError),
         ((object(), r, ok), TypeError),
+        (((1, 2, 3), r, ok), TypeError),  # malformed descriptor tuple
+        (((0, 99, 0, 0, (1, 2, 4, 4), (32, 16, 4, 1)), r, ok), ValueError),  # unknown dtype code
+        (((0, 0, 7, 0, (1, 2, 4, 4), (32, 16, 4, 1)), r, ok), ValueError),  # unknown device
+        (((0, 0, 0, 0, (1, 2, 4), (32, 16, 4, 1)), r, ok), ValueError),  # rank mismatch
+        (((0, 0, 0, 0, (1, -2, 4, 4), (32, 16, 4, 1)), r, ok), ValueError),  # negative size
     ]
     for args, exc in cases:
         if exc is None:

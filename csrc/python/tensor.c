@@ -253,10 +253,51 @@ done:
     return cap;
 }
 
+/* (data_ptr, dtype, device, device_id, shape, strides): a descriptor built by dynrefer's own PyTorch layer from
+ * the tensor's properties (the tensor stays alive in the caller for the call). It avoids the DLPack round trip,
+ * whose producer side in PyTorch queries CUDA even for CPU tensors (which fails in a forked DataLoader worker
+ * of a CUDA-initialised parent). */
+static int from_descriptor(PyObject *obj, const char *name, dr_pyarg *out) {
+    unsigned long long ptr;
+    int dtype, device, device_id;
+    PyObject *shape, *strides;
+    if (!PyArg_ParseTuple(obj, "KiiiO!O!", &ptr, &dtype, &device, &device_id, &PyTuple_Type, &shape, &PyTuple_Type,
+                          &strides)) {
+        PyErr_Format(PyExc_TypeError, "%s: malformed tensor descriptor", name);
+        return -1;
+    }
+    Py_ssize_t nd = PyTuple_GET_SIZE(shape);
+    if (nd > DR_MAX_DIMS || PyTuple_GET_SIZE(strides) != nd || dtype < 0 || dtype >= DR_NUM_DTYPES ||
+        (device != DR_CPU && device != DR_CUDA) || device_id < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: invalid tensor descriptor", name);
+        return -1;
+    }
+    out->t.data = (void *)(uintptr_t)ptr;
+    out->t.dtype = (dr_dtype)dtype;
+    out->t.device = (dr_device)device;
+    out->t.device_id = device_id;
+    out->t.ndim = (int)nd;
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        out->t.shape[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, i));
+        out->t.strides[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(strides, i));
+        if (PyErr_Occurred())
+            return -1;
+        if (out->t.shape[i] < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: negative size in tensor descriptor", name);
+            return -1;
+        }
+    }
+    Py_INCREF(obj);
+    out->keep = obj;
+    return 0;
+}
+
 int dr_pyarg_from(PyObject *obj, const char *name, int writable, long long stream, dr_pyarg *out) {
     memset(out, 0, sizeof *out);
     if (PyArray_Check(obj))
         return from_numpy((PyArrayObject *)obj, name, writable, out);
+    if (PyTuple_Check(obj))
+        return from_descriptor(obj, name, out);
     if (!PyObject_HasAttrString(obj, "__dlpack__")) {
         PyErr_Format(PyExc_TypeError, "%s: expected a NumPy array or a tensor supporting __dlpack__, got %s", name,
                      Py_TYPE(obj)->tp_name);

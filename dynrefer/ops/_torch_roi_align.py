@@ -8,6 +8,8 @@
 * CUDA: runs on PyTorch's current stream; backward uses atomics unless
   ``torch.use_deterministic_algorithms(True)`` is on, then a fixed-order gather.
 """
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -21,6 +23,24 @@ _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 def _stream(t: Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3, torch.uint8: 4, torch.int32: 5,
+                torch.int64: 6, torch.bool: 8}
+
+
+def _desc(t: Tensor):
+    """The kernel descriptor of a CPU or CUDA tensor, read from its properties (zero-copy; no DLPack round trip)."""
+    if t.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"dynrefer ops run on CPU and CUDA tensors, got a tensor on {t.device}")
+    if t.dtype not in _DTYPE_CODES:
+        raise TypeError(f"unsupported dtype {t.dtype}")
+    return (t.data_ptr(), _DTYPE_CODES[t.dtype], int(t.is_cuda), t.device.index or 0, tuple(t.shape), tuple(t.stride()))
+
+
+def _device_of(t: Tensor):
+    # the launchers run on the current device's stream: make the tensor's device current for the call
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _channels_last(t: Tensor) -> bool:
@@ -49,10 +69,11 @@ def roi_align_op(
     out = torch.empty((rois.shape[0], input.shape[1], pooled_height, pooled_width), dtype=input.dtype, device=input.device)
     if input.is_cuda and rois.device == input.device and cuda_index_checks():
         _check_cuda_batch_indices(rois, input.shape[0])
-    _C.roi_align_forward(
-        input.detach(), rois.detach(), out, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-        stream=_stream(input),
-    )
+    with _device_of(input):
+        _C.roi_align_forward(
+            _desc(input), _desc(rois), _desc(out), spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+            stream=_stream(input),
+        )
     return out
 
 
@@ -81,10 +102,11 @@ def roi_align_backward_op(
     acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     gi = torch.empty((batch_size, grad.shape[1], height, width), dtype=acc, device=grad.device, memory_format=fmt)
-    _C.roi_align_backward(
-        grad.detach(), rois.detach(), gi, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-        deterministic=torch.are_deterministic_algorithms_enabled(), stream=_stream(grad),
-    )
+    with _device_of(grad):
+        _C.roi_align_backward(
+            _desc(grad), _desc(rois), _desc(gi), spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+            deterministic=torch.are_deterministic_algorithms_enabled(), stream=_stream(grad),
+        )
     return gi if gi.dtype == dtype else gi.to(dtype)
 
 
