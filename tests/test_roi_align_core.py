@@ -249,8 +249,9 @@ def test_raw_binding_validation():
         _C.roi_align_forward(x, r, ro, 1.0, 2, 2, 2, False)
     with pytest.raises(ValueError):
         _C.roi_align_forward(x, r, ok, 1.0, 0, 2, 2, False)
-    with pytest.raises(ValueError):
-        _C.roi_align_forward(x, r, ok, float("nan"), 2, 2, 2, False)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="spatial_scale must be finite, got (nan|inf|-inf)"):
+            _C.roi_align_forward(x, r, ok, bad, 2, 2, 2, False)
     with pytest.raises(ValueError, match="impl"):
         _C.roi_align_forward(x, r, ok, 1.0, 2, 2, 2, False, impl="magic")
     swapped = np.zeros((1, 2, 4, 4), np.float32).byteswap().view(np.dtype(np.float32).newbyteorder())

@@ -131,7 +131,9 @@ static int roi_align_check(const char *op, dr_pyarg *feat, const char *fname, dr
         return -1;
     }
     if (!isfinite(p->spatial_scale)) {
-        PyErr_Format(PyExc_ValueError, "%s: spatial_scale must be finite, got %g", op, p->spatial_scale);
+        /* PyErr_Format has no float conversions */
+        PyErr_Format(PyExc_ValueError, "%s: spatial_scale must be finite, got %s", op,
+                     isnan(p->spatial_scale) ? "nan" : (p->spatial_scale > 0 ? "inf" : "-inf"));
         return -1;
     }
     if (p->pooled_h <= 0 || p->pooled_w <= 0) {
