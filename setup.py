@@ -60,7 +60,7 @@ if SANITIZE:
     c_flags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
     link_flags += ["-fsanitize=address,undefined"]
 
-include_dirs = [rel("csrc", "include"), rel("csrc", "python"), np.get_include()]
+include_dirs = [rel("csrc", "include"), rel("csrc", "core"), rel("csrc", "python"), np.get_include()]
 core_sources = sorted(glob(rel("csrc", "core", "*.c")))
 
 ext_modules = [

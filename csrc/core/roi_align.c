@@ -21,61 +21,8 @@ typedef struct {
     int64_t cblk, ncb;
 } roi_ctx;
 
-#define DR_T float
-#define DR_LD(x) (x)
-#define DR_ST(x) (x)
-#define DR_RT float
-#define DR_RS(name) name##_f
-#define DR_KS(name) name##_f32
-#include "roi_align_cpu.inc"
-#undef DR_T
-#undef DR_LD
-#undef DR_ST
-#undef DR_RT
-#undef DR_RS
-#undef DR_KS
-
-#define DR_T double
-#define DR_LD(x) (x)
-#define DR_ST(x) (x)
-#define DR_RT double
-#define DR_RS(name) name##_d
-#define DR_KS(name) name##_f64
-#include "roi_align_cpu.inc"
-#undef DR_T
-#undef DR_LD
-#undef DR_ST
-#undef DR_RT
-#undef DR_RS
-#undef DR_KS
-
-#define DR_T uint16_t
-#define DR_LD(x) dr_f16_to_f32(x)
-#define DR_ST(x) dr_f32_to_f16(x)
-#define DR_RT float
-#define DR_RS(name) name##_f
-#define DR_KS(name) name##_f16
-#include "roi_align_cpu.inc"
-#undef DR_T
-#undef DR_LD
-#undef DR_ST
-#undef DR_RT
-#undef DR_RS
-#undef DR_KS
-
-#define DR_T uint16_t
-#define DR_LD(x) dr_bf16_to_f32(x)
-#define DR_ST(x) dr_f32_to_bf16(x)
-#define DR_RT float
-#define DR_RS(name) name##_f
-#define DR_KS(name) name##_bf16
-#include "roi_align_cpu.inc"
-#undef DR_T
-#undef DR_LD
-#undef DR_ST
-#undef DR_RT
-#undef DR_RS
-#undef DR_KS
+#define DR_INSTANTIATE "roi_align_cpu.inc"
+#include "dr_instantiate.h"
 
 /* Every batch index must name an image: rois[k, 0] in (-1, N) truncates to [0, N). O(K). */
 static dr_status check_batch_indices(const dr_roi_args *a) {

@@ -49,61 +49,8 @@ DR_HD static inline double dr_load_real(const void *p, int dtype, int64_t off) {
 #define DR_ATOMIC_ADD(ptr, v) (*(ptr) += (v))
 #endif
 
-#define DR_T float
-#define DR_LD(x) (x)
-#define DR_ST(x) (x)
-#define DR_RT float
-#define DR_RS(name) name##_f
-#define DR_KS(name) name##_f32
-#include "dr_roi_align_body.inc"
-#undef DR_T
-#undef DR_LD
-#undef DR_ST
-#undef DR_RT
-#undef DR_RS
-#undef DR_KS
-
-#define DR_T double
-#define DR_LD(x) (x)
-#define DR_ST(x) (x)
-#define DR_RT double
-#define DR_RS(name) name##_d
-#define DR_KS(name) name##_f64
-#include "dr_roi_align_body.inc"
-#undef DR_T
-#undef DR_LD
-#undef DR_ST
-#undef DR_RT
-#undef DR_RS
-#undef DR_KS
-
-#define DR_T uint16_t
-#define DR_LD(x) dr_f16_to_f32(x)
-#define DR_ST(x) dr_f32_to_f16(x)
-#define DR_RT float
-#define DR_RS(name) name##_f
-#define DR_KS(name) name##_f16
-#include "dr_roi_align_body.inc"
-#undef DR_T
-#undef DR_LD
-#undef DR_ST
-#undef DR_RT
-#undef DR_RS
-#undef DR_KS
-
-#define DR_T uint16_t
-#define DR_LD(x) dr_bf16_to_f32(x)
-#define DR_ST(x) dr_f32_to_bf16(x)
-#define DR_RT float
-#define DR_RS(name) name##_f
-#define DR_KS(name) name##_bf16
-#include "dr_roi_align_body.inc"
-#undef DR_T
-#undef DR_LD
-#undef DR_ST
-#undef DR_RT
-#undef DR_RS
-#undef DR_KS
+#define DR_INSTANTIATE "dr_roi_align_body.inc"
+#include "dr_instantiate.h"
 
 /* Check RoI-Align descriptors and fill dr_roi_args (host code, shared by the CPU and CUDA launchers).
  * data: input (forward) or grad_output (backward); out: output (forward) or grad_input (backward).
