@@ -114,6 +114,17 @@ static PyObject *raise_kernel(dr_status st, const dr_tensor *t) {
     return dr_raise_status(st, dr_last_error());
 }
 
+/* impl="fast" → 0, impl="elementwise" (the CUDA kernels' per-element bodies, run on the CPU) → 1, else -1 with a
+ * ValueError. */
+static int parse_impl(const char *impl) {
+    if (strcmp(impl, "fast") == 0)
+        return 0;
+    if (strcmp(impl, "elementwise") == 0)
+        return 1;
+    PyErr_Format(PyExc_ValueError, "impl must be 'fast' or 'elementwise', got '%s'", impl);
+    return -1;
+}
+
 /* ---- RoI-Align ----------------------------------------------------------------------------------------- */
 
 /* Shared argument handling of the forward and backward bindings: feat is [N,C,H,W], pooled is [K,C,ph,pw]. */
@@ -167,11 +178,9 @@ static PyObject *py_roi_align_forward(PyObject *self, PyObject *args, PyObject *
     p.pooled_w = pw;
     p.sampling_ratio = sr;
     p.aligned = aligned;
-    int elementwise = strcmp(impl, "elementwise") == 0;
-    if (!elementwise && strcmp(impl, "fast") != 0) {
-        PyErr_Format(PyExc_ValueError, "roi_align: impl must be 'fast' or 'elementwise', got '%s'", impl);
+    int elementwise = parse_impl(impl);
+    if (elementwise < 0)
         return NULL;
-    }
     dr_pyarg in, ro, out;
     PyObject *ret = NULL;
     memset(&ro, 0, sizeof ro);
@@ -228,11 +237,9 @@ static PyObject *py_roi_align_backward(PyObject *self, PyObject *args, PyObject 
     p.pooled_w = pw;
     p.sampling_ratio = sr;
     p.aligned = aligned;
-    int elementwise = strcmp(impl, "elementwise") == 0;
-    if (!elementwise && strcmp(impl, "fast") != 0) {
-        PyErr_Format(PyExc_ValueError, "roi_align: impl must be 'fast' or 'elementwise', got '%s'", impl);
+    int elementwise = parse_impl(impl);
+    if (elementwise < 0)
         return NULL;
-    }
     dr_pyarg go, ro, gi;
     PyObject *ret = NULL;
     memset(&ro, 0, sizeof ro);
