@@ -62,11 +62,13 @@ if SANITIZE:
 
 include_dirs = [rel("csrc", "include"), rel("csrc", "core"), rel("csrc", "python"), np.get_include()]
 core_sources = sorted(glob(rel("csrc", "core", "*.c")))
+# every binding file except the CUDA module's own
+binding_sources = sorted(s for s in glob(rel("csrc", "python", "*.c")) if not s.endswith("cuda_module.c"))
 
 ext_modules = [
     Extension(
         "dynrefer._C",
-        sources=core_sources + [rel("csrc", "python", "module.c"), rel("csrc", "python", "tensor.c")],
+        sources=core_sources + binding_sources,
         include_dirs=include_dirs,
         extra_compile_args=c_flags,
         extra_link_args=link_flags,

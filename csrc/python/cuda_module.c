@@ -4,10 +4,13 @@
 #include <Python.h>
 
 #include "cuda_api.h"
+#include "cuda_syms.h"
 
-static const dr_cuda_api api = {
-    DR_CUDA_API_VERSION, dr_cuda_device_count, dr_last_error, dr_roi_align_forward_cuda, dr_roi_align_backward_cuda,
-};
+#define DR_CUDA_SYM(fn) {#fn, (dr_generic_fn)fn},
+static const dr_cuda_sym syms[] = {DR_CUDA_SYMS{NULL, NULL}};
+#undef DR_CUDA_SYM
+
+static const dr_cuda_api api = {DR_CUDA_API_VERSION, dr_cuda_device_count, dr_last_error, syms};
 
 static int exec_module(PyObject *m) {
     PyObject *cap = PyCapsule_New((void *)&api, "dynrefer._C_cuda._api", NULL);

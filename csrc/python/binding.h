@@ -1,0 +1,33 @@
+/* binding.h — what every op's binding file (bind_*.c) shares: argument checks that raise clear Python
+ * exceptions, the CUDA launcher lookup, and the list of method tables the module installs. */
+#ifndef DR_PY_BINDING_H
+#define DR_PY_BINDING_H
+
+#include "cuda_api.h"
+#include "tensor.h"
+
+/* The CUDA launcher `name` exported by dynrefer._C_cuda, or NULL with a RuntimeError saying why (module not
+ * built, or the launcher missing from it). Cast the result to the launcher's prototype. */
+dr_generic_fn dr_cuda_fn(const char *name);
+/* The loaded CUDA table, or NULL (raise=1: with a RuntimeError). */
+const dr_cuda_api *dr_cuda_table(int raise);
+
+int dr_is_float(dr_dtype d);
+int dr_expect_float(const dr_pyarg *a, const char *op, const char *name);
+int dr_expect_dtype(const dr_pyarg *a, const char *op, const char *name, dr_dtype want);
+int dr_expect_ndim(const dr_pyarg *a, const char *op, const char *name, int nd);
+int dr_same_device(const dr_pyarg *a, const char *an, const dr_pyarg *b, const char *bn, const char *op);
+/* Raise the exception of a failed kernel on t's device (the CUDA module's message for CUDA tensors). */
+PyObject *dr_raise_kernel(dr_status st, const dr_tensor *t);
+/* impl="fast" → 0, impl="elementwise" (the CUDA kernels' per-element bodies, run on the CPU) → 1, else -1 with a
+ * ValueError. */
+int dr_parse_impl(const char *impl);
+
+/* The method tables of the op bindings; module.c installs each. One line per binding file. */
+#define DR_BINDINGS DR_BINDING(roi_align)
+
+#define DR_BINDING(name) extern PyMethodDef dr_##name##_methods[];
+DR_BINDINGS
+#undef DR_BINDING
+
+#endif

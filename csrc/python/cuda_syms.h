@@ -1,0 +1,12 @@
+/* cuda_syms.h — every CUDA launcher dynrefer._C_cuda exports, one line per launcher. Bindings find them with
+ * dr_cuda_fn("<name>"). Each op includes the header that declares its launchers here. */
+#ifndef DR_CUDA_SYMS_H
+#define DR_CUDA_SYMS_H
+
+#include "dynrefer.h"
+
+#define DR_CUDA_SYMS                                                                                               \
+    DR_CUDA_SYM(dr_roi_align_forward_cuda)                                                                         \
+    DR_CUDA_SYM(dr_roi_align_backward_cuda)
+
+#endif
