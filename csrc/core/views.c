@@ -116,12 +116,25 @@ static void combine_rows_u8(const uint8_t *src, int64_t stride, int64_t s, int64
     }
 }
 
-/* [a][b][C] → [b][a][C] */
+/* [a][b][C] → [b][a][C], in blocks of 32 source rows so reads stream and writes stay in cache */
 static void transpose_px(const uint8_t *src, int64_t a, int64_t b, int C, uint8_t *dst) {
-    for (int64_t i = 0; i < a; i++)
-        for (int64_t j = 0; j < b; j++)
-            for (int c = 0; c < C; c++)
-                dst[(j * a + i) * C + c] = src[(i * b + j) * C + c];
+    for (int64_t i0 = 0; i0 < a; i0 += 32) {
+        int64_t i1 = i0 + 32 < a ? i0 + 32 : a;
+        if (C == 1) {
+            for (int64_t j = 0; j < b; j++)
+                for (int64_t i = i0; i < i1; i++)
+                    dst[j * a + i] = src[i * b + j];
+        } else {
+            for (int64_t j = 0; j < b; j++)
+                for (int64_t i = i0; i < i1; i++) {
+                    const uint8_t *sp = src + (i * b + j) * 3;
+                    uint8_t *dp = dst + (j * a + i) * 3;
+                    dp[0] = sp[0];
+                    dp[1] = sp[1];
+                    dp[2] = sp[2];
+                }
+        }
+    }
 }
 
 /* Resize `packed` (rows [ylo, ylo + rows) of a crop, each `w` pixels of C channels, contiguous) to oh × ow × C with
@@ -392,6 +405,7 @@ typedef struct {
     dr_tensor *hashes;
     int method, pil_order;
     const double *cos224; /* [8][224] */
+    uint8_t **planes;     /* per image: its luma (the method's formula), h × w contiguous */
     int failed;
 } phash_ctx;
 
@@ -409,7 +423,7 @@ static void dct_rows_accumulate(float acc[8][DR_PHASH_DYN_RES], const float *row
 }
 
 /* Official pHash of one view: resize rows on the fly, accumulate the 8 low vertical frequencies per column. */
-static uint64_t phash_dyn_fast(const dr_image_ref *im, const dr_crop *cr, const double *cs) {
+static uint64_t phash_dyn_fast(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, const double *cs) {
     enum { R = DR_PHASH_DYN_RES };
     dr_axis ax = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->w, R), ay = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->h, R);
     int64_t x0[R], x1[R];
@@ -438,16 +452,16 @@ static uint64_t phash_dyn_fast(const dr_image_ref *im, const dr_crop *cr, const 
             if (cached1 == sy) {
                 memcpy(h0, h1, sizeof h0);
             } else {
+                const uint8_t *g = plane + (cr->y0 + sy) * im->w;
                 for (int64_t x = 0; x < R; x++)
-                    h0[x] = (float)dr_luma_cv(im, cr->y0 + sy, x0[x]) * wx0[x] +
-                            (float)dr_luma_cv(im, cr->y0 + sy, x1[x]) * wx1[x];
+                    h0[x] = (float)g[x0[x]] * wx0[x] + (float)g[x1[x]] * wx1[x];
             }
             cached0 = sy;
         }
         if (cached1 != sy1) {
+            const uint8_t *g = plane + (cr->y0 + sy1) * im->w;
             for (int64_t x = 0; x < R; x++)
-                h1[x] = (float)dr_luma_cv(im, cr->y0 + sy1, x0[x]) * wx0[x] +
-                        (float)dr_luma_cv(im, cr->y0 + sy1, x1[x]) * wx1[x];
+                h1[x] = (float)g[x0[x]] * wx0[x] + (float)g[x1[x]] * wx1[x];
             cached1 = sy1;
         }
         for (int64_t x = 0; x < R; x++)
@@ -472,7 +486,7 @@ static uint64_t phash_dyn_fast(const dr_image_ref *im, const dr_crop *cr, const 
 
 /* imagehash pHash of one view: Pillow LANCZOS 32 × 32 of the luma crop (fixed point, uint8 between passes),
  * separable DCT of the low 8 × 8, median threshold. Returns 0 and sets *failed on allocation failure. */
-static uint64_t phash_ih_fast(const dr_image_ref *im, const dr_crop *cr, int pil_order,
+static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, int pil_order,
                               int *failed) {
     enum { R = DR_PHASH_IH_RES };
     dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr->w, R), ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr->h, R);
@@ -492,7 +506,8 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const dr_crop *cr, int pil
     uint8_t *packed = (uint8_t *)malloc((size_t)((yhi - ylo) * cr->w));
     int rc = packed ? 0 : -1;
     if (packed) {
-        pack_crop(im, cr, ylo, yhi, 1, packed);
+        for (int64_t r = ylo; r < yhi; r++)
+            memcpy(packed + (r - ylo) * cr->w, plane + (cr->y0 + r) * im->w + cr->x0, (size_t)cr->w);
         rc = pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 1, &tx, &ty, R, R,
                                dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order), px);
     }
@@ -525,8 +540,9 @@ static void phash_task(void *vctx, int64_t begin, int64_t end) {
         load_box(c->boxes, v, b);
         const dr_image_ref *im = &c->images[image_of(c->index, v)];
         dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
-        uint64_t h = c->method == DR_PHASH_DYNREFER ? phash_dyn_fast(im, &cr, c->cos224)
-                                                    : phash_ih_fast(im, &cr, c->pil_order, &c->failed);
+        const uint8_t *plane = c->planes[image_of(c->index, v)];
+        uint64_t h = c->method == DR_PHASH_DYNREFER ? phash_dyn_fast(im, plane, &cr, c->cos224)
+                                                    : phash_ih_fast(im, plane, &cr, c->pil_order, &c->failed);
         put_hash(c->hashes, v, h);
     }
 }
@@ -567,6 +583,32 @@ static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
     }
 }
 
+typedef struct {
+    const dr_image_ref *images;
+    uint8_t **planes;
+    int64_t *row0; /* first global row of each image; row0[n] = total */
+    int64_t n;
+    int method;
+} luma_ctx;
+
+static void luma_task(void *vctx, int64_t begin, int64_t end) {
+    luma_ctx *c = (luma_ctx *)vctx;
+    int64_t i = 0;
+    for (int64_t g = begin; g < end; g++) {
+        while (g >= c->row0[i + 1])
+            i++;
+        const dr_image_ref *im = &c->images[i];
+        int64_t y = g - c->row0[i];
+        uint8_t *d = c->planes[i] + y * im->w;
+        if (c->method == DR_PHASH_DYNREFER)
+            for (int64_t x = 0; x < im->w; x++)
+                d[x] = dr_luma_cv(im, y, x);
+        else
+            for (int64_t x = 0; x < im->w; x++)
+                d[x] = dr_luma_pil(im, y, x);
+    }
+}
+
 dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
                        const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, int elementwise) {
     int64_t nv = boxes->shape[0];
@@ -585,8 +627,34 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
                 cos224[u * DR_PHASH_DYN_RES + i] = dr_dct_cos(u, i, DR_PHASH_DYN_RES);
         __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
     }
-    phash_ctx c = {images, boxes, image_index, hashes, method, pil_order, cos224, 0};
-    dr_parallel_for(nv, 1, elementwise ? phash_elem_task : phash_task, &c);
+    phash_ctx c = {images, boxes, image_index, hashes, method, pil_order, cos224, NULL, 0};
+    if (elementwise) {
+        dr_parallel_for(nv, 1, phash_elem_task, &c);
+    } else if (nv > 0) {
+        /* the luma of each image once, shared by all its views */
+        uint8_t **planes = (uint8_t **)calloc((size_t)n_images, sizeof(uint8_t *));
+        int64_t *row0 = (int64_t *)malloc((size_t)(n_images + 1) * sizeof(int64_t));
+        int ok = planes && row0;
+        for (int64_t i = 0; ok && i < n_images; i++) {
+            planes[i] = (uint8_t *)malloc((size_t)(images[i].h * images[i].w));
+            ok = planes[i] != NULL;
+        }
+        if (ok) {
+            row0[0] = 0;
+            for (int64_t i = 0; i < n_images; i++)
+                row0[i + 1] = row0[i] + images[i].h;
+            luma_ctx lc = {images, planes, row0, n_images, method};
+            dr_parallel_for(row0[n_images], 16, luma_task, &lc);
+            c.planes = planes;
+            dr_parallel_for(nv, 1, phash_task, &c);
+        }
+        for (int64_t i = 0; planes && i < n_images; i++)
+            free(planes[i]);
+        free(planes);
+        free(row0);
+        if (!ok)
+            c.failed = 1;
+    }
     if (c.failed)
         return dr_set_error(DR_ENOMEM, "phash: out of memory");
     return DR_OK;
