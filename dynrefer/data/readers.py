@@ -71,7 +71,7 @@ def write_json(path: PathLike, obj, *, indent: Optional[int] = None) -> str:
     data = data.encode("utf-8")
     if path.endswith(".gz"):
         buf = io.BytesIO()
-        with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as g:
+        with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as g:
             g.write(data)
         data = buf.getvalue()
     tmp = path + ".tmp"
@@ -153,7 +153,7 @@ def decode_rle(rle: Mapping) -> np.ndarray:
 
 def segmentation_to_box(seg, width: int, height: int) -> Tuple[float, float, float, float]:
     """The official box of a ``segmentation`` (polygon rings or RLE), see the module docstring."""
-    if isinstance(seg, Mapping):
+    if isinstance(seg, dict):
         mask = decode_rle(seg)
         cols = np.flatnonzero(mask.any(axis=0))
         rows = np.flatnonzero(mask.any(axis=1))
@@ -170,13 +170,15 @@ def segmentation_to_box(seg, width: int, height: int) -> Tuple[float, float, flo
     if len(pts) < 2 or len(pts) % 2:
         raise ValueError(f"polygon needs an even, non-zero number of coordinates, got {len(pts)}")
     try:
-        xy = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+        xs = [float(v) for v in pts[0::2]]
+        ys = [float(v) for v in pts[1::2]]
     except (TypeError, ValueError):
         raise ValueError("polygon coordinates must be numbers") from None
-    if not np.all(np.isfinite(xy)):
+    if any(isinstance(v, (bool, str, bytes)) for v in pts):
+        raise ValueError("polygon coordinates must be numbers")
+    x1, x2, y1, y2 = min(xs), max(xs), min(ys), max(ys)
+    if not all(math.isfinite(v) for v in (x1, x2, y1, y2)) or any(v != v for v in xs + ys):
         raise ValueError("polygon coordinates must be finite")
-    x1, y1 = xy.min(axis=0)
-    x2, y2 = xy.max(axis=0)
     if x1 >= x2 - 1 and x2 > 0:
         x1 = x2 - 1
     elif x1 >= x2 - 1 and width - x1 > 0:
@@ -205,11 +207,12 @@ class _Ctx:
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    return type(v) is int or (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
 
 
 def _is_num(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    return type(v) in (int, float) or (isinstance(v, (int, float, np.integer, np.floating))
+                                       and not isinstance(v, bool))
 
 
 def _hashable_id(v) -> bool:
@@ -313,7 +316,7 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
     records: List[RegionRecord] = []
     seen_ids = set()
     for i, a in enumerate(data["annotations"]):
-        if not isinstance(a, Mapping):
+        if not isinstance(a, dict):
             ctx.fail("annotation", i, None, "-", f"expected an object, got {type(a).__name__}")
         rid = a.get("id")
         if not _hashable_id(rid):
@@ -352,10 +355,10 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
             ctx.fail("annotation", i, rid, "caption", f"expected a string, got {type(cap).__name__}")
 
         extra = a.get("extra_info") or {}
-        if not isinstance(extra, Mapping):
+        if not isinstance(extra, dict):
             ctx.fail("annotation", i, rid, "extra_info", f"expected an object, got {type(extra).__name__}")
         pr = extra.get("parser_result") or {}
-        if not isinstance(pr, Mapping):
+        if not isinstance(pr, dict):
             ctx.fail("annotation", i, rid, "extra_info.parser_result", "expected an object")
         tag_sets = []
         for key in ("tag_set1", "tag_set2"):
@@ -394,7 +397,7 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
                 cat_idx, cat_name = cat_by_id[cid]
             cat_id = int(cid)
         cr = extra.get("coco_result")
-        if cat_name is None and isinstance(cr, Mapping) and cr.get("category") is not None:
+        if cat_name is None and isinstance(cr, dict) and cr.get("category") is not None:
             nm = cr["category"]
             if not isinstance(nm, str):
                 ctx.fail("annotation", i, rid, "extra_info.coco_result.category", "expected a category name")
@@ -409,7 +412,7 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
         av = a.get("att_vec")
         orr = extra.get("ovad_result")
         field_name = "att_vec"
-        if av is None and isinstance(orr, Mapping):
+        if av is None and isinstance(orr, dict):
             av, field_name = orr.get("att_vec"), "extra_info.ovad_result.att_vec"
         att = None
         if av is not None:
@@ -417,12 +420,13 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
                 ctx.fail("annotation", i, rid, field_name,
                          f"expected {n_attr} values (one per attribute), got "
                          f"{len(av) if isinstance(av, (list, tuple)) else type(av).__name__}")
-            if not all(_is_int(v) and -1 <= v <= 1 for v in av):
+            arr = np.asarray(av) if av else np.zeros(0, np.int64)
+            if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < -1 or arr.max() > 1)):
                 bad = next(v for v in av if not (_is_int(v) and -1 <= v <= 1))
                 ctx.fail("annotation", i, rid, field_name, f"values must be 1, 0 or -1, got {bad!r}")
-            att = np.asarray(av, dtype=np.int8)
+            att = arr.astype(np.int8)
 
-        rest = {k: v for k, v in extra.items() if k not in ("parser_result",)}
+        rest = {k: v for k, v in extra.items() if k not in ("parser_result", "ovad_result")}
         if "iscrowd" in a:
             rest["iscrowd"] = a["iscrowd"]
         if "graph" in pr:
