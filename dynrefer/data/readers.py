@@ -170,15 +170,16 @@ def segmentation_to_box(seg, width: int, height: int) -> Tuple[float, float, flo
     if len(pts) < 2 or len(pts) % 2:
         raise ValueError(f"polygon needs an even, non-zero number of coordinates, got {len(pts)}")
     try:
-        xs = [float(v) for v in pts[0::2]]
-        ys = [float(v) for v in pts[1::2]]
-    except (TypeError, ValueError):
+        total = sum(pts)                      # TypeError on anything but numbers; inf/nan on non-finite ones
+        xs, ys = pts[0::2], pts[1::2]
+        x1, x2, y1, y2 = min(xs), max(xs), min(ys), max(ys)
+    except TypeError:
         raise ValueError("polygon coordinates must be numbers") from None
-    if any(isinstance(v, (bool, str, bytes)) for v in pts):
+    if any(isinstance(v, bool) for v in (x1, x2, y1, y2)) or not math.isfinite(total):
+        if not math.isfinite(total) and all(isinstance(v, (int, float)) for v in pts):
+            raise ValueError("polygon coordinates must be finite")
         raise ValueError("polygon coordinates must be numbers")
-    x1, x2, y1, y2 = min(xs), max(xs), min(ys), max(ys)
-    if not all(math.isfinite(v) for v in (x1, x2, y1, y2)) or any(v != v for v in xs + ys):
-        raise ValueError("polygon coordinates must be finite")
+    x1, x2, y1, y2 = float(x1), float(x2), float(y1), float(y2)
     if x1 >= x2 - 1 and x2 > 0:
         x1 = x2 - 1
     elif x1 >= x2 - 1 and width - x1 > 0:
@@ -314,6 +315,7 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
     n_attr = len(attrs)
 
     records: List[RegionRecord] = []
+    att_rows: list = []                 # (record position, index, id, field, values): validated together below
     seen_ids = set()
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict):
@@ -420,11 +422,7 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
                 ctx.fail("annotation", i, rid, field_name,
                          f"expected {n_attr} values (one per attribute), got "
                          f"{len(av) if isinstance(av, (list, tuple)) else type(av).__name__}")
-            arr = np.asarray(av) if av else np.zeros(0, np.int64)
-            if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < -1 or arr.max() > 1)):
-                bad = next(v for v in av if not (_is_int(v) and -1 <= v <= 1))
-                ctx.fail("annotation", i, rid, field_name, f"values must be 1, 0 or -1, got {bad!r}")
-            att = arr.astype(np.int8)
+            att_rows.append((len(records), i, rid, field_name, av))
 
         rest = {k: v for k, v in extra.items() if k not in ("parser_result", "ovad_result")}
         if "iscrowd" in a:
@@ -436,5 +434,18 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
             caption=cap, tag_set1=tag_sets[0], tag_set2=tag_sets[1], category_id=cat_id, category=cat_name,
             category_index=cat_idx, att_vec=att, extra=rest))
 
+    if att_rows:
+        mat = np.array([row[4] for row in att_rows], dtype=object if n_attr == 0 else None)
+        ok = mat.ndim == 2 and mat.dtype.kind in "iu"
+        if ok:
+            bad_rows = np.flatnonzero((mat < -1).any(axis=1) | (mat > 1).any(axis=1))
+        if not ok or len(bad_rows):
+            for pos, i, rid, field_name, av in att_rows:
+                bad = [v for v in av if not (_is_int(v) and -1 <= v <= 1)]
+                if bad:
+                    ctx.fail("annotation", i, rid, field_name, f"values must be 1, 0 or -1, got {bad[0]!r}")
+        mat = mat.astype(np.int8)
+        for k, row in enumerate(att_rows):
+            records[row[0]].att_vec = mat[k]
     return Annotations(records=records, images=images, categories=cats, attributes=attrs, tag_vocab=vocab,
                        info=dict(info), path=path)

@@ -142,14 +142,14 @@ def _texture_mask(texture: str, xs: np.ndarray, ys: np.ndarray, period: int, ang
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    base = rng.uniform(90, 200, size=3)
-    gx, gy = rng.uniform(-40, 40, size=(2, 3))
-    yy = np.linspace(-0.5, 0.5, h)[:, None, None]
-    xx = np.linspace(-0.5, 0.5, w)[None, :, None]
-    img = base + gx * xx + gy * yy
-    img = img * 0.6 + 0.4 * img.mean(axis=2, keepdims=True)      # muted colours: objects stand out
-    img = img + rng.normal(0, 6, size=(h, w, 1))
-    return np.clip(img, 0, 255)
+    base = rng.uniform(90, 200, size=3).astype(np.float32)
+    gx, gy = rng.uniform(-40, 40, size=(2, 3)).astype(np.float32)
+    base = base * 0.6 + 0.4 * base.mean()                       # muted colours: objects stand out
+    gx, gy = gx * 0.6 + 0.4 * gx.mean(), gy * 0.6 + 0.4 * gy.mean()
+    yy = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None, None]
+    xx = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :, None]
+    noise = rng.standard_normal(size=(h, w, 1), dtype=np.float32) * 6
+    return (base + gx * xx + gy * yy) + noise
 
 
 def _relation(a: SceneObject, b: SceneObject) -> str:
@@ -195,9 +195,9 @@ def render_scene(rng: np.random.Generator, width: int, height: int,
         ys = np.arange(y0, y1, dtype=np.float64)[:, None]
         m = _shape_mask(o.shape, xs + 0.5 - o.center[0], ys + 0.5 - o.center[1], o.radius, rot)
         t = _texture_mask(o.texture, xs - x0, ys - y0, period, angle) & m
-        rgb = np.array(COLORS[o.color][0], dtype=np.float64)
+        rgb = np.array(COLORS[o.color][0], dtype=np.float32)
         # the pattern: a darker shade of the object's colour (white on dark colours keeps it visible)
-        alt = rgb * 0.35 if rgb.mean() > 110 else np.full(3, 245.0)
+        alt = rgb * 0.35 if rgb.mean() > 110 else np.full(3, 245.0, np.float32)
         win = img[y0:y1, x0:x1]
         win[m] = rgb
         win[t] = alt
