@@ -231,3 +231,23 @@ def test_ovad_real_round_trip(shared_data, tmp_path):
     # sub-pixel boxes are widened to one pixel by the polygon rule, as the official pipeline does
     assert np.all(boxes_a[thin, 2:] - boxes_a[thin, :2] >= 1 - 1e-9)
     assert [r.category for r in a] == [r.category for r in b]
+
+
+def test_command_line(tmp_path, capsys):
+    from dynrefer.data.__main__ import main
+    regions, image_data = _vg_raw()
+    rp, ip = tmp_path / "region_descriptions.json", tmp_path / "image_data.json"
+    write_json(str(rp), regions)
+    write_json(str(ip), image_data)
+    (tmp_path / "tags.txt").write_text("\n".join(VOCAB))
+    out = tmp_path / "vg.json.gz"
+    assert main(["vg", str(rp), "--image-data", str(ip), "--out", str(out), "--tags", str(tmp_path / "tags.txt")]) == 0
+    assert "wrote 3 regions on 2 images" in capsys.readouterr().out
+    ann = load_annotations(str(out), tags=VOCAB)
+    assert ann.tag_names(ann[2]) == (["dog"], ["frisbee"])
+    assert main(["info", str(out)]) == 0
+    assert "2 images, 3 regions (3 captioned, 3 tagged)" in capsys.readouterr().out
+    assert main(["tags", str(tmp_path / "tags.txt"), "a man on a dog"]) == 0
+    assert "tag_set1: man\n  tag_set2: dog" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["vg", str(rp)])                        # --out is required
