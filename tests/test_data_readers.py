@@ -232,3 +232,27 @@ def test_not_json_and_missing_file(tmp_path):
         load_annotations(str(p))
     with pytest.raises(FileNotFoundError, match="nope.json"):
         load_annotations(str(tmp_path / "nope.json"))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_coord = st.floats(min_value=-50, max_value=500, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=80, derandomize=True, deadline=None)
+@given(st.lists(st.lists(_coord, min_size=1, max_size=8).map(lambda r: r + r[:1] if len(r) % 2 else r),
+                min_size=1, max_size=3))
+def test_polygon_box_properties(rings):
+    w, h = 300, 200
+    x1, y1, x2, y2 = segmentation_to_box(rings, w, h)
+    pts = np.concatenate([np.asarray(r, float).reshape(-1, 2) for r in rings])
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    # the box contains every point and is the tight one unless it had to be widened to one pixel
+    assert x1 <= lo[0] and y1 <= lo[1] and x2 >= hi[0] and y2 >= hi[1]
+    if hi[0] - lo[0] > 1:
+        assert (x1, x2) == (lo[0], hi[0])
+    else:
+        assert x2 - x1 >= 1 or (hi[0] <= 0 and lo[0] >= w)
+    if hi[1] - lo[1] > 1:
+        assert (y1, y2) == (lo[1], hi[1])

@@ -141,3 +141,38 @@ def test_control_sampling_statistics():
     assert stats.chisquare(kept_counts).pvalue > 1e-4
     assert stats.chisquare(first_pos).pvalue > 1e-4
     assert kept_n > 0
+
+
+# ---- properties -----------------------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_WORDS = st.sampled_from(VOCAB + ["a", "the", "on", "of", "left", "with", "men", "dogs", "riding", "x-ray", "'s",
+                                  ",", "!", "  ", "É", "2"])
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(st.lists(_WORDS, max_size=20).map(" ".join))
+def test_extraction_properties(caption):
+    ex = TagExtractor(VOCAB)
+    s1, s2 = ex.extract(caption)
+    assert all(0 <= i < len(VOCAB) for i in s1 + s2)
+    assert len(set(s1)) == len(s1) and len(set(s2)) == len(s2)
+    # every tag found is spelled (up to inflection) in the caption's tokens
+    toks = set(tokenize(caption)) | {singular(t) for t in tokenize(caption)}
+    for i in s1 + s2:
+        assert set(tokenize(VOCAB[i])) <= toks | {"run", "ride", "walk", "stripe", "strip"}
+    # case and punctuation do not matter
+    assert ex.extract(caption.upper().replace(" ", " , ")) == (s1, s2)
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(st.lists(st.text(alphabet="abc xyz", min_size=1, max_size=6), max_size=10), st.integers(0, 2**32 - 1))
+def test_control_sampling_properties(words, seed):
+    words = [w for w in words if w.strip()]
+    s = sample_control_words(words, np.random.default_rng(seed))
+    assert s.endswith("|") and s.count("|") == 1
+    got = [w for w in s[:-1].split(",") if w]
+    assert len(got) == len(set(got)) and set(got) <= {w.strip() for w in words}
+    assert s == sample_control_words(words, np.random.default_rng(seed))
