@@ -251,3 +251,37 @@ def test_command_line(tmp_path, capsys):
     assert "tag_set1: man\n  tag_set2: dog" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["vg", str(rp)])                        # --out is required
+
+
+def _py2_pickle(obj) -> bytes:
+    """Serialise dicts/lists/ints/strs/None with the opcodes Python 2 writes (str as byte strings), protocol 2."""
+    import struct
+
+    def enc(o):
+        if o is None:
+            return b"N"
+        if isinstance(o, bool):
+            return b"\x88" if o else b"\x89"
+        if isinstance(o, int):
+            return b"J" + struct.pack("<i", o)
+        if isinstance(o, str):
+            b = o.encode("utf-8")
+            return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<I", len(b))) + b
+        if isinstance(o, list):
+            return b"](" + b"".join(enc(v) for v in o) + b"e" if o else b"]"
+        if isinstance(o, dict):
+            return b"}(" + b"".join(enc(k) + enc(v) for k, v in o.items()) + b"u" if o else b"}"
+        raise TypeError(type(o))
+    return b"\x80\x02" + enc(obj) + b"."
+
+
+def test_refcocog_python2_pickle(tmp_path):
+    refs = _refs()
+    refs[0]["sentences"][1]["sent"] = "lady in the café"
+    refs[0]["sentences"][1]["raw"] = "Lady in the café"
+    rp = tmp_path / "refs(umd).p"
+    rp.write_bytes(_py2_pickle(refs))
+    with pytest.raises(UnicodeDecodeError):
+        pickle.loads(rp.read_bytes())                  # what a plain pickle.load does with it
+    d = convert_refcocog(str(rp), _instances())
+    assert [a["caption"] for a in d["annotations"]] == ["the lady with the blue shirt", "lady in the café", "a dog"]

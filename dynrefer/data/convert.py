@@ -226,11 +226,18 @@ def convert_refcocog(refs: Union[str, os.PathLike, list], instances: PathOrData,
         ref_list, rsrc = refs, "<refs>"
     else:
         rsrc = os.fspath(refs)
-        try:
-            with open(rsrc, "rb") as f:
-                ref_list = pickle.load(f)
-        except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise RawFormatError(f"{rsrc}: not a refs pickle ({e})") from None
+        # refs(umd).p was pickled by Python 2: its str objects are bytes, read as UTF-8 (Latin-1 if that fails)
+        ref_list = None
+        for enc in ("utf-8", "latin1"):
+            try:
+                with open(rsrc, "rb") as f:
+                    ref_list = pickle.load(f, encoding=enc)
+                break
+            except UnicodeDecodeError:
+                continue
+            except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
+                    IndexError, KeyError) as e:
+                raise RawFormatError(f"{rsrc}: not a refs pickle ({type(e).__name__}: {e})") from None
     if not isinstance(ref_list, list):
         raise RawFormatError(f"{rsrc}: expected a list of refs, got {type(ref_list).__name__}")
     inst, isrc = _load(instances, "instances")
