@@ -162,11 +162,14 @@ def segmentation_to_box(seg, width: int, height: int) -> Tuple[float, float, flo
         return float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1])
     if not isinstance(seg, (list, tuple)) or len(seg) == 0:
         raise ValueError("expected a list of polygon rings or an RLE dict")
-    pts: List[float] = []
-    for ring in seg:
-        if not isinstance(ring, (list, tuple)):
-            raise ValueError("polygon rings must be lists of numbers")
-        pts.extend(ring)
+    if len(seg) == 1 and type(seg[0]) is list:
+        pts = seg[0]
+    else:
+        pts = []
+        for ring in seg:
+            if not isinstance(ring, (list, tuple)):
+                raise ValueError("polygon rings must be lists of numbers")
+            pts.extend(ring)
     if len(pts) < 2 or len(pts) % 2:
         raise ValueError(f"polygon needs an even, non-zero number of coordinates, got {len(pts)}")
     try:
@@ -175,7 +178,7 @@ def segmentation_to_box(seg, width: int, height: int) -> Tuple[float, float, flo
         x1, x2, y1, y2 = min(xs), max(xs), min(ys), max(ys)
     except TypeError:
         raise ValueError("polygon coordinates must be numbers") from None
-    if any(isinstance(v, bool) for v in (x1, x2, y1, y2)) or not math.isfinite(total):
+    if type(x1) is bool or type(x2) is bool or type(y1) is bool or type(y2) is bool or not math.isfinite(total):
         if not math.isfinite(total) and all(isinstance(v, (int, float)) for v in pts):
             raise ValueError("polygon coordinates must be finite")
         raise ValueError("polygon coordinates must be numbers")
@@ -321,21 +324,21 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
         if not isinstance(a, dict):
             ctx.fail("annotation", i, None, "-", f"expected an object, got {type(a).__name__}")
         rid = a.get("id")
-        if not _hashable_id(rid):
+        if type(rid) is not int and not _hashable_id(rid):
             ctx.fail("annotation", i, None, "id", f"expected an int or str, got {rid!r}")
         if rid in seen_ids:
             ctx.fail("annotation", i, rid, "id", "duplicate annotation id")
         seen_ids.add(rid)
         iid = a.get("image_id")
-        if not _hashable_id(iid) or iid not in images:
+        if (type(iid) is not int and not _hashable_id(iid)) or iid not in images:
             ctx.fail("annotation", i, rid, "image_id", f"{iid!r} is not the id of an image in 'images'")
         img = images[iid]
 
         # box
         seg = a.get("segmentation")
-        use_seg = box_source == "segmentation" or (box_source == "auto" and seg not in (None, [], {}))
+        use_seg = box_source == "segmentation" or (box_source == "auto" and bool(seg))
         if use_seg:
-            if seg in (None, [], {}):
+            if not seg:
                 ctx.fail("annotation", i, rid, "segmentation", "missing (box_source='segmentation')")
             try:
                 box = segmentation_to_box(seg, img.width, img.height)
@@ -362,9 +365,11 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
         pr = extra.get("parser_result") or {}
         if not isinstance(pr, dict):
             ctx.fail("annotation", i, rid, "extra_info.parser_result", "expected an object")
-        tag_sets = []
-        for key in ("tag_set1", "tag_set2"):
+        tag_sets = [(), ()]
+        for ki, key in enumerate(("tag_set1", "tag_set2") if pr else ()):
             ts = pr.get(key, [])
+            if not ts:
+                continue
             if not isinstance(ts, (list, tuple)):
                 ctx.fail("annotation", i, rid, f"extra_info.parser_result.{key}", "expected a list")
             out = []
@@ -385,7 +390,7 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
                 else:
                     ctx.fail("annotation", i, rid, f"extra_info.parser_result.{key}",
                              f"tags must be indices or names, got {t!r}")
-            tag_sets.append(tuple(sorted(set(out))))
+            tag_sets[ki] = tuple(sorted(set(out)))
 
         # category: category_id (through categories) or coco_result.category (a name)
         cat_id = cat_name = cat_idx = None
@@ -424,7 +429,7 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
                          f"{len(av) if isinstance(av, (list, tuple)) else type(av).__name__}")
             att_rows.append((len(records), i, rid, field_name, av))
 
-        rest = {k: v for k, v in extra.items() if k not in ("parser_result", "ovad_result")}
+        rest = {k: v for k, v in extra.items() if k not in ("parser_result", "ovad_result")} if extra else {}
         if "iscrowd" in a:
             rest["iscrowd"] = a["iscrowd"]
         if "graph" in pr:
