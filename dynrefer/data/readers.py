@@ -107,29 +107,32 @@ def box_polygon(x1: float, y1: float, x2: float, y2: float) -> List[List[float]]
     return [[x1, y1, x1, y2, x2, y2, x2, y1]]
 
 
-def _rle_counts_from_string(s: str) -> List[int]:
-    # COCO's compressed RLE: 6-bit chunks offset by 48, 5 data bits + a continuation bit, the top data bit of the
-    # last chunk is the sign; counts after the second are stored as differences to the count two places back.
-    counts: List[int] = []
-    p, n = 0, len(s)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise ValueError("truncated compressed RLE string")
-            c = ord(s[p]) - 48
-            if c < 0 or c > 63:
-                raise ValueError(f"invalid character {s[p]!r} in compressed RLE string")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+def _rle_counts_from_string(s: str) -> np.ndarray:
+    # COCO's compressed RLE: 6-bit chunks offset by 48, 5 data bits + a continuation bit (0x20); the top data
+    # bit (0x10) of a value's last chunk is its sign; counts after the second are stored as differences to the
+    # count two places back. Vectorised: chunk -> value by a grouped shift-sum, then two strided cumsums.
+    c = np.frombuffer(s.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    if c.size and (c.min() < 0 or c.max() > 63):
+        bad = s[int(np.flatnonzero((c < 0) | (c > 63))[0])]
+        raise ValueError(f"invalid character {bad!r} in compressed RLE string")
+    if c.size == 0:
+        return np.zeros(0, np.int64)
+    last = (c & 0x20) == 0                               # the last chunk of each value
+    if not last[-1]:
+        raise ValueError("truncated compressed RLE string")
+    ends = np.flatnonzero(last)
+    starts = np.r_[0, ends[:-1] + 1]
+    group = np.repeat(np.arange(len(ends)), ends - starts + 1)
+    k = np.arange(c.size) - starts[group]                # chunk position within its value
+    if k.max(initial=0) > 9:                             # 50 bits: exact in the float64 bincount
+        raise ValueError("compressed RLE value too long")
+    x = np.bincount(group, weights=(c & 0x1F) << (5 * k), minlength=len(ends)).astype(np.int64)
+    neg = (c[ends] & 0x10) != 0
+    x[neg] -= np.int64(1) << (5 * (k[ends][neg] + 1))
+    if len(x) > 3:
+        x[3::2] = np.cumsum(x[1::2])[1:]                 # counts[m] = x[m] + counts[m-2] for m > 2
+        x[4::2] = np.cumsum(x[2::2])[1:]
+    return x
 
 
 def decode_rle(rle: Mapping) -> np.ndarray:
