@@ -172,3 +172,43 @@ def test_import_without_torch():
     code = ("import sys, dynrefer.data as d, dynrefer.data.synthetic, dynrefer.data.convert;"
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+def test_load_image_modes(tmp_path):
+    from PIL import Image
+
+    from dynrefer.data.dataset import load_image
+    rgba = np.random.default_rng(0).integers(0, 256, (7, 9, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    Image.fromarray(rgba[..., 0], "L").save(tmp_path / "g.png")
+    a, g = load_image(str(tmp_path / "a.png")), load_image(str(tmp_path / "g.png"))
+    assert a.shape == g.shape == (7, 9, 3) and a.dtype == g.dtype == np.uint8
+    np.testing.assert_array_equal(a, rgba[..., :3])                    # alpha dropped, as convert("RGB")
+    np.testing.assert_array_equal(g, np.repeat(rgba[..., :1], 3, axis=2))
+
+
+def test_real_photos(shared_data, tmp_path):
+    from PIL import Image
+
+    from dynrefer.data import write_json
+    img_dir = os.path.join(shared_data, "images")
+    names = sorted(f for f in os.listdir(img_dir) if f.startswith("COCO_"))[:3]
+    images, anns = [], []
+    for k, fn in enumerate(names):
+        with Image.open(os.path.join(img_dir, fn)) as im:
+            w, h = im.size
+        images.append({"id": k, "file_name": fn, "width": w, "height": h})
+        for j, box in enumerate(([10, 20, 110, 140], [w / 2, h / 3, w - 1, h - 1])):
+            x1, y1, x2, y2 = box
+            anns.append({"id": 10 * k + j, "image_id": k, "caption": f"region {j}",
+                         "segmentation": [[x1, y1, x1, y2, x2, y2, x2, y1]]})
+    p = tmp_path / "photos.json"
+    write_json(str(p), {"dataset": {"image_root": img_dir}, "images": images, "annotations": anns})
+    ds = RegionDataset(str(p), CropViews(size=32), group="image", seed=0)
+    b = collate_regions([ds[i] for i in range(len(ds))])
+    assert b["views"].shape == (6, N_VIEWS, 3, 32, 32)
+    # the tight view of region 0 is the nearest-neighbour resample of the photo's pixels in its box
+    photo = np.asarray(Image.open(os.path.join(img_dir, names[0])).convert("RGB"))
+    crop = photo[20:140, 10:110]
+    yi, xi = np.arange(32) * crop.shape[0] // 32, np.arange(32) * crop.shape[1] // 32
+    np.testing.assert_allclose(b["views"][0, 0].numpy(), crop[yi][:, xi].transpose(2, 0, 1) / 255.0, atol=1e-6)
