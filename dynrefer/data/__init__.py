@@ -24,10 +24,11 @@ __all__ = [
     "load_annotations", "load_tag_vocab", "read_json", "write_json", "segmentation_to_box", "decode_rle",
     "box_polygon", "RawFormatError", "convert_vg", "convert_refcocog", "convert_coco", "convert_ovad",
     "TagExtractor", "control_sentence", "sample_control_words", "generate_synthetic",
-    "RegionDataset", "collate_regions", "load_image",
+    "RegionDataset", "collate_regions", "load_image", "nested_views",
 ]
 
-_LAZY = {"RegionDataset": "dataset", "collate_regions": "dataset", "load_image": "dataset"}
+_LAZY = {"RegionDataset": "dataset", "collate_regions": "dataset", "load_image": "dataset",
+         "nested_views": "dataset"}
 
 
 def __getattr__(name):

@@ -38,7 +38,17 @@ from .control import SEPARATOR, control_sentence, sample_control_words
 from .readers import load_annotations
 from .records import Annotations, RegionRecord
 
-__all__ = ["RegionDataset", "collate_regions", "load_image"]
+__all__ = ["RegionDataset", "collate_regions", "load_image", "nested_views"]
+
+
+def nested_views(training: bool, task: str = "caption", *, size: int = 224, num_views: int = 3, **kwargs):
+    """The standard transform: :class:`dynrefer.views.NestedViews` with the view prior DynRefer uses —
+    ``"stochastic"`` in training, the image prior (pHash greedy search) otherwise; ``kwargs`` go to it
+    (e.g. ``prior="task"``, ``mode="fast"``, ``seed``)."""
+    from dynrefer.views import NestedViews
+
+    kwargs.setdefault("prior", "stochastic" if training else "image")
+    return NestedViews(size=size, num_views=num_views, task=task, **kwargs)
 
 
 def load_image(path: str) -> np.ndarray:

@@ -161,7 +161,7 @@ class Annotations:
 
         recs = [r for r in self.records if r.att_vec is not None]
         labels, ids = self.attribute_labels()
-        attrs = sorted(self.attributes, key=lambda a: a["id"])
+        attrs = [dict(a, id=a.get("id", k)) for k, a in enumerate(self.attributes)]   # ids are 0..A-1 in order
         return OvadAnnotations(
             labels=labels, attributes=attrs, annotation_ids=np.array(ids),
             image_ids=np.array([r.image_id for r in recs]),
