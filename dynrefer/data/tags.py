@@ -16,15 +16,21 @@ the same kind of output for any caption and any vocabulary (passed in; nothing i
 4. **Match longest first**: scanning left to right, the longest run of tokens (up to the longest tag) whose exact
    tokens, else whose normal forms, equal a tag's is taken, and the scan continues after it. An exact match
    wins over a normalised one (``glasses`` stays ``glasses`` where both ``glass`` and ``glasses`` are tags).
-5. **Stop list**: single-word matches in :data:`STOP_TAGS` (position and layout words such as ``side``,
-   ``back``, ``top``, ``front``, ``left``, ``right``, ``background``) and the relation words of step 6
-   (``wearing``, ``riding``, ``sitting`` ...) are not tags, since captions use them as relations, not as things
-   seen. A verb form whose stem ends consonant-vowel-consonant tries the silent ``e`` first (``striped`` →
+   A verb form whose stem ends consonant-vowel-consonant tries the silent ``e`` first (``striped`` →
    ``stripe``, ``riding`` → ``ride``), otherwise the bare stem first (``walked`` → ``walk``).
-6. **Two sets**: ``tag_set1`` holds the tags of the referred thing — those before the first relation word
-   (:data:`RELATION_WORDS`: prepositions, ``is``/``has``/``holding``/``wearing``/... ) that follows the first
-   tag; ``tag_set2`` holds the tags after it (the context). A caption without a relation word has everything in
-   ``tag_set1``. Each set keeps order of first appearance, without repeats.
+5. **Suffixes** (``suffixes=True``, the default): a multi-word match also yields the tags of its trailing
+   sub-phrases (``teddy bears`` → ``teddy bear`` and ``bear``; ``hot dog`` → ``hot dog`` and ``dog``), as the
+   official annotations add every suffix of an entity's lemmatised span.
+6. **Stop list**: single-word matches in :data:`STOP_TAGS` (position and layout words such as ``side``,
+   ``back``, ``top``, ``front``, ``left``, ``right``, ``background``) are not tags, since captions use them to
+   place things rather than to name them.
+7. **Two sets**, after the official split of the caption's scene graph into subjects and the objects of
+   relations: ``tag_set1`` holds the tags of the referred thing — those before the first relation word
+   (:data:`RELATION_WORDS`: prepositions, ``is``/``has``/``holding``/``wearing``/..., relative pronouns) that
+   follows the first tag; ``tag_set2`` holds the relation itself when it is a tag (``riding``) and every tag
+   after it (the context). ``and`` joins subjects (``a man and a woman`` are both in ``tag_set1``). A caption
+   without a relation word has everything in ``tag_set1``. Each set keeps order of first appearance, without
+   repeats.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ RELATION_WORDS = frozenset({
     "into", "onto", "with", "without", "from", "to", "toward", "towards", "through", "left", "right", "atop",
     "is", "are", "was", "were", "has", "have", "having", "holding", "wearing", "carrying", "riding", "sitting",
     "standing", "lying", "laying", "hanging", "eating", "looking", "walking", "playing", "using", "that", "which",
-    "who", "while", "where", "and", "surrounded", "covered", "filled", "made",
+    "who", "while", "where", "surrounded", "covered", "filled", "made",
 })
 
 _POSSESSIVE = re.compile(r"(?<=[a-z0-9])'s\b|(?<=s)'(?=\s|$)")
@@ -118,12 +124,14 @@ class TagExtractor:
     """Maps captions onto a tag vocabulary (see the module docstring for the rules).
 
     ``vocab``: the tag names in index order (e.g. the 4585 lines of the tag list). ``stop_tags`` and
-    ``relation_words`` replace the defaults. Instances are cheap to call and safe to share across threads.
+    ``relation_words`` replace the defaults; ``suffixes`` adds the tags of a multi-word match's trailing
+    sub-phrases. Instances are cheap to call and safe to share across threads.
     """
 
     def __init__(self, vocab: Sequence[str], *, stop_tags: Optional[Iterable[str]] = None,
-                 relation_words: Optional[Iterable[str]] = None):
+                 relation_words: Optional[Iterable[str]] = None, suffixes: bool = True):
         self.vocab = [str(v) for v in vocab]
+        self.suffixes = bool(suffixes)
         self.stop_tags = frozenset(STOP_TAGS if stop_tags is None else stop_tags)
         self.relation_words = frozenset(RELATION_WORDS if relation_words is None else relation_words)
         self._exact: Dict[Tuple[str, ...], int] = {}
@@ -156,8 +164,7 @@ class TagExtractor:
                     if idx is not None:
                         break
             if idx is not None:
-                if n == 1 and (toks[i] in self.stop_tags or toks[i] in self.relation_words
-                               or self.vocab[idx].lower() in self.stop_tags):
+                if n == 1 and (toks[i] in self.stop_tags or self.vocab[idx].lower() in self.stop_tags):
                     return None, 1
                 return idx, n
         return None, 1
@@ -176,8 +183,15 @@ class TagExtractor:
             idx, n = self._match(toks, norms, i)
             if idx is not None:
                 target = set2 if in_context else set1
-                if idx not in target:
-                    target.append(idx)
+                found = [idx]
+                if self.suffixes and n > 1:
+                    for k in range(1, n):
+                        sub, m = self._match(toks[i + k:i + n], norms[i + k:i + n], 0)
+                        if sub is not None and m == n - k:
+                            found.append(sub)
+                for t in found:
+                    if t not in target:
+                        target.append(t)
             i += n
         return set1, set2
 
