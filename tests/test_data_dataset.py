@@ -212,3 +212,29 @@ def test_real_photos(shared_data, tmp_path):
     crop = photo[20:140, 10:110]
     yi, xi = np.arange(32) * crop.shape[0] // 32, np.arange(32) * crop.shape[1] // 32
     np.testing.assert_allclose(b["views"][0, 0].numpy(), crop[yi][:, xi].transpose(2, 0, 1) / 255.0, atol=1e-6)
+
+
+def test_with_nested_views(synth):
+    pytest.importorskip("dynrefer.views")
+    from dynrefer.data.dataset import nested_views, load_image
+    train = RegionDataset(_path(synth), nested_views(training=True), training=True, seed=4)
+    dl = torch.utils.data.DataLoader(train, batch_size=4, num_workers=2, collate_fn=collate_regions,
+                                     multiprocessing_context="fork")
+    b = next(iter(dl))
+    assert b["views"].shape == (4, 3, 3, 224, 224) and b["views"].dtype == torch.float32
+    assert b["boxes"].shape == (4, 3, 4) and b["view_boxes"].shape == (4, 3, 4)
+    assert (b["coeffs"][:, 0] == 0).all() and ((b["coeffs"][:, 1:] >= 0.1) & (b["coeffs"][:, 1:] <= 1.0)).all()
+    # the worker's item is what the transform gives for that index's stream
+    nv = nested_views(training=True)
+    rec = train.ann[0]
+    ref = nv(load_image(rec.image_path), np.array([rec.box], np.float32), rng=train._rng(0).spawn(2)[0])
+    np.testing.assert_array_equal(b["views"][0].numpy(), ref["views"][0])
+    np.testing.assert_array_equal(b["coeffs"][0].numpy(), ref["coeffs"][0])
+    # the tight view's box covers (almost) the whole 224 x 224 frame
+    np.testing.assert_allclose(b["boxes"][:, 0].numpy(), np.tile([0, 0, 224, 224], (4, 1)), atol=1.0)
+    # evaluation: image prior, deterministic without a seed
+    ev = RegionDataset(_path(synth, "val"), nested_views(training=False), group="image")
+    a1, a2 = ev[0], ev[0]
+    np.testing.assert_array_equal(a1["coeffs"], a2["coeffs"])
+    np.testing.assert_array_equal(a1["views"], a2["views"])
+    assert a1["control"] == ["|"] * len(a1["captions"])

@@ -18,8 +18,9 @@ index (-1 when absent), the OVAD ``att_vec`` and the ids. :func:`collate_regions
 model's batch dict (see its docstring).
 
 Randomness (view choice, control words, region subsets) comes from one NumPy Generator per item, drawn from
-``SeedSequence([seed, epoch, index])`` when a ``seed`` is given (reproducible whatever worker serves the index;
-call :meth:`RegionDataset.set_epoch` each epoch) and from fresh OS entropy otherwise. The dataset keeps no open
+``SeedSequence([seed, epoch, index])`` when a ``seed`` is given (the transform gets the first of its two
+spawned children, the control words the second) — reproducible whatever worker serves the index;
+call :meth:`RegionDataset.set_epoch` each epoch — and from fresh OS entropy otherwise. The dataset keeps no open
 files or generators between items, so it is safe in forked DataLoader workers.
 
 Unlike the official dataset, which silently replaces a failing sample by the next one, a missing or unreadable
@@ -136,6 +137,7 @@ class RegionDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
         index = index % len(self)
         rng = self._rng(index)
+        view_rng, word_rng = rng.spawn(2)        # independent streams: views do not depend on the control words
         recs = self._items[index]
         if self.max_regions is not None and len(recs) > self.max_regions:
             keep = np.sort(rng.choice(len(recs), self.max_regions, replace=False))
@@ -164,7 +166,7 @@ class RegionDataset(torch.utils.data.Dataset):
         item: Dict[str, object] = {
             "region_boxes": boxes,
             "captions": [r.caption if r.caption is not None else "" for r in recs],
-            "control": [self._control(r, rng) for r in recs],
+            "control": [self._control(r, word_rng) for r in recs],
             "tags": tags,
             "category": np.array([-1 if r.category_index is None else r.category_index for r in recs],
                                  dtype=np.int64),
@@ -176,7 +178,7 @@ class RegionDataset(torch.utils.data.Dataset):
         if self.transform is None:
             item["image"] = image
             return item
-        out = self.transform(image, boxes, rng=rng)
+        out = self.transform(image, boxes, rng=view_rng)
         views, vboxes, coeffs = (np.asarray(out[k]) for k in ("views", "boxes", "coeffs"))
         if views.ndim != 5 or views.shape[0] != R or views.shape[2] != 3:
             raise ValueError(f"transform returned views of shape {views.shape}; expected [R={R}, n, 3, S, S]")
@@ -188,6 +190,8 @@ class RegionDataset(torch.utils.data.Dataset):
         item["views"] = np.ascontiguousarray(views, dtype=np.float32)
         item["boxes"] = np.ascontiguousarray(vboxes, dtype=np.float32)
         item["coeffs"] = np.ascontiguousarray(coeffs, dtype=np.float32)
+        if "view_boxes" in out:
+            item["view_boxes"] = np.ascontiguousarray(np.asarray(out["view_boxes"]), dtype=np.float32)
         return item
 
 
@@ -195,7 +199,8 @@ def collate_regions(samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
     """Concatenate dataset items (any number of regions each) into one batch of R regions:
 
     ``views`` float32 ``[R, n, 3, S, S]``, ``boxes`` ``[R, n, 4]`` (the referred box in each view's frame),
-    ``coeffs`` ``[R, n]``, ``region_boxes`` ``[R, 4]`` (image pixels), ``text_output`` (R captions),
+    ``coeffs`` ``[R, n]``, ``region_boxes`` ``[R, 4]`` (image pixels), ``view_boxes`` ``[R, n, 4]`` (each view in
+    image pixels, when the transform gives them), ``text_output`` (R captions),
     ``control`` (R control sentences), ``tags`` float32 ``[R, T]``, ``category`` int64 ``[R]`` (-1: none),
     ``att_vec`` int8 ``[R, A]`` (-1: unlabelled; absent when the annotations have no attributes),
     ``batch_idx`` int64 ``[R]`` (the item each region came from), ``image_ids`` and ``region_ids`` (R each).
@@ -224,4 +229,6 @@ def collate_regions(samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
     }
     if all(s.get("att_vec") is not None for s in samples):
         batch["att_vec"] = cat("att_vec")
+    if all("view_boxes" in s for s in samples):
+        batch["view_boxes"] = cat("view_boxes")
     return batch
