@@ -117,6 +117,23 @@ def main():
         t = time.perf_counter() - t0
         rows.append([f"RegionDataset + collate, {args.workers} workers (image decode, targets; 3x224 zero views)",
                      "-", "-", f"{n / t:.0f} regions/s", "-"])
+        try:
+            from dynrefer.data.dataset import nested_views
+            for training in (True, False):
+                ds = RegionDataset(os.path.join(out, m["files"]["train"]["caption"]), nested_views(training),
+                                   training=training, seed=0)
+                dl = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=args.workers,
+                                                 collate_fn=collate_regions)
+                for _ in dl:
+                    break
+                t0 = time.perf_counter()
+                n = sum(len(b["text_output"]) for b in dl)
+                t = time.perf_counter() - t0
+                prior = "stochastic" if training else "image (pHash search)"
+                rows.append([f"RegionDataset + NestedViews(3x224, {prior}), {args.workers} workers", "-", "-",
+                             f"{n / t:.0f} regions/s", "-"])
+        except ImportError:
+            pass
     except ImportError:
         pass
 

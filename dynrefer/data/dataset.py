@@ -213,9 +213,19 @@ def collate_regions(samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
     if len(shapes) > 1:
         raise ValueError(f"samples have views of different shapes {sorted(shapes)}; use one transform")
 
-    def cat(key, dtype=None):
+    in_worker = torch.utils.data.get_worker_info() is not None
+
+    def cat(key):
         arrs = [np.asarray(s[key]) for s in samples]
-        return torch.from_numpy(np.concatenate(arrs, axis=0) if len(arrs) > 1 else np.array(arrs[0], copy=True))
+        shape = (sum(a.shape[0] for a in arrs),) + arrs[0].shape[1:]
+        dtype = np.result_type(*arrs)
+        if in_worker and int(np.prod(shape)) * dtype.itemsize >= 1 << 16:
+            # a DataLoader worker: write straight into shared memory (what default_collate does), so the batch
+            # is not copied again to reach the main process
+            out = torch.from_numpy(np.empty(0, dtype)).new_empty(shape).share_memory_()
+            np.concatenate(arrs, axis=0, out=out.numpy())
+            return out
+        return torch.from_numpy(np.concatenate(arrs, axis=0))
 
     batch: Dict[str, object] = {
         "views": cat("views"), "boxes": cat("boxes"), "coeffs": cat("coeffs"), "region_boxes": cat("region_boxes"),
