@@ -156,6 +156,8 @@ def test_bad_input(synth, tmp_path):
         RegionDataset(_path(synth), transform=3)
     with pytest.raises(ValueError, match="num_tags"):
         RegionDataset(_path(synth), num_tags=2)
+    with pytest.raises(ValueError, match="image_cache"):
+        RegionDataset(_path(synth), image_cache=-1)
     ds = RegionDataset(_path(synth), lambda im, bx, rng=None: {"views": np.zeros((1, 2, 3, 4, 4)),
                                                                "boxes": np.zeros((1, 3, 4)),
                                                                "coeffs": np.zeros((1, 2))})
@@ -238,3 +240,22 @@ def test_with_nested_views(synth):
     np.testing.assert_array_equal(a1["coeffs"], a2["coeffs"])
     np.testing.assert_array_equal(a1["views"], a2["views"])
     assert a1["control"] == ["|"] * len(a1["captions"])
+
+
+def test_image_cache(synth):
+    calls = []
+
+    def loader(path):
+        calls.append(path)
+        from dynrefer.data.dataset import load_image
+        return load_image(path)
+    cached = RegionDataset(_path(synth), CropViews(), seed=2, image_loader=loader)
+    plain = RegionDataset(_path(synth), CropViews(), seed=2, image_cache=0)
+    n = 12
+    for i in range(n):
+        a, b = cached[i], plain[i]
+        np.testing.assert_array_equal(a["views"], b["views"])
+    assert len(calls) == len({cached.ann[i].image_path for i in range(n)}) < n   # one decode per image
+    raw = RegionDataset(_path(synth), None)
+    img = raw[0]["image"]
+    assert not img.flags.writeable and raw[1]["image"] is img

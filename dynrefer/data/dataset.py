@@ -30,6 +30,7 @@ image raises an error naming the file and the region ids.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -68,13 +69,15 @@ class RegionDataset(torch.utils.data.Dataset):
     boxes instead of views (``collate_regions`` then refuses the batch). ``training``: sample control words.
     ``control``: ``"sample"``, ``"all"`` or ``"none"`` (default: ``"sample"`` when training, else ``"none"``).
     ``num_tags``: length of the tag multi-hot when the annotations carry no vocabulary (default: its size).
+    ``image_cache``: how many decoded images each process keeps (read-only) for the next items — with
+    ``group="region"`` consecutive items are mostly regions of the same image.
     """
 
     def __init__(self, annotations: Union[Annotations, str, os.PathLike], transform: Optional[Callable] = None,
                  *, group: str = "region", training: bool = False, control: Optional[str] = None,
                  seed: Optional[int] = None, max_regions: Optional[int] = None, num_tags: Optional[int] = None,
                  p_drop_all: float = 0.5, p_drop_word: float = 0.5, image_loader: Callable = load_image,
-                 **reader_kwargs):
+                 image_cache: int = 2, **reader_kwargs):
         if not isinstance(annotations, Annotations):
             annotations = load_annotations(annotations, **reader_kwargs)
         elif reader_kwargs:
@@ -97,6 +100,10 @@ class RegionDataset(torch.utils.data.Dataset):
         self.max_regions = max_regions
         self.p_drop_all, self.p_drop_word = p_drop_all, p_drop_word
         self.image_loader = image_loader
+        if not isinstance(image_cache, int) or image_cache < 0:
+            raise ValueError(f"image_cache must be a non-negative integer, got {image_cache!r}")
+        self.image_cache = image_cache
+        self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
         vocab = annotations.tag_vocab
         if num_tags is None:
             num_tags = len(vocab) if vocab is not None else 0
@@ -143,10 +150,20 @@ class RegionDataset(torch.utils.data.Dataset):
             keep = np.sort(rng.choice(len(recs), self.max_regions, replace=False))
             recs = [recs[k] for k in keep]
         path = recs[0].image_path
-        try:
-            image = self.image_loader(path)
-        except (OSError, ValueError) as e:
-            raise RuntimeError(f"cannot load image {path} (regions {[r.id for r in recs][:5]}): {e}") from e
+        image = self._cache.get(path)
+        if image is None:
+            try:
+                image = self.image_loader(path)
+            except (OSError, ValueError) as e:
+                raise RuntimeError(f"cannot load image {path} (regions {[r.id for r in recs][:5]}): {e}") from e
+            if self.image_cache:
+                image = np.asarray(image)
+                image.flags.writeable = False            # shared by the items of one image: read only
+                self._cache[path] = image
+                while len(self._cache) > self.image_cache:
+                    self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(path)
         w, h = recs[0].image_size
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise RuntimeError(f"image loader must return uint8 [H, W, 3], got {image.dtype} {image.shape}")
