@@ -118,7 +118,8 @@ def test_collate_batch_dict(synth):
     assert b["att_vec"].shape == (R, 15) and b["att_vec"].dtype == torch.int8
     assert b["category"].dtype == torch.int64 and (b["category"] >= 0).all()
     assert len(b["text_output"]) == len(b["region_ids"]) == len(b["image_ids"]) == R
-    np.testing.assert_array_equal(b["batch_idx"].numpy(), [0] * len(items[0]["captions"]) + [1] * len(items[1]["captions"]))
+    n0, n1 = len(items[0]["captions"]), len(items[1]["captions"])
+    np.testing.assert_array_equal(b["batch_idx"].numpy(), [0] * n0 + [1] * n1)
     np.testing.assert_array_equal(b["views"][: len(items[0]["captions"])].numpy(), items[0]["views"])
     with pytest.raises(ValueError, match="at least one"):
         collate_regions([])
@@ -173,7 +174,8 @@ def test_bad_input(synth, tmp_path):
 def test_import_without_torch():
     code = ("import sys, dynrefer.data as d, dynrefer.data.synthetic, dynrefer.data.convert;"
             "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_load_image_modes(tmp_path):

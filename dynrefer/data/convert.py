@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .readers import box_polygon, read_json
 from .tags import TagExtractor

@@ -9,7 +9,7 @@ takes, so a dataset never needs its own evaluation glue.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Dict, Hashable, List, Optional, Tuple
 
 import numpy as np
 
@@ -140,7 +140,8 @@ class Annotations:
         return out
 
     def coco_ground_truth(self) -> Dict[str, object]:
-        """``{"ids", "labels", "boxes" (xywh), "image_ids"}`` for ``evaluate("coco", ...)`` (regions with a category)."""
+        """``{"ids", "labels", "boxes" (xywh), "image_ids", "iscrowd"}`` for ``evaluate("coco", ...)``, over the
+        regions that have a category."""
         recs = [r for r in self.records if r.category_index is not None]
         return {"ids": [r.id for r in recs],
                 "labels": np.array([r.category_index for r in recs], dtype=np.int64),

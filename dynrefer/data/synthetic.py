@@ -33,7 +33,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -189,8 +189,9 @@ def render_scene(rng: np.random.Generator, width: int, height: int,
         rot = float(rng.uniform(0, 2 * math.pi)) if o.shape not in ("circle", "ring") else 0.0
         period = int(rng.integers(4, 7))
         angle = float(rng.uniform(0, math.pi))
-        x0, x1 = int(max(0, math.floor(o.center[0] - o.radius - 1))), int(min(width, math.ceil(o.center[0] + o.radius + 2)))
-        y0, y1 = int(max(0, math.floor(o.center[1] - o.radius - 1))), int(min(height, math.ceil(o.center[1] + o.radius + 2)))
+        cx, cy, r = o.center[0], o.center[1], o.radius
+        x0, x1 = max(0, math.floor(cx - r - 1)), min(width, math.ceil(cx + r + 2))
+        y0, y1 = max(0, math.floor(cy - r - 1)), min(height, math.ceil(cy + r + 2))
         xs = np.arange(x0, x1, dtype=np.float64)[None, :]
         ys = np.arange(y0, y1, dtype=np.float64)[:, None]
         m = _shape_mask(o.shape, xs + 0.5 - o.center[0], ys + 0.5 - o.center[1], o.radius, rot)
