@@ -166,6 +166,8 @@ def test_bad_input(synth, tmp_path):
         ds[0]
     with pytest.raises(IndexError):
         ds[len(ds)]
+    with pytest.raises(TypeError, match="transform must return a dict"):
+        RegionDataset(_path(synth), lambda im, bx, rng=None: np.zeros(3))[0]
     ann = load_annotations(_path(synth), image_root=str(tmp_path))
     with pytest.raises(RuntimeError, match="cannot load image"):
         RegionDataset(ann, CropViews())[0]

@@ -68,6 +68,8 @@ def test_polygon_box_tags_and_root(tmp_path):
     assert r1.image_path == os.path.join(str(tmp_path), "imgs", "1.jpg")
     # explicit image root wins; absolute roots are kept
     assert load_annotations(p, image_root="/data/x", tags=vocab)[0].image_path == "/data/x/1.jpg"
+    with pytest.raises(TypeError, match="tags must be"):
+        load_annotations(p, tags=5)
     # tag names without a vocabulary are an error naming the record
     with pytest.raises(AnnotationError, match=r"annotation #1 \(id 2\).*tag_set1.*vocabulary"):
         load_annotations(p)

@@ -94,6 +94,8 @@ def test_control_sentence_form():
         control_sentence(["a,b"])
     with pytest.raises(TypeError):
         control_sentence([1])
+    with pytest.raises(TypeError, match="single string"):
+        sample_control_words("dog", 0)
     assert sample_control_words(["b", "a", "b"], training=False) == "b,a|"
     with pytest.raises(ValueError, match="p_drop_all"):
         sample_control_words(["a"], 0, p_drop_all=1.5)

@@ -25,6 +25,8 @@ SEPARATOR = "|"
 
 def unique_words(words: Iterable[str]) -> List[str]:
     """Words without repeats or blanks, first appearance first; each stripped."""
+    if isinstance(words, (str, bytes)):
+        raise TypeError("control words must be a sequence of strings, not a single string")
     out, seen = [], set()
     for w in words:
         if not isinstance(w, str):

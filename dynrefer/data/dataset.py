@@ -196,6 +196,9 @@ class RegionDataset(torch.utils.data.Dataset):
             item["image"] = image
             return item
         out = self.transform(image, boxes, rng=view_rng)
+        if not isinstance(out, dict) or not all(k in out for k in ("views", "boxes", "coeffs")):
+            raise TypeError(f"transform must return a dict with 'views', 'boxes' and 'coeffs', got "
+                            f"{sorted(out) if isinstance(out, dict) else type(out).__name__}")
         views, vboxes, coeffs = (np.asarray(out[k]) for k in ("views", "boxes", "coeffs"))
         if views.ndim != 5 or views.shape[0] != R or views.shape[2] != 3:
             raise ValueError(f"transform returned views of shape {views.shape}; expected [R={R}, n, 3, S, S]")

@@ -258,7 +258,9 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
     if isinstance(tags, (str, os.PathLike)):
         vocab = load_tag_vocab(tags)
     elif tags is not None:
-        vocab = [str(t) for t in tags]
+        if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
+            raise TypeError(f"tags must be a list of tag names or a vocabulary file path, got {type(tags).__name__}")
+        vocab = list(tags)
     tag_index = {t: i for i, t in enumerate(vocab)} if vocab is not None else None
 
     # image root
