@@ -54,7 +54,7 @@ def test_real_ovad(shared_data):
     assert r["all"] == pytest.approx(8.68, abs=0.01) and r["head"] == pytest.approx(36.0, abs=0.1)
 
 
-def test_polygon_box_tags_and_root(tmp_path):
+def test_polygon_box_tags_and_root(tmp_path, monkeypatch):
     vocab = ["dog", "red", "ball", "grass"]
     anns = [_ann(1, (10.5, 20, 30, 40.25), extra_info={"parser_result": {"tag_set1": [0, 1], "tag_set2": [2]}}),
             _ann(2, (1, 2, 3, 4), extra_info={"parser_result": {"tag_set1": ["ball"], "tag_set2": ["grass", "dog"]}})]
@@ -68,6 +68,12 @@ def test_polygon_box_tags_and_root(tmp_path):
     assert r1.image_path == os.path.join(str(tmp_path), "imgs", "1.jpg")
     # explicit image root wins; absolute roots are kept
     assert load_annotations(p, image_root="/data/x", tags=vocab)[0].image_path == "/data/x/1.jpg"
+    # an official-style root relative to the working directory is found there when it is not beside the file
+    wd = tmp_path / "wd"
+    (wd / "data" / "vg" / "images").mkdir(parents=True)
+    monkeypatch.chdir(wd)
+    r = load_annotations(p, image_root="data/vg/images/", tags=vocab)[0]
+    assert r.image_path == os.path.join(str(wd), "data", "vg", "images", "1.jpg")
     with pytest.raises(TypeError, match="tags must be"):
         load_annotations(p, tags=5)
     # tag names without a vocabulary are an error naming the record

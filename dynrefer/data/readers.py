@@ -232,7 +232,8 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
     """Read an official-format annotation file into :class:`~dynrefer.data.records.Annotations`.
 
     ``image_root``: where ``file_name`` is found (default: the file's ``dataset.image_root``, else the file's
-    folder; a relative root is taken relative to the annotation file's folder). ``tags``: the tag vocabulary
+    folder; a relative root is taken relative to the annotation file's folder, or to the working directory
+    when only there it names an existing folder, as in the official files). ``tags``: the tag vocabulary
     (a list of names or a path; default: the file's ``dataset.tag_list``, relative to the file's folder) —
     tag indices are checked against it and tag names mapped through it. ``box_source``: ``"auto"`` (segmentation,
     else bbox), ``"bbox"`` or ``"segmentation"``. ``categories``: class names (or category dicts) to use when the
@@ -268,7 +269,10 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
         image_root = info.get("image_root", "")
     image_root = os.fspath(image_root)
     if not os.path.isabs(image_root):
-        image_root = os.path.join(base, image_root)
+        # relative to the annotation file; the official files name roots relative to the working directory
+        # ("data/vg/images/"), so that is tried when the first does not exist
+        near = os.path.join(base, image_root)
+        image_root = near if os.path.isdir(near) or not os.path.isdir(image_root) else os.path.abspath(image_root)
 
     for key in ("images", "annotations"):
         if not isinstance(data.get(key), list):
