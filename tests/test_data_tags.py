@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dynrefer.data.control import SEPARATOR, control_sentence, sample_control_words
+from dynrefer.data.control import SEPARATOR, control_from_scores, control_sentence, sample_control_words
 from dynrefer.data.readers import load_tag_vocab
 from dynrefer.data.tags import TagExtractor, singular, tokenize
 
@@ -179,3 +179,13 @@ def test_control_sampling_properties(words, seed):
     got = [w for w in s[:-1].split(",") if w]
     assert len(got) == len(set(got)) and set(got) <= {w.strip() for w in words}
     assert s == sample_control_words(words, np.random.default_rng(seed))
+
+
+def test_control_from_scores():
+    vocab = ["dog", "red", "ball", "grass"]
+    assert control_from_scores([0.9, 0.1, 0.71, 0.7], vocab) == ["dog,ball|"]
+    assert control_from_scores(np.array([[0.1, 0.2, 0.3, 0.4], [1, 1, 1, 1]]), vocab, 0.76) == ["|", "dog,red,ball,grass|"]
+    with pytest.raises(ValueError, match="T = 4"):
+        control_from_scores([0.5, 0.5], vocab)
+    with pytest.raises(ValueError, match="NaN"):
+        control_from_scores([np.nan, 0, 0, 0], vocab)
