@@ -184,7 +184,8 @@ def test_control_sampling_properties(words, seed):
 def test_control_from_scores():
     vocab = ["dog", "red", "ball", "grass"]
     assert control_from_scores([0.9, 0.1, 0.71, 0.7], vocab) == ["dog,ball|"]
-    assert control_from_scores(np.array([[0.1, 0.2, 0.3, 0.4], [1, 1, 1, 1]]), vocab, 0.76) == ["|", "dog,red,ball,grass|"]
+    two = np.array([[0.1, 0.2, 0.3, 0.4], [1, 1, 1, 1]])
+    assert control_from_scores(two, vocab, 0.76) == ["|", "dog,red,ball,grass|"]
     with pytest.raises(ValueError, match="T = 4"):
         control_from_scores([0.5, 0.5], vocab)
     with pytest.raises(ValueError, match="NaN"):

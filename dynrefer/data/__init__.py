@@ -12,7 +12,7 @@ Everything here is pure Python + NumPy (+ Pillow for images); PyTorch is importe
 * :mod:`~dynrefer.data.synthetic` — the procedurally drawn benchmark (:func:`generate_synthetic`);
 * :class:`RegionDataset`, :func:`collate_regions` — the PyTorch side.
 """
-from .control import control_sentence, sample_control_words
+from .control import control_from_scores, control_sentence, sample_control_words
 from .convert import RawFormatError, convert_coco, convert_ovad, convert_refcocog, convert_vg
 from .readers import (box_polygon, decode_rle, load_annotations, load_tag_vocab, read_json, segmentation_to_box,
                       write_json)
@@ -23,7 +23,7 @@ __all__ = [
     "AnnotationError", "Annotations", "ImageInfo", "RegionRecord",
     "load_annotations", "load_tag_vocab", "read_json", "write_json", "segmentation_to_box", "decode_rle",
     "box_polygon", "RawFormatError", "convert_vg", "convert_refcocog", "convert_coco", "convert_ovad",
-    "TagExtractor", "control_sentence", "sample_control_words", "generate_synthetic",
+    "TagExtractor", "control_sentence", "sample_control_words", "control_from_scores", "generate_synthetic",
     "RegionDataset", "collate_regions", "load_image", "nested_views",
 ]
 
