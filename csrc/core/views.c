@@ -86,6 +86,92 @@ static void taps_free(taps *t) {
     free(t->wf);
 }
 
+/* ---- Pillow's two-pass resize, vectorisable ------------------------------------------------------------
+ * Both passes are written as "row combinations": output row i = clip8(½ + Σ_j w_i[j] · input row (s_i + j)), all
+ * rows contiguous, so the inner loop runs over a whole row with one weight (vectorised by the compiler: AVX2 clones
+ * where the CPU has it). The horizontal pass becomes a row combination on the transposed image. Same integer
+ * arithmetic as Pillow, so bit-exact. */
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define DR_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DR_SIMD_CLONES
+#endif
+
+DR_SIMD_CLONES
+static void combine_rows_u8(const uint8_t *src, int64_t stride, int64_t s, int64_t n, const int32_t *w, int64_t len,
+                            int32_t *acc, uint8_t *dst) {
+    const int32_t half = 1 << (DR_PIL_PRECISION_BITS - 1);
+    for (int64_t k = 0; k < len; k++)
+        acc[k] = half;
+    for (int64_t j = 0; j < n; j++) {
+        const uint8_t *r = src + (s + j) * stride;
+        const int32_t wj = w[j];
+        for (int64_t k = 0; k < len; k++)
+            acc[k] += (int32_t)r[k] * wj;
+    }
+    for (int64_t k = 0; k < len; k++) {
+        int32_t v = acc[k] >> DR_PIL_PRECISION_BITS;
+        dst[k] = (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
+    }
+}
+
+/* [a][b][C] → [b][a][C] */
+static void transpose_px(const uint8_t *src, int64_t a, int64_t b, int C, uint8_t *dst) {
+    for (int64_t i = 0; i < a; i++)
+        for (int64_t j = 0; j < b; j++)
+            for (int c = 0; c < C; c++)
+                dst[(j * a + i) * C + c] = src[(i * b + j) * C + c];
+}
+
+/* Resize `packed` (rows [ylo, ylo + rows) of a crop, each `w` pixels of C channels, contiguous) to oh × ow × C with
+ * the taps tx (columns) and ty (rows, in crop coordinates), in Pillow's order. Returns -1 on allocation failure. */
+static int pil_resize_packed(const uint8_t *packed, int64_t ylo, int64_t rows, int64_t w, int C, const taps *tx,
+                             const taps *ty, int64_t ow, int64_t oh, int vfirst, uint8_t *out) {
+    int64_t mr = rows > oh ? rows : oh, mc = w > ow ? w : ow;
+    int64_t big = mr * mc * C, line = (mr > mc ? mr : mc) * C;
+    uint8_t *t1 = (uint8_t *)malloc((size_t)big), *t2 = (uint8_t *)malloc((size_t)big);
+    int32_t *acc = (int32_t *)malloc((size_t)line * sizeof(int32_t));
+    if (!t1 || !t2 || !acc) {
+        free(t1);
+        free(t2);
+        free(acc);
+        return -1;
+    }
+    if (!vfirst) {
+        transpose_px(packed, rows, w, C, t1);                 /* [w][rows][C] */
+        for (int64_t x = 0; x < ow; x++)                      /* horizontal: rows of t1 → t2 [ow][rows][C] */
+            combine_rows_u8(t1, rows * C, tx->start[x], tx->n[x], tx->wi + x * tx->kmax, rows * C, acc, t2 + x * rows * C);
+        transpose_px(t2, ow, rows, C, t1);                    /* [rows][ow][C] */
+        for (int64_t y = 0; y < oh; y++)                      /* vertical */
+            combine_rows_u8(t1, ow * C, ty->start[y] - ylo, ty->n[y], ty->wi + y * ty->kmax, ow * C, acc, out + y * ow * C);
+    } else {
+        for (int64_t y = 0; y < oh; y++)                      /* vertical: t1 [oh][w][C] */
+            combine_rows_u8(packed, w * C, ty->start[y] - ylo, ty->n[y], ty->wi + y * ty->kmax, w * C, acc, t1 + y * w * C);
+        transpose_px(t1, oh, w, C, t2);                       /* [w][oh][C] */
+        for (int64_t x = 0; x < ow; x++)                      /* horizontal: t1 [ow][oh][C] */
+            combine_rows_u8(t2, oh * C, tx->start[x], tx->n[x], tx->wi + x * tx->kmax, oh * C, acc, t1 + x * oh * C);
+        transpose_px(t1, ow, oh, C, out);                     /* [oh][ow][C] */
+    }
+    free(t1);
+    free(t2);
+    free(acc);
+    return 0;
+}
+
+/* Rows [ylo, yhi) covered by the taps of an axis. */
+static void taps_rows(const taps *t, int64_t m, int64_t *lo, int64_t *hi) {
+    int64_t a = t->start[0], b = t->start[0] + t->n[0];
+    for (int64_t i = 0; i < m; i++) {
+        if (t->start[i] < a)
+            a = t->start[i];
+        if (t->start[i] + t->n[i] > b)
+            b = t->start[i] + t->n[i];
+    }
+    *lo = a;
+    *hi = b > a ? b : a + 1;
+}
+
 /* ---- crop_resize ------------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -114,48 +200,68 @@ static void write_ref(const crop_ctx *c, int64_t v, const dr_crop *cr, const dr_
         ((float *)c->ref_out->data)[v * c->ref_out->strides[0] + k * c->ref_out->strides[1]] = o[k];
 }
 
-/* Pillow's vertical-first order: vertical pass over every crop column into buf[y][q][c], then the horizontal pass. */
-static int pil_vertical_first(crop_ctx *c, int64_t v, const dr_image_ref *im, const dr_crop *cr, const taps *tx,
-                              const taps *ty) {
+/* Pack rows [ylo, yhi) of a crop, C = 3 channels (or C = 1: Pillow luma), contiguous. */
+static void pack_crop(const dr_image_ref *im, const dr_crop *cr, int64_t ylo, int64_t yhi, int C, uint8_t *dst) {
+    for (int64_t r = ylo; r < yhi; r++) {
+        const uint8_t *src = im->data + (cr->y0 + r) * im->sh + cr->x0 * im->sw;
+        uint8_t *d = dst + (r - ylo) * cr->w * C;
+        if (C == 1) {
+            for (int64_t q = 0; q < cr->w; q++)
+                d[q] = dr_luma_pil(im, cr->y0 + r, cr->x0 + q);
+        } else if (im->sw == 3 && im->sc == 1) {
+            memcpy(d, src, (size_t)(cr->w * 3));
+        } else {
+            for (int64_t q = 0; q < cr->w; q++, src += im->sw) {
+                d[q * 3 + 0] = src[0];
+                d[q * 3 + 1] = src[im->sc];
+                d[q * 3 + 2] = src[2 * im->sc];
+            }
+        }
+    }
+}
+
+/* Pillow path of one view: pack, two passes, normalise through a 256-entry table per channel. */
+static int crop_resize_pil_view(crop_ctx *c, int64_t v, const dr_image_ref *im, const dr_crop *cr, const taps *tx,
+                                const taps *ty) {
     const dr_crop_resize_params *p = c->p;
-    const int64_t S = p->size, W = cr->w;
-    uint8_t *buf = (uint8_t *)malloc((size_t)(S * W * 3));
-    if (!buf)
+    const int64_t S = p->size;
+    int64_t ylo, yhi;
+    taps_rows(ty, S, &ylo, &yhi);
+    uint8_t *packed = (uint8_t *)malloc((size_t)((yhi - ylo) * cr->w * 3));
+    uint8_t *o8 = (uint8_t *)malloc((size_t)(S * S * 3));
+    if (!packed || !o8) {
+        free(packed);
+        free(o8);
         return -1;
-    const int32_t half = 1 << (DR_PIL_PRECISION_BITS - 1);
-    for (int64_t y = 0; y < S; y++) {
-        const int32_t *w = ty->wi + y * ty->kmax;
-        const uint8_t *src0 = im->data + (cr->y0 + ty->start[y]) * im->sh + cr->x0 * im->sw;
-        uint8_t *d = buf + y * W * 3;
-        for (int64_t q = 0; q < W; q++) {
-            const uint8_t *px = src0 + q * im->sw;
-            int32_t a0 = half, a1 = half, a2 = half;
-            for (int64_t j = 0; j < ty->n[y]; j++, px += im->sh) {
-                a0 += (int32_t)px[0] * w[j];
-                a1 += (int32_t)px[im->sc] * w[j];
-                a2 += (int32_t)px[2 * im->sc] * w[j];
-            }
-            d[q * 3 + 0] = dr_pil_clip8(a0);
-            d[q * 3 + 1] = dr_pil_clip8(a1);
-            d[q * 3 + 2] = dr_pil_clip8(a2);
-        }
     }
-    for (int64_t y = 0; y < S; y++) {
-        const uint8_t *row = buf + y * W * 3;
-        for (int64_t x = 0; x < S; x++) {
-            const int32_t *w = tx->wi + x * tx->kmax;
-            const uint8_t *px = row + tx->start[x] * 3;
-            int32_t a[3] = {half, half, half};
-            for (int64_t j = 0; j < tx->n[x]; j++, px += 3) {
-                a[0] += (int32_t)px[0] * w[j];
-                a[1] += (int32_t)px[1] * w[j];
-                a[2] += (int32_t)px[2] * w[j];
-            }
-            for (int ch = 0; ch < 3; ch++)
-                store_out(c->out, v, ch, y, x, dr_normalize_u8(dr_pil_clip8(a[ch]), p->mean[ch], p->std[ch]));
-        }
+    pack_crop(im, cr, ylo, yhi, 3, packed);
+    int vf = dr_pil_vertical_first(cr->w, cr->h, S, S, p->pil_order);
+    if (pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 3, tx, ty, S, S, vf, o8) < 0) {
+        free(packed);
+        free(o8);
+        return -1;
     }
-    free(buf);
+    float lut[3][256];
+    for (int ch = 0; ch < 3; ch++)
+        for (int k = 0; k < 256; k++)
+            lut[ch][k] = dr_normalize_u8((uint8_t)k, p->mean[ch], p->std[ch]);
+    dr_tensor *out = c->out;
+    if (out->dtype == DR_FLOAT32 && out->strides[3] == 1) {
+        for (int ch = 0; ch < 3; ch++)
+            for (int64_t y = 0; y < S; y++) {
+                float *d = (float *)out->data + v * out->strides[0] + ch * out->strides[1] + y * out->strides[2];
+                const uint8_t *srow = o8 + y * S * 3 + ch;
+                for (int64_t x = 0; x < S; x++)
+                    d[x] = lut[ch][srow[x * 3]];
+            }
+    } else {
+        for (int ch = 0; ch < 3; ch++)
+            for (int64_t y = 0; y < S; y++)
+                for (int64_t x = 0; x < S; x++)
+                    store_out(out, v, ch, y, x, lut[ch][o8[(y * S + x) * 3 + ch]]);
+    }
+    free(packed);
+    free(o8);
     return 0;
 }
 
@@ -179,91 +285,54 @@ static void crop_resize_task(void *vctx, int64_t begin, int64_t end) {
             c->failed = 1;
             return;
         }
-        if (fixed && dr_pil_vertical_first(cr.w, cr.h, S, S, p->pil_order)) {
-            if (pil_vertical_first(c, v, im, &cr, &tx, &ty) < 0)
+        if (fixed) {
+            if (crop_resize_pil_view(c, v, im, &cr, &tx, &ty) < 0)
                 c->failed = 1;
             taps_free(&tx);
             taps_free(&ty);
             continue;
         }
-        /* source rows the vertical pass reads */
-        int64_t ylo = ty.start[0], yhi = ty.start[S - 1] + ty.n[S - 1];
-        for (int64_t y = 0; y < S; y++) {
-            if (ty.start[y] < ylo)
-                ylo = ty.start[y];
-            if (ty.start[y] + ty.n[y] > yhi)
-                yhi = ty.start[y] + ty.n[y];
-        }
-        int64_t rows = yhi - ylo > 0 ? yhi - ylo : 1;
-        size_t cells = (size_t)(rows * S * 3);
-        void *buf = fixed ? malloc(cells) : malloc(cells * sizeof(float));
+        /* floating point (torch interpolate semantics): horizontal pass over the rows the vertical pass reads */
+        int64_t ylo, yhi;
+        taps_rows(&ty, S, &ylo, &yhi);
+        int64_t rows = yhi - ylo;
+        float *buf = (float *)malloc((size_t)(rows * S * 3) * sizeof(float));
         if (!buf) {
             taps_free(&tx);
             taps_free(&ty);
             c->failed = 1;
             return;
         }
-        /* horizontal pass: rows [ylo, yhi) of the crop → buf[row][x][c] */
         for (int64_t r = ylo; r < yhi; r++) {
             const uint8_t *src = im->data + (cr.y0 + r) * im->sh + cr.x0 * im->sw;
             for (int64_t x = 0; x < S; x++) {
-                int64_t s = tx.start[x], n = tx.n[x];
-                const uint8_t *px = src + s * im->sw;
-                if (fixed) {
-                    const int32_t *w = tx.wi + x * tx.kmax;
-                    int32_t a0 = 1 << (DR_PIL_PRECISION_BITS - 1), a1 = a0, a2 = a0;
-                    for (int64_t j = 0; j < n; j++, px += im->sw) {
-                        a0 += (int32_t)px[0] * w[j];
-                        a1 += (int32_t)px[im->sc] * w[j];
-                        a2 += (int32_t)px[2 * im->sc] * w[j];
-                    }
-                    uint8_t *d = (uint8_t *)buf + ((r - ylo) * S + x) * 3;
-                    d[0] = dr_pil_clip8(a0);
-                    d[1] = dr_pil_clip8(a1);
-                    d[2] = dr_pil_clip8(a2);
-                } else {
-                    const float *w = tx.wf + x * tx.kmax;
-                    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f;
-                    for (int64_t j = 0; j < n; j++, px += im->sw) {
-                        a0 += w[j] * (float)px[0];
-                        a1 += w[j] * (float)px[im->sc];
-                        a2 += w[j] * (float)px[2 * im->sc];
-                    }
-                    float *d = (float *)buf + ((r - ylo) * S + x) * 3;
-                    d[0] = a0;
-                    d[1] = a1;
-                    d[2] = a2;
+                const float *w = tx.wf + x * tx.kmax;
+                const uint8_t *px = src + tx.start[x] * im->sw;
+                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f;
+                for (int64_t j = 0; j < tx.n[x]; j++, px += im->sw) {
+                    a0 += w[j] * (float)px[0];
+                    a1 += w[j] * (float)px[im->sc];
+                    a2 += w[j] * (float)px[2 * im->sc];
                 }
+                float *d = buf + ((r - ylo) * S + x) * 3;
+                d[0] = a0;
+                d[1] = a1;
+                d[2] = a2;
             }
         }
-        /* vertical pass + normalisation */
         for (int64_t y = 0; y < S; y++) {
-            int64_t s = ty.start[y] - ylo, n = ty.n[y];
+            const float *w = ty.wf + y * ty.kmax;
+            int64_t s0 = ty.start[y] - ylo;
             for (int64_t x = 0; x < S; x++) {
-                if (fixed) {
-                    const int32_t *w = ty.wi + y * ty.kmax;
-                    int32_t a[3] = {1 << (DR_PIL_PRECISION_BITS - 1), 1 << (DR_PIL_PRECISION_BITS - 1),
-                                    1 << (DR_PIL_PRECISION_BITS - 1)};
-                    const uint8_t *col = (const uint8_t *)buf + (s * S + x) * 3;
-                    for (int64_t j = 0; j < n; j++, col += S * 3) {
-                        a[0] += (int32_t)col[0] * w[j];
-                        a[1] += (int32_t)col[1] * w[j];
-                        a[2] += (int32_t)col[2] * w[j];
-                    }
-                    for (int ch = 0; ch < 3; ch++)
-                        store_out(c->out, v, ch, y, x, dr_normalize_u8(dr_pil_clip8(a[ch]), p->mean[ch], p->std[ch]));
-                } else {
-                    const float *w = ty.wf + y * ty.kmax;
-                    float a[3] = {0.0f, 0.0f, 0.0f};
-                    const float *col = (const float *)buf + (s * S + x) * 3;
-                    for (int64_t j = 0; j < n; j++, col += S * 3) {
-                        a[0] += w[j] * col[0];
-                        a[1] += w[j] * col[1];
-                        a[2] += w[j] * col[2];
-                    }
-                    for (int ch = 0; ch < 3; ch++)
-                        store_out(c->out, v, ch, y, x, dr_normalize_f(a[ch], p->mean[ch], p->std[ch]));
+                float a[3] = {0.0f, 0.0f, 0.0f};
+                const float *col = buf + (s0 * S + x) * 3;
+                for (int64_t j = 0; j < ty.n[y]; j++, col += S * 3) {
+                    a[0] += w[j] * col[0];
+                    a[1] += w[j] * col[1];
+                    a[2] += w[j] * col[2];
                 }
+                for (int ch = 0; ch < 3; ch++)
+                    store_out(c->out, v, ch, y, x, dr_normalize_f(a[ch], p->mean[ch], p->std[ch]));
             }
         }
         free(buf);
@@ -328,6 +397,17 @@ typedef struct {
 
 static void put_hash(dr_tensor *h, int64_t v, uint64_t value) { ((uint64_t *)h->data)[v * h->strides[0]] = value; }
 
+/* acc[u][x] += cy[u] · row[x] for the 8 low vertical frequencies (float32, vectorised). */
+DR_SIMD_CLONES
+static void dct_rows_accumulate(float acc[8][DR_PHASH_DYN_RES], const float *row, const float *cy) {
+    for (int u = 0; u < 8; u++) {
+        const float c = cy[u];
+        float *a = acc[u];
+        for (int64_t x = 0; x < DR_PHASH_DYN_RES; x++)
+            a[x] += c * row[x];
+    }
+}
+
 /* Official pHash of one view: resize rows on the fly, accumulate the 8 low vertical frequencies per column. */
 static uint64_t phash_dyn_fast(const dr_image_ref *im, const dr_crop *cr, const double *cs) {
     enum { R = DR_PHASH_DYN_RES };
@@ -343,7 +423,7 @@ static uint64_t phash_dyn_fast(const dr_image_ref *im, const dr_crop *cr, const 
         wx0[x] = (float)dr_axis_weight(&ax, s, 0, f, 1.0);
         wx1[x] = (float)dr_axis_weight(&ax, s, 1, f, 1.0);
     }
-    double acc[8][R];
+    float acc[8][R];
     memset(acc, 0, sizeof acc);
     float h0[R], h1[R], row[R];
     int64_t cached0 = -1, cached1 = -1;
@@ -372,12 +452,10 @@ static uint64_t phash_dyn_fast(const dr_image_ref *im, const dr_crop *cr, const 
         }
         for (int64_t x = 0; x < R; x++)
             row[x] = h0[x] * wy0 + h1[x] * wy1;
-        for (int u = 0; u < 8; u++) {
-            double cu = cs[u * R + y];
-            double *a = acc[u];
-            for (int64_t x = 0; x < R; x++)
-                a[x] += cu * (double)row[x];
-        }
+        float cy[8];
+        for (int u = 0; u < 8; u++)
+            cy[u] = (float)cs[u * R + y];
+        dct_rows_accumulate(acc, row, cy);
     }
     double coef[64];
     const double n = (double)R;
@@ -385,7 +463,7 @@ static uint64_t phash_dyn_fast(const dr_image_ref *im, const dr_crop *cr, const 
         for (int v = 0; v < 8; v++) {
             double s = 0.0;
             for (int64_t x = 0; x < R; x++)
-                s += acc[u][x] * cs[v * R + x];
+                s += (double)acc[u][x] * cs[v * R + x];
             double cu = u == 0 ? sqrt(1.0 / n) : sqrt(2.0 / n), cv = v == 0 ? sqrt(1.0 / n) : sqrt(2.0 / n);
             coef[u * 8 + v] = s * cu * cv;
         }
@@ -409,83 +487,22 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const dr_crop *cr, int pil
         return 0;
     }
     uint8_t px[R * R];
-    uint8_t *hbuf = NULL, *lrow = NULL;
-    if (dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order)) {
-        /* vertical pass over every column (luma on the fly), then horizontal */
-        hbuf = (uint8_t *)malloc((size_t)(R * cr->w));
-        int32_t *acc = (int32_t *)malloc((size_t)cr->w * sizeof(int32_t));
-        lrow = (uint8_t *)malloc((size_t)cr->w);
-        if (!hbuf || !acc || !lrow) {
-            free(hbuf);
-            free(acc);
-            free(lrow);
-            taps_free(&tx);
-            taps_free(&ty);
-            *failed = 1;
-            return 0;
-        }
-        for (int64_t y = 0; y < R; y++) {
-            const int32_t *w = ty.wi + y * ty.kmax;
-            for (int64_t q = 0; q < cr->w; q++)
-                acc[q] = 1 << (DR_PIL_PRECISION_BITS - 1);
-            for (int64_t j = 0; j < ty.n[y]; j++) {
-                int64_t r = ty.start[y] + j;
-                for (int64_t q = 0; q < cr->w; q++)
-                    acc[q] += (int32_t)dr_luma_pil(im, cr->y0 + r, cr->x0 + q) * w[j];
-            }
-            for (int64_t q = 0; q < cr->w; q++)
-                hbuf[y * cr->w + q] = dr_pil_clip8(acc[q]);
-        }
-        free(acc);
-        for (int64_t y = 0; y < R; y++)
-            for (int64_t x = 0; x < R; x++) {
-                const int32_t *w = tx.wi + x * tx.kmax;
-                const uint8_t *src = hbuf + y * cr->w + tx.start[x];
-                int32_t ss = 1 << (DR_PIL_PRECISION_BITS - 1);
-                for (int64_t j = 0; j < tx.n[x]; j++)
-                    ss += (int32_t)src[j] * w[j];
-                px[y * R + x] = dr_pil_clip8(ss);
-            }
-    } else {
-        int64_t ylo = ty.start[0], yhi = ty.start[R - 1] + ty.n[R - 1];
-        int64_t rows = yhi - ylo > 0 ? yhi - ylo : 1;
-        hbuf = (uint8_t *)malloc((size_t)(rows * R));
-        lrow = (uint8_t *)malloc((size_t)cr->w);
-        if (!hbuf || !lrow) {
-            free(hbuf);
-            free(lrow);
-            taps_free(&tx);
-            taps_free(&ty);
-            *failed = 1;
-            return 0;
-        }
-        for (int64_t r = ylo; r < yhi; r++) {
-            for (int64_t x = 0; x < cr->w; x++)
-                lrow[x] = dr_luma_pil(im, cr->y0 + r, cr->x0 + x);
-            for (int64_t x = 0; x < R; x++) {
-                const int32_t *w = tx.wi + x * tx.kmax;
-                const uint8_t *src = lrow + tx.start[x];
-                int32_t ss = 1 << (DR_PIL_PRECISION_BITS - 1);
-                for (int64_t j = 0; j < tx.n[x]; j++)
-                    ss += (int32_t)src[j] * w[j];
-                hbuf[(r - ylo) * R + x] = dr_pil_clip8(ss);
-            }
-        }
-        for (int64_t y = 0; y < R; y++) {
-            const int32_t *w = ty.wi + y * ty.kmax;
-            const uint8_t *col = hbuf + (ty.start[y] - ylo) * R;
-            for (int64_t x = 0; x < R; x++) {
-                int32_t ss = 1 << (DR_PIL_PRECISION_BITS - 1);
-                for (int64_t j = 0; j < ty.n[y]; j++)
-                    ss += (int32_t)col[j * R + x] * w[j];
-                px[y * R + x] = dr_pil_clip8(ss);
-            }
-        }
+    int64_t ylo, yhi;
+    taps_rows(&ty, R, &ylo, &yhi);
+    uint8_t *packed = (uint8_t *)malloc((size_t)((yhi - ylo) * cr->w));
+    int rc = packed ? 0 : -1;
+    if (packed) {
+        pack_crop(im, cr, ylo, yhi, 1, packed);
+        rc = pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 1, &tx, &ty, R, R,
+                               dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order), px);
     }
-    free(hbuf);
-    free(lrow);
+    free(packed);
     taps_free(&tx);
     taps_free(&ty);
+    if (rc < 0) {
+        *failed = 1;
+        return 0;
+    }
     /* DCT-II along axis 0 for u < 8, then along axis 1 for v < 8 (scipy's unnormalised 2·Σ per axis) */
     double t[8][R], col[R];
     for (int64_t j = 0; j < R; j++) {

@@ -185,7 +185,7 @@ DR_HD static inline void dr_axis_span(const dr_axis *a, int64_t i, int64_t *star
             i0 = a->in_size - 1;
         *start = i0;
         *n = i0 < a->in_size - 1 ? 2 : 1;
-        *center = src - (double)i0;
+        *center = *n == 2 ? src - (double)i0 : 0.0; /* at the last sample both taps read it: weight 1 */
         return;
     }
     double f = floor(src);
@@ -457,29 +457,34 @@ DR_HD static inline double dr_phash_dyn_coef(const double *cols /* [224][8] */, 
     return s * cu * cv;
 }
 
-/* Sum of 32 values as a balanced tree: exact for integers, and exactly 32·x when all values equal x. */
-DR_HD static inline double dr_sum32(const double *v) {
-    double a[16];
-    for (int i = 0; i < 16; i++)
-        a[i] = v[2 * i] + v[2 * i + 1];
-    for (int n = 8; n >= 1; n /= 2)
-        for (int i = 0; i < n; i++)
-            a[i] = a[2 * i] + a[2 * i + 1];
-    return a[0];
+/* Σ_i x_i cos(πk(2i+1)/(2n)) for n a power of two (n <= 32), by the even/odd split of DCT-II: an even k is the
+ * half-length transform of the folded sums x_i + x_{n−1−i} at k/2, an odd k a sum over the folded differences
+ * x_i − x_{n−1−i}. Like the FFT-based reference, this gives exactly 0 whenever the input's symmetry makes the
+ * coefficient vanish (a constant column, a mirror-symmetric one), so flat or symmetric crops hash bit for bit. */
+DR_HD static inline double dr_dct_fold(const double *x, int64_t n, int k) {
+    double p[32];
+    for (int64_t i = 0; i < n; i++)
+        p[i] = x[i];
+    while (k > 0 && (k & 1) == 0 && n > 1) {
+        for (int64_t i = 0; i < n / 2; i++)
+            p[i] = p[i] + p[n - 1 - i];
+        n /= 2;
+        k /= 2;
+    }
+    if (k == 0) { /* balanced tree: exact for integers and for equal values */
+        for (int64_t m = n; m > 1; m /= 2)
+            for (int64_t i = 0; i < m / 2; i++)
+                p[i] = p[2 * i] + p[2 * i + 1];
+        return p[0];
+    }
+    double acc = 0.0;
+    for (int64_t i = 0; i < n / 2; i++)
+        acc += (p[i] - p[n - 1 - i]) * dr_dct_cos(k, i, n);
+    return acc;
 }
 
-/* scipy.fftpack's unnormalised DCT-II of 32 values, coefficient k: 2·Σ x_i cos(πk(2i+1)/64). For k > 0 the values
- * are centred on their mean first (the same sum in exact arithmetic), so a constant input gives exactly 0 as the
- * FFT-based reference does — the hash of flat crops then matches bit for bit. */
-DR_HD static inline double dr_dct32(const double *x, int k) {
-    double s = dr_sum32(x);
-    if (k == 0)
-        return 2.0 * s;
-    double m = s / 32.0, acc = 0.0;
-    for (int64_t i = 0; i < 32; i++)
-        acc += (x[i] - m) * dr_dct_cos(k, i, 32);
-    return 2.0 * acc;
-}
+/* scipy.fftpack's unnormalised DCT-II of 32 values, coefficient k: 2·Σ x_i cos(πk(2i+1)/64). */
+DR_HD static inline double dr_dct32(const double *x, int k) { return 2.0 * dr_dct_fold(x, 32, k); }
 
 /* imagehash: coefficient (u, v) of the 2-D DCT-II (axis 0, then axis 1) of the 32 × 32 uint8 image px. */
 DR_HD static inline double dr_imagehash_coef(const uint8_t *px /* [32][32] */, int u, int v) {
