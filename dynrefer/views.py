@@ -8,7 +8,9 @@ region — the tight one first, then ``n − 1`` chosen among the candidates ``0
 * ``prior="image"`` (default inference): the paper's Eq. 1 greedy search on perceptual hashes — repeatedly the
   candidate with the largest ``hamming(pHash(x(0)), pHash(x(t))) / t``;
 * ``prior="task"``: a fixed preference per task (``TASK_PRIOR``);
-* ``prior="none"``: random views at inference (the ablation baseline).
+* ``prior="none"``: random views at inference (the ablation baseline);
+* ``prior="fixed"``: the same coefficients for every region (``fixed_coeffs``, the first one included — e.g.
+  ``(1.0,)`` is the single whole-image view of a RoI-Align baseline, ``(0.0, 1.0)`` a fixed two-view model).
 
 Everything heavy (hashing every candidate, cropping and resizing the chosen views) is one batched C call each
 (``dynrefer.ops.views``), on the CPU's threads or on CUDA for CUDA images.
@@ -31,7 +33,7 @@ TASK_PRIOR = {
     "dense_caption": (0.5, 0.4, 0.3, 0.2, 0.1, 0.6, 0.7, 0.8, 0.9, 1.0),
 }
 
-PRIORS = ("stochastic", "image", "task", "none")
+PRIORS = ("stochastic", "image", "task", "none", "fixed")
 
 
 def view_boxes(boxes, coeffs, width, height):
@@ -77,24 +79,30 @@ class NestedViews:
         size: side of each view (224 for the official model).
         num_views: views per region, the tight one included (3 by default).
         candidates: candidate coefficients (increasing; the official ones by default).
-        prior: ``"stochastic"``, ``"image"``, ``"task"`` or ``"none"`` (see the module docstring).
+        prior: ``"stochastic"``, ``"image"``, ``"task"``, ``"none"`` or ``"fixed"`` (see the module docstring).
         task: the task for ``prior="task"`` (a key of ``TASK_PRIOR``).
         mean, std: normalisation (CLIP's by default).
         mode: ``"pil"`` reproduces the official pipeline bit for bit; ``"tensor"`` resizes in floating point (see
             ``dynrefer.ops.crop_resize``).
         dtype: output dtype of the views (``"float32"``; ``"float16"``/``"bfloat16"`` for torch images).
+        fixed_coeffs: the coefficients of ``prior="fixed"`` (then ``num_views`` is their count).
         seed: seed of the random choices (``stochastic``/``none``); each process (e.g. a forked DataLoader worker)
             derives its own stream from it. ``None`` seeds from the OS. A call's ``rng`` argument overrides it.
 
     Calling it returns a dict of NumPy arrays (torch tensors for torch images):
         ``views`` ``[R, n, 3, size, size]``, ``boxes`` ``[R, n, 4]`` (the region in each view's frame), ``coeffs``
-        ``[R, n]`` float32 (``coeffs[:, 0] == 0``), ``view_boxes`` ``[R, n, 4]`` (each view in image pixels).
+        ``[R, n]`` float32 (``coeffs[:, 0] == 0`` except for a fixed prior that says otherwise), ``view_boxes`` ``[R, n, 4]`` (each view in image pixels).
     """
 
     def __init__(self, size=224, num_views=3, candidates=CANDIDATES, prior="image", task="caption", mean=CLIP_MEAN,
-                 std=CLIP_STD, mode="pil", dtype="float32", seed=None):
+                 std=CLIP_STD, mode="pil", dtype="float32", seed=None, fixed_coeffs=None):
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+        if prior == "fixed":
+            if fixed_coeffs is None or len(fixed_coeffs) < 1 or any(not 0.0 <= float(t) <= 1.0 for t in fixed_coeffs):
+                raise ValueError(f"prior='fixed' needs fixed_coeffs, one or more coefficients in [0, 1], got {fixed_coeffs!r}")
+            num_views = len(fixed_coeffs)
+        self.fixed_coeffs = None if fixed_coeffs is None else tuple(float(t) for t in fixed_coeffs)
         cand = tuple(float(c) for c in candidates)
         if not cand or any(not (0.0 < c <= 1.0) for c in cand) or list(cand) != sorted(set(cand)):
             raise ValueError(f"candidates must be increasing, distinct and in (0, 1], got {candidates!r}")
@@ -154,6 +162,9 @@ class NestedViews:
         r, m = b.shape[0], self.num_views - 1
         cand = np.asarray(self.candidates, dtype=np.float64)
         out = np.zeros((r, self.num_views), dtype=np.float32)
+        if prior == "fixed":
+            out[:] = np.asarray(self.fixed_coeffs, dtype=np.float32)[None, :]
+            return out
         if m == 0 or r == 0:
             return out
         if prior in ("stochastic", "none"):

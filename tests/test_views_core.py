@@ -247,6 +247,14 @@ def test_nested_views_priors(rng):
     np.testing.assert_array_equal(s1["views"], s2["views"])
     one = NestedViews(size=32, num_views=1)(im, b)
     assert one["views"].shape == (2, 1, 3, 32, 32)
+    whole = NestedViews(size=32, prior="fixed", fixed_coeffs=(1.0,))(im, b)
+    np.testing.assert_array_equal(whole["coeffs"], np.ones((2, 1), np.float32))
+    np.testing.assert_array_equal(whole["views"][0], whole["views"][1])  # both are the whole image
+    np.testing.assert_array_equal(whole["views"][0, 0], crop_resize(im, [[0, 0, 80, 64]], 32)[0])
+    two = NestedViews(size=32, prior="fixed", fixed_coeffs=(0.0, 1.0))(im, b)
+    assert two["views"].shape == (2, 2, 3, 32, 32)
+    with pytest.raises(ValueError, match="fixed_coeffs"):
+        NestedViews(prior="fixed")
     with pytest.raises(ValueError, match="prior"):
         NestedViews(prior="random")
     with pytest.raises(ValueError, match="task"):
