@@ -9,7 +9,7 @@ batch ``i`` is exactly ``order[i*W*B : (i+1)*W*B]`` -- the same samples a single
 
 Each index is yielded as ``(epoch, index)``; ``SeededDataset`` unpacks it and, when seeding is on, seeds python,
 NumPy and torch from ``(seed, epoch, index)`` around the wrapped dataset's ``__getitem__`` (restoring the caller's
-generator states afterwards), so random augmentation is the same whatever the worker count, the rank, or where a
+generator states afterwards, in the main process), so random augmentation is the same whatever the worker count, the rank, or where a
 run was resumed.
 """
 from __future__ import annotations
@@ -78,10 +78,21 @@ class ResumableBatchSampler(Sampler):
                 "world_size": self.num_replicas}
 
 
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed that depends only on (seed, epoch, index)."""
-    words = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
-    return (int(words[0]) << 31) ^ int(words[1])
+    """A 63-bit seed that depends only on (seed, epoch, index) (SplitMix64 chained over the three)."""
+    h = _splitmix64(seed & _M64)
+    h = _splitmix64(h ^ (epoch & _M64))
+    return _splitmix64(h ^ (index & _M64)) >> 1
 
 
 class SeededDataset(Dataset):
@@ -93,17 +104,36 @@ class SeededDataset(Dataset):
     def __len__(self):
         return len(self.dataset)
 
-    def __getitem__(self, key):
-        epoch, index = key
-        if not self.seeded:
-            return self.dataset[index]
+    def _seed(self, epoch, index):
         s = sample_seed(self.seed, epoch, index)
-        py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
         random.seed(s)
         np.random.seed(s & 0xFFFFFFFF)
         torch.default_generator.manual_seed(s)
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys):
+        """A batch of samples (DataLoader's batched fetch): the caller's generator states are saved once and
+        restored after the batch -- in the main process only; a worker process's own generators serve nothing
+        else, so there they are just reseeded."""
+        if not self.seeded:
+            return [self.dataset[index] for _, index in keys]
+        from torch.utils.data import get_worker_info
+
+        if get_worker_info() is not None:
+            out = []
+            for epoch, index in keys:
+                self._seed(epoch, index)
+                out.append(self.dataset[index])
+            return out
+        py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
         try:
-            return self.dataset[index]
+            out = []
+            for epoch, index in keys:
+                self._seed(epoch, index)
+                out.append(self.dataset[index])
+            return out
         finally:
             random.setstate(py)
             np.random.set_state(npy)
