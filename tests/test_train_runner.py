@@ -163,3 +163,13 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     bar.close()
     assert "epoch 0" in fake.getvalue()
     assert type(progress_bar(5, "x", False)).__name__ == "_NullBar"
+
+
+def test_device_and_distributed_requests_that_cannot_be_met(tmp_path, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(RuntimeError, match=r"run\.distributed: true, but RANK/WORLD_SIZE are not set"):
+        run_training(load_config(T.config(tmp_path / "d", distributed=True)), T.build_model, T.build_datasets)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match=r"run\.device: 'cuda' requested"):
+            run_training(load_config(T.config(tmp_path / "c", device="cuda")), T.build_model, T.build_datasets)

