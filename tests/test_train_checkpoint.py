@@ -221,3 +221,17 @@ def test_resume_errors_and_lavis_style_path(tmp_path):
 
     with pytest.raises(RuntimeError, match="size mismatch"):
         run_training(load_config(T.config(tmp_path / "a", resume_ckpt_path="auto")), other, T.build_datasets)
+
+
+def test_resume_from_a_lavis_layout_checkpoint(tmp_path):
+    """LAVIS saves {model, optimizer, config, scaler, epoch} at the end of epoch `epoch`: continue with the next."""
+    run_training(load_config(T.config(tmp_path / "a", max_epoch=1)), T.build_model, T.build_datasets)
+    ck = torch.load(tmp_path / "a" / "checkpoint_0.pt", weights_only=True)
+    lavis = {"model": ck["model"], "optimizer": ck["optimizer"], "config": ck["config"], "scaler": None, "epoch": 0}
+    torch.save(lavis, tmp_path / "lavis.pth")
+    s = run_training(load_config(T.config(tmp_path / "b", max_epoch=2, resume_ckpt_path=str(tmp_path / "lavis.pth"))),
+                     T.build_model, T.build_datasets)
+    assert s["step"] == 12 and s["epoch"] == 2
+    recs = [r for r in read_jsonl(str(tmp_path / "b" / "metrics.jsonl")) if r["type"] == "train"]
+    assert [r["step"] for r in recs] == list(range(7, 13)) and all(r["epoch"] == 1 for r in recs)
+    assert recs[-1]["lr"] < recs[0]["lr"] < 1e-2  # the schedule continues from step 6 of 12

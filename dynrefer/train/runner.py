@@ -168,13 +168,20 @@ class Runner:
             return
         if ck.get("optimizer") is not None:
             self.optimizer.load_state_dict(ck["optimizer"])
-        if ck.get("scheduler") is not None:
-            self.scheduler.load_state_dict(ck["scheduler"])
         if self.scaler is not None and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
-        self.epoch = int(ck.get("epoch", 0))
-        self.epoch_step = int(ck.get("epoch_step", 0))
-        self.step = int(ck.get("step", 0))
+        if "version" in ck:
+            self.epoch = int(ck.get("epoch", 0))
+            self.epoch_step = int(ck.get("epoch_step", 0))
+            self.step = int(ck.get("step", 0))
+        else:
+            # a LAVIS checkpoint: written at the end of epoch ck["epoch"]; continue with the next one
+            self.epoch = int(ck.get("epoch", -1)) + 1
+            self.epoch_step, self.step = 0, self.epoch * self.steps_per_epoch
+        if ck.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ck["scheduler"])
+        else:
+            self.scheduler.step_index = self.step
         self.best = ck.get("best")
         samp = ck.get("sampler") or {}
         if self.epoch_step and samp.get("world_size", ctx.world_size) != ctx.world_size:
