@@ -17,7 +17,7 @@ from torch.utils.data._utils.collate import default_collate
 from dynrefer.train import checkpoint as ckpt_mod
 from dynrefer.train.config import Config, load_config
 from dynrefer.train.data import ResumableBatchSampler, SeededDataset
-from dynrefer.train.dist import DistContext, all_gather_object, all_reduce_sum, barrier, setup_distributed
+from dynrefer.train.dist import all_gather_object, all_reduce_sum, barrier, setup_distributed
 from dynrefer.train.metrics import MetricsWriter, logger, progress_bar
 from dynrefer.train.optim import LinearWarmupCosineLR, build_optimizer
 
@@ -85,7 +85,7 @@ class Runner:
     # ------------------------------------------------------------------------------------------- setup
     def _setup(self):
         r = self.run_cfg
-        self.ctx: DistContext = setup_distributed(r)
+        self.ctx = setup_distributed(r)
         ctx = self.ctx
         self.out_dir = os.path.abspath(r["output_dir"])
         if ctx.is_main:
@@ -397,12 +397,13 @@ class Runner:
         bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}")
 
     def run(self) -> dict:
-        self._setup()
-        r, ctx = self.run_cfg, self.ctx
-        summary = {"output_dir": self.out_dir, "world_size": ctx.world_size, "device": str(ctx.device),
-                   "amp": self.amp, "interrupted": False, "eval": {}}
+        self.ctx = None
         self.last_train = None
         try:
+            self._setup()
+            r, ctx = self.run_cfg, self.ctx
+            summary = {"output_dir": self.out_dir, "world_size": ctx.world_size, "device": str(ctx.device),
+                       "amp": self.amp, "interrupted": False, "eval": {}}
             if r["evaluate"]:
                 for split in r["valid_splits"] + r["test_splits"]:
                     summary["eval"][split] = self._evaluate(split, None)
@@ -438,7 +439,8 @@ class Runner:
                            last_train=self.last_train, checkpoint=os.path.join(self.out_dir, "latest.pt"))
             return summary
         finally:
-            ctx.close()
+            if self.ctx is not None:
+                self.ctx.close()
 
 
 def run_training(cfg, build_model, build_datasets, evaluate=None) -> dict:
