@@ -86,7 +86,7 @@ def main():
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--classes", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     data = Data(args.steps * args.batch, args.dim, args.classes)
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
