@@ -8,6 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import _train_toy as T
 from dynrefer.train import checkpoint as C
@@ -110,6 +112,35 @@ def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumes():
         s.set_epoch(0, start_batch=6)
     with pytest.raises(ValueError, match="rank 2 is outside"):
         ResumableBatchSampler(5, 2, num_replicas=2, rank=2)
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(size=st.integers(1, 40), batch=st.integers(1, 7), world=st.integers(1, 4), shuffle=st.booleans(),
+       drop_last=st.booleans(), seed=st.integers(0, 2**40), epoch=st.integers(0, 5), data=st.data())
+def test_sampler_properties(size, batch, world, shuffle, drop_last, seed, epoch, data):
+    samplers = [ResumableBatchSampler(size, batch, world, r, shuffle, seed, drop_last) for r in range(world)]
+    per_rank = -(-size // world)
+    runs = []
+    for s in samplers:
+        s.set_epoch(epoch)
+        runs.append(list(s))
+    # every rank takes the same number of batches (DDP needs it), of the batch size except maybe a last one
+    assert len({len(r) for r in runs}) == 1
+    assert len(runs[0]) == (per_rank // batch if drop_last else -(-per_rank // batch))
+    for r in runs:
+        assert all(len(b) == batch for b in r[:-1]) and all(0 < len(b) <= batch for b in r)
+    flat = [i for r in runs for b in r for e, i in b]
+    assert all(e == epoch for r in runs for b in r for e, _ in b)
+    assert set(flat) <= set(range(size))
+    if not drop_last or per_rank % batch == 0:
+        # nothing dropped: every index, padded by wrapping around to a multiple of the world size
+        assert set(flat) == set(range(size)) and len(flat) == per_rank * world
+        assert all(flat.count(i) <= -(-per_rank * world // size) for i in range(size))
+    # resuming at any batch yields exactly the rest; the order depends only on (seed, epoch)
+    start = data.draw(st.integers(0, len(runs[0])))
+    again = ResumableBatchSampler(size, batch, world, world - 1, shuffle, seed, drop_last)
+    again.set_epoch(epoch, start)
+    assert list(again) == runs[-1][start:] and len(again) == len(runs[-1]) - start
 
 
 def test_seeded_dataset_is_deterministic_per_sample_and_restores_caller_rng():
