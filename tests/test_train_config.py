@@ -146,3 +146,15 @@ def test_dump_round_trips(tmp_path):
     # a Config passes through load_config with new overrides
     assert load_config(cfg, ["run.max_epoch=4"]).run["max_epoch"] == 4
     assert isinstance(Config.from_dict({}), Config)
+
+
+def test_non_yaml_values_are_rejected_and_tuples_become_lists():
+    import pathlib
+
+    cfg = load_config({"model": {"sizes": (1, 2), "nested": [{"a": (3,)}]},
+                       "run": {"output_dir": pathlib.Path("/tmp/x")}})
+    assert cfg.model == {"sizes": [1, 2], "nested": [{"a": [3]}]} and cfg.run["output_dir"] == "/tmp/x"
+    with pytest.raises(ConfigError, match=r"model\.nested\[0\]\.fn: values must be YAML scalars"):
+        load_config({"model": {"nested": [{"fn": print}]}})
+    with pytest.raises(ConfigError, match=r"run\.output_dir: values must be YAML scalars"):
+        load_config({"run": {"output_dir": object()}})

@@ -188,6 +188,26 @@ def validate_run(run: dict) -> dict:
     return out
 
 
+def _plain(value, where):
+    """A copy of value made of dict/list/str/int/float/bool/None (tuples become lists, paths strings); anything
+    else is an error
+    (the config is dumped as YAML and stored in checkpoints)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, (str, int, float, bool)):
+                raise ConfigError(f"{where}: keys must be strings or numbers, got {type(k).__name__}")
+            out[k] = _plain(v, f"{where}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise ConfigError(f"{where}: values must be YAML scalars, lists or mappings, got {type(value).__name__}")
+
+
 class Config:
     """A resolved configuration: ``model``, ``datasets`` and ``run`` dicts (``run`` validated, defaults filled).
 
@@ -197,9 +217,9 @@ class Config:
         for name, sec in (("model", model), ("datasets", datasets)):
             if sec is not None and not isinstance(sec, dict):
                 raise ConfigError(f"{name}: expected a mapping, got {type(sec).__name__}")
-        self.model = copy.deepcopy(model) if model else {}
-        self.datasets = copy.deepcopy(datasets) if datasets else {}
-        self.run = validate_run(run or {})
+        self.model = _plain(model, "model") if model else {}
+        self.datasets = _plain(datasets, "datasets") if datasets else {}
+        self.run = validate_run(_plain(run, "run") if isinstance(run, dict) else (run or {}))
 
     model_cfg = property(lambda self: self.model)
     datasets_cfg = property(lambda self: self.datasets)
