@@ -266,3 +266,34 @@ def test_resume_from_a_lavis_layout_checkpoint(tmp_path):
     recs = [r for r in read_jsonl(str(tmp_path / "b" / "metrics.jsonl")) if r["type"] == "train"]
     assert [r["step"] for r in recs] == list(range(7, 13)) and all(r["epoch"] == 1 for r in recs)
     assert recs[-1]["lr"] < recs[0]["lr"] < 1e-2  # the schedule continues from step 6 of 12
+
+
+def test_stop_signal_checkpoints_and_resumes_exactly(tmp_path):
+    """SIGTERM (a preemption notice) mid-epoch: latest.pt at the end of that step, then resume == uninterrupted."""
+    import signal
+
+    common = dict(max_epoch=1, batch_size_train=3)
+    run_training(load_config(T.config(tmp_path / "full", **common)), T.build_model, T.build_datasets)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def preempted(cfg):
+        m = T.build_model(cfg)
+        fwd = m.forward
+
+        def forward(samples):
+            if int(m.calls) == 2:  # during the third step
+                os.kill(os.getpid(), signal.SIGTERM)
+            return fwd(samples)
+
+        m.forward = forward
+        return m
+
+    s = run_training(load_config(T.config(tmp_path / "cut", **common)), preempted, T.build_datasets)
+    assert s["interrupted"] and s["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+    assert torch.load(tmp_path / "cut" / "latest.pt", weights_only=True)["step"] == 3
+    run_training(load_config(T.config(tmp_path / "cut", resume_ckpt_path="auto", **common)), T.build_model,
+                 T.build_datasets)
+    assert _losses(tmp_path / "cut" / "metrics.jsonl") == _losses(tmp_path / "full" / "metrics.jsonl")
+    with pytest.raises(ValueError, match=r"run\.stop_signals: 'SIGNOPE' is not a signal name"):
+        load_config({"run": {"stop_signals": ["SIGNOPE"]}})

@@ -44,7 +44,10 @@ Semantics:
 * Resume (``run.resume_ckpt_path``: a path, or ``auto`` for ``output_dir/latest.pt``): model, optimiser,
   schedule position, scaler, every rank's RNG states and the sampler position are restored, and training
   continues mid-epoch from the next micro-batch: the per-step losses equal (bitwise on the CPU) those of an
-  uninterrupted run. ``run.stop_after_steps`` ends an invocation early (after a checkpoint).
+  uninterrupted run. ``run.stop_after_steps`` ends an invocation early (after a checkpoint); a signal in
+  ``run.stop_signals`` (default SIGTERM, SIGUSR1: a scheduler's preemption notice) makes the run write
+  ``latest.pt`` at the end of the current step (every 10th step when distributed, all ranks together) and
+  return with ``interrupted: True``.
 * Distributed: launched by ``torchrun`` (env://, NCCL on GPUs, gloo on the CPU) or inside an already initialised
   process group; DistributedSampler-equivalent sharding (global batch = world size x ``batch_size_train``),
   DDP, rank-0 logging and checkpoints, metrics averaged over ranks, barriers around checkpoints.

@@ -60,6 +60,9 @@ RUN_SCHEMA = {
     "stop_after_steps": (_opt(int), None, lambda v: v >= 0,
                          "end this invocation after this many optimiser steps in total (a checkpoint is written "
                          "first; the schedule keeps its full length) -- for time-sliced jobs"),
+    "stop_signals": ("list[str]", ["SIGTERM", "SIGUSR1"], None,
+                     "signals that make the run write latest.pt at the next optimiser step and stop (preemption); "
+                     "[] leaves signal handling alone"),
     # data
     "batch_size_train": (int, 8, lambda v: v >= 1, "micro-batch size per process"),
     "batch_size_eval": (int, 8, lambda v: v >= 1, "evaluation batch size per process (for the evaluate hook)"),
@@ -181,6 +184,11 @@ def validate_run(run: dict) -> dict:
         if check is not None and value is not None and not check(value):
             raise ConfigError(f"run.{key}: value {value!r} is out of range ({_help})")
         out[key] = value
+    import signal as _signal
+
+    for name in out["stop_signals"]:
+        if not name.startswith("SIG") or not isinstance(getattr(_signal, name, None), _signal.Signals):
+            raise ConfigError(f"run.stop_signals: {name!r} is not a signal name on this platform")
     if out["min_lr"] > out["init_lr"]:
         raise ConfigError(f"run.min_lr: {out['min_lr']} is larger than run.init_lr ({out['init_lr']})")
     if out["best_metric"] is not None and not out["valid_splits"]:

@@ -360,9 +360,49 @@ class Runner:
                     self.save(["latest.pt"])
                 if r["stop_after_steps"] is not None and self.step >= r["stop_after_steps"]:
                     return False
+                if self._stop_requested():
+                    logger.warning("stop signal received: checkpointing at step %d and stopping", self.step)
+                    return False
         finally:
             bar.close()
         return True
+
+    # ------------------------------------------------------------------------------------------- signals
+    def _install_signals(self):
+        """Make run.stop_signals set a flag (main thread only); the previous handlers come back at the end."""
+        import signal
+        import threading
+
+        self._stop_flag = False
+        self._old_handlers = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            self._stop_flag = True
+
+        for name in self.run_cfg["stop_signals"]:
+            sig = getattr(signal, name)
+            self._old_handlers[sig] = signal.signal(sig, handler)
+
+    def _restore_signals(self):
+        import signal
+
+        for sig, old in getattr(self, "_old_handlers", {}).items():
+            signal.signal(sig, old)
+        self._old_handlers = {}
+
+    def _stop_requested(self) -> bool:
+        """True on every rank once any rank got a stop signal (distributed: checked every 10 steps with one tiny
+        all-reduce, so that all ranks stop at the same step)."""
+        if not self.run_cfg["stop_signals"]:
+            return False
+        if not self.ctx.distributed:
+            return self._stop_flag
+        if self.step % 10:
+            return False
+        flag = torch.tensor([1.0 if self._stop_flag else 0.0], dtype=torch.float64)
+        return bool(all_reduce_sum(self.ctx, flag)[0] > 0)
 
     def _grad_norm(self, max_norm):
         """Global L2 norm of the gradients (before clipping); clips to ``max_norm`` when set."""
@@ -399,6 +439,7 @@ class Runner:
     def run(self) -> dict:
         self.ctx = None
         self.last_train = None
+        self._install_signals()
         try:
             self._setup()
             r, ctx = self.run_cfg, self.ctx
@@ -439,6 +480,7 @@ class Runner:
                            last_train=self.last_train, checkpoint=os.path.join(self.out_dir, "latest.pt"))
             return summary
         finally:
+            self._restore_signals()
             if self.ctx is not None:
                 self.ctx.close()
 
