@@ -18,7 +18,7 @@ datasets:
     build_info:
       annotations: {train: {storage: vg/train.json}}
 run:
-  task: ignored_below
+  task: dynrefer
   lr_sched: "linear_warmup_cosine_lr"
   init_lr: 1e-4
   min_lr: 0
@@ -46,8 +46,7 @@ def _write(tmp_path, text, name="cfg.yaml"):
 
 
 def test_lavis_layout_loads_with_numeric_strings_and_defaults(tmp_path):
-    text = LAVIS_STYLE.replace("  task: ignored_below\n", "")
-    cfg = load_config(_write(tmp_path, text))
+    cfg = load_config(_write(tmp_path, LAVIS_STYLE))
     run = cfg.run
     # PyYAML reads 1e-4 and 1e-8 as strings; the schema makes them floats
     assert run["init_lr"] == 1e-4 and isinstance(run["init_lr"], float)
@@ -56,7 +55,7 @@ def test_lavis_layout_loads_with_numeric_strings_and_defaults(tmp_path):
     # defaults filled in: the official optimiser settings
     assert run["beta2"] == 0.999 and run["beta1"] == 0.9 and run["max_grad_norm"] is None
     assert run["test_splits"] == [] and run["best_metric"] is None and run["ckpt_freq_steps"] == 0
-    assert set(run) == set(RUN_SCHEMA)
+    assert set(run) == set(RUN_SCHEMA) | {"task"} and run["task"] == "dynrefer"  # kept for other code
     # free-form sections passed through untouched
     assert cfg.model == {"arch": "dynrefer", "model_type": "vit_g", "load_finetuned": False}
     assert cfg.datasets["vg_region"]["vis_processor"]["train"]["image_size"] == 224
@@ -64,14 +63,14 @@ def test_lavis_layout_loads_with_numeric_strings_and_defaults(tmp_path):
 
 
 def test_unknown_run_key_is_named_with_a_suggestion(tmp_path):
-    with pytest.raises(ConfigError, match=r"run\.task: unknown key"):
-        load_config(_write(tmp_path, LAVIS_STYLE))
+    with pytest.raises(ConfigError, match=r"run\.tsk: unknown key \(did you mean run\.task\?\)"):
+        load_config({"run": {"tsk": "dynrefer"}})
     with pytest.raises(ConfigError, match=r"run\.max_epochs: unknown key \(did you mean run\.max_epoch\?\)"):
         load_config({"run": {"max_epochs": 3}})
 
 
 def test_dotted_overrides(tmp_path):
-    text = LAVIS_STYLE.replace("  task: ignored_below\n", "")
+    text = LAVIS_STYLE
     cfg = load_config(_write(tmp_path, text), [
         "run.max_epoch=2", "run.amp=bf16", "run.init_lr=3e-5", "run.valid_splits=[val, test]",
         "model.arch=other", "datasets.vg_region.build_info.annotations.train.storage=x.json",
@@ -158,3 +157,35 @@ def test_non_yaml_values_are_rejected_and_tuples_become_lists():
         load_config({"model": {"nested": [{"fn": print}]}})
     with pytest.raises(ConfigError, match=r"run\.output_dir: values must be YAML scalars"):
         load_config({"run": {"output_dir": object()}})
+
+
+def test_official_layout_with_base_includes_and_passthrough_keys(tmp_path, monkeypatch):
+    """The official DynRefer configs: a file lists `base` files (paths relative to the repository root), the
+    run section carries keys for other code (task, eval_dataset_name, report_metric, ...)."""
+    (tmp_path / "configs" / "base" / "runs").mkdir(parents=True)
+    (tmp_path / "configs" / "base" / "models").mkdir(parents=True)
+    (tmp_path / "configs" / "train").mkdir(parents=True)
+    (tmp_path / "configs" / "base" / "runs" / "train.yaml").write_text(
+        "run:\n  task: dynrefer\n  init_lr: 1e-4\n  max_epoch: 5\n  eval_dataset_name: vg1.0\n"
+        "  report_metric: True\n  world_size: 1\n  distributed: True\n  load_ckpt_path: null\n"
+        "  valid_splits: [val]\n")
+    (tmp_path / "configs" / "base" / "models" / "m.yaml").write_text(
+        "model:\n  arch: dynrefer\n  vit: {precision: fp16, depth: 39}\n")
+    (tmp_path / "configs" / "train" / "vg.yaml").write_text(
+        'base: ["configs/base/runs/train.yaml",\n       "configs/base/models/m.yaml",\n]\n'
+        "model:\n  vit: {depth: 2}\nrun:\n  max_epoch: 3\n  eval_dataset_name: vg1.2\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("configs/train/vg.yaml", ["run.max_epoch=1"])
+    assert cfg.model == {"arch": "dynrefer", "vit": {"precision": "fp16", "depth": 2}}  # deep merge, file on top
+    assert cfg.run["max_epoch"] == 1 and cfg.run["init_lr"] == 1e-4 and cfg.run["task"] == "dynrefer"
+    assert cfg.run["eval_dataset_name"] == "vg1.2" and cfg.run["report_metric"] is True
+    assert cfg.run["distributed"] is True and cfg.run["valid_splits"] == ["val"]
+    # base paths relative to the including file also work
+    (tmp_path / "configs" / "train" / "rel.yaml").write_text("base: ../base/models/m.yaml\n")
+    assert load_config("configs/train/rel.yaml").model["vit"]["depth"] == 39
+    (tmp_path / "configs" / "train" / "bad.yaml").write_text("base: [nowhere.yaml]\n")
+    with pytest.raises(ConfigError, match=r"base config 'nowhere.yaml' not found"):
+        load_config("configs/train/bad.yaml")
+    (tmp_path / "configs" / "train" / "loop.yaml").write_text("base: [configs/train/loop.yaml]\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config("configs/train/loop.yaml")

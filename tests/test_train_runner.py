@@ -168,8 +168,44 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
 def test_device_and_distributed_requests_that_cannot_be_met(tmp_path, monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(RuntimeError, match=r"run\.distributed: true, but RANK/WORLD_SIZE are not set"):
+    # distributed: true (as the official configs say) outside torchrun runs one process, as LAVIS does
+    s = run_training(load_config(T.config(tmp_path / "d", distributed=True, max_epoch=1)), T.build_model,
+                     T.build_datasets)
+    assert s["world_size"] == 1 and s["step"] == 6
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=r"run\.distributed: WORLD_SIZE > 1 but RANK is not set"):
         run_training(load_config(T.config(tmp_path / "d", distributed=True)), T.build_model, T.build_datasets)
+    monkeypatch.delenv("WORLD_SIZE")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match=r"run\.device: 'cuda' requested"):
             run_training(load_config(T.config(tmp_path / "c", device="cuda")), T.build_model, T.build_datasets)
+
+
+def test_load_ckpt_path_starts_from_weights_only(tmp_path):
+    run_training(load_config(T.config(tmp_path / "pre", max_epoch=1)), T.build_model, T.build_datasets)
+    pre = torch.load(tmp_path / "pre" / "latest.pt", weights_only=True)
+    seen = {}
+
+    def evaluate(model, split):
+        seen["w"] = model.fc1.weight.detach().clone()
+        return {}
+
+    cfg = load_config(T.config(tmp_path / "ft", evaluate=True, valid_splits=["val"],
+                               load_ckpt_path=str(tmp_path / "pre" / "latest.pt")))
+    run_training(cfg, T.build_model, T.build_datasets, evaluate)
+    assert torch.equal(seen["w"], pre["model"]["fc1.weight"])
+    # fine-tuning: weights loaded, but a fresh optimiser, schedule and epoch count
+    s = run_training(load_config(T.config(tmp_path / "ft2", max_epoch=1,
+                                          load_ckpt_path=str(tmp_path / "pre" / "latest.pt"))),
+                     T.build_model, T.build_datasets)
+    assert s["step"] == 6 and s["epoch"] == 1
+    # weights from a model with an extra head: the missing trainable tensors keep their initialisation
+    partial = {k: v for k, v in pre["model"].items() if not k.startswith("fc2")}
+    torch.save({"model": partial}, tmp_path / "partial.pth")
+    run_training(load_config(T.config(tmp_path / "ft3", evaluate=True, valid_splits=["val"],
+                                      load_ckpt_path=str(tmp_path / "partial.pth"))),
+                 T.build_model, T.build_datasets, evaluate)
+    assert torch.equal(seen["w"], pre["model"]["fc1.weight"])
+    with pytest.raises(FileNotFoundError, match=r"run\.load_ckpt_path: checkpoint not found"):
+        run_training(load_config(T.config(tmp_path / "x", load_ckpt_path=str(tmp_path / "nope.pth"))),
+                     T.build_model, T.build_datasets)

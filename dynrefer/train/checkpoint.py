@@ -93,14 +93,15 @@ def remove_stale_temps(directory: str) -> None:
                 pass
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
+def load_checkpoint(path: str, map_location="cpu", key: str = "run.resume_ckpt_path") -> dict:
+    """Read a checkpoint (``weights_only``); errors name the config ``key`` the path came from."""
     import torch
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"run.resume_ckpt_path: checkpoint not found: {path}")
+        raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"run.resume_ckpt_path: {path} is not a dynrefer/LAVIS checkpoint (no 'model' entry)")
+        raise ValueError(f"{key}: {path} is not a dynrefer/LAVIS checkpoint (no 'model' entry)")
     return ckpt
 
 
@@ -150,13 +151,16 @@ def model_state(model, all_params: bool = False) -> dict:
     return {k: v for k, v in state.items() if k not in frozen}
 
 
-def load_model_state(model, state: dict) -> None:
-    """Load a (possibly trainable-only) state dict: every trainable parameter must be present, no unknown keys."""
+def load_model_state(model, state: dict, require_trainable: bool = True) -> list:
+    """Load a (possibly trainable-only) state dict. Unknown keys are an error; so are missing trainable
+    parameters or buffers unless ``require_trainable`` is False (fine-tuning from other weights), in which case
+    their names are returned."""
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"checkpoint 'model': keys the model does not have: {sorted(result.unexpected_keys)[:8]}")
     trainable = {name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
     buffers = {name for name, _ in model.named_buffers()}
-    missing = [k for k in result.missing_keys if k in trainable or k in buffers]
-    if missing:
-        raise ValueError(f"checkpoint 'model': trainable parameters or buffers missing: {sorted(missing)[:8]}")
+    missing = sorted(k for k in result.missing_keys if k in trainable or k in buffers)
+    if missing and require_trainable:
+        raise ValueError(f"checkpoint 'model': trainable parameters or buffers missing: {missing[:8]}")
+    return missing

@@ -15,6 +15,10 @@ A config file is YAML with three top-level sections, as LAVIS lays them out::
 ``run.valid_splits=[val,test]`` a list), fills the ``run`` defaults and validates every ``run`` key: unknown
 keys, wrong types and out-of-range values raise ``ConfigError`` (a ``ValueError``) naming the key.
 ``Config.dump(path)`` writes the resolved config as YAML.
+
+A file may start with ``base: [a.yaml, b.yaml]`` (the official DynRefer configs do): those files are merged in
+order, then the file itself on top. ``run`` keys the official configs carry for other code (``task``,
+``eval_dataset_name``, ``report_metric``, ...: ``PASSTHROUGH_RUN_KEYS``) are accepted and kept.
 """
 from __future__ import annotations
 
@@ -80,13 +84,16 @@ RUN_SCHEMA = {
     "seed": (int, 42, lambda v: 0 <= v < 2**63, "seed for python, numpy and torch"),
     "device": (("choice", "auto", "cpu", "cuda"), "auto", None, "auto: cuda when available"),
     "distributed": (("choice", "auto", True, False), "auto", None,
-                    "auto: on when launched by torchrun (WORLD_SIZE > 1)"),
+                    "auto or true: on when launched by torchrun (WORLD_SIZE > 1), else one process (as LAVIS); "
+                    "false: one process per launch"),
     "dist_backend": (("choice", "auto", "nccl", "gloo"), "auto", None, "auto: nccl on CUDA, gloo on CPU"),
     "dist_url": (str, "env://", None, "process-group init method"),
     "find_unused_parameters": (bool, False, None, "DistributedDataParallel find_unused_parameters"),
     # outputs
     "output_dir": (str, "output", None, "checkpoints, metrics.jsonl and config.yaml go here"),
     "resume_ckpt_path": (_opt(str), None, None, "checkpoint to resume from; 'auto' = output_dir/latest.pt if present"),
+    "load_ckpt_path": (_opt(str), None, None,
+                       "model weights to start from (fine-tuning; ignored when resuming from resume_ckpt_path)"),
     "ckpt_freq_steps": (int, 0, lambda v: v >= 0, "also write latest.pt every N optimiser steps (0: epoch ends only)"),
     "save_epoch_ckpts": (bool, True, None, "keep checkpoint_{epoch}.pt after each epoch"),
     "save_all_params": (bool, False, None, "checkpoint frozen parameters too (default: trainable only)"),
@@ -96,6 +103,15 @@ RUN_SCHEMA = {
     "log_freq": (int, 50, lambda v: v >= 1, "optimiser steps per JSONL metrics record"),
     "progress_bar": (bool, True, None, "tqdm bar on rank 0 (only when stderr is a terminal)"),
 }
+
+
+# run keys of the official DynRefer / LAVIS configs that the engine itself does not use: accepted and kept as given
+# (the model, data and evaluation code may read them).
+PASSTHROUGH_RUN_KEYS = frozenset({
+    "task", "eval_dataset_name", "report_metric", "visualize", "world_size", "max_len", "min_len", "num_beams",
+    "inference_method", "prompt", "length_penalty", "repetition_penalty", "use_dist_eval_sampler", "k_test",
+    "lr_layer_decay", "job_name",
+})
 
 
 def _type_name(kind):
@@ -175,8 +191,10 @@ def validate_run(run: dict) -> dict:
         raise ConfigError(f"run: expected a mapping, got {type(run).__name__}")
     out = {}
     for key in run:
-        if key not in RUN_SCHEMA:
-            near = difflib.get_close_matches(str(key), RUN_SCHEMA, n=1)
+        if key in PASSTHROUGH_RUN_KEYS:
+            out[key] = copy.deepcopy(run[key])
+        elif key not in RUN_SCHEMA:
+            near = difflib.get_close_matches(str(key), list(RUN_SCHEMA) + sorted(PASSTHROUGH_RUN_KEYS), n=1)
             hint = f" (did you mean run.{near[0]}?)" if near else ""
             raise ConfigError(f"run.{key}: unknown key{hint}")
     for key, (kind, default, check, _help) in RUN_SCHEMA.items():
@@ -297,6 +315,52 @@ def apply_overrides(d: dict, overrides) -> dict:
     return d
 
 
+def _merge(base: dict, top: dict) -> dict:
+    """Deep merge: mappings merge key by key, anything else in ``top`` replaces ``base``."""
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read_yaml(path: str, stack=()) -> dict:
+    """Read a config file, resolving its ``base:`` list (files merged in order, this file on top). Base paths are
+    looked up relative to the working directory first (the official configs' convention), then to this file."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    real = os.path.realpath(path)
+    if real in stack:
+        raise ConfigError(f"{path}: 'base' includes form a cycle")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections {SECTIONS}, got {type(raw).__name__}")
+    bases = raw.pop("base", None)
+    if bases is None:
+        return raw
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: 'base' must be a list of config file paths")
+    merged = {}
+    for b in bases:
+        cand = b if os.path.isabs(b) or os.path.isfile(b) else os.path.join(os.path.dirname(path), b)
+        if not os.path.isfile(cand):
+            raise ConfigError(f"{path}: base config {b!r} not found (relative to the working directory or to "
+                              f"{os.path.dirname(path) or '.'})")
+        merged = _merge(merged, _read_yaml(cand, stack + (real,)))
+    return _merge(merged, raw)
+
+
 def load_config(path_or_dict, overrides=None) -> Config:
     """Load a YAML file (or take a dict), apply dotted-key overrides, fill defaults and validate."""
     if isinstance(path_or_dict, Config):
@@ -304,17 +368,7 @@ def load_config(path_or_dict, overrides=None) -> Config:
     elif isinstance(path_or_dict, dict):
         raw = path_or_dict
     elif isinstance(path_or_dict, (str, os.PathLike)):
-        import yaml
-
-        path = os.fspath(path_or_dict)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            try:
-                raw = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path}: invalid YAML: {e}") from None
-        raw = {} if raw is None else raw
+        raw = _read_yaml(os.fspath(path_or_dict))
     else:
         raise TypeError(f"config: expected a path, a dict or a Config, got {type(path_or_dict).__name__}")
     if not isinstance(raw, dict):

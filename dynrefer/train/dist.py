@@ -1,4 +1,4 @@
-"""Process-group helpers: env:// initialisation under torchrun, rank queries, reductions, barriers."""
+"""Process groups: env:// initialisation under torchrun, rank queries, reductions, barriers."""
 from __future__ import annotations
 
 import os
@@ -34,7 +34,8 @@ class DistContext:
 def setup_distributed(run: dict) -> DistContext:
     """Pick the device and, when launched by torchrun (or when a process group already exists), join the group.
 
-    ``run.distributed``: ``auto`` joins when ``WORLD_SIZE > 1`` in the environment; ``true`` requires it.
+    ``run.distributed``: ``auto`` or ``true`` join when ``WORLD_SIZE > 1`` in the environment and otherwise run
+    one process (LAVIS behaves the same; the official configs say ``true``); ``false`` never joins.
     An already initialised default group (e.g. from ``torch.multiprocessing`` spawn) is used as is."""
     want = run["device"]
     if want == "cuda" and not torch.cuda.is_available():
@@ -44,9 +45,9 @@ def setup_distributed(run: dict) -> DistContext:
     if dist.is_available() and dist.is_initialized():
         rank, world, owns = dist.get_rank(), dist.get_world_size(), False
         local_rank = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count() or 1)))
-    elif run["distributed"] is True or (run["distributed"] == "auto" and env_world > 1):
-        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-            raise RuntimeError("run.distributed: true, but RANK/WORLD_SIZE are not set (launch with torchrun)")
+    elif run["distributed"] in (True, "auto") and env_world > 1:
+        if "RANK" not in os.environ:
+            raise RuntimeError("run.distributed: WORLD_SIZE > 1 but RANK is not set (launch with torchrun)")
         backend = run["dist_backend"]
         if backend == "auto":
             backend = "nccl" if use_cuda else "gloo"

@@ -158,8 +158,14 @@ class Runner:
         if path == "auto":
             path = os.path.join(self.out_dir, "latest.pt")
             if not os.path.isfile(path):
-                return
+                path = None
         if not path:
+            if r["load_ckpt_path"]:
+                ck = ckpt_mod.load_checkpoint(r["load_ckpt_path"], key="run.load_ckpt_path")
+                missing = ckpt_mod.load_model_state(self.model, ck["model"], require_trainable=False)
+                if missing and ctx.is_main:
+                    logger.warning("run.load_ckpt_path: %d trainable tensors not in %s start from their "
+                                   "initialisation: %s", len(missing), r["load_ckpt_path"], missing[:8])
             return
         ck = ckpt_mod.load_checkpoint(path)
         ckpt_mod.load_model_state(self.model, ck["model"])
