@@ -10,7 +10,8 @@ Entry point (what ``dynrefer train CONFIG`` calls)::
 ``run_training(cfg, build_model, build_datasets, evaluate=None) -> dict``
 
 * ``cfg``: a ``Config`` (from ``load_config``), a YAML path, or a dict with ``model`` / ``datasets`` / ``run``
-  sections. ``run`` keys and defaults: ``dynrefer.train.config.RUN_SCHEMA`` (LAVIS names: ``init_lr``,
+  sections (a file may list ``base:`` files to merge first, as the official DynRefer configs do; the official
+  run files load unchanged). ``run`` keys and defaults: ``dynrefer.train.config.RUN_SCHEMA`` (LAVIS names: ``init_lr``,
   ``min_lr``, ``warmup_lr``, ``warmup_steps``, ``weight_decay``, ``max_epoch``, ``batch_size_train``,
   ``accum_grad_iters``, ``amp``, ``seed``, ``output_dir``, ``resume_ckpt_path``, ``train_splits``,
   ``valid_splits``, ``test_splits``, ``evaluate``, ...).
@@ -41,6 +42,8 @@ Semantics:
   clipping, ``amp``: ``bf16`` autocast (CPU or GPU) or ``fp16`` autocast + GradScaler (GPU).
 * Seeds: python/NumPy/torch seeded with ``seed + rank`` before the model is built; the data order is a function of
   ``(seed, epoch)``; each sample's random augmentation a function of ``(seed, epoch, index)``.
+* ``run.load_ckpt_path``: model weights to start from (fine-tuning, or the weights to evaluate with
+  ``run.evaluate``); trainable tensors it lacks keep their initialisation (logged).
 * Resume (``run.resume_ckpt_path``: a path, or ``auto`` for ``output_dir/latest.pt``): model, optimiser,
   schedule position, scaler, every rank's RNG states and the sampler position are restored, and training
   continues mid-epoch from the next micro-batch: the per-step losses equal (bitwise on the CPU) those of an
