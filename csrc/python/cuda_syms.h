@@ -4,9 +4,12 @@
 #define DR_CUDA_SYMS_H
 
 #include "dynrefer.h"
+#include "dr_dcnv4.h"
 
 #define DR_CUDA_SYMS                                                                                               \
     DR_CUDA_SYM(dr_roi_align_forward_cuda)                                                                         \
-    DR_CUDA_SYM(dr_roi_align_backward_cuda)
+    DR_CUDA_SYM(dr_roi_align_backward_cuda)                                                                        \
+    DR_CUDA_SYM(dr_dcnv4_forward_cuda)                                                                             \
+    DR_CUDA_SYM(dr_dcnv4_backward_cuda)
 
 #endif
