@@ -9,14 +9,18 @@ Ops:
         drop-in for ``torchvision.ops.roi_align``
     RoIAlign(output_size, spatial_scale, sampling_ratio, aligned=False)
         drop-in for ``torchvision.ops.RoIAlign`` (an ``nn.Module``; needs PyTorch)
+    dcnv4(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, group=4, group_channels=None,
+          offset_scale=1.0, remove_center=False)
+        DCNv4 deformable aggregation (channels last), DCNv4's semantics on CPU and CUDA
     set_cuda_index_checks(enabled)
         skip the per-call batch-index check (one host sync) on CUDA tensors
 """
 from dynrefer.ops._config import set_cuda_index_checks
 from dynrefer.ops.errors import BoxesShapeError
 from dynrefer.ops.roi_align import roi_align
+from dynrefer.ops.dcnv4 import dcnv4, offset_mask_channels
 
-__all__ = ["roi_align", "RoIAlign", "BoxesShapeError", "set_cuda_index_checks"]
+__all__ = ["roi_align", "RoIAlign", "BoxesShapeError", "set_cuda_index_checks", "dcnv4", "offset_mask_channels"]
 
 
 def __getattr__(name):
