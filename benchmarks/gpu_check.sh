@@ -17,10 +17,12 @@ $PY -m pip install --no-build-isolation --no-deps -q -e . || { echo "BUILD FAILE
 echo "built in $(( $(date +%s) - start )) s"
 $PY -c "import dynrefer, torch; print('torch', torch.__version__, '| dynrefer.cuda_available():', dynrefer.cuda_available()); assert dynrefer.cuda_available()" || exit 1
 echo "== tests"
-$PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_align_core.py -x -rs 2>&1 | tail -15
+$PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_align_core.py tests/test_dcnv4.py tests/test_dcnv4_core.py -x -rs 2>&1 | tail -15
 status=${PIPESTATUS[0]}
 echo "== benchmarks (CUDA)"
 $PY benchmarks/bench_roi_align.py --device cuda
 echo "-- without the per-call batch-index check (no host sync)"
 $PY benchmarks/bench_roi_align.py --device cuda --no-index-checks
+echo "== DCNv4 (CUDA)"
+$PY benchmarks/bench_dcn.py --device cuda
 exit $status
