@@ -294,3 +294,13 @@ def test_bad_arguments_binding(rng):
         _C.dcnv4_backward(value, om, go, np.empty((1, 4, 4, 7), np.float32), np.empty(om.shape, np.float32), *prm)
     with pytest.raises(TypeError):
         _C.dcnv4_forward(value, om, out, 3, 3, 1, 1, 1, 1, 1, 1, 2, 3)  # missing arguments
+
+
+def test_numpy_use_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, dynrefer.ops as o; "
+            "y = o.dcnv4(np.ones((1, 3, 3, 4)), np.zeros((1, 3, 3, 56)), group=2); "
+            "assert y.shape == (1, 3, 3, 4) and 'torch' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
