@@ -62,6 +62,7 @@ def to_deform_conv2d(value, om):
     perm = [j * KS + i for i in range(KS) for j in range(KS)]  # DCNv4 tap → torchvision tap index
     inv = torch.empty(KS * KS, dtype=torch.long)
     inv[torch.tensor(perm)] = torch.arange(KS * KS)
+    inv = inv.to(om.device)
     dx, dy, m = dx[..., inv], dy[..., inv], m[..., inv]
     offset = torch.stack([dy, dx], -1).reshape(n, ho, wo, -1).permute(0, 3, 1, 2)
     mask = m.reshape(n, ho, wo, -1).permute(0, 3, 1, 2)

@@ -204,7 +204,7 @@ def test_empty_batch(rng):
     assert gv.shape == value.shape and gom.shape == om.shape
 
 
-@settings(max_examples=25, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(
     n=st.integers(1, 2), h=st.integers(1, 6), w=st.integers(1, 6), group=st.integers(1, 3), d=st.integers(1, 5),
     kh=st.sampled_from([1, 2, 3]), kw=st.sampled_from([1, 3]), stride=st.integers(1, 2), dil=st.integers(1, 2),
