@@ -204,6 +204,17 @@ def test_torch_library_opcheck():
     torch.library.opcheck(torch.ops.dynrefer.dcnv4.default, args)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_autocast_runs_in_input_dtype(dtype):
+    value, om = make_inputs(torch.Generator().manual_seed(6), n=1, h=4, w=4, group=2, d=4, dtype=dtype)
+    value.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = dcnv4(value, om, group=2)
+    assert y.dtype == dtype
+    y.float().sum().backward()
+    assert value.grad.dtype == dtype
+
+
 def test_deterministic_mode_cpu_bitwise():
     g = torch.Generator().manual_seed(4)
     value, om = make_inputs(g, n=2, h=6, w=6, group=4, d=4, dtype=torch.float32)
