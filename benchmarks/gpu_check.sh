@@ -17,7 +17,7 @@ $PY -m pip install --no-build-isolation --no-deps -q -e . || { echo "BUILD FAILE
 echo "built in $(( $(date +%s) - start )) s"
 $PY -c "import dynrefer, torch; print('torch', torch.__version__, '| dynrefer.cuda_available():', dynrefer.cuda_available()); assert dynrefer.cuda_available()" || exit 1
 echo "== tests"
-$PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_align_core.py tests/test_views.py tests/test_views_core.py -rs 2>&1 | tail -15
+$PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_align_core.py tests/test_views.py tests/test_views_core.py tests/test_dcnv4.py tests/test_dcnv4_core.py -rs 2>&1 | tail -15
 status=${PIPESTATUS[0]}
 echo "== training engine on CUDA (fp16 + GradScaler, bf16, NCCL-free single process)"
 $PY -m pytest -q -p no:cacheprovider tests/test_train_optim.py tests/test_train_checkpoint.py -rs 2>&1 | tail -5
@@ -29,4 +29,6 @@ $PY benchmarks/bench_roi_align.py --device cuda --no-index-checks
 $PY benchmarks/bench_views.py --device cuda
 echo "-- training engine overhead"
 $PY benchmarks/bench_train.py --device cuda
+echo "== DCNv4 (CUDA)"
+$PY benchmarks/bench_dcn.py --device cuda
 exit $status
