@@ -1,6 +1,7 @@
 """Configuration of a DynRefer model, with presets.
 
-    tiny      a few hundred thousand parameters: trains on a CPU on a few hundred regions in minutes (tests)
+    tiny      ~0.2 M parameters, 32×32 views, 2 views, T5 trained too (a random T5 cannot be steered by soft
+              prompts alone), larger init of the BERT parts: overfits a few regions on a CPU in seconds (tests)
     medium    a small but real-shaped model (ViT-S-like encoder, 4-layer Q-Former, small T5)
     official  EVA ViT-g (39 × 1408, patch 14) + BERT-base Q-Former (32 queries) + FlanT5-XL, as DynRefer trains it
 
@@ -46,6 +47,7 @@ class QFormerConfig:
     cross_attention_freq: int = 2
     num_query_tokens: int = 32
     layer_norm_eps: float = 1e-12
+    init_std: float = 0.02       # BERT initialisation (random-init models only; checkpoints overwrite it)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class HeadConfig:
     num_heads: int = 4
     intermediate_size: int = 1024
     layer_norm_eps: float = 1e-12
+    init_std: float = 0.02
 
 
 @dataclass
@@ -113,6 +116,7 @@ class DynReferConfig:
     asl_clip: float = 0.05
     roi_sampling_ratio: int = 2
     align_group: int = 4
+    train_llm: bool = False       # also train the T5 (frozen officially; the tiny preset trains it)
     vit_precision: str = "fp32"   # "fp16" / "bf16": the frozen ViT runs under that autocast on CUDA
     llm_precision: str = "fp32"
 
@@ -162,13 +166,14 @@ PRESETS = {
     "tiny": DynReferConfig(
         vision=VisionConfig(image_size=32, patch_size=8, width=64, depth=2, num_heads=4, mlp_ratio=2.0),
         qformer=QFormerConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                              num_query_tokens=4),
-        head=HeadConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+                              num_query_tokens=4, init_std=0.1),
+        head=HeadConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, init_std=0.1),
         t5=T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4,
                     feed_forward_proj="relu", vocab_size=256),
         text_encoder=TextEncoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                                        vocab_size=256, max_length=16),
         num_views=2,
+        train_llm=True,  # a random-init T5 cannot be steered by its inputs alone
         generation=GenerationConfig(num_beams=2, max_new_tokens=8, chunk_size=8),
     ).to_dict(),
 }

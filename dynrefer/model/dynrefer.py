@@ -168,15 +168,18 @@ class DynRefer(nn.Module):
     def apply_trainable_split(self):
         """The official split: train cvem*, cem*, tag*, attr*, Qformer*, t5_proj*; freeze everything else."""
         for name, p in self.named_parameters():
-            p.requires_grad_(self.is_trainable_name(name))
+            p.requires_grad_(self.is_trainable_name(name)
+                             or (self.config.train_llm and name.startswith("t5_model.")))
 
     def trainable_state_dict(self):
-        return {k: v for k, v in self.state_dict().items() if self.is_trainable_name(k)}
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
 
     def train(self, mode=True):
         super().train(mode)
         for name in _FROZEN_MODULES:  # frozen modules always run as in inference (no dropout)
-            getattr(self, name).eval()
+            if not (name == "t5_model" and self.config.train_llm):
+                getattr(self, name).eval()
         return self
 
     @property

@@ -101,7 +101,7 @@ class QFormer(nn.Module):
     def __init__(self, cfg, encoder_width):
         super().__init__()
         self.bert = _QFormerBert(cfg, encoder_width)
-        self.apply(_init_bert)
+        self.apply(lambda m: _init_bert(m, cfg.init_std))
 
     def forward(self, query_embeds, encoder_hidden_states, encoder_attention_mask=None):
         return self.bert(query_embeds, encoder_hidden_states, encoder_attention_mask)
@@ -126,7 +126,7 @@ class CrossDecoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.encoder = _Encoder(CrossDecoderLayer(cfg) for _ in range(cfg.num_layers))
-        self.apply(_init_bert)
+        self.apply(lambda m: _init_bert(m, cfg.init_std))
 
     def forward(self, queries, context, mask=None):
         x = queries
@@ -135,9 +135,9 @@ class CrossDecoder(nn.Module):
         return x
 
 
-def _init_bert(m):
+def _init_bert(m, std):
     if isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, std=0.02)
+        nn.init.normal_(m.weight, std=std)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.LayerNorm):

@@ -60,7 +60,8 @@ def build_bert_tokenizer(texts, vocab_size=30522):
 
 
 class TextEncoder(nn.Module):
-    """A frozen BERT text encoder (``transformers.BertModel``): texts → the [CLS] token's last hidden state.
+    """A frozen BERT text encoder (``transformers.BertModel``): texts → the mean of the last hidden states
+    over the text's tokens (specials included).
 
     ``encode(texts)`` runs it; ``embed(texts, cache_dir=None)`` memoises the result on disk under a key made of the
     encoder's weights and the texts, so the thousands of tag / attribute prompts are embedded once.
@@ -95,7 +96,8 @@ class TextEncoder(nn.Module):
             t = self.tokenizer([normalize_text(x) for x in texts[i:i + batch_size]], padding=True, truncation=True,
                                max_length=self.max_length, return_tensors="pt").to(dev)
             h = self.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
-            outs.append(h[:, 0].float())
+            m = t["attention_mask"].unsqueeze(-1).to(h.dtype)
+            outs.append(((h * m).sum(1) / m.sum(1).clamp(min=1)).float())
         if not outs:
             return torch.zeros(0, self.width, device=dev)
         return torch.cat(outs)
