@@ -254,7 +254,7 @@ class DynRefer(nn.Module):
         """Pairwise sigmoid loss between regions and their captions, negatives from every process."""
         B = x_v.shape[0]
         vis = self.attr_vision_proj(x_v)
-        txt = self.attr_text_proj(self.text_encoder.encode(list(captions)).to(vis.device, vis.dtype))
+        txt = self.attr_text_proj(self.text_encoder.encode_memo(list(captions)).to(vis.device, vis.dtype))
         vis_all = _dist.all_gather_with_grad(vis)
         txt_all = _dist.all_gather_with_grad(txt)
         off = _dist.rank() * B
@@ -335,6 +335,8 @@ class DynRefer(nn.Module):
         kw = dict(num_beams=g.num_beams, max_new_tokens=g.max_new_tokens, min_length=g.min_length,
                   length_penalty=g.length_penalty, repetition_penalty=g.repetition_penalty, do_sample=False)
         kw.update(overrides)
+        if kw.get("num_beams", 1) <= 1:  # greedy search has no length penalty
+            kw.pop("length_penalty", None)
         return kw
 
     @torch.no_grad()

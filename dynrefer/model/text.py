@@ -84,6 +84,19 @@ class TextEncoder(nn.Module):
         self.requires_grad_(False)
         self.eval()
         self._fingerprint = None
+        self._memo = {}
+
+    def encode_memo(self, texts, max_entries=200_000):
+        """``encode`` through an in-memory memo per text (the encoder is frozen, so a text's embedding is fixed);
+        training embeds each caption once."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if todo:
+            if len(self._memo) + len(todo) > max_entries:
+                self._memo.clear()
+            for t, e in zip(todo, self.encode(todo).cpu()):
+                self._memo[t] = e
+        dev = next(self.model.parameters()).device
+        return torch.stack([self._memo[t] for t in texts]).to(dev)
 
     def train(self, mode=True):  # always frozen and in eval mode
         return super().train(False)
