@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from _model_data import ATTRIBUTES, CAPTIONS, CLASSES, TAGS, batch, build_tiny, tag_targets
+pytest.importorskip("transformers", reason="the model tests need transformers (pip install dynrefer[train])")
+
+from _model_data import CAPTIONS, CLASSES, TAGS, batch, build_tiny, tag_targets  # noqa: E402
 from dynrefer.model import DynReferConfig, format_descriptions
 from dynrefer.model.losses import AsymmetricLoss, pairwise_sigmoid_loss
 from dynrefer.nn import backend
@@ -200,7 +202,6 @@ def test_tiny_model_overfits_a_handful_of_regions():
 # ------------------------------------------------------------------------------------------------ inference
 def _fake_views_module(S, n):
     """A stand-in with the dynrefer.views interface (used only while the real module is absent)."""
-    from dynrefer.model.dynrefer import torch as _t  # noqa: F401
 
     class NestedViews:
         def __init__(self, size, num_views, prior="image", task="caption", seed=None, **kw):

@@ -6,6 +6,8 @@ import logging
 import pytest
 import torch
 
+pytest.importorskip("transformers", reason="the model tests need transformers (pip install dynrefer[train])")
+
 from _model_data import batch, build_tiny
 from dynrefer.model import DynReferConfig
 from dynrefer.model.loading import (load_blip2_checkpoint, load_dynrefer_checkpoint, load_eva_vit,

@@ -9,7 +9,6 @@ decoders are trained with 0 here).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
