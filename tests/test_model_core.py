@@ -309,3 +309,28 @@ def test_backends_agree(gen):
         with backend.use_backend("dynrefer"):
             b = m.encode_views(s["views"], s["boxes"])
     assert float((a - b).norm() / a.norm()) < 1e-10
+
+
+@pytest.mark.cuda
+def test_cuda_forward_backward_and_backends_agree():
+    from conftest import cuda_devices
+
+    if not cuda_devices():
+        pytest.skip("needs a CUDA device and dynrefer's CUDA kernels")
+    m = build_tiny(seed=4).cuda()
+    torch.nn.init.normal_(m.cvem_align.offset_mask.weight, std=0.2)
+    s = batch(m, torch.Generator().manual_seed(7), regions=3)
+    s["views"], s["boxes"] = s["views"].cuda(), s["boxes"].cuda()
+    m.train()
+    out = m(s)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and m.cvem_align.value_proj.weight.grad.abs().sum() > 0
+    m.eval()
+    with torch.no_grad():
+        with backend.use_backend("peer"):
+            a = m.encode_views(s["views"], s["boxes"])
+        with backend.use_backend("dynrefer"):
+            b = m.encode_views(s["views"], s["boxes"])
+    assert float((a - b).norm() / a.norm()) < 1e-4
+    res = m.describe_views(s["views"], s["boxes"])
+    assert len(res) == 3 and all("caption" in r for r in res)
