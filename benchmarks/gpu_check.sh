@@ -17,12 +17,13 @@ $PY -m pip install --no-build-isolation --no-deps -q -e . || { echo "BUILD FAILE
 echo "built in $(( $(date +%s) - start )) s"
 $PY -c "import dynrefer, torch; print('torch', torch.__version__, '| dynrefer.cuda_available():', dynrefer.cuda_available()); assert dynrefer.cuda_available()" || exit 1
 echo "== tests"
-$PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_align_core.py -x -rs 2>&1 | tail -15
+$PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_align_core.py tests/test_views.py tests/test_views_core.py -rs 2>&1 | tail -15
 status=${PIPESTATUS[0]}
 echo "== benchmarks (CUDA)"
 $PY benchmarks/bench_roi_align.py --device cuda
 echo "-- without the per-call batch-index check (no host sync)"
 $PY benchmarks/bench_roi_align.py --device cuda --no-index-checks
+$PY benchmarks/bench_views.py --device cuda
 echo "== model (tests/test_model_*.py on CUDA where they can, model benchmark)"
 $PY -m pytest -q -p no:cacheprovider tests/test_model_nn.py tests/test_model_core.py tests/test_model_loading.py tests/test_model_misc.py -x -rs 2>&1 | tail -8
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

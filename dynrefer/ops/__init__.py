@@ -9,14 +9,19 @@ Ops:
         drop-in for ``torchvision.ops.roi_align``
     RoIAlign(output_size, spatial_scale, sampling_ratio, aligned=False)
         drop-in for ``torchvision.ops.RoIAlign`` (an ``nn.Module``; needs PyTorch)
+    crop_resize(images, boxes, size=224, ...), phash(images, boxes, method=...), phash_hex(hashes),
+    hamming(a, b), select_views(hashes, coeffs, num)
+        nested-view kernels (DESIGN §7.2–7.4); see ``dynrefer.views`` for the transform built on them
     set_cuda_index_checks(enabled)
         skip the per-call batch-index check (one host sync) on CUDA tensors
 """
 from dynrefer.ops._config import set_cuda_index_checks
 from dynrefer.ops.errors import BoxesShapeError
 from dynrefer.ops.roi_align import roi_align
+from dynrefer.ops.views import crop_resize, hamming, phash, phash_hex, select_views
 
-__all__ = ["roi_align", "RoIAlign", "BoxesShapeError", "set_cuda_index_checks"]
+__all__ = ["roi_align", "RoIAlign", "BoxesShapeError", "set_cuda_index_checks", "crop_resize", "phash", "phash_hex",
+           "hamming", "select_views"]
 
 
 def __getattr__(name):

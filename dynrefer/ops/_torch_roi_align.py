@@ -8,39 +8,16 @@
 * CUDA: runs on PyTorch's current stream; backward uses atomics unless
   ``torch.use_deterministic_algorithms(True)`` is on, then a fixed-order gather.
 """
-import contextlib
-
 import torch
 from torch import Tensor
 
 from dynrefer import _C
 from dynrefer.ops._common import integer, pair, real
 from dynrefer.ops._config import cuda_index_checks
+from dynrefer.ops._torch_util import _desc, _device_of, _stream  # noqa: F401 (re-exported)
 from dynrefer.ops.errors import BoxesShapeError
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _stream(t: Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
-
-
-_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3, torch.uint8: 4, torch.int32: 5,
-                torch.int64: 6, torch.bool: 8}
-
-
-def _desc(t: Tensor):
-    """The kernel descriptor of a CPU or CUDA tensor, read from its properties (zero-copy; no DLPack round trip)."""
-    if t.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"dynrefer ops run on CPU and CUDA tensors, got a tensor on {t.device}")
-    if t.dtype not in _DTYPE_CODES:
-        raise TypeError(f"unsupported dtype {t.dtype}")
-    return (t.data_ptr(), _DTYPE_CODES[t.dtype], int(t.is_cuda), t.device.index or 0, tuple(t.shape), tuple(t.stride()))
-
-
-def _device_of(t: Tensor):
-    # the launchers run on the current device's stream: make the tensor's device current for the call
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _channels_last(t: Tensor) -> bool:

@@ -1,0 +1,682 @@
+/* views.c — CPU kernels of the nested views: crop_resize, phash, select_views (math in dr_views.h).
+ *
+ * Fast paths work per view (one task per view on the thread pool): the resampling taps of each axis are computed
+ * once per view, the horizontal pass runs over the source rows the vertical pass needs, and nothing the size of a
+ * crop is materialised beyond one pass buffer of S columns. The `elementwise` paths evaluate the per-element bodies
+ * the CUDA kernels run, for every output, so tests exercise the GPU arithmetic on the CPU.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "dr_views.h"
+
+/* ---- shared helpers ---------------------------------------------------------------------------------- */
+
+static double load_real(const dr_tensor *t, int64_t off) {
+    return t->dtype == DR_FLOAT64 ? ((const double *)t->data)[off] : (double)((const float *)t->data)[off];
+}
+
+static void load_box(const dr_tensor *t, int64_t v, double b[4]) {
+    for (int k = 0; k < 4; k++)
+        b[k] = load_real(t, v * t->strides[0] + k * t->strides[1]);
+}
+
+static int64_t image_of(const dr_tensor *index, int64_t v) {
+    return index ? ((const int64_t *)index->data)[v * index->strides[0]] : 0;
+}
+
+static void store_out(dr_tensor *out, int64_t v, int c, int64_t y, int64_t x, float val) {
+    dr_views_store(out->data, out->dtype,
+                   v * out->strides[0] + c * out->strides[1] + y * out->strides[2] + x * out->strides[3], val);
+}
+
+/* Validate the per-view image indices against n_images. */
+static dr_status check_index(const dr_tensor *index, int64_t nv, int64_t n_images, const char *op) {
+    for (int64_t v = 0; v < nv; v++) {
+        int64_t i = image_of(index, v);
+        if (i < 0 || i >= n_images)
+            return dr_set_error(DR_EINVAL, "%s: image_index[%lld] = %lld is not an image index in [0, %lld)", op,
+                                (long long)v, (long long)i, (long long)n_images);
+    }
+    return DR_OK;
+}
+
+/* Taps of one axis, precomputed for a view. */
+typedef struct {
+    int64_t *start, *n;
+    int32_t *wi; /* fixed point (PIL) */
+    float *wf;   /* floating point */
+    int64_t kmax;
+} taps;
+
+static int taps_make(taps *t, const dr_axis *a, int fixed) {
+    int64_t m = a->out_size, k = dr_axis_max_taps(a);
+    t->kmax = k;
+    t->start = (int64_t *)malloc((size_t)(2 * m) * sizeof(int64_t));
+    t->wi = fixed ? (int32_t *)calloc((size_t)(m * k), sizeof(int32_t)) : NULL;
+    t->wf = fixed ? NULL : (float *)calloc((size_t)(m * k), sizeof(float));
+    if (!t->start || (fixed ? !t->wi : !t->wf)) {
+        free(t->start);
+        free(t->wi);
+        free(t->wf);
+        return -1;
+    }
+    t->n = t->start + m;
+    for (int64_t i = 0; i < m; i++) {
+        int64_t s, n;
+        double c;
+        dr_axis_span(a, i, &s, &n, &c);
+        double tot = dr_axis_total(a, s, n, c);
+        t->start[i] = s;
+        t->n[i] = n;
+        for (int64_t j = 0; j < n; j++) {
+            double w = dr_axis_weight(a, s, j, c, tot);
+            if (fixed)
+                t->wi[i * k + j] = dr_pil_fixed(w);
+            else
+                t->wf[i * k + j] = (float)w;
+        }
+    }
+    return 0;
+}
+
+static void taps_free(taps *t) {
+    free(t->start);
+    free(t->wi);
+    free(t->wf);
+}
+
+/* ---- Pillow's two-pass resize, vectorisable ------------------------------------------------------------
+ * Both passes are written as "row combinations": output row i = clip8(½ + Σ_j w_i[j] · input row (s_i + j)), all
+ * rows contiguous, so the inner loop runs over a whole row with one weight (vectorised by the compiler: AVX2 clones
+ * where the CPU has it). The horizontal pass becomes a row combination on the transposed image. Same integer
+ * arithmetic as Pillow, so bit-exact. */
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define DR_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DR_SIMD_CLONES
+#endif
+
+DR_SIMD_CLONES
+static void combine_rows_u8(const uint8_t *src, int64_t stride, int64_t s, int64_t n, const int32_t *w, int64_t len,
+                            int32_t *acc, uint8_t *dst) {
+    const int32_t half = 1 << (DR_PIL_PRECISION_BITS - 1);
+    for (int64_t k = 0; k < len; k++)
+        acc[k] = half;
+    for (int64_t j = 0; j < n; j++) {
+        const uint8_t *r = src + (s + j) * stride;
+        const int32_t wj = w[j];
+        for (int64_t k = 0; k < len; k++)
+            acc[k] += (int32_t)r[k] * wj;
+    }
+    for (int64_t k = 0; k < len; k++) {
+        int32_t v = acc[k] >> DR_PIL_PRECISION_BITS;
+        dst[k] = (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
+    }
+}
+
+/* [a][b][C] → [b][a][C], in blocks of 32 source rows so reads stream and writes stay in cache */
+static void transpose_px(const uint8_t *src, int64_t a, int64_t b, int C, uint8_t *dst) {
+    for (int64_t i0 = 0; i0 < a; i0 += 32) {
+        int64_t i1 = i0 + 32 < a ? i0 + 32 : a;
+        if (C == 1) {
+            for (int64_t j = 0; j < b; j++)
+                for (int64_t i = i0; i < i1; i++)
+                    dst[j * a + i] = src[i * b + j];
+        } else {
+            for (int64_t j = 0; j < b; j++)
+                for (int64_t i = i0; i < i1; i++) {
+                    const uint8_t *sp = src + (i * b + j) * 3;
+                    uint8_t *dp = dst + (j * a + i) * 3;
+                    dp[0] = sp[0];
+                    dp[1] = sp[1];
+                    dp[2] = sp[2];
+                }
+        }
+    }
+}
+
+/* Resize `packed` (rows [ylo, ylo + rows) of a crop, each `w` pixels of C channels, contiguous) to oh × ow × C with
+ * the taps tx (columns) and ty (rows, in crop coordinates), in Pillow's order. Returns -1 on allocation failure. */
+static int pil_resize_packed(const uint8_t *packed, int64_t ylo, int64_t rows, int64_t w, int C, const taps *tx,
+                             const taps *ty, int64_t ow, int64_t oh, int vfirst, uint8_t *out) {
+    int64_t mr = rows > oh ? rows : oh, mc = w > ow ? w : ow;
+    int64_t big = mr * mc * C, line = (mr > mc ? mr : mc) * C;
+    uint8_t *t1 = (uint8_t *)malloc((size_t)big), *t2 = (uint8_t *)malloc((size_t)big);
+    int32_t *acc = (int32_t *)malloc((size_t)line * sizeof(int32_t));
+    if (!t1 || !t2 || !acc) {
+        free(t1);
+        free(t2);
+        free(acc);
+        return -1;
+    }
+    if (!vfirst) {
+        transpose_px(packed, rows, w, C, t1);                 /* [w][rows][C] */
+        for (int64_t x = 0; x < ow; x++)                      /* horizontal: rows of t1 → t2 [ow][rows][C] */
+            combine_rows_u8(t1, rows * C, tx->start[x], tx->n[x], tx->wi + x * tx->kmax, rows * C, acc, t2 + x * rows * C);
+        transpose_px(t2, ow, rows, C, t1);                    /* [rows][ow][C] */
+        for (int64_t y = 0; y < oh; y++)                      /* vertical */
+            combine_rows_u8(t1, ow * C, ty->start[y] - ylo, ty->n[y], ty->wi + y * ty->kmax, ow * C, acc, out + y * ow * C);
+    } else {
+        for (int64_t y = 0; y < oh; y++)                      /* vertical: t1 [oh][w][C] */
+            combine_rows_u8(packed, w * C, ty->start[y] - ylo, ty->n[y], ty->wi + y * ty->kmax, w * C, acc, t1 + y * w * C);
+        transpose_px(t1, oh, w, C, t2);                       /* [w][oh][C] */
+        for (int64_t x = 0; x < ow; x++)                      /* horizontal: t1 [ow][oh][C] */
+            combine_rows_u8(t2, oh * C, tx->start[x], tx->n[x], tx->wi + x * tx->kmax, oh * C, acc, t1 + x * oh * C);
+        transpose_px(t1, ow, oh, C, out);                     /* [oh][ow][C] */
+    }
+    free(t1);
+    free(t2);
+    free(acc);
+    return 0;
+}
+
+/* Rows [ylo, yhi) covered by the taps of an axis. */
+static void taps_rows(const taps *t, int64_t m, int64_t *lo, int64_t *hi) {
+    int64_t a = t->start[0], b = t->start[0] + t->n[0];
+    for (int64_t i = 0; i < m; i++) {
+        if (t->start[i] < a)
+            a = t->start[i];
+        if (t->start[i] + t->n[i] > b)
+            b = t->start[i] + t->n[i];
+    }
+    *lo = a;
+    *hi = b > a ? b : a + 1;
+}
+
+/* ---- crop_resize ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const dr_image_ref *images;
+    const dr_tensor *boxes, *index, *ref_boxes;
+    dr_tensor *out, *ref_out;
+    const dr_crop_resize_params *p;
+    int failed; /* allocation failure in a task */
+} crop_ctx;
+
+static dr_crop view_crop(const crop_ctx *c, int64_t v, const dr_image_ref **im) {
+    double b[4];
+    load_box(c->boxes, v, b);
+    *im = &c->images[image_of(c->index, v)];
+    return dr_crop_of_box(b[0], b[1], b[2], b[3], (*im)->w, (*im)->h);
+}
+
+static void write_ref(const crop_ctx *c, int64_t v, const dr_crop *cr, const dr_image_ref *im) {
+    if (!c->ref_boxes)
+        return;
+    double rb[4];
+    float o[4];
+    load_box(c->ref_boxes, v, rb);
+    dr_ref_box(cr, rb, im->w, im->h, c->p->size, c->p->kind == DR_RS_PIL, o);
+    for (int k = 0; k < 4; k++)
+        ((float *)c->ref_out->data)[v * c->ref_out->strides[0] + k * c->ref_out->strides[1]] = o[k];
+}
+
+/* Pack rows [ylo, yhi) of a crop, C = 3 channels (or C = 1: Pillow luma), contiguous. */
+static void pack_crop(const dr_image_ref *im, const dr_crop *cr, int64_t ylo, int64_t yhi, int C, uint8_t *dst) {
+    for (int64_t r = ylo; r < yhi; r++) {
+        const uint8_t *src = im->data + (cr->y0 + r) * im->sh + cr->x0 * im->sw;
+        uint8_t *d = dst + (r - ylo) * cr->w * C;
+        if (C == 1) {
+            for (int64_t q = 0; q < cr->w; q++)
+                d[q] = dr_luma_pil(im, cr->y0 + r, cr->x0 + q);
+        } else if (im->sw == 3 && im->sc == 1) {
+            memcpy(d, src, (size_t)(cr->w * 3));
+        } else {
+            for (int64_t q = 0; q < cr->w; q++, src += im->sw) {
+                d[q * 3 + 0] = src[0];
+                d[q * 3 + 1] = src[im->sc];
+                d[q * 3 + 2] = src[2 * im->sc];
+            }
+        }
+    }
+}
+
+/* Pillow path of one view: pack, two passes, normalise through a 256-entry table per channel. */
+static int crop_resize_pil_view(crop_ctx *c, int64_t v, const dr_image_ref *im, const dr_crop *cr, const taps *tx,
+                                const taps *ty) {
+    const dr_crop_resize_params *p = c->p;
+    const int64_t S = p->size;
+    int64_t ylo, yhi;
+    taps_rows(ty, S, &ylo, &yhi);
+    uint8_t *packed = (uint8_t *)malloc((size_t)((yhi - ylo) * cr->w * 3));
+    uint8_t *o8 = (uint8_t *)malloc((size_t)(S * S * 3));
+    if (!packed || !o8) {
+        free(packed);
+        free(o8);
+        return -1;
+    }
+    pack_crop(im, cr, ylo, yhi, 3, packed);
+    int vf = dr_pil_vertical_first(cr->w, cr->h, S, S, p->pil_order);
+    if (pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 3, tx, ty, S, S, vf, o8) < 0) {
+        free(packed);
+        free(o8);
+        return -1;
+    }
+    float lut[3][256];
+    for (int ch = 0; ch < 3; ch++)
+        for (int k = 0; k < 256; k++)
+            lut[ch][k] = dr_normalize_u8((uint8_t)k, p->mean[ch], p->std[ch]);
+    dr_tensor *out = c->out;
+    if (out->dtype == DR_FLOAT32 && out->strides[3] == 1) {
+        for (int ch = 0; ch < 3; ch++)
+            for (int64_t y = 0; y < S; y++) {
+                float *d = (float *)out->data + v * out->strides[0] + ch * out->strides[1] + y * out->strides[2];
+                const uint8_t *srow = o8 + y * S * 3 + ch;
+                for (int64_t x = 0; x < S; x++)
+                    d[x] = lut[ch][srow[x * 3]];
+            }
+    } else {
+        for (int ch = 0; ch < 3; ch++)
+            for (int64_t y = 0; y < S; y++)
+                for (int64_t x = 0; x < S; x++)
+                    store_out(out, v, ch, y, x, lut[ch][o8[(y * S + x) * 3 + ch]]);
+    }
+    free(packed);
+    free(o8);
+    return 0;
+}
+
+static void crop_resize_task(void *vctx, int64_t begin, int64_t end) {
+    crop_ctx *c = (crop_ctx *)vctx;
+    const dr_crop_resize_params *p = c->p;
+    const int64_t S = p->size;
+    const int fixed = p->kind == DR_RS_PIL;
+    for (int64_t v = begin; v < end; v++) {
+        const dr_image_ref *im;
+        dr_crop cr = view_crop(c, v, &im);
+        write_ref(c, v, &cr, im);
+        dr_axis ax = dr_axis_make(p->kind, p->filter, cr.w, S), ay = dr_axis_make(p->kind, p->filter, cr.h, S);
+        taps tx, ty;
+        if (taps_make(&tx, &ax, fixed) < 0) {
+            c->failed = 1;
+            return;
+        }
+        if (taps_make(&ty, &ay, fixed) < 0) {
+            taps_free(&tx);
+            c->failed = 1;
+            return;
+        }
+        if (fixed) {
+            if (crop_resize_pil_view(c, v, im, &cr, &tx, &ty) < 0)
+                c->failed = 1;
+            taps_free(&tx);
+            taps_free(&ty);
+            continue;
+        }
+        /* floating point (torch interpolate semantics): horizontal pass over the rows the vertical pass reads */
+        int64_t ylo, yhi;
+        taps_rows(&ty, S, &ylo, &yhi);
+        int64_t rows = yhi - ylo;
+        float *buf = (float *)malloc((size_t)(rows * S * 3) * sizeof(float));
+        if (!buf) {
+            taps_free(&tx);
+            taps_free(&ty);
+            c->failed = 1;
+            return;
+        }
+        for (int64_t r = ylo; r < yhi; r++) {
+            const uint8_t *src = im->data + (cr.y0 + r) * im->sh + cr.x0 * im->sw;
+            for (int64_t x = 0; x < S; x++) {
+                const float *w = tx.wf + x * tx.kmax;
+                const uint8_t *px = src + tx.start[x] * im->sw;
+                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f;
+                for (int64_t j = 0; j < tx.n[x]; j++, px += im->sw) {
+                    a0 += w[j] * (float)px[0];
+                    a1 += w[j] * (float)px[im->sc];
+                    a2 += w[j] * (float)px[2 * im->sc];
+                }
+                float *d = buf + ((r - ylo) * S + x) * 3;
+                d[0] = a0;
+                d[1] = a1;
+                d[2] = a2;
+            }
+        }
+        for (int64_t y = 0; y < S; y++) {
+            const float *w = ty.wf + y * ty.kmax;
+            int64_t s0 = ty.start[y] - ylo;
+            for (int64_t x = 0; x < S; x++) {
+                float a[3] = {0.0f, 0.0f, 0.0f};
+                const float *col = buf + (s0 * S + x) * 3;
+                for (int64_t j = 0; j < ty.n[y]; j++, col += S * 3) {
+                    a[0] += w[j] * col[0];
+                    a[1] += w[j] * col[1];
+                    a[2] += w[j] * col[2];
+                }
+                for (int ch = 0; ch < 3; ch++)
+                    store_out(c->out, v, ch, y, x, dr_normalize_f(a[ch], p->mean[ch], p->std[ch]));
+            }
+        }
+        free(buf);
+        taps_free(&tx);
+        taps_free(&ty);
+    }
+}
+
+/* The CUDA kernel's body for every output element, on the CPU. */
+static void crop_resize_elem_task(void *vctx, int64_t begin, int64_t end) {
+    crop_ctx *c = (crop_ctx *)vctx;
+    const dr_crop_resize_params *p = c->p;
+    const int64_t S = p->size;
+    for (int64_t v = begin; v < end; v++) {
+        const dr_image_ref *im;
+        dr_crop cr = view_crop(c, v, &im);
+        write_ref(c, v, &cr, im);
+        dr_axis ax = dr_axis_make(p->kind, p->filter, cr.w, S), ay = dr_axis_make(p->kind, p->filter, cr.h, S);
+        int vf = dr_pil_vertical_first(cr.w, cr.h, S, S, p->pil_order);
+        for (int ch = 0; ch < 3; ch++)
+            for (int64_t y = 0; y < S; y++)
+                for (int64_t x = 0; x < S; x++) {
+                    float val = p->kind == DR_RS_PIL
+                                    ? dr_normalize_u8(dr_pil_resize_px(im, &cr, &ax, &ay, y, x, ch, 0, vf), p->mean[ch],
+                                                      p->std[ch])
+                                    : dr_normalize_f(dr_float_resize_px(im, &cr, &ax, &ay, y, x, ch), p->mean[ch],
+                                                     p->std[ch]);
+                    store_out(c->out, v, ch, y, x, val);
+                }
+    }
+}
+
+dr_status dr_crop_resize_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
+                             const dr_tensor *image_index, const dr_tensor *ref_boxes, dr_tensor *out,
+                             dr_tensor *ref_out, const dr_crop_resize_params *p, int elementwise) {
+    int64_t nv = boxes->shape[0];
+    dr_status st = check_index(image_index, nv, n_images, "crop_resize");
+    if (st != DR_OK)
+        return st;
+    for (int64_t i = 0; i < n_images; i++)
+        if (images[i].h < 1 || images[i].w < 1)
+            return dr_set_error(DR_EINVAL, "crop_resize: image %lld is empty (%lld x %lld)", (long long)i,
+                                (long long)images[i].h, (long long)images[i].w);
+    crop_ctx c = {images, boxes, image_index, ref_boxes, out, ref_out, p, 0};
+    dr_hint_output_memory(out);
+    dr_parallel_for(nv, 1, elementwise ? crop_resize_elem_task : crop_resize_task, &c);
+    if (c.failed)
+        return dr_set_error(DR_ENOMEM, "crop_resize: out of memory");
+    return DR_OK;
+}
+
+/* ---- phash ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const dr_image_ref *images;
+    const dr_tensor *boxes, *index;
+    dr_tensor *hashes;
+    int method, pil_order;
+    const double *cos224; /* [8][224] */
+    uint8_t **planes;     /* per image: its luma (the method's formula), h × w contiguous */
+    int failed;
+} phash_ctx;
+
+static void put_hash(dr_tensor *h, int64_t v, uint64_t value) { ((uint64_t *)h->data)[v * h->strides[0]] = value; }
+
+/* acc[u][x] += cy[u] · row[x] for the 8 low vertical frequencies (float32, vectorised). */
+DR_SIMD_CLONES
+static void dct_rows_accumulate(float acc[8][DR_PHASH_DYN_RES], const float *row, const float *cy) {
+    for (int u = 0; u < 8; u++) {
+        const float c = cy[u];
+        float *a = acc[u];
+        for (int64_t x = 0; x < DR_PHASH_DYN_RES; x++)
+            a[x] += c * row[x];
+    }
+}
+
+/* Official pHash of one view: resize rows on the fly, accumulate the 8 low vertical frequencies per column. */
+static uint64_t phash_dyn_fast(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, const double *cs) {
+    enum { R = DR_PHASH_DYN_RES };
+    dr_axis ax = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->w, R), ay = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->h, R);
+    int64_t x0[R], x1[R];
+    float wx0[R], wx1[R];
+    for (int64_t x = 0; x < R; x++) {
+        int64_t s, n;
+        double f;
+        dr_axis_span(&ax, x, &s, &n, &f);
+        x0[x] = cr->x0 + s;
+        x1[x] = cr->x0 + (n > 1 ? s + 1 : s);
+        wx0[x] = (float)dr_axis_weight(&ax, s, 0, f, 1.0);
+        wx1[x] = (float)dr_axis_weight(&ax, s, 1, f, 1.0);
+    }
+    float acc[8][R];
+    memset(acc, 0, sizeof acc);
+    float h0[R], h1[R], row[R];
+    int64_t cached0 = -1, cached1 = -1;
+    for (int64_t y = 0; y < R; y++) {
+        int64_t sy, ny;
+        double fy;
+        dr_axis_span(&ay, y, &sy, &ny, &fy);
+        int64_t sy1 = ny > 1 ? sy + 1 : sy;
+        float wy0 = (float)dr_axis_weight(&ay, sy, 0, fy, 1.0), wy1 = (float)dr_axis_weight(&ay, sy, 1, fy, 1.0);
+        /* horizontally resampled source rows sy and sy1 (reused while the vertical taps stay) */
+        if (cached0 != sy) {
+            if (cached1 == sy) {
+                memcpy(h0, h1, sizeof h0);
+            } else {
+                const uint8_t *g = plane + (cr->y0 + sy) * im->w;
+                for (int64_t x = 0; x < R; x++)
+                    h0[x] = (float)g[x0[x]] * wx0[x] + (float)g[x1[x]] * wx1[x];
+            }
+            cached0 = sy;
+        }
+        if (cached1 != sy1) {
+            const uint8_t *g = plane + (cr->y0 + sy1) * im->w;
+            for (int64_t x = 0; x < R; x++)
+                h1[x] = (float)g[x0[x]] * wx0[x] + (float)g[x1[x]] * wx1[x];
+            cached1 = sy1;
+        }
+        for (int64_t x = 0; x < R; x++)
+            row[x] = h0[x] * wy0 + h1[x] * wy1;
+        float cy[8];
+        for (int u = 0; u < 8; u++)
+            cy[u] = (float)cs[u * R + y];
+        dct_rows_accumulate(acc, row, cy);
+    }
+    double coef[64];
+    const double n = (double)R;
+    for (int u = 0; u < 8; u++)
+        for (int v = 0; v < 8; v++) {
+            double s = 0.0;
+            for (int64_t x = 0; x < R; x++)
+                s += (double)acc[u][x] * cs[v * R + x];
+            double cu = u == 0 ? sqrt(1.0 / n) : sqrt(2.0 / n), cv = v == 0 ? sqrt(1.0 / n) : sqrt(2.0 / n);
+            coef[u * 8 + v] = s * cu * cv;
+        }
+    return dr_phash_bits(coef, DR_PHASH_DYNREFER);
+}
+
+/* imagehash pHash of one view: Pillow LANCZOS 32 × 32 of the luma crop (fixed point, uint8 between passes),
+ * separable DCT of the low 8 × 8, median threshold. Returns 0 and sets *failed on allocation failure. */
+static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, int pil_order,
+                              int *failed) {
+    enum { R = DR_PHASH_IH_RES };
+    dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr->w, R), ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr->h, R);
+    taps tx, ty;
+    if (taps_make(&tx, &ax, 1) < 0) {
+        *failed = 1;
+        return 0;
+    }
+    if (taps_make(&ty, &ay, 1) < 0) {
+        taps_free(&tx);
+        *failed = 1;
+        return 0;
+    }
+    uint8_t px[R * R];
+    int64_t ylo, yhi;
+    taps_rows(&ty, R, &ylo, &yhi);
+    uint8_t *packed = (uint8_t *)malloc((size_t)((yhi - ylo) * cr->w));
+    int rc = packed ? 0 : -1;
+    if (packed) {
+        for (int64_t r = ylo; r < yhi; r++)
+            memcpy(packed + (r - ylo) * cr->w, plane + (cr->y0 + r) * im->w + cr->x0, (size_t)cr->w);
+        rc = pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 1, &tx, &ty, R, R,
+                               dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order), px);
+    }
+    free(packed);
+    taps_free(&tx);
+    taps_free(&ty);
+    if (rc < 0) {
+        *failed = 1;
+        return 0;
+    }
+    /* DCT-II along axis 0 for u < 8, then along axis 1 for v < 8 (scipy's unnormalised 2·Σ per axis) */
+    double t[8][R], col[R];
+    for (int64_t j = 0; j < R; j++) {
+        for (int64_t i = 0; i < R; i++)
+            col[i] = (double)px[i * R + j];
+        for (int u = 0; u < 8; u++)
+            t[u][j] = dr_dct32(col, u);
+    }
+    double coef[64];
+    for (int u = 0; u < 8; u++)
+        for (int v = 0; v < 8; v++)
+            coef[u * 8 + v] = dr_dct32(t[u], v);
+    return dr_phash_bits(coef, DR_PHASH_IMAGEHASH);
+}
+
+static void phash_task(void *vctx, int64_t begin, int64_t end) {
+    phash_ctx *c = (phash_ctx *)vctx;
+    for (int64_t v = begin; v < end; v++) {
+        double b[4];
+        load_box(c->boxes, v, b);
+        const dr_image_ref *im = &c->images[image_of(c->index, v)];
+        dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
+        const uint8_t *plane = c->planes[image_of(c->index, v)];
+        uint64_t h = c->method == DR_PHASH_DYNREFER ? phash_dyn_fast(im, plane, &cr, c->cos224)
+                                                    : phash_ih_fast(im, plane, &cr, c->pil_order, &c->failed);
+        put_hash(c->hashes, v, h);
+    }
+}
+
+/* The CUDA kernels' bodies, per view, on the CPU. */
+static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
+    phash_ctx *c = (phash_ctx *)vctx;
+    for (int64_t v = begin; v < end; v++) {
+        double b[4];
+        load_box(c->boxes, v, b);
+        const dr_image_ref *im = &c->images[image_of(c->index, v)];
+        dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
+        double coef[64];
+        if (c->method == DR_PHASH_DYNREFER) {
+            double *cols = (double *)malloc(sizeof(double) * DR_PHASH_DYN_RES * 8);
+            if (!cols) {
+                c->failed = 1;
+                return;
+            }
+            for (int64_t x = 0; x < DR_PHASH_DYN_RES; x++)
+                dr_phash_dyn_column(im, &cr, x, cols + x * 8);
+            for (int k = 0; k < 64; k++)
+                coef[k] = dr_phash_dyn_coef(cols, k / 8, k % 8);
+            free(cols);
+        } else {
+            uint8_t px[DR_PHASH_IH_RES * DR_PHASH_IH_RES];
+            dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.w, DR_PHASH_IH_RES);
+            dr_axis ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.h, DR_PHASH_IH_RES);
+            for (int64_t y = 0; y < DR_PHASH_IH_RES; y++)
+                for (int64_t x = 0; x < DR_PHASH_IH_RES; x++)
+                    px[y * DR_PHASH_IH_RES + x] = dr_pil_resize_px(
+                        im, &cr, &ax, &ay, y, x, 0, 1,
+                        dr_pil_vertical_first(cr.w, cr.h, DR_PHASH_IH_RES, DR_PHASH_IH_RES, c->pil_order));
+            for (int k = 0; k < 64; k++)
+                coef[k] = dr_imagehash_coef(px, k / 8, k % 8);
+        }
+        put_hash(c->hashes, v, dr_phash_bits(coef, c->method));
+    }
+}
+
+typedef struct {
+    const dr_image_ref *images;
+    uint8_t **planes;
+    int64_t *row0; /* first global row of each image; row0[n] = total */
+    int64_t n;
+    int method;
+} luma_ctx;
+
+static void luma_task(void *vctx, int64_t begin, int64_t end) {
+    luma_ctx *c = (luma_ctx *)vctx;
+    int64_t i = 0;
+    for (int64_t g = begin; g < end; g++) {
+        while (g >= c->row0[i + 1])
+            i++;
+        const dr_image_ref *im = &c->images[i];
+        int64_t y = g - c->row0[i];
+        uint8_t *d = c->planes[i] + y * im->w;
+        if (c->method == DR_PHASH_DYNREFER)
+            for (int64_t x = 0; x < im->w; x++)
+                d[x] = dr_luma_cv(im, y, x);
+        else
+            for (int64_t x = 0; x < im->w; x++)
+                d[x] = dr_luma_pil(im, y, x);
+    }
+}
+
+dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
+                       const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, int elementwise) {
+    int64_t nv = boxes->shape[0];
+    dr_status st = check_index(image_index, nv, n_images, "phash");
+    if (st != DR_OK)
+        return st;
+    for (int64_t i = 0; i < n_images; i++)
+        if (images[i].h < 1 || images[i].w < 1)
+            return dr_set_error(DR_EINVAL, "phash: image %lld is empty (%lld x %lld)", (long long)i,
+                                (long long)images[i].h, (long long)images[i].w);
+    static double cos224[8 * DR_PHASH_DYN_RES];
+    static int ready = 0; /* the tables are pure functions: racing initialisers write the same values */
+    if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
+        for (int u = 0; u < 8; u++)
+            for (int64_t i = 0; i < DR_PHASH_DYN_RES; i++)
+                cos224[u * DR_PHASH_DYN_RES + i] = dr_dct_cos(u, i, DR_PHASH_DYN_RES);
+        __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
+    }
+    phash_ctx c = {images, boxes, image_index, hashes, method, pil_order, cos224, NULL, 0};
+    if (elementwise) {
+        dr_parallel_for(nv, 1, phash_elem_task, &c);
+    } else if (nv > 0) {
+        /* the luma of each image once, shared by all its views */
+        uint8_t **planes = (uint8_t **)calloc((size_t)n_images, sizeof(uint8_t *));
+        int64_t *row0 = (int64_t *)malloc((size_t)(n_images + 1) * sizeof(int64_t));
+        int ok = planes && row0;
+        for (int64_t i = 0; ok && i < n_images; i++) {
+            planes[i] = (uint8_t *)malloc((size_t)(images[i].h * images[i].w));
+            ok = planes[i] != NULL;
+        }
+        if (ok) {
+            row0[0] = 0;
+            for (int64_t i = 0; i < n_images; i++)
+                row0[i + 1] = row0[i] + images[i].h;
+            luma_ctx lc = {images, planes, row0, n_images, method};
+            dr_parallel_for(row0[n_images], 16, luma_task, &lc);
+            c.planes = planes;
+            dr_parallel_for(nv, 1, phash_task, &c);
+        }
+        for (int64_t i = 0; planes && i < n_images; i++)
+            free(planes[i]);
+        free(planes);
+        free(row0);
+        if (!ok)
+            c.failed = 1;
+    }
+    if (c.failed)
+        return dr_set_error(DR_ENOMEM, "phash: out of memory");
+    return DR_OK;
+}
+
+/* ---- select_views ------------------------------------------------------------------------------------ */
+
+dr_status dr_select_views_cpu(const dr_tensor *hashes, const dr_tensor *coeffs, dr_tensor *out) {
+    int64_t nr = hashes->shape[0], nc = coeffs->shape[0], ns = out->shape[1];
+    const uint64_t *h = (const uint64_t *)hashes->data;
+    const double *tc = (const double *)coeffs->data;
+    double *t = (double *)malloc((size_t)(nc > 0 ? nc : 1) * sizeof(double));
+    if (!t)
+        return dr_set_error(DR_ENOMEM, "select_views: out of memory");
+    for (int64_t i = 0; i < nc; i++)
+        t[i] = tc[i * coeffs->strides[0]];
+    int64_t *o = (int64_t *)out->data;
+    for (int64_t r = 0; r < nr; r++) {
+        const uint64_t *row = h + r * hashes->strides[0];
+        dr_select_region(row[0], row + hashes->strides[1], hashes->strides[1], t, nc, ns, o + r * out->strides[0],
+                         out->strides[1]);
+    }
+    free(t);
+    return DR_OK;
+}

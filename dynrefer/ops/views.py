@@ -1,0 +1,305 @@
+"""Nested-view kernels (DESIGN §7.2–7.4): batched crop + resize + normalise, perceptual hashes, view selection.
+
+All three take many boxes of one or more images in one call and run in C (CPU threads) or CUDA, without
+materialising crops. Images are ``H x W x 3`` uint8 RGB (NumPy arrays or torch tensors; any strides; extra channels
+ignored). NumPy in → NumPy out; torch in → torch out on the images' device.
+
+Geometry shared by all: a view box ``(x1, y1, x2, y2)`` in pixels is clipped to the image and truncated to integers;
+the crop is the pixel slice ``[y1:y2, x1:x2]``. A crop that is empty after that (zero width or height, or a box
+outside the image) is widened to one pixel at the clamped position, so every view is defined. Non-finite
+coordinates raise ValueError naming the row.
+"""
+import numbers
+
+import numpy as np
+
+from dynrefer.ops._common import is_torch_tensor
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_KIND = {"pil": 0, "aa": 1, "plain": 2}
+_FILTER = {"bilinear": 0, "bicubic": 1}
+_METHOD = {"dynrefer": 0, "imagehash": 1}
+
+
+# ---- argument handling -------------------------------------------------------------------------------------
+
+def _image_list(images, op):
+    if isinstance(images, (list, tuple)):
+        imgs = list(images)
+    else:
+        imgs = [images]
+    if not imgs:
+        raise ValueError(f"{op}: images is empty")
+    torch_in = is_torch_tensor(imgs[0])
+    out = []
+    for i, im in enumerate(imgs):
+        if is_torch_tensor(im) != torch_in:
+            raise TypeError(f"{op}: images mixes NumPy arrays and torch tensors (images[{i}])")
+        if not torch_in:
+            if hasattr(im, "convert") and hasattr(im, "size"):  # a PIL image
+                im = np.asarray(im.convert("RGB"))
+            elif not isinstance(im, np.ndarray):
+                raise TypeError(f"{op}: images[{i}] must be a NumPy array, a PIL image or a torch.Tensor, "
+                                f"got {type(im).__name__}")
+        out.append(im)
+    return out, torch_in
+
+
+def _check_finite_rows(b, name, op):
+    if is_torch_tensor(b):
+        import torch
+
+        ok = torch.isfinite(b).all(dim=1)
+        if not bool(ok.all()):
+            k = int((~ok).nonzero()[0, 0])
+            raise ValueError(f"{op}: {name}[{k}] = {b[k].tolist()} has non-finite coordinates")
+    else:
+        ok = np.isfinite(b).all(axis=1)
+        if not ok.all():
+            k = int(np.flatnonzero(~ok)[0])
+            raise ValueError(f"{op}: {name}[{k}] = {b[k].tolist()} has non-finite coordinates")
+
+
+def _boxes(boxes, like_torch, device, op, name="boxes"):
+    """[V,4] float32/float64 boxes on the images' side (NumPy or torch on `device`)."""
+    if like_torch:
+        import torch
+
+        b = boxes if is_torch_tensor(boxes) else torch.as_tensor(np.asarray(boxes))
+        if b.dtype not in (torch.float32, torch.float64):
+            b = b.to(torch.float64) if not b.is_floating_point() or b.dtype == torch.float64 else b.float()
+        b = b.to(device)
+    else:
+        if is_torch_tensor(boxes):
+            raise TypeError(f"{op}: {name} is a torch.Tensor but the images are NumPy arrays")
+        b = np.asarray(boxes)
+        if b.dtype not in (np.float32, np.float64):
+            b = b.astype(np.float64)
+    if b.ndim == 1 and b.shape[0] == 4:
+        b = b[None]
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"{op}: {name} must have shape [V, 4] (x1, y1, x2, y2), got {tuple(b.shape)}")
+    _check_finite_rows(b, name, op)
+    return b
+
+
+def _index(image_index, n_images, nv, like_torch, device, op):
+    if image_index is None:
+        if n_images != 1:
+            raise ValueError(f"{op}: image_index is required with {n_images} images")
+        return None
+    if like_torch:
+        import torch
+
+        idx = image_index if is_torch_tensor(image_index) else torch.as_tensor(np.asarray(image_index))
+        if idx.dtype.is_floating_point or idx.dtype == torch.bool:
+            raise TypeError(f"{op}: image_index must be integers, got {idx.dtype}")
+        idx = idx.to(device=device, dtype=torch.int64).reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_images):
+            raise ValueError(f"{op}: image_index must lie in [0, {n_images}), got values in "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
+    else:
+        idx = np.asarray(image_index)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"{op}: image_index must be integers, got {idx.dtype}")
+        idx = idx.astype(np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= n_images):
+            raise ValueError(f"{op}: image_index must lie in [0, {n_images}), got values in [{idx.min()}, {idx.max()}]")
+    if idx.shape[0] != nv:
+        raise ValueError(f"{op}: image_index has {idx.shape[0]} entries for {nv} boxes")
+    return idx
+
+
+def _torch_args(*ts):
+    from dynrefer.ops._torch_util import _desc
+
+    return [None if t is None else _desc(t) for t in ts]
+
+
+def _call(fn, images, torch_in, *arrays, **kw):
+    """Call a binding with images + arrays, converting torch tensors to descriptors on the right device/stream."""
+    if not torch_in:
+        return fn(images, *arrays, **kw)
+    from dynrefer.ops._torch_util import _desc, _device_of, _stream
+
+    conv = [_desc(a) if is_torch_tensor(a) else a for a in arrays]
+    kw = {k: (_desc(v) if is_torch_tensor(v) else v) for k, v in kw.items()}
+    with _device_of(images[0]):
+        return fn([_desc(im) for im in images], *conv, stream=_stream(images[0]), **kw)
+
+
+def _pil_order(order, op):
+    if order not in ("adaptive", "horizontal"):
+        raise ValueError(f"{op}: pil_order must be 'adaptive' or 'horizontal', got {order!r}")
+    return 0 if order == "adaptive" else 1
+
+
+def _size(size):
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+        raise TypeError(f"size must be an int, got {type(size).__name__}")
+    if not 1 <= int(size) <= 16384:
+        raise ValueError(f"size must be in [1, 16384], got {size}")
+    return int(size)
+
+
+# ---- ops ---------------------------------------------------------------------------------------------------
+
+def crop_resize(images, boxes, size=224, *, image_index=None, ref_boxes=None, mode="pil", interpolation="bicubic",
+                antialias=True, mean=CLIP_MEAN, std=CLIP_STD, dtype="float32", pil_order="adaptive", impl="fast"):
+    """Crop many view boxes out of one or more images and resize each to ``size x size``, normalised.
+
+    Args:
+        images: one ``H x W x 3`` uint8 image or a list of them (NumPy/PIL or torch, CPU or CUDA).
+        boxes: ``[V, 4]`` view boxes ``(x1, y1, x2, y2)`` in pixels.
+        size: output side S.
+        image_index: ``[V]`` image of each box (required with several images).
+        ref_boxes: optional ``[V, 4]`` referred boxes, returned in each view's ``S x S`` frame.
+        mode: ``"pil"`` — the official pipeline bit for bit: Pillow's resize (antialiased filter, fixed point, uint8
+            rounding after each pass), torchvision's ``ToImage``/``ConvertImageDtype``/``Normalize``; referred boxes
+            truncated to integers as torchvision's resize of integer boxes does. ``"tensor"`` —
+            ``torch.nn.functional.interpolate`` semantics on the float crop (no rounding), ``antialias`` as given,
+            referred boxes exact.
+        interpolation: ``"bicubic"`` or ``"bilinear"``.
+        antialias: only for ``mode="tensor"`` (Pillow always antialiases).
+        mean, std: per-channel normalisation, applied to values in [0, 1].
+        dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` (torch only) output.
+        pil_order: pass order of Pillow's two-pass resize: ``"adaptive"`` (current Pillow: vertical pass first when
+            the height shrinks by more than twice as many pixels as the width) or ``"horizontal"`` (always
+            horizontal first, as older Pillow releases); the uint8 rounding between passes makes them differ.
+        impl: ``"fast"`` or ``"elementwise"`` (the CUDA kernel's per-element body on the CPU; for tests).
+
+    Returns ``[V, 3, S, S]`` views, and ``[V, 4]`` float32 referred boxes when ``ref_boxes`` is given.
+    """
+    op = "crop_resize"
+    imgs, torch_in = _image_list(images, op)
+    S = _size(size)
+    if mode not in ("pil", "tensor"):
+        raise ValueError(f"{op}: mode must be 'pil' or 'tensor', got {mode!r}")
+    if interpolation not in _FILTER:
+        raise ValueError(f"{op}: interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
+    if mode == "pil" and not antialias:
+        raise ValueError(f"{op}: mode='pil' always antialiases (Pillow's resize); use mode='tensor' for antialias=False")
+    kind = _KIND["pil"] if mode == "pil" else (_KIND["aa"] if antialias else _KIND["plain"])
+    device = imgs[0].device if torch_in else None
+    b = _boxes(boxes, torch_in, device, op)
+    nv = b.shape[0]
+    idx = _index(image_index, len(imgs), nv, torch_in, device, op)
+    rb = None if ref_boxes is None else _boxes(ref_boxes, torch_in, device, op, "ref_boxes")
+    if rb is not None and rb.shape[0] != nv:
+        raise ValueError(f"{op}: ref_boxes has {rb.shape[0]} rows for {nv} boxes")
+    if torch_in:
+        import torch
+
+        tdt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(str(dtype).replace("torch.", ""))
+        if tdt is None:
+            raise ValueError(f"{op}: dtype must be float32, float16 or bfloat16, got {dtype!r}")
+        out = torch.empty((nv, 3, S, S), dtype=tdt, device=device)
+        ref_out = None if rb is None else torch.empty((nv, 4), dtype=torch.float32, device=device)
+    else:
+        ndt = {"float32": np.float32, "float16": np.float16}.get(np.dtype(dtype).name if dtype != "bfloat16" else "bfloat16")
+        if ndt is None:
+            raise ValueError(f"{op}: dtype must be float32 or float16 for NumPy output, got {dtype!r}")
+        out = np.empty((nv, 3, S, S), dtype=ndt)
+        ref_out = None if rb is None else np.empty((nv, 4), dtype=np.float32)
+    from dynrefer import _C
+
+    _call(_C.crop_resize, imgs, torch_in, b, out, S, kind, _FILTER[interpolation], tuple(float(m) for m in mean),
+          tuple(float(s) for s in std), image_index=idx, ref_boxes=rb, ref_out=ref_out,
+          pil_order=_pil_order(pil_order, op), impl=impl)
+    return out if rb is None else (out, ref_out)
+
+
+def phash(images, boxes, *, method="dynrefer", image_index=None, pil_order="adaptive", impl="fast"):
+    """64-bit perceptual hashes of many boxes of one or more images, as ``uint64`` (first coefficient = MSB).
+
+    ``method="dynrefer"``: the official view-selection hash (OpenCV gray, INTER_LINEAR resize to 224, orthonormal
+    DCT, low 8 x 8 block against its mean). ``method="imagehash"``: bit-exact with ``imagehash.phash(crop,
+    hash_size=8)`` (its Pillow LANCZOS resize with ``pil_order`` as in ``crop_resize``); ``phash_hex`` gives its
+    string. Boxes follow the module's crop rule (clip, truncate).
+    """
+    op = "phash"
+    if method not in _METHOD:
+        raise ValueError(f"{op}: method must be 'dynrefer' or 'imagehash', got {method!r}")
+    imgs, torch_in = _image_list(images, op)
+    device = imgs[0].device if torch_in else None
+    b = _boxes(boxes, torch_in, device, op)
+    idx = _index(image_index, len(imgs), b.shape[0], torch_in, device, op)
+    if torch_in:
+        import torch
+
+        out = torch.empty((b.shape[0],), dtype=torch.uint64, device=device)
+    else:
+        out = np.empty((b.shape[0],), dtype=np.uint64)
+    from dynrefer import _C
+
+    _call(_C.phash, imgs, torch_in, b, out, _METHOD[method], image_index=idx, pil_order=_pil_order(pil_order, op),
+          impl=impl)
+    return out
+
+
+def phash_hex(hashes):
+    """Hex strings of hashes (``str(imagehash.phash(...))`` for ``method="imagehash"``)."""
+    h = np.asarray(hashes.cpu() if is_torch_tensor(hashes) else hashes).astype(np.uint64).reshape(-1)
+    return [f"{int(v):016x}" for v in h]
+
+
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def hamming(a, b):
+    """Hamming distance of 64-bit hashes (broadcasting), as int64."""
+    a = np.asarray(a.cpu() if is_torch_tensor(a) else a, dtype=np.uint64)
+    b = np.asarray(b.cpu() if is_torch_tensor(b) else b, dtype=np.uint64)
+    x = np.bitwise_xor(a, b)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).astype(np.int64)
+    by = np.ascontiguousarray(x).view(np.uint8).reshape(x.shape + (8,))
+    return _POP8[by].sum(axis=-1).astype(np.int64)
+
+
+def select_views(hashes, coeffs, num):
+    """Paper Eq. 1 greedy image-prior selection.
+
+    Args:
+        hashes: ``[R, 1 + C]`` uint64 — per region the tight view's hash, then one per candidate.
+        coeffs: ``[C]`` candidate coefficients t (> 0, increasing for the official tie rule).
+        num: how many candidates to pick per region (n − 1 for n views).
+
+    Returns ``[R, num]`` int64 candidate indices: repeatedly the candidate with the largest
+    ``hamming(h_0, h_i) / t_i`` among those not yet picked, ties to the smaller index.
+    """
+    op = "select_views"
+    if isinstance(num, bool) or not isinstance(num, numbers.Integral) or num < 0:
+        raise ValueError(f"{op}: num must be a non-negative int, got {num!r}")
+    torch_in = is_torch_tensor(hashes)
+    if torch_in:
+        import torch
+
+        h = hashes
+        if h.dtype not in (torch.uint64, torch.int64):
+            raise TypeError(f"{op}: hashes must be uint64, got {h.dtype}")
+        h = h.view(torch.uint64) if h.dtype == torch.int64 else h
+        c = torch.as_tensor(np.asarray(coeffs.cpu() if is_torch_tensor(coeffs) else coeffs, dtype=np.float64))
+        c = c.to(h.device).contiguous()
+        out = torch.empty((h.shape[0] if h.dim() == 2 else 0, int(num)), dtype=torch.int64, device=h.device)
+    else:
+        h = np.asarray(hashes)
+        if h.dtype not in (np.uint64, np.int64):
+            raise TypeError(f"{op}: hashes must be uint64, got {h.dtype}")
+        h = h.view(np.uint64)
+        c = np.ascontiguousarray(coeffs, dtype=np.float64).reshape(-1)
+        out = np.empty((h.shape[0] if h.ndim == 2 else 0, int(num)), dtype=np.int64)
+    if not bool(np.all(np.isfinite(np.asarray(c.cpu() if torch_in else c)))) or not bool((c > 0).all()):
+        raise ValueError(f"{op}: coeffs must be finite and > 0")
+    from dynrefer import _C
+
+    if torch_in:
+        from dynrefer.ops._torch_util import _desc, _device_of, _stream
+
+        with _device_of(h):
+            _C.select_views(_desc(h), _desc(c), _desc(out), stream=_stream(h))
+    else:
+        _C.select_views(h, c, out)
+    return out

@@ -1,0 +1,318 @@
+"""Nested-view kernels at the NumPy level (also run against the ASan+UBSan build in CI): the CUDA bodies on the CPU
+against the fast paths, degenerate geometry, strided inputs, threads, bad input, the imagehash golden value."""
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import dynrefer
+from dynrefer.ops import crop_resize, hamming, phash, phash_hex, select_views
+from dynrefer.views import CANDIDATES, NestedViews, view_boxes
+
+
+def _image(rng, h, w, c=3):
+    return rng.integers(0, 256, size=(h, w, c), dtype=np.uint8)
+
+
+def _boxes(rng, n, w, h, margin=10):
+    x = np.sort(rng.uniform(-margin, w + margin, size=(n, 2)), axis=1)
+    y = np.sort(rng.uniform(-margin, h + margin, size=(n, 2)), axis=1)
+    return np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode,interp,aa", [("pil", "bicubic", True), ("pil", "bilinear", True),
+                                            ("tensor", "bicubic", True), ("tensor", "bilinear", True),
+                                            ("tensor", "bicubic", False), ("tensor", "bilinear", False)])
+def test_crop_resize_elementwise_equals_fast(rng, mode, interp, aa):
+    im = _image(rng, 37, 53)
+    b = _boxes(rng, 6, 53, 37)
+    b[0] = [0, 0, 53, 37]        # whole image (downscale in x, upscale... with size 24)
+    b[1] = [3.2, 4.7, 4.9, 5.1]  # one pixel
+    kw = dict(size=24, mode=mode, interpolation=interp, antialias=aa, ref_boxes=b)
+    fast, rf = crop_resize(im, b, **kw)
+    elem, re_ = crop_resize(im, b, impl="elementwise", **kw)
+    if mode == "pil":
+        np.testing.assert_array_equal(fast, elem)
+    else:  # the fast path sums rows first, the element body per tap: float rounding only
+        np.testing.assert_allclose(fast, elem, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(rf, re_)
+
+
+@pytest.mark.parametrize("order", ["adaptive", "horizontal"])
+def test_crop_resize_pass_orders_elementwise(rng, order):
+    im = _image(rng, 90, 20)  # tall: the adaptive rule resamples vertically first
+    b = np.array([[0, 0, 20, 90], [2, 5, 19, 80]], np.float32)
+    fast = crop_resize(im, b, size=16, pil_order=order)
+    elem = crop_resize(im, b, size=16, pil_order=order, impl="elementwise")
+    np.testing.assert_array_equal(fast, elem)
+
+
+@pytest.mark.parametrize("method", ["dynrefer", "imagehash"])
+def test_phash_elementwise_equals_fast(rng, method):
+    im = _image(rng, 61, 47)
+    b = _boxes(rng, 5, 47, 61)
+    b[0] = [0, 0, 47, 61]
+    b[1] = [5, 5, 6, 6]
+    fast = phash(im, b, method=method)
+    elem = phash(im, b, method=method, impl="elementwise")
+    if method == "imagehash":
+        np.testing.assert_array_equal(fast, elem)
+    else:  # double sums in a different order: a bit may flip only where a coefficient ties the mean
+        assert (hamming(fast, elem) <= 1).all()
+
+
+def test_imagehash_golden(shared_data):
+    # imagehash's own test image hashes to ba8c84536bd3c366 (its test suite); alpha is ignored
+    from PIL import Image
+
+    img = np.asarray(Image.open(os.path.join(shared_data, "images", "imagehash_golden.png")).convert("RGB"))
+    h = phash(img, [[0, 0, img.shape[1], img.shape[0]]], method="imagehash")
+    assert phash_hex(h) == ["ba8c84536bd3c366"]
+
+
+def test_flat_views_hash_exactly():
+    # a constant crop: every coefficient but the DC term is exactly zero, so only the first bit is set
+    im = np.full((40, 30, 3), 77, np.uint8)
+    h = phash(im, [[0, 0, 30, 40], [3, 3, 4, 4]], method="imagehash")
+    assert phash_hex(h) == ["8000000000000000"] * 2
+
+
+def test_degenerate_boxes_defined(rng):
+    im = _image(rng, 20, 30)
+    b = np.array([[5, 5, 5, 5],        # zero area
+                  [-50, -50, -10, -10],  # outside, top-left
+                  [40, 30, 90, 80],    # outside, bottom-right
+                  [10, 2, 3, 9],       # inverted
+                  [0, 0, 1e9, 1e9]], np.float32)
+    views, rb = crop_resize(im, b, size=8, ref_boxes=b)
+    assert np.isfinite(views).all() and np.isfinite(rb).all()
+    # an empty crop becomes the one pixel at the clamped start: a constant view of that pixel
+    one = crop_resize(im, [[5, 5, 6, 6]], size=8)
+    np.testing.assert_array_equal(views[0], one[0])
+    corner = crop_resize(im, [[29, 19, 30, 20]], size=8)
+    np.testing.assert_array_equal(views[2], corner[0])
+    np.testing.assert_array_equal(views[4], crop_resize(im, [[0, 0, 30, 20]], size=8)[0])
+    h = phash(im, b)
+    assert h.dtype == np.uint64 and h.shape == (5,)
+
+
+def test_non_finite_boxes_refused(rng):
+    im = _image(rng, 20, 30)
+    for bad in (np.nan, np.inf, -np.inf):
+        b = np.array([[0, 0, 5, 5], [1, bad, 4, 4]], np.float32)
+        with pytest.raises(ValueError, match=r"boxes\[1\]"):
+            crop_resize(im, b)
+        with pytest.raises(ValueError, match=r"boxes\[1\]"):
+            phash(im, b)
+        with pytest.raises(ValueError, match=r"boxes\[1\]"):
+            NestedViews()(im, b)
+
+
+def test_strided_and_rgba_images(rng):
+    base = _image(rng, 50, 60, 4)
+    b = _boxes(rng, 4, 30, 25)
+    strided = base[::2, ::2]           # non-contiguous rows and columns, 4 channels (alpha ignored)
+    dense = np.ascontiguousarray(strided[:, :, :3])
+    np.testing.assert_array_equal(crop_resize(strided, b, size=16), crop_resize(dense, b, size=16))
+    np.testing.assert_array_equal(phash(strided, b, method="imagehash"), phash(dense, b, method="imagehash"))
+    chw = np.ascontiguousarray(dense.transpose(2, 0, 1)).transpose(1, 2, 0)  # channel-planar memory
+    np.testing.assert_array_equal(crop_resize(chw, b, size=16), crop_resize(dense, b, size=16))
+
+
+def test_several_images(rng):
+    ims = [_image(rng, 30 + 7 * i, 40 - 3 * i) for i in range(3)]
+    idx = np.array([2, 0, 1, 2, 0])
+    b = np.array([[1, 2, 20, 25], [0, 0, 40, 30], [3, 3, 9, 30], [5, 5, 30, 40], [10, 1, 12, 3]], np.float32)
+    got = crop_resize(ims, b, size=12, image_index=idx)
+    for k in range(5):
+        np.testing.assert_array_equal(got[k], crop_resize(ims[idx[k]], b[k:k + 1], size=12)[0])
+    h = phash(ims, b, image_index=idx, method="imagehash")
+    for k in range(5):
+        assert h[k] == phash(ims[idx[k]], b[k:k + 1], method="imagehash")[0]
+
+
+def test_dtypes(rng):
+    im = _image(rng, 20, 20)
+    b = _boxes(rng, 3, 20, 20)
+    f32 = crop_resize(im, b, size=10)
+    f16 = crop_resize(im, b, size=10, dtype="float16")
+    assert f16.dtype == np.float16
+    np.testing.assert_array_equal(f16, f32.astype(np.float16))
+    np.testing.assert_array_equal(crop_resize(im, b.astype(np.float64), size=10), f32)
+
+
+def test_bad_input(rng):
+    im = _image(rng, 20, 20)
+    b = _boxes(rng, 2, 20, 20)
+    with pytest.raises(TypeError, match="uint8"):
+        crop_resize(im.astype(np.float32), b)
+    with pytest.raises(ValueError, match="RGB"):
+        crop_resize(im[:, :, :2], b)
+    with pytest.raises(ValueError, match="RGB"):
+        crop_resize(im[:, :, 0], b)
+    with pytest.raises(ValueError, match=r"\[V, 4\]"):
+        crop_resize(im, np.zeros((3, 5), np.float32))
+    with pytest.raises(ValueError, match="image_index"):
+        crop_resize([im, im], b)
+    with pytest.raises(ValueError, match="image_index"):
+        crop_resize([im, im], b, image_index=[0, 2])
+    with pytest.raises(ValueError, match="image_index"):
+        crop_resize([im, im], b, image_index=[0])
+    with pytest.raises(ValueError, match="mode"):
+        crop_resize(im, b, mode="cv2")
+    with pytest.raises(ValueError, match="antialias"):
+        crop_resize(im, b, antialias=False)
+    with pytest.raises(ValueError, match="size"):
+        crop_resize(im, b, size=0)
+    with pytest.raises(ValueError, match="std"):
+        crop_resize(im, b, std=(1, 0, 1))
+    with pytest.raises(ValueError, match="impl"):
+        crop_resize(im, b, impl="gpu")
+    with pytest.raises(ValueError, match="method"):
+        phash(im, b, method="dhash")
+    with pytest.raises(ValueError, match="empty"):
+        crop_resize([], b)
+    with pytest.raises(ValueError, match="empty"):
+        crop_resize(np.zeros((0, 5, 3), np.uint8), b)
+    with pytest.raises(TypeError):
+        crop_resize("image", b)
+    from dynrefer import _C
+
+    out = np.empty((2, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        _C.crop_resize([im], b, np.empty((2, 3, 8, 9), np.float32), 8, 0, 1, (0, 0, 0), (1, 1, 1))
+    with pytest.raises(TypeError, match="float32"):
+        _C.crop_resize([im], b, out.astype(np.float64), 8, 0, 1, (0, 0, 0), (1, 1, 1))
+    with pytest.raises(ValueError, match="kind"):
+        _C.crop_resize([im], b, out, 8, 7, 1, (0, 0, 0), (1, 1, 1))
+    with pytest.raises(ValueError, match="read-only|writ"):
+        ro = np.empty((2, 3, 8, 8), np.float32)
+        ro.flags.writeable = False
+        _C.crop_resize([im], b, ro, 8, 0, 1, (0, 0, 0), (1, 1, 1))
+    with pytest.raises(ValueError, match="image_index"):
+        _C.crop_resize([im, im], b, out, 8, 0, 1, (0, 0, 0), (1, 1, 1), image_index=np.array([0, 5]))
+
+
+def test_select_views_greedy():
+    cand = np.array(CANDIDATES)
+    h0 = np.uint64(0)
+    # hamming distances 0..10 → scores d / t; pick the largest, never twice, ties to the smaller t
+    dist = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    hashes = np.array([[h0] + [np.uint64((1 << int(d)) - 1) for d in dist]], dtype=np.uint64)
+    got = select_views(hashes, cand, 3)
+    np.testing.assert_array_equal(got, [[0, 1, 2]])  # d/t = 10 everywhere: ties → smallest t
+    hashes[0, 6] = np.uint64((1 << 40) - 1)         # candidate 5 (t = 0.6; column 6) now scores 40 / 0.6
+    np.testing.assert_array_equal(select_views(hashes, cand, 2), [[5, 0]])
+    zero = np.zeros((2, 11), np.uint64)              # all scores 0: the first candidates, no repeats
+    np.testing.assert_array_equal(select_views(zero, cand, 3), [[0, 1, 2], [0, 1, 2]])
+    with pytest.raises(ValueError, match="1 \\+ 10"):
+        select_views(np.zeros((2, 5), np.uint64), cand, 2)
+    with pytest.raises(ValueError, match="coeffs"):
+        select_views(zero, np.where(cand > 0.5, 0.0, cand), 2)
+    with pytest.raises(ValueError, match="n <= 10"):
+        select_views(zero, cand, 11)
+
+
+def test_hamming():
+    a = np.array([0, 0xFFFFFFFFFFFFFFFF, 0x0F], np.uint64)
+    b = np.array([0, 0, 0xF0], np.uint64)
+    np.testing.assert_array_equal(hamming(a, b), [0, 64, 8])
+
+
+def test_view_boxes_official_arithmetic():
+    b = np.array([[10.3, 20.7, 50.1, 60.9]], np.float32)
+    got = view_boxes(b, [0.0, 0.3, 1.0], 100, 80)
+    full = np.array([0, 0, 100, 80], np.float32)
+    for k, t in enumerate([0.0, 0.3, 1.0]):
+        np.testing.assert_array_equal(got[0, k], b[0] + (full - b[0]) * t)  # float32 arithmetic, weak scalar
+    np.testing.assert_array_equal(got[0, 2], full)
+
+
+def test_nested_views_priors(rng):
+    im = _image(rng, 64, 80)
+    b = np.array([[10, 10, 30, 40], [50, 5, 70, 20]], np.float32)
+    out = NestedViews(size=32, prior="image")(im, b)
+    assert out["views"].shape == (2, 3, 3, 32, 32) and out["boxes"].shape == (2, 3, 4)
+    assert (out["coeffs"][:, 0] == 0).all()
+    # image prior = greedy selection on the hashes of the tight view and every candidate
+    allv = view_boxes(b, (0.0,) + CANDIDATES, 80, 64).reshape(-1, 4)
+    h = phash(im, allv).reshape(2, 11)
+    np.testing.assert_array_equal(out["coeffs"][:, 1:], np.array(CANDIDATES, np.float32)[select_views(h, CANDIDATES, 2)])
+    t = NestedViews(size=32, prior="task", task="attribute")(im, b)
+    np.testing.assert_array_equal(t["coeffs"], np.array([[0, 0.1, 0.2]] * 2, np.float32))
+    s1 = NestedViews(size=32, prior="stochastic", seed=3)(im, b, rng=np.random.default_rng(5))
+    s2 = NestedViews(size=32, prior="stochastic", seed=3)(im, b, rng=np.random.default_rng(5))
+    np.testing.assert_array_equal(s1["coeffs"], s2["coeffs"])
+    np.testing.assert_array_equal(s1["views"], s2["views"])
+    one = NestedViews(size=32, num_views=1)(im, b)
+    assert one["views"].shape == (2, 1, 3, 32, 32)
+    whole = NestedViews(size=32, prior="fixed", fixed_coeffs=(1.0,))(im, b)
+    np.testing.assert_array_equal(whole["coeffs"], np.ones((2, 1), np.float32))
+    np.testing.assert_array_equal(whole["views"][0], whole["views"][1])  # both are the whole image
+    np.testing.assert_array_equal(whole["views"][0, 0], crop_resize(im, [[0, 0, 80, 64]], 32)[0])
+    two = NestedViews(size=32, prior="fixed", fixed_coeffs=(0.0, 1.0))(im, b)
+    assert two["views"].shape == (2, 2, 3, 32, 32)
+    with pytest.raises(ValueError, match="fixed_coeffs"):
+        NestedViews(prior="fixed")
+    with pytest.raises(ValueError, match="prior"):
+        NestedViews(prior="random")
+    with pytest.raises(ValueError, match="task"):
+        NestedViews(prior="task", task="vqa")
+    with pytest.raises(ValueError, match="num_views"):
+        NestedViews(num_views=12)
+
+
+def test_stochastic_selection_uniform_without_replacement():
+    nv = NestedViews(size=8, prior="stochastic", num_views=3)
+    im = np.zeros((10, 10, 3), np.uint8)
+    g = np.random.default_rng(0)
+    counts = np.zeros(10)
+    for _ in range(400):
+        c = nv.choose(im, [[2, 2, 5, 5]], rng=g)[0, 1:]
+        assert c[0] != c[1]
+        counts[np.rint(c * 10).astype(int) - 1] += 1
+    # 800 draws over 10 candidates: each ~80; a 5-sigma band
+    assert counts.min() > 80 - 5 * np.sqrt(80) and counts.max() < 80 + 5 * np.sqrt(80)
+
+
+def test_threads_agree(rng):
+    im = _image(rng, 120, 150)
+    b = _boxes(rng, 40, 150, 120)
+    want_v = crop_resize(im, b, size=32)
+    want_h = phash(im, b, method="imagehash")
+    errors = []
+
+    def work():
+        try:
+            for _ in range(3):
+                np.testing.assert_array_equal(crop_resize(im, b, size=32), want_v)
+                np.testing.assert_array_equal(phash(im, b, method="imagehash"), want_h)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work) for _ in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors[0]
+    prev = dynrefer.get_num_threads()
+    try:
+        dynrefer.set_num_threads(1)
+        np.testing.assert_array_equal(crop_resize(im, b, size=32), want_v)
+    finally:
+        dynrefer.set_num_threads(prev)
+
+
+@pytest.mark.skipif(os.environ.get("DYNREFER_SANITIZER_RUN") == "1", reason="fuzzing is slow under ASan")
+def test_fuzz_geometry(rng):
+    # many random images, boxes and sizes through both kernels: no crash, finite, deterministic
+    for _ in range(30):
+        h, w = rng.integers(1, 40, size=2)
+        im = _image(rng, int(h), int(w))
+        b = (rng.standard_normal((5, 4)) * 30).astype(np.float32)
+        s = int(rng.integers(1, 20))
+        v = crop_resize(im, b, size=s, mode=str(rng.choice(["pil", "tensor"])))
+        assert np.isfinite(v).all()
+        phash(im, b, method=str(rng.choice(["dynrefer", "imagehash"])))
