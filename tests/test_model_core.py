@@ -1,8 +1,6 @@
 """dynrefer.model on the tiny preset: shapes, trainable split, losses, overfitting, inference, precision, backends."""
 import math
-import sys
 import time
-import types
 
 import numpy as np
 import pytest
@@ -200,47 +198,7 @@ def test_tiny_model_overfits_a_handful_of_regions():
 
 
 # ------------------------------------------------------------------------------------------------ inference
-def _fake_views_module(S, n):
-    """A stand-in with the dynrefer.views interface (used only while the real module is absent)."""
-
-    class NestedViews:
-        def __init__(self, size, num_views, prior="image", task="caption", seed=None, **kw):
-            self.size, self.n, self.seed = size, num_views, seed
-
-        def __call__(self, image, boxes, rng=None):
-            rng = rng if rng is not None else np.random.default_rng(self.seed)
-            img = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float()[None] / 255
-            H, W = img.shape[-2:]
-            R = len(boxes)
-            coeffs = np.zeros((R, self.n), np.float32)
-            views = np.zeros((R, self.n, 3, self.size, self.size), np.float32)
-            vb = np.zeros((R, self.n, 4), np.float32)
-            for r, b in enumerate(boxes):
-                coeffs[r, 1:] = np.sort(rng.choice(np.arange(1, 11) / 10, self.n - 1, replace=False))
-                for v, t in enumerate(coeffs[r]):
-                    x1, y1 = b[0] * (1 - t), b[1] * (1 - t)
-                    x2, y2 = b[2] + t * (W - b[2]), b[3] + t * (H - b[3])
-                    crop = img[..., int(y1):max(int(y2), int(y1) + 1), int(x1):max(int(x2), int(x1) + 1)]
-                    views[r, v] = torch.nn.functional.interpolate(crop, (self.size, self.size))[0].numpy()
-                    sx, sy = self.size / max(x2 - x1, 1), self.size / max(y2 - y1, 1)
-                    vb[r, v] = [(b[0] - x1) * sx, (b[1] - y1) * sy, (b[2] - x1) * sx, (b[3] - y1) * sy]
-            return {"views": views, "boxes": vb, "coeffs": coeffs}
-
-    mod = types.ModuleType("dynrefer.views")
-    mod.NestedViews = NestedViews
-    return mod
-
-
-@pytest.fixture
-def views_api(monkeypatch, model):
-    try:
-        import dynrefer.views  # noqa: F401
-    except ImportError:
-        monkeypatch.setitem(sys.modules, "dynrefer.views",
-                            _fake_views_module(model.config.vision.image_size, model.num_views))
-
-
-def test_describe_is_deterministic_under_a_seed(model, views_api):
+def test_describe_is_deterministic_under_a_seed(model):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
     boxes = np.array([[5, 5, 40, 30], [20, 10, 70, 55], [0, 0, 80, 60]], np.float32)
@@ -262,6 +220,29 @@ def test_describe_is_deterministic_under_a_seed(model, views_api):
     assert len(text.splitlines()) == 3 and "caption=" in text and "views=0.0," in text
     with pytest.raises(ValueError, match="prior"):
         model.describe(img, boxes, prior="stochastic")
+
+
+def test_describe_real_photo_with_each_prior(model, shared_data):
+    import os
+
+    from PIL import Image
+
+    from dynrefer.views import TASK_PRIOR
+
+    folder = os.path.join(shared_data, "images")
+    name = sorted(f for f in os.listdir(folder) if f.lower().endswith((".jpg", ".jpeg", ".png")))[0]
+    img = np.asarray(Image.open(os.path.join(folder, name)).convert("RGB"))
+    H, W = img.shape[:2]
+    boxes = np.array([[0.1 * W, 0.2 * H, 0.5 * W, 0.7 * H], [0.6 * W, 0.1 * H, 0.95 * W, 0.5 * H]], np.float32)
+    by_task = model.describe(img, boxes, prior="task", tasks=("attribute", "caption"), seed=0)
+    n = model.num_views
+    assert [r["view_coeffs"][1:] for r in by_task] == [list(TASK_PRIOR["attribute"][:n - 1])] * 2
+    cap = model.describe(img, boxes, prior="task", tasks=("caption",), seed=0)
+    assert cap[0]["view_coeffs"][1:] == list(TASK_PRIOR["caption"][:n - 1])
+    by_image = model.describe(img, boxes, prior="image", seed=0)
+    assert by_image == model.describe(img, boxes, prior="image", seed=0)
+    for r in by_image:
+        assert r["view_coeffs"][0] == 0 and all(0 < c <= 1 for c in r["view_coeffs"][1:])
 
 
 def test_describe_views_chunking_and_beam_settings(model, gen):

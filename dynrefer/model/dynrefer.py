@@ -380,7 +380,7 @@ class DynRefer(nn.Module):
             self.train(was_training)
         if coeffs is not None:
             for r, c in zip(results, torch.as_tensor(coeffs).tolist()):
-                r["view_coeffs"] = [float(x) for x in c]
+                r["view_coeffs"] = [round(float(x), 6) for x in c]
         return results
 
     def _describe_chunk(self, x_v, tasks, control_words, gen):
@@ -426,8 +426,9 @@ class DynRefer(nn.Module):
         Args:
             images: an HxWx3 uint8 array / PIL image, or a list of them.
             boxes: per image an [R, 4] xyxy pixel box array (a single array when ``images`` is one image).
-            prior: view selection at inference: "image" (pHash search, default), "task" (the paper's table for
-                ``task``, default the first of ``tasks``), "none" (random views; seeded by ``seed``).
+            prior: view selection at inference: "image" (pHash search, default), "task" (the paper's table,
+                ``dynrefer.views.TASK_PRIOR``, for ``task``: by default "attribute" when the first of ``tasks`` is
+                attribute or category, else "caption"), "none" (random views; seeded by ``seed``).
             tasks: any of "category", "attribute", "tag", "caption".
             seed: makes the whole call deterministic (view sampling and any randomness in generation).
         Returns a list (per image) of lists (per region) of dicts with ``box``, ``view_coeffs``, and per task
@@ -446,9 +447,8 @@ class DynRefer(nn.Module):
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
         tasks = tuple(tasks)
-        if task is None:
-            task = {"caption": "caption", "attribute": "attribute", "category": "category",
-                    "tag": "caption"}.get(tasks[0] if tasks else "caption", "caption")
+        if task is None:  # the view prior of the first task: little context for attributes and categories
+            task = {"attribute": "attribute", "category": "attribute"}.get(tasks[0] if tasks else "", "caption")
         vtask = task
         vc = self.config.vision
         nv = NestedViews(size=vc.image_size, num_views=self.num_views, prior=prior, task=vtask, seed=seed)
