@@ -16,7 +16,9 @@ Training batch (``forward(samples)``), R regions of n views each:
     samples["boxes"]        float [R, n, 4]        the referred box (xyxy) in each view's S×S frame
     samples["text_output"]  list of R captions
     samples["tags"]         0/1 [R, T] or [R, 2T]  multi-hot tag targets over ``tag_list`` (two tag sets are OR-ed)
-    samples["control_words"] optional list of R control sentences ("w1,w2|"); default: drawn from the tags
+    samples["control_words"] optional list of R control sentences ("w1,w2|"; also read from "control", the key
+                            of dynrefer.data.collate_regions); default: drawn from the tags with torch's RNG
+    Other keys (coeffs, category, att_vec, ids, …) are ignored.
 → {"loss", "loss_llm", "loss_tag", "loss_rtc"} (the components detached).
 """
 from __future__ import annotations
@@ -53,10 +55,13 @@ def class_prompts(classes):
 
 
 def attribute_prompts(attributes):
-    """Prompts per attribute. An attribute is a list of prompts, or OVAD's "type:syn1/syn2" name, which gives
-    "the {syn} {type}" per synonym (max over synonyms at inference)."""
+    """Prompts per attribute. An attribute is a list of prompts, or OVAD's "type:syn1/syn2" name (or an OVAD
+    attribute record with that ``name``), which gives "the {syn} {type}" per synonym (max over synonyms at
+    inference)."""
     out = []
     for a in attributes:
+        if isinstance(a, dict):  # an OVAD attribute record
+            a = str(a["name"])
         if isinstance(a, str):
             if ":" in a:
                 kind, syns = a.split(":", 1)
@@ -72,6 +77,8 @@ def attribute_prompts(attributes):
 
 
 def _attribute_name(a):
+    if isinstance(a, dict):
+        a = str(a["name"])
     if isinstance(a, str):
         return a.split(":", 1)[1].split("/")[0] if ":" in a else a
     return str(a[0])
@@ -321,7 +328,7 @@ class DynRefer(nn.Module):
         targets = self._tag_targets(samples["tags"], R)
         loss_tag = self.tag_loss_function(self.tag_logits(x_v).float(), targets)
         loss_rtc = self.rtc_loss(x_v, captions).float()
-        control = samples.get("control_words")
+        control = samples.get("control_words", samples.get("control"))
         if control is None:
             control = self.training_control_words(targets) if self.training else ["|"] * R
         loss_llm = self.llm_loss(x_v, control, captions)
