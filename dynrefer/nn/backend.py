@@ -135,24 +135,17 @@ def dcnv4_reference(value, offset_mask, kernel_size=3, stride=1, padding=1, dila
               + (dh * (kh - 1)) // 2 * (1 - offset_scale)).view(1, Ho, 1, 1, 1)
     w = base_w + (ti * dw + dx) * offset_scale  # [N,Ho,Wo,G,K]
     h = base_h + (tj * dh + dy) * offset_scale
-    valid = (h > -1) & (w > -1) & (h < H) & (w < W)
-    h0 = torch.floor(h)
-    w0 = torch.floor(w)
-    lh, lw = h - h0, w - w0
-    h0 = h0.long()
-    w0 = w0.long()
-    # value per group: [N, G, H*W, D]
-    vg = value.reshape(N, H * W, G, D).permute(0, 2, 1, 3)
-    out = 0
-    for yy, xx, wt in ((h0, w0, (1 - lh) * (1 - lw)), (h0, w0 + 1, (1 - lh) * lw),
-                       (h0 + 1, w0, lh * (1 - lw)), (h0 + 1, w0 + 1, lh * lw)):
-        inside = valid & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        idx = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1))  # [N,Ho,Wo,G,K]
-        idx = idx.permute(0, 3, 1, 2, 4).reshape(N, G, Ho * Wo * K, 1).expand(N, G, Ho * Wo * K, D)
-        gathered = torch.gather(vg, 2, idx).reshape(N, G, Ho, Wo, K, D).permute(0, 2, 3, 1, 4, 5)
-        coef = (wt * m * inside.to(dt)).unsqueeze(-1)  # [N,Ho,Wo,G,K,1]
-        out = out + (gathered * coef).sum(-2)
-    return out.reshape(N, Ho, Wo, C)
+    # Bilinear sampling with zero outside the map is F.grid_sample(padding_mode="zeros"); a point with h <= -1,
+    # w <= -1, h >= H or w >= W has all four corners outside, so DCNv4's validity test changes nothing. Pixel
+    # coordinates map to align_corners=False grid units by g = (2x + 1) / size - 1.
+    grid = torch.stack([(2 * w + 1) / W - 1, (2 * h + 1) / H - 1], dim=-1)  # [N,Ho,Wo,G,K,2]
+    grid = grid.permute(0, 3, 1, 2, 4, 5).reshape(N * G, Ho, Wo * K, 2)
+    vg = value.reshape(N, H, W, G, D).permute(0, 3, 4, 1, 2).reshape(N * G, D, H, W)
+    sampled = F.grid_sample(vg, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = sampled.reshape(N, G, D, Ho, Wo, K)
+    mg = m.permute(0, 3, 1, 2, 4).unsqueeze(2)  # [N,G,1,Ho,Wo,K]
+    out = (sampled * mg).sum(-1)  # [N,G,D,Ho,Wo]
+    return out.permute(0, 3, 4, 1, 2).reshape(N, Ho, Wo, C)
 
 
 def dcnv4(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, group=4, group_channels=None,
