@@ -436,7 +436,8 @@ class DynRefer(nn.Module):
             prior: view selection at inference: "image" (pHash search, default), "task" (the paper's table,
                 ``dynrefer.views.TASK_PRIOR``, for ``task``: by default "attribute" when the first of ``tasks`` is
                 attribute or category, else "caption"), "none" (random views; seeded by ``seed``).
-            tasks: any of "category", "attribute", "tag", "caption".
+            tasks: any of "category", "attribute", "tag", "caption" ("category" needs the model built with
+                ``classes`` and "attribute" with ``attributes``; without them those fields are left out).
             seed: makes the whole call deterministic (view sampling and any randomness in generation).
         Returns a list (per image) of lists (per region) of dicts with ``box``, ``view_coeffs``, and per task
         ``category``/``category_score``, ``attributes`` [(name, score)], ``tags`` [(name, score)],
