@@ -5,12 +5,15 @@
 
 #include "dynrefer.h"
 #include "dr_views.h"
+#include "dr_dcnv4.h"
 
 #define DR_CUDA_SYMS                                                                                               \
     DR_CUDA_SYM(dr_roi_align_forward_cuda)                                                                         \
     DR_CUDA_SYM(dr_roi_align_backward_cuda)                                                                        \
     DR_CUDA_SYM(dr_crop_resize_cuda)                                                                               \
     DR_CUDA_SYM(dr_phash_cuda)                                                                                     \
-    DR_CUDA_SYM(dr_select_views_cuda)
+    DR_CUDA_SYM(dr_select_views_cuda)                                                                              \
+    DR_CUDA_SYM(dr_dcnv4_forward_cuda)                                                                             \
+    DR_CUDA_SYM(dr_dcnv4_backward_cuda)
 
 #endif

@@ -1,0 +1,201 @@
+/* dr_dcnv4.h — DCNv4 deformable aggregation: the C API, the kernel arguments and the per-element bodies shared
+ * by the CPU and CUDA launchers (DESIGN §7.5).
+ *
+ * Layout (DCNv4's): value [N, H, W, G*D] (channels last), offset_mask [N, Ho, Wo, P] where group g owns
+ * [g*3K, g*3K + 2K) = K pairs (dx, dy) and [g*3K + 2K, g*3K + 3K) = K modulation weights, K = kh*kw (minus the
+ * centre with remove_center) and P >= 3*G*K (DCNv4 pads it to a multiple of 8; the padding is ignored and gets a
+ * zero gradient). Taps run kernel-x outer, kernel-y inner. For output (ho, wo) and tap (i, j):
+ *   w = (hw - pad_w + wo*stride_w) - hw*offset_scale + (i*dil_w + dx)*offset_scale,  hw = (dil_w*(kw-1)) >> 1
+ * (likewise h with j, dy); a sample counts only if -1 < h < H and -1 < w < W; bilinear with floor and zero-valued
+ * corners off the map; out[n, ho, wo, g*D + c] = sum_k m_k * bilinear(value[n, :, :, g*D + c], h_k, w_k).
+ * Arithmetic in float32 for float32/float16/bfloat16 storage, in float64 for float64.
+ */
+#ifndef DR_DCNV4_H
+#define DR_DCNV4_H
+
+#include "dr_math.h"
+#include "dynrefer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+    int64_t group, group_channels;
+    double offset_scale;
+    int remove_center;
+} dr_dcnv4_params;
+
+/* Output spatial size: (H + 2*pad - (dil*(k-1) + 1)) / stride + 1 (may be <= 0: invalid). */
+static inline int64_t dr_dcnv4_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
+    const int64_t span = in + 2 * pad - (dil * (k - 1) + 1);
+    return span < 0 ? 0 : span / stride + 1;
+}
+
+/* value [N,H,W,G*D], offset_mask [N,Ho,Wo,P] → output [N,Ho,Wo,G*D] (same dtype as value). Any strides. */
+dr_status dr_dcnv4_forward_cpu(const dr_tensor *value, const dr_tensor *offset_mask, dr_tensor *output,
+                               const dr_dcnv4_params *p);
+/* Gradients of the forward for grad_output [N,Ho,Wo,G*D]: grad_value [N,H,W,G*D] and grad_offset_mask
+ * [N,Ho,Wo,P], both float32 (float64 for float64 data), overwritten. Deterministic (a gather by image and group,
+ * fixed summation order, no atomics). */
+dr_status dr_dcnv4_backward_cpu(const dr_tensor *value, const dr_tensor *offset_mask, const dr_tensor *grad_output,
+                                dr_tensor *grad_value, dr_tensor *grad_offset_mask, const dr_dcnv4_params *p);
+/* The CUDA kernels' per-element bodies run on the CPU for every index (tests). */
+dr_status dr_dcnv4_forward_elementwise_cpu(const dr_tensor *value, const dr_tensor *offset_mask, dr_tensor *output,
+                                           const dr_dcnv4_params *p);
+dr_status dr_dcnv4_backward_elementwise_cpu(const dr_tensor *value, const dr_tensor *offset_mask,
+                                            const dr_tensor *grad_output, dr_tensor *grad_value,
+                                            dr_tensor *grad_offset_mask, const dr_dcnv4_params *p,
+                                            int deterministic);
+/* CUDA launchers (csrc/cuda/dcnv4.cu; only in builds with CUDA), on `stream`. */
+dr_status dr_dcnv4_forward_cuda(const dr_tensor *value, const dr_tensor *offset_mask, dr_tensor *output,
+                                const dr_dcnv4_params *p, void *stream);
+dr_status dr_dcnv4_backward_cuda(const dr_tensor *value, const dr_tensor *offset_mask, const dr_tensor *grad_output,
+                                 dr_tensor *grad_value, dr_tensor *grad_offset_mask, const dr_dcnv4_params *p,
+                                 int deterministic, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* Everything a DCNv4 kernel needs, by value (a CUDA kernel argument). Strides in elements, dims in the order
+ * [N, H, W, C] / [N, Ho, Wo, P]. */
+typedef struct {
+    const void *value;
+    int64_t N, H, W, G, D;
+    int64_t v_s[4];
+    const void *om;
+    int64_t Ho, Wo, P;
+    int64_t om_s[4];
+    void *out; /* forward: output [N,Ho,Wo,C] (storage type); backward: grad_value [N,H,W,C] (compute type) */
+    int64_t out_s[4];
+    const void *grad; /* backward: grad_output [N,Ho,Wo,C] (storage type) */
+    int64_t grad_s[4];
+    void *grad_om; /* backward: grad_offset_mask [N,Ho,Wo,P] (compute type) */
+    int64_t gom_s[4];
+    int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+    int64_t K; /* taps per group */
+    int remove_center;
+    double offset_scale;
+} dr_dcn_args;
+
+/* Kernel coordinates (i along x, j along y) of tap k: x outer, y inner, the centre skipped with remove_center. */
+DR_HD static inline void dr_dcn_tap_ij(const dr_dcn_args *a, int64_t k, int64_t *i, int64_t *j) {
+    if (a->remove_center && k >= (a->kw / 2) * a->kh + a->kh / 2)
+        k++;
+    *i = k / a->kh;
+    *j = k % a->kh;
+}
+
+#ifndef DR_ATOMIC_ADD
+#define DR_ATOMIC_ADD(ptr, v) (*(ptr) += (v))
+#endif
+
+/* Sampling geometry in float (float32/float16/bfloat16 data) and in double (float64 data). */
+#define DR_RT float
+#define DR_RS(name) name##_f
+#include "dr_dcnv4_math.inc"
+#undef DR_RT
+#undef DR_RS
+#define DR_RT double
+#define DR_RS(name) name##_d
+#include "dr_dcnv4_math.inc"
+#undef DR_RT
+#undef DR_RS
+
+#define DR_INSTANTIATE "dr_dcnv4_body.inc"
+#include "dr_instantiate.h"
+
+/* Check DCNv4 descriptors (shapes, dtypes, parameters) and fill dr_dcn_args. For the backward, `out` is
+ * grad_value, `grad` grad_output and `gom` grad_offset_mask; for the forward `out` is the output and grad/gom
+ * are NULL. Host code shared by the CPU and CUDA launchers. O(1). */
+static inline dr_status dr_dcnv4_make_args(const dr_tensor *value, const dr_tensor *om, const dr_tensor *out,
+                                           const dr_tensor *grad, const dr_tensor *gom, const dr_dcnv4_params *p,
+                                           dr_dcn_args *a) {
+    const dr_tensor *all[5] = {value, om, out, grad, gom};
+    for (int i = 0; i < 5; i++) {
+        if (!all[i])
+            continue;
+        if (all[i]->ndim != 4)
+            return dr_set_error(DR_EINVAL, "dcnv4: expected 4-D tensors, got a %d-D one", all[i]->ndim);
+        if (all[i]->device != value->device || all[i]->device_id != value->device_id)
+            return dr_set_error(DR_EINVAL, "dcnv4: all tensors must be on the same device");
+        if (dr_numel(all[i]) < 0)
+            return dr_set_error(DR_EINVAL, "dcnv4: tensor size overflows int64");
+    }
+    if (value->dtype != DR_FLOAT32 && value->dtype != DR_FLOAT64 && value->dtype != DR_FLOAT16 &&
+        value->dtype != DR_BFLOAT16)
+        return dr_set_error(DR_EINVAL, "dcnv4: unsupported dtype %s", dr_dtype_name(value->dtype));
+    const dr_dtype real = value->dtype == DR_FLOAT64 ? DR_FLOAT64 : DR_FLOAT32;
+    if (om->dtype != value->dtype || (grad && grad->dtype != value->dtype))
+        return dr_set_error(DR_EINVAL, "dcnv4: offset_mask and grad_output must have value's dtype %s",
+                            dr_dtype_name(value->dtype));
+    if ((grad ? out->dtype != real : out->dtype != value->dtype) || (gom && gom->dtype != real))
+        return dr_set_error(DR_EINVAL, "dcnv4: output tensors have the wrong dtype");
+    if (p->kernel_h < 1 || p->kernel_w < 1 || p->stride_h < 1 || p->stride_w < 1 || p->dilation_h < 1 ||
+        p->dilation_w < 1 || p->pad_h < 0 || p->pad_w < 0 || p->group < 1 || p->group_channels < 1 ||
+        p->kernel_h > 1024 || p->kernel_w > 1024 || p->dilation_h > (1 << 20) || p->dilation_w > (1 << 20) ||
+        p->pad_h > (1 << 30) || p->pad_w > (1 << 30) || p->stride_h > (1 << 30) || p->stride_w > (1 << 30))
+        return dr_set_error(DR_EINVAL, "dcnv4: kernel/stride/dilation/group must be positive and padding >= 0");
+    if (!(p->offset_scale - p->offset_scale == 0))
+        return dr_set_error(DR_EINVAL, "dcnv4: offset_scale must be finite");
+    int64_t K = p->kernel_h * p->kernel_w - (p->remove_center ? 1 : 0);
+    if (K < 1)
+        return dr_set_error(DR_EINVAL, "dcnv4: the kernel has no taps");
+    const int64_t N = value->shape[0], H = value->shape[1], W = value->shape[2], C = value->shape[3];
+    int64_t gd;
+    if (!dr_mul_overflow(p->group, p->group_channels, &gd) || gd != C)
+        return dr_set_error(DR_EINVAL, "dcnv4: value has %lld channels, expected group * group_channels = %lld * %lld",
+                            (long long)C, (long long)p->group, (long long)p->group_channels);
+    const int64_t Ho = dr_dcnv4_out_size(H, p->kernel_h, p->stride_h, p->pad_h, p->dilation_h);
+    const int64_t Wo = dr_dcnv4_out_size(W, p->kernel_w, p->stride_w, p->pad_w, p->dilation_w);
+    if (Ho < 1 || Wo < 1)
+        return dr_set_error(DR_EINVAL, "dcnv4: the kernel does not fit the padded %lld x %lld input", (long long)H,
+                            (long long)W);
+    if (om->shape[0] != N || om->shape[1] != Ho || om->shape[2] != Wo || om->shape[3] < 3 * p->group * K)
+        return dr_set_error(DR_EINVAL,
+                            "dcnv4: offset_mask has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld, P] "
+                            "with P >= 3 * group * K = %lld",
+                            (long long)om->shape[0], (long long)om->shape[1], (long long)om->shape[2],
+                            (long long)om->shape[3], (long long)N, (long long)Ho, (long long)Wo,
+                            (long long)(3 * p->group * K));
+    const dr_tensor *o_like = grad ? grad : out; /* [N, Ho, Wo, C] */
+    if (o_like->shape[0] != N || o_like->shape[1] != Ho || o_like->shape[2] != Wo || o_like->shape[3] != C)
+        return dr_set_error(DR_EINVAL, "dcnv4: %s has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld, %lld]",
+                            grad ? "grad_output" : "output", (long long)o_like->shape[0], (long long)o_like->shape[1],
+                            (long long)o_like->shape[2], (long long)o_like->shape[3], (long long)N, (long long)Ho,
+                            (long long)Wo, (long long)C);
+    if (grad) {
+        for (int d = 0; d < 4; d++)
+            if (out->shape[d] != value->shape[d] || gom->shape[d] != om->shape[d])
+                return dr_set_error(DR_EINVAL, "dcnv4: grad_value / grad_offset_mask must match value / offset_mask");
+    }
+    memset(a, 0, sizeof *a);
+    a->value = value->data;
+    a->N = N, a->H = H, a->W = W, a->G = p->group, a->D = p->group_channels;
+    a->om = om->data;
+    a->Ho = Ho, a->Wo = Wo, a->P = om->shape[3];
+    a->out = out->data;
+    for (int d = 0; d < 4; d++) {
+        a->v_s[d] = value->strides[d];
+        a->om_s[d] = om->strides[d];
+        a->out_s[d] = out->strides[d];
+        if (grad) {
+            a->grad_s[d] = grad->strides[d];
+            a->gom_s[d] = gom->strides[d];
+        }
+    }
+    if (grad) {
+        a->grad = grad->data;
+        a->grad_om = gom->data;
+    }
+    a->kh = p->kernel_h, a->kw = p->kernel_w, a->sh = p->stride_h, a->sw = p->stride_w;
+    a->ph = p->pad_h, a->pw = p->pad_w, a->dh = p->dilation_h, a->dw = p->dilation_w;
+    a->K = K;
+    a->remove_center = p->remove_center;
+    a->offset_scale = p->offset_scale;
+    return DR_OK;
+}
+
+#endif /* DR_DCNV4_H */

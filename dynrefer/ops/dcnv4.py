@@ -1,0 +1,114 @@
+"""DCNv4 deformable aggregation (DESIGN §7.5), for NumPy arrays and PyTorch tensors.
+
+Semantics are those of DCNv4's ``DCNv4Function`` (OpenGVLab/DCNv4) with softmax off, on CPU and CUDA.
+"""
+import numbers
+
+import numpy as np
+
+from dynrefer.ops._common import is_torch_tensor, pair, real
+
+_NUMPY_FLOATS = (np.float32, np.float64, np.float16)
+
+
+def _nonneg_pair(value, name):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        out = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+    ):
+        out = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if out[0] < 0 or out[1] < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return out
+
+
+def dcnv4_params(shape, kernel_size, stride, padding, dilation, group, group_channels, offset_scale, remove_center):
+    """Check the arguments against value's shape [N, H, W, C]; return the kernel's parameter tuple
+    (kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale, remove_center) and (Ho, Wo)."""
+    if len(shape) != 4:
+        raise ValueError(f"dcnv4: value must be 4-D [N, H, W, C] (channels last), got shape {tuple(shape)}")
+    kh, kw = pair(kernel_size, "kernel_size")
+    sh, sw = pair(stride, "stride")
+    ph, pw = _nonneg_pair(padding, "padding")
+    dh, dw = pair(dilation, "dilation")
+    if isinstance(group, bool) or not isinstance(group, numbers.Integral):
+        raise TypeError(f"group must be an int, got {type(group).__name__}")
+    group = int(group)
+    if group < 1:
+        raise ValueError(f"group must be positive, got {group}")
+    C = int(shape[3])
+    if group_channels is None:
+        if C % group:
+            raise ValueError(f"dcnv4: value has {C} channels, not divisible by group={group}")
+        group_channels = C // group
+    elif isinstance(group_channels, bool) or not isinstance(group_channels, numbers.Integral):
+        raise TypeError(f"group_channels must be an int or None, got {type(group_channels).__name__}")
+    group_channels = int(group_channels)
+    if group_channels < 1 or group * group_channels != C:
+        raise ValueError(
+            f"dcnv4: value has {C} channels but group * group_channels = {group} * {group_channels} = "
+            f"{group * group_channels}"
+        )
+    scale = real(offset_scale, "offset_scale")
+    remove_center = bool(remove_center)
+    if remove_center and kh * kw == 1:
+        raise ValueError("dcnv4: remove_center with a 1x1 kernel leaves no taps")
+    H, W = int(shape[1]), int(shape[2])
+    ho = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    wo = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    if H + 2 * ph < dh * (kh - 1) + 1 or W + 2 * pw < dw * (kw - 1) + 1:
+        raise ValueError(
+            f"dcnv4: the {kh}x{kw} kernel (dilation {dh}x{dw}) does not fit the {H}x{W} value padded by {ph}x{pw}"
+        )
+    return (kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, scale, remove_center), (ho, wo)
+
+
+def offset_mask_channels(group, kernel_size=3, remove_center=False):
+    """P for DCNv4's offset_mask: 3 * group * K rounded up to a multiple of 8 (K taps, minus the centre when
+    ``remove_center``)."""
+    kh, kw = pair(kernel_size, "kernel_size")
+    k = kh * kw - (1 if remove_center else 0)
+    return -(-3 * group * k // 8) * 8
+
+
+def dcnv4(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, group=4, group_channels=None,
+          offset_scale=1.0, remove_center=False):
+    """DCNv4 deformable aggregation (``DCNv4Function`` with softmax off).
+
+    Args:
+        value: ``[N, H, W, G*D]`` features, channels last (float32/float64/float16/bfloat16; any strides).
+        offset_mask: ``[N, H_out, W_out, P]`` in value's dtype: for group g, ``[g*3K, g*3K+2K)`` holds K pairs
+            ``(dx, dy)`` and ``[g*3K+2K, g*3K+3K)`` K modulation weights (no softmax); ``P >= 3*G*K`` (DCNv4 pads it
+            to a multiple of 8, see :func:`offset_mask_channels`; the padding is ignored).
+        kernel_size, stride, padding, dilation: int or ``(h, w)``.
+        group: G; group_channels: D (default ``C // group``).
+        offset_scale: scale applied to the offsets (and to the kernel grid around its centre).
+        remove_center: drop the kernel's centre tap (K = kh*kw - 1).
+
+    Returns ``[N, H_out, W_out, G*D]`` in value's type: an ndarray for NumPy input (forward only) or a tensor
+    (differentiable in value and offset_mask, ``torch.compile``-able) for PyTorch input. Taps run kernel-x outer,
+    kernel-y inner; samples outside ``(-1, H) x (-1, W)`` contribute nothing, corners off the map read zero.
+    """
+    if is_torch_tensor(value):
+        from dynrefer.ops import _torch_dcnv4
+
+        return _torch_dcnv4.dcnv4(value, offset_mask, kernel_size, stride, padding, dilation, group, group_channels,
+                                  offset_scale, remove_center)
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"dcnv4: value must be a NumPy array or a torch.Tensor, got {type(value).__name__}")
+    if not isinstance(offset_mask, np.ndarray):
+        raise TypeError(f"dcnv4: offset_mask must be a NumPy array like value, got {type(offset_mask).__name__}")
+    if value.dtype.type not in _NUMPY_FLOATS:
+        raise TypeError(f"dcnv4: value must be float16, float32 or float64, got {value.dtype}")
+    if offset_mask.dtype != value.dtype:
+        raise TypeError(f"dcnv4: offset_mask must have value's dtype {value.dtype}, got {offset_mask.dtype}")
+    params, (ho, wo) = dcnv4_params(value.shape, kernel_size, stride, padding, dilation, group, group_channels,
+                                    offset_scale, remove_center)
+    from dynrefer import _C
+
+    out = np.empty((value.shape[0], ho, wo, value.shape[3]), dtype=value.dtype)
+    _C.dcnv4_forward(value, offset_mask, out, *params)
+    return out

@@ -1,0 +1,166 @@
+"""Atomic checkpoint files, RNG state capture, and trainable-only model state.
+
+Every file is written to a temporary file in the destination directory, flushed and fsync'ed, then moved over the
+destination with ``os.replace`` (atomic on POSIX and Windows) and the directory fsync'ed: a reader sees either the
+previous complete file or the new complete file, never a partial one, whatever happens mid-write.
+
+Checkpoint layout (a superset of LAVIS's ``model / optimizer / config / scaler / epoch``)::
+
+    model        state dict (trainable parameters and all buffers; every parameter with save_all_params)
+    optimizer    AdamW state dict
+    scheduler    {"step_index", ...}
+    scaler       GradScaler state dict or None
+    epoch        epoch in progress (0-based)
+    step         optimiser steps done in total
+    epoch_step   optimiser steps done in this epoch
+    sampler      {"epoch", "start_batch", "seed", "world_size"}
+    rng          one entry per rank: python, numpy, torch CPU and CUDA generator states
+    best         {"metric", "value", "epoch"} or None
+    config       the resolved config dict
+    version      layout version
+
+Everything is stored as tensors and plain Python values, so ``torch.load(..., weights_only=True)`` reads it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+
+import numpy as np
+
+__all__ = ["atomic_write_bytes", "atomic_save", "load_checkpoint", "get_rng_state", "set_rng_state",
+           "model_state", "load_model_state", "TMP_PREFIX"]
+
+TMP_PREFIX = ".tmp-"
+CHECKPOINT_VERSION = 1
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, write) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + os.path.basename(path) + ".", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + os.replace)."""
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save(obj, path)`` atomically (temp file in the same directory + fsync + os.replace)."""
+    import torch
+
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def remove_stale_temps(directory: str) -> None:
+    """Delete temporary files left by a process killed mid-write."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if name.startswith(TMP_PREFIX):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
+def load_checkpoint(path: str, map_location="cpu", key: str = "run.resume_ckpt_path") -> dict:
+    """Read a checkpoint (``weights_only``); errors name the config ``key`` the path came from."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{key}: {path} is not a dynrefer/LAVIS checkpoint (no 'model' entry)")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------- RNG states
+def get_rng_state() -> dict:
+    """Python, NumPy (legacy global), torch CPU and (if initialised) CUDA generator states, as tensors/lists."""
+    import torch
+
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": None,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            torch.cuda.set_rng_state(cuda_states[torch.cuda.current_device() % len(cuda_states)])
+
+
+# ---------------------------------------------------------------------------------------------- model state
+def model_state(model, all_params: bool = False) -> dict:
+    """The model's state dict without frozen parameters (LAVIS convention), unless ``all_params``. Buffers are kept."""
+    state = model.state_dict()
+    if all_params:
+        return state
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {k: v for k, v in state.items() if k not in frozen}
+
+
+def load_model_state(model, state: dict, require_trainable: bool = True) -> list:
+    """Load a (possibly trainable-only) state dict. Unknown keys are an error; so are missing trainable
+    parameters or buffers unless ``require_trainable`` is False (fine-tuning from other weights), in which case
+    their names are returned."""
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"checkpoint 'model': keys the model does not have: {sorted(result.unexpected_keys)[:8]}")
+    trainable = {name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
+    buffers = {name for name, _ in model.named_buffers()}
+    missing = sorted(k for k in result.missing_keys if k in trainable or k in buffers)
+    if missing and require_trainable:
+        raise ValueError(f"checkpoint 'model': trainable parameters or buffers missing: {missing[:8]}")
+    return missing
