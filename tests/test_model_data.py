@@ -48,3 +48,48 @@ def test_training_and_description_on_the_data_pipeline(tmp_path):
         assert res == model.describe(img, boxes, prior="image", seed=0)
     finally:
         torch.set_num_threads(n_threads)
+
+
+def test_training_engine_runs_the_model(tmp_path):
+    """dynrefer.train.run_training drives DynRefer (its forward(samples) → {"loss", ...} contract); the engine's
+    checkpoint loads back with the DynRefer loader."""
+    from dynrefer.data.dataset import RegionDataset, collate_regions
+    from dynrefer.data.synthetic import generate
+    from dynrefer.model import DynReferConfig, build_dynrefer
+    from dynrefer.model.loading import load_dynrefer_checkpoint
+    from dynrefer.train import run_training
+    from dynrefer.views import NestedViews
+
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = tmp_path / "data"
+        generate(str(data), seed=1, splits={"train": 2}, size_range=(224, 224), num_objects=(2, 3))
+        tags = [t.strip() for t in open(data / "tags.txt") if t.strip()]
+        cfg = DynReferConfig.from_preset("tiny")
+        ds = RegionDataset(os.path.join(data, "train_caption.json"),
+                           NestedViews(size=cfg.vision.image_size, num_views=cfg.num_views, prior="stochastic",
+                                       seed=0), training=True, seed=0, num_tags=len(tags))
+        ds.collate_fn = collate_regions
+        captions = [r.caption for recs in ds._items for r in recs if r.caption]
+        assert captions
+        built = []
+
+        def build_model(_):
+            built.append(build_dynrefer(cfg, texts=captions, tag_list=tags, seed=0))
+            return built[-1]
+
+        run = {"output_dir": str(tmp_path / "out"), "max_epoch": 1, "batch_size_train": 3, "init_lr": 1e-3,
+               "warmup_steps": 1, "log_freq": 1, "progress_bar": False, "seed": 0}
+        summary = run_training({"model": {}, "datasets": {}, "run": run}, build_model, lambda _: {"train": ds})
+        assert summary["step"] >= 1 and not summary["interrupted"]
+        model = built[0]
+        ckpt = summary["checkpoint"] or os.path.join(run["output_dir"], "latest.pt")
+        fresh = build_dynrefer(cfg, texts=captions, tag_list=tags, seed=5)
+        rep = load_dynrefer_checkpoint(fresh, ckpt, weights_only=False)
+        assert rep.missing == [] and rep.unexpected == []
+        for n, p in fresh.named_parameters():
+            if p.requires_grad:
+                assert torch.equal(p, model.state_dict()[n]), n
+    finally:
+        torch.set_num_threads(n_threads)
