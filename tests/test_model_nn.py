@@ -244,3 +244,24 @@ def test_align_gradients_reach_every_parameter(rng):
     m(a, b).square().sum().backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_align_backends_agree_in_value_and_gradient(rng):
+    torch.manual_seed(6)
+    m = DeformableAlign(32, group=4).double()
+    torch.nn.init.normal_(m.offset_mask.weight, std=0.2)
+    torch.nn.init.normal_(m.offset_mask.bias, std=0.5)
+    a = torch.from_numpy(rng.standard_normal((2, 32, 6, 5)))
+    b = torch.from_numpy(rng.standard_normal((2, 32, 6, 5))).requires_grad_()
+    res = {}
+    for name in ("peer", "dynrefer"):
+        m.zero_grad()
+        b.grad = None
+        with backend.use_backend(name):
+            out = m(a, b)
+        out.pow(2).sum().backward()
+        res[name] = (out.detach(), b.grad.clone(), {n: p.grad.clone() for n, p in m.named_parameters()})
+    (o1, g1, p1), (o2, g2, p2) = res["peer"], res["dynrefer"]
+    assert rel(o2, o1) < 1e-10 and rel(g2, g1) < 1e-10
+    for n in p1:
+        assert rel(p2[n], p1[n]) < 1e-9, n
