@@ -104,3 +104,35 @@ def test_all_gather_with_grad_matches_one_process(tmp_path):
 def test_flops_report_runs_for_presets(name):
     text = flops_report(name)
     assert "per region" in text and "parameters (M)" in text
+
+
+def test_tiny_model_on_the_real_vocabularies(shared_data):
+    """RAM's 4585 tags, COCO's 80 classes and OVAD's 117 attributes through the locally built tokenizers, the
+    frozen text encoder and every head."""
+    import json
+
+    from dynrefer.model import build_dynrefer
+    from _model_data import batch
+
+    vocab = os.path.join(shared_data, "vocab")
+    tags = [t.strip() for t in open(os.path.join(vocab, "ram_tags.txt"), encoding="utf-8") if t.strip()]
+    classes = json.load(open(os.path.join(vocab, "coco_classes.json")))
+    attributes = json.load(open(os.path.join(vocab, "ovad_attributes.json")))
+    assert (len(tags), len(classes), len(attributes)) == (4585, 80, 117)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = build_dynrefer("tiny", texts=CAPTIONS, tag_list=tags, classes=classes, attributes=attributes, seed=0)
+        unk = m.t5_tokenizer.unk_token_id
+        assert all(unk not in m.t5_tokenizer(t).input_ids for t in tags[:500] + classes + CAPTIONS)
+        assert m.clip_embeds.shape[0] == 4585 and m.ov_embeds.shape[0] == 80
+        assert len(m.att_len_synonyms) == 117 and m.att_embeds.shape[0] == sum(m.att_len_synonyms)
+        s = batch(m, torch.Generator().manual_seed(0), regions=2)
+        s["tags"] = torch.zeros(2, 2 * len(tags))
+        s["tags"][0, [3, 4585 + 7]] = 1
+        out = m(s)
+        assert torch.isfinite(out["loss"])
+        res = m.describe_views(s["views"], s["boxes"], tasks=("category", "attribute"))
+        assert res[0]["category"] in classes and len(res[0]["attributes"]) == 117
+    finally:
+        torch.set_num_threads(n)

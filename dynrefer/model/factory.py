@@ -7,13 +7,16 @@ from dynrefer.model.text import TextEncoder, build_bert_tokenizer, build_t5_toke
 
 __all__ = ["build_dynrefer"]
 
+_NO_CAP = 10_000_000
+
 
 def build_dynrefer(config="tiny", texts=(), tag_list=(), classes=(), attributes=(), t5_model=None,
                    t5_tokenizer=None, text_encoder=None, embed_cache_dir=None, seed=None):
     """A DynRefer with randomly initialised weights from ``config`` (a :class:`DynReferConfig` or a preset name).
 
-    Tokenizers that are not given are trained on ``texts`` (captions, …) plus the tag, class and attribute names,
-    so every word the model will see is in the vocabulary. ``seed`` fixes the initialisation.
+    Tokenizers that are not given are trained on ``texts`` (captions, …) plus the tag, class and attribute names
+    (e.g. the vocabulary files of a dataset, read by the caller), so every word the model will see is in the
+    vocabulary. ``seed`` fixes the initialisation.
     """
     import torch
 
@@ -26,10 +29,12 @@ def build_dynrefer(config="tiny", texts=(), tag_list=(), classes=(), attributes=
         ctx.__enter__()
         torch.manual_seed(seed)
     try:
+        # Word-level vocabularies keep every word given (no cap, so nothing the model is trained on becomes
+        # <unk>); the T5 / BERT embedding tables grow to the tokenizer when it outgrows the config's vocab_size.
         if t5_tokenizer is None:
-            t5_tokenizer = build_t5_tokenizer(vocab, config.t5.vocab_size)
+            t5_tokenizer = build_t5_tokenizer(vocab, _NO_CAP)
         if text_encoder is None:
-            tok = build_bert_tokenizer(vocab, config.text_encoder.vocab_size)
+            tok = build_bert_tokenizer(vocab, _NO_CAP)
             text_encoder = TextEncoder(config.text_encoder, tok)
         return DynRefer(config, t5_tokenizer, tag_list, text_encoder, classes=classes, attributes=attributes,
                         t5_model=t5_model, embed_cache_dir=embed_cache_dir)
