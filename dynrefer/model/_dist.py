@@ -1,4 +1,4 @@
-"""Distributed helpers: all_gather that keeps the gradient of the local shard, rank and world size."""
+"""Distributed utilities: all_gather that keeps the gradient of the local shard, rank and world size."""
 from __future__ import annotations
 
 import torch

@@ -89,11 +89,11 @@ class TextEncoder(nn.Module):
     def encode_memo(self, texts, max_entries=200_000):
         """``encode`` through an in-memory memo per text (the encoder is frozen, so a text's embedding is fixed);
         training embeds each caption once."""
-        todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        if todo:
-            if len(self._memo) + len(todo) > max_entries:
+        new = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if new:
+            if len(self._memo) + len(new) > max_entries:
                 self._memo.clear()
-            for t, e in zip(todo, self.encode(todo).cpu()):
+            for t, e in zip(new, self.encode(new).cpu()):
                 self._memo[t] = e
         dev = next(self.model.parameters()).device
         return torch.stack([self._memo[t] for t in texts]).to(dev)
