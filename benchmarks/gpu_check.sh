@@ -31,4 +31,8 @@ echo "-- training engine overhead"
 $PY benchmarks/bench_train.py --device cuda
 echo "== DCNv4 (CUDA)"
 $PY benchmarks/bench_dcn.py --device cuda
+echo "== model (tests/test_model_*.py on CUDA where they can, model benchmark)"
+$PY -m pytest -q -p no:cacheprovider tests/test_model_nn.py tests/test_model_core.py tests/test_model_loading.py tests/test_model_misc.py -x -rs 2>&1 | tail -8
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+$PY benchmarks/bench_model.py --device cuda
 exit $status

@@ -1,0 +1,29 @@
+"""dynrefer.model: the DynRefer region-level vision-language model (PyTorch).
+
+    DynReferConfig.from_preset("tiny" | "medium" | "official")
+    build_dynrefer(config, texts, tag_list, classes, attributes)   random weights, local tokenizers
+    DynRefer.forward(samples) → {"loss", "loss_llm", "loss_tag", "loss_rtc"}
+    DynRefer.describe(images, boxes, prior=..., tasks=...)          inference on images (nested views)
+    format_descriptions(results)                                     one line per region
+    loading: load_eva_vit, load_blip2_checkpoint, load_t5_directory, save_t5_directory, load_dynrefer_checkpoint
+    flops: flops_report(config), visual_macs(config, num_views)
+"""
+from dynrefer.model.config import DynReferConfig, PRESETS
+from dynrefer.model.dynrefer import TRAINABLE_PREFIXES, DynRefer, format_descriptions
+from dynrefer.model.factory import build_dynrefer
+
+__all__ = ["DynReferConfig", "PRESETS", "DynRefer", "TRAINABLE_PREFIXES", "build_dynrefer", "format_descriptions",
+           "load_eva_vit", "load_blip2_checkpoint", "load_t5_directory", "save_t5_directory",
+           "load_dynrefer_checkpoint", "save_dynrefer_checkpoint", "flops_report", "visual_macs"]
+
+_LAZY = {"load_eva_vit": "loading", "load_blip2_checkpoint": "loading", "load_t5_directory": "loading",
+         "save_t5_directory": "loading", "load_dynrefer_checkpoint": "loading",
+         "save_dynrefer_checkpoint": "loading", "flops_report": "flops", "visual_macs": "flops"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"dynrefer.model.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'dynrefer.model' has no attribute {name!r}")

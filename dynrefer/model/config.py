@@ -1,0 +1,179 @@
+"""Configuration of a DynRefer model, with presets.
+
+    tiny      ~0.2 M parameters, 32×32 views, 2 views, T5 trained too (a random T5 cannot be steered by soft
+              prompts alone), larger init of the BERT parts: overfits a few regions on a CPU in seconds (tests)
+    medium    a small but real-shaped model (ViT-S-like encoder, 4-layer Q-Former, small T5)
+    official  EVA ViT-g (39 × 1408, patch 14) + BERT-base Q-Former (32 queries) + FlanT5-XL, as DynRefer trains it
+
+``DynReferConfig.from_preset(name, **overrides)``; nested sections are plain dataclasses, ``to_dict``/``from_dict``
+round-trip through JSON/YAML.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["VisionConfig", "QFormerConfig", "HeadConfig", "T5Config", "TextEncoderConfig", "GenerationConfig",
+           "DynReferConfig", "PRESETS"]
+
+
+@dataclass
+class VisionConfig:
+    arch: str = "eva"            # "eva" (EVA ViT-g layout, LAVIS) or "clip" (OpenAI CLIP ViT layout)
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1408
+    depth: int = 39
+    num_heads: int = 16
+    mlp_ratio: float = 4.3637
+    eps: float = 1e-6            # LayerNorm eps inside the ViT (EVA: 1e-6; CLIP: 1e-5)
+
+    @property
+    def grid(self):
+        return self.image_size // self.patch_size
+
+    @property
+    def mlp_hidden(self):
+        return int(self.width * self.mlp_ratio)
+
+
+@dataclass
+class QFormerConfig:
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    cross_attention_freq: int = 2
+    num_query_tokens: int = 32
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02       # BERT initialisation (random-init models only; checkpoints overwrite it)
+
+
+@dataclass
+class HeadConfig:
+    """The tag (D_tag) and region-text (D_rtc, the official ``attr``) decoders: cross-attention-only BERT layers."""
+    hidden_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02
+
+
+@dataclass
+class T5Config:
+    """A Hugging Face T5 built from this config (random init), unless a pretrained directory is loaded."""
+    d_model: int = 2048
+    d_kv: int = 64
+    d_ff: int = 5120
+    num_layers: int = 24
+    num_decoder_layers: int = 24
+    num_heads: int = 32
+    feed_forward_proj: str = "gated-gelu"
+    vocab_size: int = 32128
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class TextEncoderConfig:
+    """The frozen text encoder that embeds tag names, class and attribute prompts and captions (a BERT)."""
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    vocab_size: int = 30522
+    max_length: int = 32
+
+
+@dataclass
+class GenerationConfig:
+    num_beams: int = 2
+    max_new_tokens: int = 20
+    min_length: int = 1
+    length_penalty: float = 0.0
+    repetition_penalty: float = 1.5
+    tag_threshold: float = 0.7
+    chunk_size: int = 20         # regions per forward pass at inference
+
+
+@dataclass
+class DynReferConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    t5: T5Config = field(default_factory=T5Config)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    num_views: int = 3
+    max_txt_len: int = 32
+    tag_weight: float = 0.01
+    rtc_weight: float = 0.5
+    full_drop_ratio: float = 0.5  # training: drop the whole control sentence with this probability
+    drop_ratio: float = 0.5       # training: otherwise drop each control word with this probability
+    asl_gamma_neg: float = 7.0
+    asl_gamma_pos: float = 0.0
+    asl_clip: float = 0.05
+    roi_sampling_ratio: int = 2
+    align_group: int = 4
+    train_llm: bool = False       # also train the T5 (frozen officially; the tiny preset trains it)
+    vit_precision: str = "fp32"   # "fp16" / "bf16": the frozen ViT runs under that autocast on CUDA
+    llm_precision: str = "fp32"
+
+    # --------------------------------------------------------------------------------------- (de)serialisation
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        sections = {"vision": VisionConfig, "qformer": QFormerConfig, "head": HeadConfig, "t5": T5Config,
+                    "text_encoder": TextEncoderConfig, "generation": GenerationConfig}
+        kw = {}
+        for k, v in d.items():
+            if k in sections:
+                kw[k] = sections[k](**v) if isinstance(v, dict) else v
+            elif k in {f.name for f in dataclasses.fields(cls)}:
+                kw[k] = v
+            else:
+                raise ValueError(f"unknown DynReferConfig field {k!r}")
+        return cls(**kw)
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        d = copy.deepcopy(PRESETS[name])
+        for k, v in overrides.items():
+            if isinstance(v, dict) and isinstance(d.get(k), dict):
+                d[k].update(v)
+            else:
+                d[k] = v
+        return cls.from_dict(d)
+
+
+PRESETS = {
+    "official": DynReferConfig(vit_precision="fp16", llm_precision="bf16").to_dict(),
+    "medium": DynReferConfig(
+        vision=VisionConfig(image_size=224, patch_size=14, width=384, depth=6, num_heads=6, mlp_ratio=4.0),
+        qformer=QFormerConfig(hidden_size=384, num_layers=4, num_heads=6, intermediate_size=1536),
+        head=HeadConfig(),
+        t5=T5Config(d_model=256, d_kv=32, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=8,
+                    vocab_size=8192),
+        text_encoder=TextEncoderConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
+                                       vocab_size=8192),
+    ).to_dict(),
+    "tiny": DynReferConfig(
+        vision=VisionConfig(image_size=32, patch_size=8, width=64, depth=2, num_heads=4, mlp_ratio=2.0),
+        qformer=QFormerConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                              num_query_tokens=4, init_std=0.1),
+        head=HeadConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, init_std=0.1),
+        t5=T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4,
+                    feed_forward_proj="relu", vocab_size=256),
+        text_encoder=TextEncoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                                       vocab_size=256, max_length=16),
+        num_views=2,
+        train_llm=True,  # a random-init T5 cannot be steered by its inputs alone
+        generation=GenerationConfig(num_beams=2, max_new_tokens=8, chunk_size=8),
+    ).to_dict(),
+}

@@ -1,0 +1,145 @@
+"""BERT-style blocks with BLIP-2 / LAVIS state-dict names: the Q-Former and the cross-attention-only decoders.
+
+Q-Former (``Qformer.bert.*`` in BLIP-2 checkpoints; the learned queries are the model's ``query_tokens``):
+    embeddings.LayerNorm
+    encoder.layer.i.attention.{self.{query,key,value}, output.{dense,LayerNorm}}
+    encoder.layer.i.crossattention.{self.{query,key,value}, output.{dense,LayerNorm}}   (i % freq == 0)
+    encoder.layer.i.intermediate_query.dense, encoder.layer.i.output_query.{dense,LayerNorm}
+Only the query path exists (BLIP-2-T5 removes the word/position embeddings and the text FFN).
+
+CrossDecoder (DynRefer's ``tag_head`` / ``attr_head``: a BERT whose layers keep only cross-attention):
+    encoder.layer.i.crossattention.{self.*, output.*}, encoder.layer.i.intermediate.dense,
+    encoder.layer.i.output.{dense,LayerNorm}
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dynrefer.nn.attention import SeparateQKVAttention
+
+__all__ = ["QFormer", "CrossDecoder", "BertAttention"]
+
+
+class _Dense(nn.Module):
+    """``dense`` + ``LayerNorm`` on the residual (BertSelfOutput / BertOutput)."""
+
+    def __init__(self, d_in, d_out, eps):
+        super().__init__()
+        self.dense = nn.Linear(d_in, d_out)
+        self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
+
+    def forward(self, x, residual):
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, d, hidden):
+        super().__init__()
+        self.dense = nn.Linear(d, hidden)
+
+    def forward(self, x):
+        return F.gelu(self.dense(x))
+
+
+class BertAttention(nn.Module):
+    def __init__(self, hidden, heads, eps, context_width=None):
+        super().__init__()
+        self.self = SeparateQKVAttention(hidden, heads, context_width)
+        self.output = _Dense(hidden, hidden, eps)
+
+    def forward(self, x, context=None, mask=None):
+        return self.output(self.self(x, context, mask), x)
+
+
+class QFormerLayer(nn.Module):
+    def __init__(self, cfg, index, encoder_width):
+        super().__init__()
+        h, eps = cfg.hidden_size, cfg.layer_norm_eps
+        self.attention = BertAttention(h, cfg.num_heads, eps)
+        self.has_cross = index % cfg.cross_attention_freq == 0
+        if self.has_cross:
+            self.crossattention = BertAttention(h, cfg.num_heads, eps, context_width=encoder_width)
+        self.intermediate_query = _Intermediate(h, cfg.intermediate_size)
+        self.output_query = _Dense(cfg.intermediate_size, h, eps)
+
+    def forward(self, x, context, context_mask=None):
+        x = self.attention(x)
+        if self.has_cross:
+            x = self.crossattention(x, context, context_mask)
+        return self.output_query(self.intermediate_query(x), x)
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, hidden, eps):
+        super().__init__()
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, layers):
+        super().__init__()
+        self.layer = nn.ModuleList(layers)
+
+
+class _QFormerBert(nn.Module):
+    def __init__(self, cfg, encoder_width):
+        super().__init__()
+        self.embeddings = _Embeddings(cfg.hidden_size, cfg.layer_norm_eps)
+        self.encoder = _Encoder(QFormerLayer(cfg, i, encoder_width) for i in range(cfg.num_layers))
+
+    def forward(self, query_embeds, encoder_hidden_states, encoder_attention_mask=None):
+        x = self.embeddings.LayerNorm(query_embeds)
+        for layer in self.encoder.layer:
+            x = layer(x, encoder_hidden_states, encoder_attention_mask)
+        return x
+
+
+class QFormer(nn.Module):
+    """BLIP-2 Q-Former (query path). forward(query_embeds [B,Q,H], visual [B,L,Cv], mask=None) → [B,Q,H]."""
+
+    def __init__(self, cfg, encoder_width):
+        super().__init__()
+        self.bert = _QFormerBert(cfg, encoder_width)
+        self.apply(lambda m: _init_bert(m, cfg.init_std))
+
+    def forward(self, query_embeds, encoder_hidden_states, encoder_attention_mask=None):
+        return self.bert(query_embeds, encoder_hidden_states, encoder_attention_mask)
+
+
+class CrossDecoderLayer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        h, eps = cfg.hidden_size, cfg.layer_norm_eps
+        self.crossattention = BertAttention(h, cfg.num_heads, eps, context_width=h)
+        self.intermediate = _Intermediate(h, cfg.intermediate_size)
+        self.output = _Dense(cfg.intermediate_size, h, eps)
+
+    def forward(self, x, context, mask=None):
+        x = self.crossattention(x, context, mask)
+        return self.output(self.intermediate(x), x)
+
+
+class CrossDecoder(nn.Module):
+    """forward(queries [B,Lq,h], context [B,Lk,h], mask=None) → [B,Lq,h] (no self-attention, no embeddings)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.encoder = _Encoder(CrossDecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.apply(lambda m: _init_bert(m, cfg.init_std))
+
+    def forward(self, queries, context, mask=None):
+        x = queries
+        for layer in self.encoder.layer:
+            x = layer(x, context, mask)
+        return x
+
+
+def _init_bert(m, std):
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

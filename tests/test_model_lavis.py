@@ -1,0 +1,57 @@
+"""dynrefer.lavis: the registration contract, config and sample-key mapping (a test double stands in for LAVIS)."""
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the model tests need transformers (pip install dynrefer[train])")
+
+from _model_data import CAPTIONS, TAGS, batch  # noqa: E402
+from dynrefer.lavis import LAVIS_NAME, config_from_lavis, register  # noqa: E402
+
+
+class FakeRegistry:
+    def __init__(self):
+        self.models = {}
+
+    def register_model(self, name):
+        def wrap(cls):
+            assert name not in self.models
+            self.models[name] = cls
+            return cls
+
+        return wrap
+
+
+def test_config_mapping_of_the_official_yaml():
+    official = {"arch": "dynrefer_t5", "num_views": 3, "vit_model": "eva_clip_g", "img_size": 224,
+                "vit_precision": "fp16", "num_query_token": 32, "tag_thr": 0.7, "max_txt_len": 32, "num_beams": 2,
+                "max_new_tokens": 20, "min_length": 1, "length_penalty": 0, "repetition_penalty": 1.5}
+    cfg = config_from_lavis(official)
+    assert cfg.num_views == 3 and cfg.vision.width == 1408 and cfg.vision.depth == 39
+    g = cfg.generation
+    assert (g.num_beams, g.max_new_tokens, g.length_penalty, g.repetition_penalty) == (2, 20, 0.0, 1.5)
+    assert config_from_lavis({"vit_model": "clip_L"}).vision.arch == "clip"
+    with pytest.raises(ValueError, match="vit_model"):
+        config_from_lavis({"vit_model": "resnet"})
+
+
+def test_register_build_train_and_predict(tmp_path):
+    reg = FakeRegistry()
+    cls = register(reg)
+    assert reg.models[LAVIS_NAME] is cls
+    (tmp_path / "tags.txt").write_text("\n".join(TAGS) + "\n")
+    torch.manual_seed(0)
+    model = cls.from_config({"vit_model": "tiny", "num_views": 2, "tag_list": str(tmp_path / "tags.txt"),
+                             "texts": CAPTIONS, "num_beams": 1, "max_new_tokens": 4})
+    assert model.model.num_tags == len(TAGS) and model.model.config.generation.num_beams == 1
+    s = batch(model.model, torch.Generator().manual_seed(0), regions=3)
+    lavis_batch = {"cascade_region_images": s["views"], "cascade_region_bboxes": s["boxes"],
+                   "caps": s["text_output"], "tags": torch.cat([s["tags"], s["tags"]], 1), "ids": [7, 8, 9]}
+    out = model(lavis_batch)
+    assert set(out) == {"loss", "loss_llm", "loss_tag", "loss_rtc"}
+    pred = model.predict_answers(lavis_batch)
+    assert [p["id"] for p in pred] == [7, 8, 9]
+    assert all(isinstance(p["caption"], str) and 0 < p["score"] <= 1 for p in pred)
+    with pytest.raises(ValueError, match="tag_list"):
+        cls.from_config({"vit_model": "tiny"})
+    with pytest.raises(TypeError, match="register_model"):
+        register(object())
