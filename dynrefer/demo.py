@@ -36,6 +36,12 @@ SCHEMES = [
 ]
 
 
+def markdown_table(rows, headers):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
 def _log(msg):
     print(msg, flush=True)
 
@@ -116,7 +122,7 @@ def evaluate_model(model, data_dir, split, views_kwargs, size, tasks=("category"
         res = model.describe_views(torch.from_numpy(out["views"]), torch.from_numpy(out["boxes"]),
                                    coeffs=torch.from_numpy(out["coeffs"]), tasks=tasks)
         for r, p in zip(recs, res):
-            preds[r.region_id] = p
+            preds[r.id] = p
     return preds, ann
 
 
@@ -127,14 +133,14 @@ def score(preds_caption, preds_attr_cat, data_dir, split, classes):
     from dynrefer.eval.api import caption_metrics
 
     caps = load_annotations(os.path.join(data_dir, f"{split}_caption.json"))
-    gts = {r.region_id: [r.caption] for r in caps.records}
+    gts = {r.id: [r.caption] for r in caps.records}
     res = {k: [preds_caption[k]["caption"] or "<empty>"] for k in gts}
     cider = caption_metrics(gts, res, metrics=("CIDEr",), tokenize=_java())["CIDEr"] * 100
     att = load_annotations(os.path.join(data_dir, f"{split}_attribute.json"))
-    scores = {r.region_id: [s for _, s in preds_attr_cat[r.region_id]["attributes"]] for r in att.records}
-    ovad = evaluate("ovad", scores, att.ovad_annotations())
+    scores = {r.id: [s for _, s in preds_attr_cat[r.id]["attributes"]] for r in att.records}
+    ovad = evaluate("ovad", scores, att.ovad_ground_truth())
     cat = load_annotations(os.path.join(data_dir, f"{split}_category.json"))
-    hits = [preds_attr_cat[r.region_id]["category"] == r.category for r in cat.records]
+    hits = [preds_attr_cat[r.id]["category"] == r.category for r in cat.records]
     return {"CIDEr": cider, "attr_mAP": float(ovad["all"]), "acc": 100.0 * float(np.mean(hits))}
 
 
@@ -168,14 +174,27 @@ def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log)
     """Run the miniature Table 7; returns the rows and writes ``table7.md`` and ``model.pt`` under ``out``."""
     import torch
 
-    from dynrefer.data.synthetic import generate
-    from dynrefer.data.readers import load_annotations
-    from dynrefer.model import DynReferConfig
-
     t_start = time.time()
     data_dir = os.path.join(out, "data")
     splits = {"train": 16, "val": 6} if quick else {"train": 64, "val": 16}
-    epochs = epochs or (3 if quick else 12)
+    epochs = epochs or (6 if quick else 30)
+    # the tiny model's ops are too small to split across threads: one torch thread is several times faster than
+    # two on a 2-core machine (the C kernels keep their own pool for the views)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(out, data_dir, splits, epochs, seed, log, t_start)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _run(out, data_dir, splits, epochs, seed, log, t_start):
+    import torch
+
+    from dynrefer.data.readers import load_annotations
+    from dynrefer.data.synthetic import generate
+    from dynrefer.model import DynReferConfig
+
     log(f"== synthetic benchmark → {data_dir} (seed {seed}, {splits})")
     generate(data_dir, seed=seed, splits=splits)
     tags, classes, attributes = _vocab(data_dir)
@@ -211,8 +230,6 @@ def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log)
     from dynrefer.eval import format_report  # noqa: F401  (the same metric code as the full benchmarks)
 
     header = ["view scheme", "views", "inference prior", "CIDEr", "attribute mAP", "accuracy"]
-    from dynrefer.cli import markdown_table
-
     table = markdown_table(rows, header)
     with open(os.path.join(out, "table7.md"), "w", encoding="utf-8") as f:
         f.write(f"Miniature Table 7 (synthetic benchmark, seed {seed}, tiny DynRefer, {epochs} epochs)\n\n")
