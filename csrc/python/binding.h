@@ -24,7 +24,8 @@ PyObject *dr_raise_kernel(dr_status st, const dr_tensor *t);
 int dr_parse_impl(const char *impl);
 
 /* The method tables of the op bindings; module.c installs each. One line per binding file. */
-#define DR_BINDINGS DR_BINDING(roi_align)
+#define DR_BINDINGS DR_BINDING(roi_align) \
+    DR_BINDING(attention)
 
 #define DR_BINDING(name) extern PyMethodDef dr_##name##_methods[];
 DR_BINDINGS

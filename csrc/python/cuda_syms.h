@@ -4,9 +4,12 @@
 #define DR_CUDA_SYMS_H
 
 #include "dynrefer.h"
+#include "dr_attention.h"
 
 #define DR_CUDA_SYMS                                                                                               \
     DR_CUDA_SYM(dr_roi_align_forward_cuda)                                                                         \
-    DR_CUDA_SYM(dr_roi_align_backward_cuda)
+    DR_CUDA_SYM(dr_roi_align_backward_cuda)                                                                        \
+    DR_CUDA_SYM(dr_attention_forward_cuda)                                                                         \
+    DR_CUDA_SYM(dr_attention_backward_cuda)
 
 #endif
