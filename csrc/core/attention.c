@@ -26,68 +26,6 @@ static void dr_attn_free(void *p) { free(p); }
 
 static size_t dr_attn_dsize(int dtype) { return dtype == DR_FLOAT64 ? 8 : dtype == DR_FLOAT32 ? 4 : 2; }
 
-/* dst[0..n) = mul * row (n elements of `dtype` at base + off, element stride `stride`) in float. */
-static void load_row_f(int dtype, const void *base, int64_t off, int64_t stride, int64_t n, float *dst, float mul) {
-    switch (dtype) {
-    case DR_FLOAT32: {
-        const float *s = (const float *)base + off;
-        for (int64_t c = 0; c < n; c++)
-            dst[c] = s[c * stride] * mul;
-        break;
-    }
-    case DR_FLOAT16: {
-        const uint16_t *s = (const uint16_t *)base + off;
-        for (int64_t c = 0; c < n; c++)
-            dst[c] = dr_f16_to_f32(s[c * stride]) * mul;
-        break;
-    }
-    default: {
-        const uint16_t *s = (const uint16_t *)base + off;
-        for (int64_t c = 0; c < n; c++)
-            dst[c] = dr_bf16_to_f32(s[c * stride]) * mul;
-        break;
-    }
-    }
-}
-
-static void store_row_f(int dtype, void *base, int64_t off, int64_t stride, int64_t n, const float *src) {
-    switch (dtype) {
-    case DR_FLOAT32: {
-        float *d = (float *)base + off;
-        for (int64_t c = 0; c < n; c++)
-            d[c * stride] = src[c];
-        break;
-    }
-    case DR_FLOAT16: {
-        uint16_t *d = (uint16_t *)base + off;
-        for (int64_t c = 0; c < n; c++)
-            d[c * stride] = dr_f32_to_f16(src[c]);
-        break;
-    }
-    default: {
-        uint16_t *d = (uint16_t *)base + off;
-        for (int64_t c = 0; c < n; c++)
-            d[c * stride] = dr_f32_to_bf16(src[c]);
-        break;
-    }
-    }
-}
-
-static void load_row_d(int dtype, const void *base, int64_t off, int64_t stride, int64_t n, double *dst,
-                       double mul) {
-    (void)dtype;
-    const double *s = (const double *)base + off;
-    for (int64_t c = 0; c < n; c++)
-        dst[c] = s[c * stride] * mul;
-}
-
-static void store_row_d(int dtype, void *base, int64_t off, int64_t stride, int64_t n, const double *src) {
-    (void)dtype;
-    double *d = (double *)base + off;
-    for (int64_t c = 0; c < n; c++)
-        d[c * stride] = src[c];
-}
-
 /* exp(x) for float lanes, x <= ~0.5 (scores minus their running max or their log-sum-exp): Cephes' expf
  * reduction x = n ln2 + r, |r| <= ln2/2, degree-7 polynomial, 2^n from the exponent bits; x < -87 (and -inf)
  * gives exactly 0. About 1 ulp. */
@@ -157,8 +95,6 @@ static inline dr_v2d vexp_v2d(dr_v2d x) {
 #define ATTR DR_ATTR_PORTABLE
 #define VEXP vexp_v4f
 #define VMAX vmax_v4f
-#define LOAD_ROW load_row_f
-#define STORE_ROW store_row_f
 #define SEXP sexp_f
 #define SLOG slog_f
 #include "attention_cpu.inc"
@@ -170,8 +106,6 @@ static inline dr_v2d vexp_v2d(dr_v2d x) {
 #undef ATTR
 #undef VEXP
 #undef VMAX
-#undef LOAD_ROW
-#undef STORE_ROW
 #undef SEXP
 #undef SLOG
 
@@ -184,8 +118,6 @@ static inline dr_v2d vexp_v2d(dr_v2d x) {
 #define ATTR DR_ATTR_PORTABLE
 #define VEXP vexp_v2d
 #define VMAX vmax_v2d
-#define LOAD_ROW load_row_d
-#define STORE_ROW store_row_d
 #define SEXP sexp_d
 #define SLOG slog_d
 #include "attention_cpu.inc"
@@ -197,8 +129,6 @@ static inline dr_v2d vexp_v2d(dr_v2d x) {
 #undef ATTR
 #undef VEXP
 #undef VMAX
-#undef LOAD_ROW
-#undef STORE_ROW
 #undef SEXP
 #undef SLOG
 
@@ -230,8 +160,6 @@ DR_DEFINE_VMAX(vmax_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
 #define ATTR DR_ATTR_AVX2
 #define VEXP vexp_v8f
 #define VMAX vmax_v8f
-#define LOAD_ROW load_row_f
-#define STORE_ROW store_row_f
 #define SEXP sexp_f
 #define SLOG slog_f
 #include "attention_cpu.inc"
@@ -259,8 +187,6 @@ DR_DEFINE_VMAX(vmax_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
 #undef ATTR
 #undef VEXP
 #undef VMAX
-#undef LOAD_ROW
-#undef STORE_ROW
 #undef SEXP
 #undef SLOG
 #endif
@@ -270,9 +196,10 @@ DR_DEFINE_VMAX(vmax_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
 typedef void (*task_fn)(void *, int64_t, int64_t);
 
 /* The variant for `isa` (DR_ATTN_ISA_*), or the best this CPU supports for DR_ATTN_ISA_AUTO. */
-static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *bwd) {
+static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn *bwd) {
     if (dtype == DR_FLOAT64) { /* one float64 variant */
         *fwd = fwd_task_pd;
+        *fwd_t = fwd_task_t_pd;
         *bwd = bwd_task_pd;
         return DR_OK;
     }
@@ -286,11 +213,13 @@ static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *bwd) {
         return dr_set_error(DR_EUNSUPPORTED, "attention: this CPU does not support the requested instruction set");
     if (isa == DR_ATTN_ISA_AVX512) {
         *fwd = fwd_task_avx512;
+        *fwd_t = fwd_task_t_avx512;
         *bwd = bwd_task_avx512;
         return DR_OK;
     }
     if (isa == DR_ATTN_ISA_AVX2) {
         *fwd = fwd_task_avx2;
+        *fwd_t = fwd_task_t_avx2;
         *bwd = bwd_task_avx2;
         return DR_OK;
     }
@@ -299,6 +228,7 @@ static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *bwd) {
         return dr_set_error(DR_EUNSUPPORTED, "attention: this build has no x86 vector kernels");
 #endif
     *fwd = fwd_task_pf;
+    *fwd_t = fwd_task_t_pf;
     *bwd = bwd_task_pf;
     return DR_OK;
 }
@@ -324,8 +254,8 @@ dr_status dr_attention_forward_cpu_isa(const dr_tensor *q, const dr_tensor *k, c
     dr_status st = cpu_args(q, k, v, mask, o, lse, NULL, NULL, NULL, NULL, p, &a);
     if (st != DR_OK)
         return st;
-    task_fn fwd = NULL, bwd = NULL;
-    if ((st = pick(a.dtype, isa, &fwd, &bwd)) != DR_OK)
+    task_fn fwd = NULL, fwd_t = NULL, bwd = NULL;
+    if ((st = pick(a.dtype, isa, &fwd, &fwd_t, &bwd)) != DR_OK)
         return st;
     const int64_t bh = a.B * a.H;
     if (bh == 0 || a.Lq == 0)
@@ -339,7 +269,8 @@ dr_status dr_attention_forward_cpu_isa(const dr_tensor *q, const dr_tensor *k, c
     qchunk = (qchunk + 3) / 4 * 4;
     const int64_t nqc = (a.Lq + qchunk - 1) / qchunk;
     dr_attn_ctx ctx = {&a, qchunk, nqc, 0};
-    dr_parallel_for(bh * nqc, 1, fwd, &ctx);
+    /* short query chunks against long key lists: transpose the queries rather than the keys */
+    dr_parallel_for(bh * nqc, 1, qchunk < a.Lk ? fwd_t : fwd, &ctx);
     if (ctx.failed)
         return dr_set_error(DR_ENOMEM, "attention: out of memory for the packed blocks");
     return DR_OK;
@@ -354,8 +285,8 @@ dr_status dr_attention_backward_cpu_isa(const dr_tensor *q, const dr_tensor *k, 
     dr_status st = cpu_args(q, k, v, mask, o, lse, dout, dq, dk, dv, p, &a);
     if (st != DR_OK)
         return st;
-    task_fn fwd = NULL, bwd = NULL;
-    if ((st = pick(a.dtype, isa, &fwd, &bwd)) != DR_OK)
+    task_fn fwd = NULL, fwd_t = NULL, bwd = NULL;
+    if ((st = pick(a.dtype, isa, &fwd, &fwd_t, &bwd)) != DR_OK)
         return st;
     const int64_t bh = a.B * a.H;
     if (bh == 0)
