@@ -9,14 +9,17 @@ Ops:
         drop-in for ``torchvision.ops.roi_align``
     RoIAlign(output_size, spatial_scale, sampling_ratio, aligned=False)
         drop-in for ``torchvision.ops.RoIAlign`` (an ``nn.Module``; needs PyTorch)
+    attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None)
+        drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (fused, forward and backward)
     set_cuda_index_checks(enabled)
         skip the per-call batch-index check (one host sync) on CUDA tensors
 """
 from dynrefer.ops._config import set_cuda_index_checks
 from dynrefer.ops.errors import BoxesShapeError
 from dynrefer.ops.roi_align import roi_align
+from dynrefer.ops.attention import attention
 
-__all__ = ["roi_align", "RoIAlign", "BoxesShapeError", "set_cuda_index_checks"]
+__all__ = ["roi_align", "attention", "RoIAlign", "BoxesShapeError", "set_cuda_index_checks"]
 
 
 def __getattr__(name):
