@@ -110,7 +110,7 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
 
     Returns ``[..., Lq, Dv]``: an ndarray for NumPy input (forward only), a tensor for PyTorch input
     (differentiable in q, k, v; the mask gets no gradient; ``torch.compile``-able). A row whose keys are all
-    masked gives zeros and zero gradients, where PyTorch's math path gives NaN.
+    masked gives zeros and zero gradients, never NaN (as PyTorch >= 2.5 does; older math backends gave NaN).
     """
     if is_torch_tensor(q):
         from dynrefer.ops import _torch_attention
