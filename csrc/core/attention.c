@@ -175,10 +175,12 @@ DR_DEFINE_VMAX(vmax_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
 #define VI dr_v16i
 #define VW 16
 #define SFX(n) n##_avx512
+#define RROWS 8 /* 32 vector registers: 8 rows x 2 vectors of accumulators */
 #define ATTR DR_ATTR_AVX512
 #define VEXP vexp_v16f
 #define VMAX vmax_v16f
 #include "attention_cpu.inc"
+#undef RROWS
 #undef RT
 #undef VT
 #undef VI
@@ -266,7 +268,7 @@ dr_status dr_attention_forward_cpu_isa(const dr_tensor *q, const dr_tensor *k, c
     int64_t qchunk = (a.Lq + nsplit - 1) / nsplit;
     if (qchunk > 512)
         qchunk = 512;
-    qchunk = (qchunk + 3) / 4 * 4;
+    qchunk = (qchunk + 7) / 8 * 8; /* whole micro-tiles of every variant */
     const int64_t nqc = (a.Lq + qchunk - 1) / qchunk;
     dr_attn_ctx ctx = {&a, qchunk, nqc, 0};
     /* short query chunks against long key lists: transpose the queries rather than the keys */
