@@ -19,8 +19,11 @@ $PY -c "import dynrefer, torch; print('torch', torch.__version__, '| dynrefer.cu
 echo "== tests"
 $PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_align_core.py -x -rs 2>&1 | tail -15
 status=${PIPESTATUS[0]}
+$PY -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_attention_core.py -x -rs 2>&1 | tail -15
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "== benchmarks (CUDA)"
 $PY benchmarks/bench_roi_align.py --device cuda
 echo "-- without the per-call batch-index check (no host sync)"
 $PY benchmarks/bench_roi_align.py --device cuda --no-index-checks
+$PY benchmarks/bench_attention.py --device cuda
 exit $status
