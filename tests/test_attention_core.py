@@ -404,3 +404,35 @@ def test_bad_binding_arguments(rng):
         _C.attention_backward(q, k, v, None, out, lse, out, q.copy(), k[:, :, :2].copy(), v.copy(), 0.5, False)
     with pytest.raises(TypeError):
         _C.attention_forward(q, k, v, None, out, lse, "x", False)
+
+
+def test_non_finite_inputs_do_not_crash(rng):
+    q, k, v = qkv(rng, (1, 2, 6, 16), 9)
+    q[0, 0, 2, 3] = np.nan
+    k[0, 1, 4, 0] = np.inf
+    out = attention(q, k, v)
+    assert np.isnan(out[0, 0, 2]).all()  # NaN propagates to its row, as in PyTorch
+    assert np.isfinite(out[0, 0, [0, 1, 3, 4, 5]]).all()
+    mask = np.full((6, 9), np.nan, np.float32)
+    assert np.isnan(attention(q, k, v, mask)).all()
+
+
+def test_concurrent_callers(rng):
+    # the GIL is released around the kernel: callers on several threads share the pool (or run inline)
+    import threading
+
+    cases = [qkv(rng, (2, 3, 20 + i, 24), 30 + i) for i in range(4)]
+    want = [attention(*c) for c in cases]
+    got = [None] * len(cases)
+
+    def run(i):
+        for _ in range(3):
+            got[i] = attention(*cases[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
