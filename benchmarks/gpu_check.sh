@@ -21,6 +21,7 @@ $PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_alig
 status=${PIPESTATUS[0]}
 echo "== training engine on CUDA (fp16 + GradScaler, bf16, NCCL-free single process)"
 $PY -m pytest -q -p no:cacheprovider tests/test_train_optim.py tests/test_train_checkpoint.py -rs 2>&1 | tail -5
+$PY -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_attention_core.py -x -rs 2>&1 | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "== benchmarks (CUDA)"
 $PY benchmarks/bench_roi_align.py --device cuda
@@ -35,4 +36,5 @@ echo "== model (tests/test_model_*.py on CUDA where they can, model benchmark)"
 $PY -m pytest -q -p no:cacheprovider tests/test_model_nn.py tests/test_model_core.py tests/test_model_loading.py tests/test_model_misc.py -x -rs 2>&1 | tail -8
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 $PY benchmarks/bench_model.py --device cuda
+$PY benchmarks/bench_attention.py --device cuda
 exit $status

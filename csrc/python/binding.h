@@ -27,7 +27,8 @@ int dr_parse_impl(const char *impl);
 #define DR_BINDINGS                                                                                                \
     DR_BINDING(roi_align)                                                                                          \
     DR_BINDING(views)                                                                                              \
-    DR_BINDING(dcnv4)
+    DR_BINDING(dcnv4)                                                                                              \
+    DR_BINDING(attention)
 
 #define DR_BINDING(name) extern PyMethodDef dr_##name##_methods[];
 DR_BINDINGS

@@ -6,6 +6,7 @@
 #include "dynrefer.h"
 #include "dr_views.h"
 #include "dr_dcnv4.h"
+#include "dr_attention.h"
 
 #define DR_CUDA_SYMS                                                                                               \
     DR_CUDA_SYM(dr_roi_align_forward_cuda)                                                                         \
@@ -14,6 +15,8 @@
     DR_CUDA_SYM(dr_phash_cuda)                                                                                     \
     DR_CUDA_SYM(dr_select_views_cuda)                                                                              \
     DR_CUDA_SYM(dr_dcnv4_forward_cuda)                                                                             \
-    DR_CUDA_SYM(dr_dcnv4_backward_cuda)
+    DR_CUDA_SYM(dr_dcnv4_backward_cuda)                                                                            \
+    DR_CUDA_SYM(dr_attention_forward_cuda)                                                                         \
+    DR_CUDA_SYM(dr_attention_backward_cuda)
 
 #endif

@@ -15,17 +15,20 @@ Ops:
     dcnv4(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, group=4, group_channels=None,
           offset_scale=1.0, remove_center=False)
         DCNv4 deformable aggregation (channels last), DCNv4's semantics on CPU and CUDA
+    attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None)
+        drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (fused, forward and backward)
     set_cuda_index_checks(enabled)
         skip the per-call batch-index check (one host sync) on CUDA tensors
 """
 from dynrefer.ops._config import set_cuda_index_checks
 from dynrefer.ops.errors import BoxesShapeError
-from dynrefer.ops.roi_align import roi_align
+from dynrefer.ops.attention import attention
 from dynrefer.ops.dcnv4 import dcnv4, offset_mask_channels
+from dynrefer.ops.roi_align import roi_align
 from dynrefer.ops.views import crop_resize, hamming, phash, phash_hex, select_views
 
-__all__ = ["roi_align", "RoIAlign", "BoxesShapeError", "set_cuda_index_checks", "crop_resize", "phash", "phash_hex",
-           "hamming", "select_views", "dcnv4", "offset_mask_channels"]
+__all__ = ["roi_align", "RoIAlign", "attention", "dcnv4", "offset_mask_channels", "crop_resize", "phash", "phash_hex",
+           "hamming", "select_views", "BoxesShapeError", "set_cuda_index_checks"]
 
 
 def __getattr__(name):

@@ -1,0 +1,381 @@
+/* attention.c — fused scaled-dot-product attention on the CPU (F.scaled_dot_product_attention semantics,
+ * DESIGN §7.6): forward (O and log-sum-exp) and backward (dQ, dK, dV recomputed from O, LSE and dO).
+ *
+ * The fast path (attention_cpu.inc) is instantiated for AVX-512, AVX2+FMA and a portable vector width with GCC
+ * vector extensions; the variant is picked at run time from the CPU's features (impl "avx512"/"avx2"/"portable"
+ * force one). float32/float16/bfloat16 compute in float32, float64 in float64. Work is split over batch x heads x
+ * query chunks (forward) and batch x heads (backward) with dr_parallel_for; every sum runs in a fixed order, so
+ * results are bitwise repeatable whatever the thread count. Complexity: forward O(B H Lq Lk (D + Dv)), backward
+ * O(B H Lq Lk (2 D + 3 Dv)); memory per task O((Lq + Lk)(D + Dv)) (backward), never Lq x Lk.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dr_attention.h"
+#include "dynrefer.h"
+
+/* ---- helpers shared by every variant ------------------------------------------------------------------ */
+
+static void *dr_attn_alloc(size_t bytes) {
+    size_t n = (bytes + 63) / 64 * 64;
+    return aligned_alloc(64, n ? n : 64);
+}
+
+static void dr_attn_free(void *p) { free(p); }
+
+static size_t dr_attn_dsize(int dtype) { return dtype == DR_FLOAT64 ? 8 : dtype == DR_FLOAT32 ? 4 : 2; }
+
+/* exp(x) for float lanes, x <= ~0.5 (scores minus their running max or their log-sum-exp): Cephes' expf
+ * reduction x = n ln2 + r, |r| <= ln2/2, degree-7 polynomial, 2^n from the exponent bits; x < -87 (and -inf)
+ * gives exactly 0. About 1 ulp. */
+#define DR_DEFINE_VEXP_F(NAME, VT, VI, ATTR)                                                                       \
+    ATTR static inline VT NAME(VT x) {                                                                             \
+        const VT zero = {0};                                                                                       \
+        const VT lo = zero - 87.0f;                                                                                \
+        const VI dead = x < lo;                                                                                    \
+        VT xc = (VT)(((VI)x & ~dead) | ((VI)lo & dead));                                                           \
+        const VT t = xc * 1.44269504088896341f - 0.5f;                                                             \
+        const VI n = __builtin_convertvector(t, VI);                                                               \
+        const VT nf = __builtin_convertvector(n, VT);                                                              \
+        const VT r = xc - nf * 0.693359375f + nf * 2.12194440e-4f;                                                 \
+        VT p = r * 1.9875691500e-4f + 1.3981999507e-3f;                                                            \
+        p = p * r + 8.3334519073e-3f;                                                                              \
+        p = p * r + 4.1665795894e-2f;                                                                              \
+        p = p * r + 1.6666665459e-1f;                                                                              \
+        p = p * r + 5.0000001201e-1f;                                                                              \
+        p = p * r * r + r + 1.0f;                                                                                  \
+        const VT scale2 = (VT)((n + 127) << 23);                                                                   \
+        return (VT)((VI)(p * scale2) & ~dead);                                                                     \
+    }
+
+#define DR_DEFINE_VMAX(NAME, VT, VI, ATTR)                                                                         \
+    ATTR static inline VT NAME(VT x, VT y) {                                                                       \
+        const VI gt = x > y;                                                                                       \
+        return (VT)(((VI)x & gt) | ((VI)y & ~gt));                                                                 \
+    }
+
+static inline float sexp_f(float x) { return expf(x); }
+static inline float slog_f(float x) { return logf(x); }
+static inline double sexp_d(double x) { return exp(x); }
+static inline double slog_d(double x) { return log(x); }
+
+/* A parallel loop's context: the kernel arguments and the query chunking (forward). */
+typedef struct {
+    const dr_attn_args *a;
+    int64_t qchunk, nqc;
+    volatile int failed;
+} dr_attn_ctx;
+
+/* ---- variants ----------------------------------------------------------------------------------------- */
+
+typedef float dr_v4f __attribute__((vector_size(16)));
+typedef int32_t dr_v4i __attribute__((vector_size(16)));
+typedef double dr_v2d __attribute__((vector_size(16)));
+typedef int64_t dr_v2l __attribute__((vector_size(16)));
+
+#define DR_ATTR_PORTABLE
+DR_DEFINE_VEXP_F(vexp_v4f, dr_v4f, dr_v4i, DR_ATTR_PORTABLE)
+DR_DEFINE_VMAX(vmax_v4f, dr_v4f, dr_v4i, DR_ATTR_PORTABLE)
+DR_DEFINE_VMAX(vmax_v2d, dr_v2d, dr_v2l, DR_ATTR_PORTABLE)
+
+static inline dr_v2d vexp_v2d(dr_v2d x) {
+    dr_v2d y;
+    y[0] = exp(x[0]);
+    y[1] = exp(x[1]);
+    return y;
+}
+
+/* portable float: 4 lanes */
+#define RT float
+#define VT dr_v4f
+#define VI dr_v4i
+#define VW 4
+#define SFX(n) n##_pf
+#define ATTR DR_ATTR_PORTABLE
+#define VEXP vexp_v4f
+#define VMAX vmax_v4f
+#define SEXP sexp_f
+#define SLOG slog_f
+#include "attention_cpu.inc"
+#undef RT
+#undef VT
+#undef VI
+#undef VW
+#undef SFX
+#undef ATTR
+#undef VEXP
+#undef VMAX
+#undef SEXP
+#undef SLOG
+
+/* float64: 2 lanes, libm exp (float64 serves gradient checks; precision first) */
+#define RT double
+#define VT dr_v2d
+#define VI dr_v2l
+#define VW 2
+#define SFX(n) n##_pd
+#define ATTR DR_ATTR_PORTABLE
+#define VEXP vexp_v2d
+#define VMAX vmax_v2d
+#define SEXP sexp_d
+#define SLOG slog_d
+#include "attention_cpu.inc"
+#undef RT
+#undef VT
+#undef VI
+#undef VW
+#undef SFX
+#undef ATTR
+#undef VEXP
+#undef VMAX
+#undef SEXP
+#undef SLOG
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DR_ATTN_X86 1
+#define DR_ATTR_AVX2 __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
+#define DR_ATTR_AVX512 __attribute__((target("avx512f,avx2,fma"), optimize("fp-contract=fast")))
+#elif defined(__x86_64__) && defined(__clang__)
+#define DR_ATTN_X86 1
+#define DR_ATTR_AVX2 __attribute__((target("avx2,fma")))
+#define DR_ATTR_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#endif
+
+#ifdef DR_ATTN_X86
+typedef float dr_v8f __attribute__((vector_size(32)));
+typedef int32_t dr_v8i __attribute__((vector_size(32)));
+typedef float dr_v16f __attribute__((vector_size(64)));
+typedef int32_t dr_v16i __attribute__((vector_size(64)));
+DR_DEFINE_VEXP_F(vexp_v8f, dr_v8f, dr_v8i, DR_ATTR_AVX2)
+DR_DEFINE_VMAX(vmax_v8f, dr_v8f, dr_v8i, DR_ATTR_AVX2)
+DR_DEFINE_VEXP_F(vexp_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
+DR_DEFINE_VMAX(vmax_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
+
+#define RT float
+#define VT dr_v8f
+#define VI dr_v8i
+#define VW 8
+#define SFX(n) n##_avx2
+#define ATTR DR_ATTR_AVX2
+#define VEXP vexp_v8f
+#define VMAX vmax_v8f
+#define SEXP sexp_f
+#define SLOG slog_f
+#include "attention_cpu.inc"
+#undef VT
+#undef VI
+#undef VW
+#undef SFX
+#undef ATTR
+#undef VEXP
+#undef VMAX
+
+#define VT dr_v16f
+#define VI dr_v16i
+#define VW 16
+#define SFX(n) n##_avx512
+#define RROWS 8 /* 32 vector registers: 8 rows x 2 vectors of accumulators */
+#define ATTR DR_ATTR_AVX512
+#define VEXP vexp_v16f
+#define VMAX vmax_v16f
+#include "attention_cpu.inc"
+#undef RROWS
+#undef RT
+#undef VT
+#undef VI
+#undef VW
+#undef SFX
+#undef ATTR
+#undef VEXP
+#undef VMAX
+#undef SEXP
+#undef SLOG
+#endif
+
+/* ---- dispatch ----------------------------------------------------------------------------------------- */
+
+typedef void (*task_fn)(void *, int64_t, int64_t);
+
+/* The variant for `isa` (DR_ATTN_ISA_*), or the best this CPU supports for DR_ATTN_ISA_AUTO. */
+static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn *bwd) {
+    if (dtype == DR_FLOAT64) { /* one float64 variant */
+        *fwd = fwd_task_pd;
+        *fwd_t = fwd_task_t_pd;
+        *bwd = bwd_task_pd;
+        return DR_OK;
+    }
+#ifdef DR_ATTN_X86
+    __builtin_cpu_init();
+    const int has512 = __builtin_cpu_supports("avx512f");
+    const int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == DR_ATTN_ISA_AUTO)
+        isa = has512 ? DR_ATTN_ISA_AVX512 : has2 ? DR_ATTN_ISA_AVX2 : DR_ATTN_ISA_PORTABLE;
+    if ((isa == DR_ATTN_ISA_AVX512 && !has512) || (isa == DR_ATTN_ISA_AVX2 && !has2))
+        return dr_set_error(DR_EUNSUPPORTED, "attention: this CPU does not support the requested instruction set");
+    if (isa == DR_ATTN_ISA_AVX512) {
+        *fwd = fwd_task_avx512;
+        *fwd_t = fwd_task_t_avx512;
+        *bwd = bwd_task_avx512;
+        return DR_OK;
+    }
+    if (isa == DR_ATTN_ISA_AVX2) {
+        *fwd = fwd_task_avx2;
+        *fwd_t = fwd_task_t_avx2;
+        *bwd = bwd_task_avx2;
+        return DR_OK;
+    }
+#else
+    if (isa == DR_ATTN_ISA_AVX512 || isa == DR_ATTN_ISA_AVX2)
+        return dr_set_error(DR_EUNSUPPORTED, "attention: this build has no x86 vector kernels");
+#endif
+    *fwd = fwd_task_pf;
+    *fwd_t = fwd_task_t_pf;
+    *bwd = bwd_task_pf;
+    return DR_OK;
+}
+
+static dr_status cpu_args(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v, const dr_tensor *mask,
+                          const dr_tensor *o, const dr_tensor *lse, const dr_tensor *dout, const dr_tensor *dq,
+                          const dr_tensor *dk, const dr_tensor *dv, const dr_attention_params *p, dr_attn_args *a) {
+    dr_status st = dr_attention_make_args(q, k, v, mask, o, lse, dout, dq, dk, dv, p, a);
+    if (st != DR_OK)
+        return st;
+    const dr_tensor *all[10] = {q, k, v, mask, o, lse, dout, dq, dk, dv};
+    for (int i = 0; i < 10; i++)
+        if (all[i] && all[i]->device != DR_CPU)
+            return dr_set_error(DR_EINVAL, "attention: CPU kernel called with tensors on another device");
+    return DR_OK;
+}
+
+/* Forward with a chosen instruction set (DR_ATTN_ISA_*). */
+dr_status dr_attention_forward_cpu_isa(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
+                                       const dr_tensor *mask, dr_tensor *o, dr_tensor *lse,
+                                       const dr_attention_params *p, int isa) {
+    dr_attn_args a;
+    dr_status st = cpu_args(q, k, v, mask, o, lse, NULL, NULL, NULL, NULL, p, &a);
+    if (st != DR_OK)
+        return st;
+    task_fn fwd = NULL, fwd_t = NULL, bwd = NULL;
+    if ((st = pick(a.dtype, isa, &fwd, &fwd_t, &bwd)) != DR_OK)
+        return st;
+    const int64_t bh = a.B * a.H;
+    if (bh == 0 || a.Lq == 0)
+        return DR_OK;
+    /* whole heads when there are enough of them; otherwise split the query rows (in multiples of 4 rows) */
+    const int64_t want = 4 * (int64_t)dr_get_num_threads();
+    int64_t nsplit = bh >= want ? 1 : (want + bh - 1) / bh;
+    int64_t qchunk = (a.Lq + nsplit - 1) / nsplit;
+    if (qchunk > 512)
+        qchunk = 512;
+    qchunk = (qchunk + 7) / 8 * 8; /* whole micro-tiles of every variant */
+    const int64_t nqc = (a.Lq + qchunk - 1) / qchunk;
+    dr_attn_ctx ctx = {&a, qchunk, nqc, 0};
+    /* short query chunks against long key lists: transpose the queries rather than the keys */
+    dr_parallel_for(bh * nqc, 1, qchunk < a.Lk ? fwd_t : fwd, &ctx);
+    if (ctx.failed)
+        return dr_set_error(DR_ENOMEM, "attention: out of memory for the packed blocks");
+    return DR_OK;
+}
+
+/* Backward with a chosen instruction set (DR_ATTN_ISA_*). */
+dr_status dr_attention_backward_cpu_isa(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
+                                        const dr_tensor *mask, const dr_tensor *o, const dr_tensor *lse,
+                                        const dr_tensor *dout, dr_tensor *dq, dr_tensor *dk, dr_tensor *dv,
+                                        const dr_attention_params *p, int isa) {
+    dr_attn_args a;
+    dr_status st = cpu_args(q, k, v, mask, o, lse, dout, dq, dk, dv, p, &a);
+    if (st != DR_OK)
+        return st;
+    task_fn fwd = NULL, fwd_t = NULL, bwd = NULL;
+    if ((st = pick(a.dtype, isa, &fwd, &fwd_t, &bwd)) != DR_OK)
+        return st;
+    const int64_t bh = a.B * a.H;
+    if (bh == 0)
+        return DR_OK;
+    dr_attn_ctx ctx = {&a, 0, 0, 0};
+    dr_parallel_for(bh, 1, bwd, &ctx);
+    if (ctx.failed)
+        return dr_set_error(DR_ENOMEM, "attention: out of memory for the packed blocks");
+    return DR_OK;
+}
+
+/* Forward, fastest instruction set of this CPU. */
+dr_status dr_attention_forward_cpu(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
+                                   const dr_tensor *mask, dr_tensor *o, dr_tensor *lse,
+                                   const dr_attention_params *p) {
+    return dr_attention_forward_cpu_isa(q, k, v, mask, o, lse, p, DR_ATTN_ISA_AUTO);
+}
+
+/* Backward, fastest instruction set of this CPU. */
+dr_status dr_attention_backward_cpu(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
+                                    const dr_tensor *mask, const dr_tensor *o, const dr_tensor *lse,
+                                    const dr_tensor *dout, dr_tensor *dq, dr_tensor *dk, dr_tensor *dv,
+                                    const dr_attention_params *p) {
+    return dr_attention_backward_cpu_isa(q, k, v, mask, o, lse, dout, dq, dk, dv, p, DR_ATTN_ISA_AUTO);
+}
+
+/* ---- the CUDA bodies, run row by row on the CPU ------------------------------------------------------- */
+
+typedef struct {
+    const dr_attn_args *a;
+    int which; /* 0 forward, 1 dq, 2 dk/dv */
+} elem_ctx;
+
+static void elem_task(void *vctx, int64_t begin, int64_t end) {
+    const elem_ctx *c = (const elem_ctx *)vctx;
+    const dr_attn_args *a = c->a;
+    for (int64_t r = begin; r < end; r++) {
+#define DR_ELEM_CASE(DT, SFX)                                                                                      \
+    case DT:                                                                                                       \
+        if (c->which == 0)                                                                                         \
+            dr_attn_fwd_row_##SFX(a, r);                                                                           \
+        else if (c->which == 1)                                                                                    \
+            dr_attn_dq_row_##SFX(a, r);                                                                            \
+        else                                                                                                       \
+            dr_attn_dkv_row_##SFX(a, r);                                                                           \
+        break;
+        switch (a->dtype) {
+            DR_ELEM_CASE(DR_FLOAT32, f32)
+            DR_ELEM_CASE(DR_FLOAT64, f64)
+            DR_ELEM_CASE(DR_FLOAT16, f16)
+        default:
+            if (c->which == 0)
+                dr_attn_fwd_row_bf16(a, r);
+            else if (c->which == 1)
+                dr_attn_dq_row_bf16(a, r);
+            else
+                dr_attn_dkv_row_bf16(a, r);
+            break;
+        }
+#undef DR_ELEM_CASE
+    }
+}
+
+/* Forward through the CUDA kernel's per-row body, every query row. O(B H Lq Lk (D + Dv)). */
+dr_status dr_attention_forward_elementwise_cpu(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
+                                               const dr_tensor *mask, dr_tensor *o, dr_tensor *lse,
+                                               const dr_attention_params *p) {
+    dr_attn_args a;
+    dr_status st = cpu_args(q, k, v, mask, o, lse, NULL, NULL, NULL, NULL, p, &a);
+    if (st != DR_OK)
+        return st;
+    elem_ctx c = {&a, 0};
+    dr_parallel_for(a.B * a.H * a.Lq, 16, elem_task, &c);
+    return DR_OK;
+}
+
+/* Backward through the CUDA kernels' per-row bodies: dq by query row, dk/dv by key row (gathers, no atomics). */
+dr_status dr_attention_backward_elementwise_cpu(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
+                                                const dr_tensor *mask, const dr_tensor *o, const dr_tensor *lse,
+                                                const dr_tensor *dout, dr_tensor *dq, dr_tensor *dk, dr_tensor *dv,
+                                                const dr_attention_params *p) {
+    dr_attn_args a;
+    dr_status st = cpu_args(q, k, v, mask, o, lse, dout, dq, dk, dv, p, &a);
+    if (st != DR_OK)
+        return st;
+    elem_ctx c1 = {&a, 1}, c2 = {&a, 2};
+    dr_parallel_for(a.B * a.H * a.Lq, 16, elem_task, &c1);
+    dr_parallel_for(a.B * a.H * a.Lk, 16, elem_task, &c2);
+    return DR_OK;
+}

@@ -1,0 +1,122 @@
+"""Fused scaled-dot-product attention with the semantics of ``torch.nn.functional.scaled_dot_product_attention``
+(DESIGN §7.6), for NumPy arrays and PyTorch tensors."""
+import math
+import numbers
+
+import numpy as np
+
+from dynrefer.ops._common import is_torch_tensor
+
+_NUMPY_FLOATS = (np.float32, np.float64, np.float16)
+
+
+def check_scalars(q_last_dim, dropout_p, is_causal, scale):
+    """Validated (is_causal, scale) shared by the NumPy and PyTorch paths."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"attention: dropout_p must be a real number, got {type(dropout_p).__name__}")
+    if float(dropout_p) != 0.0:
+        raise ValueError(
+            f"attention: dropout_p={dropout_p!r} is not supported (dynrefer's attention has no dropout; apply "
+            "dropout outside or pass dropout_p=0.0)"
+        )
+    if not isinstance(is_causal, (bool, np.bool_)):
+        raise TypeError(f"attention: is_causal must be a bool, got {type(is_causal).__name__}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q_last_dim) if q_last_dim > 0 else 1.0
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"attention: scale must be a real number or None, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"attention: scale must be finite, got {scale!r}")
+    return bool(is_causal), scale
+
+
+def check_shapes(qs, ks, vs, ms):
+    """Check q/k/v/mask shapes (tuples; ms may be None) as SDPA does: q [..., Lq, D], k [..., Lk, D],
+    v [..., Lk, Dv] with equal leading dims (at least one), mask broadcastable to [..., Lq, Lk]."""
+    if len(qs) < 3 or len(ks) != len(qs) or len(vs) != len(qs):
+        raise ValueError(
+            f"attention: q, k, v must have the same rank >= 3 ([..., L, D]), got shapes {qs}, {ks}, {vs}"
+        )
+    if ks[:-2] != qs[:-2] or vs[:-2] != qs[:-2]:
+        raise ValueError(f"attention: q, k, v must share their leading (batch, head) dims, got {qs}, {ks}, {vs}")
+    if ks[-1] != qs[-1]:
+        raise ValueError(f"attention: q and k must have the same head dim, got {qs[-1]} and {ks[-1]}")
+    if vs[-2] != ks[-2]:
+        raise ValueError(f"attention: k and v must have the same length, got {ks[-2]} and {vs[-2]}")
+    for name, d in (("q/k", qs[-1]), ("v", vs[-1])):
+        if not 1 <= d <= 128:
+            raise ValueError(f"attention: {name} head dim must be in [1, 128], got {d}")
+    if ms is not None:
+        full = tuple(qs[:-1]) + (ks[-2],)
+        if len(ms) > len(full) or any(m not in (1, f) for m, f in zip(ms[::-1], full[::-1])):
+            raise ValueError(f"attention: attn_mask of shape {tuple(ms)} does not broadcast to {full}")
+
+
+def _as4d_numpy(x):
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim > 4:
+        return x.reshape((-1,) + x.shape[-3:])
+    return x
+
+
+def attention_numpy(q, k, v, attn_mask=None, is_causal=False, scale=None, impl="fast", return_lse=False):
+    """The NumPy entry point: ``attention`` on arrays (forward only), optionally returning the log-sum-exp
+    (float32; float64 for float64 data) and choosing the CPU implementation (``impl``: 'fast', 'elementwise' —
+    the CUDA kernels' per-row bodies run on the CPU — 'portable', 'avx2', 'avx512')."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"attention: {name} must be a NumPy array, got {type(x).__name__}")
+        if x.dtype not in _NUMPY_FLOATS:
+            raise TypeError(f"attention: {name} must be float16, float32 or float64, got {x.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    is_causal, scale = check_scalars(q.shape[-1] if q.ndim else 0, 0.0, is_causal, scale)
+    if attn_mask is not None:
+        if not isinstance(attn_mask, np.ndarray):
+            raise TypeError(f"attention: attn_mask must be a NumPy array or None, got {type(attn_mask).__name__}")
+        if attn_mask.dtype != np.bool_ and attn_mask.dtype not in _NUMPY_FLOATS:
+            raise TypeError(f"attention: attn_mask must be bool or floating point, got {attn_mask.dtype}")
+        if is_causal:
+            raise ValueError("attention: is_causal=True and an explicit attn_mask are exclusive")
+    check_shapes(q.shape, k.shape, v.shape, None if attn_mask is None else attn_mask.shape)
+    lead = q.shape[:-2]
+    lq, lk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
+    mask4 = None
+    if attn_mask is not None:
+        mask4 = _as4d_numpy(np.broadcast_to(attn_mask, lead + (lq, lk)))  # stride 0 on broadcast dims
+    q4, k4, v4 = _as4d_numpy(q), _as4d_numpy(k), _as4d_numpy(v)
+    out = np.empty(q4.shape[:3] + (dv,), dtype=q.dtype)
+    lse = np.empty(q4.shape[:3], dtype=np.float64 if q.dtype == np.float64 else np.float32)
+    from dynrefer import _C
+
+    _C.attention_forward(q4, k4, v4, mask4, out, lse, scale, is_causal, impl=impl)
+    out = out.reshape(lead + (lq, dv))
+    return (out, lse.reshape(lead + (lq,))) if return_lse else out
+
+
+def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """Scaled-dot-product attention, a drop-in for ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Args:
+        q: ``[..., Lq, D]`` queries (usually ``[B, H, Lq, D]``); k: ``[..., Lk, D]``; v: ``[..., Lk, Dv]``
+            (same leading dims; D, Dv in 1..128). float32/float64/float16/bfloat16, any strides.
+        attn_mask: None, a bool mask (True = attend) or an additive float mask, broadcastable to
+            ``[..., Lq, Lk]`` (broadcast through strides, never materialised for 3-D and 4-D inputs).
+        dropout_p: must be 0 (dropout is not implemented; anything else raises ValueError).
+        is_causal: top-left aligned causal mask (query i sees keys j <= i), exclusive with attn_mask.
+        scale: score scale, default ``1 / sqrt(D)``.
+
+    Returns ``[..., Lq, Dv]``: an ndarray for NumPy input (forward only), a tensor for PyTorch input
+    (differentiable in q, k, v; the mask gets no gradient; ``torch.compile``-able). A row whose keys are all
+    masked gives zeros and zero gradients, never NaN (as PyTorch >= 2.5 does; older math backends gave NaN).
+    """
+    if is_torch_tensor(q):
+        from dynrefer.ops import _torch_attention
+
+        return _torch_attention.attention(q, k, v, attn_mask, dropout_p, is_causal, scale)
+    if not isinstance(q, np.ndarray):
+        raise TypeError(f"attention: q must be a NumPy array or a torch.Tensor, got {type(q).__name__}")
+    check_scalars(q.shape[-1] if q.ndim else 0, dropout_p, is_causal, scale)
+    return attention_numpy(q, k, v, attn_mask, is_causal, scale)

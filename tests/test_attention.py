@@ -1,0 +1,281 @@
+"""dynrefer.ops.attention on PyTorch tensors against F.scaled_dot_product_attention.
+
+Golden: PyTorch's math backend in float64. In every precision our error must be at most 2x (output) and 3x
+(gradients) the math backend's own error in that precision (plus the float32 floor 1e-5 of DESIGN §11).
+Fully masked rows give zeros and zero gradients, as PyTorch's backends do (since 2.5).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import dynrefer
+from dynrefer.ops import attention
+from dynrefer.ops._torch_attention import attention_backward_op, attention_op
+from conftest import cuda_devices
+
+FLOOR = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def math_sdpa(q, k, v, mask=None, causal=False, scale=None):
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+
+
+def rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    n = b.norm()
+    return float((a - b).norm() / (n if n > 0 else 1.0))
+
+
+def make(gen, shape_q, lk, dv=None, dtype=torch.float32, device="cpu"):
+    *lead, lq, d = shape_q
+    dv = d if dv is None else dv
+    t = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(device)
+    return t(*lead, lq, d), t(*lead, lk, d), t(*lead, lk, dv)
+
+
+@pytest.fixture
+def gen(request):
+    import zlib
+
+    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def compare_with_math(q64, k64, v64, dtype, mask=None, causal=False, scale=None, grads=True, device="cpu"):
+    """Our forward/backward in `dtype` vs the math path in `dtype`, both judged against the math path in float64."""
+    g64 = torch.randn(q64.shape[:-1] + (v64.shape[-1],), dtype=torch.float64, device=q64.device)
+    leaves64 = [x.clone().requires_grad_(True) for x in (q64, k64, v64)]
+    m64 = mask if mask is None or mask.dtype == torch.bool else mask.double()
+    gold = math_sdpa(*leaves64, m64, causal, scale)
+    gold_grads = torch.autograd.grad(gold, leaves64, g64) if grads else None
+    mlow = mask if mask is None or mask.dtype == torch.bool else mask.to(dtype)
+    results = {}
+    for who in ("ours", "math"):
+        leaves = [x.to(device=device, dtype=dtype).requires_grad_(True) for x in (q64, k64, v64)]
+        m = mlow if mlow is None else mlow.to(device)
+        out = attention(*leaves, m, 0.0, causal, scale) if who == "ours" else math_sdpa(*leaves, m, causal, scale)
+        assert out.dtype == dtype
+        gr = torch.autograd.grad(out, leaves, g64.to(device=device, dtype=dtype)) if grads else None
+        results[who] = (out, gr)
+    err_o = rel(results["ours"][0].cpu(), gold.cpu())
+    ref_o = rel(results["math"][0].cpu(), gold.cpu())
+    assert err_o <= max(2 * ref_o, FLOOR[dtype]), (err_o, ref_o)
+    if grads:
+        for i, name in enumerate("qkv"):
+            e = rel(results["ours"][1][i].cpu(), gold_grads[i].cpu())
+            r = rel(results["math"][1][i].cpu(), gold_grads[i].cpu())
+            assert e <= max(3 * r, 3 * FLOOR[dtype]), (name, e, r)
+    return results
+
+
+SHAPES = [  # (B, H, Lq, Lk, D, Dv)
+    (1, 1, 1, 1, 8, 8),
+    (2, 3, 17, 29, 16, 16),
+    (2, 2, 32, 57, 64, 64),
+    (1, 2, 21, 21, 88, 88),
+    (1, 1, 9, 40, 128, 128),
+    (1, 2, 40, 9, 64, 32),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_matches_math_backend(gen, shape, dtype):
+    b, h, lq, lk, d, dv = shape
+    q, k, v = make(gen, (b, h, lq, d), lk, dv)
+    compare_with_math(q, k, v, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dynrefer_lengths(gen, dtype):
+    # the ViT length (257 + 10 register-like tokens) and a long sequence, few heads
+    q, k, v = make(gen, (1, 2, 267, 64), 267)
+    compare_with_math(q, k, v, dtype, causal=True)
+    q, k, v = make(gen, (1, 1, 1030, 64), 1030)
+    compare_with_math(q, k, v, dtype, grads=dtype == torch.float32)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_broadcasts(gen, kind, dtype):
+    b, h, lq, lk = 2, 3, 5, 19
+    q, k, v = make(gen, (b, h, lq, 16), lk)
+    full = (b, h, lq, lk)
+    shapes = [tuple(f if (bits >> i) & 1 else 1 for i, f in enumerate(full)) for bits in range(16)]
+    shapes += [(lq, lk), (lk,)]
+    for shape in shapes:
+        if kind == "bool":
+            mask = torch.rand(shape, generator=gen) > 0.3
+            mask[..., 0] = True  # keep every row alive so the math path has no NaN to compare
+        else:
+            mask = torch.randn(shape, generator=gen)
+        compare_with_math(q, k, v, dtype, mask=mask, grads=dtype == torch.float32)
+
+
+def test_mask_is_not_materialised(gen):
+    q, k, v = make(gen, (2, 4, 6, 8), 7)
+    mask = torch.rand(1, 1, 1, 7, generator=gen) > 0.5
+    seen = {}
+
+    def spy(qq, kk, vv, m, causal, scale):
+        seen["strides"] = m.stride()
+        return attention_op(qq, kk, vv, m, causal, scale)
+
+    import dynrefer.ops._torch_attention as ta
+
+    orig = ta.attention_op
+    ta.attention_op = spy
+    try:
+        attention(q.float(), k.float(), v.float(), mask)
+    finally:
+        ta.attention_op = orig
+    assert seen["strides"][:3] == (0, 0, 0)
+
+
+@pytest.mark.parametrize("lq,lk", [(6, 6), (4, 11), (11, 4), (1, 9)])
+def test_causal_lq_ne_lk(gen, lq, lk):
+    q, k, v = make(gen, (2, 2, lq, 16), lk)
+    compare_with_math(q, k, v, torch.float32, causal=True)
+    compare_with_math(q, k, v, torch.float64, causal=True)
+
+
+def test_band_mask(gen):
+    lq = lk = 40
+    i = torch.arange(lq)[:, None]
+    j = torch.arange(lk)[None]
+    band = torch.where((i - j).abs() <= 2, torch.randn(lq, lk, generator=gen), torch.tensor(-math.inf))
+    q, k, v = make(gen, (2, 2, lq, 32), lk)
+    compare_with_math(q, k, v, torch.float32, mask=band)
+
+
+def test_fully_masked_rows_zero_not_nan(gen):
+    # every key masked: zeros and zero gradients, never NaN (what PyTorch's own backends give since 2.5; older
+    # math backends gave NaN)
+    q, k, v = make(gen, (2, 2, 5, 8), 6)
+    mask = torch.rand(2, 2, 5, 6, generator=gen) > 0.4
+    mask[0, 1, 2] = False
+    mask[1, :, 4] = False
+    fmask = torch.where(mask, torch.randn(2, 2, 5, 6, generator=gen), torch.tensor(-math.inf))
+    for m in (mask, fmask):
+        res = compare_with_math(q, k, v, torch.float32, mask=m)
+        out, grads = res["ours"]
+        assert torch.all(out[0, 1, 2] == 0) and torch.all(out[1, :, 4] == 0) and not out.isnan().any()
+        assert torch.all(grads[0][0, 1, 2] == 0)
+        for g in grads:
+            assert not g.isnan().any()
+
+
+def test_gradcheck_float64(gen):
+    q, k, v = (x.requires_grad_(True) for x in make(gen, (1, 2, 4, 5), 6, 3))
+    assert torch.autograd.gradcheck(lambda a, b, c: attention(a, b, c), (q, k, v))
+    assert torch.autograd.gradcheck(lambda a, b, c: attention(a, b, c, is_causal=True), (q, k, v))
+    mask = torch.rand(2, 4, 6, generator=gen) > 0.3
+    mask[..., 0] = True
+    assert torch.autograd.gradcheck(lambda a, b, c: attention(a, b, c, mask, scale=0.3), (q, k, v))
+    fmask = torch.randn(1, 1, 4, 6, generator=gen, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b, c: attention(a, b, c, fmask), (q, k, v))
+
+
+def test_leading_dims_and_strides(gen):
+    x = torch.randn(2, 9, 3, 4, 24, generator=gen)  # qkv as a ViT computes it
+    q, k, v = x.permute(2, 0, 3, 1, 4).unbind(0)
+    torch.testing.assert_close(attention(q, k, v), math_sdpa(q, k, v), rtol=1e-5, atol=1e-5)
+    q3, k3, v3 = (t[:, 0] for t in (q, k, v))  # 3-D
+    torch.testing.assert_close(attention(q3, k3, v3), math_sdpa(q3, k3, v3), rtol=1e-5, atol=1e-5)
+    q5, k5, v5 = (t.reshape(2, 2, 2, 9, 24) for t in (q, k, v))  # 5-D
+    m5 = torch.rand(2, 1, 9, 9, generator=gen) > 0.3
+    m5[..., 0] = True
+    torch.testing.assert_close(attention(q5, k5, v5, m5), math_sdpa(q5, k5, v5, m5), rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck(gen):
+    q, k, v = (t.float() for t in make(gen, (1, 2, 5, 8), 7, 6))
+    mask = (torch.rand(1, 1, 5, 7, generator=gen) > 0.2).expand(1, 2, 5, 7)
+    torch.library.opcheck(attention_op, (q.requires_grad_(True), k, v, mask, False, 0.35))
+    torch.library.opcheck(attention_op, (q, k, v, None, True, 0.35))
+
+
+def test_backward_op_matches_autograd(gen):
+    q, k, v = (t.float().requires_grad_(True) for t in make(gen, (2, 2, 7, 16), 9))
+    out, lse = attention_op(q, k, v, None, False, 0.25)
+    g = torch.randn_like(out)
+    dq, dk, dv = attention_backward_op(g, q, k, v, out, lse, None, False, 0.25)
+    ref = torch.autograd.grad(math_sdpa(q, k, v, scale=0.25), (q, k, v), g)
+    for a, b in zip((dq, dk, dv), ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bitwise_repeatable(gen):
+    q, k, v = (t.float().requires_grad_(True) for t in make(gen, (2, 3, 33, 40), 50))
+    runs = []
+    for _ in range(2):
+        out = attention(q, k, v)
+        runs.append((out,) + torch.autograd.grad(out.square().sum(), (q, k, v)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_bad_input(gen):
+    q, k, v = (t.float() for t in make(gen, (1, 2, 4, 8), 5))
+    with pytest.raises(ValueError, match="dropout_p"):
+        attention(q, k, v, dropout_p=0.5)
+    with pytest.raises(TypeError, match="share one dtype"):
+        attention(q, k.double(), v)
+    with pytest.raises(TypeError, match="floating-point"):
+        attention(q.int(), k, v)
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        attention(q, k.numpy(), v)
+    with pytest.raises(ValueError, match="exclusive"):
+        attention(q, k, v, torch.ones(4, 5, dtype=torch.bool), is_causal=True)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        attention(q, k, v, torch.ones(3, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="attn_mask must be bool"):
+        attention(q, k, v, torch.ones(4, 5, dtype=torch.int64))
+    with pytest.raises(ValueError, match="finite"):
+        attention(q, k, v, scale=math.inf)
+    with pytest.raises(ValueError, match="head dim"):
+        attention(q, k[..., :3], v)
+    with pytest.raises(ValueError, match="on one device"):
+        attention(q, k.to("meta"), v)
+
+
+# --- CUDA (skipped without a GPU) ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 17, 29, 16, 16), (2, 4, 32, 257, 64, 64), (1, 2, 257, 257, 88, 88)])
+def test_cuda_matches_math_and_cpu(gen, device, dtype, shape):
+    b, h, lq, lk, d, dv = shape
+    q, k, v = make(gen, (b, h, lq, d), lk, dv)
+    res = compare_with_math(q, k, v, dtype, device=device)
+    cpu = [t.detach().requires_grad_(True) for t in (q.to(dtype), k.to(dtype), v.to(dtype))]
+    out_cpu = attention(*cpu)
+    assert rel(res["ours"][0].cpu(), out_cpu) <= max(2 * FLOOR[dtype], 1e-6)
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+def test_cuda_masks_causal_and_empty_rows(gen, device):
+    q, k, v = make(gen, (2, 3, 20, 32), 33)
+    mask = torch.rand(2, 1, 20, 33, generator=gen) > 0.3
+    mask[..., 0] = True
+    compare_with_math(q, k, v, torch.float32, mask=mask, device=device)
+    compare_with_math(q, k, v, torch.float32, mask=torch.randn(1, 3, 1, 33, generator=gen), device=device)
+    compare_with_math(q, k, v, torch.float32, causal=True, device=device)
+    mask[0, 0, 3] = False
+    out = attention(q.float().to(device), k.float().to(device), v.float().to(device), mask.to(device))
+    assert torch.all(out[0, 0, 3] == 0) and not out.isnan().any()
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+def test_cuda_bitwise_repeatable(gen, device):
+    q, k, v = (t.float().to(device).requires_grad_(True) for t in make(gen, (2, 4, 40, 64), 70))
+    runs = []
+    for _ in range(3):
+        out = attention(q, k, v)
+        runs.append((out,) + torch.autograd.grad(out.square().sum(), (q, k, v)))
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r):
+            assert torch.equal(a, b)
