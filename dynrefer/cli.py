@@ -1,11 +1,27 @@
 """The ``dynrefer`` command.
 
-    dynrefer demo [--views N] [--threads T]   the built-in demo: RoI-Align of DynRefer's multi-view embedding
-    dynrefer info                             build and device facts
+    dynrefer demo [--out DIR] [--quick]          the main job: a miniature of the paper's Table 7 on the built-in
+                                                 synthetic benchmark (generate, train, evaluate; no downloads)
+    dynrefer describe IMAGE --box x1,y1,x2,y2 [--box ...] [--checkpoint BUNDLE] [--prior image|task|none]
+                                                 category, attributes, tags and caption per box, and a PNG of the
+                                                 chosen views with the answers
+    dynrefer train CONFIG [key=value ...]        train on annotation files in the official format (YAML config)
+    dynrefer eval CONFIG --checkpoint BUNDLE     caption CIDEr, attribute mAP and category accuracy on a split
+    dynrefer flops [PRESET] [--views N]          visual MACs per region and the parameter split of a preset
+    dynrefer bench [--repeats R]                 RoI-Align on DynRefer's multi-view shapes, checked against
+                                                 torchvision and timed side by side (benchmarks/ has the rest)
+    dynrefer info                                build and device facts
 """
 import argparse
+import os
 import sys
 import time
+
+DEFAULT_OUT = "dynrefer-demo"
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
 
 
 def _info(_args):
@@ -17,6 +33,168 @@ def _info(_args):
     print(f"dynrefer {dynrefer.__version__} | numpy {np.__version__}")
     print(f"CPU threads: {dynrefer.get_num_threads()}")
     print(f"CUDA kernels built: {_C.cuda_built()} | CUDA device usable: {dynrefer.cuda_available()}")
+    print(f"CUDA launchers: {', '.join(_C.cuda_symbols()) or '-'}")
+    return 0
+
+
+# ---- demo (the main job) ---------------------------------------------------------------------------------------
+
+def _demo(args):
+    from dynrefer.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, seed=args.seed, epochs=args.epochs)
+    return 0
+
+
+# ---- describe --------------------------------------------------------------------------------------------------
+
+def _parse_box(text):
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise CliError(f"--box {text!r}: expected four numbers x1,y1,x2,y2") from None
+    if len(vals) != 4:
+        raise CliError(f"--box {text!r}: expected four numbers x1,y1,x2,y2, got {len(vals)}")
+    if not all(v == v and abs(v) != float("inf") for v in vals):
+        raise CliError(f"--box {text!r}: coordinates must be finite")
+    x1, y1, x2, y2 = vals
+    if x2 <= x1 or y2 <= y1:
+        raise CliError(f"--box {text!r}: needs x2 > x1 and y2 > y1")
+    return vals
+
+
+def _describe(args):
+    import numpy as np
+    from PIL import Image
+
+    from dynrefer.demo import build_bundle_model, load_bundle
+    from dynrefer.model import format_descriptions
+    from dynrefer.views import plot_views
+
+    if not os.path.isfile(args.image):
+        raise CliError(f"image not found: {args.image}")
+    try:
+        img = np.asarray(Image.open(args.image).convert("RGB"))
+    except OSError as e:
+        raise CliError(f"cannot read image {args.image}: {e}") from None
+    boxes = np.array([_parse_box(b) for b in args.box], np.float32)
+    h, w = img.shape[:2]
+    for b in boxes:
+        if b[2] <= 0 or b[3] <= 0 or b[0] >= w or b[1] >= h:
+            raise CliError(f"box {b.tolist()} lies outside the {w}x{h} image")
+    try:
+        bundle = load_bundle(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+    import torch
+
+    torch.set_num_threads(1)
+    model = build_bundle_model(bundle)
+    res = model.describe(img, boxes, prior=args.prior, seed=args.seed)
+    print(format_descriptions(res))
+    stem = args.out or os.path.splitext(os.path.basename(args.image))[0] + "_described"
+    for k, r in enumerate(res):
+        lines = [f"category: {r.get('category', '-')}",
+                 "attributes: " + ", ".join(n for n, _ in sorted(r.get("attributes", []), key=lambda t: -t[1])[:3]),
+                 "tags: " + (", ".join(n for n, _ in r.get("tags", [])) or "-"),
+                 f"caption: {r.get('caption', '-')}"]
+        path = plot_views(img, boxes[k], f"{stem}_{k}.png", chosen=r.get("view_coeffs", [0.0]), labels=lines)
+        print(f"[{k}] views and answers → {path}")
+    return 0
+
+
+# ---- train / eval --------------------------------------------------------------------------------------------
+
+def _dataset_files(cfg_datasets, split):
+    root = cfg_datasets.get("root")
+    if not root:
+        raise CliError("the config needs datasets.root: a folder with tags.txt, classes.json, attributes.json and "
+                       "<split>_caption.json (+ _attribute.json, _category.json) as `dynrefer demo` writes them")
+    need = ["tags.txt", "classes.json", "attributes.json", f"{split}_caption.json"]
+    missing = [f for f in need if not os.path.isfile(os.path.join(root, f))]
+    if missing:
+        raise CliError(f"datasets.root {root} lacks {', '.join(missing)}")
+    return root
+
+
+def _model_config(cfg_model):
+    from dynrefer.model import DynReferConfig
+
+    preset = cfg_model.get("preset", "tiny")
+    over = {k: v for k, v in cfg_model.items() if k not in ("preset", "arch", "views")}
+    try:
+        return DynReferConfig.from_preset(preset, **over)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CliError(f"model: {e}") from None
+
+
+def _train(args):
+    import torch
+
+    from dynrefer.data.readers import load_annotations
+    from dynrefer.demo import _vocab, save_bundle, train_scheme
+    from dynrefer.train import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    d = dict(cfg.datasets) if hasattr(cfg, "datasets") else dict(cfg["datasets"])
+    m = dict(cfg.model) if hasattr(cfg, "model") else dict(cfg["model"])
+    run = dict(cfg.run) if hasattr(cfg, "run") else dict(cfg["run"])
+    root = _dataset_files(d, "train")
+    mcfg = _model_config(m)
+    views = dict(m.get("views", {"prior": "stochastic"}))
+    views.setdefault("num_views", mcfg.num_views)
+    tags, classes, attributes = _vocab(root)
+    texts = [r.caption for r in load_annotations(os.path.join(root, "train_caption.json")).records if r.caption]
+    out = run.get("output_dir", "output")
+    torch.set_num_threads(int(run.get("torch_threads", 1)))
+    model, summary = train_scheme(mcfg, root, out, views, texts, tags, classes, attributes,
+                                  int(run.get("max_epoch", 10)), int(run.get("seed", 0)),
+                                  int(run.get("batch_size_train", 16)))
+    path = save_bundle(model, os.path.join(out, "model.pt"), texts, tags, classes, attributes,
+                       {"num_views": views["num_views"], "size": mcfg.vision.image_size})
+    print(f"trained {summary['step']} steps; model bundle → {path}")
+    return 0
+
+
+def _eval(args):
+    import torch
+
+    from dynrefer.demo import build_bundle_model, evaluate_model, load_bundle, score
+    from dynrefer.train import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    d = dict(cfg.datasets) if hasattr(cfg, "datasets") else dict(cfg["datasets"])
+    root = _dataset_files(d, args.split)
+    try:
+        bundle = load_bundle(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+    torch.set_num_threads(1)
+    model = build_bundle_model(bundle)
+    classes = bundle["classes"]
+    n = bundle["views"]["num_views"]
+    ev = {"prior": args.prior, "num_views": n}
+    with torch.no_grad():
+        cap, _ = evaluate_model(model, root, args.split, ev, bundle["views"]["size"], tasks=("caption",),
+                                task_for_prior="caption")
+        ac, _ = evaluate_model(model, root, args.split, ev, bundle["views"]["size"], tasks=("category", "attribute"),
+                               task_for_prior="attribute")
+    m = score(cap, ac, root, args.split, classes)
+    print(f"{args.split} ({len(cap)} regions, {n} views, prior {args.prior}): CIDEr {m['CIDEr']:.1f} | "
+          f"attribute mAP {m['attr_mAP']:.1f} | accuracy {m['acc']:.1f}")
+    return 0
+
+
+# ---- flops / bench ---------------------------------------------------------------------------------------------
+
+def _flops(args):
+    from dynrefer.model import DynReferConfig, flops_report
+
+    try:
+        cfg = DynReferConfig.from_preset(args.preset, **({"num_views": args.views} if args.views else {}))
+    except KeyError as e:
+        raise CliError(f"unknown preset {args.preset!r}: {e}") from None
+    print(flops_report(cfg))
     return 0
 
 
@@ -30,92 +208,102 @@ def _median_time(fn, repeats):
     return times[len(times) // 2]
 
 
-def _demo(args):
-    """DynRefer's multi-view region embedding step on synthetic ViT features: each region is seen in nested views
-    (t = 0, then larger context); every view's 16x16 ViT map (patch 14 on 224x224) is pooled by RoI-Align with the
-    referred box expressed in that view's frame (16x16 output, spatial_scale 1/14, sampling_ratio 2). Runs the
-    op through NumPy and, when PyTorch is installed, checks it against torchvision and times both."""
+def _bench(args):
+    """RoI-Align of DynRefer's multi-view embedding on synthetic ViT maps: each region is seen in nested views; every
+    view's 16x16 map (patch 14 on 224x224) is pooled with the referred box in that view's frame (16x16 output,
+    spatial_scale 1/14, sampling_ratio 2), checked against torchvision and timed."""
     import numpy as np
+    import torch
+    import torchvision
 
     import dynrefer
     from dynrefer.ops import roi_align
+    from dynrefer.views import view_boxes
 
     if args.threads:
         dynrefer.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     regions, views, c = args.regions, args.views, args.channels
-    # a region box in a 640x480 image, and nested views b(t) = b_r + t ([0,0,W,H] - b_r)
     W, H = 640.0, 480.0
     xy = rng.uniform(0, [W * 0.7, H * 0.7], size=(regions, 2))
     wh = rng.uniform(20, [W * 0.3, H * 0.3], size=(regions, 2))
-    boxes = np.concatenate([xy, xy + wh], 1)
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
     ts = np.concatenate([[0.0], np.sort(rng.choice(np.arange(1, 11) / 10, views - 1, replace=False))])
+    vb = view_boxes(boxes, ts, W, H)
     rois = []
     for r in range(regions):
-        for v, t in enumerate(ts):
-            view = boxes[r] + t * (np.array([0, 0, W, H]) - boxes[r])
-            sx, sy = 224.0 / (view[2] - view[0]), 224.0 / (view[3] - view[1])
-            b = (boxes[r] - [view[0], view[1], view[0], view[1]]) * [sx, sy, sx, sy]
+        for v in range(views):
+            x0, y0, x1, y1 = vb[r, v]
+            sx, sy = 224.0 / (x1 - x0), 224.0 / (y1 - y0)
+            b = (boxes[r] - [x0, y0, x0, y0]) * [sx, sy, sx, sy]
             rois.append([r * views + v, *b])
-    rois = np.asarray(rois, np.float32)
+    rois = torch.tensor(np.asarray(rois, np.float32))
     n = regions * views
-    feats = rng.standard_normal((n, 16, 16, c), dtype=np.float32).transpose(0, 3, 1, 2)  # channels-last view
-    print(f"dynrefer demo: {regions} regions x {views} nested views (t = {', '.join(f'{t:.1f}' for t in ts)}), "
-          f"ViT maps {n}x{c}x16x16 channels-last, {dynrefer.get_num_threads()} CPU threads")
-    out = roi_align(feats, rois, 16, 1 / 14, 2, False)
-    print(f"NumPy path: region features {out.shape} {out.dtype}, mean {out.mean():+.4f}, std {out.std():.4f}")
-    t_np = _median_time(lambda: roi_align(feats, rois, 16, 1 / 14, 2, False), args.repeats)
-    print(f"  dynrefer (NumPy arrays)        {t_np * 1e3:8.2f} ms")
-    try:
-        import torch
-        import torchvision
-    except ImportError:
-        print("PyTorch/torchvision not installed: skipping the comparison")
-        return 0
-    x = torch.from_numpy(feats)
-    r = torch.from_numpy(rois)
-    ours = roi_align(x, r, 16, 1 / 14, 2, False)
-    ref = torchvision.ops.roi_align(x, r, 16, 1 / 14, 2, False)
+    x = torch.randn(n, 16, 16, c, generator=torch.Generator().manual_seed(args.seed)).permute(0, 3, 1, 2)
+    print(f"{regions} regions x {views} views (t = {', '.join(f'{t:.1f}' for t in ts)}), ViT maps {n}x{c}x16x16 "
+          f"channels-last, {dynrefer.get_num_threads()} threads")
+    ours = roi_align(x, rois, 16, 1 / 14, 2, False)
+    ref = torchvision.ops.roi_align(x, rois, 16, 1 / 14, 2, False)
     err = ((ours - ref).norm() / ref.norm()).item()
-    print(f"torch path agrees with torchvision.ops.roi_align: relative error {err:.2e}")
+    print(f"agrees with torchvision.ops.roi_align: relative error {err:.2e}")
     if err > 1e-5:
-        print("MISMATCH", file=sys.stderr)
-        return 1
-    t_ours = _median_time(lambda: roi_align(x, r, 16, 1 / 14, 2, False), args.repeats)
-    t_tv = _median_time(lambda: torchvision.ops.roi_align(x, r, 16, 1 / 14, 2, False), args.repeats)
-    print(f"  dynrefer (torch tensors)       {t_ours * 1e3:8.2f} ms")
-    print(f"  torchvision.ops.roi_align      {t_tv * 1e3:8.2f} ms   -> dynrefer is {t_tv / t_ours:.1f}x faster")
-    xg = x.clone(memory_format=torch.channels_last).requires_grad_()
-    go = torch.randn_like(ref)
-
-    def fb(fn):
-        xg.grad = None
-        fn(xg, r, 16, 1 / 14, 2, False).backward(go)
-
-    t_ours = _median_time(lambda: fb(roi_align), max(1, args.repeats // 2))
-    t_tv = _median_time(lambda: fb(torchvision.ops.roi_align), max(1, args.repeats // 2))
-    print(f"forward+backward: dynrefer {t_ours * 1e3:.2f} ms, torchvision {t_tv * 1e3:.2f} ms "
-          f"-> {t_tv / t_ours:.1f}x")
+        raise CliError("dynrefer and torchvision disagree")
+    t_ours = _median_time(lambda: roi_align(x, rois, 16, 1 / 14, 2, False), args.repeats)
+    t_tv = _median_time(lambda: torchvision.ops.roi_align(x, rois, 16, 1 / 14, 2, False), args.repeats)
+    print(f"forward: dynrefer {t_ours * 1e3:.2f} ms, torchvision {t_tv * 1e3:.2f} ms -> {t_tv / t_ours:.1f}x")
     return 0
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="dynrefer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="the built-in demo of the kernels on DynRefer's multi-view shapes")
-    d.add_argument("--regions", type=int, default=16)
-    d.add_argument("--views", type=int, default=3, help="nested views per region (the tight one included)")
-    d.add_argument("--channels", type=int, default=1408, help="ViT width (1408 for EVA ViT-g)")
-    d.add_argument("--threads", type=int, default=0)
-    d.add_argument("--repeats", type=int, default=5)
+    d = sub.add_parser("demo", help="the main job: miniature Table 7 on the synthetic benchmark")
+    d.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    d.add_argument("--quick", action="store_true", help="a small run (~2 minutes) that checks the pipeline")
+    d.add_argument("--epochs", type=int, default=None)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=_demo)
+    de = sub.add_parser("describe", help="describe boxes of an image")
+    de.add_argument("image")
+    de.add_argument("--box", action="append", required=True, help="x1,y1,x2,y2 in pixels (repeatable)")
+    de.add_argument("--checkpoint", default=os.path.join(DEFAULT_OUT, "model.pt"))
+    de.add_argument("--prior", choices=("image", "task", "none"), default="image")
+    de.add_argument("--out", default=None, help="PNG path stem (default: <image>_described)")
+    de.add_argument("--seed", type=int, default=0)
+    de.set_defaults(fn=_describe)
+    t = sub.add_parser("train", help="train on official-format annotations (YAML config)")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.max_epoch=2")
+    t.set_defaults(fn=_train)
+    e = sub.add_parser("eval", help="evaluate a model bundle on a split")
+    e.add_argument("config")
+    e.add_argument("overrides", nargs="*")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--split", default="val")
+    e.add_argument("--prior", choices=("image", "task", "none"), default="image")
+    e.set_defaults(fn=_eval)
+    f = sub.add_parser("flops", help="visual MACs per region and parameter split")
+    f.add_argument("preset", nargs="?", default="official")
+    f.add_argument("--views", type=int, default=None)
+    f.set_defaults(fn=_flops)
+    b = sub.add_parser("bench", help="RoI-Align vs torchvision on DynRefer's multi-view shapes")
+    b.add_argument("--regions", type=int, default=16)
+    b.add_argument("--views", type=int, default=3)
+    b.add_argument("--channels", type=int, default=1408)
+    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(fn=_bench)
     i = sub.add_parser("info", help="build and device facts")
     i.set_defaults(fn=_info)
     args = ap.parse_args(argv)
-    if getattr(args, "views", 3) < 1 or getattr(args, "views", 3) > 11 or getattr(args, "regions", 1) < 1:
+    if args.cmd == "bench" and not (1 <= args.views <= 11 and args.regions >= 1):
         ap.error("--views must be in [1, 11] and --regions >= 1")
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except CliError as err:
+        print(f"dynrefer {args.cmd}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

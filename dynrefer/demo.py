@@ -46,10 +46,23 @@ def _log(msg):
     print(msg, flush=True)
 
 
-def _java():
-    import shutil
+def _ptb_available():
+    """pycocoevalcap's PTB tokeniser needs Java and the installed pycocoevalcap jars; without them captions are
+    compared lower-cased with punctuation removed (the synthetic captions have no other tokenisation issue)."""
+    from dynrefer.eval._resources import JavaUnavailableError, find_java, pycocoevalcap_file
 
-    return shutil.which("java") is not None
+    try:
+        find_java()
+        pycocoevalcap_file("tokenizer", "stanford-corenlp-3.4.1.jar")
+        return True
+    except JavaUnavailableError:
+        return False
+
+
+def _simple_tokens(text):
+    import re
+
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
 def _vocab(data_dir):
@@ -135,7 +148,11 @@ def score(preds_caption, preds_attr_cat, data_dir, split, classes):
     caps = load_annotations(os.path.join(data_dir, f"{split}_caption.json"))
     gts = {r.id: [r.caption] for r in caps.records}
     res = {k: [preds_caption[k]["caption"] or "<empty>"] for k in gts}
-    cider = caption_metrics(gts, res, metrics=("CIDEr",), tokenize=_java())["CIDEr"] * 100
+    ptb = _ptb_available()
+    if not ptb:
+        gts = {k: [_simple_tokens(c) for c in v] for k, v in gts.items()}
+        res = {k: [_simple_tokens(c) or "empty" for c in v] for k, v in res.items()}
+    cider = caption_metrics(gts, res, metrics=("CIDEr",), tokenize=ptb)["CIDEr"] * 100
     att = load_annotations(os.path.join(data_dir, f"{split}_attribute.json"))
     scores = {r.id: [s for _, s in preds_attr_cat[r.id]["attributes"]] for r in att.records}
     ovad = evaluate("ovad", scores, att.ovad_ground_truth())
