@@ -180,7 +180,7 @@ def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, att
 
     run = {"output_dir": out_dir, "max_epoch": epochs, "batch_size_train": batch_size, "init_lr": 3e-3,
            "min_lr": 1e-4, "warmup_steps": 10, "weight_decay": 0.05, "log_freq": 20, "progress_bar": False,
-           "seed": seed, "num_workers": 0, "max_grad_norm": 1.0}
+           "seed": seed, "num_workers": 0, "max_grad_norm": 1.0, "save_epoch_ckpts": False}
     summary = run_training({"model": {}, "datasets": {}, "run": run}, build, lambda _: {"train": ds})
     model = built[-1]
     model.eval()

@@ -151,3 +151,11 @@ def test_images_are_rgb_png(bench):
     d, _ = bench
     with Image.open(os.path.join(d, "images", "train_00000.png")) as im:
         assert im.mode == "RGB" and 224 <= im.width <= 320 and 224 <= im.height <= 320
+
+
+def test_small_canvases(tmp_path):
+    # objects larger than a small canvas are shrunk to fit instead of failing
+    from dynrefer.data.synthetic import generate
+
+    m = generate(str(tmp_path), seed=0, splits={"train": 3}, size_range=(64, 96))
+    assert m["regions"] >= 1

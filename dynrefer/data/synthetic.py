@@ -173,7 +173,7 @@ def render_scene(rng: np.random.Generator, width: int, height: int,
     for _ in range(n_target):
         size = size_names[int(rng.choice(len(size_names), p=_SIZE_WEIGHTS))]
         lo, hi = SIZES[size]
-        r = float(rng.uniform(lo, hi))
+        r = min(float(rng.uniform(lo, hi)), (min(width, height) - 6) / 2.0)  # small canvases: the object fits
         for _try in range(40):
             cx, cy = rng.uniform(r + 2, width - r - 2), rng.uniform(r + 2, height - r - 2)
             if all(math.hypot(cx - o.center[0], cy - o.center[1]) > r + o.radius + 6 for o in objs):
