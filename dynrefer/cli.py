@@ -147,9 +147,10 @@ def _train(args):
     texts = [r.caption for r in load_annotations(os.path.join(root, "train_caption.json")).records if r.caption]
     out = run.get("output_dir", "output")
     torch.set_num_threads(int(run.get("torch_threads", 1)))
+    extra = {k: v for k, v in run.items() if k != "torch_threads"}
     model, summary = train_scheme(mcfg, root, out, views, texts, tags, classes, attributes,
                                   int(run.get("max_epoch", 10)), int(run.get("seed", 0)),
-                                  int(run.get("batch_size_train", 16)))
+                                  int(run.get("batch_size_train", 16)), run_extra=extra)
     path = save_bundle(model, os.path.join(out, "model.pt"), texts, tags, classes, attributes,
                        {"num_views": views["num_views"], "size": mcfg.vision.image_size})
     print(f"trained {summary['step']} steps; model bundle → {path}")

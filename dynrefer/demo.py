@@ -161,7 +161,10 @@ def score(preds_caption, preds_attr_cat, data_dir, split, classes):
     return {"CIDEr": cider, "attr_mAP": float(ovad["all"]), "acc": 100.0 * float(np.mean(hits))}
 
 
-def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, attributes, epochs, seed, batch_size):
+def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, attributes, epochs, seed, batch_size,
+                 run_extra=None):
+    """Train DynRefer on ``train_caption.json`` of ``data_dir`` with the training engine; ``run_extra`` adds or
+    overrides keys of the engine's ``run`` section. Returns (model, summary)."""
     from dynrefer.data.dataset import RegionDataset, collate_regions
     from dynrefer.model import build_dynrefer
     from dynrefer.train import run_training
@@ -181,6 +184,7 @@ def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, att
     run = {"output_dir": out_dir, "max_epoch": epochs, "batch_size_train": batch_size, "init_lr": 3e-3,
            "min_lr": 1e-4, "warmup_steps": 10, "weight_decay": 0.05, "log_freq": 20, "progress_bar": False,
            "seed": seed, "num_workers": 0, "max_grad_norm": 1.0, "save_epoch_ckpts": False}
+    run.update(run_extra or {})
     summary = run_training({"model": {}, "datasets": {}, "run": run}, build, lambda _: {"train": ds})
     model = built[-1]
     model.eval()
@@ -193,8 +197,8 @@ def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log)
 
     t_start = time.time()
     data_dir = os.path.join(out, "data")
-    splits = {"train": 16, "val": 6} if quick else {"train": 64, "val": 16}
-    epochs = epochs or (6 if quick else 30)
+    splits = {"train": 16, "val": 6} if quick else {"train": 96, "val": 32}
+    epochs = epochs or (6 if quick else 24)
     # the tiny model's ops are too small to split across threads: one torch thread is several times faster than
     # two on a 2-core machine (the C kernels keep their own pool for the views)
     prev_threads = torch.get_num_threads()

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -94,3 +95,36 @@ def test_flops_and_bench(capsys):
     assert main(["bench", "--regions", "2", "--views", "2", "--channels", "16", "--repeats", "1"]) == 0
     assert "agrees with torchvision" in capsys.readouterr().out
     assert main(["info"]) == 0
+
+
+def test_examples_run(demo_out, tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["ops_in_training_loop.py"])
+    runpy.run_path(os.path.join(root, "ops_in_training_loop.py"), run_name="__main__")
+    assert "step 29" in capsys.readouterr().out
+    img = sorted(glob.glob(str(demo_out / "data" / "images" / "val_*.png")))[0]
+    monkeypatch.setattr(sys, "argv", ["describe_your_image.py", img, "5,5,60,60", "--checkpoint",
+                                      str(demo_out / "model.pt")])
+    runpy.run_path(os.path.join(root, "describe_your_image.py"), run_name="__main__")
+    assert (tmp_path / "region_0.png").is_file()
+    # your own annotations: COCO-style boxes with captions
+    from PIL import Image
+
+    os.makedirs(tmp_path / "imgs")
+    images, anns = [], []
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).integers(0, 255, (80, 100, 3))).astype(np.uint8)).save(
+            tmp_path / "imgs" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 100, "height": 80})
+        anns.append({"id": 10 + i, "image_id": i + 1, "bbox": [10, 10, 40, 30], "caption": f"a noisy patch number {i}"})
+    (tmp_path / "mine.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    monkeypatch.setattr(sys, "argv", ["train_on_your_annotations.py", str(tmp_path / "mine.json"),
+                                      str(tmp_path / "imgs"), str(tmp_path / "mine"), "--epochs", "1"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(os.path.join(root, "train_on_your_annotations.py"), run_name="__main__")
+    assert e.value.code == 0
+    assert (tmp_path / "mine" / "run" / "model.pt").is_file()
