@@ -13,7 +13,7 @@
    per-task table).
 4. Print the table and keep the stochastic model as a bundle (``model.pt``) that ``dynrefer describe`` loads.
 
-Everything is local: no download, no GPU needed, ~10 minutes on 2 CPU cores (``--quick``: ~2 minutes).
+Everything is local: no download, no GPU needed, ~6 minutes on 2 CPU cores (``--quick``: ~1 minute).
 """
 from __future__ import annotations
 
