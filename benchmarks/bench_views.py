@@ -45,13 +45,14 @@ def regions_of(w, h, n, seed=0):
 class OfficialProcessor:
     """The official evaluation-time processor, step for step (select_regions + cascade_region_process)."""
 
-    def __init__(self, size=224, num_views=3):
+    def __init__(self, size=224, num_views=3, split="eval"):
         import torchvision.transforms.v2 as T
         from torchvision.transforms.functional import InterpolationMode
 
         self.tf = T.Compose([T.Resize((size, size), interpolation=InterpolationMode.BICUBIC), T.ToImage(),
                              T.ConvertImageDtype(), T.Normalize(CLIP_MEAN, CLIP_STD)])
         self.num_views = num_views
+        self.split = split
 
     @staticmethod
     def phash(image_arr, bbox, res=224):
@@ -75,6 +76,13 @@ class OfficialProcessor:
         for i, b in enumerate(basic):
             cand = [b + (oowh - b) * t for t in weights]
             codes = np.stack([self.phash(image_arr, c) for c in cand])
+            if self.split == "train":  # random candidates; the official code hashes them all the same
+                import random
+
+                idx = random.sample(range(10), self.num_views - 1)
+                sel_boxes.append(np.array(cand)[idx])
+                sel_ratios.append(list(np.array(weights)[idx]))
+                continue
             diff = np.zeros(10) + (basic_codes[i][None] ^ codes).sum(-1) / np.array(weights)
             ind_list = []
             boxes, ratios = [], []
