@@ -5,16 +5,9 @@
  * and for the value gradient either one thread per grad_output element with atomic adds (default) or, in
  * deterministic mode, one thread per (image, channel) map adding in a fixed order. No host synchronisation, no
  * allocation. */
-template <typename T> __host__ __device__ inline void dr_dcn_atomic_add(T *p, T v) {
-#ifdef __CUDA_ARCH__
-    atomicAdd(p, v);
-#else
-    *p += v;
-#endif
-}
-#define DR_ATOMIC_ADD(p, v) dr_dcn_atomic_add((p), (v))
-#include "dr_dcnv4.h"
 #include "runtime.cuh"
+#define DR_ATOMIC_ADD(p, v) dr_atomic_add((p), (v))
+#include "dr_dcnv4.h"
 
 #define DR_DCN_KERNELS(SFX, RT)                                                                                    \
     __global__ void dcn_fwd_##SFX(dr_dcn_args a, int64_t total) {                                                  \

@@ -3,17 +3,9 @@
  * Forward: one thread per output element. Backward: one thread per grad_output element with atomic adds into a
  * float32 (float64) grad_input, or, in deterministic mode, one thread per (image, channel) plane that adds in a
  * fixed order. Complexity as the CPU kernel; no host synchronisation, no allocation. */
-/* atomic on the device; the host twin of the __host__ __device__ bodies never runs here */
-template <typename T> __host__ __device__ inline void dr_atomic_add(T *p, T v) {
-#ifdef __CUDA_ARCH__
-    atomicAdd(p, v);
-#else
-    *p += v;
-#endif
-}
+#include "runtime.cuh"
 #define DR_ATOMIC_ADD(p, v) dr_atomic_add((p), (v))
 #include "dr_roi_align.h"
-#include "runtime.cuh"
 
 #define DR_ROI_KERNELS(SFX, RT)                                                                                    \
     __global__ void roi_fwd_##SFX(dr_roi_args a, int64_t total) {                                                  \

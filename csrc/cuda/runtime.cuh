@@ -27,6 +27,16 @@ static inline dr_status dr_cuda_check(cudaError_t err, const char *what) {
     return dr_set_error(DR_ECUDA, "%s: CUDA error: %s", what, cudaGetErrorString(err));
 }
 
+/* Atomic add on the device for the shared __host__ __device__ bodies (their host twin never runs in a .cu file).
+ * Launchers define DR_ATOMIC_ADD(p, v) as dr_atomic_add((p), (v)) before including an op's body header. */
+template <typename T> __host__ __device__ inline void dr_atomic_add(T *p, T v) {
+#ifdef __CUDA_ARCH__
+    atomicAdd(p, v);
+#else
+    *p += v;
+#endif
+}
+
 /* Blocks for a grid-stride loop over n elements with `threads` per block. */
 static inline unsigned dr_blocks(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;

@@ -2,8 +2,8 @@
 import numbers
 
 
-def pair(value, name):
-    """An int or a pair of ints → (int, int), each >= 1 (torchvision's ``_pair`` plus validation)."""
+def pair(value, name, minimum=1):
+    """An int or a pair of ints → (int, int), each >= ``minimum`` (torchvision's ``_pair`` plus validation)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         out = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
@@ -12,8 +12,8 @@ def pair(value, name):
         out = (int(value[0]), int(value[1]))
     else:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if out[0] < 1 or out[1] < 1:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+    if out[0] < minimum or out[1] < minimum:
+        raise ValueError(f"{name} must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {value!r}")
     return out
 
 

@@ -11,20 +11,6 @@ from dynrefer.ops._common import is_torch_tensor, pair, real
 _NUMPY_FLOATS = (np.float32, np.float64, np.float16)
 
 
-def _nonneg_pair(value, name):
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        out = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
-    ):
-        out = (int(value[0]), int(value[1]))
-    else:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if out[0] < 0 or out[1] < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return out
-
-
 def dcnv4_params(shape, kernel_size, stride, padding, dilation, group, group_channels, offset_scale, remove_center):
     """Check the arguments against value's shape [N, H, W, C]; return the kernel's parameter tuple
     (kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale, remove_center) and (Ho, Wo)."""
@@ -32,7 +18,7 @@ def dcnv4_params(shape, kernel_size, stride, padding, dilation, group, group_cha
         raise ValueError(f"dcnv4: value must be 4-D [N, H, W, C] (channels last), got shape {tuple(shape)}")
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = pair(stride, "stride")
-    ph, pw = _nonneg_pair(padding, "padding")
+    ph, pw = pair(padding, "padding", minimum=0)
     dh, dw = pair(dilation, "dilation")
     if isinstance(group, bool) or not isinstance(group, numbers.Integral):
         raise TypeError(f"group must be an int, got {type(group).__name__}")
