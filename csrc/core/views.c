@@ -422,8 +422,9 @@ static void dct_rows_accumulate(float acc[8][DR_PHASH_DYN_RES], const float *row
     }
 }
 
-/* Official pHash of one view: resize rows on the fly, accumulate the 8 low vertical frequencies per column. */
-static uint64_t phash_dyn_fast(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, const double *cs) {
+/* Official pHash of one view, large crops: resize rows on the fly, accumulate the 8 low vertical frequencies per
+ * column (cost independent of the crop size). */
+static uint64_t phash_dyn_rows(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, const double *cs) {
     enum { R = DR_PHASH_DYN_RES };
     dr_axis ax = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->w, R), ay = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->h, R);
     int64_t x0[R], x1[R];
@@ -480,6 +481,82 @@ static uint64_t phash_dyn_fast(const dr_image_ref *im, const uint8_t *plane, con
                 s += (double)acc[u][x] * cs[v * R + x];
             double cu = u == 0 ? sqrt(1.0 / n) : sqrt(2.0 / n), cv = v == 0 ? sqrt(1.0 / n) : sqrt(2.0 / n);
             coef[u * 8 + v] = s * cu * cv;
+        }
+    return dr_phash_bits(coef, DR_PHASH_DYNREFER);
+}
+
+/* P[u][q] += m[u] · g[q] for the 8 frequencies (float32, vectorised along the row; gf: scratch of w floats). */
+DR_SIMD_CLONES
+static void dct_fold_row(float *DR_RESTRICT P, int64_t w, const uint8_t *DR_RESTRICT g, const float *m,
+                         float *DR_RESTRICT gf) {
+    for (int64_t q = 0; q < w; q++)
+        gf[q] = (float)g[q];
+    for (int u = 0; u < 8; u++) {
+        const float mu = m[u];
+        float *pu = P + u * w;
+        for (int64_t q = 0; q < w; q++)
+            pu[q] += mu * gf[q];
+    }
+}
+
+/* Official pHash of one view, small crops, without forming the 224 × 224 resize: with R = Wy · G · Wxᵀ (OpenCV's bilinear taps)
+ * the low vertical frequencies are A = (C8 · Wy) · G · Wxᵀ, so fold each used source row of the crop into
+ * P = (C8 · Wy) · G (8 sums per pixel, contiguous), then resample P's 8 rows horizontally and finish the DCT. */
+static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, const double *cs,
+                               int *failed) {
+    enum { R = DR_PHASH_DYN_RES };
+    dr_axis ax = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->w, R), ay = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->h, R);
+    const int64_t w = cr->w, h = cr->h;
+    double *M = (double *)calloc((size_t)(8 * h), sizeof(double)); /* M[r][u] = Σ_y c_u(y) · wy(y, r) */
+    float *P = (float *)calloc((size_t)(9 * w), sizeof(float)); /* 8 rows + one scratch row */
+    if (!M || !P) {
+        free(M);
+        free(P);
+        *failed = 1;
+        return 0;
+    }
+    for (int64_t y = 0; y < R; y++) {
+        int64_t sy, ny;
+        double fy;
+        dr_axis_span(&ay, y, &sy, &ny, &fy);
+        double wy0 = (double)(float)dr_axis_weight(&ay, sy, 0, fy, 1.0), wy1 = (double)(float)dr_axis_weight(&ay, sy, 1, fy, 1.0);
+        int64_t sy1 = ny > 1 ? sy + 1 : sy;
+        for (int u = 0; u < 8; u++) {
+            M[sy * 8 + u] += cs[u * R + y] * wy0;
+            M[sy1 * 8 + u] += cs[u * R + y] * wy1;
+        }
+    }
+    for (int64_t r = 0; r < h; r++) {
+        float m[8];
+        int any = 0;
+        for (int u = 0; u < 8; u++) {
+            m[u] = (float)M[r * 8 + u];
+            any |= m[u] != 0.0f;
+        }
+        if (any)
+            dct_fold_row(P, w, plane + (cr->y0 + r) * im->w + cr->x0, m, P + 8 * w);
+    }
+    double acc[8][R];
+    for (int64_t x = 0; x < R; x++) {
+        int64_t s, n;
+        double f;
+        dr_axis_span(&ax, x, &s, &n, &f);
+        double w0 = (double)(float)dr_axis_weight(&ax, s, 0, f, 1.0), w1 = (double)(float)dr_axis_weight(&ax, s, 1, f, 1.0);
+        int64_t s1 = n > 1 ? s + 1 : s;
+        for (int u = 0; u < 8; u++)
+            acc[u][x] = w0 * (double)P[u * w + s] + w1 * (double)P[u * w + s1];
+    }
+    free(M);
+    free(P);
+    double coef[64];
+    const double nn = (double)R;
+    for (int u = 0; u < 8; u++)
+        for (int v = 0; v < 8; v++) {
+            double sum = 0.0;
+            for (int64_t x = 0; x < R; x++)
+                sum += acc[u][x] * cs[v * R + x];
+            double cu = u == 0 ? sqrt(1.0 / nn) : sqrt(2.0 / nn), cv = v == 0 ? sqrt(1.0 / nn) : sqrt(2.0 / nn);
+            coef[u * 8 + v] = sum * cu * cv;
         }
     return dr_phash_bits(coef, DR_PHASH_DYNREFER);
 }
@@ -541,7 +618,10 @@ static void phash_task(void *vctx, int64_t begin, int64_t end) {
         const dr_image_ref *im = &c->images[image_of(c->index, v)];
         dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
         const uint8_t *plane = c->planes[image_of(c->index, v)];
-        uint64_t h = c->method == DR_PHASH_DYNREFER ? phash_dyn_fast(im, plane, &cr, c->cos224)
+        /* the fold costs ~8·h·w, the row method a constant ~224·224·(8 + 4): pick the cheaper */
+        uint64_t h = c->method == DR_PHASH_DYNREFER
+                         ? (cr.w * cr.h <= 50000 ? phash_dyn_fold(im, plane, &cr, c->cos224, &c->failed)
+                                                 : phash_dyn_rows(im, plane, &cr, c->cos224))
                                                     : phash_ih_fast(im, plane, &cr, c->pil_order, &c->failed);
         put_hash(c->hashes, v, h);
     }
