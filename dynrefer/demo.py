@@ -88,8 +88,6 @@ def build_bundle_model(bundle):
 
 def save_bundle(model, path, texts, tags, classes, attributes, views):
     """Everything ``dynrefer describe`` needs in one file, written atomically."""
-    import torch
-
     from dynrefer.train.checkpoint import atomic_save
 
     atomic_save({"format": "dynrefer-bundle-1", "config": model.config.to_dict(), "texts": list(texts),
@@ -103,7 +101,10 @@ def load_bundle(path):
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model bundle at {path} (run `dynrefer demo` first, or pass --checkpoint)")
-    b = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors, lists, dicts and strings only: no pickled code is executed
+        b = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is "not a bundle" to the user
+        raise ValueError(f"{path} is not a dynrefer model bundle ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(b, dict) or b.get("format") != "dynrefer-bundle-1":
         raise ValueError(f"{path} is not a dynrefer model bundle (written by `dynrefer demo` / save_bundle)")
     return b
@@ -245,11 +246,8 @@ def _run(out, data_dir, splits, epochs, seed, log, t_start):
             log(f"   prior {prior}: CIDEr {m['CIDEr']:.1f}  attribute mAP {m['attr_mAP']:.1f}  "
                 f"accuracy {m['acc']:.1f}")
         final_model = model
-        final_views = dict(train_views)
     bundle = save_bundle(final_model, os.path.join(out, "model.pt"), texts, tags, classes, attributes,
                          {"num_views": 3, "size": final_model.config.vision.image_size})
-    from dynrefer.eval import format_report  # noqa: F401  (the same metric code as the full benchmarks)
-
     header = ["view scheme", "views", "inference prior", "CIDEr", "attribute mAP", "accuracy"]
     table = markdown_table(rows, header)
     with open(os.path.join(out, "table7.md"), "w", encoding="utf-8") as f:
