@@ -137,20 +137,37 @@ static void transpose_px(const uint8_t *src, int64_t a, int64_t b, int C, uint8_
     }
 }
 
+/* Scratch buffers reused across the views of one task (fresh multi-100 KB mallocs per view cost page faults). */
+typedef struct {
+    void *p[6];
+    size_t n[6];
+} scratch;
+
+static void *scratch_get(scratch *s, int slot, size_t n) {
+    if (s->n[slot] < n) {
+        free(s->p[slot]);
+        s->p[slot] = malloc(n ? n : 1);
+        s->n[slot] = s->p[slot] ? n : 0;
+    }
+    return s->p[slot];
+}
+
+static void scratch_free(scratch *s) {
+    for (int i = 0; i < 6; i++)
+        free(s->p[i]);
+    memset(s, 0, sizeof *s);
+}
+
 /* Resize `packed` (rows [ylo, ylo + rows) of a crop, each `w` pixels of C channels, contiguous) to oh × ow × C with
  * the taps tx (columns) and ty (rows, in crop coordinates), in Pillow's order. Returns -1 on allocation failure. */
 static int pil_resize_packed(const uint8_t *packed, int64_t ylo, int64_t rows, int64_t w, int C, const taps *tx,
-                             const taps *ty, int64_t ow, int64_t oh, int vfirst, uint8_t *out) {
+                             const taps *ty, int64_t ow, int64_t oh, int vfirst, uint8_t *out, scratch *sc) {
     int64_t mr = rows > oh ? rows : oh, mc = w > ow ? w : ow;
     int64_t big = mr * mc * C, line = (mr > mc ? mr : mc) * C;
-    uint8_t *t1 = (uint8_t *)malloc((size_t)big), *t2 = (uint8_t *)malloc((size_t)big);
-    int32_t *acc = (int32_t *)malloc((size_t)line * sizeof(int32_t));
-    if (!t1 || !t2 || !acc) {
-        free(t1);
-        free(t2);
-        free(acc);
+    uint8_t *t1 = (uint8_t *)scratch_get(sc, 0, (size_t)big), *t2 = (uint8_t *)scratch_get(sc, 1, (size_t)big);
+    int32_t *acc = (int32_t *)scratch_get(sc, 2, (size_t)line * sizeof(int32_t));
+    if (!t1 || !t2 || !acc)
         return -1;
-    }
     if (!vfirst) {
         transpose_px(packed, rows, w, C, t1);                 /* [w][rows][C] */
         for (int64_t x = 0; x < ow; x++)                      /* horizontal: rows of t1 → t2 [ow][rows][C] */
@@ -166,9 +183,6 @@ static int pil_resize_packed(const uint8_t *packed, int64_t ylo, int64_t rows, i
             combine_rows_u8(t2, oh * C, tx->start[x], tx->n[x], tx->wi + x * tx->kmax, oh * C, acc, t1 + x * oh * C);
         transpose_px(t1, ow, oh, C, out);                     /* [oh][ow][C] */
     }
-    free(t1);
-    free(t2);
-    free(acc);
     return 0;
 }
 
@@ -234,26 +248,30 @@ static void pack_crop(const dr_image_ref *im, const dr_crop *cr, int64_t ylo, in
 }
 
 /* Pillow path of one view: pack, two passes, normalise through a 256-entry table per channel. */
+/* dst[x] = normalised channel value of packed pixels src[x * 3] (the same float operations as dr_normalize_u8,
+ * vectorised). */
+DR_SIMD_CLONES
+static void normalize_row_u8(const uint8_t *src, int64_t n, float mean, float std, float *dst) {
+    for (int64_t x = 0; x < n; x++) {
+        float v = (float)src[x * 3] * (float)(1.0 / 255.0);
+        dst[x] = (v - mean) / std;
+    }
+}
+
 static int crop_resize_pil_view(crop_ctx *c, int64_t v, const dr_image_ref *im, const dr_crop *cr, const taps *tx,
-                                const taps *ty) {
+                                const taps *ty, scratch *sc) {
     const dr_crop_resize_params *p = c->p;
     const int64_t S = p->size;
     int64_t ylo, yhi;
     taps_rows(ty, S, &ylo, &yhi);
-    uint8_t *packed = (uint8_t *)malloc((size_t)((yhi - ylo) * cr->w * 3));
-    uint8_t *o8 = (uint8_t *)malloc((size_t)(S * S * 3));
-    if (!packed || !o8) {
-        free(packed);
-        free(o8);
+    uint8_t *packed = (uint8_t *)scratch_get(sc, 3, (size_t)((yhi - ylo) * cr->w * 3));
+    uint8_t *o8 = (uint8_t *)scratch_get(sc, 4, (size_t)(S * S * 3));
+    if (!packed || !o8)
         return -1;
-    }
     pack_crop(im, cr, ylo, yhi, 3, packed);
     int vf = dr_pil_vertical_first(cr->w, cr->h, S, S, p->pil_order);
-    if (pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 3, tx, ty, S, S, vf, o8) < 0) {
-        free(packed);
-        free(o8);
+    if (pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 3, tx, ty, S, S, vf, o8, sc) < 0)
         return -1;
-    }
     float lut[3][256];
     for (int ch = 0; ch < 3; ch++)
         for (int k = 0; k < 256; k++)
@@ -261,20 +279,15 @@ static int crop_resize_pil_view(crop_ctx *c, int64_t v, const dr_image_ref *im, 
     dr_tensor *out = c->out;
     if (out->dtype == DR_FLOAT32 && out->strides[3] == 1) {
         for (int ch = 0; ch < 3; ch++)
-            for (int64_t y = 0; y < S; y++) {
-                float *d = (float *)out->data + v * out->strides[0] + ch * out->strides[1] + y * out->strides[2];
-                const uint8_t *srow = o8 + y * S * 3 + ch;
-                for (int64_t x = 0; x < S; x++)
-                    d[x] = lut[ch][srow[x * 3]];
-            }
+            for (int64_t y = 0; y < S; y++)
+                normalize_row_u8(o8 + y * S * 3 + ch, S, p->mean[ch], p->std[ch],
+                                 (float *)out->data + v * out->strides[0] + ch * out->strides[1] + y * out->strides[2]);
     } else {
         for (int ch = 0; ch < 3; ch++)
             for (int64_t y = 0; y < S; y++)
                 for (int64_t x = 0; x < S; x++)
                     store_out(out, v, ch, y, x, lut[ch][o8[(y * S + x) * 3 + ch]]);
     }
-    free(packed);
-    free(o8);
     return 0;
 }
 
@@ -283,6 +296,8 @@ static void crop_resize_task(void *vctx, int64_t begin, int64_t end) {
     const dr_crop_resize_params *p = c->p;
     const int64_t S = p->size;
     const int fixed = p->kind == DR_RS_PIL;
+    scratch sc;
+    memset(&sc, 0, sizeof sc);
     for (int64_t v = begin; v < end; v++) {
         const dr_image_ref *im;
         dr_crop cr = view_crop(c, v, &im);
@@ -291,15 +306,15 @@ static void crop_resize_task(void *vctx, int64_t begin, int64_t end) {
         taps tx, ty;
         if (taps_make(&tx, &ax, fixed) < 0) {
             c->failed = 1;
-            return;
+            break;
         }
         if (taps_make(&ty, &ay, fixed) < 0) {
             taps_free(&tx);
             c->failed = 1;
-            return;
+            break;
         }
         if (fixed) {
-            if (crop_resize_pil_view(c, v, im, &cr, &tx, &ty) < 0)
+            if (crop_resize_pil_view(c, v, im, &cr, &tx, &ty, &sc) < 0)
                 c->failed = 1;
             taps_free(&tx);
             taps_free(&ty);
@@ -309,12 +324,12 @@ static void crop_resize_task(void *vctx, int64_t begin, int64_t end) {
         int64_t ylo, yhi;
         taps_rows(&ty, S, &ylo, &yhi);
         int64_t rows = yhi - ylo;
-        float *buf = (float *)malloc((size_t)(rows * S * 3) * sizeof(float));
+        float *buf = (float *)scratch_get(&sc, 5, (size_t)(rows * S * 3) * sizeof(float));
         if (!buf) {
             taps_free(&tx);
             taps_free(&ty);
             c->failed = 1;
-            return;
+            break;
         }
         for (int64_t r = ylo; r < yhi; r++) {
             const uint8_t *src = im->data + (cr.y0 + r) * im->sh + cr.x0 * im->sw;
@@ -348,10 +363,10 @@ static void crop_resize_task(void *vctx, int64_t begin, int64_t end) {
                     store_out(c->out, v, ch, y, x, dr_normalize_f(a[ch], p->mean[ch], p->std[ch]));
             }
         }
-        free(buf);
         taps_free(&tx);
         taps_free(&ty);
     }
+    scratch_free(&sc);
 }
 
 /* The CUDA kernel's body for every output element, on the CPU. */
@@ -564,7 +579,7 @@ static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, con
 /* imagehash pHash of one view: Pillow LANCZOS 32 × 32 of the luma crop (fixed point, uint8 between passes),
  * separable DCT of the low 8 × 8, median threshold. Returns 0 and sets *failed on allocation failure. */
 static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, int pil_order,
-                              int *failed) {
+                              int *failed, scratch *sc) {
     enum { R = DR_PHASH_IH_RES };
     dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr->w, R), ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr->h, R);
     taps tx, ty;
@@ -580,15 +595,14 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
     uint8_t px[R * R];
     int64_t ylo, yhi;
     taps_rows(&ty, R, &ylo, &yhi);
-    uint8_t *packed = (uint8_t *)malloc((size_t)((yhi - ylo) * cr->w));
+    uint8_t *packed = (uint8_t *)scratch_get(sc, 3, (size_t)((yhi - ylo) * cr->w));
     int rc = packed ? 0 : -1;
     if (packed) {
         for (int64_t r = ylo; r < yhi; r++)
             memcpy(packed + (r - ylo) * cr->w, plane + (cr->y0 + r) * im->w + cr->x0, (size_t)cr->w);
         rc = pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 1, &tx, &ty, R, R,
-                               dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order), px);
+                               dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order), px, sc);
     }
-    free(packed);
     taps_free(&tx);
     taps_free(&ty);
     if (rc < 0) {
@@ -612,6 +626,8 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
 
 static void phash_task(void *vctx, int64_t begin, int64_t end) {
     phash_ctx *c = (phash_ctx *)vctx;
+    scratch sc;
+    memset(&sc, 0, sizeof sc);
     for (int64_t v = begin; v < end; v++) {
         double b[4];
         load_box(c->boxes, v, b);
@@ -619,12 +635,16 @@ static void phash_task(void *vctx, int64_t begin, int64_t end) {
         dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
         const uint8_t *plane = c->planes[image_of(c->index, v)];
         /* the fold costs ~8·h·w, the row method a constant ~224·224·(8 + 4): pick the cheaper */
-        uint64_t h = c->method == DR_PHASH_DYNREFER
-                         ? (cr.w * cr.h <= 50000 ? phash_dyn_fold(im, plane, &cr, c->cos224, &c->failed)
-                                                 : phash_dyn_rows(im, plane, &cr, c->cos224))
-                                                    : phash_ih_fast(im, plane, &cr, c->pil_order, &c->failed);
+        uint64_t h;
+        if (c->method != DR_PHASH_DYNREFER)
+            h = phash_ih_fast(im, plane, &cr, c->pil_order, &c->failed, &sc);
+        else if (cr.w * cr.h <= 50000)
+            h = phash_dyn_fold(im, plane, &cr, c->cos224, &c->failed);
+        else
+            h = phash_dyn_rows(im, plane, &cr, c->cos224);
         put_hash(c->hashes, v, h);
     }
+    scratch_free(&sc);
 }
 
 /* The CUDA kernels' bodies, per view, on the CPU. */
