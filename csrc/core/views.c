@@ -12,13 +12,9 @@
 
 /* ---- shared helpers ---------------------------------------------------------------------------------- */
 
-static double load_real(const dr_tensor *t, int64_t off) {
-    return t->dtype == DR_FLOAT64 ? ((const double *)t->data)[off] : (double)((const float *)t->data)[off];
-}
-
 static void load_box(const dr_tensor *t, int64_t v, double b[4]) {
     for (int k = 0; k < 4; k++)
-        b[k] = load_real(t, v * t->strides[0] + k * t->strides[1]);
+        b[k] = dr_load_real(t->data, t->dtype, v * t->strides[0] + k * t->strides[1]);
 }
 
 static int64_t image_of(const dr_tensor *index, int64_t v) {
@@ -247,7 +243,7 @@ static void pack_crop(const dr_image_ref *im, const dr_crop *cr, int64_t ylo, in
     }
 }
 
-/* Pillow path of one view: pack, two passes, normalise through a 256-entry table per channel. */
+/* Pillow path of one view: pack, two passes, normalise. */
 /* dst[x] = normalised channel value of packed pixels src[x * 3] (the same float operations as dr_normalize_u8,
  * vectorised). */
 DR_SIMD_CLONES
@@ -272,17 +268,17 @@ static int crop_resize_pil_view(crop_ctx *c, int64_t v, const dr_image_ref *im, 
     int vf = dr_pil_vertical_first(cr->w, cr->h, S, S, p->pil_order);
     if (pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 3, tx, ty, S, S, vf, o8, sc) < 0)
         return -1;
-    float lut[3][256];
-    for (int ch = 0; ch < 3; ch++)
-        for (int k = 0; k < 256; k++)
-            lut[ch][k] = dr_normalize_u8((uint8_t)k, p->mean[ch], p->std[ch]);
     dr_tensor *out = c->out;
     if (out->dtype == DR_FLOAT32 && out->strides[3] == 1) {
         for (int ch = 0; ch < 3; ch++)
             for (int64_t y = 0; y < S; y++)
                 normalize_row_u8(o8 + y * S * 3 + ch, S, p->mean[ch], p->std[ch],
                                  (float *)out->data + v * out->strides[0] + ch * out->strides[1] + y * out->strides[2]);
-    } else {
+    } else { /* other dtypes or strides: a 256-entry table per channel, then a converting store */
+        float lut[3][256];
+        for (int ch = 0; ch < 3; ch++)
+            for (int k = 0; k < 256; k++)
+                lut[ch][k] = dr_normalize_u8((uint8_t)k, p->mean[ch], p->std[ch]);
         for (int ch = 0; ch < 3; ch++)
             for (int64_t y = 0; y < S; y++)
                 for (int64_t x = 0; x < S; x++)

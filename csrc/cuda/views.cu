@@ -13,7 +13,7 @@ struct dr_image_table {
 
 struct dr_view_io {
     const void *boxes;
-    int boxes_f64;
+    int boxes_dtype;
     int64_t bs0, bs1;
     const int64_t *index; /* NULL: all views on image 0 */
     int64_t is0;
@@ -22,7 +22,7 @@ struct dr_view_io {
 __device__ static inline void view_box(const dr_view_io &io, int64_t v, double b[4]) {
     for (int k = 0; k < 4; k++) {
         int64_t off = v * io.bs0 + k * io.bs1;
-        b[k] = io.boxes_f64 ? ((const double *)io.boxes)[off] : (double)((const float *)io.boxes)[off];
+        b[k] = dr_load_real(io.boxes, io.boxes_dtype, off);
     }
 }
 
@@ -37,7 +37,7 @@ __device__ static inline const dr_image_ref *view_image(const dr_image_table &ta
 static dr_view_io make_io(const dr_tensor *boxes, const dr_tensor *index) {
     dr_view_io io;
     io.boxes = boxes->data;
-    io.boxes_f64 = boxes->dtype == DR_FLOAT64;
+    io.boxes_dtype = boxes->dtype;
     io.bs0 = boxes->strides[0];
     io.bs1 = boxes->strides[1];
     io.index = index ? (const int64_t *)index->data : NULL;
@@ -52,7 +52,7 @@ struct dr_crop_out {
     int dtype;
     int64_t s[4];
     const void *ref;
-    int ref_f64;
+    int ref_dtype;
     int64_t rs0, rs1;
     float *ref_out;
     int64_t ros0, ros1;
@@ -87,7 +87,7 @@ __global__ void ref_box_kernel(dr_image_table tab, dr_view_io io, dr_crop_out o,
         view_box(io, v, b);
         for (int k = 0; k < 4; k++) {
             int64_t off = v * o.rs0 + k * o.rs1;
-            rb[k] = o.ref_f64 ? ((const double *)o.ref)[off] : (double)((const float *)o.ref)[off];
+            rb[k] = dr_load_real(o.ref, o.ref_dtype, off);
         }
         dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
         float r[4];
@@ -127,7 +127,7 @@ extern "C" dr_status dr_crop_resize_cuda(const dr_image_ref *images, int64_t n_i
     for (int k = 0; k < 4; k++)
         o.s[k] = out->strides[k];
     o.ref = ref_boxes ? ref_boxes->data : NULL;
-    o.ref_f64 = ref_boxes && ref_boxes->dtype == DR_FLOAT64;
+    o.ref_dtype = ref_boxes ? ref_boxes->dtype : DR_FLOAT32;
     o.rs0 = ref_boxes ? ref_boxes->strides[0] : 0;
     o.rs1 = ref_boxes ? ref_boxes->strides[1] : 0;
     o.ref_out = ref_out ? (float *)ref_out->data : NULL;

@@ -11,6 +11,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "dynrefer.h"
+
 #ifdef __CUDACC__
 #define DR_HD __host__ __device__
 #else
@@ -103,6 +105,22 @@ DR_HD static inline uint16_t dr_f32_to_bf16(float f) {
 
 DR_HD static inline int64_t dr_min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 DR_HD static inline int64_t dr_max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Read element `off` of a float tensor of any supported float dtype as double. */
+DR_HD static inline double dr_load_real(const void *p, int dtype, int64_t off) {
+    switch (dtype) {
+    case DR_FLOAT32:
+        return (double)((const float *)p)[off];
+    case DR_FLOAT64:
+        return ((const double *)p)[off];
+    case DR_FLOAT16:
+        return (double)dr_f16_to_f32(((const uint16_t *)p)[off]);
+    case DR_BFLOAT16:
+        return (double)dr_bf16_to_f32(((const uint16_t *)p)[off]);
+    default:
+        return 0.0;
+    }
+}
 
 DR_HD static inline int dr_popcount64(uint64_t x) {
 #if defined(__CUDA_ARCH__)

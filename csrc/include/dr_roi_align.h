@@ -29,22 +29,6 @@ typedef struct {
     double spatial_scale;
 } dr_roi_args;
 
-/* Read element `off` of a float tensor of any supported float dtype as double. */
-DR_HD static inline double dr_load_real(const void *p, int dtype, int64_t off) {
-    switch (dtype) {
-    case DR_FLOAT32:
-        return (double)((const float *)p)[off];
-    case DR_FLOAT64:
-        return ((const double *)p)[off];
-    case DR_FLOAT16:
-        return (double)dr_f16_to_f32(((const uint16_t *)p)[off]);
-    case DR_BFLOAT16:
-        return (double)dr_bf16_to_f32(((const uint16_t *)p)[off]);
-    default:
-        return 0.0;
-    }
-}
-
 #ifndef DR_ATOMIC_ADD
 #define DR_ATOMIC_ADD(ptr, v) (*(ptr) += (v))
 #endif

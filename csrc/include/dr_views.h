@@ -197,20 +197,13 @@ DR_HD static inline void dr_axis_span(const dr_axis *a, int64_t i, int64_t *star
     *center = src;
 }
 
-/* Unnormalised weight of source index j (absolute) for the output whose span gave `center`. PLAIN and CV weights
- * are already normalised (their sum is 1). */
+/* Weight of source index j (absolute) for the output whose span gave `center`: unnormalised for PIL / AA taps,
+ * final for PLAIN bicubic (its four clamped taps merged onto j). CV and PLAIN bilinear weights come straight from
+ * dr_axis_weight. */
 DR_HD static inline double dr_axis_raw(const dr_axis *a, int64_t j, double center) {
     if (a->kind == DR_RS_PIL || a->kind == DR_RS_AA)
         return dr_filter_eval(a->filter, ((double)j - center + 0.5) * a->inv);
-    if (a->kind == DR_RS_CV) {
-        /* center holds fx; taps are sx (1 - fx) and sx + 1 (fx): j is one of them */
-        return 0.0; /* not used: CV weights come from dr_axis_cv_weights */
-    }
-    if (a->filter == DR_FILTER_BILINEAR) {
-        /* center = lambda of the second tap; the first tap has 1 - lambda */
-        return 0.0; /* not used: see dr_axis_weight */
-    }
-    /* bicubic: raw taps i0-1..i0+2 clamped, merged onto j */
+    /* PLAIN bicubic: raw taps i0-1..i0+2 clamped, merged onto j */
     double f = floor(center);
     int64_t i0 = (int64_t)f;
     double t = center - f;
