@@ -136,21 +136,17 @@ def _train(args):
     from dynrefer.train import load_config
 
     cfg = load_config(args.config, args.overrides)
-    d = dict(cfg.datasets) if hasattr(cfg, "datasets") else dict(cfg["datasets"])
-    m = dict(cfg.model) if hasattr(cfg, "model") else dict(cfg["model"])
-    run = dict(cfg.run) if hasattr(cfg, "run") else dict(cfg["run"])
-    root = _dataset_files(d, "train")
+    m, run = dict(cfg.model), dict(cfg.run)
+    root = _dataset_files(cfg.datasets, "train")
     mcfg = _model_config(m)
     views = dict(m.get("views", {"prior": "stochastic"}))
     views.setdefault("num_views", mcfg.num_views)
     tags, classes, attributes = _vocab(root)
     texts = [r.caption for r in load_annotations(os.path.join(root, "train_caption.json")).records if r.caption]
-    out = run.get("output_dir", "output")
-    torch.set_num_threads(int(run.get("torch_threads", 1)))
-    extra = {k: v for k, v in run.items() if k != "torch_threads"}
-    model, summary = train_scheme(mcfg, root, out, views, texts, tags, classes, attributes,
-                                  int(run.get("max_epoch", 10)), int(run.get("seed", 0)),
-                                  int(run.get("batch_size_train", 16)), run_extra=extra)
+    out = run["output_dir"]
+    torch.set_num_threads(1)  # the small presets' ops are too small to split across threads
+    model, summary = train_scheme(mcfg, root, out, views, texts, tags, classes, attributes, run["max_epoch"],
+                                  run["seed"], run["batch_size_train"], run_extra=run)
     path = save_bundle(model, os.path.join(out, "model.pt"), texts, tags, classes, attributes,
                        {"num_views": views["num_views"], "size": mcfg.vision.image_size})
     print(f"trained {summary['step']} steps; model bundle → {path}")
@@ -160,28 +156,21 @@ def _train(args):
 def _eval(args):
     import torch
 
-    from dynrefer.demo import build_bundle_model, evaluate_model, load_bundle, score
+    from dynrefer.demo import build_bundle_model, evaluate_scheme, load_bundle
     from dynrefer.train import load_config
 
     cfg = load_config(args.config, args.overrides)
-    d = dict(cfg.datasets) if hasattr(cfg, "datasets") else dict(cfg["datasets"])
-    root = _dataset_files(d, args.split)
+    root = _dataset_files(cfg.datasets, args.split)
     try:
         bundle = load_bundle(args.checkpoint)
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from None
     torch.set_num_threads(1)
     model = build_bundle_model(bundle)
-    classes = bundle["classes"]
     n = bundle["views"]["num_views"]
-    ev = {"prior": args.prior, "num_views": n}
-    with torch.no_grad():
-        cap, _ = evaluate_model(model, root, args.split, ev, bundle["views"]["size"], tasks=("caption",),
-                                task_for_prior="caption")
-        ac, _ = evaluate_model(model, root, args.split, ev, bundle["views"]["size"], tasks=("category", "attribute"),
-                               task_for_prior="attribute")
-    m = score(cap, ac, root, args.split, classes)
-    print(f"{args.split} ({len(cap)} regions, {n} views, prior {args.prior}): CIDEr {m['CIDEr']:.1f} | "
+    m, regions = evaluate_scheme(model, root, args.split, {"prior": args.prior, "num_views": n},
+                                 bundle["views"]["size"])
+    print(f"{args.split} ({regions} regions, {n} views, prior {args.prior}): CIDEr {m['CIDEr']:.1f} | "
           f"attribute mAP {m['attr_mAP']:.1f} | accuracy {m['acc']:.1f}")
     return 0
 

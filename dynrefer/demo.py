@@ -140,7 +140,7 @@ def evaluate_model(model, data_dir, split, views_kwargs, size, tasks=("category"
     return preds, ann
 
 
-def score(preds_caption, preds_attr_cat, data_dir, split, classes):
+def score(preds_caption, preds_attr_cat, data_dir, split):
     """CIDEr (captions), attribute mAP (OVAD protocol) and category top-1 accuracy, ×100."""
     from dynrefer.data.readers import load_annotations
     from dynrefer.eval import evaluate
@@ -160,6 +160,20 @@ def score(preds_caption, preds_attr_cat, data_dir, split, classes):
     cat = load_annotations(os.path.join(data_dir, f"{split}_category.json"))
     hits = [preds_attr_cat[r.id]["category"] == r.category for r in cat.records]
     return {"CIDEr": cider, "attr_mAP": float(ovad["all"]), "acc": 100.0 * float(np.mean(hits))}
+
+
+def evaluate_scheme(model, data_dir, split, views_kwargs, size, seed=0):
+    """Caption CIDEr, attribute mAP and category accuracy (×100) of ``model`` on ``split`` with one view scheme: the
+    captions with the caption prior, categories and attributes with the attribute prior (for ``prior="task"``).
+    Returns (metrics, number of regions)."""
+    import torch
+
+    with torch.no_grad():
+        cap, _ = evaluate_model(model, data_dir, split, views_kwargs, size, tasks=("caption",), seed=seed,
+                                task_for_prior="caption")
+        ac, _ = evaluate_model(model, data_dir, split, views_kwargs, size, tasks=("category", "attribute"),
+                               seed=seed, task_for_prior="attribute")
+    return score(cap, ac, data_dir, split), len(cap)
 
 
 def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, attributes, epochs, seed, batch_size,
@@ -211,8 +225,6 @@ def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log)
 
 
 def _run(out, data_dir, splits, epochs, seed, log, t_start):
-    import torch
-
     from dynrefer.data.readers import load_annotations
     from dynrefer.data.synthetic import generate
     from dynrefer.model import DynReferConfig
@@ -236,12 +248,7 @@ def _run(out, data_dir, splits, epochs, seed, log, t_start):
         loss = summary.get("last_train", {}).get("loss")
         log(f"   {summary['step']} steps in {time.time() - t0:.0f} s, last loss {loss if loss is None else round(loss, 3)}")
         for prior, ev in evals:
-            with torch.no_grad():
-                cap, _ = evaluate_model(model, data_dir, "val", ev, cfg.vision.image_size, tasks=("caption",),
-                                        seed=seed, task_for_prior="caption")
-                ac, _ = evaluate_model(model, data_dir, "val", ev, cfg.vision.image_size,
-                                       tasks=("category", "attribute"), seed=seed, task_for_prior="attribute")
-            m = score(cap, ac, data_dir, "val", classes)
+            m, _ = evaluate_scheme(model, data_dir, "val", ev, cfg.vision.image_size, seed=seed)
             rows.append([name, str(n), prior, f"{m['CIDEr']:.1f}", f"{m['attr_mAP']:.1f}", f"{m['acc']:.1f}"])
             log(f"   prior {prior}: CIDEr {m['CIDEr']:.1f}  attribute mAP {m['attr_mAP']:.1f}  "
                 f"accuracy {m['acc']:.1f}")

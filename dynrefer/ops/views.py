@@ -112,12 +112,6 @@ def _index(image_index, n_images, nv, like_torch, device, op):
     return idx
 
 
-def _torch_args(*ts):
-    from dynrefer.ops._torch_util import _desc
-
-    return [None if t is None else _desc(t) for t in ts]
-
-
 def _call(fn, images, torch_in, *arrays, **kw):
     """Call a binding with images + arrays, converting torch tensors to descriptors on the right device/stream."""
     if not torch_in:
