@@ -14,18 +14,15 @@
 
 #define DR_ATTN_KERNELS(SFX)                                                                                       \
     __global__ void attn_fwd_##SFX(dr_attn_args a, int64_t rows) {                                                 \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows;                                 \
-             i += (int64_t)gridDim.x * blockDim.x)                                                                 \
+        DR_GRID_STRIDE(i, rows)                                                                                    \
             dr_attn_fwd_row_##SFX(&a, i);                                                                          \
     }                                                                                                              \
     __global__ void attn_dq_##SFX(dr_attn_args a, int64_t rows) {                                                  \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows;                                 \
-             i += (int64_t)gridDim.x * blockDim.x)                                                                 \
+        DR_GRID_STRIDE(i, rows)                                                                                    \
             dr_attn_dq_row_##SFX(&a, i);                                                                           \
     }                                                                                                              \
     __global__ void attn_dkv_##SFX(dr_attn_args a, int64_t rows) {                                                 \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows;                                 \
-             i += (int64_t)gridDim.x * blockDim.x)                                                                 \
+        DR_GRID_STRIDE(i, rows)                                                                                    \
             dr_attn_dkv_row_##SFX(&a, i);                                                                          \
     }
 

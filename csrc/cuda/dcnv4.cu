@@ -11,29 +11,24 @@
 
 #define DR_DCN_KERNELS(SFX, RT)                                                                                    \
     __global__ void dcn_fwd_##SFX(dr_dcn_args a, int64_t total) {                                                  \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;                                \
-             i += (int64_t)gridDim.x * blockDim.x)                                                                 \
+        DR_GRID_STRIDE(i, total)                                                                                   \
             dr_dcnv4_fwd_elem_##SFX(&a, i);                                                                        \
     }                                                                                                              \
     __global__ void dcn_bwd_om_##SFX(dr_dcn_args a, int64_t total) {                                               \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;                                \
-             i += (int64_t)gridDim.x * blockDim.x)                                                                 \
+        DR_GRID_STRIDE(i, total)                                                                                   \
             dr_dcnv4_bwd_om_elem_##SFX(&a, i);                                                                     \
     }                                                                                                              \
     __global__ void dcn_bwd_scatter_##SFX(dr_dcn_args a, int64_t total) {                                          \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;                                \
-             i += (int64_t)gridDim.x * blockDim.x)                                                                 \
+        DR_GRID_STRIDE(i, total)                                                                                   \
             dr_dcnv4_bwd_value_scatter_elem_##SFX(&a, i);                                                          \
     }                                                                                                              \
     __global__ void dcn_bwd_plane_##SFX(dr_dcn_args a, int64_t total) {                                            \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;                                \
-             i += (int64_t)gridDim.x * blockDim.x)                                                                 \
+        DR_GRID_STRIDE(i, total)                                                                                   \
             dr_dcnv4_bwd_value_plane_elem_##SFX(&a, i);                                                            \
     }                                                                                                              \
     __global__ void dcn_zero_##SFX(dr_dcn_args a, int64_t total) {                                                 \
         const int64_t C = a.G * a.D;                                                                               \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;                                \
-             i += (int64_t)gridDim.x * blockDim.x) {                                                               \
+        DR_GRID_STRIDE(i, total) {                                                                                 \
             const int64_t c = i % C, x = (i / C) % a.W, y = (i / (C * a.W)) % a.H, n = i / (C * a.W * a.H);        \
             ((RT *)a.out)[n * a.out_s[0] + y * a.out_s[1] + x * a.out_s[2] + c * a.out_s[3]] = 0;                  \
         }                                                                                                          \

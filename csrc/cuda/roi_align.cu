@@ -9,23 +9,19 @@
 
 #define DR_ROI_KERNELS(SFX, RT)                                                                                    \
     __global__ void roi_fwd_##SFX(dr_roi_args a, int64_t total) {                                                  \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;                                \
-             i += (int64_t)gridDim.x * blockDim.x)                                                                 \
+        DR_GRID_STRIDE(i, total)                                                                                   \
             dr_roi_align_fwd_elem_##SFX(&a, i);                                                                    \
     }                                                                                                              \
     __global__ void roi_bwd_scatter_##SFX(dr_roi_args a, int64_t total) {                                          \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;                                \
-             i += (int64_t)gridDim.x * blockDim.x)                                                                 \
+        DR_GRID_STRIDE(i, total)                                                                                   \
             dr_roi_align_bwd_scatter_elem_##SFX(&a, i);                                                            \
     }                                                                                                              \
     __global__ void roi_bwd_plane_##SFX(dr_roi_args a, int64_t total) {                                            \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;                                \
-             i += (int64_t)gridDim.x * blockDim.x)                                                                 \
+        DR_GRID_STRIDE(i, total)                                                                                   \
             dr_roi_align_bwd_plane_elem_##SFX(&a, i);                                                              \
     }                                                                                                              \
     __global__ void roi_zero_##SFX(dr_roi_args a, int64_t total) {                                                 \
-        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;                                \
-             i += (int64_t)gridDim.x * blockDim.x) {                                                               \
+        DR_GRID_STRIDE(i, total) {                                                                                 \
             int64_t n, c, y, x;                                                                                    \
             if (a.out_s[1] == 1) { /* channels-last: channel fastest, coalesced */                                \
                 c = i % a.C, x = (i / a.C) % a.W, y = (i / (a.C * a.W)) % a.H, n = i / (a.C * a.W * a.H);          \

@@ -37,6 +37,11 @@ template <typename T> __host__ __device__ inline void dr_atomic_add(T *p, T v) {
 #endif
 }
 
+/* for (int64_t i = this thread's first index; i < n; i += the grid's thread count): the grid-stride loop every
+ * per-element kernel runs its body in. */
+#define DR_GRID_STRIDE(i, n)                                                                                       \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
 /* Blocks for a grid-stride loop over n elements with `threads` per block. */
 static inline unsigned dr_blocks(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;

@@ -61,7 +61,7 @@ struct dr_crop_out {
 __global__ void crop_resize_kernel(dr_image_table tab, dr_view_io io, dr_crop_out o, dr_crop_resize_params p,
                                    int64_t total) {
     const int64_t S = p.size;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    DR_GRID_STRIDE(i, total) {
         int64_t x = i % S, y = (i / S) % S, c = (i / (S * S)) % 3, v = i / (S * S * 3);
         const dr_image_ref *im = view_image(tab, io, v);
         if (!im)
@@ -79,7 +79,7 @@ __global__ void crop_resize_kernel(dr_image_table tab, dr_view_io io, dr_crop_ou
 }
 
 __global__ void ref_box_kernel(dr_image_table tab, dr_view_io io, dr_crop_out o, dr_crop_resize_params p, int64_t nv) {
-    for (int64_t v = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; v < nv; v += (int64_t)gridDim.x * blockDim.x) {
+    DR_GRID_STRIDE(v, nv) {
         const dr_image_ref *im = view_image(tab, io, v);
         if (!im)
             continue;
@@ -200,7 +200,7 @@ extern "C" dr_status dr_phash_cuda(const dr_image_ref *images, int64_t n_images,
 
 __global__ void select_kernel(const uint64_t *h, int64_t hs0, int64_t hs1, const double *t, int64_t nc,
                               int64_t *out, int64_t os0, int64_t os1, int64_t ns, int64_t nr) {
-    for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < nr; r += (int64_t)gridDim.x * blockDim.x) {
+    DR_GRID_STRIDE(r, nr) {
         const uint64_t *row = h + r * hs0;
         dr_select_region(row[0], row + hs1, hs1, t, nc, ns, out + r * os0, os1);
     }
