@@ -83,9 +83,12 @@ def _bits(h):
     return np.array([(int(h) >> (63 - k)) & 1 for k in range(64)], np.int64)
 
 
+def _photo_paths(shared_data):
+    return sorted(glob.glob(os.path.join(shared_data, "images", "COCO_*.jpg")))
+
+
 def _photos(shared_data, n=None):
-    files = sorted(glob.glob(os.path.join(shared_data, "images", "COCO_*.jpg")))
-    return [np.asarray(Image.open(f).convert("RGB")) for f in files[:n]]
+    return [np.asarray(Image.open(f).convert("RGB")) for f in _photo_paths(shared_data)[:n]]
 
 
 def _random_boxes(rng, n, w, h):
@@ -203,6 +206,69 @@ def test_phash_imagehash_random(rng):
         got = phash_hex(phash(im, b, method="imagehash", pil_order=order))
         for k, (x1, y1, x2, y2) in enumerate(b.astype(np.int64)):
             assert got[k] == str(imagehash.phash(Image.fromarray(im[y1:y2, x1:x2]))), (k, b[k], (h, w))
+
+
+def _pil_thumbnails(im, b):
+    return np.stack([np.asarray(Image.fromarray(im[y1:y2, x1:x2]).convert("L").resize((32, 32), Image.Resampling.LANCZOS))
+                     for x1, y1, x2, y2 in b.astype(np.int64)])
+
+
+def _thumbnail_boxes(rng, w, h, n):
+    """Random boxes plus tall, wide, thin, 1-pixel, full-image and edge-touching ones (both pass orders)."""
+    fixed = [[0, 0, w, h], [0, 0, max(1, w // 9), h], [0, 0, w, max(1, h // 9)], [w - 1, h - 1, w, h],
+             [0, h // 3, w, h // 3 + 1], [w // 2, 0, w // 2 + 1, h], [w - 33, h - 40, w, h]]
+    fixed = [[max(0, x1), max(0, y1), x2, y2] for x1, y1, x2, y2 in fixed]
+    return np.concatenate([np.array(fixed, np.float32), _random_boxes(rng, n, w, h)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("impl", ["fast", "elementwise"])
+def test_phash_imagehash_thumbnails_equal_pillow(shared_data, rng, impl):
+    """The 32 x 32 luma views (the whole integer pipeline, not only the hash bits) equal Pillow's, pixel for pixel."""
+    order = _pillow_order()
+    ims = list(_photos(shared_data, 2)) + [rng.integers(0, 256, (int(rng.integers(40, 300)), int(rng.integers(40, 300)), 3),
+                                                       np.uint8) for _ in range(3)]
+    for im in ims:
+        h, w = im.shape[:2]
+        b = _thumbnail_boxes(rng, w, h, 12 if impl == "fast" else 3)
+        hashes, th = phash(im, b, method="imagehash", pil_order=order, thumbnails=True, impl=impl)
+        np.testing.assert_array_equal(th, _pil_thumbnails(im, b))
+        np.testing.assert_array_equal(hashes, phash(im, b, method="imagehash", pil_order=order, impl=impl))
+
+
+def test_phash_imagehash_thumbnails_uncached_lengths(rng):
+    # crops longer than the tap cache (4096) take per-call taps; a 1-pixel-high strip keeps the test small
+    im = rng.integers(0, 256, (3, 5000, 3), np.uint8)
+    b = np.array([[0, 0, 5000, 3], [7, 1, 4999, 2], [0, 0, 4100, 1]], np.float32)
+    _, th = phash(im, b, method="imagehash", pil_order=_pillow_order(), thumbnails=True)
+    np.testing.assert_array_equal(th, _pil_thumbnails(im, b))
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2"])
+def test_phash_imagehash_simd_levels(shared_data, isa, tmp_path):
+    """The portable and AVX2 dot-product kernels (chosen per CPU) give the same thumbnails as the widest one."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, sys; from PIL import Image; from dynrefer.ops import phash\n"
+        "im = np.asarray(Image.open(sys.argv[1]).convert('RGB')); h, w = im.shape[:2]\n"
+        "g = np.random.default_rng(5); xy = g.uniform(0, 0.7, (40, 2)) * [w, h]\n"
+        "b = np.concatenate([xy, xy + g.uniform(0.02, 0.3, (40, 2)) * [w, h]], 1).astype(np.float32)\n"
+        "np.save(sys.argv[2], phash(im, b, method='imagehash', thumbnails=True)[1])\n")
+    photo = _photo_paths(shared_data)[0]
+    outs = {}
+    for cap in (isa, "native"):
+        env = dict(os.environ, DYNREFER_CPU_ISA=cap)
+        f = tmp_path / f"{cap}.npy"
+        subprocess.run([sys.executable, "-c", script, photo, str(f)], check=True, env=env)
+        outs[cap] = np.load(f)
+    np.testing.assert_array_equal(outs[isa], outs["native"])
+
+
+def test_phash_thumbnails_errors():
+    im = np.zeros((40, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match="imagehash"):
+        phash(im, [[0, 0, 10, 10]], method="dynrefer", thumbnails=True)
 
 
 def test_phash_dynrefer_equals_official_function(shared_data, rng):

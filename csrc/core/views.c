@@ -154,6 +154,172 @@ static void scratch_free(scratch *s) {
     memset(s, 0, sizeof *s);
 }
 
+/* ---- Pillow fixed-point dot products along rows -------------------------------------------------------
+ * The LANCZOS pass of imagehash's 32 × 32 resize reads ~6 source pixels per pixel: the cost of the whole hash. It
+ * runs here as dot products along contiguous luma rows (no transposes): each fixed-point weight k (|k| < 2^22) is
+ * split into k = 2048·hi + lo with hi, lo int16 (0 <= lo < 2048), so Σ p·k = 2048·Σ p·hi + Σ p·lo exactly in
+ * int32 (the same sum Pillow forms), and Σ p·hi, Σ p·lo are int16 × int16 pair sums the CPU does 16 or 32 at a time
+ * (AVX2 vpmaddwd, AVX-512 VNNI vpdpwssd). Weights are zero-padded to a multiple of DOT_PAD taps, so a row is read
+ * up to DOT_PAD − 1 bytes past its last tap (callers over-allocate). */
+
+#define DOT_PAD 32
+
+typedef struct {
+    taps t;               /* start, n and the int32 weights */
+    int64_t kpad;         /* padded taps per output in hi / lo */
+    int16_t *hi, *lo;     /* [out][kpad] */
+} dot_taps;
+
+static void dot_taps_free(dot_taps *d) {
+    if (!d)
+        return;
+    taps_free(&d->t);
+    free(d->hi);
+    free(d);
+}
+
+static dot_taps *dot_taps_make(const dr_axis *a) {
+    dot_taps *d = (dot_taps *)calloc(1, sizeof *d);
+    if (!d)
+        return NULL;
+    if (taps_make(&d->t, a, 1) < 0) {
+        free(d);
+        return NULL;
+    }
+    int64_t m = a->out_size;
+    d->kpad = (d->t.kmax + DOT_PAD - 1) / DOT_PAD * DOT_PAD;
+    d->hi = (int16_t *)calloc((size_t)(2 * m * d->kpad), sizeof(int16_t));
+    if (!d->hi) {
+        taps_free(&d->t);
+        free(d);
+        return NULL;
+    }
+    d->lo = d->hi + m * d->kpad;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < d->t.n[i]; j++) {
+            int32_t k = d->t.wi[i * d->t.kmax + j];
+            int32_t lo = k & 2047;
+            d->hi[i * d->kpad + j] = (int16_t)((k - lo) / 2048);
+            d->lo[i * d->kpad + j] = (int16_t)lo;
+        }
+    return d;
+}
+
+/* Process-wide cache of the LANCZOS → 32 taps by source length (they depend on nothing else): a dataset's crops
+ * repeat lengths, and the weights cost two sin() per tap. Entries are immutable once published; the cache stops
+ * growing at DOT_CACHE_BYTES. */
+#define DOT_CACHE_LEN 4096
+#define DOT_CACHE_BYTES ((size_t)64 << 20)
+static dot_taps *dot_cache[DOT_CACHE_LEN];
+static size_t dot_cache_bytes;
+
+/* LANCZOS taps for n source samples → 32; *owned = 1 when the caller must free them (not cached). */
+static dot_taps *ih_taps(int64_t n, int *owned) {
+    *owned = 0;
+    if (n < DOT_CACHE_LEN) {
+        dot_taps *d = __atomic_load_n(&dot_cache[n], __ATOMIC_ACQUIRE);
+        if (d)
+            return d;
+    }
+    dr_axis a = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, n, DR_PHASH_IH_RES);
+    dot_taps *d = dot_taps_make(&a);
+    if (!d || n >= DOT_CACHE_LEN) {
+        *owned = d != NULL;
+        return d;
+    }
+    size_t bytes = (size_t)(DR_PHASH_IH_RES * (d->t.kmax * 4 + d->kpad * 4 + 16));
+    if (__atomic_add_fetch(&dot_cache_bytes, bytes, __ATOMIC_RELAXED) > DOT_CACHE_BYTES) {
+        *owned = 1;
+        return d;
+    }
+    dot_taps *expected = NULL;
+    if (!__atomic_compare_exchange_n(&dot_cache[n], &expected, d, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        dot_taps_free(d); /* another thread published the same taps first */
+        return expected;
+    }
+    return d;
+}
+
+static void dot_rows_default(const uint8_t *src, int64_t stride, int64_t rows, const dot_taps *d, int64_t m,
+                             uint8_t *dst) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t x = 0; x < m; x++) {
+            const uint8_t *p = src + r * stride + d->t.start[x];
+            const int32_t *k = d->t.wi + x * d->t.kmax;
+            int32_t ss = 1 << (DR_PIL_PRECISION_BITS - 1);
+            for (int64_t j = 0; j < d->t.n[x]; j++)
+                ss += (int32_t)p[j] * k[j];
+            dst[r * m + x] = dr_pil_clip8(ss);
+        }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define DOT_X86 1
+
+__attribute__((target("avx2"))) static void dot_rows_avx2(const uint8_t *src, int64_t stride, int64_t rows,
+                                                          const dot_taps *d, int64_t m, uint8_t *dst) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t x = 0; x < m; x++) {
+            const uint8_t *p = src + r * stride + d->t.start[x];
+            const int16_t *hi = d->hi + x * d->kpad, *lo = d->lo + x * d->kpad;
+            int64_t n = (d->t.n[x] + 15) & ~(int64_t)15;
+            __m256i ah = _mm256_setzero_si256(), al = _mm256_setzero_si256();
+            for (int64_t j = 0; j < n; j += 16) {
+                __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + j)));
+                ah = _mm256_add_epi32(ah, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(hi + j))));
+                al = _mm256_add_epi32(al, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(lo + j))));
+            }
+            __m256i s = _mm256_add_epi32(_mm256_slli_epi32(ah, 11), al);
+            __m128i q = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4e));
+            q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0xb1));
+            dst[r * m + x] = dr_pil_clip8(_mm_cvtsi128_si32(q) + (1 << (DR_PIL_PRECISION_BITS - 1)));
+        }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void dot_rows_vnni(const uint8_t *src, int64_t stride,
+                                                                                 int64_t rows, const dot_taps *d,
+                                                                                 int64_t m, uint8_t *dst) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t x = 0; x < m; x++) {
+            const uint8_t *p = src + r * stride + d->t.start[x];
+            const int16_t *hi = d->hi + x * d->kpad, *lo = d->lo + x * d->kpad;
+            int64_t n = d->t.n[x];
+            __m512i ah = _mm512_setzero_si512(), al = _mm512_setzero_si512();
+            for (int64_t j = 0; j < n; j += 32) {
+                __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + j)));
+                ah = _mm512_dpwssd_epi32(ah, v, _mm512_loadu_si512(hi + j));
+                al = _mm512_dpwssd_epi32(al, v, _mm512_loadu_si512(lo + j));
+            }
+            __m512i s = _mm512_add_epi32(_mm512_slli_epi32(ah, 11), al);
+            dst[r * m + x] = dr_pil_clip8(_mm512_reduce_add_epi32(s) + (1 << (DR_PIL_PRECISION_BITS - 1)));
+        }
+}
+#endif
+
+/* dst[r][x] = Pillow's 8-bit result of taps x over row r of src (rows × m outputs). */
+static void dot_rows(const uint8_t *src, int64_t stride, int64_t rows, const dot_taps *d, int64_t m, uint8_t *dst) {
+#ifdef DOT_X86
+    static int isa = -1; /* 2: AVX-512 VNNI, 1: AVX2, 0: portable; DYNREFER_CPU_ISA=avx2|default caps it (tests) */
+    int i = __atomic_load_n(&isa, __ATOMIC_RELAXED);
+    if (i < 0) {
+        const char *cap = getenv("DYNREFER_CPU_ISA");
+        int top = cap && !strcmp(cap, "default") ? 0 : (cap && !strcmp(cap, "avx2") ? 1 : 2);
+        i = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") ? 2
+            : __builtin_cpu_supports("avx2")                                            ? 1
+                                                                                        : 0;
+        i = i < top ? i : top;
+        __atomic_store_n(&isa, i, __ATOMIC_RELAXED);
+    }
+    if (i == 2)
+        return dot_rows_vnni(src, stride, rows, d, m, dst);
+    if (i == 1)
+        return dot_rows_avx2(src, stride, rows, d, m, dst);
+#endif
+    dot_rows_default(src, stride, rows, d, m, dst);
+}
+
 /* Resize `packed` (rows [ylo, ylo + rows) of a crop, each `w` pixels of C channels, contiguous) to oh × ow × C with
  * the taps tx (columns) and ty (rows, in crop coordinates), in Pillow's order. Returns -1 on allocation failure. */
 static int pil_resize_packed(const uint8_t *packed, int64_t ylo, int64_t rows, int64_t w, int C, const taps *tx,
@@ -413,14 +579,19 @@ dr_status dr_crop_resize_cpu(const dr_image_ref *images, int64_t n_images, const
 typedef struct {
     const dr_image_ref *images;
     const dr_tensor *boxes, *index;
-    dr_tensor *hashes;
+    dr_tensor *hashes, *thumbs;
     int method, pil_order;
     const double *cos224; /* [8][224] */
+    const double *dct_tab; /* dr_dct_tab_fill */
     uint8_t **planes;     /* per image: its luma (the method's formula), h × w contiguous */
     int failed;
 } phash_ctx;
 
 static void put_hash(dr_tensor *h, int64_t v, uint64_t value) { ((uint64_t *)h->data)[v * h->strides[0]] = value; }
+
+static uint8_t *thumb_of(const phash_ctx *c, int64_t v) {
+    return c->thumbs ? (uint8_t *)c->thumbs->data + v * DR_PHASH_IH_RES * DR_PHASH_IH_RES : NULL;
+}
 
 /* acc[u][x] += cy[u] · row[x] for the 8 low vertical frequencies (float32, vectorised). */
 DR_SIMD_CLONES
@@ -572,51 +743,65 @@ static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, con
     return dr_phash_bits(coef, DR_PHASH_DYNREFER);
 }
 
-/* imagehash pHash of one view: Pillow LANCZOS 32 × 32 of the luma crop (fixed point, uint8 between passes),
- * separable DCT of the low 8 × 8, median threshold. Returns 0 and sets *failed on allocation failure. */
+/* imagehash pHash of one view: Pillow LANCZOS 32 × 32 of the luma crop (fixed point, uint8 between passes; the
+ * source-sized pass as row dot products, the 32-wide one as row combinations), separable DCT of the low 8 × 8,
+ * median threshold. Returns 0 and sets *failed on allocation failure. */
 static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, int pil_order,
-                              int *failed, scratch *sc) {
+                              const double *tab, uint8_t *thumb, int *failed, scratch *sc) {
     enum { R = DR_PHASH_IH_RES };
-    dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr->w, R), ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr->h, R);
-    taps tx, ty;
-    if (taps_make(&tx, &ax, 1) < 0) {
-        *failed = 1;
-        return 0;
-    }
-    if (taps_make(&ty, &ay, 1) < 0) {
-        taps_free(&tx);
-        *failed = 1;
-        return 0;
-    }
+    int own_x, own_y;
+    dot_taps *dx = ih_taps(cr->w, &own_x), *dy = ih_taps(cr->h, &own_y);
     uint8_t px[R * R];
-    int64_t ylo, yhi;
-    taps_rows(&ty, R, &ylo, &yhi);
-    uint8_t *packed = (uint8_t *)scratch_get(sc, 3, (size_t)((yhi - ylo) * cr->w));
-    int rc = packed ? 0 : -1;
-    if (packed) {
-        for (int64_t r = ylo; r < yhi; r++)
-            memcpy(packed + (r - ylo) * cr->w, plane + (cr->y0 + r) * im->w + cr->x0, (size_t)cr->w);
-        rc = pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 1, &tx, &ty, R, R,
-                               dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order), px, sc);
+    const uint8_t *src = plane + cr->y0 * im->w + cr->x0;
+    int rc = -1;
+    if (dx && dy) {
+        const taps *ty = &dy->t;
+        if (!dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order)) { /* rows → [rows][32], then 32 row combinations */
+            int64_t ylo, yhi;
+            taps_rows(ty, R, &ylo, &yhi);
+            uint8_t *t1 = (uint8_t *)scratch_get(sc, 0, (size_t)((yhi - ylo) * R));
+            int32_t *acc = (int32_t *)scratch_get(sc, 2, R * sizeof(int32_t));
+            if (t1 && acc) {
+                dot_rows(src + ylo * im->w, im->w, yhi - ylo, dx, R, t1);
+                for (int64_t y = 0; y < R; y++)
+                    combine_rows_u8(t1, R, ty->start[y] - ylo, ty->n[y], ty->wi + y * ty->kmax, R, acc, px + y * R);
+                rc = 0;
+            }
+        } else { /* 32 row combinations over the crop → [32][w], then row dot products */
+            uint8_t *t1 = (uint8_t *)scratch_get(sc, 0, (size_t)(R * cr->w + DOT_PAD));
+            int32_t *acc = (int32_t *)scratch_get(sc, 2, (size_t)cr->w * sizeof(int32_t));
+            if (t1 && acc) {
+                memset(t1 + R * cr->w, 0, DOT_PAD);
+                for (int64_t y = 0; y < R; y++)
+                    combine_rows_u8(src, im->w, ty->start[y], ty->n[y], ty->wi + y * ty->kmax, cr->w, acc,
+                                    t1 + y * cr->w);
+                dot_rows(t1, cr->w, R, dx, R, px);
+                rc = 0;
+            }
+        }
     }
-    taps_free(&tx);
-    taps_free(&ty);
+    if (own_x)
+        dot_taps_free(dx);
+    if (own_y)
+        dot_taps_free(dy);
     if (rc < 0) {
         *failed = 1;
         return 0;
     }
+    if (thumb)
+        memcpy(thumb, px, sizeof px);
     /* DCT-II along axis 0 for u < 8, then along axis 1 for v < 8 (scipy's unnormalised 2·Σ per axis) */
     double t[8][R], col[R];
     for (int64_t j = 0; j < R; j++) {
         for (int64_t i = 0; i < R; i++)
             col[i] = (double)px[i * R + j];
         for (int u = 0; u < 8; u++)
-            t[u][j] = dr_dct32(col, u);
+            t[u][j] = dr_dct32(col, u, tab);
     }
     double coef[64];
     for (int u = 0; u < 8; u++)
         for (int v = 0; v < 8; v++)
-            coef[u * 8 + v] = dr_dct32(t[u], v);
+            coef[u * 8 + v] = dr_dct32(t[u], v, tab);
     return dr_phash_bits(coef, DR_PHASH_IMAGEHASH);
 }
 
@@ -633,7 +818,7 @@ static void phash_task(void *vctx, int64_t begin, int64_t end) {
         /* the fold costs ~8·h·w, the row method a constant ~224·224·(8 + 4): pick the cheaper */
         uint64_t h;
         if (c->method != DR_PHASH_DYNREFER)
-            h = phash_ih_fast(im, plane, &cr, c->pil_order, &c->failed, &sc);
+            h = phash_ih_fast(im, plane, &cr, c->pil_order, c->dct_tab, thumb_of(c, v), &c->failed, &sc);
         else if (cr.w * cr.h <= 50000)
             h = phash_dyn_fold(im, plane, &cr, c->cos224, &c->failed);
         else
@@ -672,6 +857,8 @@ static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
                     px[y * DR_PHASH_IH_RES + x] = dr_pil_resize_px(
                         im, &cr, &ax, &ay, y, x, 0, 1,
                         dr_pil_vertical_first(cr.w, cr.h, DR_PHASH_IH_RES, DR_PHASH_IH_RES, c->pil_order));
+            if (thumb_of(c, v))
+                memcpy(thumb_of(c, v), px, sizeof px);
             for (int k = 0; k < 64; k++)
                 coef[k] = dr_imagehash_coef(px, k / 8, k % 8);
         }
@@ -706,7 +893,8 @@ static void luma_task(void *vctx, int64_t begin, int64_t end) {
 }
 
 dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
-                       const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, int elementwise) {
+                       const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, int elementwise,
+                       dr_tensor *thumbs) {
     int64_t nv = boxes->shape[0];
     dr_status st = check_index(image_index, nv, n_images, "phash");
     if (st != DR_OK)
@@ -715,15 +903,16 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
         if (images[i].h < 1 || images[i].w < 1)
             return dr_set_error(DR_EINVAL, "phash: image %lld is empty (%lld x %lld)", (long long)i,
                                 (long long)images[i].h, (long long)images[i].w);
-    static double cos224[8 * DR_PHASH_DYN_RES];
+    static double cos224[8 * DR_PHASH_DYN_RES], dct_tab[DR_DCT_TAB_SIZE];
     static int ready = 0; /* the tables are pure functions: racing initialisers write the same values */
     if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
         for (int u = 0; u < 8; u++)
             for (int64_t i = 0; i < DR_PHASH_DYN_RES; i++)
                 cos224[u * DR_PHASH_DYN_RES + i] = dr_dct_cos(u, i, DR_PHASH_DYN_RES);
+        dr_dct_tab_fill(dct_tab);
         __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
     }
-    phash_ctx c = {images, boxes, image_index, hashes, method, pil_order, cos224, NULL, 0};
+    phash_ctx c = {images, boxes, image_index, hashes, thumbs, method, pil_order, cos224, dct_tab, NULL, 0};
     if (elementwise) {
         dr_parallel_for(nv, 1, phash_elem_task, &c);
     } else if (nv > 0) {
@@ -732,8 +921,10 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
         int64_t *row0 = (int64_t *)malloc((size_t)(n_images + 1) * sizeof(int64_t));
         int ok = planes && row0;
         for (int64_t i = 0; ok && i < n_images; i++) {
-            planes[i] = (uint8_t *)malloc((size_t)(images[i].h * images[i].w));
+            planes[i] = (uint8_t *)malloc((size_t)(images[i].h * images[i].w + DOT_PAD)); /* dot_rows reads past */
             ok = planes[i] != NULL;
+            if (ok)
+                memset(planes[i] + images[i].h * images[i].w, 0, DOT_PAD);
         }
         if (ok) {
             row0[0] = 0;

@@ -454,7 +454,22 @@ DR_HD static inline double dr_phash_dyn_coef(const double *cols /* [224][8] */, 
  * half-length transform of the folded sums x_i + x_{n−1−i} at k/2, an odd k a sum over the folded differences
  * x_i − x_{n−1−i}. Like the FFT-based reference, this gives exactly 0 whenever the input's symmetry makes the
  * coefficient vanish (a constant column, a mirror-symmetric one), so flat or symmetric crops hash bit for bit. */
-DR_HD static inline double dr_dct_fold(const double *x, int64_t n, int k) {
+/* Table of the cosines dr_dct_fold uses (odd k < n, i < n/2, n = 32 … 2), so a caller hashing many views computes
+ * them once: tab[dr_dct_tab_off(n) + (k / 2) · (n / 2) + i] = dr_dct_cos(k, i, n). */
+#define DR_DCT_TAB_SIZE 341
+DR_HD static inline int64_t dr_dct_tab_off(int64_t n) {
+    return n == 32 ? 0 : (n == 16 ? 256 : (n == 8 ? 320 : (n == 4 ? 336 : 340)));
+}
+
+DR_HD static inline void dr_dct_tab_fill(double *tab) {
+    for (int64_t n = 32; n > 1; n /= 2)
+        for (int64_t k = 1; k < n; k += 2)
+            for (int64_t i = 0; i < n / 2; i++)
+                tab[dr_dct_tab_off(n) + (k / 2) * (n / 2) + i] = dr_dct_cos(k, i, n);
+}
+
+/* `tab`: NULL, or the table of dr_dct_tab_fill (same values, no cos calls). */
+DR_HD static inline double dr_dct_fold(const double *x, int64_t n, int k, const double *tab) {
     double p[32];
     for (int64_t i = 0; i < n; i++)
         p[i] = x[i];
@@ -472,12 +487,12 @@ DR_HD static inline double dr_dct_fold(const double *x, int64_t n, int k) {
     }
     double acc = 0.0;
     for (int64_t i = 0; i < n / 2; i++)
-        acc += (p[i] - p[n - 1 - i]) * dr_dct_cos(k, i, n);
+        acc += (p[i] - p[n - 1 - i]) * (tab ? tab[dr_dct_tab_off(n) + (k / 2) * (n / 2) + i] : dr_dct_cos(k, i, n));
     return acc;
 }
 
 /* scipy.fftpack's unnormalised DCT-II of 32 values, coefficient k: 2·Σ x_i cos(πk(2i+1)/64). */
-DR_HD static inline double dr_dct32(const double *x, int k) { return 2.0 * dr_dct_fold(x, 32, k); }
+DR_HD static inline double dr_dct32(const double *x, int k, const double *tab) { return 2.0 * dr_dct_fold(x, 32, k, tab); }
 
 /* imagehash: coefficient (u, v) of the 2-D DCT-II (axis 0, then axis 1) of the 32 × 32 uint8 image px. */
 DR_HD static inline double dr_imagehash_coef(const uint8_t *px /* [32][32] */, int u, int v) {
@@ -485,9 +500,9 @@ DR_HD static inline double dr_imagehash_coef(const uint8_t *px /* [32][32] */, i
     for (int64_t j = 0; j < 32; j++) {
         for (int64_t i = 0; i < 32; i++)
             col[i] = (double)px[i * 32 + j];
-        t[j] = dr_dct32(col, u);
+        t[j] = dr_dct32(col, u, NULL);
     }
-    return dr_dct32(t, v);
+    return dr_dct32(t, v, NULL);
 }
 
 /* 64 coefficients (row-major u, v) → hash, first coefficient in the most significant bit.
@@ -558,9 +573,10 @@ dr_status dr_crop_resize_cuda(const dr_image_ref *images, int64_t n_images, cons
                               const dr_tensor *image_index, const dr_tensor *ref_boxes, dr_tensor *out,
                               dr_tensor *ref_out, const dr_crop_resize_params *p, void *stream);
 
-/* hashes [V] uint64. */
+/* hashes [V] uint64; thumbs: NULL, or (imagehash only) uint8 [V, 32, 32] contiguous for the resized luma views. */
 dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
-                       const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, int elementwise);
+                       const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, int elementwise,
+                       dr_tensor *thumbs);
 dr_status dr_phash_cuda(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
                         const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, void *stream);
 

@@ -205,17 +205,23 @@ def crop_resize(images, boxes, size=224, *, image_index=None, ref_boxes=None, mo
     return out if rb is None else (out, ref_out)
 
 
-def phash(images, boxes, *, method="dynrefer", image_index=None, pil_order="adaptive", impl="fast"):
+def phash(images, boxes, *, method="dynrefer", image_index=None, pil_order="adaptive", impl="fast",
+          thumbnails=False):
     """64-bit perceptual hashes of many boxes of one or more images, as ``uint64`` (first coefficient = MSB).
 
     ``method="dynrefer"``: the official view-selection hash (OpenCV gray, INTER_LINEAR resize to 224, orthonormal
     DCT, low 8 x 8 block against its mean). ``method="imagehash"``: bit-exact with ``imagehash.phash(crop,
     hash_size=8)`` (its Pillow LANCZOS resize with ``pil_order`` as in ``crop_resize``); ``phash_hex`` gives its
     string. Boxes follow the module's crop rule (clip, truncate).
+
+    ``thumbnails=True`` (``method="imagehash"``, CPU) returns ``(hashes, thumbnails)``: the ``[V, 32, 32]`` uint8
+    luma views the hashes are taken from, equal to ``crop.convert("L").resize((32, 32), Image.LANCZOS)``.
     """
     op = "phash"
     if method not in _METHOD:
         raise ValueError(f"{op}: method must be 'dynrefer' or 'imagehash', got {method!r}")
+    if thumbnails and method != "imagehash":
+        raise ValueError(f"{op}: thumbnails=True needs method='imagehash'")
     imgs, torch_in = _image_list(images, op)
     device = imgs[0].device if torch_in else None
     b = _boxes(boxes, torch_in, device, op)
@@ -228,9 +234,17 @@ def phash(images, boxes, *, method="dynrefer", image_index=None, pil_order="adap
         out = np.empty((b.shape[0],), dtype=np.uint64)
     from dynrefer import _C
 
+    kw = {}
+    if thumbnails:
+        if torch_in:
+            import torch
+
+            kw["thumbnails"] = torch.empty((b.shape[0], 32, 32), dtype=torch.uint8, device=device)
+        else:
+            kw["thumbnails"] = np.empty((b.shape[0], 32, 32), dtype=np.uint8)
     _call(_C.phash, imgs, torch_in, b, out, _METHOD[method], image_index=idx, pil_order=_pil_order(pil_order, op),
-          impl=impl)
-    return out
+          impl=impl, **kw)
+    return (out, kw["thumbnails"]) if thumbnails else out
 
 
 def phash_hex(hashes):
