@@ -257,43 +257,80 @@ static void dot_rows_default(const uint8_t *src, int64_t stride, int64_t rows, c
 #include <immintrin.h>
 #define DOT_X86 1
 
+/* Sums of 8 (AVX2) or 16 (AVX-512) accumulators in one vector, in order: a transpose-and-add tree (the pairs'
+ * unpacks keep each 128-bit block's outputs adjacent, the cross-block shuffles then finish them in order). */
+__attribute__((target("avx2"))) static inline __m256i dot_sum8(const __m256i *a) {
+    __m256i c[4], d[2];
+    for (int i = 0; i < 4; i++)
+        c[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(a[2 * i], a[2 * i + 1]), _mm256_unpackhi_epi32(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        d[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(c[2 * i], c[2 * i + 1]), _mm256_unpackhi_epi64(c[2 * i], c[2 * i + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(d[0], d[1], 0x20), _mm256_permute2x128_si256(d[0], d[1], 0x31));
+}
+
 __attribute__((target("avx2"))) static void dot_rows_avx2(const uint8_t *src, int64_t stride, int64_t rows,
                                                           const dot_taps *d, int64_t m, uint8_t *dst) {
+    const __m256i half = _mm256_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1));
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t x = 0; x < m; x++) {
-            const uint8_t *p = src + r * stride + d->t.start[x];
-            const int16_t *hi = d->hi + x * d->kpad, *lo = d->lo + x * d->kpad;
-            int64_t n = (d->t.n[x] + 15) & ~(int64_t)15;
-            __m256i ah = _mm256_setzero_si256(), al = _mm256_setzero_si256();
-            for (int64_t j = 0; j < n; j += 16) {
-                __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + j)));
-                ah = _mm256_add_epi32(ah, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(hi + j))));
-                al = _mm256_add_epi32(al, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(lo + j))));
+        for (int64_t x0 = 0; x0 < m; x0 += 8) {
+            __m256i acc[8];
+            for (int q = 0; q < 8; q++) {
+                int64_t x = x0 + q;
+                const uint8_t *p = src + r * stride + d->t.start[x];
+                const int16_t *hi = d->hi + x * d->kpad, *lo = d->lo + x * d->kpad;
+                int64_t n = d->t.n[x];
+                __m256i ah = _mm256_setzero_si256(), al = _mm256_setzero_si256();
+                for (int64_t j = 0; j < n; j += 16) {
+                    __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + j)));
+                    ah = _mm256_add_epi32(ah, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(hi + j))));
+                    al = _mm256_add_epi32(al, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(lo + j))));
+                }
+                acc[q] = _mm256_add_epi32(_mm256_slli_epi32(ah, 11), al);
             }
-            __m256i s = _mm256_add_epi32(_mm256_slli_epi32(ah, 11), al);
-            __m128i q = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-            q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4e));
-            q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0xb1));
-            dst[r * m + x] = dr_pil_clip8(_mm_cvtsi128_si32(q) + (1 << (DR_PIL_PRECISION_BITS - 1)));
+            __m256i v = _mm256_srai_epi32(_mm256_add_epi32(dot_sum8(acc), half), DR_PIL_PRECISION_BITS);
+            v = _mm256_min_epi32(_mm256_max_epi32(v, _mm256_setzero_si256()), _mm256_set1_epi32(255));
+            int32_t o[8];
+            _mm256_storeu_si256((__m256i *)o, v);
+            for (int q = 0; q < 8; q++)
+                dst[r * m + x0 + q] = (uint8_t)o[q];
         }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static inline __m512i dot_sum16(const __m512i *a) {
+    __m512i c[8], d[4], e[2];
+    for (int i = 0; i < 8; i++)
+        c[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_epi32(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        d[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(c[2 * i], c[2 * i + 1]), _mm512_unpackhi_epi64(c[2 * i], c[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        e[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(d[2 * i], d[2 * i + 1], 0x88),
+                                _mm512_shuffle_i32x4(d[2 * i], d[2 * i + 1], 0xdd));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(e[0], e[1], 0x88), _mm512_shuffle_i32x4(e[0], e[1], 0xdd));
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void dot_rows_vnni(const uint8_t *src, int64_t stride,
                                                                                  int64_t rows, const dot_taps *d,
                                                                                  int64_t m, uint8_t *dst) {
+    const __m512i half = _mm512_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1));
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t x = 0; x < m; x++) {
-            const uint8_t *p = src + r * stride + d->t.start[x];
-            const int16_t *hi = d->hi + x * d->kpad, *lo = d->lo + x * d->kpad;
-            int64_t n = d->t.n[x];
-            __m512i ah = _mm512_setzero_si512(), al = _mm512_setzero_si512();
-            for (int64_t j = 0; j < n; j += 32) {
-                __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + j)));
-                ah = _mm512_dpwssd_epi32(ah, v, _mm512_loadu_si512(hi + j));
-                al = _mm512_dpwssd_epi32(al, v, _mm512_loadu_si512(lo + j));
+        for (int64_t x0 = 0; x0 < m; x0 += 16) {
+            __m512i acc[16];
+            for (int q = 0; q < 16; q++) {
+                int64_t x = x0 + q;
+                const uint8_t *p = src + r * stride + d->t.start[x];
+                const int16_t *hi = d->hi + x * d->kpad, *lo = d->lo + x * d->kpad;
+                int64_t n = d->t.n[x];
+                __m512i ah = _mm512_setzero_si512(), al = _mm512_setzero_si512();
+                for (int64_t j = 0; j < n; j += 32) {
+                    __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + j)));
+                    ah = _mm512_dpwssd_epi32(ah, v, _mm512_loadu_si512(hi + j));
+                    al = _mm512_dpwssd_epi32(al, v, _mm512_loadu_si512(lo + j));
+                }
+                acc[q] = _mm512_add_epi32(_mm512_slli_epi32(ah, 11), al);
             }
-            __m512i s = _mm512_add_epi32(_mm512_slli_epi32(ah, 11), al);
-            dst[r * m + x] = dr_pil_clip8(_mm512_reduce_add_epi32(s) + (1 << (DR_PIL_PRECISION_BITS - 1)));
+            __m512i v = _mm512_srai_epi32(_mm512_add_epi32(dot_sum16(acc), half), DR_PIL_PRECISION_BITS);
+            v = _mm512_max_epi32(v, _mm512_setzero_si512()); /* then unsigned saturation to 255 */
+            _mm_storeu_si128((__m128i *)(dst + r * m + x0), _mm512_cvtusepi32_epi8(v));
         }
 }
 #endif
@@ -312,9 +349,9 @@ static void dot_rows(const uint8_t *src, int64_t stride, int64_t rows, const dot
         i = i < top ? i : top;
         __atomic_store_n(&isa, i, __ATOMIC_RELAXED);
     }
-    if (i == 2)
+    if (i == 2 && m % 16 == 0)
         return dot_rows_vnni(src, stride, rows, d, m, dst);
-    if (i == 1)
+    if (i >= 1 && m % 8 == 0)
         return dot_rows_avx2(src, stride, rows, d, m, dst);
 #endif
     dot_rows_default(src, stride, rows, d, m, dst);
