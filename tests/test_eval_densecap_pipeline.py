@@ -1,5 +1,5 @@
 """Dense captioning from predicted boxes: the detection-file reader, the ranking rules, captioning every box with a
-model (a scripted stand-in and the tiny DynRefer) and the ground-truth-box setting.
+model (a scripted stand-in and the tiny DynRefer), the ground-truth-box setting, and `dynrefer eval` end to end.
 
 METEOR needs Java and takes seconds to start, so the mAP here uses an explicit, deterministic stand-in scorer
 (exact match after lower-casing: 1, else 0); the real METEOR is the evaluator's own tests' business."""
@@ -232,7 +232,7 @@ def test_detections_must_match_the_annotations(ann):
         densecap_predictions(ScriptedModel(TABLE), ann, dets)
 
 
-# ---- the tiny DynRefer --------------------------------------------------------------------------------------------
+# ---- the tiny DynRefer and `dynrefer eval` ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -255,3 +255,87 @@ def test_tiny_model_captions_detections_in_chunks(ann, tiny):
     m, preds = evaluate_densecap(tiny, ann, dets, meteor=exact_meteor, rank="product")
     assert 0 <= m["map"] <= 100 and 0 <= m["detmap"] <= 100
     np.testing.assert_allclose(preds[2]["scores"], preds[2]["det_scores"] * preds[2]["caption_scores"])
+
+
+@pytest.fixture
+def cli_setup(tiny, ann_file, tmp_path):
+    from _model_data import ATTRIBUTES, CAPTIONS, CLASSES, TAGS
+
+    from dynrefer.demo import save_bundle
+
+    bundle = save_bundle(tiny, str(tmp_path / "model.pt"), CAPTIONS, TAGS, CLASSES, ATTRIBUTES,
+                         {"num_views": tiny.num_views, "size": tiny.config.vision.image_size})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model:\n  preset: tiny\ndatasets:\n  root: {ann_file.parent}\n")
+    det = tmp_path / "vg_instances_results.json"
+    det.write_text(json.dumps(grit_records()))
+    return str(cfg), bundle, str(det)
+
+
+class StandInMeteor:
+    """Replaces dynrefer.eval.meteor.Meteor in the command (no Java): the exact-match stand-in."""
+
+    closed = 0
+
+    def segment_scores(self, hyps, refs):
+        return exact_meteor(hyps, refs)
+
+    def close(self):
+        StandInMeteor.closed += 1
+
+
+def test_cli_dense_captioning(cli_setup, tmp_path, monkeypatch, capsys):
+    from dynrefer.cli import main
+    from dynrefer.eval import meteor as meteor_mod
+
+    cfg, bundle, det = cli_setup
+    monkeypatch.setattr(meteor_mod, "Meteor", StandInMeteor)
+    out = tmp_path / "preds.json"
+    assert main(["eval", cfg, "--checkpoint", bundle, "--detections", det, "--gt-boxes", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    lines = [l for l in text.splitlines() if l.startswith("dense captioning")]
+    assert len(lines) == 2 and "predicted boxes" in lines[0] and "ground-truth boxes" in lines[1]
+    assert "rank by detector" in lines[0] and "rank by caption" in lines[1]
+    assert all("mAP" in l and "detection mAP" in l for l in lines)
+    assert "1 without a detection" in text and StandInMeteor.closed == 1
+    report = json.loads(out.read_text())
+    pred, gtb = report["predicted"], report["ground_truth"]
+    assert [r["image_id"] for r in pred["results"]] == [1, 2, 3] and pred["results"][2]["boxes"] == []
+    assert pred["results"][1]["det_scores"] == [0.7, 0.8] and pred["results"][1]["scores"] == [0.7, 0.8]
+    assert gtb["results"][0]["det_scores"] is None and len(gtb["results"][0]["captions"]) == 2
+    assert 0 <= pred["metrics"]["map"] <= 100 and gtb["metrics"]["rank"] == "caption"
+    # detection mAP only: no METEOR at all
+    assert main(["eval", cfg, "--checkpoint", bundle, "--detections", det, "--no-meteor", "--rank",
+                 "geometric"]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("dense captioning")][0]
+    assert "mAP - (--no-meteor)" in line and "rank by geometric" in line
+
+
+def test_cli_dense_captioning_errors(cli_setup, tmp_path, monkeypatch, capsys):
+    from dynrefer.cli import main
+    from dynrefer.eval import JavaUnavailableError
+    from dynrefer.eval import meteor as meteor_mod
+
+    cfg, bundle, det = cli_setup
+    base = ["eval", cfg, "--checkpoint", bundle]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"image_id": 7, "bbox": [0, 0, 1, 1], "score": 0.5}]))
+    cases = [
+        (["--detections", str(bad)], [str(bad), "entry #0", "'image_id'", "not an image"]),
+        (["--detections", str(tmp_path / "none.json")], ["detection file not found"]),
+        (["--detections", det, "--annotations", str(tmp_path / "no.json")], ["annotation file not found"]),
+        (["--gt-boxes", "--rank", "product"], ["needs detector scores"]),
+        (["--rank", "detector"], ["--rank", "add --detections FILE and/or --gt-boxes"]),
+    ]
+    for extra, msgs in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert all(m in err for m in msgs), (extra, err)
+
+    def no_java():
+        raise JavaUnavailableError("no `java` executable was found")
+
+    monkeypatch.setattr(meteor_mod, "Meteor", no_java)
+    assert main(base + ["--gt-boxes"]) == 2
+    err = capsys.readouterr().err
+    assert "needs Java" in err and "--no-meteor" in err
