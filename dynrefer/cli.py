@@ -7,6 +7,7 @@
                                                  chosen views with the answers
     dynrefer train CONFIG [key=value ...]        train on annotation files in the official format (YAML config)
     dynrefer eval CONFIG --checkpoint BUNDLE     caption CIDEr, attribute mAP and category accuracy on a split
+        [--detections FILE] [--gt-boxes]         or dense captioning mAP on a detector's boxes / the GT boxes
     dynrefer flops [PRESET] [--views N]          visual MACs per region and the parameter split of a preset
     dynrefer bench [--repeats R]                 RoI-Align on DynRefer's multi-view shapes, checked against
                                                  torchvision and timed side by side (benchmarks/ has the rest)
@@ -160,6 +161,13 @@ def _eval(args):
     from dynrefer.train import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if args.detections or args.gt_boxes:
+        return _eval_densecap(args, cfg)
+    only = [f for f, v in (("--annotations", args.annotations), ("--det-frame", args.det_frame),
+                           ("--rank", args.rank), ("--det-box-format", args.det_box_format),
+                           ("--no-meteor", args.no_meteor), ("--out", args.out)) if v]
+    if only:
+        raise CliError(f"{', '.join(only)}: dense captioning options; add --detections FILE and/or --gt-boxes")
     root = _dataset_files(cfg.datasets, args.split)
     try:
         bundle = load_bundle(args.checkpoint)
@@ -172,6 +180,82 @@ def _eval(args):
                                  bundle["views"]["size"])
     print(f"{args.split} ({regions} regions, {n} views, prior {args.prior}): CIDEr {m['CIDEr']:.1f} | "
           f"attribute mAP {m['attr_mAP']:.1f} | accuracy {m['acc']:.1f}")
+    return 0
+
+
+def _eval_densecap(args, cfg):
+    """Dense captioning mAP of a bundle with a detector's boxes (--detections) and/or the ground-truth boxes
+    (--gt-boxes); see dynrefer.eval.densecap_pipeline for the ranking rules and their sources."""
+    import json
+
+    import torch
+
+    from dynrefer.data.detections import load_detections
+    from dynrefer.data.readers import load_annotations, write_json
+    from dynrefer.data.records import AnnotationError
+    from dynrefer.demo import build_bundle_model, load_bundle
+    from dynrefer.eval import JavaUnavailableError, PredictionError
+    from dynrefer.eval.densecap_pipeline import evaluate_densecap, predictions_to_json
+
+    if args.gt_boxes and not args.detections and args.rank not in (None, "caption"):
+        raise CliError(f"--rank {args.rank} needs detector scores; ground-truth boxes are ranked by caption score")
+    ann_path = args.annotations
+    if ann_path is None:
+        root = cfg.datasets.get("root")
+        if not root:
+            raise CliError("dense captioning needs the ground truth: pass --annotations FILE (official format, "
+                           "e.g. VG test.json) or set datasets.root (uses <root>/<split>_caption.json)")
+        ann_path = os.path.join(root, f"{args.split}_caption.json")
+    if not os.path.isfile(ann_path):
+        raise CliError(f"annotation file not found: {ann_path}")
+    try:
+        ann = load_annotations(ann_path)
+        dets = (load_detections(args.detections, ann, box_format=args.det_box_format,
+                                frame=args.det_frame or "image")
+                if args.detections else None)
+    except (AnnotationError, FileNotFoundError) as e:
+        raise CliError(str(e)) from None
+    try:
+        bundle = load_bundle(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+    torch.set_num_threads(1)
+    model = build_bundle_model(bundle)
+    meteor = None
+    if not args.no_meteor:  # started before the captioning, so a missing Java stops the command at once
+        from dynrefer.eval.meteor import Meteor
+
+        try:
+            meteor = Meteor()
+        except JavaUnavailableError as e:
+            raise CliError(f"dense captioning mAP scores captions with METEOR 1.5, which needs Java: {e}. "
+                           f"Pass --no-meteor to report the detection mAP only") from None
+    settings = ([("predicted boxes", "predicted", dets, args.rank)] if dets is not None else []) + \
+               ([("ground-truth boxes", "ground_truth", None, "caption")] if args.gt_boxes else [])
+    report = {}
+    try:
+        for label, key, d, rank in settings:
+            if d is not None:
+                print(f"{label}: {d.num_boxes} boxes from {args.detections} over {len(d)} images "
+                      f"({len(d.images_without_detections)} without a detection: their regions count as missed)",
+                      flush=True)
+            try:
+                m, preds = evaluate_densecap(model, ann, d, rank=rank, meteor=meteor, captions=meteor is not None,
+                                             prior=args.prior, seed=0, log=lambda msg: print(msg, flush=True))
+            except (PredictionError, FileNotFoundError) as e:
+                raise CliError(str(e)) from None
+            cap = f"mAP {m['map']:.2f} | " if "map" in m else "mAP - (--no-meteor) | "
+            print(f"dense captioning, {label} ({m['images']} images, {m['boxes']} boxes, {m['gt_regions']} GT "
+                  f"regions, rank by {m['rank']}, prior {args.prior}): {cap}detection mAP {m['detmap']:.2f}")
+            report[key] = predictions_to_json(preds, m, {"annotations": ann_path, "detections": args.detections
+                                                         if d is not None else None, "rank": m["rank"],
+                                                         "prior": args.prior, "checkpoint": args.checkpoint})
+    finally:
+        if meteor is not None:
+            meteor.close()
+    if args.out:
+        write_json(args.out, json.loads(json.dumps(report, default=str)))
+        print(f"predictions and metrics → {args.out}")
     return 0
 
 
@@ -271,6 +355,19 @@ def main(argv=None):
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--split", default="val")
     e.add_argument("--prior", choices=("image", "task", "none"), default="image")
+    e.add_argument("--detections", metavar="FILE", help="dense captioning mAP on a detector's boxes (GRiT's "
+                   "vg_instances_results.json or one entry per image with boxes and scores)")
+    e.add_argument("--gt-boxes", action="store_true", help="dense captioning mAP on the ground-truth boxes")
+    e.add_argument("--annotations", metavar="FILE", help="dense captioning ground truth (official format; "
+                   "default <datasets.root>/<split>_caption.json)")
+    e.add_argument("--det-frame", choices=("image", "longest720"), default=None,
+                   help="frame of the detection boxes: image pixels, or GRiT's VG output (longer side 720)")
+    e.add_argument("--det-box-format", choices=("xyxy", "xywh"), default=None,
+                   help="override the box convention (default: 'bbox' is x,y,w,h; 'boxes' are x1,y1,x2,y2)")
+    e.add_argument("--rank", choices=("detector", "caption", "product", "geometric"), default=None,
+                   help="ranking score of a predicted box (default: detector, as the official evaluation)")
+    e.add_argument("--no-meteor", action="store_true", help="dense captioning: detection mAP only (no Java)")
+    e.add_argument("--out", metavar="FILE", help="dense captioning: write predictions and metrics (JSON)")
     e.set_defaults(fn=_eval)
     f = sub.add_parser("flops", help="visual MACs per region and parameter split")
     f.add_argument("preset", nargs="?", default="official")

@@ -7,6 +7,7 @@ Everything here is pure Python + NumPy (+ Pillow for images); PyTorch is importe
 * :func:`load_annotations` — the official annotation format (VG, RefCOCOg, COCO, OVAD, synthetic) into typed
   :class:`RegionRecord` s; ground truth for :func:`dynrefer.eval.evaluate` from :class:`Annotations`;
 * :mod:`~dynrefer.data.convert` — raw public releases to the official format;
+* :func:`load_detections` — a region detector's boxes and scores (GRiT's output) for dense captioning;
 * :class:`TagExtractor` — caption → ``tag_set1`` / ``tag_set2`` over a given vocabulary, by rules;
 * :func:`sample_control_words` / :func:`control_sentence` — the caption decoder's control sentence;
 * :mod:`~dynrefer.data.synthetic` — the procedurally drawn benchmark (:func:`generate_synthetic`);
@@ -14,6 +15,7 @@ Everything here is pure Python + NumPy (+ Pillow for images); PyTorch is importe
 """
 from .control import control_from_scores, control_sentence, sample_control_words
 from .convert import RawFormatError, convert_coco, convert_ovad, convert_refcocog, convert_vg
+from .detections import DetectionError, Detections, load_detections
 from .readers import (box_polygon, decode_rle, load_annotations, load_tag_vocab, read_json, segmentation_to_box,
                       write_json)
 from .records import AnnotationError, Annotations, ImageInfo, RegionRecord
@@ -26,6 +28,7 @@ __all__ = [
     "TagExtractor", "control_sentence", "sample_control_words", "control_from_scores", "generate_synthetic",
     "RegionDataset", "collate_regions", "load_image", "nested_views",
 ]
+__all__ += ["DetectionError", "Detections", "load_detections"]
 
 _LAZY = {"RegionDataset": "dataset", "collate_regions": "dataset", "load_image": "dataset",
          "nested_views": "dataset"}

@@ -6,6 +6,8 @@ Each metric reproduces its reference implementation (named in its module's docst
   :mod:`~dynrefer.eval.meteor` — pycocoevalcap's PTB tokenisation, BLEU-1..4, CIDEr-D and METEOR 1.5
   (same ``compute_score(gts, res)`` interface; tokenisation and METEOR run pycocoevalcap's jars with Java);
 - :mod:`~dynrefer.eval.densecap` — densecap's dense captioning mAP as DynRefer computes it;
+  :mod:`~dynrefer.eval.densecap_pipeline` — a model's captions on detected or ground-truth boxes, ranked as the
+  official evaluation ranks them, scored with it (the model brings PyTorch; this package imports none);
 - :mod:`~dynrefer.eval.ovad` — OVAD box-oracle attribute mAP, the annotation loader, DynRefer's prompts;
 - :mod:`~dynrefer.eval.recognition` — COCO region recognition accuracy and COCOeval box mAP;
 - :mod:`~dynrefer.eval.api` — :func:`evaluate` for all of them and the paper-style :func:`format_report`.
@@ -17,6 +19,7 @@ from .api import TASKS, caption_metrics, evaluate, format_report
 from .bleu import Bleu
 from .cider import Cider
 from .densecap import DenseCapEvaluator, densecap_map
+from .densecap_pipeline import RANK_RULES, densecap_predictions, evaluate_densecap, rank_scores
 from .meteor import Meteor
 from .ovad import OvadAnnotations, load_ovad, max_over_prompts, ovad_ap, ovad_prompts
 from .recognition import coco_box_map, coco_recognition
@@ -28,3 +31,4 @@ __all__ = [
     "OvadAnnotations", "load_ovad", "ovad_ap", "ovad_prompts", "max_over_prompts",
     "coco_recognition", "coco_box_map",
 ]
+__all__ += ["evaluate_densecap", "densecap_predictions", "rank_scores", "RANK_RULES"]

@@ -1,0 +1,209 @@
+"""Dense captioning with a DynRefer model: caption every box, rank the boxes, score with the densecap mAP.
+
+Two settings, as DynRefer's Table 2 and its ablations report them:
+
+* **predicted boxes** — the boxes (and scores) of a region detector, read by
+  :func:`dynrefer.data.detections.load_detections` (GRiT's ``vg_instances_results.json`` or one entry per image);
+* **ground-truth boxes** — every captioned ground-truth region of the annotation set is captioned.
+
+The ranking score of a box (what the densecap protocol sorts detections by) follows the official evaluation,
+``report_metrics_densecap`` in callsys/DynRefer ``dynrefer/tasks/task.py``: a prediction's score is
+``extra_info.grit_result.score`` when the annotation carries a GRiT result (the predicted-box annotation files,
+``test_grit.json``), else ``extra_info.pred_result.score`` — the model's caption score, ``exp`` of the beam's
+sequence score (``dynrefer/models/dynrefer_t5.py``: ``torch.exp(outputs["sequences_scores"])``) — else 1. So with
+predicted boxes DynRefer ranks by the detector's score alone (``rank="detector"``, the default), and with
+ground-truth boxes by its caption score alone (``rank="caption"``, the only choice there). GRiT's own score already
+mixes in GRiT's caption: ``sqrt(objectness * exp(description log-prob))`` (JialianW/GRiT
+``grit/modeling/roi_heads/grit_roi_heads.py``). Other combinations are available for study with predicted boxes:
+``"caption"`` (DynRefer's caption score alone), ``"product"`` (detector score × caption score) and
+``"geometric"`` (their geometric mean, GRiT's way of combining an objectness with a description score).
+
+Unlike the official script, images without predictions are not skipped (their ground truth counts as missed; see
+:mod:`dynrefer.eval.densecap`) and a failing image is an error, not a printed "sample error".
+
+The model is only called through its ``describe(images, boxes, prior=, tasks=("caption",), seed=, task=)``
+method, in chunks of ``chunk_size`` boxes; this module itself imports no PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Hashable, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ._checks import PredictionError
+
+__all__ = ["RANK_RULES", "rank_scores", "caption_boxes", "densecap_predictions", "evaluate_densecap",
+           "predictions_to_json"]
+
+#: How a box's ranking score is formed from the detector's score ``d`` and the caption score ``c`` (both in [0, 1]).
+RANK_RULES = {
+    "detector": "d (the official DynRefer evaluation with predicted boxes)",
+    "caption": "c (the official DynRefer evaluation with ground-truth boxes)",
+    "product": "d * c",
+    "geometric": "sqrt(d * c)",
+}
+
+
+def rank_scores(det_scores, caption_scores, rule: str = "detector") -> np.ndarray:
+    """Ranking scores of boxes under ``rule`` (a key of :data:`RANK_RULES`); ``det_scores`` may be ``None`` only
+    for ``rule="caption"``."""
+    if rule not in RANK_RULES:
+        raise ValueError(f"unknown rank rule {rule!r}; choose from {', '.join(RANK_RULES)}")
+    c = np.asarray(caption_scores, dtype=np.float64).reshape(-1)
+    if rule == "caption":
+        return c.copy()
+    if det_scores is None:
+        raise ValueError(f"rank rule {rule!r} needs detector scores (ground-truth boxes have none: use 'caption')")
+    d = np.asarray(det_scores, dtype=np.float64).reshape(-1)
+    if d.shape != c.shape:
+        raise ValueError(f"{d.size} detector scores but {c.size} caption scores")
+    if rule == "detector":
+        return d.copy()
+    if rule == "product":
+        return d * c
+    return np.sqrt(d * c)
+
+
+def caption_boxes(model, image, boxes, *, prior: str = "image", seed: Optional[int] = 0, chunk_size: int = 32,
+                  task: str = "dense_caption") -> Tuple[list, np.ndarray]:
+    """Caption every ``x1, y1, x2, y2`` box of one image with ``model.describe``, ``chunk_size`` boxes per call.
+
+    Returns ``(captions, caption_scores)``. Zero-width or zero-height boxes are captioned like any other (the
+    view pipeline widens an empty crop to one pixel); the boxes themselves are not changed.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    caps, scores = [], []
+    for s in range(0, len(boxes), chunk_size):
+        res = model.describe(image, boxes[s:s + chunk_size], prior=prior, tasks=("caption",), seed=seed, task=task)
+        if len(res) != len(boxes[s:s + chunk_size]):
+            raise RuntimeError(f"model.describe returned {len(res)} results for {len(boxes[s:s + chunk_size])} boxes")
+        for r in res:
+            caps.append(str(r.get("caption", "")))
+            scores.append(float(r.get("caption_score", 1.0)))
+    sc = np.asarray(scores, dtype=np.float64)
+    if not np.all(np.isfinite(sc)):
+        raise PredictionError("the model returned a NaN or Inf caption score")
+    return caps, sc
+
+
+def _default_loader(path: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read image {path}: {e}") from None
+
+
+def densecap_predictions(model, annotations, detections=None, *, rank: Optional[str] = None, prior: str = "image",
+                         seed: Optional[int] = 0, chunk_size: int = 32,
+                         image_loader: Callable[[str], np.ndarray] = _default_loader,
+                         log: Optional[Callable[[str], None]] = None) -> Dict[Hashable, Dict[str, object]]:
+    """Caption the boxes of every image of ``annotations`` and rank them.
+
+    ``detections``: a :class:`~dynrefer.data.detections.Detections` (predicted boxes; ``rank`` defaults to
+    ``"detector"``), or ``None`` for the ground-truth boxes (every region with a caption; ``rank`` must be
+    ``"caption"``). Returns ``{image_id: {"boxes" [D, 4], "scores" [D] (ranking), "captions" [D],
+    "caption_scores" [D], "det_scores" [D] or None}}`` with every image of ``annotations``, in its order, as
+    :func:`dynrefer.eval.evaluate` (``"densecap"``) takes it. Images without boxes are not loaded.
+    """
+    gt_boxes = detections is None
+    rank = rank or ("caption" if gt_boxes else "detector")
+    if rank not in RANK_RULES:
+        raise ValueError(f"unknown rank rule {rank!r}; choose from {', '.join(RANK_RULES)}")
+    if gt_boxes and rank != "caption":
+        raise ValueError(f"ground-truth boxes have no detector score: rank must be 'caption', got {rank!r}")
+    if not gt_boxes:
+        missing = [i for i in annotations.images if i not in detections.boxes]
+        extra = [i for i in detections.boxes if i not in annotations.images]
+        if missing or extra:
+            raise PredictionError(
+                f"the detections do not match the annotations' images ({len(missing)} missing, first "
+                f"{missing[:1]}; {len(extra)} unknown, first {extra[:1]}); read them with "
+                f"load_detections(path, annotations)")
+    by_image = annotations.by_image()
+    out: Dict[Hashable, Dict[str, object]] = {}
+    n_img = len(annotations.images)
+    for k, (iid, info) in enumerate(annotations.images.items()):
+        if gt_boxes:
+            recs = [r for r in by_image[iid] if r.caption is not None]
+            boxes = np.array([r.box for r in recs], dtype=np.float64).reshape(-1, 4)
+            det = None
+        else:
+            boxes = np.asarray(detections.boxes[iid], dtype=np.float64).reshape(-1, 4)
+            det = np.asarray(detections.scores[iid], dtype=np.float64).reshape(-1)
+        if len(boxes):
+            caps, cs = caption_boxes(model, image_loader(info.path), boxes, prior=prior, seed=seed,
+                                     chunk_size=chunk_size)
+        else:
+            caps, cs = [], np.zeros(0)
+        out[iid] = {"boxes": boxes, "scores": rank_scores(det, cs, rank), "captions": caps, "caption_scores": cs,
+                    "det_scores": det}
+        if log is not None and (k + 1 == n_img or (k + 1) % 50 == 0):
+            log(f"   captioned {k + 1}/{n_img} images")
+    return out
+
+
+def evaluate_densecap(model, annotations, detections=None, *, rank: Optional[str] = None, meteor=None,
+                      captions: bool = True, prior: str = "image", seed: Optional[int] = 0, chunk_size: int = 32,
+                      image_loader: Callable[[str], np.ndarray] = _default_loader,
+                      log: Optional[Callable[[str], None]] = None) -> Tuple[Dict[str, object], Dict]:
+    """Dense captioning mAP (×100) of ``model`` on ``annotations`` with predicted (``detections``) or ground-truth
+    boxes (``detections=None``); see :func:`densecap_predictions` for the boxes and the ranking.
+
+    ``meteor``: the caption scorer handed to :func:`dynrefer.eval.evaluate` (a running
+    :class:`~dynrefer.eval.meteor.Meteor`, any ``(candidates, references) -> scores`` callable, or ``None`` to
+    start METEOR, which needs Java). ``captions=False`` computes the detection mAP only (no METEOR).
+    Returns ``(metrics, predictions)``; metrics hold ``map`` (with captions), ``detmap``, their breakdowns and
+    ``images``, ``boxes``, ``images_without_boxes``, ``gt_regions``, ``rank``.
+    """
+    from .api import evaluate
+
+    preds = densecap_predictions(model, annotations, detections, rank=rank, prior=prior, seed=seed,
+                                 chunk_size=chunk_size, image_loader=image_loader, log=log)
+    gt = annotations.densecap_ground_truth()
+    metrics = evaluate("densecap", {i: {k: p[k] for k in ("boxes", "scores", "captions")} for i, p in preds.items()},
+                       gt, meteor=meteor, captions=captions)
+    metrics.update({
+        "rank": rank or ("caption" if detections is None else "detector"),
+        "images": len(preds),
+        "boxes": int(sum(len(p["boxes"]) for p in preds.values())),
+        "images_without_boxes": int(sum(len(p["boxes"]) == 0 for p in preds.values())),
+        "gt_regions": int(sum(len(g["captions"]) for g in gt.values())),
+    })
+    return metrics, preds
+
+
+def _num(v: float) -> float:
+    v = float(v)
+    return round(v, 6) if math.isfinite(v) else v
+
+
+def predictions_to_json(predictions: Mapping[Hashable, Mapping[str, object]],
+                        metrics: Optional[Mapping[str, object]] = None,
+                        settings: Optional[Mapping[str, object]] = None) -> dict:
+    """A JSON-ready form of :func:`densecap_predictions`' output: one entry per image with ``x1, y1, x2, y2``
+    boxes, ranking ``scores``, ``captions``, ``caption_scores`` and ``det_scores`` (``null`` for ground-truth
+    boxes)."""
+    images = []
+    for iid, p in predictions.items():
+        det = p.get("det_scores")
+        images.append({
+            "image_id": iid,
+            "boxes": [[_num(v) for v in b] for b in np.asarray(p["boxes"]).reshape(-1, 4)],
+            "scores": [_num(v) for v in np.asarray(p["scores"]).reshape(-1)],
+            "captions": list(p["captions"]),
+            "caption_scores": [_num(v) for v in np.asarray(p["caption_scores"]).reshape(-1)],
+            "det_scores": None if det is None else [_num(v) for v in np.asarray(det).reshape(-1)],
+        })
+    out = {"results": images}
+    if metrics is not None:
+        out["metrics"] = {k: v for k, v in metrics.items()}
+    if settings is not None:
+        out["settings"] = dict(settings)
+    return out
