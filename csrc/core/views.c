@@ -159,8 +159,8 @@ static void scratch_free(scratch *s) {
  * runs here as dot products along contiguous luma rows (no transposes): each fixed-point weight k (|k| < 2^22) is
  * split into k = 2048·hi + lo with hi, lo int16 (0 <= lo < 2048), so Σ p·k = 2048·Σ p·hi + Σ p·lo exactly in
  * int32 (the same sum Pillow forms), and Σ p·hi, Σ p·lo are int16 × int16 pair sums the CPU does 16 or 32 at a time
- * (AVX2 vpmaddwd, AVX-512 VNNI vpdpwssd). Weights are zero-padded to a multiple of DOT_PAD taps, so a row is read
- * up to DOT_PAD − 1 bytes past its last tap (callers over-allocate). */
+ * (AVX2 vpmaddwd, AVX-512 VNNI vpdpwssd). Weights are zero-padded to a multiple of DOT_PAD taps; reads past a
+ * row's end (see dot_rows) meet zero weights, and callers over-allocate. */
 
 #define DOT_PAD 32
 
@@ -240,16 +240,16 @@ static dot_taps *ih_taps(int64_t n, int *owned) {
     return d;
 }
 
-static void dot_rows_default(const uint8_t *src, int64_t stride, int64_t rows, const dot_taps *d, int64_t m,
-                             uint8_t *dst) {
+static void dot_rows_default(const uint8_t *src, int64_t stride, int64_t rows, const dot_taps *d, int64_t off,
+                             int64_t m, uint8_t *dst, int64_t rs, int64_t xs) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t x = 0; x < m; x++) {
-            const uint8_t *p = src + r * stride + d->t.start[x];
+            const uint8_t *p = src + r * stride + d->t.start[x] - off;
             const int32_t *k = d->t.wi + x * d->t.kmax;
             int32_t ss = 1 << (DR_PIL_PRECISION_BITS - 1);
             for (int64_t j = 0; j < d->t.n[x]; j++)
                 ss += (int32_t)p[j] * k[j];
-            dst[r * m + x] = dr_pil_clip8(ss);
+            dst[r * rs + x * xs] = dr_pil_clip8(ss);
         }
 }
 
@@ -269,30 +269,33 @@ __attribute__((target("avx2"))) static inline __m256i dot_sum8(const __m256i *a)
 }
 
 __attribute__((target("avx2"))) static void dot_rows_avx2(const uint8_t *src, int64_t stride, int64_t rows,
-                                                          const dot_taps *d, int64_t m, uint8_t *dst) {
+                                                          const dot_taps *d, int64_t off, int64_t m, uint8_t *dst, int64_t rs, int64_t xs) {
     const __m256i half = _mm256_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1));
     for (int64_t r = 0; r < rows; r++)
         for (int64_t x0 = 0; x0 < m; x0 += 8) {
             __m256i acc[8];
-            for (int q = 0; q < 8; q++) {
-                int64_t x = x0 + q;
-                const uint8_t *p = src + r * stride + d->t.start[x];
-                const int16_t *hi = d->hi + x * d->kpad, *lo = d->lo + x * d->kpad;
-                int64_t n = d->t.n[x];
-                __m256i ah = _mm256_setzero_si256(), al = _mm256_setzero_si256();
+            for (int q = 0; q < 8; q += 2) { /* two outputs at a time: four independent accumulator chains */
+                int64_t x = x0 + q, n = d->t.n[x] > d->t.n[x + 1] ? d->t.n[x] : d->t.n[x + 1];
+                const uint8_t *p0 = src + r * stride + d->t.start[x] - off, *p1 = src + r * stride + d->t.start[x + 1] - off;
+                const int16_t *h0 = d->hi + x * d->kpad, *l0 = d->lo + x * d->kpad, *h1 = h0 + d->kpad, *l1 = l0 + d->kpad;
+                __m256i a0 = _mm256_setzero_si256(), b0 = a0, a1 = a0, b1 = a0;
                 for (int64_t j = 0; j < n; j += 16) {
-                    __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + j)));
-                    ah = _mm256_add_epi32(ah, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(hi + j))));
-                    al = _mm256_add_epi32(al, _mm256_madd_epi16(v, _mm256_loadu_si256((const __m256i *)(lo + j))));
+                    __m256i v0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p0 + j)));
+                    __m256i v1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p1 + j)));
+                    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(v0, _mm256_loadu_si256((const __m256i *)(h0 + j))));
+                    b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(v0, _mm256_loadu_si256((const __m256i *)(l0 + j))));
+                    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(v1, _mm256_loadu_si256((const __m256i *)(h1 + j))));
+                    b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(v1, _mm256_loadu_si256((const __m256i *)(l1 + j))));
                 }
-                acc[q] = _mm256_add_epi32(_mm256_slli_epi32(ah, 11), al);
+                acc[q] = _mm256_add_epi32(_mm256_slli_epi32(a0, 11), b0);
+                acc[q + 1] = _mm256_add_epi32(_mm256_slli_epi32(a1, 11), b1);
             }
             __m256i v = _mm256_srai_epi32(_mm256_add_epi32(dot_sum8(acc), half), DR_PIL_PRECISION_BITS);
             v = _mm256_min_epi32(_mm256_max_epi32(v, _mm256_setzero_si256()), _mm256_set1_epi32(255));
             int32_t o[8];
             _mm256_storeu_si256((__m256i *)o, v);
             for (int q = 0; q < 8; q++)
-                dst[r * m + x0 + q] = (uint8_t)o[q];
+                dst[r * rs + (x0 + q) * xs] = (uint8_t)o[q];
         }
 }
 
@@ -310,33 +313,54 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static inline __m512i dot
 
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void dot_rows_vnni(const uint8_t *src, int64_t stride,
                                                                                  int64_t rows, const dot_taps *d,
-                                                                                 int64_t m, uint8_t *dst) {
+                                                                                 int64_t off, int64_t m, uint8_t *dst, int64_t rs, int64_t xs) {
     const __m512i half = _mm512_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1));
     for (int64_t r = 0; r < rows; r++)
         for (int64_t x0 = 0; x0 < m; x0 += 16) {
             __m512i acc[16];
-            for (int q = 0; q < 16; q++) {
-                int64_t x = x0 + q;
-                const uint8_t *p = src + r * stride + d->t.start[x];
-                const int16_t *hi = d->hi + x * d->kpad, *lo = d->lo + x * d->kpad;
-                int64_t n = d->t.n[x];
-                __m512i ah = _mm512_setzero_si512(), al = _mm512_setzero_si512();
-                for (int64_t j = 0; j < n; j += 32) {
-                    __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + j)));
-                    ah = _mm512_dpwssd_epi32(ah, v, _mm512_loadu_si512(hi + j));
-                    al = _mm512_dpwssd_epi32(al, v, _mm512_loadu_si512(lo + j));
+            for (int q = 0; q < 16; q += 4) { /* four outputs at a time: eight independent accumulator chains */
+                int64_t x = x0 + q, n = d->t.n[x];
+                for (int e = 1; e < 4; e++)
+                    n = d->t.n[x + e] > n ? d->t.n[x + e] : n;
+                const uint8_t *p[4];
+                const int16_t *hw[4], *lw[4];
+                for (int e = 0; e < 4; e++) {
+                    p[e] = src + r * stride + d->t.start[x + e] - off;
+                    hw[e] = d->hi + (x + e) * d->kpad;
+                    lw[e] = d->lo + (x + e) * d->kpad;
                 }
-                acc[q] = _mm512_add_epi32(_mm512_slli_epi32(ah, 11), al);
+                __m512i ah[4], al[4];
+                for (int e = 0; e < 4; e++)
+                    ah[e] = al[e] = _mm512_setzero_si512();
+                for (int64_t j = 0; j < n; j += 32)
+                    for (int e = 0; e < 4; e++) {
+                        __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p[e] + j)));
+                        ah[e] = _mm512_dpwssd_epi32(ah[e], v, _mm512_loadu_si512(hw[e] + j));
+                        al[e] = _mm512_dpwssd_epi32(al[e], v, _mm512_loadu_si512(lw[e] + j));
+                    }
+                for (int e = 0; e < 4; e++)
+                    acc[q + e] = _mm512_add_epi32(_mm512_slli_epi32(ah[e], 11), al[e]);
             }
             __m512i v = _mm512_srai_epi32(_mm512_add_epi32(dot_sum16(acc), half), DR_PIL_PRECISION_BITS);
             v = _mm512_max_epi32(v, _mm512_setzero_si512()); /* then unsigned saturation to 255 */
-            _mm_storeu_si128((__m128i *)(dst + r * m + x0), _mm512_cvtusepi32_epi8(v));
+            if (xs == 1) {
+                _mm_storeu_si128((__m128i *)(dst + r * rs + x0), _mm512_cvtusepi32_epi8(v));
+            } else {
+                uint8_t o[16];
+                _mm_storeu_si128((__m128i *)o, _mm512_cvtusepi32_epi8(v));
+                for (int q = 0; q < 16; q++)
+                    dst[r * rs + (x0 + q) * xs] = o[q];
+            }
         }
 }
 #endif
 
-/* dst[r][x] = Pillow's 8-bit result of taps x over row r of src (rows × m outputs). */
-static void dot_rows(const uint8_t *src, int64_t stride, int64_t rows, const dot_taps *d, int64_t m, uint8_t *dst) {
+/* dst[r·rs + x·xs] = Pillow's 8-bit result of taps x over row r of src (rows × m outputs), src[0] being sample
+ * `off`. Reads up to DOT_OVER(row length) bytes past a row's last sample: groups of outputs run to their longest
+ * span, and every span to a multiple of 32. */
+#define DOT_OVER(len) ((len) + 64)
+static void dot_rows(const uint8_t *src, int64_t stride, int64_t rows, const dot_taps *d, int64_t off, int64_t m,
+                     uint8_t *dst, int64_t rs, int64_t xs) {
 #ifdef DOT_X86
     static int isa = -1; /* 2: AVX-512 VNNI, 1: AVX2, 0: portable; DYNREFER_CPU_ISA=avx2|default caps it (tests) */
     int i = __atomic_load_n(&isa, __ATOMIC_RELAXED);
@@ -349,12 +373,12 @@ static void dot_rows(const uint8_t *src, int64_t stride, int64_t rows, const dot
         i = i < top ? i : top;
         __atomic_store_n(&isa, i, __ATOMIC_RELAXED);
     }
-    if (i == 2 && m % 16 == 0)
-        return dot_rows_vnni(src, stride, rows, d, m, dst);
+    if (i == 2 && m % 16 == 0 && d->kpad % 32 == 0)
+        return dot_rows_vnni(src, stride, rows, d, off, m, dst, rs, xs);
     if (i >= 1 && m % 8 == 0)
-        return dot_rows_avx2(src, stride, rows, d, m, dst);
+        return dot_rows_avx2(src, stride, rows, d, off, m, dst, rs, xs);
 #endif
-    dot_rows_default(src, stride, rows, d, m, dst);
+    dot_rows_default(src, stride, rows, d, off, m, dst, rs, xs);
 }
 
 /* Resize `packed` (rows [ylo, ylo + rows) of a crop, each `w` pixels of C channels, contiguous) to oh × ow × C with
@@ -780,6 +804,39 @@ static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, con
     return dr_phash_bits(coef, DR_PHASH_DYNREFER);
 }
 
+/* dr_dct32 of every column of a [32][nc] block at once (nc <= 32): the same double operations per column as
+ * dr_dct_fold, in the same order, so the same values — vectorised across columns. */
+DR_SIMD_CLONES
+static void dct32_cols(const double *x, int64_t nc, int k, const double *tab, double *out) {
+    double p[32 * 32];
+    int64_t n = 32;
+    memcpy(p, x, sizeof(double) * (size_t)(32 * nc));
+    while (k > 0 && (k & 1) == 0 && n > 1) {
+        for (int64_t i = 0; i < n / 2; i++)
+            for (int64_t c = 0; c < nc; c++)
+                p[i * nc + c] = p[i * nc + c] + p[(n - 1 - i) * nc + c];
+        n /= 2;
+        k /= 2;
+    }
+    if (k == 0) {
+        for (int64_t m = n; m > 1; m /= 2)
+            for (int64_t i = 0; i < m / 2; i++)
+                for (int64_t c = 0; c < nc; c++)
+                    p[i * nc + c] = p[2 * i * nc + c] + p[(2 * i + 1) * nc + c];
+        for (int64_t c = 0; c < nc; c++)
+            out[c] = 2.0 * p[c];
+        return;
+    }
+    double acc[32] = {0};
+    for (int64_t i = 0; i < n / 2; i++) {
+        const double cs = tab[dr_dct_tab_off(n) + (k / 2) * (n / 2) + i];
+        for (int64_t c = 0; c < nc; c++)
+            acc[c] += (p[i * nc + c] - p[(n - 1 - i) * nc + c]) * cs;
+    }
+    for (int64_t c = 0; c < nc; c++)
+        out[c] = 2.0 * acc[c];
+}
+
 /* imagehash pHash of one view: Pillow LANCZOS 32 × 32 of the luma crop (fixed point, uint8 between passes; the
  * source-sized pass as row dot products, the 32-wide one as row combinations), separable DCT of the low 8 × 8,
  * median threshold. Returns 0 and sets *failed on allocation failure. */
@@ -793,26 +850,27 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
     int rc = -1;
     if (dx && dy) {
         const taps *ty = &dy->t;
-        if (!dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order)) { /* rows → [rows][32], then 32 row combinations */
+        if (!dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order)) {
+            /* rows → [32][rows] (written transposed), so the vertical pass is row dot products too */
             int64_t ylo, yhi;
             taps_rows(ty, R, &ylo, &yhi);
-            uint8_t *t1 = (uint8_t *)scratch_get(sc, 0, (size_t)((yhi - ylo) * R));
-            int32_t *acc = (int32_t *)scratch_get(sc, 2, R * sizeof(int32_t));
-            if (t1 && acc) {
-                dot_rows(src + ylo * im->w, im->w, yhi - ylo, dx, R, t1);
-                for (int64_t y = 0; y < R; y++)
-                    combine_rows_u8(t1, R, ty->start[y] - ylo, ty->n[y], ty->wi + y * ty->kmax, R, acc, px + y * R);
+            int64_t rows = yhi - ylo;
+            uint8_t *t2 = (uint8_t *)scratch_get(sc, 1, (size_t)(rows * R + DOT_OVER(rows)));
+            if (t2) {
+                dot_rows(src + ylo * im->w, im->w, rows, dx, 0, R, t2, 1, rows); /* stored transposed */
+                memset(t2 + rows * R, 0, (size_t)DOT_OVER(rows));
+                dot_rows(t2, rows, R, dy, ylo, R, px, 1, R);
                 rc = 0;
             }
         } else { /* 32 row combinations over the crop → [32][w], then row dot products */
-            uint8_t *t1 = (uint8_t *)scratch_get(sc, 0, (size_t)(R * cr->w + DOT_PAD));
+            uint8_t *t1 = (uint8_t *)scratch_get(sc, 0, (size_t)(R * cr->w + DOT_OVER(cr->w)));
             int32_t *acc = (int32_t *)scratch_get(sc, 2, (size_t)cr->w * sizeof(int32_t));
             if (t1 && acc) {
-                memset(t1 + R * cr->w, 0, DOT_PAD);
+                memset(t1 + R * cr->w, 0, (size_t)DOT_OVER(cr->w));
                 for (int64_t y = 0; y < R; y++)
                     combine_rows_u8(src, im->w, ty->start[y], ty->n[y], ty->wi + y * ty->kmax, cr->w, acc,
                                     t1 + y * cr->w);
-                dot_rows(t1, cr->w, R, dx, R, px);
+                dot_rows(t1, cr->w, R, dx, 0, R, px, R, 1);
                 rc = 0;
             }
         }
@@ -827,18 +885,21 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
     }
     if (thumb)
         memcpy(thumb, px, sizeof px);
-    /* DCT-II along axis 0 for u < 8, then along axis 1 for v < 8 (scipy's unnormalised 2·Σ per axis) */
-    double t[8][R], col[R];
-    for (int64_t j = 0; j < R; j++) {
-        for (int64_t i = 0; i < R; i++)
-            col[i] = (double)px[i * R + j];
-        for (int u = 0; u < 8; u++)
-            t[u][j] = dr_dct32(col, u, tab);
-    }
-    double coef[64];
+    /* DCT-II along axis 0 for u < 8 (all 32 columns at once), then along axis 1 for v < 8 (all 8 rows u at once):
+     * scipy's unnormalised 2·Σ per axis, the operations of dr_dct32 */
+    double X[R * R], t[8][R], Y[R * 8], cv[8], coef[64];
+    for (int64_t i = 0; i < R * R; i++)
+        X[i] = (double)px[i];
     for (int u = 0; u < 8; u++)
-        for (int v = 0; v < 8; v++)
-            coef[u * 8 + v] = dr_dct32(t[u], v, tab);
+        dct32_cols(X, R, u, tab, t[u]);
+    for (int64_t j = 0; j < R; j++)
+        for (int u = 0; u < 8; u++)
+            Y[j * 8 + u] = t[u][j];
+    for (int v = 0; v < 8; v++) {
+        dct32_cols(Y, 8, v, tab, cv);
+        for (int u = 0; u < 8; u++)
+            coef[u * 8 + v] = cv[u];
+    }
     return dr_phash_bits(coef, DR_PHASH_IMAGEHASH);
 }
 
@@ -958,10 +1019,10 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
         int64_t *row0 = (int64_t *)malloc((size_t)(n_images + 1) * sizeof(int64_t));
         int ok = planes && row0;
         for (int64_t i = 0; ok && i < n_images; i++) {
-            planes[i] = (uint8_t *)malloc((size_t)(images[i].h * images[i].w + DOT_PAD)); /* dot_rows reads past */
+            planes[i] = (uint8_t *)malloc((size_t)(images[i].h * images[i].w + DOT_OVER(images[i].w))); /* dot_rows */
             ok = planes[i] != NULL;
             if (ok)
-                memset(planes[i] + images[i].h * images[i].w, 0, DOT_PAD);
+                memset(planes[i] + images[i].h * images[i].w, 0, (size_t)DOT_OVER(images[i].w));
         }
         if (ok) {
             row0[0] = 0;
