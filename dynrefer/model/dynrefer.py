@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -603,7 +604,9 @@ class DynRefer(nn.Module):
         kw.setdefault("pad_token_id", pad)
         if bos is not None:
             kw.setdefault("bos_token_id", bos)
-        with _autocast(batch["inputs_embeds"].device, self.config.llm_precision):
+        with _autocast(batch["inputs_embeds"].device, self.config.llm_precision), warnings.catch_warnings():
+            # the repetition penalty sees the generated tokens only (the prompt is embeddings), as officially
+            warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds")
             out = self.llm.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
                                     output_scores=True, return_dict_in_generate=True, **kw)
         seqs_out = out.sequences
