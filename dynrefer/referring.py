@@ -87,6 +87,8 @@ def train_conversations(cfg, log=print):
     views = dict((cfg.model or {}).get("views") or {"prior": "stochastic"})
     views["num_views"] = mcfg.num_views
     run = dict(cfg.run)
+    # conversations train D_llm only: the tag and region-text heads get no gradient, which DDP must be told
+    run["find_unused_parameters"] = True
     seed = run["seed"]
     ds = ConversationDataset(records, NestedViews(size=mcfg.vision.image_size, seed=seed, **views))
     built = []

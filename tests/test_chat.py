@@ -139,7 +139,8 @@ def _chat_config(tmp_path, extra_run="", lora=False):
     cfg.write_text(f"model:\n  preset: tiny\n  num_views: 2\n  train_llm: true\n  llm:\n{llm}"
                    f"datasets:\n  conversations:\n    train: {path}\n    image_root: {img_dir}\n    tags: {tags}\n"
                    f"run:\n  output_dir: {tmp_path / 'run'}\n  max_epoch: 20\n  batch_size_train: 2\n  init_lr: 1e-2\n"
-                   f"  min_lr: 1e-4\n  warmup_steps: 2\n  log_freq: 1\n  progress_bar: false\n  seed: 0\n  save_epoch_ckpts: false\n"
+                   f"  min_lr: 1e-4\n  warmup_steps: 2\n  log_freq: 1\n  progress_bar: false\n  seed: 0\n"
+                   f"  save_epoch_ckpts: false\n"
                    + extra_run)
     return cfg, img_dir
 

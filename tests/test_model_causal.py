@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("transformers", reason="the model tests need transformers (pip install dynrefer[train])")
 
 from _llm_data import LLAMA, build_causal, save_tiny_llama  # noqa: E402
-from _model_data import CAPTIONS, batch, build_tiny  # noqa: E402
+from _model_data import batch, build_tiny  # noqa: E402
 from dynrefer.model import TRAINABLE_PREFIXES, DynReferConfig  # noqa: E402
 from dynrefer.model import causal  # noqa: E402
 from dynrefer.model.config import LLMConfig  # noqa: E402
@@ -117,7 +117,8 @@ def test_sequence_layout_and_loss_masking(model, gen):
     with torch.no_grad():
         left = causal.pack(seqs, emb, side="left")
     L = left["attention_mask"].shape[1]
-    assert left["attention_mask"][:, -1].all() and (left["position_ids"][:, -1] == left["attention_mask"].sum(1) - 1).all()
+    assert left["attention_mask"][:, -1].all()
+    assert (left["position_ids"][:, -1] == left["attention_mask"].sum(1) - 1).all()
     assert int(left["attention_mask"][1].sum()) < L and left["attention_mask"][1, 0] == 0
     # the loss equals the Hugging Face model's own causal-LM loss on these labels
     with torch.no_grad():
