@@ -243,3 +243,39 @@ def test_chat_views_placeholders_and_errors(model, gen):
     t5 = build_tiny(seed=0)
     with pytest.raises(ValueError, match="decoder-only"):
         t5.chat_views(s["views"], s["boxes"], "what is <region1> ?")
+
+
+def test_conversation_layout_and_multi_turn_targets(model, gen):
+    """Each <regionK> becomes region K's tokens plus its control sentence (with memory); every gpt turn, and only
+    the gpt turns, are targets."""
+    s = batch(model, gen, regions=2)
+    tok = model.llm_tokenizer
+    bos, eos, _ = causal.special_ids(tok)
+    turns = [("what is <region2> near <region1> ?", "the white dog ."), ("and <region1> ?", "a red car .")]
+    with torch.no_grad():
+        x_v = model.encode_views(s["views"], s["boxes"])
+        proj = model.llm_proj(x_v)
+        ctrl = causal.text_ids(tok, ["dog,white|", "car|"])
+        seq = model._chat_sequence(turns, proj, ctrl)
+        b = causal.pack([seq], model.llm.get_input_embeddings())
+    lab = b["labels"][0]
+    ans = causal.text_ids(tok, [a for _, a in turns])
+    assert lab[lab != -100].tolist() == ans[0] + [eos] + ans[1] + [eos]
+    # the layout: <s>, system, USER:, "what is", region 2, control 2, "near", region 1, control 1, "?", ASSISTANT: …
+    region_rows = [i for i, sg in enumerate(seq) if sg.embeds is not None]
+    assert len(region_rows) == 3 and seq[0].ids == [bos]
+    for i, k in zip(region_rows, (1, 0, 0)):
+        assert torch.equal(seq[i].embeds, proj[k]) and seq[i + 1].ids == ctrl[k] and seq[i + 1].add is model.cem_memory
+    targets = [sg for sg in seq if sg.target]
+    assert [list(t.ids) for t in targets] == [ans[0] + [eos], ans[1] + [eos]]
+    # the answer to be generated is left open after the last ASSISTANT:
+    open_seq = model._chat_sequence(turns[:1] + [("and <region1> ?", None)], proj, ctrl)
+    assert not open_seq[-1].target and open_seq[-1].ids == causal.text_ids(tok, [model.config.llm.assistant])[0]
+    with pytest.raises(ValueError, match="not the last"):
+        model._chat_sequence([("a <region1>", None), ("b", "c")], proj, ctrl)
+    # a conversation batch trains D_llm alone
+    model.train()
+    out = model({"views": s["views"], "boxes": s["boxes"], "turns": [turns, turns[:1]],
+                 "region_index": [[0, 1], [1, 0]]})
+    model.eval()
+    assert set(out) == {"loss", "loss_llm"} and out["loss"].requires_grad and torch.isfinite(out["loss"])
