@@ -5,7 +5,14 @@
     dynrefer describe IMAGE --box x1,y1,x2,y2 [--box ...] [--checkpoint BUNDLE] [--prior image|task|none]
                                                  category, attributes, tags and caption per box, and a PNG of the
                                                  chosen views with the answers
-    dynrefer train CONFIG [key=value ...]        train on annotation files in the official format (YAML config)
+    dynrefer chat IMAGE --box x1,y1,x2,y2 [--box ...] --question TEXT --checkpoint BUNDLE
+                                                 answer a question about the boxes (<region1>, <region2>, ... in the
+                                                 question name them; needs a model with a decoder-only LLM)
+    dynrefer ferret-bench QUESTIONS --images DIR --checkpoint BUNDLE --out ANSWERS.jsonl
+                                                 answer Ferret-Bench questions in its answer format (its score is a
+                                                 GPT-4 review, not run here)
+    dynrefer train CONFIG [key=value ...]        train on annotation files in the official format (YAML config), or
+                                                 on region conversations (datasets.conversations)
     dynrefer eval CONFIG --checkpoint BUNDLE     caption CIDEr, attribute mAP and category accuracy on a split
         [--detections FILE] [--gt-boxes]         or dense captioning mAP on a detector's boxes / the GT boxes
     dynrefer flops [PRESET] [--views N]          visual MACs per region and the parameter split of a preset
@@ -104,6 +111,81 @@ def _describe(args):
     return 0
 
 
+# ---- chat / ferret-bench -------------------------------------------------------------------------------------
+
+def _chat_model(checkpoint):
+    from dynrefer.demo import build_bundle_model, load_bundle
+
+    try:
+        bundle = load_bundle(checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+    if bundle["config"].get("llm", {}).get("kind", "t5") != "causal":
+        raise CliError(f"{checkpoint}: this model's D_llm is a T5; chat needs a model with a decoder-only LLM "
+                       "(train one on conversations: datasets.conversations and model.llm.kind causal)")
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        return build_bundle_model(bundle)
+    except (FileNotFoundError, ImportError) as e:
+        raise CliError(f"{checkpoint}: {e}") from None
+
+
+def _gen_args(args):
+    gen = {"max_new_tokens": args.max_new_tokens}
+    if args.num_beams is not None:
+        gen["num_beams"] = args.num_beams
+    return gen
+
+
+def _chat(args):
+    import numpy as np
+    from PIL import Image
+
+    if not os.path.isfile(args.image):
+        raise CliError(f"image not found: {args.image}")
+    try:
+        img = np.asarray(Image.open(args.image).convert("RGB"))
+    except OSError as e:
+        raise CliError(f"cannot read image {args.image}: {e}") from None
+    boxes = np.array([_parse_box(b) for b in args.box], np.float32)
+    h, w = img.shape[:2]
+    for b in boxes:
+        if b[2] <= 0 or b[3] <= 0 or b[0] >= w or b[1] >= h:
+            raise CliError(f"box {b.tolist()} lies outside the {w}x{h} image")
+    if not args.question.strip():
+        raise CliError("--question must not be empty")
+    model = _chat_model(args.checkpoint)
+    try:
+        answer = model.chat(img, boxes, args.question, prior=args.prior, seed=args.seed, **_gen_args(args))
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    print(answer)
+    return 0
+
+
+def _ferret_bench(args):
+    from dynrefer.eval.ferret_bench import FerretBenchError, export_answers, read_questions
+
+    try:
+        questions = read_questions(args.questions)
+    except (FileNotFoundError, FerretBenchError) as e:
+        raise CliError(str(e)) from None
+    if not os.path.isdir(args.images):
+        raise CliError(f"image folder not found: {args.images}")
+    model = _chat_model(args.checkpoint)
+    try:
+        recs = export_answers(model, questions, args.images, args.out, model_id=args.model_id, limit=args.limit,
+                              log=print, **_gen_args(args))
+    except (FileNotFoundError, FerretBenchError, ValueError) as e:
+        raise CliError(str(e)) from None
+    print(f"{len(recs)} answers → {args.out}")
+    print("Ferret-Bench's score is a GPT-4 review of these answers against its reference answers "
+          "(ml-ferret's eval_gpt_review_3newclass.py); it needs the OpenAI API and is not run here.")
+    return 0
+
+
 # ---- train / eval --------------------------------------------------------------------------------------------
 
 def _dataset_files(cfg_datasets, split):
@@ -137,6 +219,8 @@ def _train(args):
     from dynrefer.train import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if "conversations" in cfg.datasets:
+        return _train_conversations(cfg)
     m, run = dict(cfg.model), dict(cfg.run)
     root = _dataset_files(cfg.datasets, "train")
     mcfg = _model_config(m)
@@ -150,6 +234,18 @@ def _train(args):
                                   run["seed"], run["batch_size_train"], run_extra=run)
     path = save_bundle(model, os.path.join(out, "model.pt"), texts, tags, classes, attributes,
                        {"num_views": views["num_views"], "size": mcfg.vision.image_size})
+    print(f"trained {summary['step']} steps; model bundle → {path}")
+    return 0
+
+
+def _train_conversations(cfg):
+    from dynrefer.data import AnnotationError
+    from dynrefer.referring import ConversationConfigError, train_conversations
+
+    try:
+        _, summary, path = train_conversations(cfg)
+    except (FileNotFoundError, AnnotationError, ConversationConfigError, ImportError) as e:
+        raise CliError(str(e)) from None
     print(f"trained {summary['step']} steps; model bundle → {path}")
     return 0
 
@@ -345,7 +441,28 @@ def main(argv=None):
     de.add_argument("--out", default=None, help="PNG path stem (default: <image>_described)")
     de.add_argument("--seed", type=int, default=0)
     de.set_defaults(fn=_describe)
-    t = sub.add_parser("train", help="train on official-format annotations (YAML config)")
+    c = sub.add_parser("chat", help="answer a question about boxes of an image (referring reasoning)")
+    c.add_argument("image")
+    c.add_argument("--box", action="append", required=True, help="x1,y1,x2,y2 in pixels (repeatable; <regionK> "
+                   "in the question names the K-th)")
+    c.add_argument("--question", required=True)
+    c.add_argument("--checkpoint", default=os.path.join(DEFAULT_OUT, "model.pt"))
+    c.add_argument("--prior", choices=("image", "task", "none"), default="image")
+    c.add_argument("--max-new-tokens", type=int, default=64)
+    c.add_argument("--num-beams", type=int, default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(fn=_chat)
+    fb = sub.add_parser("ferret-bench", help="answer Ferret-Bench questions (its GPT-4 review is not run)")
+    fb.add_argument("questions", help="a Ferret-Bench question.jsonl")
+    fb.add_argument("--images", required=True, help="folder of its COCO images")
+    fb.add_argument("--checkpoint", required=True)
+    fb.add_argument("--out", required=True, help="the answer .jsonl to write")
+    fb.add_argument("--model-id", default="dynrefer")
+    fb.add_argument("--limit", type=int, default=None)
+    fb.add_argument("--max-new-tokens", type=int, default=128)
+    fb.add_argument("--num-beams", type=int, default=None)
+    fb.set_defaults(fn=_ferret_bench)
+    t = sub.add_parser("train", help="train on official-format annotations or region conversations (YAML config)")
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.max_epoch=2")
     t.set_defaults(fn=_train)

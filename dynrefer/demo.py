@@ -80,7 +80,8 @@ def build_bundle_model(bundle):
     model = build_dynrefer(cfg, texts=bundle["texts"], tag_list=bundle["tags"], classes=bundle["classes"],
                            attributes=bundle["attributes"], seed=0)
     missing, unexpected = model.load_state_dict(bundle["model"], strict=False)
-    if unexpected or [k for k in missing if not k.endswith("_embeds")]:
+    external = model.external_llm_keys()  # a frozen LLM reloaded from config.llm.path
+    if unexpected or [k for k in missing if not k.endswith("_embeds") and k not in external]:
         raise RuntimeError(f"bundle does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.eval()
     return model
@@ -90,9 +91,10 @@ def save_bundle(model, path, texts, tags, classes, attributes, views):
     """Everything ``dynrefer describe`` needs in one file, written atomically."""
     from dynrefer.train.checkpoint import atomic_save
 
+    external = model.external_llm_keys()  # a frozen LLM from config.llm.path is reloaded from there
     atomic_save({"format": "dynrefer-bundle-1", "config": model.config.to_dict(), "texts": list(texts),
                  "tags": list(tags), "classes": list(classes), "attributes": list(attributes), "views": views,
-                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in external}}, path)
     return path
 
 

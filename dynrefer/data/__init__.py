@@ -11,7 +11,9 @@ Everything here is pure Python + NumPy (+ Pillow for images); PyTorch is importe
 * :class:`TagExtractor` — caption → ``tag_set1`` / ``tag_set2`` over a given vocabulary, by rules;
 * :func:`sample_control_words` / :func:`control_sentence` — the caption decoder's control sentence;
 * :mod:`~dynrefer.data.synthetic` — the procedurally drawn benchmark (:func:`generate_synthetic`);
-* :class:`RegionDataset`, :func:`collate_regions` — the PyTorch side.
+* :class:`RegionDataset`, :func:`collate_regions` — the PyTorch side;
+* :func:`load_conversations` (LLaVA / Osprey region conversations), :class:`ConversationDataset`,
+  :func:`collate_conversations` — referring-reasoning instruction data.
 """
 from .control import control_from_scores, control_sentence, sample_control_words
 from .convert import RawFormatError, convert_coco, convert_ovad, convert_refcocog, convert_vg
@@ -27,11 +29,13 @@ __all__ = [
     "box_polygon", "RawFormatError", "convert_vg", "convert_refcocog", "convert_coco", "convert_ovad",
     "TagExtractor", "control_sentence", "sample_control_words", "control_from_scores", "generate_synthetic",
     "RegionDataset", "collate_regions", "load_image", "nested_views",
+    "load_conversations", "ConversationDataset", "collate_conversations",
 ]
 __all__ += ["DetectionError", "Detections", "load_detections"]
 
 _LAZY = {"RegionDataset": "dataset", "collate_regions": "dataset", "load_image": "dataset",
-         "nested_views": "dataset"}
+         "nested_views": "dataset", "load_conversations": "conversations",
+         "ConversationDataset": "conversation_dataset", "collate_conversations": "conversation_dataset"}
 
 
 def __getattr__(name):

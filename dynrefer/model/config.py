@@ -5,6 +5,10 @@
     medium    a small but real-shaped model (ViT-S-like encoder, 4-layer Q-Former, small T5)
     official  EVA ViT-g (39 × 1408, patch 14) + BERT-base Q-Former (32 queries) + FlanT5-XL, as DynRefer trains it
 
+Any preset takes a decoder-only LLM instead of the T5 with ``llm={"kind": "causal", "path": DIR}`` (a local Hugging
+Face causal-LM directory, e.g. Vicuna-7B as the paper's Tables 5-6 use) or ``llm={"kind": "causal", "config": {...}}``
+(a randomly initialised model from a Hugging Face config dict, for tests); see :class:`LLMConfig`.
+
 ``DynReferConfig.from_preset(name, **overrides)``; nested sections are plain dataclasses, ``to_dict``/``from_dict``
 round-trip through JSON/YAML.
 """
@@ -14,8 +18,8 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["VisionConfig", "QFormerConfig", "HeadConfig", "T5Config", "TextEncoderConfig", "GenerationConfig",
-           "DynReferConfig", "PRESETS"]
+__all__ = ["VisionConfig", "QFormerConfig", "HeadConfig", "T5Config", "LLMConfig", "TextEncoderConfig",
+           "GenerationConfig", "DynReferConfig", "PRESETS"]
 
 
 @dataclass
@@ -75,6 +79,52 @@ class T5Config:
     tie_word_embeddings: bool = False
 
 
+# The official Vicuna variant's LoRA (dynrefer_vicuna.py): r 64, alpha 128, dropout 0 on the modules named
+# "embed_tokens", "lm_head", "q", "v". peft matches a name by its last dotted component, so "q" and "v" (T5's
+# attention names) select nothing in a LLaMA, whose projections are q_proj / v_proj: we name those.
+OFFICIAL_LORA_TARGETS = ("embed_tokens", "lm_head", "q_proj", "v_proj")
+
+
+@dataclass
+class LLMConfig:
+    """Which LLM sits behind D_llm.
+
+    kind "t5" (default): the encoder-decoder T5 of ``DynReferConfig.t5`` (official names ``t5_model``, ``t5_proj``).
+    kind "causal": a decoder-only Hugging Face causal LM (official Vicuna-variant names ``llm_model``, ``llm_proj``):
+    ``path`` a local directory (``AutoModelForCausalLM`` + ``AutoTokenizer``, nothing downloaded), or ``config`` a
+    Hugging Face config dict with its ``model_type`` (random weights, word-level tokenizer trained on the caller's
+    texts; tests and bundles). ``dtype`` ("fp16" / "bf16" / None) is the dtype the directory's weights load in.
+    LoRA (needs ``peft``): ``lora`` on, rank ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_targets``.
+    Prompting: ``prompt`` (text after the control sentence when captioning, empty officially), ``system`` and the
+    ``user`` / ``assistant`` role tags of the chat template; ``max_answer_len`` caps answer tokens in training
+    (the official ``max_output_txt_len``), ``max_len`` a whole training conversation.
+    """
+    kind: str = "t5"
+    path: str = None
+    config: dict = None
+    dtype: str = None
+    lora: bool = False
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.0
+    lora_targets: tuple = OFFICIAL_LORA_TARGETS
+    prompt: str = ""
+    system: str = "A chat between a user and an assistant that answers questions about regions of an image."
+    user: str = "USER:"
+    assistant: str = "ASSISTANT:"
+    max_answer_len: int = 256
+    max_len: int = 1024
+
+    def __post_init__(self):
+        if self.kind not in ("t5", "causal"):
+            raise ValueError(f"llm.kind must be 't5' or 'causal', got {self.kind!r}")
+        if self.dtype not in (None, "fp16", "bf16", "fp32"):
+            raise ValueError(f"llm.dtype must be null, 'fp16', 'bf16' or 'fp32', got {self.dtype!r}")
+        if self.kind == "t5" and self.lora:
+            raise ValueError("llm.lora applies to kind 'causal' only")
+        self.lora_targets = tuple(self.lora_targets)
+
+
 @dataclass
 class TextEncoderConfig:
     """The frozen text encoder that embeds tag names, class and attribute prompts and captions (a BERT)."""
@@ -103,6 +153,7 @@ class DynReferConfig:
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     t5: T5Config = field(default_factory=T5Config)
+    llm: LLMConfig = field(default_factory=LLMConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     num_views: int = 3
@@ -116,7 +167,7 @@ class DynReferConfig:
     asl_clip: float = 0.05
     roi_sampling_ratio: int = 2
     align_group: int = 4
-    train_llm: bool = False       # also train the T5 (frozen officially; the tiny preset trains it)
+    train_llm: bool = False       # also train the LLM (frozen officially; the tiny preset trains it)
     vit_precision: str = "fp32"   # "fp16" / "bf16": the frozen ViT runs under that autocast on CUDA
     llm_precision: str = "fp32"
 
@@ -128,7 +179,7 @@ class DynReferConfig:
     def from_dict(cls, d):
         d = dict(d)
         sections = {"vision": VisionConfig, "qformer": QFormerConfig, "head": HeadConfig, "t5": T5Config,
-                    "text_encoder": TextEncoderConfig, "generation": GenerationConfig}
+                    "llm": LLMConfig, "text_encoder": TextEncoderConfig, "generation": GenerationConfig}
         kw = {}
         for k, v in d.items():
             if k in sections:

@@ -5,11 +5,14 @@ Parameter names follow the official implementation so its checkpoints load by na
     cvem_align, cvem_mlp                contextual visual embedding: DCNv4 align module, fusion MLP
     query_tokens, Qformer               BLIP-2 Q-Former (the learned queries stay frozen, as officially)
     t5_proj, t5_model, cem_memory       D_llm: projection, frozen T5, control-embedding memory
+    llm_proj, llm_model, cem_memory     D_llm with a decoder-only LLM (``config.llm.kind == "causal"``; the names of the
+                                        official Vicuna variant); LoRA adapters, when on, live inside llm_model
     tag_head, tag_vision_proj, tag_text_proj, tag_fc                            D_tag
     attr_head, attr_vision_proj, attr_text_proj, attr_fc, attr_t, attr_b        D_rtc (region–text contrast)
     clip_embeds, att_embeds, ov_embeds  frozen text embeddings of tags, attribute prompts, class prompts (buffers)
     text_encoder                        the frozen text encoder that made them (and embeds captions in training)
-Trainable: parameters whose top-level name starts with cvem, cem, tag, attr, Qformer or t5_proj.
+Trainable: parameters whose top-level name starts with cvem, cem, tag, attr, Qformer, t5_proj or llm_proj, and LoRA
+adapters (names containing "lora_").
 
 Training batch (``forward(samples)``), R regions of n views each:
     samples["views"]        float [R, n, 3, S, S]  normalised views, the tight view first
@@ -20,18 +23,32 @@ Training batch (``forward(samples)``), R regions of n views each:
                             of dynrefer.data.collate_regions); default: drawn from the tags with torch's RNG
     Other keys (coeffs, category, att_vec, ids, …) are ignored.
 → {"loss", "loss_llm", "loss_tag", "loss_rtc"} (the components detached).
+
+Conversation batch (referring reasoning, causal LLM only; ``dynrefer.data.conversation_dataset``): ``views`` and
+``boxes`` of every region of every conversation, ``turns`` (per conversation a list of [human, gpt] texts whose
+``<regionK>`` placeholders name the conversation's K-th region) and ``region_index`` (per conversation the rows
+of its regions) → {"loss", "loss_llm"}: the LLM loss on every gpt turn.
+
+Decoder-only D_llm sequences (``config.llm``): captioning (as the official Vicuna variant orders them)
+    [llm_proj(x_v) ; <s> ; control sentence + memory ; prompt ; caption </s>]
+and a conversation
+    [<s> ; system ; USER: ; question ; ASSISTANT: ; answer </s> ; USER: ; … ]
+where each ``<regionK>`` of a question becomes [llm_proj(x_v of region K) ; its control sentence + memory] (the
+control sentence: tags the tag decoder predicts for that region). The loss is on caption / answer tokens only.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
+import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from dynrefer.model import _dist
+from dynrefer.model import causal as _causal
 from dynrefer.model.config import DynReferConfig
 from dynrefer.model.losses import AsymmetricLoss, pairwise_sigmoid_loss
 from dynrefer.model.qformer import CrossDecoder, QFormer
@@ -44,8 +61,8 @@ __all__ = ["DynRefer", "TRAINABLE_PREFIXES", "attribute_prompts", "class_prompts
 
 log = logging.getLogger("dynrefer.model")
 
-TRAINABLE_PREFIXES = ("cvem", "cem", "tag", "attr", "Qformer", "t5_proj")
-_FROZEN_MODULES = ("visual_encoder", "ln_vision", "t5_model", "text_encoder")
+TRAINABLE_PREFIXES = ("cvem", "cem", "tag", "attr", "Qformer", "t5_proj", "llm_proj")
+_FROZEN_MODULES = ("visual_encoder", "ln_vision", "text_encoder")  # + the LLM (t5_model / llm_model)
 _PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 
 
@@ -96,17 +113,20 @@ class DynRefer(nn.Module):
 
     Args:
         config: a :class:`DynReferConfig` (or a preset name).
-        t5_tokenizer: the LLM's tokenizer (e.g. :func:`dynrefer.model.text.build_t5_tokenizer` or a T5 directory's).
+        t5_tokenizer: the LLM's tokenizer (e.g. :func:`dynrefer.model.text.build_t5_tokenizer` or a T5 directory's;
+            for a causal LLM its tokenizer, e.g. :func:`dynrefer.model.text.build_causal_tokenizer`).
         tag_list: the tag names (RAM's 4585 officially).
         text_encoder: a frozen :class:`TextEncoder` (embeds tags, prompts and, in training, captions).
         classes: category names for region recognition (optional).
         attributes: attribute definitions for attribute detection (optional; see :func:`attribute_prompts`).
         t5_model: a ``T5ForConditionalGeneration`` (default: built from ``config.t5``, random weights).
         embed_cache_dir: on-disk cache of the text embeddings.
+        llm_model: with ``config.llm.kind == "causal"``, the causal LM (default: built from ``config.llm.config``,
+            random weights); LoRA is applied here when ``config.llm.lora``.
     """
 
     def __init__(self, config, t5_tokenizer, tag_list, text_encoder, classes=(), attributes=(), t5_model=None,
-                 embed_cache_dir=None):
+                 embed_cache_dir=None, llm_model=None):
         super().__init__()
         if isinstance(config, str):
             config = DynReferConfig.from_preset(config)
@@ -127,12 +147,29 @@ class DynRefer(nn.Module):
         nn.init.normal_(self.query_tokens, std=0.02)
         self.Qformer = QFormer(qc, C)
         # LLM
-        self.t5_tokenizer = t5_tokenizer
-        if t5_model is None:
-            t5_model = _build_t5(cfg.t5, t5_tokenizer)
-        self.t5_model = t5_model
-        d_model = t5_model.config.d_model
-        self.t5_proj = nn.Linear(qc.hidden_size, d_model)
+        self.llm_kind = cfg.llm.kind
+        if self.llm_kind == "t5":
+            if llm_model is not None:
+                raise ValueError("llm_model is for config.llm.kind 'causal'; pass a T5 as t5_model")
+            self.t5_tokenizer = t5_tokenizer
+            if t5_model is None:
+                t5_model = _build_t5(cfg.t5, t5_tokenizer)
+            self.t5_model = t5_model
+            d_model = t5_model.config.d_model
+            self.t5_proj = nn.Linear(qc.hidden_size, d_model)
+        else:
+            if t5_model is not None:
+                raise ValueError("t5_model is for config.llm.kind 't5'; pass a causal LM as llm_model")
+            self.llm_tokenizer = t5_tokenizer
+            _causal.special_ids(t5_tokenizer)  # checks there is an eos
+            if llm_model is None:
+                if not cfg.llm.config:
+                    raise ValueError("config.llm.kind 'causal' needs llm_model, or config.llm.config to build one "
+                                     "(build_dynrefer loads config.llm.path)")
+                llm_model = _causal.build_causal_lm(cfg.llm.config, t5_tokenizer)
+            self.llm_model = llm_model
+            d_model = _causal.hidden_size(llm_model)
+            self.llm_proj = nn.Linear(qc.hidden_size, d_model)
         self.cem_memory = nn.Parameter(torch.zeros(d_model))
         # text embeddings
         if not isinstance(text_encoder, TextEncoder):
@@ -165,18 +202,49 @@ class DynRefer(nn.Module):
         self.attr_fc = nn.Linear(H, 1)
         self.attr_t = nn.Parameter(torch.tensor(math.log(10.0)))
         self.attr_b = nn.Parameter(torch.tensor(-10.0))
+        if self.llm_kind == "causal" and cfg.llm.lora:
+            self.llm_model = _causal.apply_lora(self.llm_model, cfg.llm)
         self.apply_trainable_split()
 
     # ------------------------------------------------------------------------------------------- bookkeeping
     @staticmethod
     def is_trainable_name(name):
-        return name.split(".", 1)[0].startswith(TRAINABLE_PREFIXES)
+        return name.split(".", 1)[0].startswith(TRAINABLE_PREFIXES) or ".lora_" in name
+
+    @property
+    def llm_name(self):
+        """The attribute holding the LLM: "t5_model" or "llm_model"."""
+        return "t5_model" if self.llm_kind == "t5" else "llm_model"
+
+    @property
+    def llm(self):
+        return getattr(self, self.llm_name)
+
+    @property
+    def llm_projection(self):
+        return self.t5_proj if self.llm_kind == "t5" else self.llm_proj
+
+    @property
+    def tokenizer(self):
+        """The LLM's tokenizer."""
+        return self.t5_tokenizer if self.llm_kind == "t5" else self.llm_tokenizer
 
     def apply_trainable_split(self):
-        """The official split: train cvem*, cem*, tag*, attr*, Qformer*, t5_proj*; freeze everything else."""
+        """The official split: train cvem*, cem*, tag*, attr*, Qformer*, t5_proj* / llm_proj* and LoRA adapters;
+        freeze everything else. ``config.train_llm`` trains the whole LLM too, unless LoRA is on (then only its
+        adapters train)."""
+        prefix = self.llm_name + "."
+        whole_llm = self.config.train_llm and not self.config.llm.lora
         for name, p in self.named_parameters():
-            p.requires_grad_(self.is_trainable_name(name)
-                             or (self.config.train_llm and name.startswith("t5_model.")))
+            p.requires_grad_(self.is_trainable_name(name) or (whole_llm and name.startswith(prefix)))
+
+    def external_llm_keys(self):
+        """State-dict keys of a frozen causal LLM loaded from ``config.llm.path``: model bundles leave them out and
+        reload them from that directory (empty for a T5 or an LLM built from ``config.llm.config``)."""
+        if self.llm_kind != "causal" or not self.config.llm.path:
+            return set()
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k for k in self.state_dict() if k.startswith("llm_model.") and k not in trainable}
 
     def trainable_state_dict(self):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
@@ -185,8 +253,9 @@ class DynRefer(nn.Module):
     def train(self, mode=True):
         super().train(mode)
         for name in _FROZEN_MODULES:  # frozen modules always run as in inference (no dropout)
-            if not (name == "t5_model" and self.config.train_llm):
-                getattr(self, name).eval()
+            getattr(self, name).eval()
+        if not (self.config.train_llm or self.config.llm.lora):
+            self.llm.eval()
         return self
 
     @property
@@ -306,6 +375,8 @@ class DynRefer(nn.Module):
         return torch.cat([inputs, ctrl], dim=1), mask
 
     def llm_loss(self, x_v, control_words, captions):
+        if self.llm_kind == "causal":
+            return self._causal_loss(self._caption_sequences(x_v, control_words, captions))
         embeds, mask = self._llm_inputs(x_v, control_words)
         out = self.t5_tokenizer([normalize_text(c) for c in captions], padding="longest", truncation=True,
                                 max_length=self.config.max_txt_len, return_tensors="pt").to(x_v.device)
@@ -317,6 +388,8 @@ class DynRefer(nn.Module):
 
     # ------------------------------------------------------------------------------------------- training
     def forward(self, samples):
+        if "turns" in samples:
+            return self.chat_loss(samples)
         for key in ("views", "boxes", "text_output", "tags"):
             if key not in samples:
                 raise KeyError(f"samples lacks {key!r} (needs views, boxes, text_output, tags)")
@@ -336,6 +409,139 @@ class DynRefer(nn.Module):
         return {"loss": loss, "loss_llm": loss_llm.detach(), "loss_tag": loss_tag.detach(),
                 "loss_rtc": loss_rtc.detach()}
 
+    # ------------------------------------------------------------------------------------------- referring chat
+    def _require_causal(self, what):
+        if self.llm_kind != "causal":
+            raise ValueError(f"{what} needs a decoder-only LLM (config.llm.kind 'causal'); this model's D_llm is a "
+                             "T5")
+
+    def region_controls(self, x_v):
+        """Control sentences of regions in a conversation: the tags the tag decoder predicts (sigmoid above
+        ``generation.tag_threshold``), most confident first; in training dropped and shuffled as caption controls
+        are (:meth:`training_control_words`)."""
+        with torch.no_grad():
+            probs = torch.sigmoid(self.tag_logits(x_v).float())
+        pred = probs > self.config.generation.tag_threshold
+        if self.training:
+            return self.training_control_words(pred.float())
+        out = []
+        for i in range(probs.shape[0]):
+            idx = torch.nonzero(pred[i]).flatten()
+            idx = idx[torch.argsort(probs[i, idx], descending=True)]
+            out.append(",".join(self.tag_list[j] for j in idx.tolist()) + "|")
+        return out
+
+    def _chat_sequence(self, turns, proj, ctrl):
+        """One conversation as segments: [<s> ; system ; per turn USER: question ASSISTANT: answer </s>], each
+        ``<regionK>`` of a question replaced by region K's tokens and control; the last answer may be None (to be
+        generated). Answers are the targets."""
+        from dynrefer.data.conversations import split_placeholders
+
+        tok, lc = self.llm_tokenizer, self.config.llm
+        bos, eos, _ = _causal.special_ids(tok)
+        ids = lambda text: _causal.text_ids(tok, [text])[0]  # noqa: E731
+        seq = [_causal.Segment(ids=[bos])] if bos is not None else []
+        if lc.system:
+            seq.append(_causal.Segment(ids=ids(lc.system)))
+        for t, (question, answer) in enumerate(turns):
+            seq.append(_causal.Segment(ids=ids(lc.user)))
+            for piece in split_placeholders(question):
+                if isinstance(piece, int):
+                    if not 1 <= piece <= len(proj):
+                        raise ValueError(f"<region{piece}> in turn {t + 1} but the conversation has {len(proj)} "
+                                         f"region{'s' if len(proj) != 1 else ''}")
+                    seq += self._region_segments(proj[piece - 1], ctrl[piece - 1])
+                elif piece.strip():
+                    seq.append(_causal.Segment(ids=ids(piece.strip())))
+            seq.append(_causal.Segment(ids=ids(lc.assistant)))
+            if answer is None:
+                if t != len(turns) - 1:
+                    raise ValueError(f"turn {t + 1} has no answer but is not the last")
+                break
+            ans = _causal.text_ids(tok, [str(answer)], lc.max_answer_len)[0]
+            seq.append(_causal.Segment(ids=ans + [eos], target=True))
+        return seq
+
+    def chat_loss(self, samples):
+        """The LLM loss of a conversation batch (see the module docstring) → {"loss", "loss_llm"}."""
+        self._require_causal("conversation training")
+        for key in ("views", "boxes", "turns", "region_index"):
+            if key not in samples:
+                raise KeyError(f"samples lacks {key!r} (a conversation batch needs views, boxes, turns, region_index)")
+        turns, index = samples["turns"], samples["region_index"]
+        if len(turns) != len(index):
+            raise ValueError(f"{len(turns)} conversations but {len(index)} region_index entries")
+        x_v = self.encode_views(samples["views"], samples["boxes"])
+        proj = self.llm_proj(x_v)
+        ctrl = self._control_ids(self.region_controls(x_v))
+        seqs = []
+        for conv, idx in zip(turns, index):
+            idx = [int(i) for i in idx]
+            seqs.append(self._chat_sequence(conv, proj[idx], [ctrl[i] for i in idx]))
+        loss = self._causal_loss(seqs)
+        return {"loss": loss, "loss_llm": loss.detach()}
+
+    @torch.no_grad()
+    def chat_views(self, views, boxes, question, history=None, **gen):
+        """Answer ``question`` about the regions given by their views ([R, n, 3, S, S]) and boxes ([R, n, 4]);
+        see :meth:`chat`."""
+        from dynrefer.data.conversations import split_placeholders
+
+        self._require_causal("chat")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string")
+        turns = [(str(q), str(a)) for q, a in (history or [])] + [(question, None)]
+        views, boxes = torch.as_tensor(views).float(), torch.as_tensor(boxes).float()
+        R = views.shape[0]
+        if R == 0:
+            raise ValueError("chat needs at least one region")
+        if not any(isinstance(p, int) for q, _ in turns for p in split_placeholders(q)):
+            # no turn names a region: the question is about all of them
+            turns[-1] = (" ".join(f"<region{k + 1}>" for k in range(R)) + " " + question, None)
+        was_training = self.training
+        self.eval()
+        try:
+            x_v = self.encode_views(views, boxes)
+            ctrl = self._control_ids(self.region_controls(x_v))
+            seq = self._chat_sequence(turns, self.llm_proj(x_v), ctrl)
+            texts, _ = self._causal_generate([seq], **gen)
+        finally:
+            self.train(was_training)
+        return texts[0]
+
+    @torch.no_grad()
+    def chat(self, image, regions, question, history=None, prior="image", seed=None, **gen):
+        """Answer a question about regions of an image (referring reasoning; needs a causal LLM).
+
+        Args:
+            image: an HxWx3 uint8 array or PIL image.
+            regions: [R, 4] xyxy pixel boxes; ``<regionK>`` in the question (1-based) names the K-th. A question
+                that names no region (nor does any earlier turn) is asked about all of them, in order.
+            question: the user's text.
+            history: earlier turns as (question, answer) pairs about the same regions.
+            prior: view selection, as in :meth:`describe` ("image", "task", "none").
+            seed: makes the call deterministic; ``gen`` overrides generation settings (``max_new_tokens``, …).
+        Returns the answer string.
+        """
+        import numpy as np
+
+        from dynrefer.views import NestedViews
+
+        if prior not in ("image", "task", "none"):
+            raise ValueError(f"prior must be 'image', 'task' or 'none', got {prior!r}")
+        boxes = np.asarray(regions, dtype=np.float32).reshape(-1, 4)
+        if len(boxes) == 0:
+            raise ValueError("chat needs at least one region")
+        vc = self.config.vision
+        nv = NestedViews(size=vc.image_size, num_views=self.num_views, prior=prior, task="caption", seed=seed)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if seed is not None:
+                torch.manual_seed(seed)
+            v = nv(np.asarray(image), boxes, rng=np.random.default_rng(seed))
+            return self.chat_views(torch.from_numpy(v["views"]), torch.from_numpy(v["boxes"]), question,
+                                   history=history, **gen)
+
     # ------------------------------------------------------------------------------------------- inference
     def generation_kwargs(self, **overrides):
         g = self.config.generation
@@ -346,8 +552,80 @@ class DynRefer(nn.Module):
             kw.pop("length_penalty", None)
         return kw
 
+    # ------------------------------------------------------------------------------------------- causal D_llm
+    def _control_ids(self, control_words):
+        return _causal.text_ids(self.llm_tokenizer, list(control_words), self.config.max_txt_len)
+
+    def _region_segments(self, proj, ctrl_ids):
+        """A region in a causal sequence: its projected tokens, then its control sentence plus the memory."""
+        return [_causal.Segment(embeds=proj), _causal.Segment(ids=ctrl_ids, add=self.cem_memory)]
+
+    def _caption_sequences(self, x_v, control_words, captions=None):
+        """[llm_proj(x_v) ; <s> ; control + memory ; prompt ; caption </s>] per region (caption omitted for
+        generation)."""
+        tok, lc = self.llm_tokenizer, self.config.llm
+        bos, eos, _ = _causal.special_ids(tok)
+        proj = self.llm_proj(x_v)
+        ctrl = self._control_ids(control_words)
+        prompt = _causal.text_ids(tok, [lc.prompt])[0] if lc.prompt else []
+        answers = None
+        if captions is not None:
+            answers = _causal.text_ids(tok, [normalize_text(c) for c in captions], lc.max_answer_len)
+        seqs = []
+        for i in range(x_v.shape[0]):
+            seq = [_causal.Segment(embeds=proj[i])]
+            if bos is not None:
+                seq.append(_causal.Segment(ids=[bos]))
+            seq.append(_causal.Segment(ids=ctrl[i], add=self.cem_memory))
+            seq.append(_causal.Segment(ids=prompt))
+            if answers is not None:
+                seq.append(_causal.Segment(ids=answers[i] + [eos], target=True))
+            seqs.append(seq)
+        return seqs
+
+    def _causal_loss(self, seqs):
+        batch = _causal.pack(seqs, self.llm.get_input_embeddings(), side="right", max_len=self.config.llm.max_len)
+        labels = batch.pop("labels")
+        with _autocast(batch["inputs_embeds"].device, self.config.llm_precision):
+            out = self.llm(**batch, return_dict=True)
+        logits = out.logits[:, :-1].float()
+        targets = labels[:, 1:]
+        if not bool((targets != -100).any()):  # every answer truncated away: nothing to learn from this batch
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+    def _causal_generate(self, seqs, **gen):
+        """Generate after each sequence (left-padded batch); returns (texts, exp(sequence score))."""
+        tok = self.llm_tokenizer
+        bos, eos, pad = _causal.special_ids(tok)
+        batch = _causal.pack(seqs, self.llm.get_input_embeddings(), side="left")
+        kw = self.generation_kwargs(**gen)
+        kw.setdefault("eos_token_id", eos)
+        kw.setdefault("pad_token_id", pad)
+        if bos is not None:
+            kw.setdefault("bos_token_id", bos)
+        with _autocast(batch["inputs_embeds"].device, self.config.llm_precision), warnings.catch_warnings():
+            # the repetition penalty sees the generated tokens only (the prompt is embeddings), as officially
+            warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds")
+            out = self.llm.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
+                                    output_scores=True, return_dict_in_generate=True, **kw)
+        seqs_out = out.sequences
+        if getattr(out, "sequences_scores", None) is not None:
+            scores = out.sequences_scores.float()
+        else:
+            trans = self.llm.compute_transition_scores(seqs_out, out.scores, normalize_logits=True)
+            keep = torch.ones_like(trans, dtype=torch.bool)
+            if seqs_out.shape[1] > 1:  # tokens after the first </s> are padding
+                done = (seqs_out == eos).long().cumsum(1)
+                keep = (done == 0) | ((done == 1) & (seqs_out == eos))
+            scores = (trans.float() * keep).sum(-1)
+        texts = tok.batch_decode(seqs_out, skip_special_tokens=True)
+        return [t.strip() for t in texts], torch.exp(scores).cpu().tolist()
+
     @torch.no_grad()
     def generate_captions(self, x_v, control_words, **gen):
+        if self.llm_kind == "causal":
+            return self._causal_generate(self._caption_sequences(x_v, control_words), **gen)
         embeds, mask = self._llm_inputs(x_v, control_words)
         kw = self.generation_kwargs(**gen)
         with _autocast(x_v.device, self.config.llm_precision):

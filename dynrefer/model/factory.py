@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dynrefer.model.config import DynReferConfig
 from dynrefer.model.dynrefer import DynRefer, attribute_prompts, class_prompts
-from dynrefer.model.text import TextEncoder, build_bert_tokenizer, build_t5_tokenizer
+from dynrefer.model.text import TextEncoder, build_bert_tokenizer, build_causal_tokenizer, build_t5_tokenizer
 
 __all__ = ["build_dynrefer"]
 
@@ -11,12 +11,17 @@ _NO_CAP = 10_000_000
 
 
 def build_dynrefer(config="tiny", texts=(), tag_list=(), classes=(), attributes=(), t5_model=None,
-                   t5_tokenizer=None, text_encoder=None, embed_cache_dir=None, seed=None):
+                   t5_tokenizer=None, text_encoder=None, embed_cache_dir=None, seed=None, llm_model=None,
+                   llm_tokenizer=None):
     """A DynRefer with randomly initialised weights from ``config`` (a :class:`DynReferConfig` or a preset name).
 
     Tokenizers that are not given are trained on ``texts`` (captions, …) plus the tag, class and attribute names
     (e.g. the vocabulary files of a dataset, read by the caller), so every word the model will see is in the
     vocabulary. ``seed`` fixes the initialisation.
+
+    With ``config.llm.kind == "causal"`` the LLM is ``llm_model`` / ``llm_tokenizer`` when given, else loaded from
+    the local directory ``config.llm.path``, else built from ``config.llm.config`` (random weights, a word-level
+    tokenizer trained on the same texts plus the chat template's words).
     """
     import torch
 
@@ -31,11 +36,23 @@ def build_dynrefer(config="tiny", texts=(), tag_list=(), classes=(), attributes=
     try:
         # Word-level vocabularies keep every word given (no cap, so nothing the model is trained on becomes
         # <unk>); the T5 / BERT embedding tables grow to the tokenizer when it outgrows the config's vocab_size.
-        if t5_tokenizer is None:
-            t5_tokenizer = build_t5_tokenizer(vocab, _NO_CAP)
+        lc = config.llm
+        if lc.kind == "causal":
+            if llm_model is None and lc.path:
+                from dynrefer.model.causal import load_causal_lm
+
+                llm_model, loaded_tok = load_causal_lm(lc.path, lc.dtype)
+                llm_tokenizer = llm_tokenizer or loaded_tok
+            if llm_tokenizer is None:
+                llm_tokenizer = build_causal_tokenizer(vocab + [lc.system, lc.user, lc.assistant, lc.prompt], _NO_CAP)
         if text_encoder is None:
             tok = build_bert_tokenizer(vocab, _NO_CAP)
             text_encoder = TextEncoder(config.text_encoder, tok)
+        if lc.kind == "causal":
+            return DynRefer(config, llm_tokenizer, tag_list, text_encoder, classes=classes, attributes=attributes,
+                            embed_cache_dir=embed_cache_dir, llm_model=llm_model)
+        if t5_tokenizer is None:
+            t5_tokenizer = build_t5_tokenizer(vocab, _NO_CAP)
         return DynRefer(config, t5_tokenizer, tag_list, text_encoder, classes=classes, attributes=attributes,
                         t5_model=t5_model, embed_cache_dir=embed_cache_dir)
     finally:

@@ -21,7 +21,7 @@ __all__ = ["LoadReport", "read_checkpoint", "load_eva_vit", "load_blip2_checkpoi
 
 log = logging.getLogger("dynrefer.model.loading")
 
-BLIP2_PREFIXES = ("visual_encoder.", "ln_vision.", "query_tokens", "Qformer.", "t5_proj.")
+BLIP2_PREFIXES = ("visual_encoder.", "ln_vision.", "query_tokens", "Qformer.", "t5_proj.", "llm_proj.")
 
 
 @dataclass
@@ -88,9 +88,9 @@ def load_eva_vit(target, path, weights_only=True):
 def load_blip2_checkpoint(model, path, weights_only=True):
     """Load a BLIP-2 checkpoint (``{"model": state_dict}``, LAVIS names) into a DynRefer.
 
-    Expected keys: the model's visual_encoder.*, ln_vision.*, query_tokens, Qformer.* and t5_proj.* (those absent
-    are reported missing); keys the model does not have (e.g. the Q-Former's removed text layers) are reported
-    unexpected and skipped.
+    Expected keys: the model's visual_encoder.*, ln_vision.*, query_tokens, Qformer.* and t5_proj.* (llm_proj.* with
+    a decoder-only LLM, as blip2_pretrained_vicuna7b.pth names it); those absent are reported missing, keys the
+    model does not have (e.g. the Q-Former's removed text layers) are reported unexpected and skipped.
     """
     sd = read_checkpoint(path, weights_only)
     _fix_pos_embed(sd, "visual_encoder.pos_embed", getattr(model.visual_encoder, "pos_embed", None))

@@ -12,7 +12,7 @@ import os
 import torch
 import torch.nn as nn
 
-__all__ = ["build_t5_tokenizer", "build_bert_tokenizer", "TextEncoder", "normalize_text"]
+__all__ = ["build_t5_tokenizer", "build_bert_tokenizer", "build_causal_tokenizer", "TextEncoder", "normalize_text"]
 
 
 def normalize_text(s):
@@ -57,6 +57,17 @@ def build_bert_tokenizer(texts, vocab_size=30522):
                                                        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+
+
+def build_causal_tokenizer(texts, vocab_size=32000):
+    """A word-level tokenizer with LLaMA's special ids: <unk> = 0, <s> = 1, </s> = 2, and <pad> = 3. It adds no
+    special tokens itself (the model places <s> and </s>). '|', ',' and ':' are always in the vocabulary."""
+    from transformers import PreTrainedTokenizerFast
+
+    texts = list(texts) + [", | :"]
+    tok = _word_level(texts, vocab_size, ["<unk>", "<s>", "</s>", "<pad>"], "<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", clean_up_tokenization_spaces=True, model_max_length=4096)
 
 
 class TextEncoder(nn.Module):
