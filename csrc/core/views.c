@@ -95,8 +95,8 @@ static void taps_free(taps *t) {
 #endif
 
 DR_SIMD_CLONES
-static void combine_rows_u8(const uint8_t *src, int64_t stride, int64_t s, int64_t n, const int32_t *w, int64_t len,
-                            int32_t *acc, uint8_t *dst) {
+static void combine_rows_default(const uint8_t *src, int64_t stride, int64_t s, int64_t n, const int32_t *w,
+                                 int64_t len, int32_t *acc, uint8_t *dst) {
     const int32_t half = 1 << (DR_PIL_PRECISION_BITS - 1);
     for (int64_t k = 0; k < len; k++)
         acc[k] = half;
@@ -257,6 +257,23 @@ static void dot_rows_default(const uint8_t *src, int64_t stride, int64_t rows, c
 #include <immintrin.h>
 #define DOT_X86 1
 
+/* 2: AVX-512 (BW, VNNI), 1: AVX2, 0: portable; DYNREFER_CPU_ISA=avx2|default caps it (tests run every level). A
+ * pure function of the machine and the environment: racing first calls store the same value. */
+static int cpu_isa(void) {
+    static int isa = -1;
+    int i = __atomic_load_n(&isa, __ATOMIC_RELAXED);
+    if (i < 0) {
+        const char *cap = getenv("DYNREFER_CPU_ISA");
+        int top = cap && !strcmp(cap, "default") ? 0 : (cap && !strcmp(cap, "avx2") ? 1 : 2);
+        i = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") ? 2
+            : __builtin_cpu_supports("avx2")                                            ? 1
+                                                                                        : 0;
+        i = i < top ? i : top;
+        __atomic_store_n(&isa, i, __ATOMIC_RELAXED);
+    }
+    return i;
+}
+
 /* Sums of 8 (AVX2) or 16 (AVX-512) accumulators in one vector, in order: a transpose-and-add tree (the pairs'
  * unpacks keep each 128-bit block's outputs adjacent, the cross-block shuffles then finish them in order). */
 __attribute__((target("avx2"))) static inline __m256i dot_sum8(const __m256i *a) {
@@ -353,7 +370,96 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void dot_rows_vnni
             }
         }
 }
+
+/* combine_rows with the accumulators in registers: blocks of 64 (AVX-512) or 32 (AVX2) outputs, every tap added
+ * in turn (int32 lanes: the same sums as Pillow's), then shifted, clamped and packed. */
+__attribute__((target("avx512f,avx512bw"))) static int64_t combine_rows_512(const uint8_t *src, int64_t stride,
+                                                                            int64_t s, int64_t n, const int32_t *w,
+                                                                            int64_t len, uint8_t *dst) {
+    const __m512i half = _mm512_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1)), zero = _mm512_setzero_si512();
+    int64_t k = 0;
+    for (; k + 64 <= len; k += 64) {
+        __m512i a0 = half, a1 = half, a2 = half, a3 = half;
+        for (int64_t j = 0; j < n; j++) {
+            const uint8_t *r = src + (s + j) * stride + k;
+            const __m512i wj = _mm512_set1_epi32(w[j]);
+            a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)r)), wj));
+            a1 = _mm512_add_epi32(a1, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(r + 16))), wj));
+            a2 = _mm512_add_epi32(a2, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(r + 32))), wj));
+            a3 = _mm512_add_epi32(a3, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(r + 48))), wj));
+        }
+        _mm_storeu_si128((__m128i *)(dst + k), _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(a0, DR_PIL_PRECISION_BITS), zero)));
+        _mm_storeu_si128((__m128i *)(dst + k + 16), _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(a1, DR_PIL_PRECISION_BITS), zero)));
+        _mm_storeu_si128((__m128i *)(dst + k + 32), _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(a2, DR_PIL_PRECISION_BITS), zero)));
+        _mm_storeu_si128((__m128i *)(dst + k + 48), _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(a3, DR_PIL_PRECISION_BITS), zero)));
+    }
+    for (; k + 16 <= len; k += 16) {
+        __m512i a0 = half;
+        for (int64_t j = 0; j < n; j++)
+            a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + (s + j) * stride + k))),
+                                                         _mm512_set1_epi32(w[j])));
+        _mm_storeu_si128((__m128i *)(dst + k), _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(a0, DR_PIL_PRECISION_BITS), zero)));
+    }
+    return k;
+}
+
+__attribute__((target("avx2"))) static int64_t combine_rows_256(const uint8_t *src, int64_t stride, int64_t s,
+                                                                int64_t n, const int32_t *w, int64_t len,
+                                                                uint8_t *dst) {
+    const __m256i half = _mm256_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1));
+    int64_t k = 0;
+    for (; k + 32 <= len; k += 32) {
+        __m256i a[4] = {half, half, half, half};
+        for (int64_t j = 0; j < n; j++) {
+            const uint8_t *r = src + (s + j) * stride + k;
+            const __m256i wj = _mm256_set1_epi32(w[j]);
+            for (int q = 0; q < 4; q++)
+                a[q] = _mm256_add_epi32(a[q], _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(r + 8 * q))), wj));
+        }
+        __m256i lo = _mm256_packs_epi32(_mm256_srai_epi32(a[0], DR_PIL_PRECISION_BITS), _mm256_srai_epi32(a[1], DR_PIL_PRECISION_BITS));
+        __m256i hi = _mm256_packs_epi32(_mm256_srai_epi32(a[2], DR_PIL_PRECISION_BITS), _mm256_srai_epi32(a[3], DR_PIL_PRECISION_BITS));
+        __m256i b = _mm256_packus_epi16(lo, hi); /* saturating packs clamp to [0, 255]; dwords come out as k / 4 = 0,2,4,6,1,3,5,7 */
+        b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(dst + k), b);
+    }
+    return k;
+}
+
+/* P[u][q] += m0[u] · g0[q] + m1[u] · g1[q] for the 8 frequencies: two source rows per pass over P (float32 FMAs). */
+__attribute__((target("avx512f"))) static void fold_rows_512(float *P, int64_t w, const uint8_t *g0, const float *m0,
+                                                             const uint8_t *g1, const float *m1) {
+    int64_t q = 0;
+    for (; q + 16 <= w; q += 16) {
+        __m512 x0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(g0 + q))));
+        __m512 x1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(g1 + q))));
+        for (int u = 0; u < 8; u++) {
+            float *pu = P + u * w + q;
+            __m512 v = _mm512_fmadd_ps(_mm512_set1_ps(m0[u]), x0, _mm512_loadu_ps(pu));
+            _mm512_storeu_ps(pu, _mm512_fmadd_ps(_mm512_set1_ps(m1[u]), x1, v));
+        }
+    }
+    for (; q < w; q++)
+        for (int u = 0; u < 8; u++)
+            P[u * w + q] += m0[u] * (float)g0[q] + m1[u] * (float)g1[q];
+}
 #endif
+
+/* dst[k] = Pillow's 8-bit result of ½ + Σ_j w[j] · src[(s + j) · stride + k], k < len (acc: len int32 of scratch for
+ * the portable version). */
+static void combine_rows_u8(const uint8_t *src, int64_t stride, int64_t s, int64_t n, const int32_t *w, int64_t len,
+                            int32_t *acc, uint8_t *dst) {
+    int64_t k = 0;
+#ifdef DOT_X86
+    int i = cpu_isa();
+    if (i == 2)
+        k = combine_rows_512(src, stride, s, n, w, len, dst);
+    else if (i == 1)
+        k = combine_rows_256(src, stride, s, n, w, len, dst);
+
+#endif
+    if (k < len)
+        combine_rows_default(src + k, stride, s, n, w, len - k, acc, dst + k);
+}
 
 /* dst[r·rs + x·xs] = Pillow's 8-bit result of taps x over row r of src (rows × m outputs), src[0] being sample
  * `off`. Reads up to DOT_OVER(row length) bytes past a row's last sample: groups of outputs run to their longest
@@ -362,17 +468,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void dot_rows_vnni
 static void dot_rows(const uint8_t *src, int64_t stride, int64_t rows, const dot_taps *d, int64_t off, int64_t m,
                      uint8_t *dst, int64_t rs, int64_t xs) {
 #ifdef DOT_X86
-    static int isa = -1; /* 2: AVX-512 VNNI, 1: AVX2, 0: portable; DYNREFER_CPU_ISA=avx2|default caps it (tests) */
-    int i = __atomic_load_n(&isa, __ATOMIC_RELAXED);
-    if (i < 0) {
-        const char *cap = getenv("DYNREFER_CPU_ISA");
-        int top = cap && !strcmp(cap, "default") ? 0 : (cap && !strcmp(cap, "avx2") ? 1 : 2);
-        i = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") ? 2
-            : __builtin_cpu_supports("avx2")                                            ? 1
-                                                                                        : 0;
-        i = i < top ? i : top;
-        __atomic_store_n(&isa, i, __ATOMIC_RELAXED);
-    }
+    int i = cpu_isa();
     if (i == 2 && m % 16 == 0 && d->kpad % 32 == 0)
         return dot_rows_vnni(src, stride, rows, d, off, m, dst, rs, xs);
     if (i >= 1 && m % 8 == 0)
@@ -769,6 +865,13 @@ static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, con
             M[sy1 * 8 + u] += cs[u * R + y] * wy1;
         }
     }
+#ifdef DOT_X86
+    const int wide = cpu_isa() == 2;
+#else
+    const int wide = 0;
+#endif
+    float mp[8];
+    int64_t pending = -1; /* AVX-512: rows go in pairs */
     for (int64_t r = 0; r < h; r++) {
         float m[8];
         int any = 0;
@@ -776,9 +879,23 @@ static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, con
             m[u] = (float)M[r * 8 + u];
             any |= m[u] != 0.0f;
         }
-        if (any)
-            dct_fold_row(P, w, plane + (cr->y0 + r) * im->w + cr->x0, m, P + 8 * w);
+        if (!any)
+            continue;
+        const uint8_t *g = plane + (cr->y0 + r) * im->w + cr->x0;
+        if (!wide) {
+            dct_fold_row(P, w, g, m, P + 8 * w);
+        } else if (pending < 0) {
+            pending = r;
+            memcpy(mp, m, sizeof m);
+        } else {
+#ifdef DOT_X86
+            fold_rows_512(P, w, plane + (cr->y0 + pending) * im->w + cr->x0, mp, g, m);
+#endif
+            pending = -1;
+        }
     }
+    if (pending >= 0)
+        dct_fold_row(P, w, plane + (cr->y0 + pending) * im->w + cr->x0, mp, P + 8 * w);
     double acc[8][R];
     for (int64_t x = 0; x < R; x++) {
         int64_t s, n;
@@ -903,6 +1020,14 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
     return dr_phash_bits(coef, DR_PHASH_IMAGEHASH);
 }
 
+static int64_t fold_limit(void) {
+#ifdef DOT_X86
+    if (cpu_isa() == 2)
+        return 500000;
+#endif
+    return 150000;
+}
+
 static void phash_task(void *vctx, int64_t begin, int64_t end) {
     phash_ctx *c = (phash_ctx *)vctx;
     scratch sc;
@@ -913,11 +1038,14 @@ static void phash_task(void *vctx, int64_t begin, int64_t end) {
         const dr_image_ref *im = &c->images[image_of(c->index, v)];
         dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
         const uint8_t *plane = c->planes[image_of(c->index, v)];
-        /* the fold costs ~8·h·w, the row method a constant ~224·224·(8 + 4): pick the cheaper */
+        /* the fold costs ~8 FMAs per pixel of the rows bilinear taps use (at most 2·224), the row method a
+         * constant ~224·224·(8 + 4) with gathers: measured, the fold wins up to ~500k such pixels with AVX-512
+         * (two rows per pass), ~150k without */
         uint64_t h;
+        const int64_t used = cr.h < 2 * DR_PHASH_DYN_RES ? cr.h : 2 * DR_PHASH_DYN_RES;
         if (c->method != DR_PHASH_DYNREFER)
             h = phash_ih_fast(im, plane, &cr, c->pil_order, c->dct_tab, thumb_of(c, v), &c->failed, &sc);
-        else if (cr.w * cr.h <= 50000)
+        else if (used * cr.w <= fold_limit())
             h = phash_dyn_fold(im, plane, &cr, c->cos224, &c->failed);
         else
             h = phash_dyn_rows(im, plane, &cr, c->cos224);
