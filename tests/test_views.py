@@ -243,9 +243,10 @@ def test_phash_imagehash_thumbnails_uncached_lengths(rng):
     np.testing.assert_array_equal(th, _pil_thumbnails(im, b))
 
 
-@pytest.mark.parametrize("isa", ["default", "avx2"])
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
 def test_phash_imagehash_simd_levels(shared_data, isa, tmp_path):
-    """The portable and AVX2 dot-product kernels (chosen per CPU) give the same thumbnails as the widest one."""
+    """The portable, AVX2 and AVX-512 kernels (chosen per CPU; DYNREFER_CPU_ISA caps the choice) give the same
+    thumbnails as the widest one (AMX where the CPU and the kernel allow it)."""
     import subprocess
     import sys
 

@@ -162,12 +162,60 @@ static void scratch_free(scratch *s) {
  * (AVX2 vpmaddwd, AVX-512 VNNI vpdpwssd). Weights are zero-padded to a multiple of DOT_PAD taps; reads past a
  * row's end (see dot_rows) meet zero weights, and callers over-allocate. */
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define DOT_X86 1
+
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* AMX-INT8 usable: the CPU has it and Linux grants this process the tile data state (arch_prctl). */
+static int amx_usable(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25)))
+        return 0;
+#ifdef SYS_arch_prctl
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+    return 0;
+#endif
+}
+
+/* 3: AMX-INT8 + AVX-512, 2: AVX-512 (BW, VNNI), 1: AVX2, 0: portable; DYNREFER_CPU_ISA=avx512|avx2|default caps it
+ * (tests run every level). A pure function of the machine and the environment: racing first calls store the same
+ * value. */
+static int cpu_isa(void) {
+    static int isa = -1;
+    int i = __atomic_load_n(&isa, __ATOMIC_RELAXED);
+    if (i < 0) {
+        const char *cap = getenv("DYNREFER_CPU_ISA");
+        int top = !cap ? 3 : !strcmp(cap, "default") ? 0 : !strcmp(cap, "avx2") ? 1 : !strcmp(cap, "avx512") ? 2 : 3;
+        i = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") ? 2
+            : __builtin_cpu_supports("avx2")                                            ? 1
+                                                                                        : 0;
+        if (i == 2 && top == 3 && amx_usable())
+            i = 3;
+        i = i < top ? i : top;
+        __atomic_store_n(&isa, i, __ATOMIC_RELAXED);
+    }
+    return i;
+}
+#endif
+
 #define DOT_PAD 32
 
 typedef struct {
     taps t;               /* start, n and the int32 weights */
     int64_t kpad;         /* padded taps per output in hi / lo */
     int16_t *hi, *lo;     /* [out][kpad] */
+    /* AMX form (out_size 32, when cpu_isa() == 3): the weights as a banded [in][32] matrix in three signed-byte
+     * digits (k = d0 + 256·d1 + 65536·d2), packed as tiles [digit][group of 16 outputs][block of 64 inputs] of
+     * 16 × 64 bytes in the dot-product layout (row i, output n, byte t ↔ input 64·kb + 4i + t); amx_nz[g][kb]
+     * marks the blocks with any weight. */
+    int64_t nkb;
+    int8_t *amx;
+    uint8_t *amx_nz;
 } dot_taps;
 
 static void dot_taps_free(dot_taps *d) {
@@ -175,6 +223,7 @@ static void dot_taps_free(dot_taps *d) {
         return;
     taps_free(&d->t);
     free(d->hi);
+    free(d->amx);
     free(d);
 }
 
@@ -202,6 +251,29 @@ static dot_taps *dot_taps_make(const dr_axis *a) {
             d->hi[i * d->kpad + j] = (int16_t)((k - lo) / 2048);
             d->lo[i * d->kpad + j] = (int16_t)lo;
         }
+#ifdef DOT_X86
+    if (m == 32 && cpu_isa() == 3) {
+        d->nkb = (a->in_size + 63) / 64;
+        d->amx = (int8_t *)calloc((size_t)(3 * 2 * d->nkb * 1024 + 2 * d->nkb), 1);
+        if (!d->amx) {
+            dot_taps_free(d);
+            return NULL;
+        }
+        d->amx_nz = (uint8_t *)d->amx + 3 * 2 * d->nkb * 1024;
+        for (int64_t x = 0; x < m; x++)
+            for (int64_t j = 0; j < d->t.n[x]; j++) {
+                int32_t k = d->t.wi[x * d->t.kmax + j], dg[3];
+                dg[0] = (int8_t)(uint8_t)(k & 255); /* signed digits: each step leaves an exact multiple of 256 */
+                k = (k - dg[0]) / 256;
+                dg[1] = (int8_t)(uint8_t)(k & 255);
+                dg[2] = (k - dg[1]) / 256; /* |k| <= 2^22 + rounding: |d2| <= 65 */
+                int64_t q = d->t.start[x] + j, g = x / 16, kb = q / 64, i = (q % 64) / 4, t = q % 4;
+                for (int e = 0; e < 3; e++)
+                    d->amx[(((e * 2 + g) * d->nkb + kb) * 16 + i) * 64 + (x % 16) * 4 + t] = (int8_t)dg[e];
+                d->amx_nz[g * d->nkb + kb] = 1;
+            }
+    }
+#endif
     return d;
 }
 
@@ -227,7 +299,7 @@ static dot_taps *ih_taps(int64_t n, int *owned) {
         *owned = d != NULL;
         return d;
     }
-    size_t bytes = (size_t)(DR_PHASH_IH_RES * (d->t.kmax * 4 + d->kpad * 4 + 16));
+    size_t bytes = (size_t)(DR_PHASH_IH_RES * (d->t.kmax * 4 + d->kpad * 4 + 16) + d->nkb * (6 * 1024 + 2));
     if (__atomic_add_fetch(&dot_cache_bytes, bytes, __ATOMIC_RELAXED) > DOT_CACHE_BYTES) {
         *owned = 1;
         return d;
@@ -253,26 +325,7 @@ static void dot_rows_default(const uint8_t *src, int64_t stride, int64_t rows, c
         }
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define DOT_X86 1
-
-/* 2: AVX-512 (BW, VNNI), 1: AVX2, 0: portable; DYNREFER_CPU_ISA=avx2|default caps it (tests run every level). A
- * pure function of the machine and the environment: racing first calls store the same value. */
-static int cpu_isa(void) {
-    static int isa = -1;
-    int i = __atomic_load_n(&isa, __ATOMIC_RELAXED);
-    if (i < 0) {
-        const char *cap = getenv("DYNREFER_CPU_ISA");
-        int top = cap && !strcmp(cap, "default") ? 0 : (cap && !strcmp(cap, "avx2") ? 1 : 2);
-        i = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") ? 2
-            : __builtin_cpu_supports("avx2")                                            ? 1
-                                                                                        : 0;
-        i = i < top ? i : top;
-        __atomic_store_n(&isa, i, __ATOMIC_RELAXED);
-    }
-    return i;
-}
+#ifdef DOT_X86
 
 /* Sums of 8 (AVX2) or 16 (AVX-512) accumulators in one vector, in order: a transpose-and-add tree (the pairs'
  * unpacks keep each 128-bit block's outputs adjacent, the cross-block shuffles then finish them in order). */
@@ -444,6 +497,76 @@ __attribute__((target("avx512f"))) static void fold_rows_512(float *P, int64_t w
 }
 #endif
 
+#ifdef DOT_X86
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+/* Every tile 16 rows × 64 bytes: C tiles 0–5 ([digit][group]), A tile 6 (16 source rows × 64 inputs), B tile 7.
+ * A static object: ldtilecfg reads memory the compiler does not see it read. */
+static const amx_config amx_tiles = {1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+__attribute__((target("amx-tile,amx-int8"))) static void amx_begin(void) { _tile_loadconfig(&amx_tiles); }
+
+__attribute__((target("amx-tile,amx-int8"))) static void amx_end(void) { _tile_release(); }
+
+#define AMX_DIGITS(G, C0, C1, C2, kb)                                                                                \
+    if (d->amx_nz[(G) * d->nkb + (kb)]) {                                                                          \
+        _tile_loadd(7, d->amx + ((0 * 2 + (G)) * d->nkb + (kb)) * 1024, 64);                                       \
+        _tile_dpbusd(C0, 6, 7);                                                                                    \
+        _tile_loadd(7, d->amx + ((1 * 2 + (G)) * d->nkb + (kb)) * 1024, 64);                                       \
+        _tile_dpbusd(C1, 6, 7);                                                                                    \
+        _tile_loadd(7, d->amx + ((2 * 2 + (G)) * d->nkb + (kb)) * 1024, 64);                                       \
+        _tile_dpbusd(C2, 6, 7);                                                                                    \
+    }
+
+/* dot_rows for 32 outputs as a banded matrix product on the tile unit: per 16 source rows, C[digit][group] +=
+ * A(16 × 64 inputs) · B(64 inputs × 16 outputs) over the blocks with weights; then Σ digits · 256^e (exact in int32,
+ * the sum Pillow forms), shifted and clamped. Reads up to 15 rows past the last one and 63 bytes past a row's
+ * inputs (callers over-allocate: AMX_OVER). Needs amx_begin() on this thread. */
+#define AMX_OVER(w) (16 * (w) + 128)
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void dot_rows_amx(
+    const uint8_t *src, int64_t stride, int64_t rows, const dot_taps *d, uint8_t *dst, int64_t rs, int64_t xs) {
+    int32_t c[6][16][16];
+    const __m512i half = _mm512_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1)), zero = _mm512_setzero_si512();
+    for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        _tile_zero(4);
+        _tile_zero(5);
+        for (int64_t kb = 0; kb < d->nkb; kb++) {
+            if (!d->amx_nz[kb] && !d->amx_nz[d->nkb + kb])
+                continue;
+            _tile_loadd(6, src + r0 * stride + kb * 64, stride);
+            AMX_DIGITS(0, 0, 1, 2, kb)
+            AMX_DIGITS(1, 3, 4, 5, kb)
+        }
+        _tile_stored(0, c[0], 64);
+        _tile_stored(1, c[1], 64);
+        _tile_stored(2, c[2], 64);
+        _tile_stored(3, c[3], 64);
+        _tile_stored(4, c[4], 64);
+        _tile_stored(5, c[5], 64);
+        int64_t nr = rows - r0 < 16 ? rows - r0 : 16;
+        for (int64_t i = 0; i < nr; i++)
+            for (int g = 0; g < 2; g++) {
+                __m512i v = _mm512_add_epi32(_mm512_loadu_si512(c[3 * g][i]),
+                                             _mm512_slli_epi32(_mm512_loadu_si512(c[3 * g + 1][i]), 8));
+                v = _mm512_add_epi32(v, _mm512_slli_epi32(_mm512_loadu_si512(c[3 * g + 2][i]), 16));
+                v = _mm512_max_epi32(_mm512_srai_epi32(_mm512_add_epi32(v, half), DR_PIL_PRECISION_BITS), zero);
+                uint8_t o[16];
+                _mm_storeu_si128((__m128i *)o, _mm512_cvtusepi32_epi8(v));
+                for (int n = 0; n < 16; n++)
+                    dst[(r0 + i) * rs + (g * 16 + n) * xs] = o[n];
+            }
+    }
+}
+#endif
+
 /* dst[k] = Pillow's 8-bit result of ½ + Σ_j w[j] · src[(s + j) · stride + k], k < len (acc: len int32 of scratch for
  * the portable version). */
 static void combine_rows_u8(const uint8_t *src, int64_t stride, int64_t s, int64_t n, const int32_t *w, int64_t len,
@@ -451,7 +574,7 @@ static void combine_rows_u8(const uint8_t *src, int64_t stride, int64_t s, int64
     int64_t k = 0;
 #ifdef DOT_X86
     int i = cpu_isa();
-    if (i == 2)
+    if (i >= 2)
         k = combine_rows_512(src, stride, s, n, w, len, dst);
     else if (i == 1)
         k = combine_rows_256(src, stride, s, n, w, len, dst);
@@ -469,7 +592,7 @@ static void dot_rows(const uint8_t *src, int64_t stride, int64_t rows, const dot
                      uint8_t *dst, int64_t rs, int64_t xs) {
 #ifdef DOT_X86
     int i = cpu_isa();
-    if (i == 2 && m % 16 == 0 && d->kpad % 32 == 0)
+    if (i >= 2 && m % 16 == 0 && d->kpad % 32 == 0)
         return dot_rows_vnni(src, stride, rows, d, off, m, dst, rs, xs);
     if (i >= 1 && m % 8 == 0)
         return dot_rows_avx2(src, stride, rows, d, off, m, dst, rs, xs);
@@ -866,7 +989,7 @@ static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, con
         }
     }
 #ifdef DOT_X86
-    const int wide = cpu_isa() == 2;
+    const int wide = cpu_isa() >= 2;
 #else
     const int wide = 0;
 #endif
@@ -974,7 +1097,12 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
             int64_t rows = yhi - ylo;
             uint8_t *t2 = (uint8_t *)scratch_get(sc, 1, (size_t)(rows * R + DOT_OVER(rows)));
             if (t2) {
-                dot_rows(src + ylo * im->w, im->w, rows, dx, 0, R, t2, 1, rows); /* stored transposed */
+#ifdef DOT_X86
+                if (dx->amx)
+                    dot_rows_amx(src + ylo * im->w, im->w, rows, dx, t2, 1, rows); /* stored transposed */
+                else
+#endif
+                    dot_rows(src + ylo * im->w, im->w, rows, dx, 0, R, t2, 1, rows);
                 memset(t2 + rows * R, 0, (size_t)DOT_OVER(rows));
                 dot_rows(t2, rows, R, dy, ylo, R, px, 1, R);
                 rc = 0;
@@ -1020,9 +1148,16 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
     return dr_phash_bits(coef, DR_PHASH_IMAGEHASH);
 }
 
+/* Bytes after a luma plane that the row kernels may read (zero weights meet them). */
+#ifdef DOT_X86
+#define PLANE_OVER(w) AMX_OVER(w)
+#else
+#define PLANE_OVER(w) DOT_OVER(w)
+#endif
+
 static int64_t fold_limit(void) {
 #ifdef DOT_X86
-    if (cpu_isa() == 2)
+    if (cpu_isa() >= 2)
         return 500000;
 #endif
     return 150000;
@@ -1032,6 +1167,11 @@ static void phash_task(void *vctx, int64_t begin, int64_t end) {
     phash_ctx *c = (phash_ctx *)vctx;
     scratch sc;
     memset(&sc, 0, sizeof sc);
+#ifdef DOT_X86
+    const int amx = c->method == DR_PHASH_IMAGEHASH && cpu_isa() == 3;
+    if (amx)
+        amx_begin();
+#endif
     for (int64_t v = begin; v < end; v++) {
         double b[4];
         load_box(c->boxes, v, b);
@@ -1051,6 +1191,10 @@ static void phash_task(void *vctx, int64_t begin, int64_t end) {
             h = phash_dyn_rows(im, plane, &cr, c->cos224);
         put_hash(c->hashes, v, h);
     }
+#ifdef DOT_X86
+    if (amx)
+        amx_end();
+#endif
     scratch_free(&sc);
 }
 
@@ -1147,10 +1291,10 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
         int64_t *row0 = (int64_t *)malloc((size_t)(n_images + 1) * sizeof(int64_t));
         int ok = planes && row0;
         for (int64_t i = 0; ok && i < n_images; i++) {
-            planes[i] = (uint8_t *)malloc((size_t)(images[i].h * images[i].w + DOT_OVER(images[i].w))); /* dot_rows */
+            planes[i] = (uint8_t *)malloc((size_t)(images[i].h * images[i].w + PLANE_OVER(images[i].w)));
             ok = planes[i] != NULL;
             if (ok)
-                memset(planes[i] + images[i].h * images[i].w, 0, (size_t)DOT_OVER(images[i].w));
+                memset(planes[i] + images[i].h * images[i].w, 0, (size_t)PLANE_OVER(images[i].w));
         }
         if (ok) {
             row0[0] = 0;
