@@ -1104,7 +1104,12 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
 #endif
                     dot_rows(src + ylo * im->w, im->w, rows, dx, 0, R, t2, 1, rows);
                 memset(t2 + rows * R, 0, (size_t)DOT_OVER(rows));
-                dot_rows(t2, rows, R, dy, ylo, R, px, 1, R);
+#ifdef DOT_X86
+                if (dy->amx && ylo == 0)
+                    dot_rows_amx(t2, rows, R, dy, px, 1, R);
+                else
+#endif
+                    dot_rows(t2, rows, R, dy, ylo, R, px, 1, R);
                 rc = 0;
             }
         } else { /* 32 row combinations over the crop → [32][w], then row dot products */
@@ -1115,7 +1120,12 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
                 for (int64_t y = 0; y < R; y++)
                     combine_rows_u8(src, im->w, ty->start[y], ty->n[y], ty->wi + y * ty->kmax, cr->w, acc,
                                     t1 + y * cr->w);
-                dot_rows(t1, cr->w, R, dx, 0, R, px, R, 1);
+#ifdef DOT_X86
+                if (dx->amx)
+                    dot_rows_amx(t1, cr->w, R, dx, px, R, 1);
+                else
+#endif
+                    dot_rows(t1, cr->w, R, dx, 0, R, px, R, 1);
                 rc = 0;
             }
         }
