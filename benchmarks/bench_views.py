@@ -15,7 +15,11 @@ import glob
 import os
 import sys
 
-import numpy as np
+# Neither side calls BLAS; numpy's OpenBLAS threads would only spin after its first call and take the cores from
+# whichever side runs next.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import bench, fmt_ms, table  # noqa: E402

@@ -316,3 +316,19 @@ def test_fuzz_geometry(rng):
         v = crop_resize(im, b, size=s, mode=str(rng.choice(["pil", "tensor"])))
         assert np.isfinite(v).all()
         phash(im, b, method=str(rng.choice(["dynrefer", "imagehash"])))
+
+
+@pytest.mark.parametrize("method", ["imagehash", "dynrefer"])
+def test_phash_edge_crops_all_kernels(rng, method):
+    """Crops at the right and bottom edges of images of awkward sizes: the row kernels read ahead of a crop's last
+    pixel into padding (zero weights); fast = elementwise, and the sanitizer run checks every read."""
+    for h, w in [(17, 65), (100, 31), (33, 130), (250, 97)]:
+        im = _image(rng, h, w)
+        b = np.array([[0, 0, w, h], [w // 3, h // 4, w, h], [w - 1, h - 1, w, h], [0, h - 5, w, h],
+                      [w - 40 if w > 40 else 0, 0, w, h]], np.float32)
+        fast = phash(im, b, method=method)
+        elem = phash(im, b, method=method, impl="elementwise")
+        if method == "imagehash":
+            np.testing.assert_array_equal(fast, elem)
+        else:
+            assert (hamming(fast, elem) <= 1).all()
