@@ -11,12 +11,13 @@ _NO_CAP = 10_000_000
 
 
 def build_dynrefer(config="tiny", texts=(), tag_list=(), classes=(), attributes=(), t5_model=None,
-                   t5_tokenizer=None, text_encoder=None, embed_cache_dir=None, seed=None):
+                   t5_tokenizer=None, text_encoder=None, embed_cache_dir=None, seed=None, model_cls=DynRefer):
     """A DynRefer with randomly initialised weights from ``config`` (a :class:`DynReferConfig` or a preset name).
 
     Tokenizers that are not given are trained on ``texts`` (captions, …) plus the tag, class and attribute names
     (e.g. the vocabulary files of a dataset, read by the caller), so every word the model will see is in the
-    vocabulary. ``seed`` fixes the initialisation.
+    vocabulary. ``seed`` fixes the initialisation. ``model_cls``: a subclass of :class:`DynRefer` to build instead
+    (e.g. the LAVIS-facing class of :mod:`dynrefer.lavis`).
     """
     import torch
 
@@ -36,7 +37,7 @@ def build_dynrefer(config="tiny", texts=(), tag_list=(), classes=(), attributes=
         if text_encoder is None:
             tok = build_bert_tokenizer(vocab, _NO_CAP)
             text_encoder = TextEncoder(config.text_encoder, tok)
-        return DynRefer(config, t5_tokenizer, tag_list, text_encoder, classes=classes, attributes=attributes,
+        return model_cls(config, t5_tokenizer, tag_list, text_encoder, classes=classes, attributes=attributes,
                         t5_model=t5_model, embed_cache_dir=embed_cache_dir)
     finally:
         if ctx is not None:
