@@ -96,15 +96,18 @@ def _lavis():
                       "task": BaseTask}
 
 
-def _register_one(registry, kind, name, cls):
+def _existing(registry, kind, name):
+    """The class registered as ``name`` if it is ours; None if the name is free; KeyError if it is taken."""
     getter = getattr(registry, f"get_{kind}_class", None)
     have = getter(name) if getter is not None else None
-    if have is not None:
-        if getattr(have, _MARK, False):
-            return have
+    if have is not None and not getattr(have, _MARK, False):
         raise KeyError(f"the LAVIS registry already has a {kind} named {name!r} ({have.__module__}."
                        f"{have.__qualname__}); is the official DynRefer code imported too?")
-    return getattr(registry, f"register_{kind}")(name)(cls)
+    return have
+
+
+def _register_one(registry, kind, name, cls):
+    return _existing(registry, kind, name) or getattr(registry, f"register_{kind}")(name)(cls)
 
 
 def register(registry=None, bases=None):
@@ -122,6 +125,8 @@ def register(registry=None, bases=None):
         raise TypeError(f"registry must provide {', '.join(missing)}")
     if id(registry) in _registered:
         return _registered[id(registry)]
+    for kind, name in [*NAMES.items(), *(("builder", ds) for ds in DATASET_CONFIGS)]:
+        _existing(registry, kind, name)   # refuse before registering anything
     c = lavis_classes(bases, registry)
     out = Classes(model=_register_one(registry, "model", NAMES["model"], c.model),
                   processor=_register_one(registry, "processor", NAMES["processor"], c.processor),
