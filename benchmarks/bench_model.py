@@ -98,7 +98,9 @@ def pipeline_case(device, quick, preset="tiny"):
     peer = the official processor (pHash of every candidate, PIL/torchvision crops; greedy pHash selection at
     inference) + the model on the peer ops; dynrefer = NestedViews (stochastic in training, the image prior at
     inference) + the model on dynrefer's ops. Inference is what the official predict_answers computes per region
-    (tags, attribute and class scores, a beam-searched caption), reported per region."""
+    (tags, attribute and class scores, a beam-searched caption), reported per region; the captions are decoded to
+    their full max_new_tokens (randomly initialised weights would otherwise stop at different lengths on the two
+    backends, whose float rounding differs)."""
     import numpy as np
     from _model_data import ATTRIBUTES, CAPTIONS, CLASSES, TAGS
     from bench_views import OfficialProcessor, regions_of
@@ -133,16 +135,18 @@ def pipeline_case(device, quick, preset="tiny"):
         m.zero_grad(set_to_none=True)
         m({"views": v.to(device), "boxes": b.to(device), "text_output": text, "tags": tags.to(device)})["loss"].backward()
 
-    def infer():
+    full = cfg.generation.max_new_tokens
+
+    def infer():   # every caption runs to max_new_tokens, so both sides decode the same number of steps
         torch.manual_seed(0)
         v, b = prepare("eval")
-        m.describe_views(v.to(device), b.to(device))
+        m.describe_views(v.to(device), b.to(device), min_new_tokens=full, min_length=None)
 
     where = f"{R} regions × 3 views of a {pil.size[0]}×{pil.size[1]} photo"
     return f"{preset} preset + data preparation, {where}", [("train step", step), (f"inference ÷ {R}", infer)], R
 
 
-def pipeline_breakdown(device, quick, preset="medium", top=8):
+def pipeline_breakdown(device, quick, preset="medium", top=10):
     """Where the time of the pipeline goes: data preparation alone, the model alone, and the model's top aten
     ops (torch.profiler, self CPU time) on dynrefer's backend, for one training step and one inference call."""
     name, passes, R = pipeline_case(device, quick, preset)
@@ -165,15 +169,49 @@ def pipeline_breakdown(device, quick, preset="medium", top=8):
     from torch.profiler import ProfilerActivity, profile
 
     for label, fn in passes:
-        with backend.use_backend("dynrefer"):
-            fn()
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+        prof_ms = {}
+        for b in ("peer", "dynrefer"):
+            with backend.use_backend(b):
                 fn()
-        ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-        total = sum(e.self_cpu_time_total for e in ev)
-        print(f"\n{preset} {label}, dynrefer backend: top ops by self CPU time (total {total / 1e3:.0f} ms)")
-        print(table([[e.key, f"{e.self_cpu_time_total / 1e3:.0f} ms", f"{100 * e.self_cpu_time_total / total:.1f}%",
-                      str(e.count)] for e in ev[:top]], ["op", "self CPU", "share", "calls"]))
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    fn()
+            prof_ms[b] = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+        total = {b: sum(v.values()) for b, v in prof_ms.items()}
+        keys = sorted(set(prof_ms["peer"]) | set(prof_ms["dynrefer"]),
+                      key=lambda k: -max(prof_ms["peer"].get(k, 0), prof_ms["dynrefer"].get(k, 0)))[:top]
+        rows = [[k[:50], f"{prof_ms['peer'].get(k, 0):.0f} ms", f"{prof_ms['dynrefer'].get(k, 0):.0f} ms",
+                 f"{100 * prof_ms['dynrefer'].get(k, 0) / total['dynrefer']:.1f}%"] for k in keys]
+        rows.append(["total (profiled, one call)", f"{total['peer']:.0f} ms", f"{total['dynrefer']:.0f} ms", "100%"])
+        what = label.split(" ÷ ")[0] + (f" ({R} regions, one call)" if "÷" in label else "")
+        print(f"\n{preset} {what}: top ops by self CPU time (torch.profiler; Python-level work such as PIL is "
+              f"not an op)")
+        print(table(rows, ["op", "peer", "dynrefer", "dynrefer share"]))
+
+
+def bench_ab(fn, device, budget_s, min_repeats=3, max_repeats=20):
+    """Median times of fn() under the "peer" and the "dynrefer" backend, the two interleaved call by call (the
+    order alternating), so a change of load on a shared machine hits both alike. One warm-up call each."""
+    import statistics
+    import time
+
+    from _timing import sync
+
+    times = {"peer": [], "dynrefer": []}
+    for b in times:
+        with backend.use_backend(b):
+            fn()
+    start = time.perf_counter()
+    k = 0
+    while k < max_repeats and (k < min_repeats or time.perf_counter() - start < 2 * budget_s):
+        for b in (("peer", "dynrefer") if k % 2 == 0 else ("dynrefer", "peer")):
+            with backend.use_backend(b):
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                times[b].append(time.perf_counter() - t0)
+        k += 1
+    return {b: statistics.median(v) for b, v in times.items()}
 
 
 CASES = {
@@ -203,10 +241,13 @@ def main():
             sys.exit(f"unknown case {key!r}; choose from {', '.join(CASES)}")
         name, passes, *per = CASES[key](args.device, args.quick)
         for label, fn in passes:
-            t = {}
-            for b in ("peer", "dynrefer"):
-                with backend.use_backend(b):
-                    t[b] = bench(fn, args.device, min_repeats=3, max_repeats=20, budget_s=args.budget)
+            if key.startswith("pipeline"):   # long calls: interleaved, so load changes hit both sides
+                t = bench_ab(fn, args.device, args.budget)
+            else:
+                t = {}
+                for b in ("peer", "dynrefer"):
+                    with backend.use_backend(b):
+                        t[b] = bench(fn, args.device, min_repeats=3, max_repeats=20, budget_s=args.budget)
             if "÷" in label:   # per-region time of a call over several regions
                 t = {b: v / per[0] for b, v in t.items()}
             rows.append([name, label, fmt_ms(t["peer"]), fmt_ms(t["dynrefer"]), f"{t['peer'] / t['dynrefer']:.2f}×"])

@@ -179,6 +179,12 @@ def test_builder_on_official_files(lavis, synth_root):
         "build_info"]["annotations"]["val"]}))
     sets = reg.get_builder_class("dynrefer")(one).build_datasets()
     assert set(sets) == {"val"} and len(sets["val"]) == 1
+    files = ["data/synthetic/train_caption.json", "data/synthetic/val_caption.json"]   # several files, one split
+    two = dict(cfg, build_info=dict(cfg["build_info"], annotations={"train": files}))
+    both = reg.get_builder_class("dynrefer")(two).build_datasets()["train"]
+    val_regions = len(json.load(open(os.path.join(d, "val_caption.json")))["annotations"])
+    assert len(both) == len(train) + val_regions and both[len(both) - 1]["ids"][0] in {
+        a["id"] for a in json.load(open(os.path.join(d, "val_caption.json")))["annotations"]}
 
 
 def test_task_hooks_call_dynrefer_eval(lavis, synth_root, monkeypatch, tmp_path):

@@ -102,13 +102,13 @@ def dataset_class():
                 vis_processor.split = split
             max_imgs, max_objs = as_int(max_imgs, "max_imgs"), as_int(max_objs, "max_objs")
             group = "region" if (self.training and obj_lvl) else "image"
-            self.parts, self.records = [], {}
+            self.parts, self.records = [], []   # per file: its RegionDataset and {region id: record}
             self.tag_vocab = None
             for f in files:
                 ann = _subset(load_annotations(f, tags=tag_list, image_root=image_root), max_imgs)
                 if self.tag_vocab is None:
                     self.tag_vocab = ann.tag_vocab
-                self.records.update({r.id: r for r in ann.records})
+                self.records.append({r.id: r for r in ann.records})
                 transform = None if vis_processor is None else vis_processor.transform
                 self.parts.append(RegionDataset(
                     ann, transform, group=group, training=self.training, seed=seed,
@@ -129,7 +129,7 @@ def dataset_class():
                 raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
             k = int(np.searchsorted(self._ends, index, side="right"))
             item = self.parts[k][index - (int(self._ends[k - 1]) if k else 0)]
-            recs = [self.records[i] for i in item["region_ids"]]
+            recs = [self.records[k][i] for i in item["region_ids"]]
             T = self.num_tags
             tags = torch.zeros(len(recs), 2 * T, dtype=torch.long)
             for j, r in enumerate(recs):
