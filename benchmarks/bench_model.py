@@ -133,7 +133,8 @@ def pipeline_case(device, quick, preset="tiny"):
         m.train()
         v, b = prepare("train")
         m.zero_grad(set_to_none=True)
-        m({"views": v.to(device), "boxes": b.to(device), "text_output": text, "tags": tags.to(device)})["loss"].backward()
+        out = m({"views": v.to(device), "boxes": b.to(device), "text_output": text, "tags": tags.to(device)})
+        out["loss"].backward()
 
     full = cfg.generation.max_new_tokens
 

@@ -78,8 +78,8 @@ def dataset_class():
         Items: ``cascade_region_images`` [R, n, 3, S, S], ``cascade_region_bboxes`` [R, n, 4],
         ``cascade_region_ratios`` [R, n], ``caps`` (text-processed captions), ``tags`` int64 [R, 2T] (tag_set1
         in the first T columns, tag_set2 in the last T), ``cap_control_words`` (training only: sampled control
-        sentences; the official model draws them itself, and at inference they come from the predicted tags), ``ids``, ``image_ids``;
-        :meth:`collater` concatenates them (plus ``batch_idx``). Training items are single regions
+        sentences; the official model draws them itself, and at inference they come from the predicted tags),
+        ``ids``, ``image_ids``; :meth:`collater` concatenates them (plus ``batch_idx``). Training items are single regions
         (``obj_lvl``), evaluation items all regions of one image. Built on :class:`dynrefer.data.RegionDataset`
         (images decoded once per item, views cut by the processor in batched calls); a missing image raises an
         error naming it instead of being skipped.

@@ -5,9 +5,9 @@ Which benchmark an evaluation is follows the official rule on ``run.eval_dataset
 ``reg`` or ``refcoco`` is region captioning (METEOR, CIDEr), ``ovad`` attribute detection (box-oracle mAP),
 ``coco`` region recognition (accuracy, mAP), any other ``vg`` name dense captioning (mAP). The ground truth is
 the evaluated annotation file, or ``run.eval_gt_file`` where the regions evaluated are not the ground truth
-(predicted boxes); ``run.eval_benchmark`` names the benchmark outright (e.g. for the synthetic
-set), ``run.caption_metrics`` the caption metrics (default METEOR and CIDEr). ``agg_metrics`` (what LAVIS's runner tracks) is METEOR, mAP ``all``, accuracy and mAP
-respectively.
+(predicted boxes); ``run.eval_benchmark`` names the benchmark outright (e.g. for the synthetic set),
+``run.caption_metrics`` the caption metrics (default METEOR and CIDEr). ``agg_metrics`` (what LAVIS's runner
+tracks) is METEOR, mAP ``all``, accuracy and mAP respectively.
 """
 from __future__ import annotations
 
