@@ -9,16 +9,40 @@ from dynrefer.lavis import LAVIS_NAME, config_from_lavis, register  # noqa: E402
 
 
 class FakeRegistry:
-    def __init__(self):
-        self.models = {}
+    """A registry with LAVIS's decorator API (register_<kind>(name)(cls)) and look-ups."""
 
-    def register_model(self, name):
+    def __init__(self):
+        self.mapping = {k: {} for k in ("model", "processor", "builder", "task")}
+
+    def _register(self, kind, name):
         def wrap(cls):
-            assert name not in self.models
-            self.models[name] = cls
+            assert name not in self.mapping[kind]
+            self.mapping[kind][name] = cls
             return cls
 
         return wrap
+
+    def register_model(self, name):
+        return self._register("model", name)
+
+    def register_processor(self, name):
+        return self._register("processor", name)
+
+    def register_builder(self, name):
+        return self._register("builder", name)
+
+    def register_task(self, name):
+        return self._register("task", name)
+
+    def get_model_class(self, name):
+        return self.mapping["model"].get(name)
+
+    def get_builder_class(self, name):
+        return self.mapping["builder"].get(name)
+
+    @property
+    def models(self):
+        return self.mapping["model"]
 
 
 def test_config_mapping_of_the_official_yaml():
@@ -36,14 +60,14 @@ def test_config_mapping_of_the_official_yaml():
 
 def test_register_build_train_and_predict(tmp_path):
     reg = FakeRegistry()
-    cls = register(reg)
-    assert reg.models[LAVIS_NAME] is cls
+    cls = register(reg).model
+    assert reg.models[LAVIS_NAME] is cls and register(reg).model is cls   # idempotent
     (tmp_path / "tags.txt").write_text("\n".join(TAGS) + "\n")
     torch.manual_seed(0)
     model = cls.from_config({"vit_model": "tiny", "num_views": 2, "tag_list": str(tmp_path / "tags.txt"),
                              "texts": CAPTIONS, "num_beams": 1, "max_new_tokens": 4})
-    assert model.model.num_tags == len(TAGS) and model.model.config.generation.num_beams == 1
-    s = batch(model.model, torch.Generator().manual_seed(0), regions=3)
+    assert model.num_tags == len(TAGS) and model.config.generation.num_beams == 1
+    s = batch(model, torch.Generator().manual_seed(0), regions=3)
     lavis_batch = {"cascade_region_images": s["views"], "cascade_region_bboxes": s["boxes"],
                    "caps": s["text_output"], "tags": torch.cat([s["tags"], s["tags"]], 1), "ids": [7, 8, 9]}
     out = model(lavis_batch)
@@ -55,3 +79,7 @@ def test_register_build_train_and_predict(tmp_path):
         cls.from_config({"vit_model": "tiny"})
     with pytest.raises(TypeError, match="register_model"):
         register(object())
+    taken = FakeRegistry()
+    taken.register_model(LAVIS_NAME)(torch.nn.Module)
+    with pytest.raises(KeyError, match="already has a model named"):
+        register(taken)

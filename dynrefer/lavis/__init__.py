@@ -1,139 +1,223 @@
-"""LAVIS compatibility: register DynRefer under the official name ``dynrefer_t5`` and speak LAVIS's config and
-sample keys.
+"""LAVIS compatibility: DynRefer's model, processor, dataset builder and task under the official registry names,
+with LAVIS's APIs and YAML configs in LAVIS's model / datasets / run layout.
 
-    from dynrefer.lavis import register
-    register()            # into lavis.common.registry.registry (needs salesforce-lavis)
-    register(registry)    # into any object with ``register_model(name)`` (a decorator factory), e.g. a test double
+When ``salesforce-lavis`` is importable, importing this module registers (into ``lavis.common.registry``):
 
-The registered class builds from a LAVIS model config (``from_config``; official keys: num_views, vit_model,
-img_size, num_query_token, t5_model (a local Hugging Face directory), tag_list (a file), max_txt_len, tag_thr,
-num_beams, max_new_tokens, min_length, length_penalty, repetition_penalty, vit_precision, pretrained /
-finetuned (local checkpoints)) and accepts LAVIS batches: cascade_region_images [R,n,3,S,S],
-cascade_region_bboxes [R,n,4], caps, tags, ids.
+=========  ===================================  =====================================================
+kind       name                                 class
+=========  ===================================  =====================================================
+model      ``dynrefer_t5``                      :class:`DynRefer` + ``BaseModel`` (model types
+                                                ``flant5xl``, ``flant5xl_vitL``, ``medium``, ``tiny``)
+processor  ``dynrefer``                         nested views (``processor(image, segs)``)
+builder    ``dynrefer`` and one per dataset      official-format annotation files → datasets
+           (``vg1.2``, ``refcocog``, ``ovad``,
+           ``coco``, ...: :data:`DATASET_CONFIGS`)
+task       ``dynrefer``                         train / predict / score with :mod:`dynrefer.eval`
+=========  ===================================  =====================================================
+
+so that LAVIS scripts run DynRefer from a config::
+
+    import dynrefer.lavis                       # registers (LAVIS installed)
+    from lavis.models import load_model
+    model = load_model("dynrefer_t5", "tiny")   # builds from dynrefer/lavis/configs/models/dynrefer_tiny.yaml
+
+Without LAVIS (or into another registry, e.g. a test double): ``register(registry)`` with an object that has
+LAVIS's ``register_model`` / ``register_processor`` / ``register_builder`` / ``register_task`` decorator
+factories; the classes then derive from stand-ins unless ``bases`` gives LAVIS's.
+
+Configs ship with the package (:func:`config_path`): ``models/`` (one per model type: a ``model`` and a
+``preprocess`` section), ``datasets/`` (one per dataset, the official ``build_info`` keys) and ``projects/train``
+/ ``projects/eval`` (the official training and evaluation runs: VG V1.2 5 epochs, RefCOCOg fine-tuning, dense
+captioning, region captioning, OVAD, COCO; and a tiny run on the synthetic benchmark). A project file names its
+model type and datasets; :func:`load_config` resolves it the way LAVIS's ``Config`` does (the model type's and
+datasets' defaults, then the project's keys on top), without needing LAVIS or OmegaConf. File paths inside are
+relative to the working directory, as in the official configs.
 """
 from __future__ import annotations
 
-__all__ = ["register", "config_from_lavis", "LAVIS_NAME", "lavis_model_class"]
+import copy
+import os
+import sys
+from collections import namedtuple
+
+from dynrefer.lavis._common import CONFIG_ROOT, get, read_yaml
+from dynrefer.lavis.builder import DATASET_CONFIGS
+from dynrefer.lavis.model import IGNORED_MODEL_KEYS, MODEL_TYPES, config_from_lavis
+
+__all__ = ["register", "registered", "config_from_lavis", "config_path", "load_config", "LAVIS_NAME", "NAMES",
+           "MODEL_TYPES", "DATASET_CONFIGS", "IGNORED_MODEL_KEYS", "lavis_classes", "Classes"]
 
 LAVIS_NAME = "dynrefer_t5"
+NAMES = {"model": LAVIS_NAME, "processor": "dynrefer", "builder": "dynrefer", "task": "dynrefer"}
+
+Classes = namedtuple("Classes", ["model", "processor", "builder", "task"])
+
+_MARK = "_dynrefer_lavis"
+_registered = {}   # id(registry) -> Classes
 
 
-def _get(cfg, key, default=None):
-    if hasattr(cfg, "get"):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
+def config_path(rel=""):
+    """Absolute path of the packaged configs folder, or of a file in it (e.g. ``"projects/train/vg1.2_5e.yaml"``)."""
+    return os.path.join(CONFIG_ROOT, rel) if rel else CONFIG_ROOT
 
 
-def config_from_lavis(cfg):
-    """A :class:`DynReferConfig` from a LAVIS model config (a dict or an OmegaConf node)."""
-    from dynrefer.model.config import DynReferConfig
+def lavis_classes(bases=None, registry=None):
+    """Build the four classes (model, processor, builder, task) on ``bases`` (a dict with any of ``model``,
+    ``processor``, ``builder``, ``task``: LAVIS's base classes); ``registry`` resolves names inside the builder
+    and the task."""
+    from dynrefer.lavis.builder import builder_class
+    from dynrefer.lavis.model import model_class
+    from dynrefer.lavis.processor import caption_processor_class, processor_class
+    from dynrefer.lavis.task import task_class
 
-    vit = _get(cfg, "vit_model", "eva_clip_g")
-    if vit == "eva_clip_g":
-        base = DynReferConfig.from_preset("official")
-    elif vit in ("clip_L", "clip_vit_L", "vit_large"):
-        base = DynReferConfig.from_preset("official", vision={"arch": "clip", "width": 1024, "depth": 23,
-                                                              "num_heads": 16, "mlp_ratio": 4.0, "eps": 1e-5})
-    elif vit in ("tiny", "medium"):
-        base = DynReferConfig.from_preset(vit)
-    else:
-        raise ValueError(f"vit_model must be 'eva_clip_g', 'clip_L', 'tiny' or 'medium', got {vit!r}")
-    d = base.to_dict()
-    d["num_views"] = int(_get(cfg, "num_views", 2))
-    d["vision"]["image_size"] = int(_get(cfg, "img_size", d["vision"]["image_size"]))
-    d["qformer"]["num_query_tokens"] = int(_get(cfg, "num_query_token", d["qformer"]["num_query_tokens"]))
-    d["max_txt_len"] = int(_get(cfg, "max_txt_len", d["max_txt_len"]))
-    d["vit_precision"] = str(_get(cfg, "vit_precision", d["vit_precision"]))
-    gen = d["generation"]
-    for ours, theirs in (("tag_threshold", "tag_thr"), ("num_beams", "num_beams"),
-                         ("max_new_tokens", "max_new_tokens"), ("min_length", "min_length"),
-                         ("length_penalty", "length_penalty"), ("repetition_penalty", "repetition_penalty"),
-                         ("chunk_size", "split_size")):
-        v = _get(cfg, theirs)
-        if v is not None:
-            gen[ours] = type(gen[ours])(v)
-    return DynReferConfig.from_dict(d)
+    bases = dict(bases or {})
+    proc = processor_class(bases.get("processor"))
+    caption = caption_processor_class(bases.get("processor"))
+    classes = Classes(model=model_class(bases.get("model")), processor=proc,
+                      builder=builder_class(bases.get("builder"), registry,
+                                            {"dynrefer": proc, "blip_caption": caption}),
+                      task=task_class(bases.get("task"), registry))
+    for c in classes:
+        setattr(c, _MARK, True)
+    return classes
 
 
-def lavis_model_class(base=None):
-    """The LAVIS-facing model class (a subclass of ``base``, LAVIS's BaseModel when given)."""
-    import torch.nn as nn
-
-    base = base or nn.Module
-
-    class DynReferT5(base):
-        PRETRAINED_MODEL_CONFIG_DICT = {}
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        @classmethod
-        def from_config(cls, cfg):
-            from dynrefer.model import build_dynrefer
-            from dynrefer.model.loading import load_blip2_checkpoint, load_dynrefer_checkpoint, load_t5_directory
-
-            config = config_from_lavis(cfg)
-            tag_file = _get(cfg, "tag_list")
-            if not tag_file:
-                raise ValueError("the LAVIS config needs tag_list (a file with one tag per line)")
-            with open(tag_file, encoding="utf-8") as f:
-                tags = [t.strip() for t in f if t.strip()]
-            t5_model = t5_tok = None
-            if _get(cfg, "t5_model"):
-                t5_model, t5_tok = load_t5_directory(_get(cfg, "t5_model"))
-            model = build_dynrefer(config, texts=list(_get(cfg, "texts", []) or []), tag_list=tags,
-                                   classes=list(_get(cfg, "classes", []) or []),
-                                   attributes=list(_get(cfg, "attributes", []) or []), t5_model=t5_model,
-                                   t5_tokenizer=t5_tok, embed_cache_dir=_get(cfg, "embed_cache_dir"))
-            if _get(cfg, "pretrained"):
-                load_blip2_checkpoint(model, _get(cfg, "pretrained"))
-            if _get(cfg, "finetuned"):
-                load_dynrefer_checkpoint(model, _get(cfg, "finetuned"))
-            return cls(model)
-
-        @staticmethod
-        def _samples(samples):
-            out = {"views": samples["cascade_region_images"], "boxes": samples["cascade_region_bboxes"]}
-            if "caps" in samples:
-                out["text_output"] = samples["caps"]
-            if "tags" in samples:
-                out["tags"] = samples["tags"]
-            if "cap_control_words" in samples:
-                out["control_words"] = samples["cap_control_words"]
-            return out
-
-        def forward(self, samples):
-            return self.model(self._samples(samples))
-
-        def predict_answers(self, samples, **kwargs):
-            s = self._samples(samples)
-            res = self.model.describe_views(s["views"], s["boxes"], **kwargs)
-            ids = samples.get("ids", list(range(len(res))))
-            out = []
-            for i, r in zip(ids, res):
-                tags = [t for t, _ in r.get("tags", [])]
-                out.append({"id": i, "caption": r.get("caption"), "score": r.get("caption_score"),
-                            "tag_set1": tags, "tag_set2": tags,
-                            "attr": [s for _, s in r.get("attributes", [])], "cls": r.get("category_scores", [])})
-            return out
-
-    DynReferT5.__name__ = DynReferT5.__qualname__ = "DynReferT5"
-    return DynReferT5
+def _lavis():
+    try:
+        from lavis.common.registry import registry
+        from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
+        from lavis.models.base_model import BaseModel
+        from lavis.processors.base_processor import BaseProcessor
+        from lavis.tasks.base_task import BaseTask
+    except ImportError as e:
+        raise ImportError("dynrefer.lavis.register() needs salesforce-lavis (pip install dynrefer[lavis]); "
+                          "or pass a registry object") from e
+    return registry, {"model": BaseModel, "processor": BaseProcessor, "builder": BaseDatasetBuilder,
+                      "task": BaseTask}
 
 
-def register(registry=None):
-    """Register the model as ``dynrefer_t5``; returns the registered class."""
-    base = None
+def _existing(registry, kind, name):
+    """The class registered as ``name`` if it is ours; None if the name is free; KeyError if it is taken."""
+    getter = getattr(registry, f"get_{kind}_class", None)
+    have = getter(name) if getter is not None else None
+    if have is not None and not getattr(have, _MARK, False):
+        raise KeyError(f"the LAVIS registry already has a {kind} named {name!r} ({have.__module__}."
+                       f"{have.__qualname__}); is the official DynRefer code imported too?")
+    return have
+
+
+def _register_one(registry, kind, name, cls):
+    return _existing(registry, kind, name) or getattr(registry, f"register_{kind}")(name)(cls)
+
+
+def register(registry=None, bases=None):
+    """Register the model, processor, builders and task; returns :class:`Classes` (model, processor, builder,
+    task). Idempotent: a second call with the same registry returns the classes registered first.
+
+    ``registry=None`` uses LAVIS's (``lavis.common.registry.registry``) and LAVIS's base classes; another
+    registry needs ``register_model``, ``register_processor``, ``register_builder`` and ``register_task``
+    (decorator factories, as LAVIS's), and optionally its ``get_*_class`` look-ups and ``get_path``."""
+    if registry is None:
+        registry, lavis_bases = _lavis()
+        bases = dict(lavis_bases, **(bases or {}))
+    missing = [f"register_{k}" for k in NAMES if not hasattr(registry, f"register_{k}")]
+    if missing:
+        raise TypeError(f"registry must provide {', '.join(missing)}")
+    if id(registry) in _registered:
+        return _registered[id(registry)]
+    for kind, name in [*NAMES.items(), *(("builder", ds) for ds in DATASET_CONFIGS)]:
+        _existing(registry, kind, name)   # refuse before registering anything
+    c = lavis_classes(bases, registry)
+    out = Classes(model=_register_one(registry, "model", NAMES["model"], c.model),
+                  processor=_register_one(registry, "processor", NAMES["processor"], c.processor),
+                  builder=_register_one(registry, "builder", NAMES["builder"], c.builder),
+                  task=_register_one(registry, "task", NAMES["task"], c.task))
+    for ds, rel in DATASET_CONFIGS.items():   # LAVIS's Config finds a dataset's builder by the dataset's name
+        sub = type(f"DynReferBuilder_{ds.replace('.', '_')}", (out.builder,), {"DATASET_CONFIG_DICT": {"default": rel}})
+        setattr(sub, _MARK, True)
+        _register_one(registry, "builder", ds, sub)
+    _registered[id(registry)] = out
+    return out
+
+
+def registered(registry=None):
+    """The classes registered into ``registry`` (LAVIS's by default), or None."""
     if registry is None:
         try:
-            from lavis.common.registry import registry
-            from lavis.models.base_model import BaseModel
-        except ImportError as e:
-            raise ImportError("dynrefer.lavis.register() needs salesforce-lavis (pip install dynrefer[lavis]); "
-                              "or pass a registry object") from e
-        base = BaseModel
-    if not hasattr(registry, "register_model"):
-        raise TypeError("registry must provide register_model(name)")
-    cls = lavis_model_class(base)
-    return registry.register_model(LAVIS_NAME)(cls)
+            registry, _ = _lavis()
+        except ImportError:
+            return None
+    return _registered.get(id(registry))
+
+
+# ---- project configs ---------------------------------------------------------------------------------------
+
+def _merge(base, top):
+    out = copy.deepcopy(base)
+    for k, v in (top or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(path, overrides=None):
+    """A project config resolved as LAVIS's ``Config`` resolves it, as a plain dict with ``model``, ``datasets``,
+    ``run`` (and ``preprocess`` from the model type's file):
+
+    * ``model``: the file of ``model.model_type`` (:data:`MODEL_TYPES`), then the project's ``model`` keys;
+    * ``datasets``: per dataset, its default file (:data:`DATASET_CONFIGS`, or the file of ``type`` under
+      ``datasets/``), then the project's keys;
+    * ``run``: as written.
+
+    ``overrides``: ``{"model": {...}, "datasets": {...}, "run": {...}}`` merged last (e.g. data paths in tests).
+    A relative ``path`` that is not found is looked up in the packaged configs (``"projects/train/vg1.2_5e.yaml"``).
+    """
+    if not os.path.isfile(path) and os.path.isfile(config_path(path)):
+        path = config_path(path)
+    raw = _merge(read_yaml(path), overrides or {})
+    model = raw.get("model") or {}
+    arch, mtype = model.get("arch", LAVIS_NAME), model.get("model_type")
+    if arch != LAVIS_NAME:
+        raise ValueError(f"{path}: model.arch is {arch!r}; this loader knows {LAVIS_NAME!r}")
+    if mtype is None:
+        raise ValueError(f"{path}: model.model_type is missing (one of {', '.join(MODEL_TYPES)})")
+    if mtype not in MODEL_TYPES:
+        raise ValueError(f"{path}: unknown model.model_type {mtype!r}; choose from {', '.join(MODEL_TYPES)}")
+    base = read_yaml(config_path(MODEL_TYPES[mtype]))
+    out = {"model": _merge(base.get("model") or {}, model), "datasets": {}, "run": dict(raw.get("run") or {})}
+    if "preprocess" in base:
+        out["preprocess"] = base["preprocess"]
+    for name, ds in (raw.get("datasets") or {}).items():
+        ds = ds or {}
+        rel = DATASET_CONFIGS.get(name) if get(ds, "type", "default") == "default" else None
+        if rel is None and get(ds, "type") is not None:
+            rel = f"datasets/{ds['type']}.yaml"
+        default = {}
+        if rel is not None:
+            default = (read_yaml(config_path(rel)).get("datasets") or {})
+            default = next(iter(default.values())) if default else {}
+        out["datasets"][name] = _merge(default, {k: v for k, v in ds.items() if k != "type"})
+    return out
+
+
+def _auto_register():
+    """Register into LAVIS's registry when LAVIS is installed (importing it is what makes it importable here)."""
+    import importlib.util
+    import warnings
+
+    try:
+        present = "lavis" in sys.modules or importlib.util.find_spec("lavis") is not None
+    except (ImportError, ValueError):
+        present = False
+    if not present:
+        return
+    try:
+        register()
+    except Exception as e:  # a broken LAVIS install must not break `import dynrefer.lavis`
+        warnings.warn(f"dynrefer.lavis: LAVIS is installed but registration failed: {e}", RuntimeWarning,
+                      stacklevel=2)
+
+
+_auto_register()

@@ -12,12 +12,13 @@ _NO_CAP = 10_000_000
 
 def build_dynrefer(config="tiny", texts=(), tag_list=(), classes=(), attributes=(), t5_model=None,
                    t5_tokenizer=None, text_encoder=None, embed_cache_dir=None, seed=None, llm_model=None,
-                   llm_tokenizer=None):
+                   llm_tokenizer=None, model_cls=DynRefer):
     """A DynRefer with randomly initialised weights from ``config`` (a :class:`DynReferConfig` or a preset name).
 
     Tokenizers that are not given are trained on ``texts`` (captions, …) plus the tag, class and attribute names
     (e.g. the vocabulary files of a dataset, read by the caller), so every word the model will see is in the
-    vocabulary. ``seed`` fixes the initialisation.
+    vocabulary. ``seed`` fixes the initialisation. ``model_cls``: a subclass of :class:`DynRefer` to build instead
+    (e.g. the LAVIS-facing class of :mod:`dynrefer.lavis`).
 
     With ``config.llm.kind == "causal"`` the LLM is ``llm_model`` / ``llm_tokenizer`` when given, else loaded from
     the local directory ``config.llm.path``, else built from ``config.llm.config`` (random weights, a word-level
@@ -49,12 +50,12 @@ def build_dynrefer(config="tiny", texts=(), tag_list=(), classes=(), attributes=
             tok = build_bert_tokenizer(vocab, _NO_CAP)
             text_encoder = TextEncoder(config.text_encoder, tok)
         if lc.kind == "causal":
-            return DynRefer(config, llm_tokenizer, tag_list, text_encoder, classes=classes, attributes=attributes,
-                            embed_cache_dir=embed_cache_dir, llm_model=llm_model)
+            return model_cls(config, llm_tokenizer, tag_list, text_encoder, classes=classes, attributes=attributes,
+                             embed_cache_dir=embed_cache_dir, llm_model=llm_model)
         if t5_tokenizer is None:
             t5_tokenizer = build_t5_tokenizer(vocab, _NO_CAP)
-        return DynRefer(config, t5_tokenizer, tag_list, text_encoder, classes=classes, attributes=attributes,
-                        t5_model=t5_model, embed_cache_dir=embed_cache_dir)
+        return model_cls(config, t5_tokenizer, tag_list, text_encoder, classes=classes, attributes=attributes,
+                         t5_model=t5_model, embed_cache_dir=embed_cache_dir)
     finally:
         if ctx is not None:
             ctx.__exit__(None, None, None)
