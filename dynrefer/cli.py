@@ -71,25 +71,31 @@ def _parse_box(text):
     return vals
 
 
-def _describe(args):
+def _image_and_boxes(path, box_args):
+    """The RGB image at path and the --box values as [N, 4] float32, each box overlapping the image."""
     import numpy as np
     from PIL import Image
 
-    from dynrefer.demo import build_bundle_model, load_bundle
-    from dynrefer.model import format_descriptions
-    from dynrefer.views import plot_views
-
-    if not os.path.isfile(args.image):
-        raise CliError(f"image not found: {args.image}")
+    if not os.path.isfile(path):
+        raise CliError(f"image not found: {path}")
     try:
-        img = np.asarray(Image.open(args.image).convert("RGB"))
+        img = np.asarray(Image.open(path).convert("RGB"))
     except OSError as e:
-        raise CliError(f"cannot read image {args.image}: {e}") from None
-    boxes = np.array([_parse_box(b) for b in args.box], np.float32)
+        raise CliError(f"cannot read image {path}: {e}") from None
+    boxes = np.array([_parse_box(b) for b in box_args], np.float32)
     h, w = img.shape[:2]
     for b in boxes:
         if b[2] <= 0 or b[3] <= 0 or b[0] >= w or b[1] >= h:
             raise CliError(f"box {b.tolist()} lies outside the {w}x{h} image")
+    return img, boxes
+
+
+def _describe(args):
+    from dynrefer.demo import build_bundle_model, load_bundle
+    from dynrefer.model import format_descriptions
+    from dynrefer.views import plot_views
+
+    img, boxes = _image_and_boxes(args.image, args.box)
     try:
         bundle = load_bundle(args.checkpoint)
     except (FileNotFoundError, ValueError) as e:
@@ -140,20 +146,7 @@ def _gen_args(args):
 
 
 def _chat(args):
-    import numpy as np
-    from PIL import Image
-
-    if not os.path.isfile(args.image):
-        raise CliError(f"image not found: {args.image}")
-    try:
-        img = np.asarray(Image.open(args.image).convert("RGB"))
-    except OSError as e:
-        raise CliError(f"cannot read image {args.image}: {e}") from None
-    boxes = np.array([_parse_box(b) for b in args.box], np.float32)
-    h, w = img.shape[:2]
-    for b in boxes:
-        if b[2] <= 0 or b[3] <= 0 or b[0] >= w or b[1] >= h:
-            raise CliError(f"box {b.tolist()} lies outside the {w}x{h} image")
+    img, boxes = _image_and_boxes(args.image, args.box)
     if not args.question.strip():
         raise CliError("--question must not be empty")
     model = _chat_model(args.checkpoint)

@@ -32,3 +32,15 @@ def cuda_devices():
     import dynrefer
 
     return ["cuda"] if torch.cuda.is_available() and dynrefer.cuda_available() else []
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: the tiny models' ops are too small for intra-op threads, which only cost time
+    on a busy machine. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -21,12 +21,7 @@ from dynrefer.data.conversations import AnnotationError, load_conversations, par
 from dynrefer.eval.ferret_bench import FerretBenchError, question_regions, read_questions  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rec(**kw):

@@ -16,12 +16,7 @@ from dynrefer.model.config import LLMConfig  # noqa: E402
 from dynrefer.model.loading import load_dynrefer_checkpoint, save_dynrefer_checkpoint  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

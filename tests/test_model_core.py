@@ -14,13 +14,7 @@ from dynrefer.model.losses import AsymmetricLoss, pairwise_sigmoid_loss
 from dynrefer.nn import backend
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are too small for intra-op threads, which only cost time on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
