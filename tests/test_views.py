@@ -416,3 +416,22 @@ def test_random_module_untouched(rng):
     state = random.getstate()
     NestedViews(size=8, prior="stochastic")(rng.integers(0, 256, (20, 20, 3), np.uint8), [[2, 2, 10, 10]])
     assert random.getstate() == state
+
+
+def test_phash_thumbnails_binding_rejects_bad_buffers():
+    """The binding checks the thumbnails buffer itself (shape, dtype, layout, method, device) before any kernel."""
+    from dynrefer import _C
+
+    im = np.zeros((40, 50, 3), np.uint8)
+    b = np.array([[0, 0, 10, 10], [5, 5, 40, 30]], np.float32)
+    h = np.empty(2, np.uint64)
+    bad = [np.empty((2, 32, 32), np.float32), np.empty((3, 32, 32), np.uint8), np.empty((2, 32, 31), np.uint8),
+           np.empty((2, 32, 64), np.uint8)[:, :, ::2], np.empty((2, 1024), np.uint8), "not an array"]
+    for th in bad:
+        with pytest.raises((ValueError, TypeError)):
+            _C.phash([im], b, h, 1, thumbnails=th)
+    with pytest.raises(ValueError, match="imagehash"):
+        _C.phash([im], b, h, 0, thumbnails=np.empty((2, 32, 32), np.uint8))
+    th = np.empty((2, 32, 32), np.uint8)
+    _C.phash([im], b, h, 1, thumbnails=th)
+    np.testing.assert_array_equal(th, _pil_thumbnails(im, b))
