@@ -39,7 +39,7 @@ def _info(_args):
     from dynrefer import _C
 
     print(f"dynrefer {dynrefer.__version__} | numpy {np.__version__}")
-    print(f"CPU threads: {dynrefer.get_num_threads()}")
+    print(f"CPU threads: {dynrefer.get_num_threads()} | views kernels: {_C.views_cpu_isa()}")
     print(f"CUDA kernels built: {_C.cuda_built()} | CUDA device usable: {dynrefer.cuda_available()}")
     print(f"CUDA launchers: {', '.join(_C.cuda_symbols()) or '-'}")
     return 0

@@ -255,13 +255,17 @@ def test_phash_imagehash_simd_levels(shared_data, isa, tmp_path):
         "im = np.asarray(Image.open(sys.argv[1]).convert('RGB')); h, w = im.shape[:2]\n"
         "g = np.random.default_rng(5); xy = g.uniform(0, 0.7, (40, 2)) * [w, h]\n"
         "b = np.concatenate([xy, xy + g.uniform(0.02, 0.3, (40, 2)) * [w, h]], 1).astype(np.float32)\n"
-        "np.save(sys.argv[2], phash(im, b, method='imagehash', thumbnails=True)[1])\n")
+        "np.save(sys.argv[2], phash(im, b, method='imagehash', thumbnails=True)[1])\n"
+        "from dynrefer import _C; print(_C.views_cpu_isa())\n")
     photo = _photo_paths(shared_data)[0]
     outs = {}
     for cap in (isa, "native"):
         env = dict(os.environ, DYNREFER_CPU_ISA=cap)
         f = tmp_path / f"{cap}.npy"
-        subprocess.run([sys.executable, "-c", script, photo, str(f)], check=True, env=env)
+        used = subprocess.run([sys.executable, "-c", script, photo, str(f)], check=True, env=env,
+                              capture_output=True, text=True).stdout.split()[-1]
+        levels = ["portable", "avx2", "avx512", "amx"]
+        assert used in levels and (cap == "native" or levels.index(used) <= levels.index(cap.replace("default", "portable")))
         outs[cap] = np.load(f)
     np.testing.assert_array_equal(outs[isa], outs["native"])
 

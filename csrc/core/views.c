@@ -1158,6 +1158,15 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
     return dr_phash_bits(coef, DR_PHASH_IMAGEHASH);
 }
 
+const char *dr_views_cpu_isa(void) {
+#ifdef DOT_X86
+    static const char *names[] = {"portable", "avx2", "avx512", "amx"};
+    return names[cpu_isa()];
+#else
+    return "portable";
+#endif
+}
+
 /* Bytes after a luma plane that the row kernels may read (zero weights meet them). */
 #ifdef DOT_X86
 #define PLANE_OVER(w) AMX_OVER(w)

@@ -573,6 +573,10 @@ dr_status dr_crop_resize_cuda(const dr_image_ref *images, int64_t n_images, cons
                               const dr_tensor *image_index, const dr_tensor *ref_boxes, dr_tensor *out,
                               dr_tensor *ref_out, const dr_crop_resize_params *p, void *stream);
 
+/* The instruction set the views' CPU kernels use: "amx", "avx512", "avx2" or "portable" (decided once per process;
+ * DYNREFER_CPU_ISA caps it). */
+const char *dr_views_cpu_isa(void);
+
 /* hashes [V] uint64; thumbs: NULL, or (imagehash only) uint8 [V, 32, 32] contiguous for the resized luma views. */
 dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
                        const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, int elementwise,

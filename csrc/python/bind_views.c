@@ -420,6 +420,12 @@ done:
     return ret;
 }
 
+static PyObject *py_views_cpu_isa(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(dr_views_cpu_isa());
+}
+
 PyMethodDef dr_views_methods[] = {
     {"crop_resize", (PyCFunction)(void (*)(void))py_crop_resize, METH_VARARGS | METH_KEYWORDS,
      "crop_resize(images, boxes, out, size, kind, filter, mean, std, image_index=None, ref_boxes=None, ref_out=None, "
@@ -428,4 +434,6 @@ PyMethodDef dr_views_methods[] = {
      "phash(images, boxes, hashes, method, image_index=None, pil_order=0, stream=0, impl='fast', thumbnails=None): fill hashes [V] (uint64), and thumbnails [V, 32, 32] (uint8; imagehash on the CPU) when given."},
     {"select_views", (PyCFunction)(void (*)(void))py_select_views, METH_VARARGS | METH_KEYWORDS,
      "select_views(hashes, coeffs, out, stream=0): greedy image-prior selection into out [R, n] (int64)."},
+    {"views_cpu_isa", py_views_cpu_isa, METH_NOARGS,
+     "views_cpu_isa() -> 'amx' | 'avx512' | 'avx2' | 'portable': the instruction set of the views' CPU kernels."},
     {NULL, NULL, 0, NULL}};
