@@ -158,8 +158,8 @@ static void scratch_free(scratch *s) {
  * The LANCZOS pass of imagehash's 32 × 32 resize reads ~6 source pixels per pixel: the cost of the whole hash. It
  * runs here as dot products along contiguous luma rows (no transposes): each fixed-point weight k (|k| < 2^22) is
  * split into k = 2048·hi + lo with hi, lo int16 (0 <= lo < 2048), so Σ p·k = 2048·Σ p·hi + Σ p·lo exactly in
- * int32 (the same sum Pillow forms), and Σ p·hi, Σ p·lo are int16 × int16 pair sums the CPU does 16 or 32 at a time
- * (AVX2 vpmaddwd, AVX-512 VNNI vpdpwssd). Weights are zero-padded to a multiple of DOT_PAD taps; reads past a
+ * int32 (the same sum Pillow forms), and Σ p·hi, Σ p·lo are int16 × int16 pair sums the CPU does 16 or 32 at a
+ * time (AVX2 vpmaddwd, AVX-512 VNNI vpdpwssd). Weights are zero-padded to a multiple of DOT_PAD taps; reads past a
  * row's end (see dot_rows) meet zero weights, and callers over-allocate. */
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -332,22 +332,27 @@ static void dot_rows_default(const uint8_t *src, int64_t stride, int64_t rows, c
 __attribute__((target("avx2"))) static inline __m256i dot_sum8(const __m256i *a) {
     __m256i c[4], d[2];
     for (int i = 0; i < 4; i++)
-        c[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(a[2 * i], a[2 * i + 1]), _mm256_unpackhi_epi32(a[2 * i], a[2 * i + 1]));
+        c[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(a[2 * i], a[2 * i + 1]),
+                                _mm256_unpackhi_epi32(a[2 * i], a[2 * i + 1]));
     for (int i = 0; i < 2; i++)
-        d[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(c[2 * i], c[2 * i + 1]), _mm256_unpackhi_epi64(c[2 * i], c[2 * i + 1]));
+        d[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(c[2 * i], c[2 * i + 1]),
+                                _mm256_unpackhi_epi64(c[2 * i], c[2 * i + 1]));
     return _mm256_add_epi32(_mm256_permute2x128_si256(d[0], d[1], 0x20), _mm256_permute2x128_si256(d[0], d[1], 0x31));
 }
 
 __attribute__((target("avx2"))) static void dot_rows_avx2(const uint8_t *src, int64_t stride, int64_t rows,
-                                                          const dot_taps *d, int64_t off, int64_t m, uint8_t *dst, int64_t rs, int64_t xs) {
+                                                          const dot_taps *d, int64_t off, int64_t m, uint8_t *dst,
+                                                          int64_t rs, int64_t xs) {
     const __m256i half = _mm256_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1));
     for (int64_t r = 0; r < rows; r++)
         for (int64_t x0 = 0; x0 < m; x0 += 8) {
             __m256i acc[8];
             for (int q = 0; q < 8; q += 2) { /* two outputs at a time: four independent accumulator chains */
                 int64_t x = x0 + q, n = d->t.n[x] > d->t.n[x + 1] ? d->t.n[x] : d->t.n[x + 1];
-                const uint8_t *p0 = src + r * stride + d->t.start[x] - off, *p1 = src + r * stride + d->t.start[x + 1] - off;
-                const int16_t *h0 = d->hi + x * d->kpad, *l0 = d->lo + x * d->kpad, *h1 = h0 + d->kpad, *l1 = l0 + d->kpad;
+                const uint8_t *p0 = src + r * stride + d->t.start[x] - off;
+                const uint8_t *p1 = src + r * stride + d->t.start[x + 1] - off;
+                const int16_t *h0 = d->hi + x * d->kpad, *l0 = d->lo + x * d->kpad;
+                const int16_t *h1 = h0 + d->kpad, *l1 = l0 + d->kpad;
                 __m256i a0 = _mm256_setzero_si256(), b0 = a0, a1 = a0, b1 = a0;
                 for (int64_t j = 0; j < n; j += 16) {
                     __m256i v0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p0 + j)));
@@ -372,9 +377,11 @@ __attribute__((target("avx2"))) static void dot_rows_avx2(const uint8_t *src, in
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static inline __m512i dot_sum16(const __m512i *a) {
     __m512i c[8], d[4], e[2];
     for (int i = 0; i < 8; i++)
-        c[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_epi32(a[2 * i], a[2 * i + 1]));
+        c[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2 * i], a[2 * i + 1]),
+                                _mm512_unpackhi_epi32(a[2 * i], a[2 * i + 1]));
     for (int i = 0; i < 4; i++)
-        d[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(c[2 * i], c[2 * i + 1]), _mm512_unpackhi_epi64(c[2 * i], c[2 * i + 1]));
+        d[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(c[2 * i], c[2 * i + 1]),
+                                _mm512_unpackhi_epi64(c[2 * i], c[2 * i + 1]));
     for (int i = 0; i < 2; i++)
         e[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(d[2 * i], d[2 * i + 1], 0x88),
                                 _mm512_shuffle_i32x4(d[2 * i], d[2 * i + 1], 0xdd));
@@ -383,7 +390,8 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static inline __m512i dot
 
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void dot_rows_vnni(const uint8_t *src, int64_t stride,
                                                                                  int64_t rows, const dot_taps *d,
-                                                                                 int64_t off, int64_t m, uint8_t *dst, int64_t rs, int64_t xs) {
+                                                                                 int64_t off, int64_t m, uint8_t *dst,
+                                                                                 int64_t rs, int64_t xs) {
     const __m512i half = _mm512_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1));
     for (int64_t r = 0; r < rows; r++)
         for (int64_t x0 = 0; x0 < m; x0 += 16) {
@@ -426,32 +434,40 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void dot_rows_vnni
 
 /* combine_rows with the accumulators in registers: blocks of 64 (AVX-512) or 32 (AVX2) outputs, every tap added
  * in turn (int32 lanes: the same sums as Pillow's), then shifted, clamped and packed. */
+/* 16 or 8 uint8 → int32 lanes; 16 int32 lanes → Pillow's clip to [0, 255] after the precision shift, stored. */
+#define CR_LOAD16(p) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p)))
+#define CR_LOAD8(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
+#define CR_STORE16(p, a)                                                                                             \
+    _mm_storeu_si128((__m128i *)(p), _mm512_cvtusepi32_epi8(_mm512_max_epi32(                                      \
+                                         _mm512_srai_epi32((a), DR_PIL_PRECISION_BITS), _mm512_setzero_si512())))
+
 __attribute__((target("avx512f,avx512bw"))) static int64_t combine_rows_512(const uint8_t *src, int64_t stride,
                                                                             int64_t s, int64_t n, const int32_t *w,
                                                                             int64_t len, uint8_t *dst) {
-    const __m512i half = _mm512_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1)), zero = _mm512_setzero_si512();
+    const __m512i half = _mm512_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1));
     int64_t k = 0;
     for (; k + 64 <= len; k += 64) {
         __m512i a0 = half, a1 = half, a2 = half, a3 = half;
         for (int64_t j = 0; j < n; j++) {
             const uint8_t *r = src + (s + j) * stride + k;
             const __m512i wj = _mm512_set1_epi32(w[j]);
-            a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)r)), wj));
-            a1 = _mm512_add_epi32(a1, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(r + 16))), wj));
-            a2 = _mm512_add_epi32(a2, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(r + 32))), wj));
-            a3 = _mm512_add_epi32(a3, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(r + 48))), wj));
+            a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(CR_LOAD16(r), wj));
+            a1 = _mm512_add_epi32(a1, _mm512_mullo_epi32(CR_LOAD16(r + 16), wj));
+            a2 = _mm512_add_epi32(a2, _mm512_mullo_epi32(CR_LOAD16(r + 32), wj));
+            a3 = _mm512_add_epi32(a3, _mm512_mullo_epi32(CR_LOAD16(r + 48), wj));
         }
-        _mm_storeu_si128((__m128i *)(dst + k), _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(a0, DR_PIL_PRECISION_BITS), zero)));
-        _mm_storeu_si128((__m128i *)(dst + k + 16), _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(a1, DR_PIL_PRECISION_BITS), zero)));
-        _mm_storeu_si128((__m128i *)(dst + k + 32), _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(a2, DR_PIL_PRECISION_BITS), zero)));
-        _mm_storeu_si128((__m128i *)(dst + k + 48), _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(a3, DR_PIL_PRECISION_BITS), zero)));
+        CR_STORE16(dst + k, a0);
+        CR_STORE16(dst + k + 16, a1);
+        CR_STORE16(dst + k + 32, a2);
+        CR_STORE16(dst + k + 48, a3);
     }
     for (; k + 16 <= len; k += 16) {
         __m512i a0 = half;
-        for (int64_t j = 0; j < n; j++)
-            a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + (s + j) * stride + k))),
-                                                         _mm512_set1_epi32(w[j])));
-        _mm_storeu_si128((__m128i *)(dst + k), _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(a0, DR_PIL_PRECISION_BITS), zero)));
+        for (int64_t j = 0; j < n; j++) {
+            const __m512i wj = _mm512_set1_epi32(w[j]);
+            a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(CR_LOAD16(src + (s + j) * stride + k), wj));
+        }
+        CR_STORE16(dst + k, a0);
     }
     return k;
 }
@@ -467,11 +483,12 @@ __attribute__((target("avx2"))) static int64_t combine_rows_256(const uint8_t *s
             const uint8_t *r = src + (s + j) * stride + k;
             const __m256i wj = _mm256_set1_epi32(w[j]);
             for (int q = 0; q < 4; q++)
-                a[q] = _mm256_add_epi32(a[q], _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(r + 8 * q))), wj));
+                a[q] = _mm256_add_epi32(a[q], _mm256_mullo_epi32(CR_LOAD8(r + 8 * q), wj));
         }
-        __m256i lo = _mm256_packs_epi32(_mm256_srai_epi32(a[0], DR_PIL_PRECISION_BITS), _mm256_srai_epi32(a[1], DR_PIL_PRECISION_BITS));
-        __m256i hi = _mm256_packs_epi32(_mm256_srai_epi32(a[2], DR_PIL_PRECISION_BITS), _mm256_srai_epi32(a[3], DR_PIL_PRECISION_BITS));
-        __m256i b = _mm256_packus_epi16(lo, hi); /* saturating packs clamp to [0, 255]; dwords come out as k / 4 = 0,2,4,6,1,3,5,7 */
+        for (int q = 0; q < 4; q++)
+            a[q] = _mm256_srai_epi32(a[q], DR_PIL_PRECISION_BITS);
+        /* saturating packs clamp to [0, 255]; dwords come out as k / 4 = 0,2,4,6,1,3,5,7 */
+        __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(a[0], a[1]), _mm256_packs_epi32(a[2], a[3]));
         b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)(dst + k), b);
     }
@@ -523,8 +540,8 @@ __attribute__((target("amx-tile,amx-int8"))) static void amx_end(void) { _tile_r
     }
 
 /* dot_rows for 32 outputs as a banded matrix product on the tile unit: per 16 source rows, C[digit][group] +=
- * A(16 × 64 inputs) · B(64 inputs × 16 outputs) over the blocks with weights; then Σ digits · 256^e (exact in int32,
- * the sum Pillow forms), shifted and clamped. Reads up to 15 rows past the last one and 63 bytes past a row's
+ * A(16 × 64 inputs) · B(64 inputs × 16 outputs) over the blocks with weights; then Σ digits · 256^e (exact in
+ * int32, the sum Pillow forms), shifted and clamped. Reads up to 15 rows past the last one and 63 bytes past a row's
  * inputs (callers over-allocate: AMX_OVER). Needs amx_begin() on this thread. */
 #define AMX_OVER(w) (16 * (w) + 128)
 __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void dot_rows_amx(
@@ -567,8 +584,8 @@ __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void dot_ro
 }
 #endif
 
-/* dst[k] = Pillow's 8-bit result of ½ + Σ_j w[j] · src[(s + j) · stride + k], k < len (acc: len int32 of scratch for
- * the portable version). */
+/* dst[k] = Pillow's 8-bit result of ½ + Σ_j w[j] · src[(s + j) · stride + k], k < len (acc: len int32 of scratch
+ * for the portable version). */
 static void combine_rows_u8(const uint8_t *src, int64_t stride, int64_t s, int64_t n, const int32_t *w, int64_t len,
                             int32_t *acc, uint8_t *dst) {
     int64_t k = 0;
