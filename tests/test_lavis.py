@@ -20,6 +20,18 @@ from dynrefer.data.synthetic import generate  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _read_yaml(path):
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
     """A working directory with the synthetic benchmark at data/synthetic, where the tiny configs point."""
@@ -153,7 +165,7 @@ def test_builder_on_official_files(lavis, synth_root):
     sets = builder.build_datasets()
     assert set(sets) == {"train", "val"}
     train, val = sets["train"], sets["val"]
-    caption = json.load(open(os.path.join(d, "train_caption.json")))
+    caption = _read_json(os.path.join(d, "train_caption.json"))
     assert len(train) == len(caption["annotations"])     # obj_lvl: one region per training item
     assert len(val) == 2                                  # evaluation: one image per item
     assert train.vis_processor.num_views == 2 and train.vis_processor.split == "train"
@@ -182,9 +194,9 @@ def test_builder_on_official_files(lavis, synth_root):
     files = ["data/synthetic/train_caption.json", "data/synthetic/val_caption.json"]   # several files, one split
     two = dict(cfg, build_info=dict(cfg["build_info"], annotations={"train": files}))
     both = reg.get_builder_class("dynrefer")(two).build_datasets()["train"]
-    val_regions = len(json.load(open(os.path.join(d, "val_caption.json")))["annotations"])
+    val_regions = len(_read_json(os.path.join(d, "val_caption.json"))["annotations"])
     assert len(both) == len(train) + val_regions and both[len(both) - 1]["ids"][0] in {
-        a["id"] for a in json.load(open(os.path.join(d, "val_caption.json")))["annotations"]}
+        a["id"] for a in _read_json(os.path.join(d, "val_caption.json"))["annotations"]}
 
 
 def test_task_hooks_call_dynrefer_eval(lavis, synth_root, monkeypatch, tmp_path):
@@ -214,7 +226,7 @@ def test_task_hooks_call_dynrefer_eval(lavis, synth_root, monkeypatch, tmp_path)
     assert m == {"CIDEr": 12.5, "agg_metrics": 12.5}
     kind, res, gts, options = calls[0]
     assert kind == "caption" and options == {"metrics": ("CIDEr",)} and set(res) == set(gts)
-    saved = json.load(open(tmp_path / "result" / "val_predictions.json"))
+    saved = _read_json(tmp_path / "result" / "val_predictions.json")
     assert [p["id"] for p in saved] == [p["id"] for p in preds]
     monkeypatch.undo()   # the real dynrefer.eval for the two benchmarks that need no Java
 
@@ -254,19 +266,19 @@ def test_packaged_configs():
              "texts", "t5_model", "pretrained", "finetuned", "load_finetuned", "seed", "embed_cache_dir",
              *dl.IGNORED_MODEL_KEYS}
     for t, rel in dl.MODEL_TYPES.items():
-        y = yaml.safe_load(open(dl.config_path(rel)))
+        y = _read_yaml(dl.config_path(rel))
         assert y["model"]["arch"] == "dynrefer_t5" and y["model"]["model_type"] == t
         assert set(y["model"]) <= known, set(y["model"]) - known
         assert y["preprocess"]["vis_processor"]["eval"]["name"] == "dynrefer"
         c = config_from_lavis(dict(y["model"], tag_bert_config=None))   # files: test_official_vocabularies
         assert c.vision.image_size == y["preprocess"]["vis_processor"]["eval"]["image_size"]
-    official = config_from_lavis(dict(yaml.safe_load(open(dl.config_path(dl.MODEL_TYPES["flant5xl"])))["model"],
+    official = config_from_lavis(dict(_read_yaml(dl.config_path(dl.MODEL_TYPES["flant5xl"]))["model"],
                                       tag_bert_config=None))
     assert (official.vision.depth, official.vision.width, official.num_views) == (39, 1408, 3)
     assert (official.generation.num_beams, official.generation.repetition_penalty) == (2, 1.5)
     assert config_from_lavis({"vit_model": "clip_L"}).vision.arch == "clip"
     for name, rel in dl.DATASET_CONFIGS.items():
-        ds = yaml.safe_load(open(dl.config_path(rel)))["datasets"]
+        ds = _read_yaml(dl.config_path(rel))["datasets"]
         assert list(ds) == [name]
         info = ds[name]["build_info"]
         assert {"num_views", "with_seg", "max_imgs", "max_objs", "obj_lvl", "tag_list", "annotations"} <= set(info)
@@ -295,8 +307,48 @@ def test_official_vocabularies(shared_data, tmp_path, monkeypatch):
 
     os.symlink(shared_data, tmp_path / "data")
     monkeypatch.chdir(tmp_path)
-    m = yaml.safe_load(open(dl.config_path(dl.MODEL_TYPES["flant5xl"])))["model"]
+    m = _read_yaml(dl.config_path(dl.MODEL_TYPES["flant5xl"]))["model"]
     c = config_from_lavis(m)
     assert (c.head.num_layers, c.head.num_heads, c.head.hidden_size) == (2, 4, 256)
     assert len(read_class_names(m["ov_file"])) == 80 and len(read_attributes(m["ovad_file"])) == 117
-    assert sum(1 for t in open(m["tag_list"]) if t.strip()) == 4585
+    with open(m["tag_list"], encoding="utf-8") as f:
+        assert sum(1 for t in f if t.strip()) == 4585
+
+
+def _gather_worker(rank, world, init, out):
+    import torch.distributed as dist
+
+    from dynrefer.lavis.task import _gather_predictions
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        # a DistributedSampler pads the last batch by repeating samples: region 3 appears on both ranks
+        mine = [{"id": 1, "caption": "a"}, {"id": 3, "caption": "c"}] if rank == 0 else \
+            [{"id": 2, "caption": "b"}, {"id": 3, "caption": "c"}]
+        merged, is_main = _gather_predictions(mine)
+        with open(os.path.join(out, f"{rank}.json"), "w", encoding="utf-8") as f:
+            json.dump({"ids": [p["id"] for p in merged], "main": is_main}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluation_gathers_predictions_across_processes(tmp_path):
+    """Every process's predictions are scored (once each) on the main process; the others score nothing."""
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'rdzv'}"
+    mp.spawn(_gather_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    with open(tmp_path / "0.json", encoding="utf-8") as f:
+        r0 = json.load(f)
+    with open(tmp_path / "1.json", encoding="utf-8") as f:
+        r1 = json.load(f)
+    assert r0 == {"ids": [1, 3, 2], "main": True}
+    assert r1["main"] is False and sorted(r1["ids"]) == [1, 2, 3]
+
+
+def test_missing_predictions_raise():
+    from dynrefer.lavis.task import _require
+
+    _require({1: {}, 2: {}}, [1, 2])
+    with pytest.raises(ValueError, match="no prediction for 1 evaluated regions"):
+        _require({1: {}}, [1, 2])

@@ -20,6 +20,11 @@ import torch  # noqa: E402
 from dynrefer.data.synthetic import generate  # noqa: E402
 
 
+def _read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 @pytest.fixture(scope="module")
 def cwd(tmp_path_factory):
     root = tmp_path_factory.mktemp("real_lavis")
@@ -74,5 +79,5 @@ def test_train_and_evaluate_with_lavis(cwd, monkeypatch):
             pytest.skip(f"no Java for the caption metrics: {e}")
         raise
     assert "CIDEr" in metrics and metrics["agg_metrics"] == metrics["CIDEr"]
-    saved = json.load(open(os.path.join(registry.get_path("result_dir"), "val_predictions.json")))
+    saved = _read_json(os.path.join(registry.get_path("result_dir"), "val_predictions.json"))
     assert len(saved) == len(res)

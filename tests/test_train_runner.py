@@ -206,6 +206,16 @@ def test_load_ckpt_path_starts_from_weights_only(tmp_path):
                                       load_ckpt_path=str(tmp_path / "partial.pth"))),
                  T.build_model, T.build_datasets, evaluate)
     assert torch.equal(seen["w"], pre["model"]["fc1.weight"])
+    # weights of another model variant: tensors this model lacks, or has with another shape, are skipped (named
+    # in a warning); the matching ones load
+    other = dict(pre["model"])
+    other["t5_proj.weight"] = torch.zeros(3, 3)
+    other["fc2.weight"] = torch.zeros(other["fc2.weight"].shape[0] + 1, other["fc2.weight"].shape[1])
+    torch.save({"model": other}, tmp_path / "other.pth")
+    run_training(load_config(T.config(tmp_path / "ft4", evaluate=True, valid_splits=["val"],
+                                      load_ckpt_path=str(tmp_path / "other.pth"))),
+                 T.build_model, T.build_datasets, evaluate)
+    assert torch.equal(seen["w"], pre["model"]["fc1.weight"])
     with pytest.raises(FileNotFoundError, match=r"run\.load_ckpt_path: checkpoint not found"):
         run_training(load_config(T.config(tmp_path / "x", load_ckpt_path=str(tmp_path / "nope.pth"))),
                      T.build_model, T.build_datasets)

@@ -115,10 +115,6 @@ def task_class(base=None, registry=None):
             return out
 
         # ---- steps -----------------------------------------------------------------------------------------
-        def train_step(self, model, samples):
-            """The loss to back-propagate (LAVIS's training loop calls ``.backward()`` on it)."""
-            return model(samples)["loss"]
-
         def valid_step(self, model, samples):
             return model.predict_answers(samples=samples)
 
@@ -126,14 +122,22 @@ def task_class(base=None, registry=None):
             model.before_evaluation(dataset=dataset, task_type=type(self))
 
         def after_evaluation(self, val_result, split_name="val", epoch=None, result_dir=None, **kwargs):
-            """Write the predictions (``{split}_predictions.json`` in LAVIS's result_dir, when it has one) and
-            return the metrics of :meth:`report_metrics` (``{"agg_metrics": 0}`` with ``report_metric`` off)."""
+            """Gather every process's predictions (under torch.distributed; duplicates of a region, from a
+            sampler's padding, count once), write them (``{split}_predictions.json`` in LAVIS's result_dir, when
+            it has one) and return the metrics of :meth:`report_metrics` (``{"agg_metrics": 0}`` with
+            ``report_metric`` off). Only the main process writes and scores; the others return
+            ``{"agg_metrics": 0}``."""
+            val_result, is_main = _gather_predictions(val_result)
+            if not is_main:
+                return {"agg_metrics": 0.0}
             result_dir = result_dir or (registry.get_path("result_dir") if registry is not None and hasattr(
                 registry, "get_path") else None)
             if result_dir:
+                from dynrefer.data.readers import write_json
+
                 os.makedirs(result_dir, exist_ok=True)
-                with open(os.path.join(result_dir, f"{split_name}_predictions.json"), "w", encoding="utf-8") as f:
-                    json.dump(val_result, f, default=_json_default)
+                write_json(os.path.join(result_dir, f"{split_name}_predictions.json"),
+                           json.loads(json.dumps(val_result, default=_json_default)))
             if not self.report_metric:
                 return {"agg_metrics": 0.0}
             return self.report_metrics(val_result)
@@ -168,10 +172,13 @@ def task_class(base=None, registry=None):
                 agg = m.get("METEOR", m.get("CIDEr", 0.0))
             elif kind == "ovad":
                 gt = ann.ovad_ground_truth()
-                m = dr_eval.evaluate("ovad", {i: by_id[i]["attr"] for i in gt.annotation_ids.tolist()}, gt)
+                ids = gt.annotation_ids.tolist()
+                _require(by_id, ids)
+                m = dr_eval.evaluate("ovad", {i: by_id[i]["attr"] for i in ids}, gt)
                 agg = m["all"]
             elif kind == "coco":
                 gt = ann.coco_ground_truth()
+                _require(by_id, gt["ids"])
                 m = dr_eval.evaluate("coco", {i: by_id[i]["cls"] for i in gt["ids"]}, gt,
                                      num_classes=len(ann.categories))
                 agg = m["acc"]
@@ -180,9 +187,10 @@ def task_class(base=None, registry=None):
                 preds = {}
                 for img in ann.images:
                     preds[img] = {"boxes": [], "scores": [], "captions": []}
+                _require(by_id, [r.id for r in evaluated.records if r.image_id in preds])
                 for r in evaluated.records:
                     p = by_id.get(r.id)
-                    if p is None or r.image_id not in preds:
+                    if r.image_id not in preds:
                         continue
                     det = r.extra.get("grit_result")   # predicted boxes carry their detector's score
                     score = det.get("score", p["score"]) if isinstance(det, dict) else p["score"]
@@ -198,8 +206,41 @@ def task_class(base=None, registry=None):
 
     if not hasattr(DynReferTask, "evaluation"):   # LAVIS's BaseTask has its own loop (logging, barriers)
         DynReferTask.evaluation = _evaluation
+    if not hasattr(DynReferTask, "train_step"):   # LAVIS's own matches its training loop (1.0.2: the loss;
+        DynReferTask.train_step = _train_step     # later releases: (loss, loss_dict)); model(samples) has "loss"
     DynReferTask.__module__, DynReferTask.__qualname__ = __name__, "DynReferTask"
     return DynReferTask
+
+
+def _train_step(self, model, samples):
+    """The loss to back-propagate."""
+    return model(samples)["loss"]
+
+
+def _require(by_id, ids):
+    """Every evaluated region has a prediction: evaluation never drops samples silently."""
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"no prediction for {len(missing)} evaluated regions, e.g. {missing[:3]}")
+
+
+def _gather_predictions(predictions):
+    """(all processes' predictions, de-duplicated by id in rank order; whether this is the main process)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return predictions, True
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return predictions, True
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(predictions))
+    seen, merged = set(), []
+    for part in parts:
+        for p in part:
+            if p["id"] not in seen:
+                seen.add(p["id"])
+                merged.append(p)
+    return merged, dist.get_rank() == 0
 
 
 def _evaluation(self, model, data_loader, cuda_enabled=True):

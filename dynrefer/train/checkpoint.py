@@ -151,10 +151,23 @@ def model_state(model, all_params: bool = False) -> dict:
     return {k: v for k, v in state.items() if k not in frozen}
 
 
-def load_model_state(model, state: dict, require_trainable: bool = True) -> list:
+def load_model_state(model, state: dict, require_trainable: bool = True, skipped: list = None) -> list:
     """Load a (possibly trainable-only) state dict. Unknown keys are an error; so are missing trainable
     parameters or buffers unless ``require_trainable`` is False (fine-tuning from other weights), in which case
-    their names are returned."""
+    their names are returned.
+
+    ``skipped``: a list to start from a checkpoint of another model variant (e.g. a T5 captioning run's weights
+    for a causal-LM model): tensors the model does not have, or has with another shape, are left out and their
+    names appended to it instead of raising."""
+    if skipped is not None:
+        own = model.state_dict()
+        keep = {}
+        for k, v in state.items():
+            if k in own and getattr(v, "shape", None) == own[k].shape:
+                keep[k] = v
+            else:
+                skipped.append(k)
+        state = keep
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"checkpoint 'model': keys the model does not have: {sorted(result.unexpected_keys)[:8]}")

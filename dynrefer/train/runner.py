@@ -162,7 +162,12 @@ class Runner:
         if not path:
             if r["load_ckpt_path"]:
                 ck = ckpt_mod.load_checkpoint(r["load_ckpt_path"], key="run.load_ckpt_path")
-                missing = ckpt_mod.load_model_state(self.model, ck["model"], require_trainable=False)
+                skipped = []
+                missing = ckpt_mod.load_model_state(self.model, ck["model"], require_trainable=False, skipped=skipped)
+                if skipped and ctx.is_main:
+                    logger.warning("run.load_ckpt_path: %d tensors of %s that this model does not have (or has "
+                                   "with another shape) are not loaded: %s", len(skipped), r["load_ckpt_path"],
+                                   skipped[:8])
                 if missing and ctx.is_main:
                     logger.warning("run.load_ckpt_path: %d trainable tensors not in %s start from their "
                                    "initialisation: %s", len(missing), r["load_ckpt_path"], missing[:8])
