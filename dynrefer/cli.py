@@ -134,11 +134,15 @@ def _chat_model(checkpoint):
     torch.set_num_threads(1)
     try:
         return build_bundle_model(bundle)
-    except (FileNotFoundError, ImportError) as e:
+    except (FileNotFoundError, ImportError, RuntimeError) as e:
         raise CliError(f"{checkpoint}: {e}") from None
 
 
 def _gen_args(args):
+    if args.max_new_tokens < 1:
+        raise CliError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.num_beams is not None and args.num_beams < 1:
+        raise CliError(f"--num-beams must be at least 1, got {args.num_beams}")
     gen = {"max_new_tokens": args.max_new_tokens}
     if args.num_beams is not None:
         gen["num_beams"] = args.num_beams
@@ -149,9 +153,10 @@ def _chat(args):
     img, boxes = _image_and_boxes(args.image, args.box)
     if not args.question.strip():
         raise CliError("--question must not be empty")
+    gen = _gen_args(args)  # checked before the model loads
     model = _chat_model(args.checkpoint)
     try:
-        answer = model.chat(img, boxes, args.question, prior=args.prior, seed=args.seed, **_gen_args(args))
+        answer = model.chat(img, boxes, args.question, prior=args.prior, seed=args.seed, **gen)
     except ValueError as e:
         raise CliError(str(e)) from None
     print(answer)
@@ -167,10 +172,13 @@ def _ferret_bench(args):
         raise CliError(str(e)) from None
     if not os.path.isdir(args.images):
         raise CliError(f"image folder not found: {args.images}")
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be at least 1, got {args.limit}")
+    gen = _gen_args(args)  # checked before the model loads
     model = _chat_model(args.checkpoint)
     try:
         recs = export_answers(model, questions, args.images, args.out, model_id=args.model_id, limit=args.limit,
-                              log=print, **_gen_args(args))
+                              log=print, **gen)
     except (FileNotFoundError, FerretBenchError, ValueError) as e:
         raise CliError(str(e)) from None
     print(f"{len(recs)} answers → {args.out}")
@@ -288,6 +296,8 @@ def _eval_densecap(args, cfg):
 
     if args.gt_boxes and not args.detections and args.rank not in (None, "caption"):
         raise CliError(f"--rank {args.rank} needs detector scores; ground-truth boxes are ranked by caption score")
+    if not args.detections and (args.det_frame or args.det_box_format):
+        raise CliError("--det-frame and --det-box-format describe a --detections file; none was given")
     ann_path = args.annotations
     if ann_path is None:
         root = cfg.datasets.get("root")
@@ -309,7 +319,10 @@ def _eval_densecap(args, cfg):
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from None
     torch.set_num_threads(1)
-    model = build_bundle_model(bundle)
+    try:
+        model = build_bundle_model(bundle)
+    except RuntimeError as e:  # a bundle whose weights do not fit its config
+        raise CliError(f"{args.checkpoint}: {e}") from None
     meteor = None
     if not args.no_meteor:  # started before the captioning, so a missing Java stops the command at once
         from dynrefer.eval.meteor import Meteor

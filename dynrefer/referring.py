@@ -84,7 +84,11 @@ def train_conversations(cfg, log=print):
     tags = _read_tags(conv.get("tags"))
     records = load_conversations(conv["train"], image_root=conv.get("image_root"))
     texts = conversation_texts(records)
-    views = dict((cfg.model or {}).get("views") or {"prior": "stochastic"})
+    views = dict((cfg.model or {}).get("views") or {})
+    for k, source in (("size", "model vision.image_size"), ("seed", "run.seed"), ("num_views", "model num_views")):
+        if k in views:
+            raise ConversationConfigError(f"model.views.{k}: set by {source}, not in views")
+    views.setdefault("prior", "stochastic")  # training samples its views
     views["num_views"] = mcfg.num_views
     run = dict(cfg.run)
     # conversations train D_llm only: the tag and region-text heads get no gradient, which DDP must be told

@@ -62,7 +62,23 @@ def test_reader_formats(tmp_path):
     jl.write_text("\n".join(json.dumps(_rec(id=i)) for i in range(3)) + "\n")
     assert [r.id for r in load_conversations(jl, image_root="/imgs")] == [0, 1, 2]
     assert load_conversations(jl, image_root="/imgs")[0].image_path == "/imgs/a.png"
+    # gzip-compressed JSON lines
+    import gzip
+
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(json.dumps(_rec(id=i)) for i in range(3)) + "\n")
+    assert [r.id for r in load_conversations(tmp_path / "c.jsonl.gz", image_root="/imgs")] == [0, 1, 2]
     assert split_placeholders("a <region2> b<region1>") == ["a ", 2, " b", 1]
+
+
+def test_answers_name_regions_in_words():
+    """The LLM cannot emit region features: a placeholder in a gpt turn is learned and written as words."""
+    from dynrefer.data.conversations import answer_text, conversation_texts
+
+    assert answer_text("<region2> is left of <region1>.") == "region 2 is left of region 1."
+    r = parse_record(_rec(conversations=[{"from": "human", "value": "where is <region1>?"},
+                                         {"from": "gpt", "value": "next to <region2>"}]))
+    assert conversation_texts([r]) == ["where is  ?", "next to region 2"]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -188,7 +204,9 @@ def test_chat_command(trained, capsys):
     for argv, msg in [(["--box", "2,3,30", "--question", "q"], "four numbers"),
                       (["--box", "2,3,30,40", "--question", "is <region2> red ?"], "<region2>"),
                       (["--box", "200,3,300,40", "--question", "q"], "outside"),
-                      (["--box", "2,3,30,40", "--question", " "], "must not be empty")]:
+                      (["--box", "2,3,30,40", "--question", " "], "must not be empty"),
+                      (["--box", "2,3,30,40", "--question", "q", "--max-new-tokens", "0"], "--max-new-tokens"),
+                      (["--box", "2,3,30,40", "--question", "q", "--num-beams", "0"], "--num-beams")]:
         assert main(["chat", img, *argv, "--checkpoint", bundle]) == 2
         assert msg in capsys.readouterr().err
     assert main(["chat", img, "--box", "2,3,30,40", "--question", "q", "--checkpoint", str(tmp / "no.pt")]) == 2
@@ -327,6 +345,9 @@ def test_ferret_bench_export(trained, tmp_path, capsys):
     assert main(["ferret-bench", str(tmp_path / "q2.jsonl"), "--images", img_dir, "--checkpoint",
                  str(tmp / "run" / "model.pt"), "--out", str(out)]) == 2
     assert "question_id 9" in capsys.readouterr().err
+    assert main(["ferret-bench", str(qfile), "--images", img_dir, "--checkpoint", str(tmp / "run" / "model.pt"),
+                 "--out", str(out), "--limit", "0"]) == 2
+    assert "--limit must be at least 1" in capsys.readouterr().err
     (tmp_path / "q3.jsonl").write_text('{"question_id": 1, "image": "a.png"}\n')
     with pytest.raises(FerretBenchError, match="lacks 'text'"):
         read_questions(tmp_path / "q3.jsonl")

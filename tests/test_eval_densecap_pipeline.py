@@ -326,6 +326,7 @@ def test_cli_dense_captioning_errors(cli_setup, tmp_path, monkeypatch, capsys):
         (["--detections", det, "--annotations", str(tmp_path / "no.json")], ["annotation file not found"]),
         (["--gt-boxes", "--rank", "product"], ["needs detector scores"]),
         (["--rank", "detector"], ["--rank", "add --detections FILE and/or --gt-boxes"]),
+        (["--gt-boxes", "--det-frame", "longest720"], ["describe a --detections file"]),
     ]
     for extra, msgs in cases:
         assert main(base + extra) == 2, extra

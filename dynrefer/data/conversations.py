@@ -22,6 +22,7 @@ and what is wrong — e.g. a placeholder for a region the record does not have.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -32,8 +33,8 @@ from typing import Hashable, List, Optional, Sequence, Tuple, Union
 from .readers import decode_rle, read_json, segmentation_to_box
 from .records import AnnotationError
 
-__all__ = ["ConversationRecord", "load_conversations", "parse_record", "split_placeholders", "PLACEHOLDER",
-           "conversation_texts"]
+__all__ = ["ConversationRecord", "load_conversations", "parse_record", "split_placeholders", "answer_text",
+           "PLACEHOLDER", "conversation_texts"]
 
 #: A region placeholder: ``<region1>``, ``<region2>``, …
 PLACEHOLDER = re.compile(r"<region(\d+)>")
@@ -67,9 +68,22 @@ def split_placeholders(text: str) -> List[Union[str, int]]:
     return out
 
 
+def answer_text(answer: str) -> str:
+    """An answer as the LLM learns and writes it: the model cannot emit region features, so a ``<regionK>`` in a
+    gpt turn becomes the words ``region K``."""
+    return PLACEHOLDER.sub(lambda m: f"region {m.group(1)}", str(answer))
+
+
 def conversation_texts(records: Sequence[ConversationRecord]) -> List[str]:
-    """Every turn's text with the placeholders removed (for building a vocabulary)."""
-    return [PLACEHOLDER.sub(" ", t) for r in records for pair in r.turns for t in pair]
+    """Every turn's text as the model reads it (for building a vocabulary): questions without their placeholders
+    (region features go there), answers through :func:`answer_text`."""
+    out = []
+    for r in records:
+        for q, a in r.turns:
+            out.append(PLACEHOLDER.sub(" ", q))
+            if a is not None:
+                out.append(answer_text(a))
+    return out
 
 
 def _is_num(v) -> bool:
@@ -181,9 +195,10 @@ def parse_record(rec, index: int = 0, *, image_root: Optional[str] = None, sourc
 def _read_records(path: str):
     with open(path, "rb") as f:
         head = f.read(2)
-    if head != b"\x1f\x8b" and path.endswith(".jsonl"):
+    if path.endswith((".jsonl", ".jsonl.gz")):
         out = []
-        with open(path, encoding="utf-8") as f:
+        opener = gzip.open if head == b"\x1f\x8b" else open
+        with opener(path, "rt", encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:

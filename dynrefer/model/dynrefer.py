@@ -435,7 +435,7 @@ class DynRefer(nn.Module):
         """One conversation as segments: [<s> ; system ; per turn USER: question ASSISTANT: answer </s>], each
         ``<regionK>`` of a question replaced by region K's tokens and control; the last answer may be None (to be
         generated). Answers are the targets."""
-        from dynrefer.data.conversations import split_placeholders
+        from dynrefer.data.conversations import answer_text, split_placeholders
 
         tok, lc = self.llm_tokenizer, self.config.llm
         bos, eos, _ = _causal.special_ids(tok)
@@ -458,7 +458,7 @@ class DynRefer(nn.Module):
                 if t != len(turns) - 1:
                     raise ValueError(f"turn {t + 1} has no answer but is not the last")
                 break
-            ans = _causal.text_ids(tok, [str(answer)], lc.max_answer_len)[0]
+            ans = _causal.text_ids(tok, [answer_text(answer)], lc.max_answer_len)[0]
             seq.append(_causal.Segment(ids=ans + [eos], target=True))
         return seq
 
