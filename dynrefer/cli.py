@@ -119,9 +119,13 @@ def _describe(args):
 
 # ---- chat / ferret-bench -------------------------------------------------------------------------------------
 
-def _chat_model(checkpoint):
+def _chat_model(checkpoint, threads=None):
+    """The bundle's model for chat; ``threads``: torch CPU threads (None: torch's default — a 7B LLM wants them
+    all; 1 is fastest for the small presets)."""
     from dynrefer.demo import build_bundle_model, load_bundle
 
+    if threads is not None and threads < 1:
+        raise CliError(f"--threads must be at least 1, got {threads}")
     try:
         bundle = load_bundle(checkpoint)
     except (FileNotFoundError, ValueError) as e:
@@ -131,7 +135,8 @@ def _chat_model(checkpoint):
                        "(train one on conversations: datasets.conversations and model.llm.kind causal)")
     import torch
 
-    torch.set_num_threads(1)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         return build_bundle_model(bundle)
     except (FileNotFoundError, ImportError, RuntimeError) as e:
@@ -154,7 +159,7 @@ def _chat(args):
     if not args.question.strip():
         raise CliError("--question must not be empty")
     gen = _gen_args(args)  # checked before the model loads
-    model = _chat_model(args.checkpoint)
+    model = _chat_model(args.checkpoint, args.threads)
     try:
         answer = model.chat(img, boxes, args.question, prior=args.prior, seed=args.seed, **gen)
     except ValueError as e:
@@ -175,7 +180,7 @@ def _ferret_bench(args):
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be at least 1, got {args.limit}")
     gen = _gen_args(args)  # checked before the model loads
-    model = _chat_model(args.checkpoint)
+    model = _chat_model(args.checkpoint, args.threads)
     try:
         recs = export_answers(model, questions, args.images, args.out, model_id=args.model_id, limit=args.limit,
                               log=print, **gen)
@@ -457,6 +462,7 @@ def main(argv=None):
     c.add_argument("--max-new-tokens", type=int, default=64)
     c.add_argument("--num-beams", type=int, default=None)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     c.set_defaults(fn=_chat)
     fb = sub.add_parser("ferret-bench", help="answer Ferret-Bench questions (its GPT-4 review is not run)")
     fb.add_argument("questions", help="a Ferret-Bench question.jsonl")
@@ -467,6 +473,7 @@ def main(argv=None):
     fb.add_argument("--limit", type=int, default=None)
     fb.add_argument("--max-new-tokens", type=int, default=128)
     fb.add_argument("--num-beams", type=int, default=None)
+    fb.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     fb.set_defaults(fn=_ferret_bench)
     t = sub.add_parser("train", help="train on official-format annotations or region conversations (YAML config)")
     t.add_argument("config")

@@ -206,7 +206,8 @@ def test_chat_command(trained, capsys):
                       (["--box", "200,3,300,40", "--question", "q"], "outside"),
                       (["--box", "2,3,30,40", "--question", " "], "must not be empty"),
                       (["--box", "2,3,30,40", "--question", "q", "--max-new-tokens", "0"], "--max-new-tokens"),
-                      (["--box", "2,3,30,40", "--question", "q", "--num-beams", "0"], "--num-beams")]:
+                      (["--box", "2,3,30,40", "--question", "q", "--num-beams", "0"], "--num-beams"),
+                      (["--box", "2,3,30,40", "--question", "q", "--threads", "0"], "--threads")]:
         assert main(["chat", img, *argv, "--checkpoint", bundle]) == 2
         assert msg in capsys.readouterr().err
     assert main(["chat", img, "--box", "2,3,30,40", "--question", "q", "--checkpoint", str(tmp / "no.pt")]) == 2
