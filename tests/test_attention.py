@@ -168,6 +168,44 @@ def test_fully_masked_rows_zero_not_nan(gen):
             assert not g.isnan().any()
 
 
+def test_bfloat16_tile_path_cases(gen):
+    """bfloat16 runs on the AMX tile unit where the CPU and Linux allow it: fully masked rows, strided and
+    non-contiguous inputs, several key lengths around the tile sizes, and results independent of the thread
+    count and bitwise repeatable."""
+    import dynrefer
+
+    q, k, v = make(gen, (2, 2, 5, 8), 6)
+    mask = torch.rand(2, 2, 5, 6, generator=gen) > 0.4
+    mask[0, 1, 2] = False
+    res = compare_with_math(q, k, v, torch.bfloat16, mask=mask, grads=False)
+    out = res["ours"][0]
+    assert torch.all(out[0, 1, 2] == 0) and not out.isnan().any()
+    _, lse = attention_op(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, False, 0.35)
+    assert lse[0, 1, 2] == -math.inf and torch.isfinite(lse[0, 0]).all()
+    for lk in (1, 15, 16, 17, 31, 32, 33, 257):
+        q, k, v = make(gen, (1, 3, 19, 88), lk, 40)
+        compare_with_math(q, k, v, torch.bfloat16, grads=False)
+    # rows that are not unit-stride, and an odd head dim: the element-wise packing
+    q, k, v = make(gen, (2, 2, 21, 7), 35, 9)
+    compare_with_math(q, k, v, torch.bfloat16, grads=False)
+    q, k, v = make(gen, (2, 2, 21, 40), 35, 24)
+    qt, kt, vt = (t.bfloat16().transpose(-1, -2).contiguous().transpose(-1, -2) for t in (q, k, v))
+    torch.testing.assert_close(attention(qt, kt, vt), attention(q.bfloat16(), k.bfloat16(), v.bfloat16()),
+                               rtol=0, atol=0)
+    x = torch.randn(2, 9, 3, 4, 24, generator=gen).bfloat16()
+    q, k, v = x.permute(2, 0, 3, 1, 4).unbind(0)
+    runs = []
+    n = dynrefer.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            dynrefer.set_num_threads(threads)
+            runs.append(attention(q, k, v))
+    finally:
+        dynrefer.set_num_threads(n)
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    torch.testing.assert_close(runs[0].float(), math_sdpa(q.float(), k.float(), v.float()), rtol=2e-2, atol=2e-2)
+
+
 def test_gradcheck_float64(gen):
     q, k, v = (x.requires_grad_(True) for x in make(gen, (1, 2, 4, 5), 6, 3))
     assert torch.autograd.gradcheck(lambda a, b, c: attention(a, b, c), (q, k, v))

@@ -166,22 +166,6 @@ static void scratch_free(scratch *s) {
 #include <immintrin.h>
 #define DOT_X86 1
 
-#include <cpuid.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-/* AMX-INT8 usable: the CPU has it and Linux grants this process the tile data state (arch_prctl). */
-static int amx_usable(void) {
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25)))
-        return 0;
-#ifdef SYS_arch_prctl
-    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
-#else
-    return 0;
-#endif
-}
-
 /* 3: AMX-INT8 + AVX-512, 2: AVX-512 (BW, VNNI), 1: AVX2, 0: portable; DYNREFER_CPU_ISA=avx512|avx2|default caps it
  * (tests run every level). A pure function of the machine and the environment: racing first calls store the same
  * value. */
@@ -194,7 +178,7 @@ static int cpu_isa(void) {
         i = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") ? 2
             : __builtin_cpu_supports("avx2")                                            ? 1
                                                                                         : 0;
-        if (i == 2 && top == 3 && amx_usable())
+        if (i == 2 && top == 3 && (dr_cpu_amx() & DR_CPU_AMX_INT8))
             i = 3;
         i = i < top ? i : top;
         __atomic_store_n(&isa, i, __ATOMIC_RELAXED);
