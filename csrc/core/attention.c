@@ -201,8 +201,8 @@ DR_DEFINE_VMAX(vmax_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
  * sums), the whole row of scores at once (Lk <= DR_ATTN_AMX_MAX_LK: no online rescaling), then in float32 with
  * AVX-512 the scale, the mask (the same apply_mask as the vector kernels), the row maximum, P = exp(S - max) and
  * its sum, lse = max + log(sum); P is rounded to bfloat16 for O = P V on the tiles (as flash attention does) and O
- * is divided by the float32 sum. Fully masked rows give O = 0 and lse = -inf. Tiles: 0 S, 1 Q, 2 K^T, 3 O, 4 P,
- * 5 V, each 16 rows × 64 bytes. */
+ * is divided by the float32 sum. Fully masked rows give O = 0 and lse = -inf. Tiles: 0 and 6 S, 1 Q, 2 and 7
+ * K^T, then 3 and 6 O, 4 P, 5 and 7 V, each 16 rows × 64 bytes. */
 #define DR_ATTN_AMX_MAX_LK 8192
 
 typedef struct {
@@ -211,7 +211,7 @@ typedef struct {
     uint8_t rows[16];
 } dr_amx_cfg;
 
-static const dr_amx_cfg dr_attn_tiles = {1, 0, {0}, {64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16}};
+static const dr_amx_cfg dr_attn_tiles = {1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
 
 #define DR_ATTR_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx2,fma")))
 
@@ -333,7 +333,21 @@ DR_ATTR_AMX static void fwd_task_amx(void *vctx, int64_t begin, int64_t end) {
                                         r < nr ? _mm512_maskz_loadu_epi16(cm, qb + (r0 + r) * a->q_s[2] + 32 * d0)
                                                : _mm512_setzero_si512());
             }
-            for (int64_t k0 = 0; k0 < nkb; k0++) {
+            int64_t k0 = 0;
+            for (; k0 + 1 < nkb; k0 += 2) { /* two key blocks at a time: independent accumulators 0 and 6 */
+                _tile_zero(0);
+                _tile_zero(6);
+                for (int64_t d0 = 0; d0 < nd; d0++) {
+                    _tile_loadd(1, Qt + d0 * 512, 64);
+                    _tile_loadd(2, Kt + (k0 * nd + d0) * 512, 64);
+                    _tile_loadd(7, Kt + ((k0 + 1) * nd + d0) * 512, 64);
+                    _tile_dpbf16ps(0, 1, 2);
+                    _tile_dpbf16ps(6, 1, 7);
+                }
+                _tile_stored(0, S + k0 * 16, ldS * 4);
+                _tile_stored(6, S + (k0 + 1) * 16, ldS * 4);
+            }
+            if (k0 < nkb) {
                 _tile_zero(0);
                 for (int64_t d0 = 0; d0 < nd; d0++) {
                     _tile_loadd(1, Qt + d0 * 512, 64);
@@ -375,7 +389,21 @@ DR_ATTR_AMX static void fwd_task_amx(void *vctx, int64_t begin, int64_t end) {
                 inv[r] = 1.0f / l;
                 lse[r] = m + logf(l);
             }
-            for (int64_t e0 = 0; e0 < ndv; e0++) {
+            int64_t e0 = 0;
+            for (; e0 + 1 < ndv; e0 += 2) { /* two 16-dim blocks at a time: accumulators 3 and 6 */
+                _tile_zero(3);
+                _tile_zero(6);
+                for (int64_t c0 = 0; c0 < nkk; c0++) {
+                    _tile_loadd(4, Pt + c0 * 512, 64);
+                    _tile_loadd(5, Vt + (c0 * ndv + e0) * 512, 64);
+                    _tile_loadd(7, Vt + (c0 * ndv + e0 + 1) * 512, 64);
+                    _tile_dpbf16ps(3, 4, 5);
+                    _tile_dpbf16ps(6, 4, 7);
+                }
+                _tile_stored(3, O + e0 * 16, ldO * 4);
+                _tile_stored(6, O + (e0 + 1) * 16, ldO * 4);
+            }
+            if (e0 < ndv) {
                 _tile_zero(3);
                 for (int64_t c0 = 0; c0 < nkk; c0++) {
                     _tile_loadd(4, Pt + c0 * 512, 64);
