@@ -5,6 +5,7 @@ Golden: PyTorch's math backend in float64. In every precision our error must be 
 Fully masked rows give zeros and zero gradients, as PyTorch's backends do (since 2.5).
 """
 import math
+import os
 
 import pytest
 import torch
@@ -317,3 +318,27 @@ def test_cuda_bitwise_repeatable(gen, device):
     for r in runs[1:]:
         for a, b in zip(runs[0], r):
             assert torch.equal(a, b)
+
+
+def test_bfloat16_vector_kernels_when_amx_is_off(gen, tmp_path):
+    """DYNREFER_CPU_ISA=avx512 turns the tile path off: the bf16 vector kernels then run (as on CPUs without AMX)
+    and agree with the float64 math path as closely as the default does."""
+    import subprocess
+    import sys
+
+    q, k, v = make(gen, (2, 3, 40, 64), 70, 48)
+    torch.save((q, k, v), tmp_path / "qkv.pt")
+    script = ("import sys, torch; from dynrefer.ops import attention\n"
+              "q, k, v = torch.load(sys.argv[1])\n"
+              "torch.save(attention(q.bfloat16(), k.bfloat16(), v.bfloat16()), sys.argv[2])\n")
+    outs = {}
+    for cap in ("avx512", "amx"):
+        env = dict(os.environ, DYNREFER_CPU_ISA=cap)
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / "qkv.pt"), str(tmp_path / f"{cap}.pt")],
+                       check=True, env=env)
+        outs[cap] = torch.load(tmp_path / f"{cap}.pt")
+    gold = math_sdpa(q, k, v)
+    math_err = rel(math_sdpa(q.bfloat16(), k.bfloat16(), v.bfloat16()), gold)
+    for cap, out in outs.items():
+        assert out.dtype == torch.bfloat16
+        assert rel(out, gold) <= max(2 * math_err, FLOOR[torch.bfloat16]), cap

@@ -175,6 +175,7 @@ static int cpu_isa(void) {
     if (i < 0) {
         const char *cap = getenv("DYNREFER_CPU_ISA");
         int top = !cap ? 3 : !strcmp(cap, "default") ? 0 : !strcmp(cap, "avx2") ? 1 : !strcmp(cap, "avx512") ? 2 : 3;
+        /* (dr_cpu_amx() reads the same cap) */
         i = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") ? 2
             : __builtin_cpu_supports("avx2")                                            ? 1
                                                                                         : 0;
