@@ -230,12 +230,12 @@ static void amx_rows(const uint16_t *src, int64_t rs, int64_t es, int64_t n, int
 DR_ATTR_AMX static void amx_pack_contiguous(const uint16_t *k, int64_t ks, const uint16_t *v, int64_t vs, int64_t Lk,
                                             int64_t D, int64_t Dv, int64_t nd, int64_t ndv, uint16_t *Kt,
                                             uint16_t *Vt) {
-    const int64_t nkb = (Lk + 15) / 16, nkk = (Lk + 31) / 32;
+    const int64_t nkk = (Lk + 31) / 32, nkb = 2 * nkk; /* the block counts of fwd_task_amx */
     const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                             _mm512_set1_epi32((int)(2 * ks)));
     for (int64_t k0 = 0; k0 < nkb; k0++) {
         const int64_t nv = dr_min_i64(16, Lk - 16 * k0);
-        const __mmask16 live = (__mmask16)((1u << nv) - 1u);
+        const __mmask16 live = (__mmask16)(nv > 0 ? (1u << nv) - 1u : 0u); /* none: a padding block of zeros */
         const char *base = (const char *)(k + 16 * k0 * ks);
         for (int64_t d0 = 0; d0 < nd; d0++)
             for (int64_t i = 0; i < 16; i++) {
@@ -250,7 +250,7 @@ DR_ATTR_AMX static void amx_pack_contiguous(const uint16_t *k, int64_t ks, const
     for (int64_t c0 = 0; c0 < nkk; c0++)
         for (int64_t e0 = 0; e0 < ndv; e0++) {
             const int64_t nd16 = dr_min_i64(16, Dv - 16 * e0);
-            const __mmask16 dm = (__mmask16)((1u << nd16) - 1u);
+            const __mmask16 dm = (__mmask16)(nd16 > 0 ? (1u << nd16) - 1u : 0u);
             for (int64_t i = 0; i < 16; i++) {
                 const int64_t key = 32 * c0 + 2 * i;
                 __m256i x0 = _mm256_setzero_si256(), x1 = _mm256_setzero_si256();
@@ -269,7 +269,8 @@ DR_ATTR_AMX static void fwd_task_amx(void *vctx, int64_t begin, int64_t end) {
     dr_attn_ctx *ctx = (dr_attn_ctx *)vctx;
     const dr_attn_args *a = ctx->a;
     const int64_t D = a->D, Dv = a->Dv, Lk = a->Lk;
-    const int64_t nd = (D + 31) / 32, nkb = (Lk + 15) / 16, nkk = (Lk + 31) / 32, ndv = (Dv + 15) / 16;
+    /* key blocks and 16-dim output blocks in even numbers (zero padding), so both go through tiles in pairs */
+    const int64_t nd = (D + 31) / 32, nkk = (Lk + 31) / 32, nkb = 2 * nkk, ndv = 2 * ((Dv + 31) / 32);
     const int64_t ldS = nkk * 32, ldO = ndv * 16; /* S rows padded to whole 32-key chunks */
     const size_t kt_n = (size_t)(nkb * nd * 512), vt_n = (size_t)(nkk * ndv * 512), qt_n = (size_t)(nd * 512),
                  pt_n = (size_t)(nkk * 512);
@@ -333,8 +334,7 @@ DR_ATTR_AMX static void fwd_task_amx(void *vctx, int64_t begin, int64_t end) {
                                         r < nr ? _mm512_maskz_loadu_epi16(cm, qb + (r0 + r) * a->q_s[2] + 32 * d0)
                                                : _mm512_setzero_si512());
             }
-            int64_t k0 = 0;
-            for (; k0 + 1 < nkb; k0 += 2) { /* two key blocks at a time: independent accumulators 0 and 6 */
+            for (int64_t k0 = 0; k0 < nkb; k0 += 2) { /* two key blocks at a time: independent accumulators 0, 6 */
                 _tile_zero(0);
                 _tile_zero(6);
                 for (int64_t d0 = 0; d0 < nd; d0++) {
@@ -346,15 +346,6 @@ DR_ATTR_AMX static void fwd_task_amx(void *vctx, int64_t begin, int64_t end) {
                 }
                 _tile_stored(0, S + k0 * 16, ldS * 4);
                 _tile_stored(6, S + (k0 + 1) * 16, ldS * 4);
-            }
-            if (k0 < nkb) {
-                _tile_zero(0);
-                for (int64_t d0 = 0; d0 < nd; d0++) {
-                    _tile_loadd(1, Qt + d0 * 512, 64);
-                    _tile_loadd(2, Kt + (k0 * nd + d0) * 512, 64);
-                    _tile_dpbf16ps(0, 1, 2);
-                }
-                _tile_stored(0, S + k0 * 16, ldS * 4);
             }
             float inv[16], lse[16];
             for (int64_t r = 0; r < 16; r++) {
@@ -389,8 +380,7 @@ DR_ATTR_AMX static void fwd_task_amx(void *vctx, int64_t begin, int64_t end) {
                 inv[r] = 1.0f / l;
                 lse[r] = m + logf(l);
             }
-            int64_t e0 = 0;
-            for (; e0 + 1 < ndv; e0 += 2) { /* two 16-dim blocks at a time: accumulators 3 and 6 */
+            for (int64_t e0 = 0; e0 < ndv; e0 += 2) { /* two 16-dim blocks at a time: accumulators 3 and 6 */
                 _tile_zero(3);
                 _tile_zero(6);
                 for (int64_t c0 = 0; c0 < nkk; c0++) {
@@ -402,15 +392,6 @@ DR_ATTR_AMX static void fwd_task_amx(void *vctx, int64_t begin, int64_t end) {
                 }
                 _tile_stored(3, O + e0 * 16, ldO * 4);
                 _tile_stored(6, O + (e0 + 1) * 16, ldO * 4);
-            }
-            if (e0 < ndv) {
-                _tile_zero(3);
-                for (int64_t c0 = 0; c0 < nkk; c0++) {
-                    _tile_loadd(4, Pt + c0 * 512, 64);
-                    _tile_loadd(5, Vt + (c0 * ndv + e0) * 512, 64);
-                    _tile_dpbf16ps(3, 4, 5);
-                }
-                _tile_stored(3, O + e0 * 16, ldO * 4);
             }
             for (int64_t r = 0; r < nr; r++) {
                 uint16_t *o = (uint16_t *)a->out + b * a->o_s[0] + h * a->o_s[1] + (r0 + r) * a->o_s[2];
