@@ -26,14 +26,19 @@ static void store_out(dr_tensor *out, int64_t v, int c, int64_t y, int64_t x, fl
                    v * out->strides[0] + c * out->strides[1] + y * out->strides[2] + x * out->strides[3], val);
 }
 
-/* Validate the per-view image indices against n_images. */
-static dr_status check_index(const dr_tensor *index, int64_t nv, int64_t n_images, const char *op) {
+/* Validate the per-view image indices against n_images, and that no image is empty. */
+static dr_status check_images(const dr_image_ref *images, int64_t n_images, const dr_tensor *index, int64_t nv,
+                              const char *op) {
     for (int64_t v = 0; v < nv; v++) {
         int64_t i = image_of(index, v);
         if (i < 0 || i >= n_images)
             return dr_set_error(DR_EINVAL, "%s: image_index[%lld] = %lld is not an image index in [0, %lld)", op,
                                 (long long)v, (long long)i, (long long)n_images);
     }
+    for (int64_t i = 0; i < n_images; i++)
+        if (images[i].h < 1 || images[i].w < 1)
+            return dr_set_error(DR_EINVAL, "%s: image %lld is empty (%lld x %lld)", op, (long long)i,
+                                (long long)images[i].h, (long long)images[i].w);
     return DR_OK;
 }
 
@@ -841,13 +846,9 @@ dr_status dr_crop_resize_cpu(const dr_image_ref *images, int64_t n_images, const
                              const dr_tensor *image_index, const dr_tensor *ref_boxes, dr_tensor *out,
                              dr_tensor *ref_out, const dr_crop_resize_params *p, int elementwise) {
     int64_t nv = boxes->shape[0];
-    dr_status st = check_index(image_index, nv, n_images, "crop_resize");
+    dr_status st = check_images(images, n_images, image_index, nv, "crop_resize");
     if (st != DR_OK)
         return st;
-    for (int64_t i = 0; i < n_images; i++)
-        if (images[i].h < 1 || images[i].w < 1)
-            return dr_set_error(DR_EINVAL, "crop_resize: image %lld is empty (%lld x %lld)", (long long)i,
-                                (long long)images[i].h, (long long)images[i].w);
     crop_ctx c = {images, boxes, image_index, ref_boxes, out, ref_out, p, 0};
     dr_hint_output_memory(out);
     dr_parallel_for(nv, 1, elementwise ? crop_resize_elem_task : crop_resize_task, &c);
@@ -1287,13 +1288,9 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
                        const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, int elementwise,
                        dr_tensor *thumbs) {
     int64_t nv = boxes->shape[0];
-    dr_status st = check_index(image_index, nv, n_images, "phash");
+    dr_status st = check_images(images, n_images, image_index, nv, "phash");
     if (st != DR_OK)
         return st;
-    for (int64_t i = 0; i < n_images; i++)
-        if (images[i].h < 1 || images[i].w < 1)
-            return dr_set_error(DR_EINVAL, "phash: image %lld is empty (%lld x %lld)", (long long)i,
-                                (long long)images[i].h, (long long)images[i].w);
     static double cos224[8 * DR_PHASH_DYN_RES], dct_tab[DR_DCT_TAB_SIZE];
     static int ready = 0; /* the tables are pure functions: racing initialisers write the same values */
     if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
