@@ -593,11 +593,14 @@ static void combine_rows_u8(const uint8_t *src, int64_t stride, int64_t s, int64
 
 /* dst[r·rs + x·xs] = Pillow's 8-bit result of taps x over row r of src (rows × m outputs), src[0] being sample
  * `off`. Reads up to DOT_OVER(row length) bytes past a row's last sample: groups of outputs run to their longest
- * span, and every span to a multiple of 32. */
+ * span, and every span to a multiple of 32; taps with an AMX form (the thread has called amx_begin) also read up
+ * to 15 rows past the last (AMX_OVER). */
 #define DOT_OVER(len) ((len) + 64)
 static void dot_rows(const uint8_t *src, int64_t stride, int64_t rows, const dot_taps *d, int64_t off, int64_t m,
                      uint8_t *dst, int64_t rs, int64_t xs) {
 #ifdef DOT_X86
+    if (d->amx && off == 0 && m == 32)
+        return dot_rows_amx(src, stride, rows, d, dst, rs, xs);
     int i = cpu_isa();
     if (i >= 2 && m % 16 == 0 && d->kpad % 32 == 0)
         return dot_rows_vnni(src, stride, rows, d, off, m, dst, rs, xs);
@@ -1100,19 +1103,9 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
             int64_t rows = yhi - ylo;
             uint8_t *t2 = (uint8_t *)scratch_get(sc, 1, (size_t)(rows * R + DOT_OVER(rows)));
             if (t2) {
-#ifdef DOT_X86
-                if (dx->amx)
-                    dot_rows_amx(src + ylo * im->w, im->w, rows, dx, t2, 1, rows); /* stored transposed */
-                else
-#endif
-                    dot_rows(src + ylo * im->w, im->w, rows, dx, 0, R, t2, 1, rows);
+                dot_rows(src + ylo * im->w, im->w, rows, dx, 0, R, t2, 1, rows); /* stored transposed */
                 memset(t2 + rows * R, 0, (size_t)DOT_OVER(rows));
-#ifdef DOT_X86
-                if (dy->amx && ylo == 0)
-                    dot_rows_amx(t2, rows, R, dy, px, 1, R);
-                else
-#endif
-                    dot_rows(t2, rows, R, dy, ylo, R, px, 1, R);
+                dot_rows(t2, rows, R, dy, ylo, R, px, 1, R);
                 rc = 0;
             }
         } else { /* 32 row combinations over the crop → [32][w], then row dot products */
@@ -1123,12 +1116,7 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
                 for (int64_t y = 0; y < R; y++)
                     combine_rows_u8(src, im->w, ty->start[y], ty->n[y], ty->wi + y * ty->kmax, cr->w, acc,
                                     t1 + y * cr->w);
-#ifdef DOT_X86
-                if (dx->amx)
-                    dot_rows_amx(t1, cr->w, R, dx, px, R, 1);
-                else
-#endif
-                    dot_rows(t1, cr->w, R, dx, 0, R, px, R, 1);
+                dot_rows(t1, cr->w, R, dx, 0, R, px, R, 1);
                 rc = 0;
             }
         }
