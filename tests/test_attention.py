@@ -207,6 +207,45 @@ def test_bfloat16_tile_path_cases(gen):
     torch.testing.assert_close(runs[0].float(), math_sdpa(q.float(), k.float(), v.float()), rtol=2e-2, atol=2e-2)
 
 
+def test_bfloat16_tile_backward_cases(gen):
+    """The bfloat16 backward on the tile unit (keys-by-queries blocks of up to 128 queries): masks of every kind,
+    causal attention, fully masked rows, key and query lengths around the tile and block sizes, odd and unequal
+    head dims, strided inputs, and gradients independent of the thread count and bitwise repeatable."""
+    q, k, v = make(gen, (2, 2, 5, 8), 6)
+    mask = torch.rand(2, 2, 5, 6, generator=gen) > 0.4
+    mask[0, 1, 2] = False
+    fmask = torch.where(mask, torch.randn(2, 2, 5, 6, generator=gen), torch.tensor(-math.inf))
+    for m in (mask, fmask, mask[:, :1], fmask[0, 0]):
+        out, grads = compare_with_math(q, k, v, torch.bfloat16, mask=m)["ours"]
+        for g in grads:
+            assert not g.isnan().any()
+        if m.dim() == 4 and m.shape[1] == 2:
+            assert torch.all(grads[0][0, 1, 2] == 0)
+    for lq, lk in ((1, 1), (7, 15), (16, 16), (17, 33), (31, 32), (33, 257), (130, 40), (300, 9)):
+        q, k, v = make(gen, (1, 2, lq, 88), lk, 40)
+        compare_with_math(q, k, v, torch.bfloat16)
+    q, k, v = make(gen, (1, 2, 70, 64), 70)
+    compare_with_math(q, k, v, torch.bfloat16, causal=True)
+    q, k, v = make(gen, (2, 2, 21, 7), 35, 9)
+    compare_with_math(q, k, v, torch.bfloat16)
+    x = torch.randn(2, 37, 3, 4, 24, generator=gen).bfloat16()
+    q, k, v = (t.requires_grad_(True) for t in x.permute(2, 0, 3, 1, 4).unbind(0))  # strided views
+    g = torch.randn(2, 4, 37, 24, generator=gen).bfloat16()
+    runs = []
+    n = dynrefer.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            dynrefer.set_num_threads(threads)
+            runs.append(torch.autograd.grad(attention(q, k, v), (q, k, v), g))
+    finally:
+        dynrefer.set_num_threads(n)
+    for a, b, c in zip(*runs):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    ref = torch.autograd.grad(math_sdpa(q.float(), k.float(), v.float()), (q, k, v), g.float())
+    for a, r in zip(runs[0], ref):
+        torch.testing.assert_close(a.float(), r.float(), rtol=3e-2, atol=3e-2)
+
+
 def test_gradcheck_float64(gen):
     q, k, v = (x.requires_grad_(True) for x in make(gen, (1, 2, 4, 5), 6, 3))
     assert torch.autograd.gradcheck(lambda a, b, c: attention(a, b, c), (q, k, v))
@@ -321,24 +360,33 @@ def test_cuda_bitwise_repeatable(gen, device):
 
 
 def test_bfloat16_vector_kernels_when_amx_is_off(gen, tmp_path):
-    """DYNREFER_CPU_ISA=avx512 turns the tile path off: the bf16 vector kernels then run (as on CPUs without AMX)
-    and agree with the float64 math path as closely as the default does."""
+    """DYNREFER_CPU_ISA=avx512 turns the tile path off: the bf16 vector kernels then run (as on CPUs without AMX),
+    forward and backward, and agree with the float64 math path as closely as the default does."""
     import subprocess
     import sys
 
     q, k, v = make(gen, (2, 3, 40, 64), 70, 48)
     torch.save((q, k, v), tmp_path / "qkv.pt")
     script = ("import sys, torch; from dynrefer.ops import attention\n"
-              "q, k, v = torch.load(sys.argv[1])\n"
-              "torch.save(attention(q.bfloat16(), k.bfloat16(), v.bfloat16()), sys.argv[2])\n")
+              "q, k, v = (t.bfloat16().requires_grad_(True) for t in torch.load(sys.argv[1]))\n"
+              "out = attention(q, k, v)\n"
+              "g = torch.linspace(-1, 1, out.numel()).reshape(out.shape).bfloat16()\n"
+              "torch.save((out,) + torch.autograd.grad(out, (q, k, v), g), sys.argv[2])\n")
     outs = {}
     for cap in ("avx512", "amx"):
         env = dict(os.environ, DYNREFER_CPU_ISA=cap)
         subprocess.run([sys.executable, "-c", script, str(tmp_path / "qkv.pt"), str(tmp_path / f"{cap}.pt")],
                        check=True, env=env)
         outs[cap] = torch.load(tmp_path / f"{cap}.pt")
-    gold = math_sdpa(q, k, v)
-    math_err = rel(math_sdpa(q.bfloat16(), k.bfloat16(), v.bfloat16()), gold)
-    for cap, out in outs.items():
-        assert out.dtype == torch.bfloat16
-        assert rel(out, gold) <= max(2 * math_err, FLOOR[torch.bfloat16]), cap
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    gold = math_sdpa(*leaves)
+    g = torch.linspace(-1, 1, gold.numel(), dtype=torch.float64).reshape(gold.shape)
+    golds = (gold,) + torch.autograd.grad(gold, leaves, g)
+    low = [t.bfloat16().requires_grad_(True) for t in (q, k, v)]
+    mo = math_sdpa(*low)
+    maths = (mo,) + torch.autograd.grad(mo, low, g.bfloat16())
+    for cap, res in outs.items():
+        for i, (ours, ref, m) in enumerate(zip(res, golds, maths)):
+            assert ours.dtype == torch.bfloat16
+            bound = max((2 if i == 0 else 3) * rel(m, ref), FLOOR[torch.bfloat16])
+            assert rel(ours, ref) <= bound, (cap, i)
