@@ -3,7 +3,8 @@
  *
  * The fast path (attention_cpu.inc) is instantiated for AVX-512, AVX2+FMA and a portable vector width with GCC
  * vector extensions; the variant is picked at run time from the CPU's features (impl "avx512"/"avx2"/"portable"
- * force one). float32/float16/bfloat16 compute in float32, float64 in float64. Work is split over batch x heads x
+ * force one). float32/float16/bfloat16 compute in float32, float64 in float64; bfloat16 runs on the AMX tile unit in
+ * both directions where the process may use it (attention_amx.inc). Work is split over batch x heads x
  * query chunks (forward) and batch x heads (backward) with dr_parallel_for; every sum runs in a fixed order, so
  * results are bitwise repeatable whatever the thread count. Complexity: forward O(B H Lq Lk (D + Dv)), backward
  * O(B H Lq Lk (2 D + 3 Dv)); memory per task O((Lq + Lk)(D + Dv)) (backward), never Lq x Lk.
