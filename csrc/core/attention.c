@@ -135,8 +135,10 @@ static inline dr_v2d vexp_v2d(dr_v2d x) {
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define DR_ATTN_X86 1
-#define DR_ATTR_AVX2 __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
-#define DR_ATTR_AVX512 __attribute__((target("avx512f,avx2,fma"), optimize("fp-contract=fast")))
+#define DR_ATTR_AVX2                                                                                               \
+    __attribute__((target("avx2,fma"), optimize("fp-contract=fast", "no-tree-loop-distribute-patterns")))
+#define DR_ATTR_AVX512                                                                                             \
+    __attribute__((target("avx512f,avx2,fma"), optimize("fp-contract=fast", "no-tree-loop-distribute-patterns")))
 #elif defined(__x86_64__) && defined(__clang__)
 #define DR_ATTN_X86 1
 #define DR_ATTR_AVX2 __attribute__((target("avx2,fma")))
@@ -180,11 +182,15 @@ DR_DEFINE_VMAX(vmax_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
 #define VW 16
 #define SFX(n) n##_avx512
 #define RROWS 8 /* 32 vector registers: 8 rows x 2 vectors of accumulators */
+#define VHMAX(v) _mm512_reduce_max_ps((__m512)(v))
+#define VHSUM(v) _mm512_reduce_add_ps((__m512)(v))
 #define ATTR DR_ATTR_AVX512
 #define VEXP vexp_v16f
 #define VMAX vmax_v16f
 #include "attention_cpu.inc"
 #undef RROWS
+#undef VHMAX
+#undef VHSUM
 #undef RT
 #undef VT
 #undef VI
