@@ -183,6 +183,10 @@ def test_bfloat16_tile_path_cases(gen):
     assert torch.all(out[0, 1, 2] == 0) and not out.isnan().any()
     _, lse = attention_op(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, False, 0.35)
     assert lse[0, 1, 2] == -math.inf and torch.isfinite(lse[0, 0]).all()
+    s64 = 0.35 * q.bfloat16().double() @ k.bfloat16().double().transpose(-1, -2)
+    ref = torch.logsumexp(s64.masked_fill(~mask, -math.inf), -1)
+    live = torch.isfinite(ref)
+    torch.testing.assert_close(lse[live].double(), ref[live], rtol=2e-6, atol=2e-6)
     for lk in (1, 15, 16, 17, 31, 32, 33, 257):
         q, k, v = make(gen, (1, 3, 19, 88), lk, 40)
         compare_with_math(q, k, v, torch.bfloat16, grads=False)

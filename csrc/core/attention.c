@@ -296,7 +296,9 @@ dr_status dr_attention_forward_cpu_isa(const dr_tensor *q, const dr_tensor *k, c
     dr_attn_ctx ctx = {&a, qchunk, nqc, 0};
 #ifdef DR_ATTN_X86
     if (use_amx(&a, isa)) {
-        dr_parallel_for(bh * nqc, 1, fwd_task_amx, &ctx);
+        ctx.qchunk = (qchunk + 31) / 32 * 32; /* whole 32-row blocks */
+        ctx.nqc = (a.Lq + ctx.qchunk - 1) / ctx.qchunk;
+        dr_parallel_for(bh * ctx.nqc, 1, fwd_task_amx, &ctx);
         if (ctx.failed)
             return dr_set_error(DR_ENOMEM, "attention: out of memory for the packed blocks");
         return DR_OK;
