@@ -158,6 +158,35 @@ DR_DEFINE_VMAX(vmax_v8f, dr_v8f, dr_v8i, DR_ATTR_AVX2)
 DR_DEFINE_VEXP_F(vexp_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
 DR_DEFINE_VMAX(vmax_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
 
+/* dst (row pitch ldd bytes) = the transpose of the 16 x 16 block of 32-bit words at src (row pitch lds bytes):
+ * unpacks of 32- and 64-bit pairs, then a 4 x 4 transpose of 128-bit lanes. */
+DR_ATTR_AVX512 static inline void dr_tr16_avx512(const void *src, int64_t lds, void *dst, int64_t ldd) {
+    __m512i r[16], u[16];
+    for (int n = 0; n < 16; n++)
+        r[n] = _mm512_loadu_si512((const char *)src + n * lds);
+    for (int i = 0; i < 8; i++) {
+        u[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        u[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int g = 0; g < 4; g++) { /* r[4 g + c], 128-bit lane L: word 4 L + c of rows 4 g .. 4 g + 3 */
+        r[4 * g + 0] = _mm512_unpacklo_epi64(u[4 * g], u[4 * g + 2]);
+        r[4 * g + 1] = _mm512_unpackhi_epi64(u[4 * g], u[4 * g + 2]);
+        r[4 * g + 2] = _mm512_unpacklo_epi64(u[4 * g + 1], u[4 * g + 3]);
+        r[4 * g + 3] = _mm512_unpackhi_epi64(u[4 * g + 1], u[4 * g + 3]);
+    }
+    char *d = (char *)dst;
+    for (int c = 0; c < 4; c++) { /* 4 x 4 transpose of 128-bit lanes across r[c], r[4 + c], r[8 + c], r[12 + c] */
+        const __m512i x0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88);
+        const __m512i x1 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xdd);
+        const __m512i x2 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
+        const __m512i x3 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xdd);
+        _mm512_storeu_si512(d + (0 + c) * ldd, _mm512_shuffle_i32x4(x0, x2, 0x88));
+        _mm512_storeu_si512(d + (4 + c) * ldd, _mm512_shuffle_i32x4(x1, x3, 0x88));
+        _mm512_storeu_si512(d + (8 + c) * ldd, _mm512_shuffle_i32x4(x0, x2, 0xdd));
+        _mm512_storeu_si512(d + (12 + c) * ldd, _mm512_shuffle_i32x4(x1, x3, 0xdd));
+    }
+}
+
 #define RT float
 #define VT dr_v8f
 #define VI dr_v8i
@@ -183,6 +212,7 @@ DR_DEFINE_VMAX(vmax_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
 #define SFX(n) n##_avx512
 #define RROWS 8 /* 32 vector registers: 8 rows x 2 vectors of accumulators */
 #define VHMAX(v) _mm512_reduce_max_ps((__m512)(v))
+#define VTR16 dr_tr16_avx512
 #define VHSUM(v) _mm512_reduce_add_ps((__m512)(v))
 #define ATTR DR_ATTR_AVX512
 #define VEXP vexp_v16f
@@ -191,6 +221,7 @@ DR_DEFINE_VMAX(vmax_v16f, dr_v16f, dr_v16i, DR_ATTR_AVX512)
 #undef RROWS
 #undef VHMAX
 #undef VHSUM
+#undef VTR16
 #undef RT
 #undef VT
 #undef VI
