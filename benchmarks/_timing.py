@@ -25,6 +25,24 @@ def bench(fn, device="cpu", min_repeats=5, max_repeats=50, budget_s=3.0, warmup=
     return statistics.median(times)
 
 
+def bench_interleaved(fns, device="cpu", min_repeats=5, max_repeats=2000, budget_s=3.0, warmup=1):
+    """Fastest and median wall time (seconds) of each callable in `fns`, calling them in turn (one call of each per
+    round) until the budget is spent: drifts in machine speed hit every contender alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times = [[] for _ in fns]
+    start = time.perf_counter()
+    while len(times[0]) < max_repeats and (len(times[0]) < min_repeats or time.perf_counter() - start < budget_s):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            ts.append(time.perf_counter() - t0)
+    return [(min(ts), statistics.median(ts)) for ts in times]
+
+
 def table(rows, headers):
     """Format rows (lists of str) as a Markdown table."""
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]

@@ -1,6 +1,11 @@
 """Attention: dynrefer vs torch.nn.functional.scaled_dot_product_attention, in one process on the same inputs.
 
     python benchmarks/bench_attention.py [--device cpu|cuda] [--quick] [--dtypes float32,bfloat16] [--no-memory]
+    python benchmarks/bench_attention.py --interleave [--threads N] [--quick] [--dtypes ...]
+
+--interleave calls PyTorch's default SDPA and dynrefer in turn on the same inputs and prints, per shape and pass,
+the ratio of the fastest calls and of the medians (no memory columns, no math backend): on a machine whose speed
+drifts this compares like with like. --threads sets both libraries' thread counts.
 
 Shapes (DynRefer's): EVA ViT-g self-attention (B=48, H=16, L=257, D=88), Q-Former cross-attention (B=64, H=12,
 Lq=32, Lk=257, D=64), Q-Former self-attention (B=64, H=12, L=32, D=64), tag decoder (B=8, H=4, Lq=4585, Lk=32,
@@ -23,7 +28,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import bench, fmt_ms, sync, table  # noqa: E402
+from _timing import bench, bench_interleaved, fmt_ms, sync, table  # noqa: E402
 
 import dynrefer  # noqa: E402
 from dynrefer.ops import attention  # noqa: E402
@@ -125,7 +130,12 @@ def main():
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per measurement")
+    ap.add_argument("--interleave", action="store_true", help="torch and dynrefer called in turn: min and median ratios")
+    ap.add_argument("--threads", type=int, default=None, help="torch's and dynrefer's thread count")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        dynrefer.set_num_threads(args.threads)
     dev = args.device
     g = torch.Generator().manual_seed(0)
     dev_name = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {dynrefer.get_num_threads()} threads"
@@ -147,6 +157,18 @@ def main():
             # one bad shape does not hide the others' numbers)
             if errs["dynrefer"] > max(2 * errs["torch"], 1e-5):
                 print(f"CHECK FAILED {name} {dname}: relative errors vs float64 {errs}")
+            if args.interleave:
+                leaves = {lab: [x.detach().clone().requires_grad_(True) for x in (q, k, v)] for lab in ("torch", "dynrefer")}
+
+                def fb(lab):
+                    return lambda: torch.autograd.grad(CONTENDERS[lab](*leaves[lab]), leaves[lab], go)
+
+                for p, pair in (("fwd", [lambda: sdpa_default(q, k, v), lambda: attention(q, k, v)]),
+                                ("fwd+bwd", [fb("torch"), fb("dynrefer")])):
+                    (tmin, tmed), (omin, omed) = bench_interleaved(pair, dev, budget_s=args.budget)
+                    rows.append([name, p, fmt_ms(tmin), fmt_ms(omin), f"{tmin / omin:.2f}x", fmt_ms(tmed), fmt_ms(omed),
+                                 f"{tmed / omed:.2f}x"])
+                continue
             times, mems = {}, {}
             for label, fn in CONTENDERS.items():
                 times[(label, "fwd")] = bench(lambda: fn(q, k, v), dev, budget_s=args.budget)
@@ -165,7 +187,10 @@ def main():
                     row += [fmt_mb(mems[(lab, p)]) for lab in ("torch", "torch-math", "dynrefer")]
                 rows.append(row)
         headers = ["shape", "pass", "torch", "torch math", "dynrefer", "vs torch", "vs math"]
-        if not args.no_memory:
+        if args.interleave:
+            headers = ["shape", "pass", "torch fastest", "dynrefer fastest", "ratio", "torch median", "dynrefer median",
+                       "ratio"]
+        elif not args.no_memory:
             headers += ["peak torch", "peak math", "peak dynrefer"]
         print(f"\n{dname}")
         print(table(rows, headers))
