@@ -197,6 +197,14 @@ def test_bfloat16_tile_path_cases(gen):
     qt, kt, vt = (t.bfloat16().transpose(-1, -2).contiguous().transpose(-1, -2) for t in (q, k, v))
     torch.testing.assert_close(attention(qt, kt, vt), attention(q.bfloat16(), k.bfloat16(), v.bfloat16()),
                                rtol=0, atol=0)
+    # whole 32-row query blocks and 16-key blocks read straight from strided inputs (head dim 64): the same bits
+    # as from contiguous copies (edge blocks go through zero-padded copies)
+    x = torch.randn(2, 70, 3, 4, 64, generator=gen).bfloat16()
+    q, k, v = x.permute(2, 0, 3, 1, 4).unbind(0)
+    qt, kt, vt = (t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (q, k, v))  # element stride != 1
+    assert torch.equal(attention(q, k, v), attention(qt, kt, vt))
+    torch.testing.assert_close(attention(q, k, v).float(), math_sdpa(q.float(), k.float(), v.float()), rtol=2e-2,
+                               atol=2e-2)
     x = torch.randn(2, 9, 3, 4, 24, generator=gen).bfloat16()
     q, k, v = x.permute(2, 0, 3, 1, 4).unbind(0)
     runs = []
