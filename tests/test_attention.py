@@ -197,6 +197,18 @@ def test_bfloat16_tile_path_cases(gen):
     qt, kt, vt = (t.bfloat16().transpose(-1, -2).contiguous().transpose(-1, -2) for t in (q, k, v))
     torch.testing.assert_close(attention(qt, kt, vt), attention(q.bfloat16(), k.bfloat16(), v.bfloat16()),
                                rtol=0, atol=0)
+    # rows whose scores sit far below (or above) the rest of their 32-row block: the block-wide shift of the
+    # softmax falls back to the row's own maximum; a constant added to a whole row changes nothing (up to the
+    # rounding of the shifted scores)
+    q, k, v = make(gen, (1, 2, 40, 64), 45)
+    fm = torch.zeros(1, 2, 40, 45, dtype=torch.float64)
+    fm[..., 5, :] = -300.0
+    fm[..., 7, :] = 90.0
+    fm[..., 9, :3] = -math.inf
+    compare_with_math(q, k, v, torch.bfloat16, mask=fm, grads=False)
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    torch.testing.assert_close(attention(qb, kb, vb, fm.float())[..., [5, 7], :].float(),
+                               attention(qb, kb, vb)[..., [5, 7], :].float(), rtol=1e-2, atol=1e-2)
     # whole 32-row query blocks and 16-key blocks read straight from strided inputs (head dim 64): the same bits
     # as from contiguous copies (edge blocks go through zero-padded copies)
     x = torch.randn(2, 70, 3, 4, 64, generator=gen).bfloat16()
