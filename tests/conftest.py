@@ -44,3 +44,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def rle_encode(mask):
+    """COCO's uncompressed RLE counts of a 2-D 0/1 mask (column-major runs, starting with a run of zeros)."""
+    flat = mask.T.reshape(-1)
+    counts, cur, run = [], 0, 0
+    for v in flat:
+        if v != cur:
+            counts.append(run)
+            cur, run = v, 0
+        run += 1
+    counts.append(run)
+    return counts

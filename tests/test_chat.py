@@ -16,6 +16,7 @@ import torch  # noqa: E402
 
 from _llm_data import ANSWERS, LLAMA, build_causal, write_conversations  # noqa: E402
 from _model_data import TAGS  # noqa: E402
+from conftest import rle_encode  # noqa: E402
 from dynrefer.cli import main  # noqa: E402
 from dynrefer.data.conversations import AnnotationError, load_conversations, parse_record, split_placeholders  # noqa
 from dynrefer.eval.ferret_bench import FerretBenchError, question_regions, read_questions  # noqa: E402
@@ -46,15 +47,7 @@ def test_reader_formats(tmp_path):
     # an RLE mask: its bounding box, end exclusive
     mask = np.zeros((8, 10), np.uint8)
     mask[2:5, 3:7] = 1
-    flat = mask.T.reshape(-1)
-    counts, cur, run = [], 0, 0
-    for v in flat:
-        if v != cur:
-            counts.append(run)
-            cur, run = v, 0
-        run += 1
-    counts.append(run)
-    r = parse_record(_rec(boxes=None, annotation=[{"segmentation": {"size": [8, 10], "counts": counts}}],
+    r = parse_record(_rec(boxes=None, annotation=[{"segmentation": {"size": [8, 10], "counts": rle_encode(mask)}}],
                           conversations=[{"from": "user", "value": "<region1>?"}, {"from": "assistant", "value": "x"}]))
     assert r.boxes == [(3.0, 2.0, 7.0, 5.0)]
     # JSON lines, multi-turn, roles human/gpt

@@ -11,6 +11,8 @@ import pytest
 from dynrefer.data import AnnotationError, decode_rle, load_annotations, segmentation_to_box, write_json
 from dynrefer.data.readers import read_json
 
+from conftest import rle_encode
+
 
 def _official(tmp_path, anns, images=None, name="ann.json", **top):
     images = images if images is not None else [{"id": 1, "file_name": "1.jpg", "width": 100, "height": 80}]
@@ -95,18 +97,6 @@ def test_degenerate_polygon_widened_like_official(tmp_path):
     assert segmentation_to_box([[2, 3, 7, 9], [1, 4, 8, 5]], 100, 100) == (1.0, 3.0, 8.0, 9.0)
 
 
-def _rle_encode(mask):
-    flat = mask.T.reshape(-1)
-    counts, cur, run = [], 0, 0
-    for v in flat:
-        if v != cur:
-            counts.append(run)
-            cur, run = v, 0
-        run += 1
-    counts.append(run)
-    return counts
-
-
 def _rle_string(counts):
     # COCO's compressed form (written from its description: deltas after the 2nd count, 5-bit groups + 48)
     out = []
@@ -127,7 +117,7 @@ def test_rle_decode_and_box(rng):
     mask = np.zeros((13, 17), np.uint8)
     mask[3:9, 5:12] = 1
     mask[10, 2] = 1
-    counts = _rle_encode(mask)
+    counts = rle_encode(mask)
     np.testing.assert_array_equal(decode_rle({"size": [13, 17], "counts": counts}), mask)
     s = _rle_string(counts)
     np.testing.assert_array_equal(decode_rle({"size": [13, 17], "counts": s}), mask)
@@ -136,7 +126,7 @@ def test_rle_decode_and_box(rng):
     assert segmentation_to_box({"size": [13, 17], "counts": s}, 17, 13) == (2.0, 3.0, 11.0, 10.0)
     for _ in range(5):
         m = (rng.random((rng.integers(1, 30), rng.integers(1, 30))) > 0.6).astype(np.uint8)
-        c = _rle_encode(m)
+        c = rle_encode(m)
         np.testing.assert_array_equal(decode_rle({"size": list(m.shape), "counts": _rle_string(c)}), m)
     with pytest.raises(ValueError, match="cover"):
         decode_rle({"size": [2, 2], "counts": [1, 2]})
