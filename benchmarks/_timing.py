@@ -27,19 +27,23 @@ def bench(fn, device="cpu", min_repeats=5, max_repeats=50, budget_s=3.0, warmup=
 
 def bench_interleaved(fns, device="cpu", min_repeats=5, max_repeats=2000, budget_s=3.0, warmup=1):
     """Fastest and median wall time (seconds) of each callable in `fns`, calling them in turn (one call of each per
-    round) until the budget is spent: drifts in machine speed hit every contender alike."""
+    round, the order reversed every other round) until the budget is spent: drifts in machine speed, and whatever a
+    call leaves behind for the next one, hit every contender alike."""
     for fn in fns:
         for _ in range(warmup):
             fn()
     sync(device)
     times = [[] for _ in fns]
     start = time.perf_counter()
-    while len(times[0]) < max_repeats and (len(times[0]) < min_repeats or time.perf_counter() - start < budget_s):
-        for fn, ts in zip(fns, times):
+    rounds = 0
+    while rounds < max_repeats and (rounds < min_repeats or time.perf_counter() - start < budget_s):
+        order = range(len(fns)) if rounds % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
             t0 = time.perf_counter()
-            fn()
+            fns[i]()
             sync(device)
-            ts.append(time.perf_counter() - t0)
+            times[i].append(time.perf_counter() - t0)
+        rounds += 1
     return [(min(ts), statistics.median(ts)) for ts in times]
 
 

@@ -130,7 +130,8 @@ def main():
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per measurement")
-    ap.add_argument("--interleave", action="store_true", help="torch and dynrefer called in turn: min and median ratios")
+    ap.add_argument("--interleave", action="store_true",
+                    help="torch and dynrefer called in turn: fastest and median ratios")
     ap.add_argument("--threads", type=int, default=None, help="torch's and dynrefer's thread count")
     args = ap.parse_args()
     if args.threads:
@@ -158,7 +159,8 @@ def main():
             if errs["dynrefer"] > max(2 * errs["torch"], 1e-5):
                 print(f"CHECK FAILED {name} {dname}: relative errors vs float64 {errs}")
             if args.interleave:
-                leaves = {lab: [x.detach().clone().requires_grad_(True) for x in (q, k, v)] for lab in ("torch", "dynrefer")}
+                leaves = {lab: [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
+                          for lab in ("torch", "dynrefer")}
 
                 def fb(lab):
                     return lambda: torch.autograd.grad(CONTENDERS[lab](*leaves[lab]), leaves[lab], go)

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from _timing import bench, fmt_ms, table  # noqa: E402
+from _timing import bench, bench_interleaved, fmt_ms, table  # noqa: E402
 
 from dynrefer.nn import DeformableAlign, backend  # noqa: E402
 
@@ -192,27 +192,16 @@ def pipeline_breakdown(device, quick, preset="medium", top=10):
 def bench_ab(fn, device, budget_s, min_repeats=3, max_repeats=20):
     """Median times of fn() under the "peer" and the "dynrefer" backend, the two interleaved call by call (the
     order alternating), so a change of load on a shared machine hits both alike. One warm-up call each."""
-    import statistics
-    import time
 
-    from _timing import sync
-
-    times = {"peer": [], "dynrefer": []}
-    for b in times:
-        with backend.use_backend(b):
-            fn()
-    start = time.perf_counter()
-    k = 0
-    while k < max_repeats and (k < min_repeats or time.perf_counter() - start < 2 * budget_s):
-        for b in (("peer", "dynrefer") if k % 2 == 0 else ("dynrefer", "peer")):
+    def under(b):
+        def call():
             with backend.use_backend(b):
-                sync(device)
-                t0 = time.perf_counter()
                 fn()
-                sync(device)
-                times[b].append(time.perf_counter() - t0)
-        k += 1
-    return {b: statistics.median(v) for b, v in times.items()}
+        return call
+
+    (_, peer), (_, ours) = bench_interleaved([under("peer"), under("dynrefer")], device, min_repeats=min_repeats,
+                                             max_repeats=max_repeats, budget_s=2 * budget_s)
+    return {"peer": peer, "dynrefer": ours}
 
 
 CASES = {
