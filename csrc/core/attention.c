@@ -187,6 +187,28 @@ DR_ATTR_AVX512 static inline void dr_tr16_avx512(const void *src, int64_t lds, v
     }
 }
 
+/* log(x) for 16 float lanes, x > 0 finite (a softmax denominator, >= 1 in practice): Cephes' logf, the
+ * mantissa in [sqrt(1/2), sqrt(2)) and a degree-8 polynomial of z = m - 1, ln 2 in two parts. About 1 ulp. */
+DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
+    const __m512 x = (__m512)xv;
+    __m512 e = _mm512_getexp_ps(x);                                        /* floor(log2 x) */
+    __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src); /* [1, 2) */
+    const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356237f), _CMP_GT_OQ);
+    m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+    e = _mm512_mask_add_ps(e, big, e, _mm512_set1_ps(1.0f));
+    const __m512 z = _mm512_sub_ps(m, _mm512_set1_ps(1.0f)), z2 = _mm512_mul_ps(z, z);
+    static const float c[9] = {7.0376836292E-2f,  -1.1514610310E-1f, 1.1676998740E-1f,
+                               -1.2420140846E-1f, 1.4249322787E-1f,  -1.6668057665E-1f,
+                               2.0000714765E-1f,  -2.4999993993E-1f, 3.3333331174E-1f};
+    __m512 y = _mm512_set1_ps(c[0]);
+    for (int i = 1; i < 9; i++)
+        y = _mm512_fmadd_ps(y, z, _mm512_set1_ps(c[i]));
+    y = _mm512_mul_ps(_mm512_mul_ps(y, z), z2);
+    y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
+    y = _mm512_fmadd_ps(z2, _mm512_set1_ps(-0.5f), y);
+    return (dr_v16f)_mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(z, y));
+}
+
 #define RT float
 #define VT dr_v8f
 #define VI dr_v8i
@@ -217,7 +239,9 @@ DR_ATTR_AVX512 static inline void dr_tr16_avx512(const void *src, int64_t lds, v
 #define ATTR DR_ATTR_AVX512
 #define VEXP vexp_v16f
 #define VMAX vmax_v16f
+#define VLOG vlog_v16f
 #include "attention_cpu.inc"
+#undef VLOG
 #undef RROWS
 #undef VHMAX
 #undef VHSUM
