@@ -293,6 +293,30 @@ def test_leading_dims_and_strides(gen):
     torch.testing.assert_close(attention(q5, k5, v5, m5), math_sdpa(q5, k5, v5, m5), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("lq,lk,d,dv", [(5, 7, 16, 16), (20, 33, 64, 64), (32, 257, 64, 64), (33, 40, 24, 32),
+                                          (1, 9, 16, 48), (12, 64, 32, 24)])
+def test_float32_keys_and_values_read_in_place(gen, lq, lk, d, dv):
+    """float32 keys and values with unit-stride rows are read where they lie (row pitch of a view, any storage
+    offset, the last group of keys from a padded copy): the same bits as when they are packed (element-strided
+    copies force the packing) and the math path's values, with and without masks and causal attention."""
+    q, k, v = (t.float() for t in make(gen, (2, 3, lq, d), lk, dv))
+    big_k = torch.randn(2, 3, lk, 3 * d + 1, generator=gen)
+    big_v = torch.randn(2, 3, lk, 2 * dv + 3, generator=gen)
+    kv_, vv_ = big_k[..., 1:1 + d], big_v[..., 3:3 + dv]  # row pitch != width, storage offsets of 1 and 3 floats
+    kv_.copy_(k)
+    vv_.copy_(v)
+    ks, vs = (t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (k, v))  # element stride != 1: packed
+    mask = torch.rand(2, 1, lq, lk, generator=gen) > 0.3
+    mask[..., 0] = True
+    for kw in ({}, {"attn_mask": mask}, {"is_causal": True}):
+        a = attention(q, kv_, vv_, **kw)
+        b = attention(q, ks, vs, **kw)
+        c = attention(q, k, v, **kw)
+        assert torch.equal(a, b) and torch.equal(a, c)
+        ref = math_sdpa(q.double(), k.double(), v.double(), kw.get("attn_mask"), kw.get("is_causal", False))
+        assert rel(a, ref) < 1e-5
+
+
 def test_opcheck(gen):
     q, k, v = (t.float() for t in make(gen, (1, 2, 5, 8), 7, 6))
     mask = (torch.rand(1, 1, 5, 7, generator=gen) > 0.2).expand(1, 2, 5, 7)
