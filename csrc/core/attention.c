@@ -7,7 +7,8 @@
  * both directions where the process may use it (attention_amx.inc). Work is split over batch x heads x
  * query chunks (forward) and batch x heads (backward) with dr_parallel_for; every sum runs in a fixed order, so
  * results are bitwise repeatable whatever the thread count. Complexity: forward O(B H Lq Lk (D + Dv)), backward
- * O(B H Lq Lk (2 D + 3 Dv)); memory per task O((Lq + Lk)(D + Dv)) (backward), never Lq x Lk.
+ * O(B H Lq Lk (2 D + 3 Dv)); memory per task O(Lk (D + Dv)) plus blocks of a fixed number of query rows (the
+ * query rows stream through), never Lq x Lk.
  */
 #include <math.h>
 #include <stdlib.h>
