@@ -136,7 +136,7 @@ def test_mask_is_not_materialised(gen):
     assert seen["strides"][:3] == (0, 0, 0)
 
 
-@pytest.mark.parametrize("lq,lk", [(6, 6), (4, 11), (11, 4), (1, 9)])
+@pytest.mark.parametrize("lq,lk", [(6, 6), (4, 11), (11, 4), (1, 9), (40, 50), (70, 45)])
 def test_causal_lq_ne_lk(gen, lq, lk):
     q, k, v = make(gen, (2, 2, lq, 16), lk)
     compare_with_math(q, k, v, torch.float32, causal=True)
