@@ -258,7 +258,7 @@ DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
 #undef SEXP
 #undef SLOG
 
-/* ---- the tile-unit kernels (float32 and bfloat16) ------------------------------------------------------ */
+/* ---- the tile-unit kernels (bfloat16) ------------------------------------------------------------------ */
 #include "attention_amx.inc"
 #endif
 
@@ -314,6 +314,14 @@ static int use_amx(const dr_attn_args *a, int isa) {
 }
 #endif
 
+/* n tasks of fn over the thread pool; a task that could not get its scratch memory sets ctx->failed. */
+static dr_status run_tasks(int64_t n, task_fn fn, dr_attn_ctx *ctx) {
+    dr_parallel_for(n, 1, fn, ctx);
+    if (ctx->failed)
+        return dr_set_error(DR_ENOMEM, "attention: out of memory for the packed blocks");
+    return DR_OK;
+}
+
 static dr_status cpu_args(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v, const dr_tensor *mask,
                           const dr_tensor *o, const dr_tensor *lse, const dr_tensor *dout, const dr_tensor *dq,
                           const dr_tensor *dk, const dr_tensor *dv, const dr_attention_params *p, dr_attn_args *a) {
@@ -354,17 +362,11 @@ dr_status dr_attention_forward_cpu_isa(const dr_tensor *q, const dr_tensor *k, c
     if (use_amx(&a, isa)) {
         ctx.qchunk = (qchunk + 31) / 32 * 32; /* whole 32-row blocks */
         ctx.nqc = (a.Lq + ctx.qchunk - 1) / ctx.qchunk;
-        dr_parallel_for(bh * ctx.nqc, 1, fwd_task_amx, &ctx);
-        if (ctx.failed)
-            return dr_set_error(DR_ENOMEM, "attention: out of memory for the packed blocks");
-        return DR_OK;
+        return run_tasks(bh * ctx.nqc, fwd_task_amx, &ctx);
     }
 #endif
     /* short query chunks against long key lists: transpose the queries rather than the keys */
-    dr_parallel_for(bh * nqc, 1, qchunk < a.Lk ? fwd_t : fwd, &ctx);
-    if (ctx.failed)
-        return dr_set_error(DR_ENOMEM, "attention: out of memory for the packed blocks");
-    return DR_OK;
+    return run_tasks(bh * nqc, qchunk < a.Lk ? fwd_t : fwd, &ctx);
 }
 
 /* Backward with a chosen instruction set (DR_ATTN_ISA_*). */
@@ -384,17 +386,10 @@ dr_status dr_attention_backward_cpu_isa(const dr_tensor *q, const dr_tensor *k, 
         return DR_OK;
     dr_attn_ctx ctx = {&a, 0, 0, 0};
 #ifdef DR_ATTN_X86
-    if (use_amx(&a, isa)) {
-        dr_parallel_for(bh, 1, bwd_task_amx, &ctx);
-        if (ctx.failed)
-            return dr_set_error(DR_ENOMEM, "attention: out of memory for the packed blocks");
-        return DR_OK;
-    }
+    if (use_amx(&a, isa))
+        return run_tasks(bh, bwd_task_amx, &ctx);
 #endif
-    dr_parallel_for(bh, 1, bwd, &ctx);
-    if (ctx.failed)
-        return dr_set_error(DR_ENOMEM, "attention: out of memory for the packed blocks");
-    return DR_OK;
+    return run_tasks(bh, bwd, &ctx);
 }
 
 /* Forward, fastest instruction set of this CPU. */
