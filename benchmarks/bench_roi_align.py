@@ -2,8 +2,9 @@
 
     python benchmarks/bench_roi_align.py [--device cpu|cuda] [--quick]
 
-Shapes: (a) DynRefer's multi-view embedding — 192 RoIs on 192 feature maps of 1408 channels, 16x16 (laid out
-channels-last as the ViT produces it), output 16x16, sampling_ratio 2, spatial_scale 1/14, aligned=False;
+Shapes: (a) DynRefer's multi-view embedding (``dynrefer.app.bench.multiview_case``) — 64 regions x 3 nested views:
+192 RoIs on 192 feature maps of 1408 channels, 16x16 (laid out channels-last as the ViT produces it), output 16x16,
+sampling_ratio 2, spatial_scale 1/14, aligned=False;
 (b) detection — N=2, C=256, 200x200, 512 boxes, output 7x7, sampling_ratio 2, aligned=True.
 Prints one table: shape, pass, torchvision time, dynrefer time, ratio (torchvision / dynrefer; > 1 = faster).
 """
@@ -18,17 +19,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import bench, fmt_ms, table  # noqa: E402
 
 import dynrefer  # noqa: E402
+from dynrefer.app.bench import ROI_ALIGN_ARGS, multiview_case  # noqa: E402
 from dynrefer.ops import roi_align  # noqa: E402
 
 
 def dynrefer_case(device, quick):
-    g = torch.Generator().manual_seed(0)
-    n, c = (24, 1408) if quick else (192, 1408)
-    x = torch.randn(n, 16, 16, c, generator=g).permute(0, 3, 1, 2).to(device)  # channels-last [N, C, 16, 16]
-    xy = torch.rand(n, 2, generator=g) * 150
-    wh = torch.rand(n, 2, generator=g) * 70 + 4
-    rois = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], xy, xy + wh], 1).to(device)
-    return f"DynRefer {n}x{c}x16x16 CL→16x16", x, rois, dict(output_size=16, spatial_scale=1 / 14, sampling_ratio=2, aligned=False)
+    # the case `dynrefer bench` checks: 64 regions x 3 nested views, each view's box in its own 224x224 frame
+    regions, c = (8, 1408) if quick else (64, 1408)
+    x, rois, _ = multiview_case(regions, 3, c, seed=0, device=device)
+    return f"DynRefer {x.shape[0]}x{c}x16x16 CL→16x16", x, rois, dict(ROI_ALIGN_ARGS)
 
 
 def detection_case(device, quick):

@@ -6,7 +6,7 @@ PyTorch is never imported unless a PyTorch-facing module is used.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "cuda_available", "set_num_threads", "get_num_threads"]
+__all__ = ["__version__", "cuda_available", "set_num_threads", "get_num_threads", "build_info"]
 
 
 def _ext():
@@ -28,3 +28,14 @@ def get_num_threads() -> int:
 def cuda_available() -> bool:
     """True when the CUDA kernels were built and a CUDA device can be used from this process."""
     return bool(_ext().cuda_available())
+
+
+def build_info() -> dict:
+    """Facts a bug report needs about this build and machine: versions, the CPU kernels' instruction set, CPU
+    threads, whether the CUDA kernels were built and can run, and the CUDA launchers they export."""
+    import numpy as np
+
+    c = _ext()
+    return {"dynrefer": __version__, "numpy": np.__version__, "threads": c.get_num_threads(),
+            "cpu_isa": c.views_cpu_isa(), "cuda_built": bool(c.cuda_built()),
+            "cuda_available": bool(c.cuda_available()), "cuda_launchers": list(c.cuda_symbols())}

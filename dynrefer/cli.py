@@ -1,4 +1,4 @@
-"""The ``dynrefer`` command.
+"""The ``dynrefer`` command: argument parsing and dispatch to :mod:`dynrefer.app`.
 
     dynrefer demo [--out DIR] [--quick]          the main job: a miniature of the paper's Table 7 on the built-in
                                                  synthetic benchmark (generate, train, evaluate; no downloads)
@@ -23,38 +23,29 @@
 import argparse
 import os
 import sys
-import time
+
+from dynrefer.app.errors import UserError as CliError  # printed on one line, exit status 2
 
 DEFAULT_OUT = "dynrefer-demo"
 
 
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
-
-
 def _info(_args):
-    import numpy as np
-
     import dynrefer
-    from dynrefer import _C
 
-    print(f"dynrefer {dynrefer.__version__} | numpy {np.__version__}")
-    print(f"CPU threads: {dynrefer.get_num_threads()} | views kernels: {_C.views_cpu_isa()}")
-    print(f"CUDA kernels built: {_C.cuda_built()} | CUDA device usable: {dynrefer.cuda_available()}")
-    print(f"CUDA launchers: {', '.join(_C.cuda_symbols()) or '-'}")
+    i = dynrefer.build_info()
+    print(f"dynrefer {i['dynrefer']} | numpy {i['numpy']}")
+    print(f"CPU threads: {i['threads']} | views kernels: {i['cpu_isa']}")
+    print(f"CUDA kernels built: {i['cuda_built']} | CUDA device usable: {i['cuda_available']}")
+    print(f"CUDA launchers: {', '.join(i['cuda_launchers']) or '-'}")
     return 0
 
 
-# ---- demo (the main job) ---------------------------------------------------------------------------------------
-
 def _demo(args):
-    from dynrefer.demo import run_demo
+    from dynrefer.app.demo import run_demo
 
     run_demo(args.out, quick=args.quick, seed=args.seed, epochs=args.epochs)
     return 0
 
-
-# ---- describe --------------------------------------------------------------------------------------------------
 
 def _parse_box(text):
     try:
@@ -71,76 +62,16 @@ def _parse_box(text):
     return vals
 
 
-def _image_and_boxes(path, box_args):
-    """The RGB image at path and the --box values as [N, 4] float32, each box overlapping the image."""
-    import numpy as np
-    from PIL import Image
-
-    if not os.path.isfile(path):
-        raise CliError(f"image not found: {path}")
-    try:
-        img = np.asarray(Image.open(path).convert("RGB"))
-    except OSError as e:
-        raise CliError(f"cannot read image {path}: {e}") from None
-    boxes = np.array([_parse_box(b) for b in box_args], np.float32)
-    h, w = img.shape[:2]
-    for b in boxes:
-        if b[2] <= 0 or b[3] <= 0 or b[0] >= w or b[1] >= h:
-            raise CliError(f"box {b.tolist()} lies outside the {w}x{h} image")
-    return img, boxes
-
-
 def _describe(args):
-    from dynrefer.demo import build_bundle_model, load_bundle
+    from dynrefer.app.describe import describe_image
     from dynrefer.model import format_descriptions
-    from dynrefer.views import plot_views
 
-    img, boxes = _image_and_boxes(args.image, args.box)
-    try:
-        bundle = load_bundle(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        raise CliError(str(e)) from None
-    import torch
-
-    torch.set_num_threads(1)
-    model = build_bundle_model(bundle)
-    res = model.describe(img, boxes, prior=args.prior, seed=args.seed)
+    res, paths = describe_image(args.image, [_parse_box(b) for b in args.box], args.checkpoint, prior=args.prior,
+                                seed=args.seed, out_stem=args.out)
     print(format_descriptions(res))
-    stem = args.out or os.path.splitext(os.path.basename(args.image))[0] + "_described"
-    for k, r in enumerate(res):
-        lines = [f"category: {r.get('category', '-')}",
-                 "attributes: " + ", ".join(n for n, _ in sorted(r.get("attributes", []), key=lambda t: -t[1])[:3]),
-                 "tags: " + (", ".join(n for n, _ in r.get("tags", [])) or "-"),
-                 f"caption: {r.get('caption', '-')}"]
-        path = plot_views(img, boxes[k], f"{stem}_{k}.png", chosen=r.get("view_coeffs", [0.0]), labels=lines)
+    for k, path in enumerate(paths):
         print(f"[{k}] views and answers → {path}")
     return 0
-
-
-# ---- chat / ferret-bench -------------------------------------------------------------------------------------
-
-def _chat_model(checkpoint, threads=None):
-    """The bundle's model for chat; ``threads``: torch CPU threads (None: torch's default — a 7B LLM wants them
-    all; 1 is fastest for the small presets)."""
-    from dynrefer.demo import build_bundle_model, load_bundle
-
-    if threads is not None and threads < 1:
-        raise CliError(f"--threads must be at least 1, got {threads}")
-    try:
-        bundle = load_bundle(checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        raise CliError(str(e)) from None
-    if bundle["config"].get("llm", {}).get("kind", "t5") != "causal":
-        raise CliError(f"{checkpoint}: this model's D_llm is a T5; chat needs a model with a decoder-only LLM "
-                       "(train one on conversations: datasets.conversations and model.llm.kind causal)")
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return build_bundle_model(bundle)
-    except (FileNotFoundError, ImportError, RuntimeError) as e:
-        raise CliError(f"{checkpoint}: {e}") from None
 
 
 def _gen_args(args):
@@ -155,11 +86,14 @@ def _gen_args(args):
 
 
 def _chat(args):
-    img, boxes = _image_and_boxes(args.image, args.box)
+    from dynrefer.app.describe import image_and_boxes
+    from dynrefer.app.referring import load_chat_model
+
+    img, boxes = image_and_boxes(args.image, [_parse_box(b) for b in args.box])
     if not args.question.strip():
         raise CliError("--question must not be empty")
     gen = _gen_args(args)  # checked before the model loads
-    model = _chat_model(args.checkpoint, args.threads)
+    model = load_chat_model(args.checkpoint, args.threads)
     try:
         answer = model.chat(img, boxes, args.question, prior=args.prior, seed=args.seed, **gen)
     except ValueError as e:
@@ -169,7 +103,8 @@ def _chat(args):
 
 
 def _ferret_bench(args):
-    from dynrefer.eval.ferret_bench import FerretBenchError, export_answers, read_questions
+    from dynrefer.app.ferret_bench import FerretBenchError, export_answers, read_questions
+    from dynrefer.app.referring import load_chat_model
 
     try:
         questions = read_questions(args.questions)
@@ -180,7 +115,7 @@ def _ferret_bench(args):
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be at least 1, got {args.limit}")
     gen = _gen_args(args)  # checked before the model loads
-    model = _chat_model(args.checkpoint, args.threads)
+    model = load_chat_model(args.checkpoint, args.threads)
     try:
         recs = export_answers(model, questions, args.images, args.out, model_id=args.model_id, limit=args.limit,
                               log=print, **gen)
@@ -192,74 +127,16 @@ def _ferret_bench(args):
     return 0
 
 
-# ---- train / eval --------------------------------------------------------------------------------------------
-
-def _dataset_files(cfg_datasets, split):
-    root = cfg_datasets.get("root")
-    if not root:
-        raise CliError("the config needs datasets.root: a folder with tags.txt, classes.json, attributes.json and "
-                       "<split>_caption.json (+ _attribute.json, _category.json) as `dynrefer demo` writes them")
-    need = ["tags.txt", "classes.json", "attributes.json", f"{split}_caption.json"]
-    missing = [f for f in need if not os.path.isfile(os.path.join(root, f))]
-    if missing:
-        raise CliError(f"datasets.root {root} lacks {', '.join(missing)}")
-    return root
-
-
-def _model_config(cfg_model):
-    from dynrefer.model import DynReferConfig
-
-    preset = cfg_model.get("preset", "tiny")
-    over = {k: v for k, v in cfg_model.items() if k not in ("preset", "arch", "views")}
-    try:
-        return DynReferConfig.from_preset(preset, **over)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CliError(f"model: {e}") from None
-
-
 def _train(args):
-    import torch
-
-    from dynrefer.data.readers import load_annotations
-    from dynrefer.demo import _vocab, save_bundle, train_scheme
+    from dynrefer.app.schemes import train_on_folder
     from dynrefer.train import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    if "conversations" in cfg.datasets:
-        return _train_conversations(cfg)
-    m, run = dict(cfg.model), dict(cfg.run)
-    root = _dataset_files(cfg.datasets, "train")
-    mcfg = _model_config(m)
-    views = dict(m.get("views", {"prior": "stochastic"}))
-    views.setdefault("num_views", mcfg.num_views)
-    tags, classes, attributes = _vocab(root)
-    texts = [r.caption for r in load_annotations(os.path.join(root, "train_caption.json")).records if r.caption]
-    out = run["output_dir"]
-    torch.set_num_threads(1)  # the small presets' ops are too small to split across threads
-    model, summary = train_scheme(mcfg, root, out, views, texts, tags, classes, attributes, run["max_epoch"],
-                                  run["seed"], run["batch_size_train"], run_extra=run)
-    path = save_bundle(model, os.path.join(out, "model.pt"), texts, tags, classes, attributes,
-                       {"num_views": views["num_views"], "size": mcfg.vision.image_size})
-    print(f"trained {summary['step']} steps; model bundle → {path}")
-    return 0
-
-
-def _train_conversations(cfg):
-    from dynrefer.data import AnnotationError
-    from dynrefer.referring import ConversationConfigError, train_conversations
-
-    try:
-        _, summary, path = train_conversations(cfg)
-    except (FileNotFoundError, AnnotationError, ConversationConfigError, ImportError) as e:
-        raise CliError(str(e)) from None
+    summary, path = train_on_folder(load_config(args.config, args.overrides))
     print(f"trained {summary['step']} steps; model bundle → {path}")
     return 0
 
 
 def _eval(args):
-    import torch
-
-    from dynrefer.demo import build_bundle_model, evaluate_scheme, load_bundle
     from dynrefer.train import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -270,39 +147,19 @@ def _eval(args):
                            ("--no-meteor", args.no_meteor), ("--out", args.out)) if v]
     if only:
         raise CliError(f"{', '.join(only)}: dense captioning options; add --detections FILE and/or --gt-boxes")
-    root = _dataset_files(cfg.datasets, args.split)
-    try:
-        bundle = load_bundle(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        raise CliError(str(e)) from None
-    torch.set_num_threads(1)
-    model = build_bundle_model(bundle)
-    n = bundle["views"]["num_views"]
-    m, regions = evaluate_scheme(model, root, args.split, {"prior": args.prior, "num_views": n},
-                                 bundle["views"]["size"])
+    from dynrefer.app.schemes import evaluate_bundle
+
+    m, regions, n = evaluate_bundle(cfg, args.checkpoint, args.split, args.prior)
     print(f"{args.split} ({regions} regions, {n} views, prior {args.prior}): CIDEr {m['CIDEr']:.1f} | "
           f"attribute mAP {m['attr_mAP']:.1f} | accuracy {m['acc']:.1f}")
     return 0
 
 
 def _eval_densecap(args, cfg):
-    """Dense captioning mAP of a bundle with a detector's boxes (--detections) and/or the ground-truth boxes
-    (--gt-boxes); see dynrefer.eval.densecap_pipeline for the ranking rules and their sources."""
-    import json
+    """Dense captioning mAP (dynrefer.app.densecap.run_densecap_eval; the ranking rules are in
+    dynrefer.eval.densecap)."""
+    from dynrefer.app.densecap import run_densecap_eval
 
-    import torch
-
-    from dynrefer.data.detections import load_detections
-    from dynrefer.data.readers import load_annotations, write_json
-    from dynrefer.data.records import AnnotationError
-    from dynrefer.demo import build_bundle_model, load_bundle
-    from dynrefer.eval import JavaUnavailableError, PredictionError
-    from dynrefer.eval.densecap_pipeline import evaluate_densecap, predictions_to_json
-
-    if args.gt_boxes and not args.detections and args.rank not in (None, "caption"):
-        raise CliError(f"--rank {args.rank} needs detector scores; ground-truth boxes are ranked by caption score")
-    if not args.detections and (args.det_frame or args.det_box_format):
-        raise CliError("--det-frame and --det-box-format describe a --detections file; none was given")
     ann_path = args.annotations
     if ann_path is None:
         root = cfg.datasets.get("root")
@@ -310,63 +167,11 @@ def _eval_densecap(args, cfg):
             raise CliError("dense captioning needs the ground truth: pass --annotations FILE (official format, "
                            "e.g. VG test.json) or set datasets.root (uses <root>/<split>_caption.json)")
         ann_path = os.path.join(root, f"{args.split}_caption.json")
-    if not os.path.isfile(ann_path):
-        raise CliError(f"annotation file not found: {ann_path}")
-    try:
-        ann = load_annotations(ann_path)
-        dets = (load_detections(args.detections, ann, box_format=args.det_box_format,
-                                frame=args.det_frame or "image")
-                if args.detections else None)
-    except (AnnotationError, FileNotFoundError) as e:
-        raise CliError(str(e)) from None
-    try:
-        bundle = load_bundle(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        raise CliError(str(e)) from None
-    torch.set_num_threads(1)
-    try:
-        model = build_bundle_model(bundle)
-    except RuntimeError as e:  # a bundle whose weights do not fit its config
-        raise CliError(f"{args.checkpoint}: {e}") from None
-    meteor = None
-    if not args.no_meteor:  # started before the captioning, so a missing Java stops the command at once
-        from dynrefer.eval.meteor import Meteor
-
-        try:
-            meteor = Meteor()
-        except JavaUnavailableError as e:
-            raise CliError(f"dense captioning mAP scores captions with METEOR 1.5, which needs Java: {e}. "
-                           f"Pass --no-meteor to report the detection mAP only") from None
-    settings = ([("predicted boxes", "predicted", dets, args.rank)] if dets is not None else []) + \
-               ([("ground-truth boxes", "ground_truth", None, "caption")] if args.gt_boxes else [])
-    report = {}
-    try:
-        for label, key, d, rank in settings:
-            if d is not None:
-                print(f"{label}: {d.num_boxes} boxes from {args.detections} over {len(d)} images "
-                      f"({len(d.images_without_detections)} without a detection: their regions count as missed)",
-                      flush=True)
-            try:
-                m, preds = evaluate_densecap(model, ann, d, rank=rank, meteor=meteor, captions=meteor is not None,
-                                             prior=args.prior, seed=0, log=lambda msg: print(msg, flush=True))
-            except (PredictionError, FileNotFoundError) as e:
-                raise CliError(str(e)) from None
-            cap = f"mAP {m['map']:.2f} | " if "map" in m else "mAP - (--no-meteor) | "
-            print(f"dense captioning, {label} ({m['images']} images, {m['boxes']} boxes, {m['gt_regions']} GT "
-                  f"regions, rank by {m['rank']}, prior {args.prior}): {cap}detection mAP {m['detmap']:.2f}")
-            report[key] = predictions_to_json(preds, m, {"annotations": ann_path, "detections": args.detections
-                                                         if d is not None else None, "rank": m["rank"],
-                                                         "prior": args.prior, "checkpoint": args.checkpoint})
-    finally:
-        if meteor is not None:
-            meteor.close()
-    if args.out:
-        write_json(args.out, json.loads(json.dumps(report, default=str)))
-        print(f"predictions and metrics → {args.out}")
+    run_densecap_eval(args.checkpoint, ann_path, args.detections, gt_boxes=args.gt_boxes, rank=args.rank,
+                      det_frame=args.det_frame, det_box_format=args.det_box_format, meteor=not args.no_meteor,
+                      prior=args.prior, out=args.out, log=lambda msg: print(msg, flush=True))
     return 0
 
-
-# ---- flops / bench ---------------------------------------------------------------------------------------------
 
 def _flops(args):
     from dynrefer.model import DynReferConfig, flops_report
@@ -379,59 +184,11 @@ def _flops(args):
     return 0
 
 
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def _bench(args):
-    """RoI-Align of DynRefer's multi-view embedding on synthetic ViT maps: each region is seen in nested views; every
-    view's 16x16 map (patch 14 on 224x224) is pooled with the referred box in that view's frame (16x16 output,
-    spatial_scale 1/14, sampling_ratio 2), checked against torchvision and timed."""
-    import numpy as np
-    import torch
-    import torchvision
+    from dynrefer.app.bench import roi_align_bench
 
-    import dynrefer
-    from dynrefer.ops import roi_align
-    from dynrefer.views import view_boxes
-
-    if args.threads:
-        dynrefer.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
-    regions, views, c = args.regions, args.views, args.channels
-    W, H = 640.0, 480.0
-    xy = rng.uniform(0, [W * 0.7, H * 0.7], size=(regions, 2))
-    wh = rng.uniform(20, [W * 0.3, H * 0.3], size=(regions, 2))
-    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
-    ts = np.concatenate([[0.0], np.sort(rng.choice(np.arange(1, 11) / 10, views - 1, replace=False))])
-    vb = view_boxes(boxes, ts, W, H)
-    rois = []
-    for r in range(regions):
-        for v in range(views):
-            x0, y0, x1, y1 = vb[r, v]
-            sx, sy = 224.0 / (x1 - x0), 224.0 / (y1 - y0)
-            b = (boxes[r] - [x0, y0, x0, y0]) * [sx, sy, sx, sy]
-            rois.append([r * views + v, *b])
-    rois = torch.tensor(np.asarray(rois, np.float32))
-    n = regions * views
-    x = torch.randn(n, 16, 16, c, generator=torch.Generator().manual_seed(args.seed)).permute(0, 3, 1, 2)
-    print(f"{regions} regions x {views} views (t = {', '.join(f'{t:.1f}' for t in ts)}), ViT maps {n}x{c}x16x16 "
-          f"channels-last, {dynrefer.get_num_threads()} threads")
-    ours = roi_align(x, rois, 16, 1 / 14, 2, False)
-    ref = torchvision.ops.roi_align(x, rois, 16, 1 / 14, 2, False)
-    err = ((ours - ref).norm() / ref.norm()).item()
-    print(f"agrees with torchvision.ops.roi_align: relative error {err:.2e}")
-    if err > 1e-5:
-        raise CliError("dynrefer and torchvision disagree")
-    t_ours = _median_time(lambda: roi_align(x, rois, 16, 1 / 14, 2, False), args.repeats)
-    t_tv = _median_time(lambda: torchvision.ops.roi_align(x, rois, 16, 1 / 14, 2, False), args.repeats)
-    print(f"forward: dynrefer {t_ours * 1e3:.2f} ms, torchvision {t_tv * 1e3:.2f} ms -> {t_tv / t_ours:.1f}x")
+    roi_align_bench(args.regions, args.views, args.channels, threads=args.threads, repeats=args.repeats,
+                    seed=args.seed)
     return 0
 
 

@@ -56,7 +56,7 @@ def view_boxes(boxes, coeffs, width, height):
     return b[:, None, :] + (full - b)[:, None, :] * t[:, :, None]
 
 
-def _as_image(image):
+def as_image(image):
     """HWC uint8 image (NumPy, or a torch tensor kept as is); PIL images are converted to RGB arrays."""
     if is_torch_tensor(image):
         return image
@@ -154,7 +154,7 @@ class NestedViews:
     def choose(self, image, boxes, rng=None, prior=None):
         """Coefficients ``[R, n]`` (float32; tight view first) of the views for each region."""
         prior = prior or self.prior
-        image = _as_image(image)
+        image = as_image(image)
         b = np.asarray(_numpy(boxes), dtype=np.float32).reshape(-1, 4)
         if not np.isfinite(b).all():
             k = int(np.flatnonzero(~np.isfinite(b).all(axis=1))[0])
@@ -186,7 +186,7 @@ class NestedViews:
     # ---- the transform ----------------------------------------------------------------------------------
 
     def __call__(self, image, boxes, rng=None, prior=None):
-        image = _as_image(image)
+        image = as_image(image)
         b = np.asarray(_numpy(boxes), dtype=np.float32).reshape(-1, 4)
         coeffs = self.choose(image, b, rng=rng, prior=prior)
         w, h = _image_size(image)
@@ -244,7 +244,7 @@ def plot_views(image, box, path, candidates=CANDIDATES, chosen=None, labels=None
     """
     from PIL import Image, ImageDraw
 
-    img = _as_image(image)
+    img = as_image(image)
     img = _numpy(img).astype(np.uint8)
     h, w = img.shape[:2]
     chosen = [0.0] if chosen is None else [float(c) for c in np.asarray(chosen).reshape(-1)]

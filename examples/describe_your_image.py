@@ -11,7 +11,7 @@ import argparse
 import numpy as np
 from PIL import Image
 
-from dynrefer.demo import build_bundle_model, load_bundle
+from dynrefer.app.bundle import build_bundle_model, load_bundle
 from dynrefer.model import format_descriptions
 from dynrefer.views import NestedViews, plot_views
 

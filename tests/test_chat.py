@@ -19,7 +19,7 @@ from _model_data import TAGS  # noqa: E402
 from conftest import rle_encode  # noqa: E402
 from dynrefer.cli import main  # noqa: E402
 from dynrefer.data.conversations import AnnotationError, load_conversations, parse_record, split_placeholders  # noqa
-from dynrefer.eval.ferret_bench import FerretBenchError, question_regions, read_questions  # noqa: E402
+from dynrefer.app.ferret_bench import FerretBenchError, question_regions, read_questions  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -169,7 +169,7 @@ def test_training_reduces_the_loss(trained):
 
 def test_chat_api_on_the_trained_model(trained):
     from dynrefer.data.dataset import load_image
-    from dynrefer.demo import build_bundle_model, load_bundle
+    from dynrefer.app.bundle import build_bundle_model, load_bundle
 
     tmp, img_dir = trained
     model = build_bundle_model(load_bundle(str(tmp / "run" / "model.pt")))
@@ -209,7 +209,7 @@ def test_chat_command(trained, capsys):
 
 def test_chat_command_refuses_a_t5_bundle(tmp_path, capsys):
     from _model_data import CAPTIONS, build_tiny
-    from dynrefer.demo import save_bundle
+    from dynrefer.app.bundle import save_bundle
 
     m = build_tiny(seed=0)
     path = save_bundle(m, str(tmp_path / "t5.pt"), CAPTIONS, m.tag_list, [], [], {"num_views": 2, "size": 32})
@@ -224,7 +224,7 @@ def test_bundle_of_a_model_with_an_llm_directory(tmp_path):
     """A bundle leaves out the frozen LLM loaded from llm.path and reloads it from there."""
     from _llm_data import save_tiny_llama
     from dynrefer.data.dataset import load_image
-    from dynrefer.demo import build_bundle_model, load_bundle, save_bundle
+    from dynrefer.app.bundle import build_bundle_model, load_bundle, save_bundle
 
     path, img_dir, _ = write_conversations(str(tmp_path))
     llm_dir = save_tiny_llama(tmp_path / "llm")
@@ -270,7 +270,7 @@ def test_lora_training_through_the_engine(tmp_path):
     """LoRA fine-tuning: checkpoints hold the trainable tensors (adapters included) and the LLM's base weights do
     not move."""
     pytest.importorskip("peft", reason="LoRA needs peft (pip install dynrefer[llm])")
-    from dynrefer.referring import train_conversations
+    from dynrefer.app.referring import train_conversations
     from dynrefer.train import load_config
 
     cfg, _ = _chat_config(tmp_path, lora=True)
@@ -284,7 +284,7 @@ def test_lora_training_through_the_engine(tmp_path):
     # the model as it started (the same build, seed and vocabulary)
     from dynrefer.data.conversations import conversation_texts
     from dynrefer.model import build_dynrefer
-    from dynrefer.referring import conversation_model_config
+    from dynrefer.app.referring import conversation_model_config
 
     c = load_config(str(cfg))
     texts = conversation_texts(load_conversations(c.datasets["conversations"]["train"]))
@@ -348,7 +348,7 @@ def test_ferret_bench_export(trained, tmp_path, capsys):
 
 
 def test_example_config_validates():
-    from dynrefer.referring import conversation_model_config
+    from dynrefer.app.referring import conversation_model_config
     from dynrefer.train import load_config
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -51,8 +51,8 @@ def test_real_ovad(shared_data):
     assert {int(v) for v in np.unique(labels)} == {-1, 0, 1}
     assert sum(a["freq_set"] == "head" for a in ann.attributes) > 0
     # the eval package accepts it: uninformative scores give the paper's Chance row
-    from dynrefer.eval import evaluate
-    r = evaluate("ovad", np.full(labels.shape, 0.5), ann.ovad_ground_truth())
+    from dynrefer.eval import evaluate, ovad_ground_truth
+    r = evaluate("ovad", np.full(labels.shape, 0.5), ovad_ground_truth(ann))
     assert r["all"] == pytest.approx(8.68, abs=0.01) and r["head"] == pytest.approx(36.0, abs=0.1)
 
 

@@ -101,7 +101,7 @@ def test_pixels_match_annotations(rng):
 
 
 def test_eval_accepts_ground_truth(bench):
-    from dynrefer.eval import evaluate
+    from dynrefer.eval import evaluate, ovad_ground_truth
     d, m = bench
     files = m["files"]["test"]
     cap = load_annotations(os.path.join(d, files["caption"]))
@@ -120,7 +120,7 @@ def test_eval_accepts_ground_truth(bench):
     assert r["map"] == pytest.approx(100.0) and r["detmap"] == pytest.approx(100.0)
 
     att = load_annotations(os.path.join(d, files["attribute"]))
-    gt = att.ovad_ground_truth()
+    gt = ovad_ground_truth(att)
     r = evaluate("ovad", gt.labels.clip(0, 1).astype(float), gt)
     assert r["all"] == pytest.approx(100.0)
     r = evaluate("ovad", np.full(gt.labels.shape, 0.5), gt)

@@ -30,6 +30,8 @@ import re
 from dataclasses import dataclass
 from typing import Hashable, List, Optional, Sequence, Tuple, Union
 
+from dynrefer.model.placeholders import PLACEHOLDER, answer_text, split_placeholders
+
 from .readers import decode_rle, read_json, segmentation_to_box
 from .records import AnnotationError
 
@@ -37,7 +39,6 @@ __all__ = ["ConversationRecord", "load_conversations", "parse_record", "split_pl
            "PLACEHOLDER", "conversation_texts"]
 
 #: A region placeholder: ``<region1>``, ``<region2>``, …
-PLACEHOLDER = re.compile(r"<region(\d+)>")
 _ANY_REGION_TAG = re.compile(r"<region[^>]*>")
 _HUMAN, _GPT = ("human", "user"), ("gpt", "assistant")
 
@@ -52,26 +53,6 @@ class ConversationRecord:
     turns: List[Tuple[str, str]]
     image_size: Optional[Tuple[int, int]] = None   # (width, height) when the record gives it
     index: int = 0                                   # position in its file
-
-
-def split_placeholders(text: str) -> List[Union[str, int]]:
-    """``"a <region2> b"`` → ``["a ", 2, " b"]``: text pieces and 1-based region numbers, in order."""
-    out: List[Union[str, int]] = []
-    pos = 0
-    for m in PLACEHOLDER.finditer(text):
-        if m.start() > pos:
-            out.append(text[pos:m.start()])
-        out.append(int(m.group(1)))
-        pos = m.end()
-    if pos < len(text):
-        out.append(text[pos:])
-    return out
-
-
-def answer_text(answer: str) -> str:
-    """An answer as the LLM learns and writes it: the model cannot emit region features, so a ``<regionK>`` in a
-    gpt turn becomes the words ``region K``."""
-    return PLACEHOLDER.sub(lambda m: f"region {m.group(1)}", str(answer))
 
 
 def conversation_texts(records: Sequence[ConversationRecord]) -> List[str]:

@@ -155,19 +155,3 @@ class Annotations:
         a = len(self.attributes)
         labels = np.stack([r.att_vec for r in recs]) if recs else np.zeros((0, a), np.int8)
         return labels.astype(np.int8), [r.id for r in recs]
-
-    def ovad_ground_truth(self):
-        """The records with ``att_vec`` as a :class:`dynrefer.eval.OvadAnnotations` for ``evaluate("ovad", ...)``."""
-        from dynrefer.eval.ovad import OvadAnnotations
-
-        recs = [r for r in self.records if r.att_vec is not None]
-        labels, ids = self.attribute_labels()
-        attrs = [dict(a, id=a.get("id", k)) for k, a in enumerate(self.attributes)]   # ids are 0..A-1 in order
-        return OvadAnnotations(
-            labels=labels, attributes=attrs, annotation_ids=np.array(ids),
-            image_ids=np.array([r.image_id for r in recs]),
-            category_ids=np.array([-1 if r.category_id is None else r.category_id for r in recs]),
-            boxes=np.array([r.box_xywh for r in recs], dtype=np.float64).reshape(-1, 4),
-            images=[{"id": i.id, "file_name": i.file_name, "width": i.width, "height": i.height}
-                    for i in self.images.values()],
-            categories=list(self.categories))

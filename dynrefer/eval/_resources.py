@@ -10,7 +10,7 @@ import importlib.util
 import os
 import shutil
 
-__all__ = ["JavaUnavailableError", "find_java", "pycocoevalcap_file"]
+__all__ = ["JavaUnavailableError", "find_java", "pycocoevalcap_file", "java_available"]
 
 
 class JavaUnavailableError(RuntimeError):
@@ -49,3 +49,15 @@ def pycocoevalcap_file(*parts: str) -> str:
         f"pycocoevalcap is installed but {'/'.join(parts)} is missing from it "
         f"(looked in {list(spec.submodule_search_locations)}); reinstall pycocoevalcap"
     )
+
+
+def java_available(*jar: str) -> bool:
+    """True when Java runs here and, if ``jar`` parts are given, that pycocoevalcap file is installed (e.g.
+    ``java_available("tokenizer", "stanford-corenlp-3.4.1.jar")`` for PTB tokenisation)."""
+    try:
+        find_java()
+        if jar:
+            pycocoevalcap_file(*jar)
+        return True
+    except JavaUnavailableError:
+        return False

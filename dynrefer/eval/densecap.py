@@ -29,7 +29,8 @@ import numpy as np
 
 from ._checks import PredictionError
 
-__all__ = ["DenseCapEvaluator", "densecap_map", "box_iou", "merge_boxes", "MIN_OVERLAPS", "MIN_METEORS"]
+__all__ = ["DenseCapEvaluator", "densecap_map", "box_iou", "merge_boxes", "MIN_OVERLAPS", "MIN_METEORS", "RANK_RULES",
+           "rank_scores"]
 
 MIN_OVERLAPS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_METEORS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
@@ -219,3 +220,32 @@ def densecap_map(images: Sequence[dict], meteor=None, *, captions: bool = True,
         ev.add_image(im["scores"], im["boxes"], im["captions"], im["gt_boxes"], im["gt_captions"],
                      image_id=im.get("image_id", k))
     return ev.evaluate(meteor, captions=captions)
+
+
+#: How a box's ranking score is formed from the detector's score ``d`` and the caption score ``c`` (both in [0, 1]).
+RANK_RULES = {
+    "detector": "d (the official DynRefer evaluation with predicted boxes)",
+    "caption": "c (the official DynRefer evaluation with ground-truth boxes)",
+    "product": "d * c",
+    "geometric": "sqrt(d * c)",
+}
+
+
+def rank_scores(det_scores, caption_scores, rule: str = "detector") -> np.ndarray:
+    """Ranking scores of boxes under ``rule`` (a key of :data:`RANK_RULES`); ``det_scores`` may be ``None`` only
+    for ``rule="caption"``."""
+    if rule not in RANK_RULES:
+        raise ValueError(f"unknown rank rule {rule!r}; choose from {', '.join(RANK_RULES)}")
+    c = np.asarray(caption_scores, dtype=np.float64).reshape(-1)
+    if rule == "caption":
+        return c.copy()
+    if det_scores is None:
+        raise ValueError(f"rank rule {rule!r} needs detector scores (ground-truth boxes have none: use 'caption')")
+    d = np.asarray(det_scores, dtype=np.float64).reshape(-1)
+    if d.shape != c.shape:
+        raise ValueError(f"{d.size} detector scores but {c.size} caption scores")
+    if rule == "detector":
+        return d.copy()
+    if rule == "product":
+        return d * c
+    return np.sqrt(d * c)

@@ -28,7 +28,7 @@ import numpy as np
 from ._checks import PredictionError
 
 __all__ = ["OvadAnnotations", "load_ovad", "ovad_ap", "ovad_prompts", "max_over_prompts", "FREQ_SETS",
-           "default_ovad_path"]
+           "default_ovad_path", "ovad_ground_truth"]
 
 FREQ_SETS = ("head", "medium", "tail")
 
@@ -53,6 +53,23 @@ class OvadAnnotations:
     boxes: np.ndarray             # [N, 4] COCO xywh
     images: List[dict] = field(default_factory=list)
     categories: List[dict] = field(default_factory=list)
+
+
+def ovad_ground_truth(annotations) -> OvadAnnotations:
+    """The records of an annotation set (:class:`dynrefer.data.Annotations` or anything with its ``records``,
+    ``attribute_labels()``, ``attributes``, ``images`` and ``categories``) that carry an ``att_vec``, as
+    :class:`OvadAnnotations` for ``evaluate("ovad", ...)``."""
+    recs = [r for r in annotations.records if r.att_vec is not None]
+    labels, ids = annotations.attribute_labels()
+    attrs = [dict(a, id=a.get("id", k)) for k, a in enumerate(annotations.attributes)]   # ids are 0..A-1 in order
+    return OvadAnnotations(
+        labels=labels, attributes=attrs, annotation_ids=np.array(ids),
+        image_ids=np.array([r.image_id for r in recs]),
+        category_ids=np.array([-1 if r.category_id is None else r.category_id for r in recs]),
+        boxes=np.array([r.box_xywh for r in recs], dtype=np.float64).reshape(-1, 4),
+        images=[{"id": i.id, "file_name": i.file_name, "width": i.width, "height": i.height}
+                for i in annotations.images.values()],
+        categories=list(annotations.categories))
 
 
 def default_ovad_path() -> str:

@@ -101,9 +101,9 @@ def processor_class(base=None):
 
         def __call__(self, image, segs, cascade_bboxes=None, rng=None):
             """``cascade_bboxes`` is accepted and ignored, as in the official processor."""
-            from dynrefer.views import _as_image
+            from dynrefer.views import as_image
 
-            arr = _as_image(image)
+            arr = as_image(image)
             boxes = boxes_from_segs(segs, int(arr.shape[1]), int(arr.shape[0]))
             return self.nested_views().official(arr, boxes, rng=rng)
 

@@ -171,7 +171,7 @@ def task_class(base=None, registry=None):
                 m = dr_eval.evaluate("caption", res, gts, metrics=self.caption_metrics)
                 agg = m.get("METEOR", m.get("CIDEr", 0.0))
             elif kind == "ovad":
-                gt = ann.ovad_ground_truth()
+                gt = dr_eval.ovad_ground_truth(ann)
                 ids = gt.annotation_ids.tolist()
                 _require(by_id, ids)
                 m = dr_eval.evaluate("ovad", {i: by_id[i]["attr"] for i in ids}, gt)

@@ -8,15 +8,14 @@
     loading: load_eva_vit, load_blip2_checkpoint, load_t5_directory, save_t5_directory, load_dynrefer_checkpoint
     flops: flops_report(config), visual_macs(config, num_views)
 """
-from dynrefer.model.config import DynReferConfig, PRESETS
-from dynrefer.model.dynrefer import TRAINABLE_PREFIXES, DynRefer, format_descriptions
-from dynrefer.model.factory import build_dynrefer
-
 __all__ = ["DynReferConfig", "PRESETS", "DynRefer", "TRAINABLE_PREFIXES", "build_dynrefer", "format_descriptions",
            "load_eva_vit", "load_blip2_checkpoint", "load_t5_directory", "save_t5_directory",
            "load_dynrefer_checkpoint", "save_dynrefer_checkpoint", "flops_report", "visual_macs"]
 
-_LAZY = {"load_eva_vit": "loading", "load_blip2_checkpoint": "loading", "load_t5_directory": "loading",
+# names are resolved on first use, so that torch-free submodules (config, placeholders) import without PyTorch
+_LAZY = {"DynReferConfig": "config", "PRESETS": "config", "DynRefer": "dynrefer", "TRAINABLE_PREFIXES": "dynrefer",
+         "format_descriptions": "dynrefer", "build_dynrefer": "factory",
+         "load_eva_vit": "loading", "load_blip2_checkpoint": "loading", "load_t5_directory": "loading",
          "save_t5_directory": "loading", "load_dynrefer_checkpoint": "loading",
          "save_dynrefer_checkpoint": "loading", "flops_report": "flops", "visual_macs": "flops"}
 
@@ -27,3 +26,7 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(f"dynrefer.model.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'dynrefer.model' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -435,7 +435,7 @@ class DynRefer(nn.Module):
         """One conversation as segments: [<s> ; system ; per turn USER: question ASSISTANT: answer </s>], each
         ``<regionK>`` of a question replaced by region K's tokens and control; the last answer may be None (to be
         generated). Answers are the targets."""
-        from dynrefer.data.conversations import answer_text, split_placeholders
+        from dynrefer.model.placeholders import answer_text, split_placeholders
 
         tok, lc = self.llm_tokenizer, self.config.llm
         bos, eos, _ = _causal.special_ids(tok)
@@ -485,7 +485,7 @@ class DynRefer(nn.Module):
     def chat_views(self, views, boxes, question, history=None, **gen):
         """Answer ``question`` about the regions given by their views ([R, n, 3, S, S]) and boxes ([R, n, 4]);
         see :meth:`chat`."""
-        from dynrefer.data.conversations import split_placeholders
+        from dynrefer.model.placeholders import split_placeholders
 
         self._require_causal("chat")
         if not isinstance(question, str) or not question.strip():

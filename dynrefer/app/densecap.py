@@ -21,8 +21,10 @@ mixes in GRiT's caption: ``sqrt(objectness * exp(description log-prob))`` (Jiali
 Unlike the official script, images without predictions are not skipped (their ground truth counts as missed; see
 :mod:`dynrefer.eval.densecap`) and a failing image is an error, not a printed "sample error".
 
-The model is only called through its ``describe(images, boxes, prior=, tasks=("caption",), seed=, task=)``
-method, in chunks of ``chunk_size`` boxes; this module itself imports no PyTorch.
+The ranking rules themselves (:data:`dynrefer.eval.densecap.RANK_RULES`, :func:`~dynrefer.eval.densecap.rank_scores`)
+are part of the metric and live with it. The model is only called through its ``describe(images, boxes, prior=,
+tasks=("caption",), seed=, task=)`` method, in chunks of ``chunk_size`` boxes; this module itself imports no
+PyTorch (:func:`run_densecap_eval`, the whole ``dynrefer eval --detections/--gt-boxes`` job, loads the bundle).
 """
 
 from __future__ import annotations
@@ -32,38 +34,10 @@ from typing import Callable, Dict, Hashable, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ._checks import PredictionError
+from dynrefer.eval import PredictionError, evaluate
+from dynrefer.eval.densecap import RANK_RULES, rank_scores
 
-__all__ = ["RANK_RULES", "rank_scores", "caption_boxes", "densecap_predictions", "evaluate_densecap",
-           "predictions_to_json"]
-
-#: How a box's ranking score is formed from the detector's score ``d`` and the caption score ``c`` (both in [0, 1]).
-RANK_RULES = {
-    "detector": "d (the official DynRefer evaluation with predicted boxes)",
-    "caption": "c (the official DynRefer evaluation with ground-truth boxes)",
-    "product": "d * c",
-    "geometric": "sqrt(d * c)",
-}
-
-
-def rank_scores(det_scores, caption_scores, rule: str = "detector") -> np.ndarray:
-    """Ranking scores of boxes under ``rule`` (a key of :data:`RANK_RULES`); ``det_scores`` may be ``None`` only
-    for ``rule="caption"``."""
-    if rule not in RANK_RULES:
-        raise ValueError(f"unknown rank rule {rule!r}; choose from {', '.join(RANK_RULES)}")
-    c = np.asarray(caption_scores, dtype=np.float64).reshape(-1)
-    if rule == "caption":
-        return c.copy()
-    if det_scores is None:
-        raise ValueError(f"rank rule {rule!r} needs detector scores (ground-truth boxes have none: use 'caption')")
-    d = np.asarray(det_scores, dtype=np.float64).reshape(-1)
-    if d.shape != c.shape:
-        raise ValueError(f"{d.size} detector scores but {c.size} caption scores")
-    if rule == "detector":
-        return d.copy()
-    if rule == "product":
-        return d * c
-    return np.sqrt(d * c)
+__all__ = ["caption_boxes", "densecap_predictions", "evaluate_densecap", "predictions_to_json", "run_densecap_eval"]
 
 
 def caption_boxes(model, image, boxes, *, prior: str = "image", seed: Optional[int] = 0, chunk_size: int = 32,
@@ -162,8 +136,6 @@ def evaluate_densecap(model, annotations, detections=None, *, rank: Optional[str
     Returns ``(metrics, predictions)``; metrics hold ``map`` (with captions), ``detmap``, their breakdowns and
     ``images``, ``boxes``, ``images_without_boxes``, ``gt_regions``, ``rank``.
     """
-    from .api import evaluate
-
     preds = densecap_predictions(model, annotations, detections, rank=rank, prior=prior, seed=seed,
                                  chunk_size=chunk_size, image_loader=image_loader, log=log)
     gt = annotations.densecap_ground_truth()
@@ -207,3 +179,75 @@ def predictions_to_json(predictions: Mapping[Hashable, Mapping[str, object]],
     if settings is not None:
         out["settings"] = dict(settings)
     return out
+
+
+def run_densecap_eval(checkpoint: str, annotations: str, detections: Optional[str] = None, *, gt_boxes: bool = False,
+                      rank: Optional[str] = None, det_frame: Optional[str] = None,
+                      det_box_format: Optional[str] = None, meteor: bool = True, prior: str = "image",
+                      out: Optional[str] = None, log: Callable[[str], None] = print) -> Dict[str, dict]:
+    """``dynrefer eval ... --detections FILE / --gt-boxes``: dense captioning mAP of the bundle ``checkpoint`` on
+    the official-format ``annotations`` with a detector's boxes (``detections``: GRiT's ``vg_instances_results.json``
+    or one entry per image, read by :func:`dynrefer.data.load_detections`) and/or the ground-truth boxes. ``meteor``
+    False reports the detection mAP only (no Java). Returns ``{"predicted" / "ground_truth": predictions_to_json(...)}``
+    and writes it to ``out`` when given. Problems the user can fix raise :class:`~dynrefer.app.errors.UserError`."""
+    import json
+    import os
+
+    import torch
+
+    from dynrefer.app.bundle import load_bundle_model
+    from dynrefer.app.errors import UserError
+    from dynrefer.data import AnnotationError, load_annotations, load_detections, write_json
+    from dynrefer.eval import JavaUnavailableError
+
+    if not (detections or gt_boxes):
+        raise UserError("dense captioning needs --detections FILE and/or --gt-boxes")
+    if gt_boxes and not detections and rank not in (None, "caption"):
+        raise UserError(f"--rank {rank} needs detector scores; ground-truth boxes are ranked by caption score")
+    if not detections and (det_frame or det_box_format):
+        raise UserError("--det-frame and --det-box-format describe a --detections file; none was given")
+    if not os.path.isfile(annotations):
+        raise UserError(f"annotation file not found: {annotations}")
+    try:
+        ann = load_annotations(annotations)
+        dets = (load_detections(detections, ann, box_format=det_box_format, frame=det_frame or "image")
+                if detections else None)
+    except (AnnotationError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    _, model = load_bundle_model(checkpoint)
+    torch.set_num_threads(1)
+    scorer = None
+    if meteor:  # started before the captioning, so a missing Java stops the job at once
+        from dynrefer.eval.meteor import Meteor
+
+        try:
+            scorer = Meteor()
+        except JavaUnavailableError as e:
+            raise UserError(f"dense captioning mAP scores captions with METEOR 1.5, which needs Java: {e}. "
+                            f"Pass --no-meteor to report the detection mAP only") from None
+    settings = ([("predicted boxes", "predicted", dets, rank)] if dets is not None else []) + \
+               ([("ground-truth boxes", "ground_truth", None, "caption")] if gt_boxes else [])
+    report = {}
+    try:
+        for label, key, d, rk in settings:
+            if d is not None:
+                log(f"{label}: {d.num_boxes} boxes from {detections} over {len(d)} images "
+                    f"({len(d.images_without_detections)} without a detection: their regions count as missed)")
+            try:
+                m, preds = evaluate_densecap(model, ann, d, rank=rk, meteor=scorer, captions=scorer is not None,
+                                             prior=prior, seed=0, log=log)
+            except (PredictionError, FileNotFoundError) as e:
+                raise UserError(str(e)) from None
+            cap = f"mAP {m['map']:.2f} | " if "map" in m else "mAP - (--no-meteor) | "
+            log(f"dense captioning, {label} ({m['images']} images, {m['boxes']} boxes, {m['gt_regions']} GT "
+                f"regions, rank by {m['rank']}, prior {prior}): {cap}detection mAP {m['detmap']:.2f}")
+            report[key] = predictions_to_json(preds, m, {"annotations": annotations, "detections": detections
+                                                         if d is not None else None, "rank": m["rank"],
+                                                         "prior": prior, "checkpoint": checkpoint})
+    finally:
+        if scorer is not None:
+            scorer.close()
+    if out:
+        write_json(out, json.loads(json.dumps(report, default=str)))
+        log(f"predictions and metrics → {out}")
+    return report

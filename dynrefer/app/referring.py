@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["train_conversations", "conversation_model_config", "ConversationConfigError"]
+__all__ = ["train_conversations", "conversation_model_config", "ConversationConfigError", "load_chat_model"]
 
 
 class ConversationConfigError(ValueError):
@@ -71,7 +71,7 @@ def train_conversations(cfg, log=print):
 
     from dynrefer.data.conversation_dataset import ConversationDataset
     from dynrefer.data.conversations import conversation_texts, load_conversations
-    from dynrefer.demo import save_bundle
+    from dynrefer.app.bundle import save_bundle
     from dynrefer.model import build_dynrefer
     from dynrefer.train import load_config, run_training
     from dynrefer.views import NestedViews
@@ -111,3 +111,26 @@ def train_conversations(cfg, log=print):
         path = save_bundle(model, os.path.join(run["output_dir"], "model.pt"), texts, tags, [], [],
                            {"num_views": mcfg.num_views, "size": mcfg.vision.image_size})
     return model, summary, path
+
+
+def load_chat_model(checkpoint: str, threads=None):
+    """The model of the bundle ``checkpoint`` for chat (it must have a decoder-only LLM); ``threads``: torch CPU
+    threads (None: torch's default — a 7B LLM wants them all; 1 is fastest for the small presets)."""
+    from dynrefer.app.bundle import load_bundle, load_bundle_model
+    from dynrefer.app.errors import UserError
+
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+
+    try:
+        bundle = load_bundle(checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if bundle["config"].get("llm", {}).get("kind", "t5") != "causal":
+        raise UserError(f"{checkpoint}: this model's D_llm is a T5; chat needs a model with a decoder-only LLM "
+                        "(train one on conversations: datasets.conversations and model.llm.kind causal)")
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return load_bundle_model(checkpoint, bundle)[1]

@@ -12,8 +12,8 @@ from PIL import Image
 
 from dynrefer.data import DetectionError, load_annotations, load_detections
 from dynrefer.eval import PredictionError, densecap_map
-from dynrefer.eval.densecap_pipeline import (RANK_RULES, caption_boxes, densecap_predictions, evaluate_densecap,
-                                             predictions_to_json, rank_scores)
+from dynrefer.app.densecap import caption_boxes, densecap_predictions, evaluate_densecap, predictions_to_json
+from dynrefer.eval.densecap import RANK_RULES, rank_scores
 
 SIZES = {1: (80, 60), 2: (100, 50), 3: (64, 64)}          # image id -> (width, height)
 GT = {  # image id -> [(x, y, w, h), caption]
@@ -261,7 +261,7 @@ def test_tiny_model_captions_detections_in_chunks(ann, tiny):
 def cli_setup(tiny, ann_file, tmp_path):
     from _model_data import ATTRIBUTES, CAPTIONS, CLASSES, TAGS
 
-    from dynrefer.demo import save_bundle
+    from dynrefer.app.bundle import save_bundle
 
     bundle = save_bundle(tiny, str(tmp_path / "model.pt"), CAPTIONS, TAGS, CLASSES, ATTRIBUTES,
                          {"num_views": tiny.num_views, "size": tiny.config.vision.image_size})

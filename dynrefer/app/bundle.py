@@ -1,0 +1,77 @@
+"""Model bundles: one file with everything ``dynrefer describe``, ``eval`` and ``chat`` need — the model's
+configuration, the texts its tokenizers are rebuilt from, the vocabularies and the weights — written atomically
+and read without executing pickled code."""
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Tuple
+
+__all__ = ["BUNDLE_FORMAT", "save_bundle", "load_bundle", "build_bundle_model", "load_bundle_model", "read_vocab"]
+
+BUNDLE_FORMAT = "dynrefer-bundle-1"
+
+
+def read_vocab(data_dir: str) -> Tuple[List[str], list, list]:
+    """The tag list (``tags.txt``), classes (``classes.json``) and attributes (``attributes.json``) of a data folder
+    as ``dynrefer.data.synthetic`` and the converters write it."""
+    tags = [t.strip() for t in open(os.path.join(data_dir, "tags.txt"), encoding="utf-8") if t.strip()]
+    classes = json.load(open(os.path.join(data_dir, "classes.json"), encoding="utf-8"))
+    attributes = json.load(open(os.path.join(data_dir, "attributes.json"), encoding="utf-8"))
+    return tags, classes, attributes
+
+
+def build_bundle_model(bundle):
+    """Rebuild a model saved by :func:`save_bundle` (tokenizers are rebuilt from the saved texts; deterministic)."""
+    from dynrefer.model import DynReferConfig, build_dynrefer
+
+    cfg = DynReferConfig.from_dict(bundle["config"])
+    model = build_dynrefer(cfg, texts=bundle["texts"], tag_list=bundle["tags"], classes=bundle["classes"],
+                           attributes=bundle["attributes"], seed=0)
+    missing, unexpected = model.load_state_dict(bundle["model"], strict=False)
+    external = model.external_llm_keys()  # a frozen LLM reloaded from config.llm.path
+    if unexpected or [k for k in missing if not k.endswith("_embeds") and k not in external]:
+        raise RuntimeError(f"bundle does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.eval()
+    return model
+
+
+def save_bundle(model, path, texts, tags, classes, attributes, views):
+    """Everything ``dynrefer describe`` needs in one file, written atomically."""
+    from dynrefer.train.checkpoint import atomic_save
+
+    external = model.external_llm_keys()  # a frozen LLM from config.llm.path is reloaded from there
+    atomic_save({"format": BUNDLE_FORMAT, "config": model.config.to_dict(), "texts": list(texts),
+                 "tags": list(tags), "classes": list(classes), "attributes": list(attributes), "views": views,
+                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in external}}, path)
+    return path
+
+
+def load_bundle(path):
+    import torch
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no model bundle at {path} (run `dynrefer demo` first, or pass --checkpoint)")
+    try:  # tensors, lists, dicts and strings only: no pickled code is executed
+        b = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is "not a bundle" to the user
+        raise ValueError(f"{path} is not a dynrefer model bundle ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(b, dict) or b.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"{path} is not a dynrefer model bundle (written by `dynrefer demo` / save_bundle)")
+    return b
+
+
+def load_bundle_model(path, bundle=None):
+    """``(bundle, model)`` for the bundle at ``path`` (``bundle``: its already loaded contents); a missing,
+    unreadable or mismatched bundle is a :class:`~dynrefer.app.errors.UserError` naming the file."""
+    from dynrefer.app.errors import UserError
+
+    if bundle is None:
+        try:
+            bundle = load_bundle(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(str(e)) from None
+    try:
+        return bundle, build_bundle_model(bundle)
+    except (FileNotFoundError, ImportError, RuntimeError) as e:  # weights that do not fit the config, a lost LLM
+        raise UserError(f"{path}: {e}") from None

@@ -1,0 +1,65 @@
+"""Describe boxes of an image file with a model bundle and plot the views it chose (``dynrefer describe``)."""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dynrefer.app.errors import UserError
+
+__all__ = ["read_image", "check_boxes", "image_and_boxes", "describe_image"]
+
+
+def read_image(path: str) -> np.ndarray:
+    """The RGB image at ``path`` as an ``H x W x 3`` uint8 array."""
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise UserError(f"image not found: {path}")
+    try:
+        return np.asarray(Image.open(path).convert("RGB"))
+    except OSError as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+
+
+def check_boxes(boxes, width: int, height: int) -> np.ndarray:
+    """``boxes`` as ``[N, 4]`` float32 ``x1, y1, x2, y2``, each overlapping the ``width x height`` image."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    for box in b:
+        if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
+            raise UserError(f"box {box.tolist()} lies outside the {width}x{height} image")
+    return b
+
+
+def image_and_boxes(path: str, boxes) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`read_image` and :func:`check_boxes` together."""
+    img = read_image(path)
+    return img, check_boxes(boxes, img.shape[1], img.shape[0])
+
+
+def describe_image(image_path: str, boxes: Sequence[Sequence[float]], checkpoint: str, *, prior: str = "image",
+                   seed: int = 0, out_stem: Optional[str] = None, threads: Optional[int] = 1
+                   ) -> Tuple[List[dict], List[str]]:
+    """Category, attributes, tags and caption of every box of the image at ``image_path`` with the model of the
+    bundle ``checkpoint``, and a PNG per box of the chosen views with the answers (``<out_stem>_<k>.png``, by default
+    next to the working directory as ``<image name>_described_<k>.png``). Returns ``(results, png paths)``."""
+    from dynrefer.app.bundle import load_bundle_model
+    from dynrefer.views import plot_views
+
+    img, b = image_and_boxes(image_path, boxes)
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    _, model = load_bundle_model(checkpoint)
+    res = model.describe(img, b, prior=prior, seed=seed)
+    stem = out_stem or os.path.splitext(os.path.basename(image_path))[0] + "_described"
+    paths = []
+    for k, r in enumerate(res):
+        lines = [f"category: {r.get('category', '-')}",
+                 "attributes: " + ", ".join(n for n, _ in sorted(r.get("attributes", []), key=lambda t: -t[1])[:3]),
+                 "tags: " + (", ".join(n for n, _ in r.get("tags", [])) or "-"),
+                 f"caption: {r.get('caption', '-')}"]
+        paths.append(plot_views(img, b[k], f"{stem}_{k}.png", chosen=r.get("view_coeffs", [0.0]), labels=lines))
+    return res, paths

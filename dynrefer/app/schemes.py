@@ -1,0 +1,203 @@
+"""Training and evaluating DynRefer under one view scheme: the building blocks of the main job
+(:mod:`dynrefer.app.demo`) and of ``dynrefer train`` / ``dynrefer eval`` on a data folder.
+
+A view scheme is a set of :class:`dynrefer.views.NestedViews` keyword arguments (``prior``, ``num_views``,
+``fixed_coeffs``); training runs the engine (:func:`dynrefer.train.run_training`), evaluation describes every
+region of a split and scores region-caption CIDEr, attribute mAP (OVAD protocol) and category accuracy.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from dynrefer.eval import java_available
+
+__all__ = ["train_scheme", "evaluate_model", "evaluate_scheme", "score", "dataset_root", "model_config", "train_on_folder",
+           "evaluate_bundle"]
+
+
+def _ptb_available():
+    """pycocoevalcap's PTB tokeniser needs Java and the installed pycocoevalcap jars; without them captions are
+    compared lower-cased with punctuation removed (the synthetic captions have no other tokenisation issue)."""
+    return java_available("tokenizer", "stanford-corenlp-3.4.1.jar")
+
+
+def _simple_tokens(text):
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def evaluate_model(model, data_dir, split, views_kwargs, size, tasks=("category", "attribute", "caption"),
+                   seed=0, task_for_prior=None):
+    """Describe every region of ``split`` with the given view scheme; return predictions keyed by region id."""
+    import torch
+
+    from dynrefer.data.dataset import load_image
+    from dynrefer.data.readers import load_annotations
+    from dynrefer.views import NestedViews
+
+    ann = load_annotations(os.path.join(data_dir, f"{split}_caption.json"))
+    kw = dict(views_kwargs)
+    if kw.get("prior") == "task":
+        kw["task"] = task_for_prior or "caption"
+    nv = NestedViews(size=size, seed=seed, **kw)
+    rng = np.random.default_rng(seed)
+    preds = {}
+    by_image = {}
+    for r in ann.records:
+        by_image.setdefault(r.image_path, []).append(r)
+    for path, recs in sorted(by_image.items()):
+        img = load_image(path)
+        boxes = np.array([r.box for r in recs], np.float32)
+        out = nv(img, boxes, rng=rng)
+        res = model.describe_views(torch.from_numpy(out["views"]), torch.from_numpy(out["boxes"]),
+                                   coeffs=torch.from_numpy(out["coeffs"]), tasks=tasks)
+        for r, p in zip(recs, res):
+            preds[r.id] = p
+    return preds, ann
+
+
+def score(preds_caption, preds_attr_cat, data_dir, split):
+    """CIDEr (captions), attribute mAP (OVAD protocol) and category top-1 accuracy, ×100."""
+    from dynrefer.data.readers import load_annotations
+    from dynrefer.eval import caption_metrics, evaluate, ovad_ground_truth
+
+    caps = load_annotations(os.path.join(data_dir, f"{split}_caption.json"))
+    gts = {r.id: [r.caption] for r in caps.records}
+    res = {k: [preds_caption[k]["caption"] or "<empty>"] for k in gts}
+    ptb = _ptb_available()
+    if not ptb:
+        gts = {k: [_simple_tokens(c) for c in v] for k, v in gts.items()}
+        res = {k: [_simple_tokens(c) or "empty" for c in v] for k, v in res.items()}
+    cider = caption_metrics(gts, res, metrics=("CIDEr",), tokenize=ptb)["CIDEr"] * 100
+    att = load_annotations(os.path.join(data_dir, f"{split}_attribute.json"))
+    scores = {r.id: [s for _, s in preds_attr_cat[r.id]["attributes"]] for r in att.records}
+    ovad = evaluate("ovad", scores, ovad_ground_truth(att))
+    cat = load_annotations(os.path.join(data_dir, f"{split}_category.json"))
+    hits = [preds_attr_cat[r.id]["category"] == r.category for r in cat.records]
+    return {"CIDEr": cider, "attr_mAP": float(ovad["all"]), "acc": 100.0 * float(np.mean(hits))}
+
+
+def evaluate_scheme(model, data_dir, split, views_kwargs, size, seed=0):
+    """Caption CIDEr, attribute mAP and category accuracy (×100) of ``model`` on ``split`` with one view scheme: the
+    captions with the caption prior, categories and attributes with the attribute prior (for ``prior="task"``).
+    Returns (metrics, number of regions)."""
+    import torch
+
+    with torch.no_grad():
+        cap, _ = evaluate_model(model, data_dir, split, views_kwargs, size, tasks=("caption",), seed=seed,
+                                task_for_prior="caption")
+        ac, _ = evaluate_model(model, data_dir, split, views_kwargs, size, tasks=("category", "attribute"),
+                               seed=seed, task_for_prior="attribute")
+    return score(cap, ac, data_dir, split), len(cap)
+
+
+def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, attributes, epochs, seed, batch_size,
+                 run_extra=None):
+    """Train DynRefer on ``train_caption.json`` of ``data_dir`` with the training engine; ``run_extra`` adds or
+    overrides keys of the engine's ``run`` section. Returns (model, summary)."""
+    from dynrefer.data.dataset import RegionDataset, collate_regions
+    from dynrefer.model import build_dynrefer
+    from dynrefer.train import run_training
+    from dynrefer.views import NestedViews
+
+    ds = RegionDataset(os.path.join(data_dir, "train_caption.json"),
+                       NestedViews(size=cfg.vision.image_size, seed=seed, **views_kwargs), training=True, seed=seed,
+                       num_tags=len(tags))
+    ds.collate_fn = collate_regions
+    built = []
+
+    def build(_):
+        built.append(build_dynrefer(cfg, texts=texts, tag_list=tags, classes=classes, attributes=attributes,
+                                    seed=seed))
+        return built[-1]
+
+    run = {"output_dir": out_dir, "max_epoch": epochs, "batch_size_train": batch_size, "init_lr": 3e-3,
+           "min_lr": 1e-4, "warmup_steps": 10, "weight_decay": 0.05, "log_freq": 20, "progress_bar": False,
+           "seed": seed, "num_workers": 0, "max_grad_norm": 1.0, "save_epoch_ckpts": False}
+    run.update(run_extra or {})
+    summary = run_training({"model": {}, "datasets": {}, "run": run}, build, lambda _: {"train": ds})
+    model = built[-1]
+    model.eval()
+    return model, summary
+
+
+def dataset_root(datasets: dict, split: str) -> str:
+    """``datasets.root`` of a config, checked to hold the vocabularies and ``<split>_caption.json``."""
+    from dynrefer.app.errors import UserError
+
+    root = datasets.get("root")
+    if not root:
+        raise UserError("the config needs datasets.root: a folder with tags.txt, classes.json, attributes.json and "
+                        "<split>_caption.json (+ _attribute.json, _category.json) as `dynrefer demo` writes them")
+    need = ["tags.txt", "classes.json", "attributes.json", f"{split}_caption.json"]
+    missing = [f for f in need if not os.path.isfile(os.path.join(root, f))]
+    if missing:
+        raise UserError(f"datasets.root {root} lacks {', '.join(missing)}")
+    return root
+
+
+def model_config(model_section: dict):
+    """A :class:`dynrefer.model.DynReferConfig` from a config's ``model`` section (``preset`` + overrides; ``views``
+    and ``arch`` are not model fields)."""
+    from dynrefer.app.errors import UserError
+    from dynrefer.model import DynReferConfig
+
+    preset = model_section.get("preset", "tiny")
+    over = {k: v for k, v in model_section.items() if k not in ("preset", "arch", "views")}
+    try:
+        return DynReferConfig.from_preset(preset, **over)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"model: {e}") from None
+
+
+def train_on_folder(cfg, log=print):
+    """``dynrefer train CONFIG``: train on the official-format annotations of ``datasets.root`` (or, with a
+    ``datasets.conversations`` section, on region conversations: :func:`dynrefer.app.referring.train_conversations`)
+    and write ``<run.output_dir>/model.pt``. ``cfg``: a :class:`dynrefer.train.Config`. Returns (summary, bundle
+    path)."""
+    import torch
+
+    from dynrefer.app.bundle import read_vocab, save_bundle
+    from dynrefer.app.errors import UserError
+    from dynrefer.data import AnnotationError
+    from dynrefer.data.readers import load_annotations
+
+    if "conversations" in cfg.datasets:
+        from dynrefer.app.referring import ConversationConfigError, train_conversations
+
+        try:
+            _, summary, path = train_conversations(cfg, log=log)
+        except (FileNotFoundError, AnnotationError, ConversationConfigError, ImportError) as e:
+            raise UserError(str(e)) from None
+        return summary, path
+    m, run = dict(cfg.model), dict(cfg.run)
+    root = dataset_root(cfg.datasets, "train")
+    mcfg = model_config(m)
+    views = dict(m.get("views", {"prior": "stochastic"}))
+    views.setdefault("num_views", mcfg.num_views)
+    tags, classes, attributes = read_vocab(root)
+    texts = [r.caption for r in load_annotations(os.path.join(root, "train_caption.json")).records if r.caption]
+    out = run["output_dir"]
+    torch.set_num_threads(1)  # the small presets' ops are too small to split across threads
+    model, summary = train_scheme(mcfg, root, out, views, texts, tags, classes, attributes, run["max_epoch"],
+                                  run["seed"], run["batch_size_train"], run_extra=run)
+    path = save_bundle(model, os.path.join(out, "model.pt"), texts, tags, classes, attributes,
+                       {"num_views": views["num_views"], "size": mcfg.vision.image_size})
+    return summary, path
+
+
+def evaluate_bundle(cfg, checkpoint: str, split: str = "val", prior: str = "image"):
+    """``dynrefer eval CONFIG --checkpoint BUNDLE``: the bundle's model on ``split`` of ``datasets.root`` with
+    ``prior``. Returns (metrics, number of regions, number of views)."""
+    import torch
+
+    from dynrefer.app.bundle import load_bundle_model
+
+    root = dataset_root(cfg.datasets, split)
+    bundle, model = load_bundle_model(checkpoint)
+    torch.set_num_threads(1)
+    n = bundle["views"]["num_views"]
+    m, regions = evaluate_scheme(model, root, split, {"prior": prior, "num_views": n}, bundle["views"]["size"])
+    return m, regions, n
