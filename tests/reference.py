@@ -1,6 +1,6 @@
-"""Reference implementations in plain NumPy/Python, written from the formulas in DESIGN.md (slow; tiny shapes).
+"""Reference implementations in plain NumPy/Python, written from the formulas in docs/DESIGN.md (slow; tiny shapes).
 
-roi_align_ref follows torchvision's CPU kernel (DESIGN §7.1) in float64, one sample at a time; it is the golden
+roi_align_ref follows torchvision's CPU kernel (docs/DESIGN.md §7.1) in float64, one sample at a time; it is the golden
 for tests that run without PyTorch (the sanitizer run) and for inputs torchvision cannot take (non-finite boxes).
 """
 import math

@@ -1,4 +1,4 @@
-"""DCNv4 deformable aggregation in plain NumPy float64, written from the formulas (DESIGN §7.5; slow; tiny shapes).
+"""DCNv4 deformable aggregation in plain NumPy float64, written from the formulas (docs/DESIGN.md §7.5; slow; tiny shapes).
 
 dcnv4_ref follows DCNv4's forward kernel one tap at a time; dcnv4_grad_ref gives the gradients of
 sum(out * grad_output) for value and offset_mask from the bilinear derivatives. Both are the golden of the

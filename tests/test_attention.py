@@ -1,7 +1,7 @@
 """dynrefer.ops.attention on PyTorch tensors against F.scaled_dot_product_attention.
 
 Golden: PyTorch's math backend in float64. In every precision our error must be at most 2x (output) and 3x
-(gradients) the math backend's own error in that precision (plus the float32 floor 1e-5 of DESIGN §11).
+(gradients) the math backend's own error in that precision (plus the float32 floor 1e-5 of docs/DESIGN.md §11).
 Fully masked rows give zeros and zero gradients, as PyTorch's backends do (since 2.5).
 """
 import math

@@ -91,7 +91,7 @@ def test_user_errors(tmp_path, capsys):
 def test_flops_and_bench(capsys):
     assert main(["flops", "official", "--views", "3"]) == 0
     out = capsys.readouterr().out
-    assert "791" in out or "792" in out  # ≈ 792 G MACs for 3 views of EVA ViT-g at 224 (DESIGN §8)
+    assert "791" in out or "792" in out  # ≈ 792 G MACs for 3 views of EVA ViT-g at 224 (docs/DESIGN.md §8)
     assert main(["bench", "--regions", "2", "--views", "2", "--channels", "16", "--repeats", "1"]) == 0
     assert "agrees with torchvision" in capsys.readouterr().out
     assert main(["info"]) == 0

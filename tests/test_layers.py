@@ -1,4 +1,4 @@
-"""Every import inside the package points down the layers of docs/DESIGN.md §1:
+"""Every import inside the package points down the layers of docs/DESIGN.md §2:
 
     kernels and bindings (dynrefer._C, dynrefer._C_cuda, the package root)
       ← ops ← views / nn ← model ← data / eval / train ← app ← cli / lavis

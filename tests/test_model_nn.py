@@ -77,7 +77,7 @@ def test_backend_attention_matches_sdpa(rng):
 
 # ------------------------------------------------------------------------------------------------ DCNv4 reference
 def naive_dcnv4(value, om, k, stride, pad, dil, G, os_, remove_center=False):
-    """Straight loops over DESIGN 7.5 (float64 NumPy)."""
+    """Straight loops over docs/DESIGN.md §7.5 (float64 NumPy)."""
     N, H, W, C = value.shape
     D = C // G
     Ho = (H + 2 * pad - (dil * (k - 1) + 1)) // stride + 1

@@ -4,7 +4,7 @@ Backends:
     "dynrefer"  dynrefer.ops.attention / roi_align / dcnv4; an op that dynrefer.ops does not provide (yet) falls
                 back to its peer, so the model runs on dynrefer's kernels as soon as they exist.
     "peer"      torch.nn.functional.scaled_dot_product_attention, torchvision.ops.roi_align and
-                :func:`dcnv4_reference` (pure PyTorch, DESIGN 7.5; also the peer of the A/B benchmarks).
+                :func:`dcnv4_reference` (pure PyTorch, docs/DESIGN.md §7.5; also the peer of the A/B benchmarks).
 
     set_backend("peer"); with use_backend("dynrefer"): ...; get_backend()
 """
@@ -98,7 +98,7 @@ def _pair(x):
 
 def dcnv4_reference(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, group=4,
                     group_channels=None, offset_scale=1.0, remove_center=False):
-    """Pure-PyTorch DCNv4 (DESIGN 7.5): value [N,H,W,G*D] channels-last, offset_mask [N,Ho,Wo,P].
+    """Pure-PyTorch DCNv4 (docs/DESIGN.md §7.5): value [N,H,W,G*D] channels-last, offset_mask [N,Ho,Wo,P].
 
     For each output pixel, group g and tap k (kernel x outer, y inner): sample value bilinearly at
     (h, w) = (ho*s - p + (dil*(kh-1))//2*(1-os) + (j*dil + dy)*os, likewise w with i, dx), only when

@@ -1,5 +1,5 @@
 """Fused scaled-dot-product attention with the semantics of ``torch.nn.functional.scaled_dot_product_attention``
-(DESIGN §7.6), for NumPy arrays and PyTorch tensors."""
+(docs/DESIGN.md §7.6), for NumPy arrays and PyTorch tensors."""
 import math
 import numbers
 

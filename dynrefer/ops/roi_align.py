@@ -1,4 +1,4 @@
-"""RoI-Align with torchvision's semantics (DESIGN §7.1), for NumPy arrays and PyTorch tensors."""
+"""RoI-Align with torchvision's semantics (docs/DESIGN.md §7.1), for NumPy arrays and PyTorch tensors."""
 import numpy as np
 
 from dynrefer.ops._common import integer, is_torch_tensor, pair, real
