@@ -89,7 +89,7 @@ def test_sequence_layout_and_loss_masking(model, gen):
     caps = ["the red car", "the man on a horse", "the white dog"]
     with torch.no_grad():
         x_v = model.encode_views(s["views"], s["boxes"])
-        seqs = model._caption_sequences(x_v, ctrl, caps)
+        seqs = model.decoder.caption_sequences(x_v, ctrl, caps)
         emb = model.llm.get_input_embeddings()
         b = causal.pack(seqs, emb, side="right")
     Q = model.config.qformer.num_query_tokens
@@ -117,13 +117,13 @@ def test_sequence_layout_and_loss_masking(model, gen):
     assert int(left["attention_mask"][1].sum()) < L and left["attention_mask"][1, 0] == 0
     # the loss equals the Hugging Face model's own causal-LM loss on these labels
     with torch.no_grad():
-        ours = model._causal_loss(seqs)
+        ours = model.decoder.sequence_loss(seqs)
         labels = b.pop("labels")
         ref = model.llm(**b, labels=labels).loss
     assert torch.allclose(ours, ref, rtol=1e-5)
     # changing a caption changes only the targets: its loss moves, the label mask keeps its shape
     with torch.no_grad():
-        other = model._causal_loss(model._caption_sequences(x_v, ctrl, ["the blue sky", "the old bus", "the red car"]))
+        other = model.decoder.sequence_loss(model.decoder.caption_sequences(x_v, ctrl, ["the blue sky", "the old bus", "the red car"]))
     assert not torch.allclose(ours, other)
 
 
@@ -251,7 +251,7 @@ def test_conversation_layout_and_multi_turn_targets(model, gen):
         x_v = model.encode_views(s["views"], s["boxes"])
         proj = model.llm_proj(x_v)
         ctrl = causal.text_ids(tok, ["dog,white|", "car|"])
-        seq = model._chat_sequence(turns, proj, ctrl)
+        seq = model.decoder.chat_sequence(turns, proj, ctrl)
         b = causal.pack([seq], model.llm.get_input_embeddings())
     lab = b["labels"][0]
     ans = causal.text_ids(tok, [a for _, a in turns])
@@ -264,10 +264,10 @@ def test_conversation_layout_and_multi_turn_targets(model, gen):
     targets = [sg for sg in seq if sg.target]
     assert [list(t.ids) for t in targets] == [ans[0] + [eos], ans[1] + [eos]]
     # the answer to be generated is left open after the last ASSISTANT:
-    open_seq = model._chat_sequence(turns[:1] + [("and <region1> ?", None)], proj, ctrl)
+    open_seq = model.decoder.chat_sequence(turns[:1] + [("and <region1> ?", None)], proj, ctrl)
     assert not open_seq[-1].target and open_seq[-1].ids == causal.text_ids(tok, [model.config.llm.assistant])[0]
     with pytest.raises(ValueError, match="not the last"):
-        model._chat_sequence([("a <region1>", None), ("b", "c")], proj, ctrl)
+        model.decoder.chat_sequence([("a <region1>", None), ("b", "c")], proj, ctrl)
     # a conversation batch trains D_llm alone
     model.train()
     out = model({"views": s["views"], "boxes": s["boxes"], "turns": [turns, turns[:1]],

@@ -28,7 +28,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Hashable, List, Optional, Sequence, Tuple, Union
+from typing import Hashable, List, Optional, Sequence, Tuple
 
 from dynrefer.model.placeholders import PLACEHOLDER, answer_text, split_placeholders
 

@@ -11,6 +11,8 @@ Parameter names follow the official implementation so its checkpoints load by na
     attr_head, attr_vision_proj, attr_text_proj, attr_fc, attr_t, attr_b        D_rtc (region–text contrast)
     clip_embeds, att_embeds, ov_embeds  frozen text embeddings of tags, attribute prompts, class prompts (buffers)
     text_encoder                        the frozen text encoder that made them (and embeds captions in training)
+D_llm's language model is a component, ``self.decoder`` (:mod:`dynrefer.model.decoders`: a T5 or a causal LM behind
+one interface), that creates its modules on this model under the names above.
 Trainable: parameters whose top-level name starts with cvem, cem, tag, attr, Qformer, t5_proj or llm_proj, and LoRA
 adapters (names containing "lora_").
 
@@ -38,18 +40,16 @@ control sentence: tags the tag decoder predicts for that region). The loss is on
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from dynrefer.model import _dist
-from dynrefer.model import causal as _causal
 from dynrefer.model.config import DynReferConfig
+from dynrefer.model.decoders import DECODERS, autocast
 from dynrefer.model.losses import AsymmetricLoss, pairwise_sigmoid_loss
 from dynrefer.model.qformer import CrossDecoder, QFormer
 from dynrefer.model.text import TextEncoder, normalize_text
@@ -63,7 +63,6 @@ log = logging.getLogger("dynrefer.model")
 
 TRAINABLE_PREFIXES = ("cvem", "cem", "tag", "attr", "Qformer", "t5_proj", "llm_proj")
 _FROZEN_MODULES = ("visual_encoder", "ln_vision", "text_encoder")  # + the LLM (t5_model / llm_model)
-_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 
 
 def class_prompts(classes):
@@ -99,13 +98,6 @@ def _attribute_name(a):
     if isinstance(a, str):
         return a.split(":", 1)[1].split("/")[0] if ":" in a else a
     return str(a[0])
-
-
-def _autocast(device, precision):
-    dt = _PRECISION[precision]
-    if dt is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dt)
 
 
 class DynRefer(nn.Module):
@@ -146,30 +138,14 @@ class DynRefer(nn.Module):
         self.query_tokens = nn.Parameter(torch.zeros(1, qc.num_query_tokens, qc.hidden_size))
         nn.init.normal_(self.query_tokens, std=0.02)
         self.Qformer = QFormer(qc, C)
-        # LLM
-        self.llm_kind = cfg.llm.kind
-        if self.llm_kind == "t5":
-            if llm_model is not None:
-                raise ValueError("llm_model is for config.llm.kind 'causal'; pass a T5 as t5_model")
-            self.t5_tokenizer = t5_tokenizer
-            if t5_model is None:
-                t5_model = _build_t5(cfg.t5, t5_tokenizer)
-            self.t5_model = t5_model
-            d_model = t5_model.config.d_model
-            self.t5_proj = nn.Linear(qc.hidden_size, d_model)
-        else:
-            if t5_model is not None:
-                raise ValueError("t5_model is for config.llm.kind 't5'; pass a causal LM as llm_model")
-            self.llm_tokenizer = t5_tokenizer
-            _causal.special_ids(t5_tokenizer)  # checks there is an eos
-            if llm_model is None:
-                if not cfg.llm.config:
-                    raise ValueError("config.llm.kind 'causal' needs llm_model, or config.llm.config to build one "
-                                     "(build_dynrefer loads config.llm.path)")
-                llm_model = _causal.build_causal_lm(cfg.llm.config, t5_tokenizer)
-            self.llm_model = llm_model
-            d_model = _causal.hidden_size(llm_model)
-            self.llm_proj = nn.Linear(qc.hidden_size, d_model)
+        # D_llm's language decoder (T5 or causal); its modules live on this model under the official names
+        kind = cfg.llm.kind
+        if kind == "t5" and llm_model is not None:
+            raise ValueError("llm_model is for config.llm.kind 'causal'; pass a T5 as t5_model")
+        if kind != "t5" and t5_model is not None:
+            raise ValueError("t5_model is for config.llm.kind 't5'; pass a causal LM as llm_model")
+        self.decoder = DECODERS[kind](self)
+        d_model = self.decoder.attach(t5_tokenizer, t5_model if kind == "t5" else llm_model, qc.hidden_size)
         self.cem_memory = nn.Parameter(torch.zeros(d_model))
         # text embeddings
         if not isinstance(text_encoder, TextEncoder):
@@ -202,8 +178,7 @@ class DynRefer(nn.Module):
         self.attr_fc = nn.Linear(H, 1)
         self.attr_t = nn.Parameter(torch.tensor(math.log(10.0)))
         self.attr_b = nn.Parameter(torch.tensor(-10.0))
-        if self.llm_kind == "causal" and cfg.llm.lora:
-            self.llm_model = _causal.apply_lora(self.llm_model, cfg.llm)
+        self.decoder.finalize()
         self.apply_trainable_split()
 
     # ------------------------------------------------------------------------------------------- bookkeeping
@@ -212,22 +187,27 @@ class DynRefer(nn.Module):
         return name.split(".", 1)[0].startswith(TRAINABLE_PREFIXES) or ".lora_" in name
 
     @property
+    def llm_kind(self):
+        """"t5" or "causal": the kind of D_llm's language decoder."""
+        return self.decoder.kind
+
+    @property
     def llm_name(self):
         """The attribute holding the LLM: "t5_model" or "llm_model"."""
-        return "t5_model" if self.llm_kind == "t5" else "llm_model"
+        return self.decoder.llm_attr
 
     @property
     def llm(self):
-        return getattr(self, self.llm_name)
+        return self.decoder.llm
 
     @property
     def llm_projection(self):
-        return self.t5_proj if self.llm_kind == "t5" else self.llm_proj
+        return self.decoder.proj
 
     @property
     def tokenizer(self):
         """The LLM's tokenizer."""
-        return self.t5_tokenizer if self.llm_kind == "t5" else self.llm_tokenizer
+        return self.decoder.tokenizer
 
     def apply_trainable_split(self):
         """The official split: train cvem*, cem*, tag*, attr*, Qformer*, t5_proj* / llm_proj* and LoRA adapters;
@@ -241,10 +221,7 @@ class DynRefer(nn.Module):
     def external_llm_keys(self):
         """State-dict keys of a frozen causal LLM loaded from ``config.llm.path``: model bundles leave them out and
         reload them from that directory (empty for a T5 or an LLM built from ``config.llm.config``)."""
-        if self.llm_kind != "causal" or not self.config.llm.path:
-            return set()
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k for k in self.state_dict() if k.startswith("llm_model.") and k not in trainable}
+        return self.decoder.external_keys()
 
     def trainable_state_dict(self):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
@@ -283,7 +260,7 @@ class DynRefer(nn.Module):
             not any(p.requires_grad for p in self.ln_vision.parameters())
         images = views.reshape(R * n, 3, S, S).to(self.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen), \
-                _autocast(images.device, self.config.vit_precision):
+                autocast(images.device, self.config.vit_precision):
             embeds = self.ln_vision(self.visual_encoder(images))
         embeds = embeds.float() if embeds.dtype == torch.float16 else embeds
         visual = self.cvem_forward(embeds, boxes.reshape(R * n, 4).to(embeds.device, embeds.dtype), R, n)
@@ -364,27 +341,9 @@ class DynRefer(nn.Module):
             out.append(",".join(kept) + "|")
         return out
 
-    def _llm_inputs(self, x_v, control_words):
-        tok = self.t5_tokenizer(list(control_words), padding="longest", truncation=True,
-                                max_length=self.config.max_txt_len, return_tensors="pt").to(x_v.device)
-        ctrl = self.t5_model.get_input_embeddings()(tok.input_ids) + self.cem_memory
-        inputs = self.t5_proj(x_v)
-        ctrl = ctrl.to(inputs.dtype)
-        mask = torch.cat([torch.ones(inputs.shape[:2], dtype=torch.long, device=x_v.device), tok.attention_mask],
-                         dim=1)
-        return torch.cat([inputs, ctrl], dim=1), mask
-
     def llm_loss(self, x_v, control_words, captions):
-        if self.llm_kind == "causal":
-            return self._causal_loss(self._caption_sequences(x_v, control_words, captions))
-        embeds, mask = self._llm_inputs(x_v, control_words)
-        out = self.t5_tokenizer([normalize_text(c) for c in captions], padding="longest", truncation=True,
-                                max_length=self.config.max_txt_len, return_tensors="pt").to(x_v.device)
-        labels = out.input_ids.masked_fill(out.input_ids == self.t5_tokenizer.pad_token_id, -100)
-        with _autocast(x_v.device, self.config.llm_precision):
-            res = self.t5_model(inputs_embeds=embeds, attention_mask=mask,
-                                decoder_attention_mask=out.attention_mask, labels=labels, return_dict=True)
-        return res.loss.float()
+        """D_llm's captioning loss (see :mod:`dynrefer.model.decoders`)."""
+        return self.decoder.caption_loss(x_v, control_words, captions)
 
     # ------------------------------------------------------------------------------------------- training
     def forward(self, samples):
@@ -411,7 +370,7 @@ class DynRefer(nn.Module):
 
     # ------------------------------------------------------------------------------------------- referring chat
     def _require_causal(self, what):
-        if self.llm_kind != "causal":
+        if not self.decoder.supports_chat:
             raise ValueError(f"{what} needs a decoder-only LLM (config.llm.kind 'causal'); this model's D_llm is a "
                              "T5")
 
@@ -431,37 +390,6 @@ class DynRefer(nn.Module):
             out.append(",".join(self.tag_list[j] for j in idx.tolist()) + "|")
         return out
 
-    def _chat_sequence(self, turns, proj, ctrl):
-        """One conversation as segments: [<s> ; system ; per turn USER: question ASSISTANT: answer </s>], each
-        ``<regionK>`` of a question replaced by region K's tokens and control; the last answer may be None (to be
-        generated). Answers are the targets."""
-        from dynrefer.model.placeholders import answer_text, split_placeholders
-
-        tok, lc = self.llm_tokenizer, self.config.llm
-        bos, eos, _ = _causal.special_ids(tok)
-        ids = lambda text: _causal.text_ids(tok, [text])[0]  # noqa: E731
-        seq = [_causal.Segment(ids=[bos])] if bos is not None else []
-        if lc.system:
-            seq.append(_causal.Segment(ids=ids(lc.system)))
-        for t, (question, answer) in enumerate(turns):
-            seq.append(_causal.Segment(ids=ids(lc.user)))
-            for piece in split_placeholders(question):
-                if isinstance(piece, int):
-                    if not 1 <= piece <= len(proj):
-                        raise ValueError(f"<region{piece}> in turn {t + 1} but the conversation has {len(proj)} "
-                                         f"region{'s' if len(proj) != 1 else ''}")
-                    seq += self._region_segments(proj[piece - 1], ctrl[piece - 1])
-                elif piece.strip():
-                    seq.append(_causal.Segment(ids=ids(piece.strip())))
-            seq.append(_causal.Segment(ids=ids(lc.assistant)))
-            if answer is None:
-                if t != len(turns) - 1:
-                    raise ValueError(f"turn {t + 1} has no answer but is not the last")
-                break
-            ans = _causal.text_ids(tok, [answer_text(answer)], lc.max_answer_len)[0]
-            seq.append(_causal.Segment(ids=ans + [eos], target=True))
-        return seq
-
     def chat_loss(self, samples):
         """The LLM loss of a conversation batch (see the module docstring) → {"loss", "loss_llm"}."""
         self._require_causal("conversation training")
@@ -472,13 +400,14 @@ class DynRefer(nn.Module):
         if len(turns) != len(index):
             raise ValueError(f"{len(turns)} conversations but {len(index)} region_index entries")
         x_v = self.encode_views(samples["views"], samples["boxes"])
-        proj = self.llm_proj(x_v)
-        ctrl = self._control_ids(self.region_controls(x_v))
+        dec = self.decoder
+        proj = dec.proj(x_v)
+        ctrl = dec.control_ids(self.region_controls(x_v))
         seqs = []
         for conv, idx in zip(turns, index):
             idx = [int(i) for i in idx]
-            seqs.append(self._chat_sequence(conv, proj[idx], [ctrl[i] for i in idx]))
-        loss = self._causal_loss(seqs)
+            seqs.append(dec.chat_sequence(conv, proj[idx], [ctrl[i] for i in idx]))
+        loss = dec.sequence_loss(seqs)
         return {"loss": loss, "loss_llm": loss.detach()}
 
     @torch.no_grad()
@@ -502,9 +431,9 @@ class DynRefer(nn.Module):
         self.eval()
         try:
             x_v = self.encode_views(views, boxes)
-            ctrl = self._control_ids(self.region_controls(x_v))
-            seq = self._chat_sequence(turns, self.llm_proj(x_v), ctrl)
-            texts, _ = self._causal_generate([seq], **gen)
+            dec = self.decoder
+            seq = dec.chat_sequence(turns, dec.proj(x_v), dec.control_ids(self.region_controls(x_v)))
+            texts, _ = dec.generate_sequences([seq], **gen)
         finally:
             self.train(was_training)
         return texts[0]
@@ -544,101 +473,13 @@ class DynRefer(nn.Module):
 
     # ------------------------------------------------------------------------------------------- inference
     def generation_kwargs(self, **overrides):
-        g = self.config.generation
-        kw = dict(num_beams=g.num_beams, max_new_tokens=g.max_new_tokens, min_length=g.min_length,
-                  length_penalty=g.length_penalty, repetition_penalty=g.repetition_penalty, do_sample=False)
-        kw.update(overrides)
-        if kw.get("num_beams", 1) <= 1:  # greedy search has no length penalty
-            kw.pop("length_penalty", None)
-        return kw
-
-    # ------------------------------------------------------------------------------------------- causal D_llm
-    def _control_ids(self, control_words):
-        return _causal.text_ids(self.llm_tokenizer, list(control_words), self.config.max_txt_len)
-
-    def _region_segments(self, proj, ctrl_ids):
-        """A region in a causal sequence: its projected tokens, then its control sentence plus the memory."""
-        return [_causal.Segment(embeds=proj), _causal.Segment(ids=ctrl_ids, add=self.cem_memory)]
-
-    def _caption_sequences(self, x_v, control_words, captions=None):
-        """[llm_proj(x_v) ; <s> ; control + memory ; prompt ; caption </s>] per region (caption omitted for
-        generation)."""
-        tok, lc = self.llm_tokenizer, self.config.llm
-        bos, eos, _ = _causal.special_ids(tok)
-        proj = self.llm_proj(x_v)
-        ctrl = self._control_ids(control_words)
-        prompt = _causal.text_ids(tok, [lc.prompt])[0] if lc.prompt else []
-        answers = None
-        if captions is not None:
-            answers = _causal.text_ids(tok, [normalize_text(c) for c in captions], lc.max_answer_len)
-        seqs = []
-        for i in range(x_v.shape[0]):
-            seq = [_causal.Segment(embeds=proj[i])]
-            if bos is not None:
-                seq.append(_causal.Segment(ids=[bos]))
-            seq.append(_causal.Segment(ids=ctrl[i], add=self.cem_memory))
-            seq.append(_causal.Segment(ids=prompt))
-            if answers is not None:
-                seq.append(_causal.Segment(ids=answers[i] + [eos], target=True))
-            seqs.append(seq)
-        return seqs
-
-    def _causal_loss(self, seqs):
-        batch = _causal.pack(seqs, self.llm.get_input_embeddings(), side="right", max_len=self.config.llm.max_len)
-        labels = batch.pop("labels")
-        with _autocast(batch["inputs_embeds"].device, self.config.llm_precision):
-            out = self.llm(**batch, return_dict=True)
-        logits = out.logits[:, :-1].float()
-        targets = labels[:, 1:]
-        if not bool((targets != -100).any()):  # every answer truncated away: nothing to learn from this batch
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-
-    def _causal_generate(self, seqs, **gen):
-        """Generate after each sequence (left-padded batch); returns (texts, exp(sequence score))."""
-        tok = self.llm_tokenizer
-        bos, eos, pad = _causal.special_ids(tok)
-        batch = _causal.pack(seqs, self.llm.get_input_embeddings(), side="left")
-        kw = self.generation_kwargs(**gen)
-        kw.setdefault("eos_token_id", eos)
-        kw.setdefault("pad_token_id", pad)
-        if bos is not None:
-            kw.setdefault("bos_token_id", bos)
-        with _autocast(batch["inputs_embeds"].device, self.config.llm_precision), warnings.catch_warnings():
-            # the repetition penalty sees the generated tokens only (the prompt is embeddings), as officially
-            warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds")
-            out = self.llm.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
-                                    output_scores=True, return_dict_in_generate=True, **kw)
-        seqs_out = out.sequences
-        if getattr(out, "sequences_scores", None) is not None:
-            scores = out.sequences_scores.float()
-        else:
-            trans = self.llm.compute_transition_scores(seqs_out, out.scores, normalize_logits=True)
-            keep = torch.ones_like(trans, dtype=torch.bool)
-            if seqs_out.shape[1] > 1:  # tokens after the first </s> are padding
-                done = (seqs_out == eos).long().cumsum(1)
-                keep = (done == 0) | ((done == 1) & (seqs_out == eos))
-            scores = (trans.float() * keep).sum(-1)
-        texts = tok.batch_decode(seqs_out, skip_special_tokens=True)
-        return [t.strip() for t in texts], torch.exp(scores).cpu().tolist()
+        """Generation settings from ``config.generation``, with ``overrides``."""
+        return self.decoder.generation_kwargs(**overrides)
 
     @torch.no_grad()
     def generate_captions(self, x_v, control_words, **gen):
-        if self.llm_kind == "causal":
-            return self._causal_generate(self._caption_sequences(x_v, control_words), **gen)
-        embeds, mask = self._llm_inputs(x_v, control_words)
-        kw = self.generation_kwargs(**gen)
-        with _autocast(x_v.device, self.config.llm_precision):
-            out = self.t5_model.generate(inputs_embeds=embeds, attention_mask=mask, output_scores=True,
-                                         return_dict_in_generate=True, **kw)
-        seqs = out.sequences
-        if getattr(out, "sequences_scores", None) is not None:
-            scores = out.sequences_scores.float()
-        else:  # greedy: the sequence score is the summed token log-probability (length_penalty 0)
-            trans = self.t5_model.compute_transition_scores(seqs, out.scores, normalize_logits=True)
-            scores = trans.float().sum(-1)
-        caps = self.t5_tokenizer.batch_decode(seqs, skip_special_tokens=True)
-        return [c.strip() for c in caps], torch.exp(scores).cpu().tolist()
+        """(captions, exp(sequence score)) of regions ``x_v`` under their control sentences."""
+        return self.decoder.generate_captions(x_v, control_words, **gen)
 
     @torch.no_grad()
     def describe_views(self, views, boxes, coeffs=None, tasks=("category", "attribute", "tag", "caption"),
@@ -778,16 +619,3 @@ def format_descriptions(results, top_attributes=3):
             parts.append("views=" + ",".join(f"{c:.1f}" for c in r["view_coeffs"]))
         lines.append(" | ".join(parts))
     return "\n".join(lines)
-
-
-def _build_t5(tc, tokenizer):
-    from transformers import T5Config as HFT5Config
-    from transformers import T5ForConditionalGeneration
-
-    vocab = max(tc.vocab_size, len(tokenizer))
-    hc = HFT5Config(vocab_size=vocab, d_model=tc.d_model, d_kv=tc.d_kv, d_ff=tc.d_ff, num_layers=tc.num_layers,
-                    num_decoder_layers=tc.num_decoder_layers, num_heads=tc.num_heads,
-                    feed_forward_proj=tc.feed_forward_proj, tie_word_embeddings=tc.tie_word_embeddings,
-                    dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                    decoder_start_token_id=tokenizer.pad_token_id)
-    return T5ForConditionalGeneration(hc)

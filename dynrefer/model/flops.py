@@ -60,12 +60,12 @@ def parameter_split(config):
     import torch.nn as nn
     from transformers import BertConfig, BertModel
 
-    from dynrefer.model.dynrefer import _build_t5
+    from dynrefer.model.decoders import build_t5
     from dynrefer.model.qformer import CrossDecoder, QFormer
     from dynrefer.model.vision import build_vision_encoder
     from dynrefer.nn.align import DeformableAlign
 
-    class _Tok:  # what _build_t5 reads from a tokenizer
+    class _Tok:  # what build_t5 reads from a tokenizer
         pad_token_id, eos_token_id = 0, 1
 
         def __len__(self):
@@ -75,7 +75,7 @@ def parameter_split(config):
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     with torch.device("meta"):
         C, n, H = vc.width, config.num_views, hc.hidden_size
-        t5 = _build_t5(tc, _Tok())
+        t5 = build_t5(tc, _Tok())
         d_model = t5.config.d_model
         text = BertModel(BertConfig(vocab_size=ec.vocab_size, hidden_size=ec.hidden_size,
                                     num_hidden_layers=ec.num_layers, num_attention_heads=ec.num_heads,
