@@ -35,6 +35,11 @@ $PY benchmarks/bench_dcn.py --device cuda
 echo "== model (tests/test_model_*.py on CUDA where they can, model benchmark)"
 $PY -m pytest -q -p no:cacheprovider tests/test_model_nn.py tests/test_model_core.py tests/test_model_loading.py tests/test_model_misc.py -x -rs 2>&1 | tail -8
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-$PY benchmarks/bench_model.py --device cuda
+echo "-- the model with the dynrefer kernels forced on (the dispatch table decides otherwise)"
+DYNREFER_CUDA_DISPATCH=dynrefer $PY benchmarks/bench_model.py --device cuda
 $PY benchmarks/bench_attention.py --device cuda
+echo "== dispatch table: dynrefer kernel vs peer per op on this GPU (written to dynrefer/nn/cuda_dispatch.json)"
+$PY benchmarks/cuda_dispatch.py --write
+echo "-- the model with the table's choice"
+$PY benchmarks/bench_model.py --device cuda
 exit $status

@@ -292,6 +292,14 @@ def test_cuda_forward_backward_and_backends_agree():
 
     if not cuda_devices():
         pytest.skip("needs a CUDA device and dynrefer's CUDA kernels")
+    backend.set_cuda_dispatch("dynrefer")   # the kernels themselves, whatever the dispatch table says
+    try:
+        _cuda_forward_backward_and_backends_agree()
+    finally:
+        backend.set_cuda_dispatch(None)
+
+
+def _cuda_forward_backward_and_backends_agree():
     m = build_tiny(seed=4).cuda()
     torch.nn.init.normal_(m.cvem_align.offset_mask.weight, std=0.2)
     s = batch(m, torch.Generator().manual_seed(7), regions=3)

@@ -51,6 +51,54 @@ def test_backend_resolves_to_dynrefer_ops_when_present():
         assert res[name] == ("dynrefer" if hasattr(ops, name) else "peer")
 
 
+def test_cuda_dispatch_follows_the_measured_table(monkeypatch):
+    """On CUDA the "dynrefer" backend uses a dynrefer kernel only where the table measured every pass at least as
+    fast as the peer on that compute capability; elsewhere (and where nothing was measured) the peer runs. The
+    device is never touched: the compute capability is what cuda_kind reports."""
+    import dynrefer.ops as ops
+
+    table = {"devices": {"sm_90": {"ops": {"roi_align": {"forward": 1.3, "forward_backward": 2.0},
+                                           "attention": {"forward": 1.2, "forward_backward": 0.9}}}}}
+    monkeypatch.setattr(backend, "cuda_dispatch_table", lambda path=None: table)
+    monkeypatch.delenv("DYNREFER_CUDA_DISPATCH", raising=False)
+    kind = ["sm_90"]
+    monkeypatch.setattr(backend, "cuda_kind", lambda device: kind[0])
+    cuda = torch.device("cuda", 0)
+    assert backend.resolved_ops(cuda) == {"attention": "peer", "roi_align": "dynrefer", "dcnv4": "peer"}
+    assert backend._dr_op("roi_align", cuda) is ops.roi_align and backend._dr_op("dcnv4", cuda) is None
+    kind[0] = "sm_80"   # another kind of GPU: nothing measured there
+    assert set(backend.resolved_ops(cuda).values()) == {"peer"}
+    assert set(backend.resolved_ops().values()) == {"dynrefer"}   # the CPU is not governed by the table
+    try:
+        backend.set_cuda_dispatch("dynrefer")
+        assert set(backend.resolved_ops(cuda).values()) == {"dynrefer"}
+        backend.set_cuda_dispatch("peer")
+        kind[0] = "sm_90"
+        assert set(backend.resolved_ops(cuda).values()) == {"peer"}
+        with pytest.raises(ValueError, match="cuda dispatch"):
+            backend.set_cuda_dispatch("fastest")
+    finally:
+        backend.set_cuda_dispatch(None)
+    monkeypatch.setenv("DYNREFER_CUDA_DISPATCH", "dynrefer")
+    assert set(backend.resolved_ops(cuda).values()) == {"dynrefer"}
+    monkeypatch.setenv("DYNREFER_CUDA_DISPATCH", "bogus")
+    with pytest.raises(ValueError, match="DYNREFER_CUDA_DISPATCH"):
+        backend.resolved_ops(cuda)
+    with backend.use_backend("peer"):
+        monkeypatch.setenv("DYNREFER_CUDA_DISPATCH", "dynrefer")
+        assert set(backend.resolved_ops(cuda).values()) == {"peer"}
+
+
+def test_shipped_cuda_dispatch_table_is_well_formed():
+    table = backend.cuda_dispatch_table()
+    assert table["format"] == 1 and table["devices"]
+    for kind, entry in table["devices"].items():
+        assert kind.startswith("sm_") and kind[3:].isdigit()
+        for op, passes in entry["ops"].items():
+            assert op in backend.OPS and passes
+            assert set(passes) <= {"forward", "forward_backward"} and all(float(r) > 0 for r in passes.values())
+
+
 def test_backend_roi_align_matches_torchvision(rng):
     x = torch.from_numpy(rng.standard_normal((3, 8, 16, 16)).astype(np.float32))
     xy = rng.uniform(0, 200, (5, 2))

@@ -2,7 +2,10 @@
 
 Backends:
     "dynrefer"  dynrefer.ops.attention / roi_align / dcnv4; an op that dynrefer.ops does not provide (yet) falls
-                back to its peer, so the model runs on dynrefer's kernels as soon as they exist.
+                back to its peer, so the model runs on dynrefer's kernels as soon as they exist. On a CUDA device
+                an op runs on dynrefer's kernel only where it was measured at least as fast as its peer on that
+                kind of GPU (the table ``cuda_dispatch.json`` next to this file, written by the GPU check;
+                :func:`set_cuda_dispatch` / ``DYNREFER_CUDA_DISPATCH`` override it) — so the backend never loses.
     "peer"      torch.nn.functional.scaled_dot_product_attention, torchvision.ops.roi_align and
                 :func:`dcnv4_reference` (pure PyTorch, docs/DESIGN.md §7.5; also the peer of the A/B benchmarks).
 
@@ -11,17 +14,24 @@ Backends:
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import threading
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["set_backend", "get_backend", "use_backend", "attention", "roi_align", "dcnv4", "dcnv4_reference",
-           "resolved_ops", "BACKENDS"]
+           "resolved_ops", "BACKENDS", "OPS", "set_cuda_dispatch", "get_cuda_dispatch", "cuda_dispatch_table",
+           "cuda_kind"]
 
 BACKENDS = ("dynrefer", "peer")
+OPS = ("attention", "roi_align", "dcnv4")
+CUDA_DISPATCH = ("table", "dynrefer", "peer")
 _state = threading.local()
 _default = ["dynrefer"]
+_cuda_dispatch = [None]      # None: DYNREFER_CUDA_DISPATCH, else "table"
+_table_cache = {}
 
 
 def _check(name):
@@ -55,9 +65,60 @@ def use_backend(name: str):
         stack.pop()
 
 
-def _dr_op(name):
+def set_cuda_dispatch(mode) -> None:
+    """How the "dynrefer" backend chooses on CUDA devices: "table" (default: dynrefer's kernel only where
+    ``cuda_dispatch.json`` measured it at least as fast as the peer on this kind of GPU), "dynrefer" (always
+    dynrefer's kernels: for tests and benchmarks of the kernels themselves), "peer" (never). ``None`` restores the
+    default (``DYNREFER_CUDA_DISPATCH`` when set, else "table")."""
+    if mode is not None and mode not in CUDA_DISPATCH:
+        raise ValueError(f"cuda dispatch must be one of {CUDA_DISPATCH} or None, got {mode!r}")
+    _cuda_dispatch[0] = mode
+
+
+def get_cuda_dispatch() -> str:
+    """The CUDA dispatch mode in effect (see :func:`set_cuda_dispatch`)."""
+    if _cuda_dispatch[0] is not None:
+        return _cuda_dispatch[0]
+    env = os.environ.get("DYNREFER_CUDA_DISPATCH", "").strip().lower() or "table"
+    if env not in CUDA_DISPATCH:
+        raise ValueError(f"DYNREFER_CUDA_DISPATCH must be one of {CUDA_DISPATCH}, got {env!r}")
+    return env
+
+
+def cuda_dispatch_table(path=None) -> dict:
+    """The measured table: ``{"devices": {"sm_XY": {"ops": {op: {pass: peer time / dynrefer time}}}}}``."""
+    path = path or os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_dispatch.json")
+    if path not in _table_cache:
+        try:
+            with open(path, encoding="utf-8") as f:
+                table = json.load(f)
+        except FileNotFoundError:
+            table = {}
+        if not isinstance(table.get("devices", {}), dict):
+            raise ValueError(f"{path}: 'devices' must be a mapping of compute capabilities")
+        _table_cache[path] = table
+    return _table_cache[path]
+
+
+def cuda_kind(device) -> str:
+    """The table's key for a CUDA device: its compute capability, ``"sm_90"`` for an H100."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def _measured_faster(name, kind, table=None) -> bool:
+    passes = (table or cuda_dispatch_table()).get("devices", {}).get(kind, {}).get("ops", {}).get(name)
+    return bool(passes) and all(float(r) >= 1.0 for r in passes.values())
+
+
+def _dr_op(name, device=None):
+    """dynrefer's op for ``name`` when the backend in effect should use it on ``device``, else None."""
     if get_backend() != "dynrefer":
         return None
+    if device is not None and torch.device(device).type == "cuda":
+        mode = get_cuda_dispatch()
+        if mode == "peer" or (mode == "table" and not _measured_faster(name, cuda_kind(device))):
+            return None
     try:
         import dynrefer.ops as ops
     except ImportError:  # extension not built
@@ -65,15 +126,16 @@ def _dr_op(name):
     return getattr(ops, name, None)
 
 
-def resolved_ops() -> dict:
-    """Which implementation each primitive uses right now: {"attention": "dynrefer"|"peer", ...}."""
-    return {n: ("dynrefer" if _dr_op(n) is not None else "peer") for n in ("attention", "roi_align", "dcnv4")}
+def resolved_ops(device=None) -> dict:
+    """Which implementation each primitive uses right now on ``device`` (default: the CPU):
+    ``{"attention": "dynrefer" | "peer", "roi_align": ..., "dcnv4": ...}``."""
+    return {n: ("dynrefer" if _dr_op(n, device) is not None else "peer") for n in OPS}
 
 
 # --------------------------------------------------------------------------------------------- attention
 def attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
     """``F.scaled_dot_product_attention`` semantics on [B, H, L, D]; no dropout (the model uses none)."""
-    op = _dr_op("attention")
+    op = _dr_op("attention", q.device)
     if op is not None and q.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         return op(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=is_causal, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=is_causal,
@@ -83,7 +145,7 @@ def attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
 # --------------------------------------------------------------------------------------------- RoI-Align
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
     """``torchvision.ops.roi_align`` semantics."""
-    op = _dr_op("roi_align")
+    op = _dr_op("roi_align", input.device)
     if op is not None:
         return op(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     import torchvision
@@ -151,7 +213,7 @@ def dcnv4_reference(value, offset_mask, kernel_size=3, stride=1, padding=1, dila
 def dcnv4(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, group=4, group_channels=None,
           offset_scale=1.0, remove_center=False):
     """DCNv4 deformable aggregation through the active backend."""
-    op = _dr_op("dcnv4")
+    op = _dr_op("dcnv4", value.device)
     if op is not None:
         return op(value, offset_mask, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                   group=group, group_channels=group_channels, offset_scale=offset_scale,
