@@ -99,13 +99,15 @@ class TextEncoder(nn.Module):
 
     def encode_memo(self, texts, max_entries=200_000):
         """``encode`` through an in-memory memo per text (the encoder is frozen, so a text's embedding is fixed);
-        training embeds each caption once."""
+        training embeds each caption once. Each new text is encoded on its own (no padding, no batch company), so
+        an embedding does not depend on which batch first held its text, nor on whether the memo was emptied or
+        rebuilt after a resume: training resumes bit for bit."""
         new = [t for t in dict.fromkeys(texts) if t not in self._memo]
         if new:
             if len(self._memo) + len(new) > max_entries:
                 self._memo.clear()
-            for t, e in zip(new, self.encode(new).cpu()):
-                self._memo[t] = e
+            for t in new:
+                self._memo[t] = self.encode([t])[0].cpu()
         dev = next(self.model.parameters()).device
         return torch.stack([self._memo[t] for t in texts]).to(dev)
 

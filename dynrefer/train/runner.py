@@ -81,6 +81,8 @@ class Runner:
             raise TypeError(f"evaluate: expected a callable or None, got {type(evaluate).__name__}")
         self.build_model, self.build_datasets, self.evaluate_fn = build_model, build_datasets, evaluate
         self.run_cfg = self.cfg.run
+        self._interval = ({}, 0, 0)      # the metric record being accumulated: sums, steps, samples
+        self._resumed_interval = None
 
     # ------------------------------------------------------------------------------------------- setup
     def _setup(self):
@@ -201,6 +203,10 @@ class Runner:
         if samp.get("seed", r["seed"]) != r["seed"]:
             raise ValueError(f"run.seed: {r['seed']} differs from the checkpoint's {samp['seed']}; "
                              "the data order would not continue")
+        interval = ck.get("log_interval") or []
+        if self.epoch_step and ctx.rank < len(interval) and interval[ctx.rank] is not None:
+            # the partial sums of the metric record the interrupted run was accumulating
+            self._resumed_interval = interval[ctx.rank]
         rng = ck.get("rng") or []
         if ctx.rank < len(rng) and rng[ctx.rank] is not None:
             ckpt_mod.set_rng_state(rng[ctx.rank])
@@ -213,6 +219,9 @@ class Runner:
     def _payload(self):
         r = self.run_cfg
         rng = all_gather_object(self.ctx, ckpt_mod.get_rng_state())
+        sums, n_steps, n_samples = self._interval
+        interval = all_gather_object(self.ctx, {"sums": {k: float(v) for k, v in sums.items()}, "n_steps": n_steps,
+                                                "n_samples": n_samples})
         if not self.ctx.is_main:
             return None
         return {
@@ -227,6 +236,7 @@ class Runner:
                         "start_batch": min(self.epoch_step * r["accum_grad_iters"], self.batches_per_epoch),
                         "seed": r["seed"], "world_size": self.ctx.world_size},
             "rng": rng,
+            "log_interval": interval,
             "best": self.best,
             "config": self.cfg.to_dict(),
             "version": ckpt_mod.CHECKPOINT_VERSION,
@@ -320,6 +330,12 @@ class Runner:
         bar = progress_bar(self.steps_per_epoch, f"epoch {epoch}", r["progress_bar"] and ctx.is_main,
                            initial=self.epoch_step)
         sums, n_steps, n_samples = {}, 0, 0
+        saved = self._resumed_interval
+        if saved is not None:  # resumed mid-interval: the record averages the same steps as without the stop
+            self._resumed_interval = None
+            sums = {k: torch.tensor(v, dtype=torch.float64, device=ctx.device) for k, v in saved["sums"].items()}
+            n_steps, n_samples = int(saved["n_steps"]), int(saved["n_samples"])
+        self._interval = (sums, n_steps, n_samples)
         t0 = time.perf_counter()
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -367,6 +383,7 @@ class Runner:
                 if self.step % r["log_freq"] == 0 or self.epoch_step == self.steps_per_epoch:
                     self._log_train(sums, n_steps, n_samples, time.perf_counter() - t0, lr, epoch, bar)
                     sums, n_steps, n_samples, t0 = {}, 0, 0, time.perf_counter()
+                self._interval = (sums, n_steps, n_samples)
                 if r["ckpt_freq_steps"] and self.step % r["ckpt_freq_steps"] == 0:
                     self.save(["latest.pt"])
                 if r["stop_after_steps"] is not None and self.step >= r["stop_after_steps"]:
