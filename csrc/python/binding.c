@@ -1,6 +1,7 @@
 /* binding.c — shared pieces of the op bindings: the CUDA launcher table and argument checks. */
 #include "binding.h"
 
+#include <stdarg.h>
 #include <string.h>
 
 /* ---- the CUDA module ----------------------------------------------------------------------------------- */
@@ -68,6 +69,19 @@ int dr_same_device(const dr_pyarg *a, const char *an, const dr_pyarg *b, const c
     PyErr_Format(PyExc_ValueError, "%s: %s is on %s but %s is on %s; all tensors must be on one device", op, an, da,
                  bn, db);
     return -1;
+}
+
+int dr_all_cuda(int n, ...) {
+    va_list ap;
+    va_start(ap, n);
+    int all = n > 0;
+    for (int i = 0; i < n; i++) {
+        const dr_pyarg *a = va_arg(ap, const dr_pyarg *);
+        if (a->t.device != DR_CUDA)
+            all = 0;
+    }
+    va_end(ap);
+    return all;
 }
 
 PyObject *dr_raise_kernel(dr_status st, const dr_tensor *t) {
