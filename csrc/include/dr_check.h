@@ -20,7 +20,7 @@ static inline dr_dtype dr_accum_dtype(dr_dtype d) { return d == DR_FLOAT64 ? DR_
 static inline dr_status dr_check_float(const char *op, const char *name, const dr_tensor *t) {
     if (dr_dtype_is_float(t->dtype))
         return DR_OK;
-    return dr_set_error(DR_ETYPE, "%s: %s must be a floating-point tensor (float32, float64, float16, bfloat16), got %s",
+    return dr_set_error(DR_ETYPE, "%s: %s must be a floating-point tensor (float16, float32 or float64, or bfloat16), got %s",
                         op, name, dr_dtype_name(t->dtype));
 }
 
@@ -51,6 +51,15 @@ static inline dr_status dr_check_same_device(const char *op, const char *an, con
     dr_device_name(b, db, sizeof db);
     return dr_set_error(DR_EINVAL, "%s: %s is on %s but %s is on %s; all tensors must be on one device", op, an, da,
                         bn, db);
+}
+
+/* "[2, 3, 4]": a tensor's shape, for messages. */
+static inline void dr_shape_str(const dr_tensor *t, char *buf, size_t n) {
+    size_t used = (size_t)snprintf(buf, n, "[");
+    for (int d = 0; d < t->ndim && used < n; d++)
+        used += (size_t)snprintf(buf + used, n - used, d ? ", %lld" : "%lld", (long long)t->shape[d]);
+    if (used < n)
+        snprintf(buf + used, n - used, "]");
 }
 
 /* "nan", "inf" or "-inf" for a non-finite double (whatever sign a NaN carries), for messages. */
