@@ -83,6 +83,7 @@ def dcnv4(value: Tensor, offset_mask, kernel_size=3, stride=1, padding=1, dilati
           offset_scale=1.0, remove_center=False) -> Tensor:
     if not isinstance(offset_mask, Tensor):
         raise TypeError(f"dcnv4: offset_mask must be a torch.Tensor like value, got {type(offset_mask).__name__}")
+    # Devices are checked here too: a meta tensor among the inputs would route the op to its fake implementation.
     if offset_mask.device != value.device:
         raise ValueError(f"dcnv4: offset_mask is on {offset_mask.device} but value is on {value.device}")
     params, _ = dcnv4_params(tuple(value.shape), kernel_size, stride, padding, dilation, group, group_channels,

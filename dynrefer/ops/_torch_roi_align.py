@@ -143,6 +143,7 @@ def _rois(boxes, input: Tensor) -> Tensor:
         rois = boxes
     else:
         raise BoxesShapeError(f"boxes is expected to be a Tensor[L, 5] or a List[Tensor[K, 4]], got {type(boxes).__name__}")
+    # Devices are checked here too: a meta tensor among the inputs would route the op to its fake implementation.
     if rois.device != input.device:
         raise ValueError(f"roi_align: boxes are on {rois.device} but input is on {input.device}")
     return rois
