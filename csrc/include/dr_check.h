@@ -20,7 +20,7 @@ static inline dr_dtype dr_accum_dtype(dr_dtype d) { return d == DR_FLOAT64 ? DR_
 static inline dr_status dr_check_float(const char *op, const char *name, const dr_tensor *t) {
     if (dr_dtype_is_float(t->dtype))
         return DR_OK;
-    return dr_set_error(DR_ETYPE, "%s: %s must be a floating-point tensor (float16, float32 or float64, or bfloat16), got %s",
+    return dr_set_error(DR_ETYPE, "%s: %s must be float16, float32 or float64 (or bfloat16): a floating-point tensor, got %s",
                         op, name, dr_dtype_name(t->dtype));
 }
 
