@@ -1,4 +1,5 @@
-/* binding.c — shared pieces of the op bindings: the CUDA launcher table and argument checks. */
+/* binding.c — shared pieces of the op bindings: the CUDA launcher table, the device choice and the views
+ * bindings' argument checks. */
 #include "binding.h"
 
 #include <stdarg.h>
@@ -42,16 +43,6 @@ dr_generic_fn dr_cuda_fn(const char *name) {
 }
 
 /* ---- validation helpers -------------------------------------------------------------------------------- */
-
-int dr_is_float(dr_dtype d) { return d == DR_FLOAT32 || d == DR_FLOAT64 || d == DR_FLOAT16 || d == DR_BFLOAT16; }
-
-int dr_expect_float(const dr_pyarg *a, const char *op, const char *name) {
-    if (dr_is_float(a->t.dtype))
-        return 0;
-    PyErr_Format(PyExc_TypeError, "%s: %s must be a floating-point tensor (float32, float64, float16, bfloat16), got %s",
-                 op, name, dr_dtype_name(a->t.dtype));
-    return -1;
-}
 
 int dr_expect_ndim(const dr_pyarg *a, const char *op, const char *name, int nd) {
     if (a->t.ndim == nd)
