@@ -60,18 +60,6 @@ static dr_status prepare(const dr_tensor *feat, const dr_tensor *rois, const dr_
     return check_batch_indices(a);
 }
 
-static dr_status check_dtypes(const dr_tensor *data, const dr_tensor *out, int backward) {
-    if (data->dtype != DR_FLOAT32 && data->dtype != DR_FLOAT64 && data->dtype != DR_FLOAT16 &&
-        data->dtype != DR_BFLOAT16)
-        return dr_set_error(DR_EINVAL, "roi_align: unsupported dtype %s", dr_dtype_name(data->dtype));
-    dr_dtype want = backward ? (data->dtype == DR_FLOAT64 ? DR_FLOAT64 : DR_FLOAT32) : data->dtype;
-    if (out->dtype != want)
-        return dr_set_error(DR_EINVAL, "roi_align: %s must be %s for %s data, got %s",
-                            backward ? "grad_input" : "output", dr_dtype_name(want), dr_dtype_name(data->dtype),
-                            dr_dtype_name(out->dtype));
-    return DR_OK;
-}
-
 #define DR_DISPATCH(dtype, NAME, ...)                                                                              \
     switch (dtype) {                                                                                               \
     case DR_FLOAT32:                                                                                               \
@@ -99,9 +87,7 @@ static void run_tasks(dr_dtype dt, int64_t ntasks, void (*f32)(void *, int64_t, 
 dr_status dr_roi_align_forward_cpu(const dr_tensor *input, const dr_tensor *rois, dr_tensor *output,
                                    const dr_roi_align_params *p) {
     dr_roi_args a;
-    dr_status st = check_dtypes(input, output, 0);
-    if (st == DR_OK)
-        st = prepare(input, rois, output, p, 0, &a);
+    dr_status st = prepare(input, rois, output, p, 0, &a);
     if (st != DR_OK)
         return st;
     if (a.K == 0 || a.C == 0)
@@ -127,9 +113,7 @@ dr_status dr_roi_align_forward_cpu(const dr_tensor *input, const dr_tensor *rois
 dr_status dr_roi_align_backward_cpu(const dr_tensor *grad_output, const dr_tensor *rois, dr_tensor *grad_input,
                                     const dr_roi_align_params *p) {
     dr_roi_args a;
-    dr_status st = check_dtypes(grad_output, grad_input, 1);
-    if (st == DR_OK)
-        st = prepare(grad_input, rois, grad_output, p, 1, &a);
+    dr_status st = prepare(grad_input, rois, grad_output, p, 1, &a);
     if (st != DR_OK)
         return st;
     if (a.N == 0 || a.C == 0 || a.H == 0 || a.W == 0)
@@ -146,9 +130,7 @@ dr_status dr_roi_align_backward_cpu(const dr_tensor *grad_output, const dr_tenso
 dr_status dr_roi_align_forward_elementwise_cpu(const dr_tensor *input, const dr_tensor *rois, dr_tensor *output,
                                                const dr_roi_align_params *p) {
     dr_roi_args a;
-    dr_status st = check_dtypes(input, output, 0);
-    if (st == DR_OK)
-        st = prepare(input, rois, output, p, 0, &a);
+    dr_status st = prepare(input, rois, output, p, 0, &a);
     if (st != DR_OK)
         return st;
     roi_ctx cx;
@@ -162,9 +144,7 @@ dr_status dr_roi_align_backward_elementwise_cpu(const dr_tensor *grad_output, co
                                                 dr_tensor *grad_input, const dr_roi_align_params *p,
                                                 int deterministic) {
     dr_roi_args a;
-    dr_status st = check_dtypes(grad_output, grad_input, 1);
-    if (st == DR_OK)
-        st = prepare(grad_input, rois, grad_output, p, 1, &a);
+    dr_status st = prepare(grad_input, rois, grad_output, p, 1, &a);
     if (st != DR_OK)
         return st;
     if (deterministic) {

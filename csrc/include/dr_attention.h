@@ -18,6 +18,7 @@
 #ifndef DR_ATTENTION_H
 #define DR_ATTENTION_H
 
+#include "dr_check.h"
 #include "dr_math.h"
 #include "dynrefer.h"
 
@@ -114,36 +115,98 @@ DR_HD static inline double dr_attn_log_d(double x) { return log(x); }
 #define DR_INSTANTIATE "dr_attention_body.inc"
 #include "dr_instantiate.h"
 
-/* Check the descriptors and fill dr_attn_args (host code shared by every launcher). Backward when dq != NULL.
- * O(1). */
+/* Check that t is nd-D with shape `want` ("attention: out has shape [...], expected [...]"). */
+static inline dr_status dr_attn_check_shape(const char *name, const dr_tensor *t, int nd, const int64_t *want) {
+    dr_status st = dr_check_ndim("attention", name, t, nd);
+    if (st != DR_OK)
+        return st;
+    for (int i = 0; i < nd; i++)
+        if (t->shape[i] != want[i]) {
+            dr_tensor w = *t;
+            for (int d = 0; d < nd; d++)
+                w.shape[d] = want[d];
+            char got[160], exp[160];
+            dr_shape_str(t, got, sizeof got);
+            dr_shape_str(&w, exp, sizeof exp);
+            return dr_set_error(DR_EINVAL, "attention: %s has shape %s, expected %s", name, got, exp);
+        }
+    return DR_OK;
+}
+
+/* Check the descriptors and parameters and fill dr_attn_args (host code shared by every launcher): this is where
+ * attention's arguments are validated. Backward when dq != NULL. O(1). */
 static inline dr_status dr_attention_make_args(const dr_tensor *q, const dr_tensor *k, const dr_tensor *v,
                                                const dr_tensor *mask, const dr_tensor *o, const dr_tensor *lse,
                                                const dr_tensor *dout, const dr_tensor *dq, const dr_tensor *dk,
                                                const dr_tensor *dv, const dr_attention_params *p, dr_attn_args *a) {
-    if (q->ndim != 4 || k->ndim != 4 || v->ndim != 4 || o->ndim != 4 || lse->ndim != 3)
-        return dr_set_error(DR_EINVAL, "attention: q, k, v, out must be 4-D and lse 3-D");
+    const char *op = "attention";
+    const dr_tensor *all[9] = {q, k, v, o, lse, dout, dq, dk, dv};
+    static const char *const names[9] = {"q", "k", "v", "out", "lse", "grad_out", "grad_q", "grad_k", "grad_v"};
+    const int n = dq ? 9 : 5;
+    dr_status st;
+    for (int i = 0; i < n; i++) {
+        st = dr_check_float(op, names[i], all[i]);
+        if (st == DR_OK)
+            st = dr_check_same_device(op, "q", q, names[i], all[i]);
+        if (st != DR_OK)
+            return st;
+        if (i != 4 && all[i]->dtype != q->dtype)
+            return dr_set_error(DR_ETYPE, "attention: %s must have q's dtype %s (q, k, v, out and the gradients share "
+                                          "one dtype), got %s",
+                                names[i], dr_dtype_name(q->dtype), dr_dtype_name(all[i]->dtype));
+    }
+    st = dr_check_ndim(op, "q", q, 4);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, "k", k, 4);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, "v", v, 4);
+    if (st != DR_OK)
+        return st;
     const int64_t B = q->shape[0], H = q->shape[1], Lq = q->shape[2], D = q->shape[3];
     const int64_t Lk = k->shape[2], Dv = v->shape[3];
-    if (k->shape[0] != B || k->shape[1] != H || k->shape[3] != D || v->shape[0] != B || v->shape[1] != H ||
-        v->shape[2] != Lk || o->shape[0] != B || o->shape[1] != H || o->shape[2] != Lq || o->shape[3] != Dv ||
-        lse->shape[0] != B || lse->shape[1] != H || lse->shape[2] != Lq)
-        return dr_set_error(DR_EINVAL, "attention: inconsistent shapes of q, k, v, out, lse");
+    if (k->shape[0] != B || k->shape[1] != H || v->shape[0] != B || v->shape[1] != H)
+        return dr_set_error(DR_EINVAL, "attention: q, k, v must share their leading (batch, head) dims, got [%lld, %lld], "
+                                       "[%lld, %lld], [%lld, %lld]",
+                            (long long)B, (long long)H, (long long)k->shape[0], (long long)k->shape[1],
+                            (long long)v->shape[0], (long long)v->shape[1]);
+    if (k->shape[3] != D)
+        return dr_set_error(DR_EINVAL, "attention: q and k must have the same head dim, got %lld and %lld", (long long)D,
+                            (long long)k->shape[3]);
+    if (v->shape[2] != Lk)
+        return dr_set_error(DR_EINVAL, "attention: k and v must have the same length, got %lld and %lld", (long long)Lk,
+                            (long long)v->shape[2]);
+    const int64_t qs[4] = {B, H, Lq, D}, ks[4] = {B, H, Lk, D}, vs[4] = {B, H, Lk, Dv}, os[4] = {B, H, Lq, Dv};
+    const int64_t *want[9] = {qs, ks, vs, os, os, os, qs, ks, vs}; /* lse: the first 3 of os */
+    for (int i = 3; i < n; i++) {
+        st = dr_attn_check_shape(names[i], all[i], i == 4 ? 3 : 4, want[i]);
+        if (st != DR_OK)
+            return st;
+    }
     if (D < 1 || Dv < 1 || D > DR_ATTN_MAX_D || Dv > DR_ATTN_MAX_D)
-        return dr_set_error(DR_EINVAL, "attention: head dims must be in [1, %d], got D=%lld, Dv=%lld",
-                            DR_ATTN_MAX_D, (long long)D, (long long)Dv);
-    if (q->dtype != DR_FLOAT32 && q->dtype != DR_FLOAT64 && q->dtype != DR_FLOAT16 && q->dtype != DR_BFLOAT16)
-        return dr_set_error(DR_EINVAL, "attention: unsupported dtype %s", dr_dtype_name(q->dtype));
-    if (k->dtype != q->dtype || v->dtype != q->dtype || o->dtype != q->dtype)
-        return dr_set_error(DR_EINVAL, "attention: q, k, v, out must share one dtype");
-    dr_dtype lse_dt = q->dtype == DR_FLOAT64 ? DR_FLOAT64 : DR_FLOAT32;
+        return dr_set_error(DR_EINVAL, "attention: head dims must be in [1, %d], got q/k %lld and v %lld", DR_ATTN_MAX_D,
+                            (long long)D, (long long)Dv);
+    const dr_dtype lse_dt = dr_accum_dtype(q->dtype);
     if (lse->dtype != lse_dt)
-        return dr_set_error(DR_EINVAL, "attention: lse must be %s", dr_dtype_name(lse_dt));
+        return dr_set_error(DR_ETYPE, "attention: lse must be %s, got %s", dr_dtype_name(lse_dt),
+                            dr_dtype_name(lse->dtype));
+    if (mask) {
+        const int64_t ms[4] = {B, H, Lq, Lk};
+        if (mask->dtype != DR_BOOL && !dr_dtype_is_float(mask->dtype))
+            return dr_set_error(DR_ETYPE, "attention: attn_mask must be bool or floating point, got %s",
+                                dr_dtype_name(mask->dtype));
+        st = dr_check_same_device(op, "q", q, "attn_mask", mask);
+        if (st == DR_OK)
+            st = dr_attn_check_shape("attn_mask", mask, 4, ms);
+        if (st != DR_OK)
+            return st;
+        if (p->causal)
+            return dr_set_error(DR_EINVAL, "attention: is_causal and an explicit attn_mask are exclusive");
+    }
     if (!(p->scale - p->scale == 0))
-        return dr_set_error(DR_EINVAL, "attention: scale must be finite");
-    if (p->causal && mask)
-        return dr_set_error(DR_EINVAL, "attention: causal and an explicit mask are exclusive");
-    if (dr_numel(q) < 0 || dr_numel(k) < 0 || dr_numel(v) < 0 || dr_numel(o) < 0)
-        return dr_set_error(DR_EINVAL, "attention: tensor size overflows int64");
+        return dr_set_error(DR_EINVAL, "attention: scale must be finite, got %s", dr_nonfinite_name(p->scale));
+    for (int i = 0; i < n; i++)
+        if (dr_numel(all[i]) < 0)
+            return dr_set_error(DR_EINVAL, "attention: tensor size overflows int64");
     memset(a, 0, sizeof *a);
     a->B = B, a->H = H, a->Lq = Lq, a->Lk = Lk, a->D = D, a->Dv = Dv;
     a->dtype = q->dtype;
@@ -160,28 +223,12 @@ static inline dr_status dr_attention_make_args(const dr_tensor *q, const dr_tens
         a->lse_s[i] = lse->strides[i];
     a->mask_dtype = -1;
     if (mask) {
-        if (mask->ndim != 4 || mask->shape[0] != B || mask->shape[1] != H || mask->shape[2] != Lq ||
-            mask->shape[3] != Lk)
-            return dr_set_error(DR_EINVAL, "attention: mask must be broadcast to [B, H, Lq, Lk]");
-        if (mask->dtype != DR_BOOL && mask->dtype != DR_UINT8 && mask->dtype != DR_FLOAT32 &&
-            mask->dtype != DR_FLOAT64 && mask->dtype != DR_FLOAT16 && mask->dtype != DR_BFLOAT16)
-            return dr_set_error(DR_EINVAL, "attention: mask must be bool or floating point, got %s",
-                                dr_dtype_name(mask->dtype));
         a->mask = mask->data;
         a->mask_dtype = mask->dtype;
         for (int i = 0; i < 4; i++)
             a->m_s[i] = mask->strides[i];
     }
     if (dq) {
-        const dr_tensor *g[4] = {dout, dq, dk, dv};
-        const dr_tensor *like[4] = {o, q, k, v};
-        for (int t = 0; t < 4; t++) {
-            if (g[t]->ndim != 4 || g[t]->dtype != q->dtype)
-                return dr_set_error(DR_EINVAL, "attention: gradients must be 4-D with the data's dtype");
-            for (int i = 0; i < 4; i++)
-                if (g[t]->shape[i] != like[t]->shape[i])
-                    return dr_set_error(DR_EINVAL, "attention: a gradient's shape differs from its tensor's");
-        }
         a->o = o->data;
         a->lse_in = lse->data;
         a->dout = dout->data;

@@ -13,6 +13,7 @@
 #ifndef DR_DCNV4_H
 #define DR_DCNV4_H
 
+#include "dr_check.h"
 #include "dr_math.h"
 #include "dynrefer.h"
 
@@ -107,70 +108,114 @@ DR_HD static inline void dr_dcn_tap_ij(const dr_dcn_args *a, int64_t k, int64_t 
 #define DR_INSTANTIATE "dr_dcnv4_body.inc"
 #include "dr_instantiate.h"
 
-/* Check DCNv4 descriptors (shapes, dtypes, parameters) and fill dr_dcn_args. For the backward, `out` is
- * grad_value, `grad` grad_output and `gom` grad_offset_mask; for the forward `out` is the output and grad/gom
- * are NULL. Host code shared by the CPU and CUDA launchers. O(1). */
+/* Check DCNv4's parameters (each named in the message). O(1). */
+static inline dr_status dr_dcnv4_check_params(const dr_dcnv4_params *p) {
+    static const char *const names[10] = {"kernel_h", "kernel_w", "stride_h", "stride_w",   "pad_h",
+                                          "pad_w",    "dilation_h", "dilation_w", "group", "group_channels"};
+    const int64_t v[10] = {p->kernel_h,   p->kernel_w,   p->stride_h, p->stride_w, p->pad_h,
+                           p->pad_w,      p->dilation_h, p->dilation_w, p->group, p->group_channels};
+    for (int i = 0; i < 10; i++) {
+        const int64_t lo = (i == 4 || i == 5) ? 0 : 1;
+        const int64_t hi = (i == 0 || i == 1) ? 1024 : (i == 6 || i == 7) ? ((int64_t)1 << 20) : ((int64_t)1 << 30);
+        if (v[i] < lo || v[i] > hi)
+            return dr_set_error(DR_EINVAL, "dcnv4: %s must be in [%lld, %lld], got %lld", names[i], (long long)lo,
+                                (long long)hi, (long long)v[i]);
+    }
+    if (!(p->offset_scale - p->offset_scale == 0))
+        return dr_set_error(DR_EINVAL, "dcnv4: offset_scale must be finite, got %s", dr_nonfinite_name(p->offset_scale));
+    if (p->kernel_h * p->kernel_w - (p->remove_center ? 1 : 0) < 1)
+        return dr_set_error(DR_EINVAL, "dcnv4: remove_center with a 1x1 kernel leaves no taps");
+    return DR_OK;
+}
+
+/* Check DCNv4 descriptors and parameters and fill dr_dcn_args (host code shared by the CPU and CUDA launchers):
+ * this is where DCNv4's arguments are validated. For the backward, `out` is grad_value, `grad` grad_output and
+ * `gom` grad_offset_mask; for the forward `out` is the output and grad/gom are NULL. O(1). */
 static inline dr_status dr_dcnv4_make_args(const dr_tensor *value, const dr_tensor *om, const dr_tensor *out,
                                            const dr_tensor *grad, const dr_tensor *gom, const dr_dcnv4_params *p,
                                            dr_dcn_args *a) {
-    const dr_tensor *all[5] = {value, om, out, grad, gom};
-    for (int i = 0; i < 5; i++) {
-        if (!all[i])
-            continue;
-        if (all[i]->ndim != 4)
-            return dr_set_error(DR_EINVAL, "dcnv4: expected 4-D tensors, got a %d-D one", all[i]->ndim);
-        if (all[i]->device != value->device || all[i]->device_id != value->device_id)
-            return dr_set_error(DR_EINVAL, "dcnv4: all tensors must be on the same device");
-        if (dr_numel(all[i]) < 0)
-            return dr_set_error(DR_EINVAL, "dcnv4: tensor size overflows int64");
-    }
-    if (value->dtype != DR_FLOAT32 && value->dtype != DR_FLOAT64 && value->dtype != DR_FLOAT16 &&
-        value->dtype != DR_BFLOAT16)
-        return dr_set_error(DR_EINVAL, "dcnv4: unsupported dtype %s", dr_dtype_name(value->dtype));
-    const dr_dtype real = value->dtype == DR_FLOAT64 ? DR_FLOAT64 : DR_FLOAT32;
-    if (om->dtype != value->dtype || (grad && grad->dtype != value->dtype))
-        return dr_set_error(DR_EINVAL, "dcnv4: offset_mask and grad_output must have value's dtype %s",
-                            dr_dtype_name(value->dtype));
-    if ((grad ? out->dtype != real : out->dtype != value->dtype) || (gom && gom->dtype != real))
-        return dr_set_error(DR_EINVAL, "dcnv4: output tensors have the wrong dtype");
-    if (p->kernel_h < 1 || p->kernel_w < 1 || p->stride_h < 1 || p->stride_w < 1 || p->dilation_h < 1 ||
-        p->dilation_w < 1 || p->pad_h < 0 || p->pad_w < 0 || p->group < 1 || p->group_channels < 1 ||
-        p->kernel_h > 1024 || p->kernel_w > 1024 || p->dilation_h > (1 << 20) || p->dilation_w > (1 << 20) ||
-        p->pad_h > (1 << 30) || p->pad_w > (1 << 30) || p->stride_h > (1 << 30) || p->stride_w > (1 << 30))
-        return dr_set_error(DR_EINVAL, "dcnv4: kernel/stride/dilation/group must be positive and padding >= 0");
-    if (!(p->offset_scale - p->offset_scale == 0))
-        return dr_set_error(DR_EINVAL, "dcnv4: offset_scale must be finite");
-    int64_t K = p->kernel_h * p->kernel_w - (p->remove_center ? 1 : 0);
-    if (K < 1)
-        return dr_set_error(DR_EINVAL, "dcnv4: the kernel has no taps");
+    const char *op = "dcnv4";
+    const dr_tensor *o_like = grad ? grad : out; /* [N, Ho, Wo, C] */
+    const char *oname = grad ? "grad_output" : "output";
+    dr_status st = dr_dcnv4_check_params(p);
+    if (st == DR_OK)
+        st = dr_check_float(op, "value", value);
+    if (st == DR_OK)
+        st = dr_check_float(op, "offset_mask", om);
+    if (st == DR_OK)
+        st = dr_check_float(op, oname, o_like);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, "value", value, 4);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, "offset_mask", om, 4);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, oname, o_like, 4);
+    if (st == DR_OK)
+        st = dr_check_same_device(op, "value", value, "offset_mask", om);
+    if (st == DR_OK)
+        st = dr_check_same_device(op, "value", value, oname, o_like);
+    if (st == DR_OK && grad)
+        st = dr_check_same_device(op, "value", value, "grad_value", out);
+    if (st == DR_OK && grad)
+        st = dr_check_same_device(op, "value", value, "grad_offset_mask", gom);
+    if (st != DR_OK)
+        return st;
+    if (om->dtype != value->dtype)
+        return dr_set_error(DR_ETYPE, "dcnv4: offset_mask must have value's dtype %s, got %s",
+                            dr_dtype_name(value->dtype), dr_dtype_name(om->dtype));
+    if (o_like->dtype != value->dtype)
+        return dr_set_error(DR_ETYPE, "dcnv4: %s must have value's dtype %s, got %s", oname,
+                            dr_dtype_name(value->dtype), dr_dtype_name(o_like->dtype));
+    const int64_t K = p->kernel_h * p->kernel_w - (p->remove_center ? 1 : 0);
     const int64_t N = value->shape[0], H = value->shape[1], W = value->shape[2], C = value->shape[3];
-    int64_t gd;
-    if (!dr_mul_overflow(p->group, p->group_channels, &gd) || gd != C)
-        return dr_set_error(DR_EINVAL, "dcnv4: value has %lld channels, expected group * group_channels = %lld * %lld",
-                            (long long)C, (long long)p->group, (long long)p->group_channels);
+    const int64_t gd = p->group * p->group_channels; /* both <= 2^30 (checked above) */
+    if (gd != C)
+        return dr_set_error(DR_EINVAL, "dcnv4: value has %lld channels but group * group_channels = %lld * %lld = %lld",
+                            (long long)C, (long long)p->group, (long long)p->group_channels, (long long)gd);
     const int64_t Ho = dr_dcnv4_out_size(H, p->kernel_h, p->stride_h, p->pad_h, p->dilation_h);
     const int64_t Wo = dr_dcnv4_out_size(W, p->kernel_w, p->stride_w, p->pad_w, p->dilation_w);
     if (Ho < 1 || Wo < 1)
-        return dr_set_error(DR_EINVAL, "dcnv4: the kernel does not fit the padded %lld x %lld input", (long long)H,
-                            (long long)W);
-    if (om->shape[0] != N || om->shape[1] != Ho || om->shape[2] != Wo || om->shape[3] < 3 * p->group * K)
         return dr_set_error(DR_EINVAL,
-                            "dcnv4: offset_mask has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld, P] "
-                            "with P >= 3 * group * K = %lld",
-                            (long long)om->shape[0], (long long)om->shape[1], (long long)om->shape[2],
-                            (long long)om->shape[3], (long long)N, (long long)Ho, (long long)Wo,
-                            (long long)(3 * p->group * K));
-    const dr_tensor *o_like = grad ? grad : out; /* [N, Ho, Wo, C] */
-    if (o_like->shape[0] != N || o_like->shape[1] != Ho || o_like->shape[2] != Wo || o_like->shape[3] != C)
-        return dr_set_error(DR_EINVAL, "dcnv4: %s has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld, %lld]",
-                            grad ? "grad_output" : "output", (long long)o_like->shape[0], (long long)o_like->shape[1],
-                            (long long)o_like->shape[2], (long long)o_like->shape[3], (long long)N, (long long)Ho,
-                            (long long)Wo, (long long)C);
+                            "dcnv4: the %lldx%lld kernel (dilation %lldx%lld) does not fit the %lldx%lld value padded "
+                            "by %lldx%lld",
+                            (long long)p->kernel_h, (long long)p->kernel_w, (long long)p->dilation_h,
+                            (long long)p->dilation_w, (long long)H, (long long)W, (long long)p->pad_h,
+                            (long long)p->pad_w);
+    char got[160];
+    if (om->shape[0] != N || om->shape[1] != Ho || om->shape[2] != Wo || om->shape[3] < 3 * p->group * K) {
+        dr_shape_str(om, got, sizeof got);
+        return dr_set_error(DR_EINVAL,
+                            "dcnv4: offset_mask must have shape [%lld, %lld, %lld, P] with P >= 3 * group * K = %lld "
+                            "(K = %lld taps), got %s",
+                            (long long)N, (long long)Ho, (long long)Wo, (long long)(3 * p->group * K), (long long)K,
+                            got);
+    }
+    if (o_like->shape[0] != N || o_like->shape[1] != Ho || o_like->shape[2] != Wo || o_like->shape[3] != C) {
+        dr_shape_str(o_like, got, sizeof got);
+        return dr_set_error(DR_EINVAL, "dcnv4: %s must have shape [%lld, %lld, %lld, %lld], got %s", oname, (long long)N,
+                            (long long)Ho, (long long)Wo, (long long)C, got);
+    }
     if (grad) {
+        const dr_dtype want = dr_accum_dtype(value->dtype);
+        if (out->dtype != want || gom->dtype != want)
+            return dr_set_error(DR_ETYPE,
+                                "dcnv4_backward: grad_value and grad_offset_mask must be %s for %s data, got %s and %s",
+                                dr_dtype_name(want), dr_dtype_name(value->dtype), dr_dtype_name(out->dtype),
+                                dr_dtype_name(gom->dtype));
+        st = dr_check_ndim("dcnv4_backward", "grad_value", out, 4);
+        if (st == DR_OK)
+            st = dr_check_ndim("dcnv4_backward", "grad_offset_mask", gom, 4);
+        if (st != DR_OK)
+            return st;
         for (int d = 0; d < 4; d++)
             if (out->shape[d] != value->shape[d] || gom->shape[d] != om->shape[d])
-                return dr_set_error(DR_EINVAL, "dcnv4: grad_value / grad_offset_mask must match value / offset_mask");
+                return dr_set_error(DR_EINVAL, "dcnv4_backward: grad_value and grad_offset_mask must have the shapes "
+                                               "of value and offset_mask");
     }
+    const dr_tensor *all[5] = {value, om, out, grad, gom};
+    for (int i = 0; i < 5; i++)
+        if (all[i] && dr_numel(all[i]) < 0)
+            return dr_set_error(DR_EINVAL, "dcnv4: tensor size overflows int64");
     memset(a, 0, sizeof *a);
     a->value = value->data;
     a->N = N, a->H = H, a->W = W, a->G = p->group, a->D = p->group_channels;

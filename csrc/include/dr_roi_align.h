@@ -8,6 +8,7 @@
 #ifndef DR_ROI_ALIGN_H
 #define DR_ROI_ALIGN_H
 
+#include "dr_check.h"
 #include "dr_math.h"
 #include "dynrefer.h"
 
@@ -36,36 +37,56 @@ typedef struct {
 #define DR_INSTANTIATE "dr_roi_align_body.inc"
 #include "dr_instantiate.h"
 
-/* Check RoI-Align descriptors and fill dr_roi_args (host code, shared by the CPU and CUDA launchers).
- * data: input (forward) or grad_output (backward); out: output (forward) or grad_input (backward).
- * Shapes: data/out as [N,C,H,W] and [K,C,ph,pw] (swapped for backward); rois [K,5]. O(1). */
+/* Check RoI-Align descriptors and fill dr_roi_args (host code, shared by the CPU and CUDA launchers): this is
+ * where RoI-Align's arguments are validated. Forward: feat is input [N,C,H,W], pooled is output [K,C,ph,pw] of
+ * input's dtype. Backward: feat is grad_input [N,C,H,W] of the accumulation type (float64 for float64
+ * gradients, else float32), pooled is grad_output [K,C,ph,pw]. rois [K,5] of any float dtype. Batch indices are
+ * data and are checked by the launchers. O(1). */
 static inline dr_status dr_roi_align_make_args(const dr_tensor *feat, const dr_tensor *rois, const dr_tensor *pooled,
                                                const dr_roi_align_params *p, int backward, dr_roi_args *a) {
-    if (feat->ndim != 4 || pooled->ndim != 4 || rois->ndim != 2)
-        return dr_set_error(DR_EINVAL, "roi_align: expected 4-D feature and pooled tensors and 2-D rois");
+    const char *op = backward ? "roi_align_backward" : "roi_align";
+    const char *fname = backward ? "grad_input" : "input", *pname = backward ? "grad_output" : "output";
+    dr_status st = dr_check_float(op, fname, feat);
+    if (st == DR_OK)
+        st = dr_check_float(op, "rois", rois);
+    if (st == DR_OK)
+        st = dr_check_float(op, pname, pooled);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, fname, feat, 4);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, "rois", rois, 2);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, pname, pooled, 4);
+    if (st == DR_OK)
+        st = dr_check_same_device(op, fname, feat, "rois", rois);
+    if (st == DR_OK)
+        st = dr_check_same_device(op, fname, feat, pname, pooled);
+    if (st != DR_OK)
+        return st;
     if (rois->shape[1] != 5)
-        return dr_set_error(DR_EINVAL, "roi_align: rois must have shape [K, 5], got [%lld, %lld]",
+        return dr_set_error(DR_EINVAL, "%s: rois must have shape [K, 5], got [%lld, %lld]", op,
                             (long long)rois->shape[0], (long long)rois->shape[1]);
-    if (p->pooled_h <= 0 || p->pooled_w <= 0)
-        return dr_set_error(DR_EINVAL, "roi_align: output_size must be positive, got (%lld, %lld)",
-                            (long long)p->pooled_h, (long long)p->pooled_w);
     if (!(p->spatial_scale - p->spatial_scale == 0))
-        return dr_set_error(DR_EINVAL, "roi_align: spatial_scale must be finite");
-    if (pooled->shape[0] != rois->shape[0] || pooled->shape[1] != feat->shape[1] || pooled->shape[2] != p->pooled_h ||
-        pooled->shape[3] != p->pooled_w)
-        return dr_set_error(DR_EINVAL, "roi_align: pooled tensor has shape [%lld, %lld, %lld, %lld], expected [%lld, "
-                                       "%lld, %lld, %lld]",
-                            (long long)pooled->shape[0], (long long)pooled->shape[1], (long long)pooled->shape[2],
-                            (long long)pooled->shape[3], (long long)rois->shape[0], (long long)feat->shape[1],
+        return dr_set_error(DR_EINVAL, "%s: spatial_scale must be finite, got %s", op,
+                            dr_nonfinite_name(p->spatial_scale));
+    if (p->pooled_h <= 0 || p->pooled_w <= 0)
+        return dr_set_error(DR_EINVAL, "%s: output_size must be positive, got (%lld, %lld)", op,
                             (long long)p->pooled_h, (long long)p->pooled_w);
-    if (rois->dtype != DR_FLOAT32 && rois->dtype != DR_FLOAT64 && rois->dtype != DR_FLOAT16 &&
-        rois->dtype != DR_BFLOAT16)
-        return dr_set_error(DR_EINVAL, "roi_align: rois must be a floating-point tensor, got %s",
-                            dr_dtype_name(rois->dtype));
-    if (feat->device != rois->device || feat->device != pooled->device)
-        return dr_set_error(DR_EINVAL, "roi_align: all tensors must be on the same device");
+    const int64_t *fs = feat->shape, *ps = pooled->shape;
+    if (ps[0] != rois->shape[0] || ps[1] != fs[1] || ps[2] != p->pooled_h || ps[3] != p->pooled_w)
+        return dr_set_error(DR_EINVAL, "%s: %s has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld, %lld]",
+                            op, pname, (long long)ps[0], (long long)ps[1], (long long)ps[2], (long long)ps[3],
+                            (long long)rois->shape[0], (long long)fs[1], (long long)p->pooled_h,
+                            (long long)p->pooled_w);
+    if (!backward && pooled->dtype != feat->dtype)
+        return dr_set_error(DR_ETYPE, "roi_align: output must have the input's dtype %s, got %s",
+                            dr_dtype_name(feat->dtype), dr_dtype_name(pooled->dtype));
+    if (backward && feat->dtype != dr_accum_dtype(pooled->dtype))
+        return dr_set_error(DR_ETYPE, "roi_align_backward: grad_input must be %s for %s gradients, got %s",
+                            dr_dtype_name(dr_accum_dtype(pooled->dtype)), dr_dtype_name(pooled->dtype),
+                            dr_dtype_name(feat->dtype));
     if (dr_numel(feat) < 0 || dr_numel(pooled) < 0)
-        return dr_set_error(DR_EINVAL, "roi_align: tensor size overflows int64");
+        return dr_set_error(DR_EINVAL, "%s: tensor size overflows int64", op);
     memset(a, 0, sizeof *a);
     a->N = feat->shape[0];
     a->C = feat->shape[1];

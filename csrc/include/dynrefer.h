@@ -18,10 +18,11 @@ extern "C" {
 
 typedef enum {
     DR_OK = 0,
-    DR_EINVAL = 1,      /* bad argument (shape, dtype, value) */
-    DR_ENOMEM = 2,      /* allocation failed */
-    DR_ECUDA = 3,       /* CUDA runtime / launch failure */
-    DR_EUNSUPPORTED = 4 /* a valid request this build cannot serve (dtype/device combination) */
+    DR_EINVAL = 1,       /* bad argument (shape, value, device) */
+    DR_ENOMEM = 2,       /* allocation failed */
+    DR_ECUDA = 3,        /* CUDA runtime / launch failure */
+    DR_EUNSUPPORTED = 4, /* a valid request this build cannot serve (dtype/device combination) */
+    DR_ETYPE = 5         /* an argument of the wrong dtype (TypeError in Python) */
 } dr_status;
 
 /* Set the thread-local error message (printf-style) and return `st`. */

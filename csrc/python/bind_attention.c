@@ -1,7 +1,8 @@
-/* bind_attention.c — Python bindings of fused scaled-dot-product attention (CPU kernels and CUDA launchers). */
+/* bind_attention.c — Python bindings of fused scaled-dot-product attention (CPU kernels and CUDA launchers). The
+ * kernels' argument builder validates the arguments; these functions convert them and map the status to an
+ * exception. */
 #include "binding.h"
 
-#include <math.h>
 #include <string.h>
 
 #include "dr_attention.h"
@@ -29,85 +30,13 @@ static int parse_attn_impl(const char *impl) {
     return -2;
 }
 
-static int expect_shape(const dr_pyarg *t, const char *name, int nd, const int64_t *want) {
-    if (t->t.ndim != nd) {
-        PyErr_Format(PyExc_ValueError, "attention: %s must be %d-D, got %d-D", name, nd, t->t.ndim);
-        return -1;
-    }
-    for (int i = 0; i < nd; i++)
-        if (t->t.shape[i] != want[i]) {
-            if (nd == 4)
-                PyErr_Format(PyExc_ValueError, "attention: %s has shape [%lld, %lld, %lld, %lld], expected [%lld, "
-                                               "%lld, %lld, %lld]",
-                             name, (long long)t->t.shape[0], (long long)t->t.shape[1], (long long)t->t.shape[2],
-                             (long long)t->t.shape[3], (long long)want[0], (long long)want[1], (long long)want[2],
-                             (long long)want[3]);
-            else
-                PyErr_Format(PyExc_ValueError, "attention: %s has shape [%lld, %lld, %lld], expected [%lld, %lld, "
-                                               "%lld]",
-                             name, (long long)t->t.shape[0], (long long)t->t.shape[1], (long long)t->t.shape[2],
-                             (long long)want[0], (long long)want[1], (long long)want[2]);
-            return -1;
-        }
-    return 0;
-}
-
-/* Checks shared by forward and backward. args[0..2] = q, k, v; then out, lse; then (backward) dout, dq, dk, dv.
- * mask may be NULL. */
-static int attention_check(dr_pyarg *const *args, const char *const *names, int n, const dr_pyarg *mask,
-                           const dr_attention_params *p) {
-    const dr_pyarg *q = args[0], *k = args[1], *v = args[2];
-    for (int i = 0; i < n; i++) {
-        if (dr_expect_float(args[i], "attention", names[i]) || dr_same_device(q, "q", args[i], names[i], "attention"))
-            return -1;
-        if (i == 4)
-            continue;
-        if (args[i]->t.dtype != q->t.dtype) {
-            PyErr_Format(PyExc_TypeError, "attention: %s must have q's dtype %s, got %s", names[i],
-                         dr_dtype_name(q->t.dtype), dr_dtype_name(args[i]->t.dtype));
-            return -1;
-        }
-    }
-    if (dr_expect_ndim(q, "attention", "q", 4) || dr_expect_ndim(k, "attention", "k", 4) ||
-        dr_expect_ndim(v, "attention", "v", 4))
-        return -1;
-    const int64_t B = q->t.shape[0], H = q->t.shape[1], Lq = q->t.shape[2], D = q->t.shape[3];
-    const int64_t Lk = k->t.shape[2], Dv = v->t.shape[3];
-    const int64_t ks[4] = {B, H, Lk, D}, vs[4] = {B, H, Lk, Dv}, os[4] = {B, H, Lq, Dv}, ls[3] = {B, H, Lq};
-    const int64_t qs[4] = {B, H, Lq, D};
-    if (expect_shape(k, "k", 4, ks) || expect_shape(v, "v", 4, vs) || expect_shape(args[3], names[3], 4, os) ||
-        expect_shape(args[4], "lse", 3, ls))
-        return -1;
-    if (n > 5 && (expect_shape(args[5], names[5], 4, os) || expect_shape(args[6], names[6], 4, qs) ||
-                  expect_shape(args[7], names[7], 4, ks) || expect_shape(args[8], names[8], 4, vs)))
-        return -1;
-    if (D < 1 || Dv < 1 || D > DR_ATTN_MAX_D || Dv > DR_ATTN_MAX_D) {
-        PyErr_Format(PyExc_ValueError, "attention: head dims must be in [1, %d], got q/k %lld and v %lld",
-                     DR_ATTN_MAX_D, (long long)D, (long long)Dv);
-        return -1;
-    }
-    dr_dtype lse_dt = q->t.dtype == DR_FLOAT64 ? DR_FLOAT64 : DR_FLOAT32;
-    if (dr_expect_dtype(args[4], "attention", "lse", lse_dt))
-        return -1;
-    if (mask) {
-        const int64_t ms[4] = {B, H, Lq, Lk};
-        if (mask->t.dtype != DR_BOOL && !dr_is_float(mask->t.dtype)) {
-            PyErr_Format(PyExc_TypeError, "attention: attn_mask must be bool or floating point, got %s",
-                         dr_dtype_name(mask->t.dtype));
-            return -1;
-        }
-        if (dr_same_device(q, "q", mask, "attn_mask", "attention") || expect_shape(mask, "attn_mask", 4, ms))
-            return -1;
-        if (p->causal) {
-            PyErr_SetString(PyExc_ValueError, "attention: is_causal and an explicit attn_mask are exclusive");
-            return -1;
-        }
-    }
-    if (!isfinite(p->scale)) {
-        PyErr_SetString(PyExc_ValueError, "attention: scale must be finite");
-        return -1;
-    }
-    return 0;
+/* 1 if the first n converted tensors are all on CUDA (then the CUDA launcher runs; mixed devices go to the CPU
+ * kernel, whose argument builder names them). */
+static int all_cuda(const dr_pyarg *t, int n) {
+    for (int i = 0; i < n; i++)
+        if (t[i].t.device != DR_CUDA)
+            return 0;
+    return 1;
 }
 
 static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *kw) {
@@ -135,13 +64,9 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *
     for (int i = 0; i < nt; i++)
         if (dr_pyarg_from(src[i], names[i], writable[i], stream, &t[i]) < 0)
             goto done;
-    dr_pyarg *ptr[5] = {&t[0], &t[1], &t[2], &t[3], &t[4]};
-    const dr_pyarg *mask = nt == 6 ? &t[5] : NULL;
-    if (attention_check(ptr, names, 5, mask, &p) < 0)
-        goto done;
-    const dr_tensor *mt = mask ? &mask->t : NULL;
+    const dr_tensor *mt = nt == 6 ? &t[5].t : NULL;
     dr_status st;
-    if (t[0].t.device == DR_CUDA) {
+    if (all_cuda(t, nt)) {
         attn_fwd_cuda_fn fn = (attn_fwd_cuda_fn)dr_cuda_fn("dr_attention_forward_cuda");
         if (!fn)
             goto done;
@@ -191,15 +116,9 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject 
     for (int i = 0; i < nt; i++)
         if (dr_pyarg_from(o[i], names[i], writable[i], stream, &t[i]) < 0)
             goto done;
-    dr_pyarg *ptr[9];
-    for (int i = 0; i < 9; i++)
-        ptr[i] = &t[i];
-    const dr_pyarg *mask = nt == 10 ? &t[9] : NULL;
-    if (attention_check(ptr, names, 9, mask, &p) < 0)
-        goto done;
-    const dr_tensor *mt = mask ? &mask->t : NULL;
+    const dr_tensor *mt = nt == 10 ? &t[9].t : NULL;
     dr_status st;
-    if (t[0].t.device == DR_CUDA) {
+    if (all_cuda(t, nt)) {
         attn_bwd_cuda_fn fn = (attn_bwd_cuda_fn)dr_cuda_fn("dr_attention_backward_cuda");
         if (!fn)
             goto done;

@@ -1,7 +1,7 @@
-/* bind_roi_align.c — Python bindings of RoI-Align (CPU kernels and CUDA launchers). */
+/* bind_roi_align.c — Python bindings of RoI-Align (CPU kernels and CUDA launchers). The kernels' argument
+ * builder validates the arguments; these functions convert them and map the status to an exception. */
 #include "binding.h"
 
-#include <math.h>
 #include <string.h>
 
 typedef dr_status (*roi_fwd_cuda_fn)(const dr_tensor *, const dr_tensor *, dr_tensor *, const dr_roi_align_params *,
@@ -10,41 +10,6 @@ typedef dr_status (*roi_bwd_cuda_fn)(const dr_tensor *, const dr_tensor *, dr_te
                                      int, void *);
 
 /* ---- RoI-Align ----------------------------------------------------------------------------------------- */
-
-/* Shared argument handling of the forward and backward bindings: feat is [N,C,H,W], pooled is [K,C,ph,pw]. */
-static int roi_align_check(const char *op, dr_pyarg *feat, const char *fname, dr_pyarg *rois, dr_pyarg *pooled,
-                           const char *pname, const dr_roi_align_params *p) {
-    if (dr_expect_float(feat, op, fname) || dr_expect_float(rois, op, "rois") || dr_expect_float(pooled, op, pname))
-        return -1;
-    if (dr_expect_ndim(feat, op, fname, 4) || dr_expect_ndim(rois, op, "rois", 2) || dr_expect_ndim(pooled, op, pname, 4))
-        return -1;
-    if (dr_same_device(feat, fname, rois, "rois", op) || dr_same_device(feat, fname, pooled, pname, op))
-        return -1;
-    if (rois->t.shape[1] != 5) {
-        PyErr_Format(PyExc_ValueError, "%s: rois must have shape [K, 5], got [%lld, %lld]", op,
-                     (long long)rois->t.shape[0], (long long)rois->t.shape[1]);
-        return -1;
-    }
-    if (!isfinite(p->spatial_scale)) {
-        /* PyErr_Format has no float conversions */
-        PyErr_Format(PyExc_ValueError, "%s: spatial_scale must be finite, got %s", op,
-                     isnan(p->spatial_scale) ? "nan" : (p->spatial_scale > 0 ? "inf" : "-inf"));
-        return -1;
-    }
-    if (p->pooled_h <= 0 || p->pooled_w <= 0) {
-        PyErr_Format(PyExc_ValueError, "%s: output_size must be positive, got (%lld, %lld)", op,
-                     (long long)p->pooled_h, (long long)p->pooled_w);
-        return -1;
-    }
-    const int64_t *fs = feat->t.shape, *ps = pooled->t.shape;
-    if (ps[0] != rois->t.shape[0] || ps[1] != fs[1] || ps[2] != p->pooled_h || ps[3] != p->pooled_w) {
-        PyErr_Format(PyExc_ValueError, "%s: %s has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld, %lld]",
-                     op, pname, (long long)ps[0], (long long)ps[1], (long long)ps[2], (long long)ps[3],
-                     (long long)rois->t.shape[0], (long long)fs[1], (long long)p->pooled_h, (long long)p->pooled_w);
-        return -1;
-    }
-    return 0;
-}
 
 static PyObject *py_roi_align_forward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
@@ -73,15 +38,8 @@ static PyObject *py_roi_align_forward(PyObject *self, PyObject *args, PyObject *
         return NULL;
     if (dr_pyarg_from(orr, "rois", 0, stream, &ro) < 0 || dr_pyarg_from(oo, "output", 1, stream, &out) < 0)
         goto done;
-    if (roi_align_check("roi_align", &in, "input", &ro, &out, "output", &p) < 0)
-        goto done;
-    if (out.t.dtype != in.t.dtype) {
-        PyErr_Format(PyExc_TypeError, "roi_align: output must have the input's dtype %s, got %s",
-                     dr_dtype_name(in.t.dtype), dr_dtype_name(out.t.dtype));
-        goto done;
-    }
     dr_status st;
-    if (in.t.device == DR_CUDA) {
+    if (dr_all_cuda(3, &in, &ro, &out)) {
         roi_fwd_cuda_fn fn = (roi_fwd_cuda_fn)dr_cuda_fn("dr_roi_align_forward_cuda");
         if (!fn)
             goto done;
@@ -132,16 +90,8 @@ static PyObject *py_roi_align_backward(PyObject *self, PyObject *args, PyObject 
         return NULL;
     if (dr_pyarg_from(orr, "rois", 0, stream, &ro) < 0 || dr_pyarg_from(oo, "grad_input", 1, stream, &gi) < 0)
         goto done;
-    if (roi_align_check("roi_align_backward", &gi, "grad_input", &ro, &go, "grad_output", &p) < 0)
-        goto done;
-    dr_dtype want = go.t.dtype == DR_FLOAT64 ? DR_FLOAT64 : DR_FLOAT32;
-    if (gi.t.dtype != want) {
-        PyErr_Format(PyExc_TypeError, "roi_align_backward: grad_input must be %s for %s gradients, got %s",
-                     dr_dtype_name(want), dr_dtype_name(go.t.dtype), dr_dtype_name(gi.t.dtype));
-        goto done;
-    }
     dr_status st;
-    if (go.t.device == DR_CUDA) {
+    if (dr_all_cuda(3, &go, &ro, &gi)) {
         roi_bwd_cuda_fn fn = (roi_bwd_cuda_fn)dr_cuda_fn("dr_roi_align_backward_cuda");
         if (!fn)
             goto done;

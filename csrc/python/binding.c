@@ -1,6 +1,8 @@
-/* binding.c — shared pieces of the op bindings: the CUDA launcher table and argument checks. */
+/* binding.c — shared pieces of the op bindings: the CUDA launcher table, the device choice and the views
+ * bindings' argument checks. */
 #include "binding.h"
 
+#include <stdarg.h>
 #include <string.h>
 
 /* ---- the CUDA module ----------------------------------------------------------------------------------- */
@@ -42,16 +44,6 @@ dr_generic_fn dr_cuda_fn(const char *name) {
 
 /* ---- validation helpers -------------------------------------------------------------------------------- */
 
-int dr_is_float(dr_dtype d) { return d == DR_FLOAT32 || d == DR_FLOAT64 || d == DR_FLOAT16 || d == DR_BFLOAT16; }
-
-int dr_expect_float(const dr_pyarg *a, const char *op, const char *name) {
-    if (dr_is_float(a->t.dtype))
-        return 0;
-    PyErr_Format(PyExc_TypeError, "%s: %s must be a floating-point tensor (float32, float64, float16, bfloat16), got %s",
-                 op, name, dr_dtype_name(a->t.dtype));
-    return -1;
-}
-
 int dr_expect_ndim(const dr_pyarg *a, const char *op, const char *name, int nd) {
     if (a->t.ndim == nd)
         return 0;
@@ -68,6 +60,19 @@ int dr_same_device(const dr_pyarg *a, const char *an, const dr_pyarg *b, const c
     PyErr_Format(PyExc_ValueError, "%s: %s is on %s but %s is on %s; all tensors must be on one device", op, an, da,
                  bn, db);
     return -1;
+}
+
+int dr_all_cuda(int n, ...) {
+    va_list ap;
+    va_start(ap, n);
+    int all = n > 0;
+    for (int i = 0; i < n; i++) {
+        const dr_pyarg *a = va_arg(ap, const dr_pyarg *);
+        if (a->t.device != DR_CUDA)
+            all = 0;
+    }
+    va_end(ap);
+    return all;
 }
 
 PyObject *dr_raise_kernel(dr_status st, const dr_tensor *t) {

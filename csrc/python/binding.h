@@ -1,5 +1,6 @@
-/* binding.h — what every op's binding file (bind_*.c) shares: argument checks that raise clear Python
- * exceptions, the CUDA launcher lookup, and the list of method tables the module installs. */
+/* binding.h — what every op's binding file (bind_*.c) shares: the CUDA launcher lookup and device choice, status
+ * to exception mapping, the list of method tables the module installs, and the argument checks the views
+ * bindings still use (the other ops are validated by their kernels' argument builders). */
 #ifndef DR_PY_BINDING_H
 #define DR_PY_BINDING_H
 
@@ -12,11 +13,12 @@ dr_generic_fn dr_cuda_fn(const char *name);
 /* The loaded CUDA table, or NULL (raise=1: with a RuntimeError). */
 const dr_cuda_api *dr_cuda_table(int raise);
 
-int dr_is_float(dr_dtype d);
-int dr_expect_float(const dr_pyarg *a, const char *op, const char *name);
 int dr_expect_dtype(const dr_pyarg *a, const char *op, const char *name, dr_dtype want);
 int dr_expect_ndim(const dr_pyarg *a, const char *op, const char *name, int nd);
 int dr_same_device(const dr_pyarg *a, const char *an, const dr_pyarg *b, const char *bn, const char *op);
+/* 1 if all n dr_pyarg pointers that follow are CUDA tensors: the call goes to the CUDA launcher. Mixed devices go
+ * to the CPU kernel, whose argument builder rejects them with a message naming both devices. */
+int dr_all_cuda(int n, ...);
 /* Raise the exception of a failed kernel on t's device (the CUDA module's message for CUDA tensors). */
 PyObject *dr_raise_kernel(dr_status st, const dr_tensor *t);
 /* impl="fast" → 0, impl="elementwise" (the CUDA kernels' per-element bodies, run on the CPU) → 1, else -1 with a

@@ -65,6 +65,7 @@ PyObject *dr_raise_status(dr_status st, const char *msg) {
         exc = PyExc_MemoryError;
         break;
     case DR_EUNSUPPORTED:
+    case DR_ETYPE:
         exc = PyExc_TypeError;
         break;
     default:

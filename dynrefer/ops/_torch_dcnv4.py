@@ -12,13 +12,7 @@ from torch import Tensor
 
 from dynrefer import _C
 from dynrefer.ops._torch_roi_align import _desc, _device_of, _stream
-from dynrefer.ops.dcnv4 import dcnv4_params
-
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _out_hw(h, w, kh, kw, sh, sw, ph, pw, dh, dw):
-    return (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1, (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+from dynrefer.ops.dcnv4 import dcnv4_params, out_shape
 
 
 @torch.library.custom_op("dynrefer::dcnv4", mutates_args=())
@@ -27,11 +21,8 @@ def dcnv4_op(
     pad_w: int, dilation_h: int, dilation_w: int, group: int, group_channels: int, offset_scale: float,
     remove_center: bool,
 ) -> Tensor:
-    if value.dim() != 4:
-        raise ValueError(f"dcnv4: value must be 4-D [N, H, W, C], got shape {tuple(value.shape)}")
-    ho, wo = _out_hw(value.shape[1], value.shape[2], kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                     dilation_w)
-    out = torch.empty((value.shape[0], max(ho, 0), max(wo, 0), value.shape[3]), dtype=value.dtype, device=value.device)
+    shape = out_shape(value.shape, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    out = torch.empty(shape, dtype=value.dtype, device=value.device)
     with _device_of(value):
         _C.dcnv4_forward(
             _desc(value), _desc(offset_mask), _desc(out), kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
@@ -43,11 +34,8 @@ def dcnv4_op(
 @dcnv4_op.register_fake
 def _dcnv4_fake(value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                 group, group_channels, offset_scale, remove_center):
-    torch._check(value.dim() == 4, lambda: "dcnv4: value must be 4-D [N, H, W, C]")
-    torch._check(offset_mask.dim() == 4, lambda: "dcnv4: offset_mask must be 4-D [N, Ho, Wo, P]")
-    ho, wo = _out_hw(value.shape[1], value.shape[2], kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                     dilation_w)
-    return value.new_empty((value.shape[0], ho, wo, value.shape[3]))
+    return value.new_empty(
+        out_shape(value.shape, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w))
 
 
 @torch.library.custom_op("dynrefer::dcnv4_backward", mutates_args=())
@@ -95,23 +83,9 @@ def dcnv4(value: Tensor, offset_mask, kernel_size=3, stride=1, padding=1, dilati
           offset_scale=1.0, remove_center=False) -> Tensor:
     if not isinstance(offset_mask, Tensor):
         raise TypeError(f"dcnv4: offset_mask must be a torch.Tensor like value, got {type(offset_mask).__name__}")
-    if value.dtype not in _FLOATS:
-        raise TypeError(f"dcnv4: value must be a floating-point tensor, got {value.dtype}")
-    if offset_mask.dtype != value.dtype:
-        raise TypeError(f"dcnv4: offset_mask must have value's dtype {value.dtype}, got {offset_mask.dtype}")
+    # Devices are checked here too: a meta tensor among the inputs would route the op to its fake implementation.
     if offset_mask.device != value.device:
         raise ValueError(f"dcnv4: offset_mask is on {offset_mask.device} but value is on {value.device}")
-    if offset_mask.dim() != 4:
-        raise ValueError(f"dcnv4: offset_mask must be 4-D [N, H_out, W_out, P], got shape {tuple(offset_mask.shape)}")
-    params, (ho, wo) = dcnv4_params(tuple(value.shape), kernel_size, stride, padding, dilation, group, group_channels,
-                                    offset_scale, remove_center)
-    kh, kw = params[0], params[1]
-    k = kh * kw - (1 if params[11] else 0)
-    need = 3 * params[8] * k
-    n = value.shape[0]
-    if tuple(offset_mask.shape[:3]) != (n, ho, wo) or offset_mask.shape[3] < need:
-        raise ValueError(
-            f"dcnv4: offset_mask must have shape [{n}, {ho}, {wo}, P] with P >= 3 * group * K = {need} (K = {k} taps),"
-            f" got {tuple(offset_mask.shape)}"
-        )
+    params, _ = dcnv4_params(tuple(value.shape), kernel_size, stride, padding, dilation, group, group_channels,
+                             offset_scale, remove_center)
     return dcnv4_op(value, offset_mask, *params)

@@ -16,8 +16,7 @@ from dynrefer.ops._common import integer, pair, real
 from dynrefer.ops._config import cuda_index_checks
 from dynrefer.ops._torch_util import _desc, _device_of, _stream  # noqa: F401 (re-exported)
 from dynrefer.ops.errors import BoxesShapeError
-
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+from dynrefer.ops.roi_align import pooled_shape
 
 
 def _channels_last(t: Tensor) -> bool:
@@ -39,11 +38,7 @@ def _check_cuda_batch_indices(rois: Tensor, n: int) -> None:
 def roi_align_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool
 ) -> Tensor:
-    if input.dim() != 4:
-        raise ValueError(f"roi_align: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
-    if rois.dim() != 2:
-        raise BoxesShapeError(f"The boxes tensor shape is not correct as Tensor[K, 5], got {tuple(rois.shape)}")
-    out = torch.empty((rois.shape[0], input.shape[1], pooled_height, pooled_width), dtype=input.dtype, device=input.device)
+    out = torch.empty(pooled_shape(input, rois, pooled_height, pooled_width), dtype=input.dtype, device=input.device)
     if input.is_cuda and rois.device == input.device and cuda_index_checks():
         _check_cuda_batch_indices(rois, input.shape[0])
     with _device_of(input):
@@ -56,9 +51,7 @@ def roi_align_op(
 
 @roi_align_op.register_fake
 def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-    torch._check(input.dim() == 4, lambda: "roi_align: input must be 4-D")
-    torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "roi_align: rois must be [K, 5]")
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+    return input.new_empty(pooled_shape(input, rois, pooled_height, pooled_width))
 
 
 @torch.library.custom_op("dynrefer::roi_align_backward", mutates_args=())
@@ -150,18 +143,13 @@ def _rois(boxes, input: Tensor) -> Tensor:
         rois = boxes
     else:
         raise BoxesShapeError(f"boxes is expected to be a Tensor[L, 5] or a List[Tensor[K, 4]], got {type(boxes).__name__}")
-    if rois.dtype not in _FLOATS:
-        raise TypeError(f"roi_align: boxes must be a floating-point tensor, got {rois.dtype}")
+    # Devices are checked here too: a meta tensor among the inputs would route the op to its fake implementation.
     if rois.device != input.device:
         raise ValueError(f"roi_align: boxes are on {rois.device} but input is on {input.device}")
     return rois
 
 
 def roi_align(input: Tensor, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False) -> Tensor:
-    if input.dtype not in _FLOATS:
-        raise TypeError(f"roi_align: input must be a floating-point tensor, got {input.dtype}")
-    if input.dim() != 4:
-        raise ValueError(f"roi_align: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
     ph, pw = pair(output_size, "output_size")
     rois = _rois(boxes, input)
     return roi_align_op(

@@ -8,48 +8,41 @@ import numpy as np
 
 from dynrefer.ops._common import is_torch_tensor, pair, real
 
-_NUMPY_FLOATS = (np.float32, np.float64, np.float16)
+def out_shape(shape, kh, kw, sh, sw, ph, pw, dh, dw):
+    """``(N, H_out, W_out, C)`` for value's shape ``[N, H, W, C]``, for allocating the output before the kernel runs
+    (NumPy and PyTorch) and for fake tensors. The kernel validates the arguments; this checks only what computing
+    the shape needs (a kernel that does not fit gives 0 here, and the kernel reports it)."""
+    if len(shape) != 4:
+        raise ValueError(f"dcnv4: value must be 4-D [N, H, W, C] (channels last), got shape {tuple(shape)}")
+    ho = (shape[1] + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    wo = (shape[2] + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    return (shape[0], max(ho, 0), max(wo, 0), shape[3])
 
 
 def dcnv4_params(shape, kernel_size, stride, padding, dilation, group, group_channels, offset_scale, remove_center):
-    """Check the arguments against value's shape [N, H, W, C]; return the kernel's parameter tuple
-    (kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale, remove_center) and (Ho, Wo)."""
-    if len(shape) != 4:
-        raise ValueError(f"dcnv4: value must be 4-D [N, H, W, C] (channels last), got shape {tuple(shape)}")
+    """The kernel's parameter tuple (kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale,
+    remove_center) from the Python arguments, and the output shape for value's shape [N, H, W, C]. Converts types
+    and fills the group_channels default; the kernel checks the values."""
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = pair(stride, "stride")
     ph, pw = pair(padding, "padding", minimum=0)
     dh, dw = pair(dilation, "dilation")
+    shape = out_shape(shape, kh, kw, sh, sw, ph, pw, dh, dw)
     if isinstance(group, bool) or not isinstance(group, numbers.Integral):
         raise TypeError(f"group must be an int, got {type(group).__name__}")
     group = int(group)
-    if group < 1:
-        raise ValueError(f"group must be positive, got {group}")
-    C = int(shape[3])
     if group_channels is None:
+        C = int(shape[3])
+        if group < 1:
+            raise ValueError(f"group must be positive, got {group}")
         if C % group:
             raise ValueError(f"dcnv4: value has {C} channels, not divisible by group={group}")
         group_channels = C // group
     elif isinstance(group_channels, bool) or not isinstance(group_channels, numbers.Integral):
         raise TypeError(f"group_channels must be an int or None, got {type(group_channels).__name__}")
-    group_channels = int(group_channels)
-    if group_channels < 1 or group * group_channels != C:
-        raise ValueError(
-            f"dcnv4: value has {C} channels but group * group_channels = {group} * {group_channels} = "
-            f"{group * group_channels}"
-        )
-    scale = real(offset_scale, "offset_scale")
-    remove_center = bool(remove_center)
-    if remove_center and kh * kw == 1:
-        raise ValueError("dcnv4: remove_center with a 1x1 kernel leaves no taps")
-    H, W = int(shape[1]), int(shape[2])
-    ho = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    wo = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-    if H + 2 * ph < dh * (kh - 1) + 1 or W + 2 * pw < dw * (kw - 1) + 1:
-        raise ValueError(
-            f"dcnv4: the {kh}x{kw} kernel (dilation {dh}x{dw}) does not fit the {H}x{W} value padded by {ph}x{pw}"
-        )
-    return (kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, scale, remove_center), (ho, wo)
+    params = (kh, kw, sh, sw, ph, pw, dh, dw, group, int(group_channels), real(offset_scale, "offset_scale"),
+              bool(remove_center))
+    return params, shape
 
 
 def offset_mask_channels(group, kernel_size=3, remove_center=False):
@@ -87,14 +80,10 @@ def dcnv4(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, gr
         raise TypeError(f"dcnv4: value must be a NumPy array or a torch.Tensor, got {type(value).__name__}")
     if not isinstance(offset_mask, np.ndarray):
         raise TypeError(f"dcnv4: offset_mask must be a NumPy array like value, got {type(offset_mask).__name__}")
-    if value.dtype.type not in _NUMPY_FLOATS:
-        raise TypeError(f"dcnv4: value must be float16, float32 or float64, got {value.dtype}")
-    if offset_mask.dtype != value.dtype:
-        raise TypeError(f"dcnv4: offset_mask must have value's dtype {value.dtype}, got {offset_mask.dtype}")
-    params, (ho, wo) = dcnv4_params(value.shape, kernel_size, stride, padding, dilation, group, group_channels,
-                                    offset_scale, remove_center)
+    params, shape = dcnv4_params(value.shape, kernel_size, stride, padding, dilation, group, group_channels,
+                                 offset_scale, remove_center)
     from dynrefer import _C
 
-    out = np.empty((value.shape[0], ho, wo, value.shape[3]), dtype=value.dtype)
+    out = np.empty(shape, dtype=value.dtype)
     _C.dcnv4_forward(value, offset_mask, out, *params)
     return out

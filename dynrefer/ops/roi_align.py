@@ -25,9 +25,17 @@ def _numpy_rois(boxes):
         rois = np.concatenate(parts, axis=0)
     else:
         raise BoxesShapeError(f"boxes is expected to be a Tensor[L, 5] or a List[Tensor[K, 4]], got {type(boxes).__name__}")
-    if rois.dtype.kind != "f":
-        raise TypeError(f"roi_align: boxes must be floating point, got {rois.dtype}")
     return rois
+
+
+def pooled_shape(input, rois, ph, pw):
+    """``(K, C, ph, pw)``, the output's shape, for allocating it before the kernel runs (NumPy and PyTorch) and for
+    fake tensors. The kernel validates the arguments; this checks only what computing the shape needs."""
+    if input.ndim != 4:
+        raise ValueError(f"roi_align: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
+    if rois.ndim != 2:
+        raise BoxesShapeError(f"The boxes tensor shape is not correct as Tensor[K, 5], got {tuple(rois.shape)}")
+    return (rois.shape[0], input.shape[1], ph, pw)
 
 
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
@@ -54,11 +62,9 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     ph, pw = pair(output_size, "output_size")
     scale = real(spatial_scale, "spatial_scale")
     sr = integer(sampling_ratio, "sampling_ratio")
-    if input.ndim != 4:
-        raise ValueError(f"roi_align: input must be 4-D [N, C, H, W], got shape {input.shape}")
     rois = _numpy_rois(boxes)
     from dynrefer import _C
 
-    out = np.empty((rois.shape[0], input.shape[1], ph, pw), dtype=input.dtype)
+    out = np.empty(pooled_shape(input, rois, ph, pw), dtype=input.dtype)
     _C.roi_align_forward(input, rois, out, scale, ph, pw, sr, bool(aligned))
     return out
