@@ -275,8 +275,13 @@ def main(argv=None):
         ap.error("--views must be in [1, 11] and --regions >= 1")
     try:
         return args.fn(args)
-    except CliError as err:
-        print(f"dynrefer {args.cmd}: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - a user's mistake is one line and exit 2; a defect still raises
+        from dynrefer.app.errors import describe_user_error
+
+        line = describe_user_error(err)
+        if line is None:
+            raise
+        print(f"dynrefer {args.cmd}: error: {line}", file=sys.stderr)
         return 2
 
 

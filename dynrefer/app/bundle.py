@@ -38,16 +38,30 @@ def build_bundle_model(bundle):
 
 def save_bundle(model, path, texts, tags, classes, attributes, views):
     """Everything ``dynrefer describe`` needs in one file, written atomically."""
-    from dynrefer.train.checkpoint import atomic_save
+    from dynrefer.train.checkpoint import atomic_save, seal
 
     external = model.external_llm_keys()  # a frozen LLM from config.llm.path is reloaded from there
-    atomic_save({"format": BUNDLE_FORMAT, "config": model.config.to_dict(), "texts": list(texts),
-                 "tags": list(tags), "classes": list(classes), "attributes": list(attributes), "views": views,
-                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in external}}, path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in external}
+    _check_finite(state, path)
+    atomic_save(seal({"format": BUNDLE_FORMAT, "config": model.config.to_dict(), "texts": list(texts),
+                      "tags": list(tags), "classes": list(classes), "attributes": list(attributes), "views": views,
+                      "model": state}), path)
     return path
 
 
+def _check_finite(state, path):
+    import torch
+
+    for k, v in state.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise ValueError(f"{path}: weight {k} has {bad} NaN or infinite value{'s' if bad > 1 else ''}; a model "
+                             "bundle must hold finite weights (did training diverge?)")
+
+
 def load_bundle(path):
+    """Read a bundle written by :func:`save_bundle`: without executing pickled code, its SHA-256 verified (a
+    corrupted file is refused) and every weight finite."""
     import torch
 
     if not os.path.isfile(path):
@@ -58,6 +72,15 @@ def load_bundle(path):
         raise ValueError(f"{path} is not a dynrefer model bundle ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(b, dict) or b.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{path} is not a dynrefer model bundle (written by `dynrefer demo` / save_bundle)")
+    from dynrefer.train.checkpoint import verify_seal
+
+    missing = [k for k in ("config", "texts", "tags", "classes", "attributes", "views", "model") if k not in b]
+    if missing:
+        raise ValueError(f"{path} is not a complete dynrefer model bundle: no {', '.join(missing)}")
+    verify_seal(b, path)   # a bundle written with a digest must match it
+    if not isinstance(b["model"], dict):
+        raise ValueError(f"{path}: 'model' is not a state dict")
+    _check_finite(b["model"], path)
     return b
 
 

@@ -68,6 +68,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("file")
 
     args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except (OSError, ValueError) as err:   # AnnotationError, RawFormatError, unreadable files: one line, exit 2
+        from .convert import RawFormatError
+        from .records import AnnotationError
+
+        if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, IsADirectoryError,
+                                                             NotADirectoryError, PermissionError)):
+            raise
+        if isinstance(err, ValueError) and not isinstance(err, (AnnotationError, RawFormatError)):
+            raise
+        line = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else str(err)
+        print(f"python -m dynrefer.data {args.cmd}: error: {' '.join(line.split())}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     from . import convert
     from .readers import load_annotations, write_json
 

@@ -217,6 +217,15 @@ def _image_entry(im) -> dict:
     return {"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"]}
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Reads pickles of plain data only — lists, dicts, tuples, strings, bytes, numbers, booleans, None — as the
+    refs files are: any reference to a class or function (how a crafted pickle runs code) is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a refs file holds only lists, dicts, "
+                                     "strings and numbers (a pickle naming a class or function could run code)")
+
+
 def convert_refcocog(refs: Union[str, os.PathLike, list], instances: PathOrData, *, split: Optional[str] = None,
                      image_root: Optional[str] = None, tagger: Optional[TagExtractor] = None,
                      name: str = "refcocog") -> dict:
@@ -231,7 +240,7 @@ def convert_refcocog(refs: Union[str, os.PathLike, list], instances: PathOrData,
         for enc in ("utf-8", "latin1"):
             try:
                 with open(rsrc, "rb") as f:
-                    ref_list = pickle.load(f, encoding=enc)
+                    ref_list = _PlainUnpickler(f, encoding=enc).load()
                 break
             except UnicodeDecodeError:
                 continue

@@ -51,8 +51,9 @@ def config_file(rel):
 
 
 def read_yaml(path):
-    import yaml
+    """A YAML file through dynrefer's bounded safe loader (:func:`dynrefer.train.config.safe_yaml`)."""
+    from dynrefer.train.config import safe_yaml
 
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+        data = safe_yaml(f.read(), path)
     return {} if data is None else data

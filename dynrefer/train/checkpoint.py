@@ -18,19 +18,23 @@ Checkpoint layout (a superset of LAVIS's ``model / optimizer / config / scaler /
     best         {"metric", "value", "epoch"} or None
     config       the resolved config dict
     version      layout version
+    sha256       digest of everything above (:func:`content_digest`), verified by :func:`load_checkpoint`
 
 Everything is stored as tensors and plain Python values, so ``torch.load(..., weights_only=True)`` reads it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import struct
 import tempfile
 
 import numpy as np
 
 __all__ = ["atomic_write_bytes", "atomic_save", "load_checkpoint", "get_rng_state", "set_rng_state",
-           "model_state", "load_model_state", "TMP_PREFIX"]
+           "model_state", "load_model_state", "TMP_PREFIX", "content_digest", "seal", "verify_seal",
+           "IntegrityError"]
 
 TMP_PREFIX = ".tmp-"
 CHECKPOINT_VERSION = 1
@@ -93,15 +97,76 @@ def remove_stale_temps(directory: str) -> None:
                 pass
 
 
+class IntegrityError(ValueError):
+    """A checkpoint or bundle whose contents do not match the digest written with them (a corrupted file)."""
+
+
+def _digest_update(h, obj) -> None:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(b"T" + str(t.dtype).encode() + struct.pack("<q", t.dim()) + struct.pack(f"<{t.dim()}q", *t.shape))
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(obj, dict):
+        h.update(b"D" + struct.pack("<q", len(obj)))
+        for k in sorted(obj, key=repr):
+            _digest_update(h, k)
+            _digest_update(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update((b"L" if isinstance(obj, list) else b"U") + struct.pack("<q", len(obj)))
+        for v in obj:
+            _digest_update(h, v)
+    elif isinstance(obj, np.ndarray):
+        _digest_update(h, torch.from_numpy(np.ascontiguousarray(obj)))
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        h.update(type(obj).__name__.encode() + b":" + (obj if isinstance(obj, bytes) else repr(obj).encode()) + b";")
+    else:
+        raise TypeError(f"content_digest: cannot digest a {type(obj).__name__}")
+
+
+def content_digest(obj) -> str:
+    """SHA-256 of a checkpoint-like object (nested dicts, lists, tuples, tensors and plain values): dtypes, shapes
+    and the exact bytes of every tensor, in a fixed order. Equal contents give equal digests, whatever the file."""
+    h = hashlib.sha256()
+    _digest_update(h, obj)
+    return h.hexdigest()
+
+
+def seal(payload: dict, key: str = "sha256") -> dict:
+    """``payload`` with ``payload[key]`` = the digest of the rest."""
+    body = {k: v for k, v in payload.items() if k != key}
+    return {**body, key: content_digest(body)}
+
+
+def verify_seal(payload: dict, path: str, key: str = "sha256") -> None:
+    """Raise :class:`IntegrityError` when ``payload`` carries a digest that its contents do not match."""
+    want = payload.get(key)
+    if want is None:
+        return
+    got = content_digest({k: v for k, v in payload.items() if k != key})
+    if got != want:
+        raise IntegrityError(f"{path} is corrupted: its contents do not match the SHA-256 written with them "
+                             f"({got[:12]}… != {want[:12]}…)")
+
+
 def load_checkpoint(path: str, map_location="cpu", key: str = "run.resume_ckpt_path") -> dict:
     """Read a checkpoint (``weights_only``); errors name the config ``key`` the path came from."""
     import torch
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which, without a traceback
+        raise ValueError(f"{key}: {path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{key}: {path} is not a dynrefer/LAVIS checkpoint (no 'model' entry)")
+    try:
+        verify_seal(ckpt, path)
+    except IntegrityError as e:
+        raise IntegrityError(f"{key}: {e}") from None
     return ckpt
 
 

@@ -27,13 +27,28 @@ import difflib
 import math
 import os
 
-__all__ = ["Config", "ConfigError", "RUN_SCHEMA", "load_config", "parse_overrides", "apply_overrides"]
+__all__ = ["Config", "ConfigError", "RUN_SCHEMA", "load_config", "parse_overrides", "apply_overrides", "safe_yaml",
+           "MAX_YAML_BYTES", "MAX_YAML_VALUES", "MAX_YAML_DEPTH"]
+
+#: Bounds on what a YAML text may become (aliases expanded): a config is a few hundred values.
+MAX_YAML_BYTES = 4 << 20
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
 
 SECTIONS = ("model", "datasets", "run")
 
 
 class ConfigError(ValueError):
     """A configuration key is missing, unknown, of the wrong type or out of range."""
+
+
+def max_workers() -> int:
+    """The most DataLoader workers a run may ask for: max(8, 4 x the CPUs this process may run on)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(8, 4 * cpus)
 
 
 def _opt(kind):
@@ -70,7 +85,8 @@ RUN_SCHEMA = {
     # data
     "batch_size_train": (int, 8, lambda v: v >= 1, "micro-batch size per process"),
     "batch_size_eval": (int, 8, lambda v: v >= 1, "evaluation batch size per process (for the evaluate hook)"),
-    "num_workers": (int, 0, lambda v: v >= 0, "DataLoader worker processes"),
+    "num_workers": (int, 0, lambda v: 0 <= v <= max_workers(),
+                    "DataLoader worker processes, at most max(8, 4 x this machine's CPUs)"),
     "shuffle": (bool, True, None, "shuffle the training set; the order is a function of (seed, epoch)"),
     "drop_last": (bool, True, None, "drop the last incomplete micro-batch of an epoch"),
     "seed_per_sample": (bool, True, None,
@@ -277,10 +293,50 @@ class Config:
         return f"Config({self.to_dict()!r})"
 
 
-def parse_overrides(items) -> list:
-    """Parse ``["run.max_epoch=2", ...]`` into ``[(["run", "max_epoch"], 2), ...]`` (values parsed as YAML)."""
+def safe_yaml(text, source="YAML"):
+    """Parse YAML ``text`` (str or bytes) with the safe loader, refusing what would blow up: more than
+    ``MAX_YAML_BYTES`` of text, more than ``MAX_YAML_VALUES`` values once aliases are expanded (an alias bomb: a few
+    lines that expand to millions of values), nesting deeper than ``MAX_YAML_DEPTH`` (a self-referencing alias
+    is infinitely deep). Errors are :class:`ConfigError` naming ``source``."""
     import yaml
 
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: {len(text)} bytes of YAML, more than the {MAX_YAML_BYTES} a config may have")
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: invalid YAML: {e}") from None
+        if node is None:
+            return None
+        # count values as a consumer walking the result would meet them: every alias expanded
+        count, stack = 0, [(node, 1)]
+        while stack:
+            n, depth = stack.pop()
+            count += 1
+            if count > MAX_YAML_VALUES:
+                raise ConfigError(f"{source}: the YAML expands to more than {MAX_YAML_VALUES} values (aliases "
+                                  "that repeat aliases?); a config this large is refused")
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"{source}: YAML nested deeper than {MAX_YAML_DEPTH} levels (a self-referencing "
+                                  "alias?)")
+            if isinstance(n, yaml.SequenceNode):
+                stack.extend((c, depth + 1) for c in n.value)
+            elif isinstance(n, yaml.MappingNode):
+                for k, v in n.value:
+                    stack.append((k, depth + 1))
+                    stack.append((v, depth + 1))
+        try:
+            return loader.construct_document(node)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: invalid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def parse_overrides(items) -> list:
+    """Parse ``["run.max_epoch=2", ...]`` into ``[(["run", "max_epoch"], 2), ...]`` (values parsed as YAML)."""
     out = []
     for item in items or ():
         if not isinstance(item, str) or "=" not in item:
@@ -292,9 +348,9 @@ def parse_overrides(items) -> list:
         if parts[0] not in SECTIONS:
             raise ConfigError(f"override {item!r}: unknown section {parts[0]!r} (expected {', '.join(SECTIONS)})")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
+            value = safe_yaml(raw, f"override {key}") if raw.strip() else None
+        except ConfigError as e:
+            raise ConfigError(f"override {key}: cannot parse value {raw[:200]!r}: {e}") from None
         out.append((parts, value))
     return out
 
@@ -329,18 +385,20 @@ def _merge(base: dict, top: dict) -> dict:
 def _read_yaml(path: str, stack=()) -> dict:
     """Read a config file, resolving its ``base:`` list (files merged in order, this file on top). Base paths are
     looked up relative to the working directory first (the official configs' convention), then to this file."""
-    import yaml
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
     real = os.path.realpath(path)
     if real in stack:
         raise ConfigError(f"{path}: 'base' includes form a cycle")
-    with open(path, encoding="utf-8") as f:
-        try:
-            raw = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    raw = safe_yaml(text, path)
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections {SECTIONS}, got {type(raw).__name__}")

@@ -248,7 +248,7 @@ class Runner:
         payload = self._payload()
         if self.ctx.is_main:
             buf = io.BytesIO()
-            torch.save(payload, buf)
+            torch.save(ckpt_mod.seal(payload), buf)
             data = buf.getvalue()
             for name in names:
                 ckpt_mod.atomic_write_bytes(os.path.join(self.out_dir, name), data)
