@@ -26,7 +26,9 @@ int dr_parse_impl(const char *impl);
 /* The method tables of the op bindings; module.c installs each. One line per binding file. */
 #define DR_BINDINGS                                                                                                \
     DR_BINDING(roi_align)                                                                                          \
-    DR_BINDING(views)                                                                                              \
+    DR_BINDING(crop_resize)                                                                                        \
+    DR_BINDING(phash)                                                                                              \
+    DR_BINDING(select_views)                                                                                       \
     DR_BINDING(dcnv4)                                                                                              \
     DR_BINDING(attention)
 
