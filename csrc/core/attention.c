@@ -2,9 +2,9 @@
  * DESIGN §7.6): forward (O and log-sum-exp) and backward (dQ, dK, dV recomputed from O, LSE and dO).
  *
  * The fast path (attention_cpu.inc) is instantiated for AVX-512, AVX2+FMA and a portable vector width with GCC
- * vector extensions; the variant is picked at run time from the CPU's features (impl "avx512"/"avx2"/"portable"
- * force one). float32/float16/bfloat16 compute in float32, float64 in float64; bfloat16 runs on the AMX tile unit in
- * both directions where the process may use it (attention_amx.inc). Work is split over batch x heads x
+ * vector extensions; the variant is picked at run time from the CPU's features (dr_cpu.h: DYNREFER_CPU_ISA caps
+ * the choice; impl "avx512"/"avx2"/"portable" force one where the CPU has it). float32/float16/bfloat16 compute in float32, float64 in float64;
+ * bfloat16 runs on the AMX tile unit in both directions where the process may use it (attention_amx.inc). Work is split over batch x heads x
  * query chunks (forward) and batch x heads (backward) with dr_parallel_for; every sum runs in a fixed order, so
  * results are bitwise repeatable whatever the thread count. Complexity: forward O(B H Lq Lk (D + Dv)), backward
  * O(B H Lq Lk (2 D + 3 Dv)); memory per task O(Lk (D + Dv)) plus blocks of a fixed number of query rows (the
@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "dr_attention.h"
+#include "dr_cpu.h"
 #include "dynrefer.h"
 
 /* ---- helpers shared by every variant ------------------------------------------------------------------ */
@@ -266,7 +267,7 @@ DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
 
 typedef void (*task_fn)(void *, int64_t, int64_t);
 
-/* The variant for `isa` (DR_ATTN_ISA_*), or the best this CPU supports for DR_ATTN_ISA_AUTO. */
+/* The variant for `isa` (DR_ATTN_ISA_*), or the widest dr_cpu_features() allows for DR_ATTN_ISA_AUTO. */
 static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn *bwd) {
     if (dtype == DR_FLOAT64) { /* one float64 variant */
         *fwd = fwd_task_pd;
@@ -275,10 +276,12 @@ static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn 
         return DR_OK;
     }
 #ifdef DR_ATTN_X86
-    __builtin_cpu_init();
-    const int has512 = __builtin_cpu_supports("avx512f");
-    const int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (isa == DR_ATTN_ISA_AUTO)
+    /* the automatic choice within DYNREFER_CPU_ISA's cap; a forced one wherever the CPU has it */
+    const int auto_isa = isa == DR_ATTN_ISA_AUTO;
+    const int f = auto_isa ? dr_cpu_features() : dr_cpu_vector_features();
+    const int has512 = (f & DR_CPU_AVX512F) != 0;
+    const int has2 = (f & (DR_CPU_AVX2 | DR_CPU_FMA)) == (DR_CPU_AVX2 | DR_CPU_FMA);
+    if (auto_isa)
         isa = has512 ? DR_ATTN_ISA_AVX512 : has2 ? DR_ATTN_ISA_AVX2 : DR_ATTN_ISA_PORTABLE;
     if ((isa == DR_ATTN_ISA_AVX512 && !has512) || (isa == DR_ATTN_ISA_AVX2 && !has2))
         return dr_set_error(DR_EUNSUPPORTED, "attention: this CPU does not support the requested instruction set");
@@ -309,8 +312,7 @@ static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn 
  * runs its vector kernel). */
 static int use_amx(const dr_attn_args *a, int isa) {
     return isa == DR_ATTN_ISA_AUTO && a->dtype == DR_BFLOAT16 && a->Lk >= 1 &&
-           a->Lk <= DR_ATTN_AMX_MAX_LK && (dr_cpu_amx() & DR_CPU_AMX_BF16) && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512bf16");
+           a->Lk <= DR_ATTN_AMX_MAX_LK && dr_cpu_has(DR_CPU_AMX_BF16 | DR_CPU_AVX512BW | DR_CPU_AVX512BF16);
 }
 #endif
 

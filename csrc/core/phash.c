@@ -161,7 +161,7 @@ static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, con
         }
     }
 #ifdef DOT_X86
-    const int wide = dr_views_isa() >= 2;
+    const int wide = dr_cpu_level() >= DR_CPU_LEVEL_AVX512;
 #else
     const int wide = 0;
 #endif
@@ -324,7 +324,7 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
 
 static int64_t fold_limit(void) {
 #ifdef DOT_X86
-    if (dr_views_isa() >= 2)
+    if (dr_cpu_level() >= DR_CPU_LEVEL_AVX512)
         return 500000;
 #endif
     return 150000;
@@ -335,9 +335,9 @@ static void phash_task(void *vctx, int64_t begin, int64_t end) {
     dr_scratch sc;
     memset(&sc, 0, sizeof sc);
 #ifdef DOT_X86
-    const int amx = c->method == DR_PHASH_IMAGEHASH && dr_views_isa() == 3;
+    const int amx = c->method == DR_PHASH_IMAGEHASH && dr_cpu_level() == DR_CPU_LEVEL_AMX;
     if (amx)
-        dr_views_amx_begin();
+        dr_amx_tiles_load();
 #endif
     for (int64_t v = begin; v < end; v++) {
         double b[4];
@@ -360,7 +360,7 @@ static void phash_task(void *vctx, int64_t begin, int64_t end) {
     }
 #ifdef DOT_X86
     if (amx)
-        dr_views_amx_end();
+        dr_amx_tiles_release();
 #endif
     dr_scratch_free(&sc);
 }

@@ -127,29 +127,6 @@ static void transpose_px(const uint8_t *src, int64_t a, int64_t b, int C, uint8_
  * row's end (see dr_dot_rows) meet zero weights, and callers over-allocate. */
 
 
-#ifdef DOT_X86
-/* 3: AMX-INT8 + AVX-512, 2: AVX-512 (BW, VNNI), 1: AVX2, 0: portable; DYNREFER_CPU_ISA=avx512|avx2|default caps it
- * (tests run every level). A pure function of the machine and the environment: racing first calls store the same
- * value. */
-int dr_views_isa(void) {
-    static int isa = -1;
-    int i = __atomic_load_n(&isa, __ATOMIC_RELAXED);
-    if (i < 0) {
-        const char *cap = getenv("DYNREFER_CPU_ISA");
-        int top = !cap ? 3 : !strcmp(cap, "default") ? 0 : !strcmp(cap, "avx2") ? 1 : !strcmp(cap, "avx512") ? 2 : 3;
-        /* (dr_cpu_amx() reads the same cap) */
-        i = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") ? 2
-            : __builtin_cpu_supports("avx2")                                            ? 1
-                                                                                        : 0;
-        if (i == 2 && top == 3 && (dr_cpu_amx() & DR_CPU_AMX_INT8))
-            i = 3;
-        i = i < top ? i : top;
-        __atomic_store_n(&isa, i, __ATOMIC_RELAXED);
-    }
-    return i;
-}
-#endif
-
 #define DOT_PAD 32
 
 void dr_dot_taps_free(dr_dot_taps *d) {
@@ -186,7 +163,7 @@ static dr_dot_taps *dot_taps_make(const dr_axis *a) {
             d->lo[i * d->kpad + j] = (int16_t)lo;
         }
 #ifdef DOT_X86
-    if (m == 32 && dr_views_isa() == 3) {
+    if (m == 32 && dr_cpu_level() == DR_CPU_LEVEL_AMX) {
         d->nkb = (a->in_size + 63) / 64;
         d->amx = (int8_t *)calloc((size_t)(3 * 2 * d->nkb * 1024 + 2 * d->nkb), 1);
         if (!d->amx) {
@@ -431,20 +408,6 @@ __attribute__((target("avx2"))) static int64_t combine_rows_256(const uint8_t *s
 #endif
 
 #ifdef DOT_X86
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} amx_config;
-
-/* Every tile 16 rows × 64 bytes: C tiles 0–5 ([digit][group]), A tile 6 (16 source rows × 64 inputs), B tile 7.
- * A static object: ldtilecfg reads memory the compiler does not see it read. */
-static const amx_config amx_tiles = {1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
-
-__attribute__((target("amx-tile,amx-int8"))) void dr_views_amx_begin(void) { _tile_loadconfig(&amx_tiles); }
-
-__attribute__((target("amx-tile,amx-int8"))) void dr_views_amx_end(void) { _tile_release(); }
-
 #define AMX_DIGITS(G, C0, C1, C2, kb)                                                                                \
     if (d->amx_nz[(G) * d->nkb + (kb)]) {                                                                          \
         _tile_loadd(7, d->amx + ((0 * 2 + (G)) * d->nkb + (kb)) * 1024, 64);                                       \
@@ -458,7 +421,7 @@ __attribute__((target("amx-tile,amx-int8"))) void dr_views_amx_end(void) { _tile
 /* dr_dot_rows for 32 outputs as a banded matrix product on the tile unit: per 16 source rows, C[digit][group] +=
  * A(16 × 64 inputs) · B(64 inputs × 16 outputs) over the blocks with weights; then Σ digits · 256^e (exact in
  * int32, the sum Pillow forms), shifted and clamped. Reads up to 15 rows past the last one and 63 bytes past a row's
- * inputs (callers over-allocate: AMX_OVER). Needs dr_views_amx_begin() on this thread. */
+ * inputs (callers over-allocate: AMX_OVER). Needs dr_amx_tiles_load() on this thread. */
 __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void dot_rows_amx(
     const uint8_t *src, int64_t stride, int64_t rows, const dr_dot_taps *d, uint8_t *dst, int64_t rs, int64_t xs) {
     int32_t c[6][16][16];
@@ -505,10 +468,10 @@ void dr_combine_rows_u8(const uint8_t *src, int64_t stride, int64_t s, int64_t n
                         int32_t *acc, uint8_t *dst) {
     int64_t k = 0;
 #ifdef DOT_X86
-    int i = dr_views_isa();
-    if (i >= 2)
+    int i = dr_cpu_level();
+    if (i >= DR_CPU_LEVEL_AVX512)
         k = combine_rows_512(src, stride, s, n, w, len, dst);
-    else if (i == 1)
+    else if (i == DR_CPU_LEVEL_AVX2)
         k = combine_rows_256(src, stride, s, n, w, len, dst);
 
 #endif
@@ -521,10 +484,10 @@ void dr_dot_rows(const uint8_t *src, int64_t stride, int64_t rows, const dr_dot_
 #ifdef DOT_X86
     if (d->amx && off == 0 && m == 32)
         return dot_rows_amx(src, stride, rows, d, dst, rs, xs);
-    int i = dr_views_isa();
-    if (i >= 2 && m % 16 == 0 && d->kpad % 32 == 0)
+    int i = dr_cpu_level();
+    if (i >= DR_CPU_LEVEL_AVX512 && m % 16 == 0 && d->kpad % 32 == 0)
         return dot_rows_vnni(src, stride, rows, d, off, m, dst, rs, xs);
-    if (i >= 1 && m % 8 == 0)
+    if (i >= DR_CPU_LEVEL_AVX2 && m % 8 == 0)
         return dot_rows_avx2(src, stride, rows, d, off, m, dst, rs, xs);
 #endif
     dot_rows_default(src, stride, rows, d, off, m, dst, rs, xs);
@@ -556,13 +519,4 @@ int dr_pil_resize_packed(const uint8_t *packed, int64_t ylo, int64_t rows, int64
         transpose_px(t1, ow, oh, C, out);                     /* [oh][ow][C] */
     }
     return 0;
-}
-
-const char *dr_views_cpu_isa(void) {
-#ifdef DOT_X86
-    static const char *names[] = {"portable", "avx2", "avx512", "amx"};
-    return names[dr_views_isa()];
-#else
-    return "portable";
-#endif
 }

@@ -46,18 +46,6 @@ enum { DR_RS_PIL = 0, DR_RS_AA = 1, DR_RS_PLAIN = 2, DR_RS_CV = 3 };
  * height shrinks by more than twice as many pixels as the width), 1 is horizontal first always (older Pillow). */
 enum { DR_PIL_ORDER_ADAPTIVE = 0, DR_PIL_ORDER_HORIZONTAL = 1 };
 
-#ifdef __cplusplus
-extern "C" {
-#endif
-
-/* The instruction set the views' CPU kernels use: "amx", "avx512", "avx2" or "portable" (decided once per process;
- * DYNREFER_CPU_ISA caps it). */
-const char *dr_views_cpu_isa(void);
-
-#ifdef __cplusplus
-}
-#endif
-
 #include "dr_resample_math.inc"
 
 #endif

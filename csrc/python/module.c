@@ -13,7 +13,7 @@
 #include <numpy/arrayobject.h>
 
 #include "binding.h"
-#include "dr_views.h"
+#include "dr_cpu.h"
 
 static PyObject *py_cuda_available(PyObject *self, PyObject *noargs) {
     (void)self;
@@ -78,7 +78,7 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
 static PyObject *py_views_cpu_isa(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
-    return PyUnicode_FromString(dr_views_cpu_isa());
+    return PyUnicode_FromString(dr_cpu_level_name());
 }
 
 /* ---- module -------------------------------------------------------------------------------------------- */
