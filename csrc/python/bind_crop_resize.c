@@ -7,9 +7,6 @@
 #include "dr_crop_resize.h"
 #include "views_args.h"
 
-typedef dr_status (*crop_cuda_fn)(const dr_image_ref *, int64_t, const dr_tensor *, const dr_tensor *,
-                                  const dr_tensor *, dr_tensor *, dr_tensor *, const dr_crop_resize_params *, void *);
-
 static int parse_floats3(PyObject *o, const char *op, const char *name, float out[3], int positive) {
     PyObject *seq = PySequence_Fast(o, "");
     if (!seq || PySequence_Fast_GET_SIZE(seq) != 3) {
@@ -127,7 +124,7 @@ static PyObject *py_crop_resize(PyObject *self, PyObject *args, PyObject *kw) {
     }
     dr_status st;
     if (im.args[0].t.device == DR_CUDA) {
-        crop_cuda_fn fn = (crop_cuda_fn)dr_cuda_fn("dr_crop_resize_cuda");
+        __typeof__(dr_crop_resize_cuda) *fn = dr_cuda_fn("dr_crop_resize_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(im.refs, im.n, &b.t, has_idx ? &idx.t : NULL, has_ref ? &rb.t : NULL, &out.t,

@@ -6,11 +6,6 @@
 
 #include "dr_dcnv4.h"
 
-typedef dr_status (*dcn_fwd_cuda_fn)(const dr_tensor *, const dr_tensor *, dr_tensor *, const dr_dcnv4_params *,
-                                     void *);
-typedef dr_status (*dcn_bwd_cuda_fn)(const dr_tensor *, const dr_tensor *, const dr_tensor *, dr_tensor *,
-                                     dr_tensor *, const dr_dcnv4_params *, int, void *);
-
 /* Fill the parameters from parsed integers and check them (ValueError naming the argument). */
 static int dcn_params(const long long v[10], double offset_scale, int remove_center, dr_dcnv4_params *p) {
     static const char *names[10] = {"kernel_h", "kernel_w", "stride_h", "stride_w",   "pad_h",
@@ -143,7 +138,7 @@ static PyObject *py_dcnv4_forward(PyObject *self, PyObject *args, PyObject *kw) 
         goto done;
     dr_status st;
     if (val.t.device == DR_CUDA) {
-        dcn_fwd_cuda_fn fn = (dcn_fwd_cuda_fn)dr_cuda_fn("dr_dcnv4_forward_cuda");
+        __typeof__(dr_dcnv4_forward_cuda) *fn = dr_cuda_fn("dr_dcnv4_forward_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&val.t, &om.t, &out.t, &p, (void *)(intptr_t)stream);
@@ -221,7 +216,7 @@ static PyObject *py_dcnv4_backward(PyObject *self, PyObject *args, PyObject *kw)
         }
     dr_status st;
     if (val.t.device == DR_CUDA) {
-        dcn_bwd_cuda_fn fn = (dcn_bwd_cuda_fn)dr_cuda_fn("dr_dcnv4_backward_cuda");
+        __typeof__(dr_dcnv4_backward_cuda) *fn = dr_cuda_fn("dr_dcnv4_backward_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&val.t, &om.t, &go.t, &gv.t, &gom.t, &p, deterministic, (void *)(intptr_t)stream);

@@ -6,9 +6,6 @@
 #include "dr_phash.h"
 #include "views_args.h"
 
-typedef dr_status (*phash_cuda_fn)(const dr_image_ref *, int64_t, const dr_tensor *, const dr_tensor *, dr_tensor *,
-                                   int, int, void *);
-
 static PyObject *py_phash(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"images", "boxes", "hashes", "method", "image_index", "pil_order", "stream", "impl",
@@ -65,8 +62,7 @@ static PyObject *py_phash(PyObject *self, PyObject *args, PyObject *kw) {
         if (dr_expect_ndim(&th, op, "thumbnails", 3) < 0 || dr_expect_dtype(&th, op, "thumbnails", DR_UINT8) < 0)
             goto done;
         if (th.t.shape[0] != b.t.shape[0] || th.t.shape[1] != DR_PHASH_IH_RES || th.t.shape[2] != DR_PHASH_IH_RES ||
-            th.t.strides[2] != 1 || th.t.strides[1] != DR_PHASH_IH_RES ||
-            th.t.strides[0] != DR_PHASH_IH_RES * DR_PHASH_IH_RES) {
+            !dr_is_contiguous(&th.t)) {
             PyErr_Format(PyExc_ValueError, "%s: thumbnails must be a contiguous [%lld, 32, 32] array", op,
                          (long long)b.t.shape[0]);
             goto done;
@@ -74,7 +70,7 @@ static PyObject *py_phash(PyObject *self, PyObject *args, PyObject *kw) {
     }
     dr_status st;
     if (im.args[0].t.device == DR_CUDA) {
-        phash_cuda_fn fn = (phash_cuda_fn)dr_cuda_fn("dr_phash_cuda");
+        __typeof__(dr_phash_cuda) *fn = dr_cuda_fn("dr_phash_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(im.refs, im.n, &b.t, has_idx ? &idx.t : NULL, &h.t, method, pil_order,

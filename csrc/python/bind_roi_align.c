@@ -4,11 +4,6 @@
 #include <math.h>
 #include <string.h>
 
-typedef dr_status (*roi_fwd_cuda_fn)(const dr_tensor *, const dr_tensor *, dr_tensor *, const dr_roi_align_params *,
-                                     void *);
-typedef dr_status (*roi_bwd_cuda_fn)(const dr_tensor *, const dr_tensor *, dr_tensor *, const dr_roi_align_params *,
-                                     int, void *);
-
 /* ---- RoI-Align ----------------------------------------------------------------------------------------- */
 
 /* Shared argument handling of the forward and backward bindings: feat is [N,C,H,W], pooled is [K,C,ph,pw]. */
@@ -82,7 +77,7 @@ static PyObject *py_roi_align_forward(PyObject *self, PyObject *args, PyObject *
     }
     dr_status st;
     if (in.t.device == DR_CUDA) {
-        roi_fwd_cuda_fn fn = (roi_fwd_cuda_fn)dr_cuda_fn("dr_roi_align_forward_cuda");
+        __typeof__(dr_roi_align_forward_cuda) *fn = dr_cuda_fn("dr_roi_align_forward_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&in.t, &ro.t, &out.t, &p, (void *)(intptr_t)stream);
@@ -142,7 +137,7 @@ static PyObject *py_roi_align_backward(PyObject *self, PyObject *args, PyObject 
     }
     dr_status st;
     if (go.t.device == DR_CUDA) {
-        roi_bwd_cuda_fn fn = (roi_bwd_cuda_fn)dr_cuda_fn("dr_roi_align_backward_cuda");
+        __typeof__(dr_roi_align_backward_cuda) *fn = dr_cuda_fn("dr_roi_align_backward_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&go.t, &ro.t, &gi.t, &p, deterministic, (void *)(intptr_t)stream);

@@ -6,8 +6,6 @@
 
 #include "dr_select_views.h"
 
-typedef dr_status (*select_cuda_fn)(const dr_tensor *, const dr_tensor *, dr_tensor *, void *);
-
 static PyObject *py_select_views(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"hashes", "coeffs", "out", "stream", NULL};
@@ -43,7 +41,7 @@ static PyObject *py_select_views(PyObject *self, PyObject *args, PyObject *kw) {
     }
     dr_status st;
     if (h.t.device == DR_CUDA) {
-        select_cuda_fn fn = (select_cuda_fn)dr_cuda_fn("dr_select_views_cuda");
+        __typeof__(dr_select_views_cuda) *fn = dr_cuda_fn("dr_select_views_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&h.t, &c.t, &o.t, (void *)(intptr_t)stream);
