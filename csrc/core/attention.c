@@ -2,9 +2,9 @@
  * DESIGN §7.6): forward (O and log-sum-exp) and backward (dQ, dK, dV recomputed from O, LSE and dO).
  *
  * The fast path (attention_cpu.inc) is instantiated for AVX-512, AVX2+FMA and a portable vector width with GCC
- * vector extensions; the variant is picked at run time from the CPU's features (impl "avx512"/"avx2"/"portable"
- * force one). float32/float16/bfloat16 compute in float32, float64 in float64; bfloat16 runs on the AMX tile unit in
- * both directions where the process may use it (attention_amx.inc). Work is split over batch x heads x
+ * vector extensions; the variant is picked at run time from the CPU's features (dr_cpu.h: DYNREFER_CPU_ISA caps
+ * the choice; impl "avx512"/"avx2"/"portable" force one where the CPU has it). float32/float16/bfloat16 compute in float32, float64 in float64;
+ * bfloat16 runs on the AMX tile unit in both directions where the process may use it (attention_amx.inc). Work is split over batch x heads x
  * query chunks (forward) and batch x heads (backward) with dr_parallel_for; every sum runs in a fixed order, so
  * results are bitwise repeatable whatever the thread count. Complexity: forward O(B H Lq Lk (D + Dv)), backward
  * O(B H Lq Lk (2 D + 3 Dv)); memory per task O(Lk (D + Dv)) plus blocks of a fixed number of query rows (the
@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "dr_attention.h"
+#include "dr_cpu.h"
 #include "dynrefer.h"
 
 /* ---- helpers shared by every variant ------------------------------------------------------------------ */
@@ -89,50 +90,34 @@ static inline dr_v2d vexp_v2d(dr_v2d x) {
 }
 
 /* portable float: 4 lanes */
-#define RT float
-#define VT dr_v4f
-#define VI dr_v4i
-#define VW 4
-#define SFX(n) n##_pf
-#define ATTR DR_ATTR_PORTABLE
-#define VEXP vexp_v4f
-#define VMAX vmax_v4f
-#define SEXP sexp_f
-#define SLOG slog_f
-#include "attention_cpu.inc"
-#undef RT
-#undef VT
-#undef VI
-#undef VW
-#undef SFX
-#undef ATTR
-#undef VEXP
-#undef VMAX
-#undef SEXP
-#undef SLOG
+#define DR_INSTANTIATE "attention_cpu.inc"
+#define DR_INSTANTIATE_VARIANT
+#define DR_RT float
+#define DR_VT dr_v4f
+#define DR_VI dr_v4i
+#define DR_VW 4
+#define DR_KS(n) n##_pf
+#define DR_ATTR DR_ATTR_PORTABLE
+#define DR_VEXP vexp_v4f
+#define DR_VMAX vmax_v4f
+#define DR_SEXP sexp_f
+#define DR_SLOG slog_f
+#include "dr_instantiate.h"
 
 /* float64: 2 lanes, libm exp (float64 serves gradient checks; precision first) */
-#define RT double
-#define VT dr_v2d
-#define VI dr_v2l
-#define VW 2
-#define SFX(n) n##_pd
-#define ATTR DR_ATTR_PORTABLE
-#define VEXP vexp_v2d
-#define VMAX vmax_v2d
-#define SEXP sexp_d
-#define SLOG slog_d
-#include "attention_cpu.inc"
-#undef RT
-#undef VT
-#undef VI
-#undef VW
-#undef SFX
-#undef ATTR
-#undef VEXP
-#undef VMAX
-#undef SEXP
-#undef SLOG
+#define DR_INSTANTIATE "attention_cpu.inc"
+#define DR_INSTANTIATE_VARIANT
+#define DR_RT double
+#define DR_VT dr_v2d
+#define DR_VI dr_v2l
+#define DR_VW 2
+#define DR_KS(n) n##_pd
+#define DR_ATTR DR_ATTR_PORTABLE
+#define DR_VEXP vexp_v2d
+#define DR_VMAX vmax_v2d
+#define DR_SEXP sexp_d
+#define DR_SLOG slog_d
+#include "dr_instantiate.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define DR_ATTN_X86 1
@@ -210,53 +195,38 @@ DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
     return (dr_v16f)_mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(z, y));
 }
 
-#define RT float
-#define VT dr_v8f
-#define VI dr_v8i
-#define VW 8
-#define SFX(n) n##_avx2
-#define ATTR DR_ATTR_AVX2
-#define VEXP vexp_v8f
-#define VMAX vmax_v8f
-#define SEXP sexp_f
-#define SLOG slog_f
-#include "attention_cpu.inc"
-#undef VT
-#undef VI
-#undef VW
-#undef SFX
-#undef ATTR
-#undef VEXP
-#undef VMAX
+#define DR_INSTANTIATE "attention_cpu.inc"
+#define DR_INSTANTIATE_VARIANT
+#define DR_RT float
+#define DR_VT dr_v8f
+#define DR_VI dr_v8i
+#define DR_VW 8
+#define DR_KS(n) n##_avx2
+#define DR_ATTR DR_ATTR_AVX2
+#define DR_VEXP vexp_v8f
+#define DR_VMAX vmax_v8f
+#define DR_SEXP sexp_f
+#define DR_SLOG slog_f
+#include "dr_instantiate.h"
 
-#define VT dr_v16f
-#define VI dr_v16i
-#define VW 16
-#define SFX(n) n##_avx512
-#define RROWS 8 /* 32 vector registers: 8 rows x 2 vectors of accumulators */
-#define VHMAX(v) _mm512_reduce_max_ps((__m512)(v))
-#define VTR16 dr_tr16_avx512
-#define VHSUM(v) _mm512_reduce_add_ps((__m512)(v))
-#define ATTR DR_ATTR_AVX512
-#define VEXP vexp_v16f
-#define VMAX vmax_v16f
-#define VLOG vlog_v16f
-#include "attention_cpu.inc"
-#undef VLOG
-#undef RROWS
-#undef VHMAX
-#undef VHSUM
-#undef VTR16
-#undef RT
-#undef VT
-#undef VI
-#undef VW
-#undef SFX
-#undef ATTR
-#undef VEXP
-#undef VMAX
-#undef SEXP
-#undef SLOG
+#define DR_INSTANTIATE "attention_cpu.inc"
+#define DR_INSTANTIATE_VARIANT
+#define DR_RT float
+#define DR_VT dr_v16f
+#define DR_VI dr_v16i
+#define DR_VW 16
+#define DR_KS(n) n##_avx512
+#define DR_ATTR DR_ATTR_AVX512
+#define DR_VEXP vexp_v16f
+#define DR_VMAX vmax_v16f
+#define DR_SEXP sexp_f
+#define DR_SLOG slog_f
+#define DR_RROWS 8 /* 32 vector registers: 8 rows x 2 vectors of accumulators */
+#define DR_VHMAX(v) _mm512_reduce_max_ps((__m512)(v))
+#define DR_VHSUM(v) _mm512_reduce_add_ps((__m512)(v))
+#define DR_VTR16 dr_tr16_avx512
+#define DR_VLOG vlog_v16f
+#include "dr_instantiate.h"
 
 /* ---- the tile-unit kernels (bfloat16) ------------------------------------------------------------------ */
 #include "attention_amx.inc"
@@ -266,7 +236,7 @@ DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
 
 typedef void (*task_fn)(void *, int64_t, int64_t);
 
-/* The variant for `isa` (DR_ATTN_ISA_*), or the best this CPU supports for DR_ATTN_ISA_AUTO. */
+/* The variant for `isa` (DR_ATTN_ISA_*), or the widest dr_cpu_features() allows for DR_ATTN_ISA_AUTO. */
 static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn *bwd) {
     if (dtype == DR_FLOAT64) { /* one float64 variant */
         *fwd = fwd_task_pd;
@@ -275,10 +245,12 @@ static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn 
         return DR_OK;
     }
 #ifdef DR_ATTN_X86
-    __builtin_cpu_init();
-    const int has512 = __builtin_cpu_supports("avx512f");
-    const int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (isa == DR_ATTN_ISA_AUTO)
+    /* the automatic choice within DYNREFER_CPU_ISA's cap; a forced one wherever the CPU has it */
+    const int auto_isa = isa == DR_ATTN_ISA_AUTO;
+    const int f = auto_isa ? dr_cpu_features() : dr_cpu_vector_features();
+    const int has512 = (f & DR_CPU_AVX512F) != 0;
+    const int has2 = (f & (DR_CPU_AVX2 | DR_CPU_FMA)) == (DR_CPU_AVX2 | DR_CPU_FMA);
+    if (auto_isa)
         isa = has512 ? DR_ATTN_ISA_AVX512 : has2 ? DR_ATTN_ISA_AVX2 : DR_ATTN_ISA_PORTABLE;
     if ((isa == DR_ATTN_ISA_AVX512 && !has512) || (isa == DR_ATTN_ISA_AVX2 && !has2))
         return dr_set_error(DR_EUNSUPPORTED, "attention: this CPU does not support the requested instruction set");
@@ -309,13 +281,12 @@ static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn 
  * runs its vector kernel). */
 static int use_amx(const dr_attn_args *a, int isa) {
     return isa == DR_ATTN_ISA_AUTO && a->dtype == DR_BFLOAT16 && a->Lk >= 1 &&
-           a->Lk <= DR_ATTN_AMX_MAX_LK && (dr_cpu_amx() & DR_CPU_AMX_BF16) && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512bf16");
+           a->Lk <= DR_ATTN_AMX_MAX_LK && dr_cpu_has(DR_CPU_AMX_BF16 | DR_CPU_AVX512BW | DR_CPU_AVX512BF16);
 }
 #endif
 
 /* n tasks of fn over the thread pool; a task that could not get its scratch memory sets ctx->failed. */
-static dr_status run_tasks(int64_t n, task_fn fn, dr_attn_ctx *ctx) {
+static dr_status run_attn_tasks(int64_t n, task_fn fn, dr_attn_ctx *ctx) {
     dr_parallel_for(n, 1, fn, ctx);
     if (ctx->failed)
         return dr_set_error(DR_ENOMEM, "attention: out of memory for the packed blocks");
@@ -362,11 +333,11 @@ dr_status dr_attention_forward_cpu_isa(const dr_tensor *q, const dr_tensor *k, c
     if (use_amx(&a, isa)) {
         ctx.qchunk = (qchunk + 31) / 32 * 32; /* whole 32-row blocks */
         ctx.nqc = (a.Lq + ctx.qchunk - 1) / ctx.qchunk;
-        return run_tasks(bh * ctx.nqc, fwd_task_amx, &ctx);
+        return run_attn_tasks(bh * ctx.nqc, fwd_task_amx, &ctx);
     }
 #endif
     /* short query chunks against long key lists: transpose the queries rather than the keys */
-    return run_tasks(bh * nqc, qchunk < a.Lk ? fwd_t : fwd, &ctx);
+    return run_attn_tasks(bh * nqc, qchunk < a.Lk ? fwd_t : fwd, &ctx);
 }
 
 /* Backward with a chosen instruction set (DR_ATTN_ISA_*). */
@@ -387,9 +358,9 @@ dr_status dr_attention_backward_cpu_isa(const dr_tensor *q, const dr_tensor *k, 
     dr_attn_ctx ctx = {&a, 0, 0, 0};
 #ifdef DR_ATTN_X86
     if (use_amx(&a, isa))
-        return run_tasks(bh, bwd_task_amx, &ctx);
+        return run_attn_tasks(bh, bwd_task_amx, &ctx);
 #endif
-    return run_tasks(bh, bwd, &ctx);
+    return run_attn_tasks(bh, bwd, &ctx);
 }
 
 /* Forward, fastest instruction set of this CPU. */

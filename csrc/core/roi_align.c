@@ -76,9 +76,9 @@ static dr_status prepare(const dr_tensor *feat, const dr_tensor *rois, const dr_
         break;                                                                                                     \
     }
 
-static void run_tasks(dr_dtype dt, int64_t ntasks, void (*f32)(void *, int64_t, int64_t),
-                      void (*f64)(void *, int64_t, int64_t), void (*f16)(void *, int64_t, int64_t),
-                      void (*bf16)(void *, int64_t, int64_t), void *ctx) {
+static void run_by_dtype(dr_dtype dt, int64_t ntasks, void (*f32)(void *, int64_t, int64_t),
+                         void (*f64)(void *, int64_t, int64_t), void (*f16)(void *, int64_t, int64_t),
+                         void (*bf16)(void *, int64_t, int64_t), void *ctx) {
     dr_task_fn fn = dt == DR_FLOAT32 ? f32 : dt == DR_FLOAT64 ? f64 : dt == DR_FLOAT16 ? f16 : bf16;
     dr_parallel_for(ntasks, 1, fn, ctx);
 }
@@ -98,12 +98,12 @@ dr_status dr_roi_align_forward_cpu(const dr_tensor *input, const dr_tensor *rois
     if (a.in_s[1] != 1 && a.N * ((a.C + DR_PLANAR_CBLK - 1) / DR_PLANAR_CBLK) >= 2 * dr_get_num_threads()) {
         /* planar input: tasks (image, 16 channels) */
         choose_blocks(a.N, a.C, DR_PLANAR_CBLK, &cx.cblk, &cx.ncb);
-        run_tasks(input->dtype, a.N * cx.ncb, roi_fwd_img_task_f32, roi_fwd_img_task_f64, roi_fwd_img_task_f16,
-                  roi_fwd_img_task_bf16, &cx);
+        run_by_dtype(input->dtype, a.N * cx.ncb, roi_fwd_img_task_f32, roi_fwd_img_task_f64, roi_fwd_img_task_f16,
+                     roi_fwd_img_task_bf16, &cx);
     } else {
         choose_blocks(a.K, a.C, DR_CBLK_MAX, &cx.cblk, &cx.ncb);
-        run_tasks(input->dtype, a.K * cx.ncb, roi_fwd_task_f32, roi_fwd_task_f64, roi_fwd_task_f16,
-                  roi_fwd_task_bf16, &cx);
+        run_by_dtype(input->dtype, a.K * cx.ncb, roi_fwd_task_f32, roi_fwd_task_f64, roi_fwd_task_f16,
+                     roi_fwd_task_bf16, &cx);
     }
     return DR_OK;
 }
@@ -122,8 +122,8 @@ dr_status dr_roi_align_backward_cpu(const dr_tensor *grad_output, const dr_tenso
     roi_ctx cx;
     cx.a = &a;
     choose_blocks(a.N, a.C, a.out_s[1] == 1 ? DR_CBLK_MAX : DR_PLANAR_CBLK, &cx.cblk, &cx.ncb);
-    run_tasks(grad_output->dtype, a.N * cx.ncb, roi_bwd_task_f32, roi_bwd_task_f64, roi_bwd_task_f16,
-              roi_bwd_task_bf16, &cx);
+    run_by_dtype(grad_output->dtype, a.N * cx.ncb, roi_bwd_task_f32, roi_bwd_task_f64, roi_bwd_task_f16,
+                 roi_bwd_task_bf16, &cx);
     return DR_OK;
 }
 
@@ -135,8 +135,8 @@ dr_status dr_roi_align_forward_elementwise_cpu(const dr_tensor *input, const dr_
         return st;
     roi_ctx cx;
     cx.a = &a;
-    run_tasks(input->dtype, a.K * a.C * a.pooled_h * a.pooled_w, roi_fwd_elem_task_f32, roi_fwd_elem_task_f64,
-              roi_fwd_elem_task_f16, roi_fwd_elem_task_bf16, &cx);
+    run_by_dtype(input->dtype, a.K * a.C * a.pooled_h * a.pooled_w, roi_fwd_elem_task_f32, roi_fwd_elem_task_f64,
+                 roi_fwd_elem_task_f16, roi_fwd_elem_task_bf16, &cx);
     return DR_OK;
 }
 
@@ -150,8 +150,8 @@ dr_status dr_roi_align_backward_elementwise_cpu(const dr_tensor *grad_output, co
     if (deterministic) {
         roi_ctx cx;
         cx.a = &a;
-        run_tasks(grad_output->dtype, a.N * a.C, roi_bwd_plane_task_f32, roi_bwd_plane_task_f64,
-                  roi_bwd_plane_task_f16, roi_bwd_plane_task_bf16, &cx);
+        run_by_dtype(grad_output->dtype, a.N * a.C, roi_bwd_plane_task_f32, roi_bwd_plane_task_f64,
+                     roi_bwd_plane_task_f16, roi_bwd_plane_task_bf16, &cx);
     } else {
         DR_DISPATCH(grad_output->dtype, roi_bwd_scatter_serial, &a);
     }

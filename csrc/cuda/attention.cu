@@ -31,22 +31,6 @@ DR_ATTN_KERNELS(f64)
 DR_ATTN_KERNELS(f16)
 DR_ATTN_KERNELS(bf16)
 
-#define DR_ATTN_LAUNCH(dtype, KERNEL, blocks, threads, stream, ...)                                                \
-    switch (dtype) {                                                                                               \
-    case DR_FLOAT32:                                                                                               \
-        KERNEL##_f32<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
-        break;                                                                                                     \
-    case DR_FLOAT64:                                                                                               \
-        KERNEL##_f64<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
-        break;                                                                                                     \
-    case DR_FLOAT16:                                                                                               \
-        KERNEL##_f16<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
-        break;                                                                                                     \
-    default:                                                                                                       \
-        KERNEL##_bf16<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                \
-        break;                                                                                                     \
-    }
-
 static dr_status check_cuda(const dr_tensor *const *ts, int n) {
     for (int i = 0; i < n; i++) {
         if (!ts[i])
@@ -76,7 +60,7 @@ extern "C" dr_status dr_attention_forward_cuda(const dr_tensor *q, const dr_tens
     dr_device_guard guard(q->device_id);
     cudaStream_t s = (cudaStream_t)stream;
     const int threads = 128;
-    DR_ATTN_LAUNCH(a.dtype, attn_fwd, dr_blocks(rows, threads), threads, s, a, rows);
+    DR_LAUNCH_BY_DTYPE(a.dtype, attn_fwd, dr_blocks(rows, threads), threads, s, a, rows);
     return dr_cuda_check(cudaGetLastError(), "attention forward");
 }
 
@@ -97,8 +81,8 @@ extern "C" dr_status dr_attention_backward_cuda(const dr_tensor *q, const dr_ten
     const int threads = 128;
     const int64_t qrows = a.B * a.H * a.Lq, krows = a.B * a.H * a.Lk;
     if (qrows > 0)
-        DR_ATTN_LAUNCH(a.dtype, attn_dq, dr_blocks(qrows, threads), threads, s, a, qrows);
+        DR_LAUNCH_BY_DTYPE(a.dtype, attn_dq, dr_blocks(qrows, threads), threads, s, a, qrows);
     if (krows > 0)
-        DR_ATTN_LAUNCH(a.dtype, attn_dkv, dr_blocks(krows, threads), threads, s, a, krows);
+        DR_LAUNCH_BY_DTYPE(a.dtype, attn_dkv, dr_blocks(krows, threads), threads, s, a, krows);
     return dr_cuda_check(cudaGetLastError(), "attention backward");
 }

@@ -39,22 +39,6 @@ DR_DCN_KERNELS(f64, double)
 DR_DCN_KERNELS(f16, float)
 DR_DCN_KERNELS(bf16, float)
 
-#define DR_DCN_LAUNCH(dtype, KERNEL, blocks, threads, stream, ...)                                                 \
-    switch (dtype) {                                                                                               \
-    case DR_FLOAT32:                                                                                               \
-        KERNEL##_f32<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
-        break;                                                                                                     \
-    case DR_FLOAT64:                                                                                               \
-        KERNEL##_f64<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
-        break;                                                                                                     \
-    case DR_FLOAT16:                                                                                               \
-        KERNEL##_f16<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
-        break;                                                                                                     \
-    default:                                                                                                       \
-        KERNEL##_bf16<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                \
-        break;                                                                                                     \
-    }
-
 static dr_status dcn_check_cuda(const dr_tensor *value) {
     if (value->device != DR_CUDA)
         return dr_set_error(DR_EINVAL, "dcnv4: CUDA launcher called with tensors not on a CUDA device");
@@ -76,7 +60,7 @@ extern "C" dr_status dr_dcnv4_forward_cuda(const dr_tensor *value, const dr_tens
     dr_device_guard guard(value->device_id);
     cudaStream_t s = (cudaStream_t)stream;
     const int threads = 256;
-    DR_DCN_LAUNCH(value->dtype, dcn_fwd, dr_blocks(total, threads), threads, s, a, total);
+    DR_LAUNCH_BY_DTYPE(value->dtype, dcn_fwd, dr_blocks(total, threads), threads, s, a, total);
     return dr_cuda_check(cudaGetLastError(), "dcnv4 forward");
 }
 
@@ -97,15 +81,15 @@ extern "C" dr_status dr_dcnv4_backward_cuda(const dr_tensor *value, const dr_ten
     cudaStream_t s = (cudaStream_t)stream;
     const int threads = 256;
     const int64_t taps = a.N * a.Ho * a.Wo * a.G * a.K;
-    DR_DCN_LAUNCH(value->dtype, dcn_bwd_om, dr_blocks(taps, 128), 128, s, a, taps);
+    DR_LAUNCH_BY_DTYPE(value->dtype, dcn_bwd_om, dr_blocks(taps, 128), 128, s, a, taps);
     if (deterministic) {
         const int64_t planes = a.N * a.G * a.D;
-        DR_DCN_LAUNCH(value->dtype, dcn_bwd_plane, dr_blocks(planes, 128), 128, s, a, planes);
+        DR_LAUNCH_BY_DTYPE(value->dtype, dcn_bwd_plane, dr_blocks(planes, 128), 128, s, a, planes);
     } else {
         const int64_t nin = a.N * a.H * a.W * a.G * a.D, nout = a.N * a.Ho * a.Wo * a.G * a.D;
         if (nin > 0)
-            DR_DCN_LAUNCH(value->dtype, dcn_zero, dr_blocks(nin, threads), threads, s, a, nin);
-        DR_DCN_LAUNCH(value->dtype, dcn_bwd_scatter, dr_blocks(nout, threads), threads, s, a, nout);
+            DR_LAUNCH_BY_DTYPE(value->dtype, dcn_zero, dr_blocks(nin, threads), threads, s, a, nin);
+        DR_LAUNCH_BY_DTYPE(value->dtype, dcn_bwd_scatter, dr_blocks(nout, threads), threads, s, a, nout);
     }
     return dr_cuda_check(cudaGetLastError(), "dcnv4 backward");
 }

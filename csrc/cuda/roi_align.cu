@@ -45,22 +45,6 @@ static dr_status check_cuda_tensors(const dr_tensor *a, const dr_tensor *b, cons
     return DR_OK;
 }
 
-#define DR_LAUNCH(dtype, KERNEL, blocks, threads, stream, ...)                                                     \
-    switch (dtype) {                                                                                               \
-    case DR_FLOAT32:                                                                                               \
-        KERNEL##_f32<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
-        break;                                                                                                     \
-    case DR_FLOAT64:                                                                                               \
-        KERNEL##_f64<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
-        break;                                                                                                     \
-    case DR_FLOAT16:                                                                                               \
-        KERNEL##_f16<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
-        break;                                                                                                     \
-    default:                                                                                                       \
-        KERNEL##_bf16<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                \
-        break;                                                                                                     \
-    }
-
 /* Forward on `stream`: output[k, c] = RoI-Align of input[rois[k, 0], c]. Batch indices outside [0, N) pool to
  * zeros here (the Python layer rejects them beforehand). */
 extern "C" dr_status dr_roi_align_forward_cuda(const dr_tensor *input, const dr_tensor *rois, dr_tensor *output,
@@ -79,7 +63,7 @@ extern "C" dr_status dr_roi_align_forward_cuda(const dr_tensor *input, const dr_
     dr_device_guard guard(input->device_id);
     cudaStream_t s = (cudaStream_t)stream;
     const int threads = 256;
-    DR_LAUNCH(input->dtype, roi_fwd, dr_blocks(total, threads), threads, s, a, total);
+    DR_LAUNCH_BY_DTYPE(input->dtype, roi_fwd, dr_blocks(total, threads), threads, s, a, total);
     return dr_cuda_check(cudaGetLastError(), "roi_align forward");
 }
 
@@ -103,12 +87,12 @@ extern "C" dr_status dr_roi_align_backward_cuda(const dr_tensor *grad_output, co
     cudaStream_t s = (cudaStream_t)stream;
     const int threads = 256;
     if (deterministic) {
-        DR_LAUNCH(grad_output->dtype, roi_bwd_plane, dr_blocks(planes, 128), 128, s, a, planes);
+        DR_LAUNCH_BY_DTYPE(grad_output->dtype, roi_bwd_plane, dr_blocks(planes, 128), 128, s, a, planes);
     } else {
-        DR_LAUNCH(grad_output->dtype, roi_zero, dr_blocks(nin, threads), threads, s, a, nin);
+        DR_LAUNCH_BY_DTYPE(grad_output->dtype, roi_zero, dr_blocks(nin, threads), threads, s, a, nin);
         const int64_t total = a.K * a.C * a.pooled_h * a.pooled_w;
         if (total > 0)
-            DR_LAUNCH(grad_output->dtype, roi_bwd_scatter, dr_blocks(total, threads), threads, s, a, total);
+            DR_LAUNCH_BY_DTYPE(grad_output->dtype, roi_bwd_scatter, dr_blocks(total, threads), threads, s, a, total);
     }
     return dr_cuda_check(cudaGetLastError(), "roi_align backward");
 }

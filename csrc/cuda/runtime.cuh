@@ -42,6 +42,24 @@ template <typename T> __host__ __device__ inline void dr_atomic_add(T *p, T v) {
 #define DR_GRID_STRIDE(i, n)                                                                                       \
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
+/* Launch KERNEL_<sfx><<<blocks, threads, 0, stream>>>(...) for the storage type of `dtype`: the kernels an op
+ * defines once per type (suffixes _f32, _f64, _f16, _bf16, as dr_instantiate.h names the bodies). */
+#define DR_LAUNCH_BY_DTYPE(dtype, KERNEL, blocks, threads, stream, ...)                                              \
+    switch (dtype) {                                                                                               \
+    case DR_FLOAT32:                                                                                               \
+        KERNEL##_f32<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
+        break;                                                                                                     \
+    case DR_FLOAT64:                                                                                               \
+        KERNEL##_f64<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
+        break;                                                                                                     \
+    case DR_FLOAT16:                                                                                               \
+        KERNEL##_f16<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                 \
+        break;                                                                                                     \
+    default:                                                                                                       \
+        KERNEL##_bf16<<<blocks, threads, 0, stream>>>(__VA_ARGS__);                                                \
+        break;                                                                                                     \
+    }
+
 /* Blocks for a grid-stride loop over n elements with `threads` per block. */
 static inline unsigned dr_blocks(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;

@@ -78,13 +78,6 @@ int dr_mul_overflow(int64_t a, int64_t b, int64_t *out);
  * results). */
 void dr_hint_output_memory(const dr_tensor *t);
 
-/* ---- CPU features ------------------------------------------------------------------------------------ */
-
-enum { DR_CPU_AMX_INT8 = 1, DR_CPU_AMX_BF16 = 2 };
-/* The AMX tile units this process may use (DR_CPU_AMX_* bits): the CPU has them and Linux granted the tile state.
- * A thread using tiles loads its configuration first and releases it after. */
-int dr_cpu_amx(void);
-
 /* ---- threads ----------------------------------------------------------------------------------------- */
 
 /* Body of a parallel loop: processes tasks [begin, end). */

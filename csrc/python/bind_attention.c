@@ -7,12 +7,6 @@
 
 #include "dr_attention.h"
 
-typedef dr_status (*attn_fwd_cuda_fn)(const dr_tensor *, const dr_tensor *, const dr_tensor *, const dr_tensor *,
-                                      dr_tensor *, dr_tensor *, const dr_attention_params *, void *);
-typedef dr_status (*attn_bwd_cuda_fn)(const dr_tensor *, const dr_tensor *, const dr_tensor *, const dr_tensor *,
-                                      const dr_tensor *, const dr_tensor *, const dr_tensor *, dr_tensor *,
-                                      dr_tensor *, dr_tensor *, const dr_attention_params *, void *);
-
 /* impl → -1 elementwise, DR_ATTN_ISA_* otherwise; -2 with a ValueError. */
 static int parse_attn_impl(const char *impl) {
     if (strcmp(impl, "fast") == 0)
@@ -67,7 +61,7 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *
     const dr_tensor *mt = nt == 6 ? &t[5].t : NULL;
     dr_status st;
     if (all_cuda(t, nt)) {
-        attn_fwd_cuda_fn fn = (attn_fwd_cuda_fn)dr_cuda_fn("dr_attention_forward_cuda");
+        __typeof__(dr_attention_forward_cuda) *fn = dr_cuda_fn("dr_attention_forward_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t, &p, (void *)(intptr_t)stream);
@@ -119,7 +113,7 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject 
     const dr_tensor *mt = nt == 10 ? &t[9].t : NULL;
     dr_status st;
     if (all_cuda(t, nt)) {
-        attn_bwd_cuda_fn fn = (attn_bwd_cuda_fn)dr_cuda_fn("dr_attention_backward_cuda");
+        __typeof__(dr_attention_backward_cuda) *fn = dr_cuda_fn("dr_attention_backward_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t, &t[5].t, &t[6].t, &t[7].t,

@@ -7,11 +7,6 @@
 
 #include "dr_dcnv4.h"
 
-typedef dr_status (*dcn_fwd_cuda_fn)(const dr_tensor *, const dr_tensor *, dr_tensor *, const dr_dcnv4_params *,
-                                     void *);
-typedef dr_status (*dcn_bwd_cuda_fn)(const dr_tensor *, const dr_tensor *, const dr_tensor *, dr_tensor *,
-                                     dr_tensor *, const dr_dcnv4_params *, int, void *);
-
 /* The kernel parameters from the parsed integers (the kernels' argument builder checks them). */
 static void dcn_params(const long long v[10], double offset_scale, int remove_center, dr_dcnv4_params *p) {
     p->kernel_h = v[0], p->kernel_w = v[1], p->stride_h = v[2], p->stride_w = v[3];
@@ -52,7 +47,7 @@ static PyObject *py_dcnv4_forward(PyObject *self, PyObject *args, PyObject *kw) 
         goto done;
     dr_status st;
     if (dr_all_cuda(3, &val, &om, &out)) {
-        dcn_fwd_cuda_fn fn = (dcn_fwd_cuda_fn)dr_cuda_fn("dr_dcnv4_forward_cuda");
+        __typeof__(dr_dcnv4_forward_cuda) *fn = dr_cuda_fn("dr_dcnv4_forward_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&val.t, &om.t, &out.t, &p, (void *)(intptr_t)stream);
@@ -106,7 +101,7 @@ static PyObject *py_dcnv4_backward(PyObject *self, PyObject *args, PyObject *kw)
         goto done;
     dr_status st;
     if (dr_all_cuda(5, &val, &om, &go, &gv, &gom)) {
-        dcn_bwd_cuda_fn fn = (dcn_bwd_cuda_fn)dr_cuda_fn("dr_dcnv4_backward_cuda");
+        __typeof__(dr_dcnv4_backward_cuda) *fn = dr_cuda_fn("dr_dcnv4_backward_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&val.t, &om.t, &go.t, &gv.t, &gom.t, &p, deterministic, (void *)(intptr_t)stream);

@@ -4,11 +4,6 @@
 
 #include <string.h>
 
-typedef dr_status (*roi_fwd_cuda_fn)(const dr_tensor *, const dr_tensor *, dr_tensor *, const dr_roi_align_params *,
-                                     void *);
-typedef dr_status (*roi_bwd_cuda_fn)(const dr_tensor *, const dr_tensor *, dr_tensor *, const dr_roi_align_params *,
-                                     int, void *);
-
 /* ---- RoI-Align ----------------------------------------------------------------------------------------- */
 
 static PyObject *py_roi_align_forward(PyObject *self, PyObject *args, PyObject *kw) {
@@ -40,7 +35,7 @@ static PyObject *py_roi_align_forward(PyObject *self, PyObject *args, PyObject *
         goto done;
     dr_status st;
     if (dr_all_cuda(3, &in, &ro, &out)) {
-        roi_fwd_cuda_fn fn = (roi_fwd_cuda_fn)dr_cuda_fn("dr_roi_align_forward_cuda");
+        __typeof__(dr_roi_align_forward_cuda) *fn = dr_cuda_fn("dr_roi_align_forward_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&in.t, &ro.t, &out.t, &p, (void *)(intptr_t)stream);
@@ -92,7 +87,7 @@ static PyObject *py_roi_align_backward(PyObject *self, PyObject *args, PyObject 
         goto done;
     dr_status st;
     if (dr_all_cuda(3, &go, &ro, &gi)) {
-        roi_bwd_cuda_fn fn = (roi_bwd_cuda_fn)dr_cuda_fn("dr_roi_align_backward_cuda");
+        __typeof__(dr_roi_align_backward_cuda) *fn = dr_cuda_fn("dr_roi_align_backward_cuda");
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&go.t, &ro.t, &gi.t, &p, deterministic, (void *)(intptr_t)stream);

@@ -30,13 +30,13 @@ const dr_cuda_api *dr_cuda_table(int raise) {
     return g_cuda;
 }
 
-dr_generic_fn dr_cuda_fn(const char *name) {
+void *dr_cuda_fn(const char *name) {
     const dr_cuda_api *api = dr_cuda_table(1);
     if (!api)
         return NULL;
     for (const dr_cuda_sym *s = api->syms; s->name; s++)
         if (strcmp(s->name, name) == 0)
-            return s->fn;
+            return (void *)s->fn;
     PyErr_Format(PyExc_RuntimeError, "dynrefer._C_cuda has no launcher '%s'; it is older than dynrefer._C, rebuild it",
                  name);
     return NULL;

@@ -8,8 +8,10 @@
 #include "tensor.h"
 
 /* The CUDA launcher `name` exported by dynrefer._C_cuda, or NULL with a RuntimeError saying why (module not
- * built, or the launcher missing from it). Cast the result to the launcher's prototype. */
-dr_generic_fn dr_cuda_fn(const char *name);
+ * built, or the launcher missing from it). Assign it to a pointer typed by the launcher's prototype in its op's
+ * header, `__typeof__(dr_x_cuda) *fn = dr_cuda_fn("dr_x_cuda");`, so that calls are checked against that prototype
+ * (and a launcher whose definition drifts from it does not compile: the .cu files include the same header). */
+void *dr_cuda_fn(const char *name);
 /* The loaded CUDA table, or NULL (raise=1: with a RuntimeError). */
 const dr_cuda_api *dr_cuda_table(int raise);
 
@@ -28,7 +30,9 @@ int dr_parse_impl(const char *impl);
 /* The method tables of the op bindings; module.c installs each. One line per binding file. */
 #define DR_BINDINGS                                                                                                \
     DR_BINDING(roi_align)                                                                                          \
-    DR_BINDING(views)                                                                                              \
+    DR_BINDING(crop_resize)                                                                                        \
+    DR_BINDING(phash)                                                                                              \
+    DR_BINDING(select_views)                                                                                       \
     DR_BINDING(dcnv4)                                                                                              \
     DR_BINDING(attention)
 

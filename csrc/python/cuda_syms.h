@@ -4,7 +4,9 @@
 #define DR_CUDA_SYMS_H
 
 #include "dynrefer.h"
-#include "dr_views.h"
+#include "dr_crop_resize.h"
+#include "dr_phash.h"
+#include "dr_select_views.h"
 #include "dr_dcnv4.h"
 #include "dr_attention.h"
 

@@ -13,6 +13,7 @@
 #include <numpy/arrayobject.h>
 
 #include "binding.h"
+#include "dr_cpu.h"
 
 static PyObject *py_cuda_available(PyObject *self, PyObject *noargs) {
     (void)self;
@@ -72,11 +73,21 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(dr_get_num_threads());
 }
 
+/* ---- CPU features ---------------------------------------------------------------------------------------- */
+
+static PyObject *py_views_cpu_isa(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(dr_cpu_level_name());
+}
+
 /* ---- module -------------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): CPU threads used by the kernels."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
+    {"views_cpu_isa", py_views_cpu_isa, METH_NOARGS,
+     "views_cpu_isa() -> 'amx' | 'avx512' | 'avx2' | 'portable': the instruction set of the views' CPU kernels."},
     {"cuda_available", py_cuda_available, METH_NOARGS, "True if the CUDA kernels are built and a device is usable."},
     {"cuda_built", py_cuda_built, METH_NOARGS, "True if the CUDA kernels module is present."},
     {"cuda_symbols", py_cuda_symbols, METH_NOARGS, "Names of the CUDA launchers the CUDA module exports ([] if absent)."},

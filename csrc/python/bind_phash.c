@@ -1,0 +1,101 @@
+/* bind_phash.c — Python binding of phash. */
+#include "binding.h"
+
+#include <string.h>
+
+#include "dr_phash.h"
+#include "views_args.h"
+
+static PyObject *py_phash(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"images", "boxes", "hashes", "method", "image_index", "pil_order", "stream", "impl",
+                             "thumbnails", NULL};
+    PyObject *oim, *ob, *oh, *oidx = Py_None, *othumb = Py_None;
+    int method, pil_order = DR_PIL_ORDER_ADAPTIVE;
+    long long stream = 0;
+    const char *impl = "fast";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOi|OiLsO:phash", kwlist, &oim, &ob, &oh, &method, &oidx, &pil_order,
+                                     &stream, &impl, &othumb))
+        return NULL;
+    if (pil_order != DR_PIL_ORDER_ADAPTIVE && pil_order != DR_PIL_ORDER_HORIZONTAL) {
+        PyErr_Format(PyExc_ValueError, "phash: unknown pil_order %d", pil_order);
+        return NULL;
+    }
+    int elementwise = dr_parse_impl(impl);
+    if (elementwise < 0)
+        return NULL;
+    const char *op = "phash";
+    if (method != DR_PHASH_DYNREFER && method != DR_PHASH_IMAGEHASH) {
+        PyErr_Format(PyExc_ValueError, "%s: unknown method %d", op, method);
+        return NULL;
+    }
+    image_list im;
+    dr_pyarg b, idx, h, th;
+    memset(&b, 0, sizeof b);
+    memset(&idx, 0, sizeof idx);
+    memset(&h, 0, sizeof h);
+    memset(&th, 0, sizeof th);
+    PyObject *ret = NULL;
+    if (dr_images_from(oim, op, stream, &im) < 0)
+        return NULL;
+    int has_idx = oidx != Py_None, has_th = othumb != Py_None;
+    if (dr_pyarg_from(ob, "boxes", 0, stream, &b) < 0 || (has_idx && dr_pyarg_from(oidx, "image_index", 0, stream, &idx) < 0) ||
+        dr_pyarg_from(oh, "hashes", 1, stream, &h) < 0)
+        goto done;
+    if (dr_check_boxes(op, &im, &b, "boxes", &idx, has_idx) < 0)
+        goto done;
+    if (dr_expect_ndim(&h, op, "hashes", 1) < 0 || dr_expect_dtype(&h, op, "hashes", DR_UINT64) < 0 ||
+        dr_same_device(&im.args[0], "images", &h, "hashes", op) < 0)
+        goto done;
+    if (h.t.shape[0] != b.t.shape[0]) {
+        PyErr_Format(PyExc_ValueError, "%s: hashes has %lld entries for %lld boxes", op, (long long)h.t.shape[0],
+                     (long long)b.t.shape[0]);
+        goto done;
+    }
+    if (has_th) { /* the resized luma views imagehash hashes: [V, 32, 32] uint8, contiguous, CPU */
+        if (dr_pyarg_from(othumb, "thumbnails", 1, stream, &th) < 0)
+            goto done;
+        if (method != DR_PHASH_IMAGEHASH || im.args[0].t.device != DR_CPU) {
+            PyErr_Format(PyExc_ValueError, "%s: thumbnails are only available for method imagehash on the CPU", op);
+            goto done;
+        }
+        if (dr_expect_ndim(&th, op, "thumbnails", 3) < 0 || dr_expect_dtype(&th, op, "thumbnails", DR_UINT8) < 0)
+            goto done;
+        if (th.t.shape[0] != b.t.shape[0] || th.t.shape[1] != DR_PHASH_IH_RES || th.t.shape[2] != DR_PHASH_IH_RES ||
+            !dr_is_contiguous(&th.t)) {
+            PyErr_Format(PyExc_ValueError, "%s: thumbnails must be a contiguous [%lld, 32, 32] array", op,
+                         (long long)b.t.shape[0]);
+            goto done;
+        }
+    }
+    dr_status st;
+    if (im.args[0].t.device == DR_CUDA) {
+        __typeof__(dr_phash_cuda) *fn = dr_cuda_fn("dr_phash_cuda");
+        if (!fn)
+            goto done;
+        Py_BEGIN_ALLOW_THREADS st = fn(im.refs, im.n, &b.t, has_idx ? &idx.t : NULL, &h.t, method, pil_order,
+                                       (void *)(intptr_t)stream);
+        Py_END_ALLOW_THREADS
+    } else {
+        Py_BEGIN_ALLOW_THREADS st = dr_phash_cpu(im.refs, im.n, &b.t, has_idx ? &idx.t : NULL, &h.t, method, pil_order,
+                                                 elementwise, has_th ? &th.t : NULL);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != DR_OK) {
+        dr_raise_kernel(st, &h.t);
+        goto done;
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    dr_images_release(&im);
+    dr_pyarg_release(&b);
+    dr_pyarg_release(&idx);
+    dr_pyarg_release(&th);
+    dr_pyarg_release(&h);
+    return ret;
+}
+
+PyMethodDef dr_phash_methods[] = {
+    {"phash", (PyCFunction)(void (*)(void))py_phash, METH_VARARGS | METH_KEYWORDS,
+     "phash(images, boxes, hashes, method, image_index=None, pil_order=0, stream=0, impl='fast', thumbnails=None): fill hashes [V] (uint64), and thumbnails [V, 32, 32] (uint8; imagehash on the CPU) when given."},
+    {NULL, NULL, 0, NULL}};
