@@ -69,6 +69,9 @@ def _describe(args):
     res, paths = describe_image(args.image, [_parse_box(b) for b in args.box], args.checkpoint, prior=args.prior,
                                 seed=args.seed, out_stem=args.out)
     print(format_descriptions(res))
+    for k, r in enumerate(res):
+        if r.get("clipped"):
+            print(f"[{k}] the box reaches outside the image: clipped to {[round(v, 1) for v in r['box']]}")
     for k, path in enumerate(paths):
         print(f"[{k}] views and answers → {path}")
     return 0

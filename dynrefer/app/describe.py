@@ -18,18 +18,25 @@ def read_image(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise UserError(f"image not found: {path}")
     try:
-        return np.asarray(Image.open(path).convert("RGB"))
-    except OSError as e:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:   # refused from the header, before any pixel is decoded
+        raise UserError(f"cannot read image {path}: {e}") from None
+    except (OSError, ValueError) as e:
         raise UserError(f"cannot read image {path}: {e}") from None
 
 
 def check_boxes(boxes, width: int, height: int) -> np.ndarray:
-    """``boxes`` as ``[N, 4]`` float32 ``x1, y1, x2, y2``, each overlapping the ``width x height`` image."""
-    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    """``boxes`` as ``[N, 4]`` float32 ``x1, y1, x2, y2``, each overlapping the ``width x height`` image and
+    clipped to it (the part outside has no pixels; a box reaching far beyond the image would only cost time)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if not np.isfinite(b).all():
+        raise UserError(f"boxes must be finite, got {b[~np.isfinite(b).all(1)][0].tolist()}")
     for box in b:
         if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
             raise UserError(f"box {box.tolist()} lies outside the {width}x{height} image")
-    return b
+    return np.stack([b[:, 0].clip(0, width), b[:, 1].clip(0, height), b[:, 2].clip(0, width),
+                     b[:, 3].clip(0, height)], 1).astype(np.float32)
 
 
 def image_and_boxes(path: str, boxes) -> Tuple[np.ndarray, np.ndarray]:
@@ -47,13 +54,18 @@ def describe_image(image_path: str, boxes: Sequence[Sequence[float]], checkpoint
     from dynrefer.app.bundle import load_bundle_model
     from dynrefer.views import plot_views
 
-    img, b = image_and_boxes(image_path, boxes)
+    img = read_image(image_path)
+    b = check_boxes(boxes, img.shape[1], img.shape[0])
+    clipped = [k for k, (old, new) in enumerate(zip(np.asarray(boxes, np.float64).reshape(-1, 4), b))
+               if not np.allclose(old, new)]
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     _, model = load_bundle_model(checkpoint)
     res = model.describe(img, b, prior=prior, seed=seed)
+    for k in clipped:
+        res[k]["clipped"] = True
     stem = out_stem or os.path.splitext(os.path.basename(image_path))[0] + "_described"
     paths = []
     for k, r in enumerate(res):

@@ -43,5 +43,8 @@ def describe_user_error(err: BaseException):
         if isinstance(err, OSError) and err.filename is not None and not isinstance(err, (UserError,)):
             return f"{err.filename}: {err.strerror or err}"
         msg = str(err).strip() or type(err).__name__
-        return " ".join(msg.split()) if "\n" in msg else msg
+        if "Original Traceback" in msg:   # re-raised from a DataLoader worker: the worker's own message is last
+            last = msg.splitlines()[-1]
+            msg = last.split(": ", 1)[1] if ": " in last else last
+        return " ".join(msg.split())
     return None

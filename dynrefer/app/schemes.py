@@ -147,9 +147,12 @@ def model_config(model_section: dict):
     preset = model_section.get("preset", "tiny")
     over = {k: v for k, v in model_section.items() if k not in ("preset", "arch", "views")}
     try:
-        return DynReferConfig.from_preset(preset, **over)
+        cfg = DynReferConfig.from_preset(preset, **over)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"model: {e}") from None
+    if cfg.num_views < 1:
+        raise UserError(f"model.num_views: a region needs at least one view, got {cfg.num_views}")
+    return cfg
 
 
 def train_on_folder(cfg, log=print):
@@ -175,8 +178,17 @@ def train_on_folder(cfg, log=print):
     m, run = dict(cfg.model), dict(cfg.run)
     root = dataset_root(cfg.datasets, "train")
     mcfg = model_config(m)
-    views = dict(m.get("views", {"prior": "stochastic"}))
+    views = m.get("views", {"prior": "stochastic"})
+    if not isinstance(views, dict):
+        raise UserError(f"model.views: expected a mapping of NestedViews settings, got {type(views).__name__}")
+    views = dict(views)
     views.setdefault("num_views", mcfg.num_views)
+    from dynrefer.views import NestedViews
+
+    try:  # the settings are checked before anything is built
+        NestedViews(size=mcfg.vision.image_size, **views)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"model.views: {e}") from None
     tags, classes, attributes = read_vocab(root)
     texts = [r.caption for r in load_annotations(os.path.join(root, "train_caption.json")).records if r.caption]
     out = run["output_dir"]

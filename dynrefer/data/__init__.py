@@ -20,11 +20,11 @@ from .convert import RawFormatError, convert_coco, convert_ovad, convert_refcoco
 from .detections import DetectionError, Detections, load_detections
 from .readers import (box_polygon, decode_rle, load_annotations, load_tag_vocab, read_json, segmentation_to_box,
                       write_json)
-from .records import AnnotationError, Annotations, ImageInfo, RegionRecord
+from .records import AnnotationError, Annotations, ImageInfo, ImageReadError, RegionRecord
 from .tags import TagExtractor
 
 __all__ = [
-    "AnnotationError", "Annotations", "ImageInfo", "RegionRecord",
+    "AnnotationError", "ImageReadError", "Annotations", "ImageInfo", "RegionRecord",
     "load_annotations", "load_tag_vocab", "read_json", "write_json", "segmentation_to_box", "decode_rle",
     "box_polygon", "RawFormatError", "convert_vg", "convert_refcocog", "convert_coco", "convert_ovad",
     "TagExtractor", "control_sentence", "sample_control_words", "control_from_scores", "generate_synthetic",

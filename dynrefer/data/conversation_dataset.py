@@ -20,6 +20,7 @@ import torch
 
 from .conversations import ConversationRecord, load_conversations
 from .dataset import load_image
+from .records import ImageReadError
 
 __all__ = ["ConversationDataset", "collate_conversations"]
 
@@ -73,7 +74,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         try:
             image = np.asarray(self.image_loader(rec.image_path))
         except (OSError, ValueError) as e:
-            raise RuntimeError(f"cannot load image {rec.image_path} (conversation {rec.id!r}): {e}") from e
+            raise ImageReadError(f"cannot load image {rec.image_path} (conversation {rec.id!r}): {e}") from e
         h, w = image.shape[:2]
         boxes = np.asarray(rec.boxes, dtype=np.float32).reshape(-1, 4)
         for k, (x1, y1, x2, y2) in enumerate(boxes.tolist()):

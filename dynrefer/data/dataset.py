@@ -38,7 +38,7 @@ import torch
 
 from .control import SEPARATOR, control_sentence, sample_control_words
 from .readers import load_annotations
-from .records import Annotations, RegionRecord
+from .records import Annotations, ImageReadError, RegionRecord
 
 __all__ = ["RegionDataset", "collate_regions", "load_image", "nested_views"]
 
@@ -57,8 +57,11 @@ def load_image(path: str) -> np.ndarray:
     """An image file as an RGB ``uint8`` array ``[H, W, 3]`` (any Pillow mode converted as ``convert("RGB")``)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:   # a header claiming billions of pixels: refused before decoding
+        raise ValueError(str(e)) from None
 
 
 class RegionDataset(torch.utils.data.Dataset):
@@ -155,7 +158,7 @@ class RegionDataset(torch.utils.data.Dataset):
             try:
                 image = self.image_loader(path)
             except (OSError, ValueError) as e:
-                raise RuntimeError(f"cannot load image {path} (regions {[r.id for r in recs][:5]}): {e}") from e
+                raise ImageReadError(f"cannot load image {path} (regions {[r.id for r in recs][:5]}): {e}") from e
             if self.image_cache:
                 image = np.asarray(image)
                 image.flags.writeable = False            # shared by the items of one image: read only
@@ -168,7 +171,7 @@ class RegionDataset(torch.utils.data.Dataset):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise RuntimeError(f"image loader must return uint8 [H, W, 3], got {image.dtype} {image.shape}")
         if image.shape[:2] != (h, w):
-            raise RuntimeError(f"image {path} is {image.shape[1]}x{image.shape[0]} but the annotations say {w}x{h}")
+            raise ImageReadError(f"image {path} is {image.shape[1]}x{image.shape[0]} but the annotations say {w}x{h}")
         boxes = np.array([r.box for r in recs], dtype=np.float32).reshape(-1, 4)
         R = len(recs)
         tags = np.zeros((R, self.num_tags), dtype=np.float32)

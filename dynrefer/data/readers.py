@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import math
 import os
 from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -32,6 +33,8 @@ from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from .records import AnnotationError, Annotations, ImageInfo, RegionRecord
+
+log = logging.getLogger("dynrefer.data")
 
 __all__ = ["load_annotations", "read_json", "write_json", "load_tag_vocab", "segmentation_to_box", "decode_rle",
            "box_polygon"]
@@ -279,7 +282,8 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
             raise AnnotationError(f"{path}: field {key!r} must be a list, got "
                                   f"{'nothing' if key not in data else type(data[key]).__name__}")
 
-    # images
+    # images: their files must lie under the image root (no absolute names, no "..")
+    root_norm = os.path.normpath(os.path.abspath(image_root))
     images: Dict[Hashable, ImageInfo] = {}
     for i, im in enumerate(data["images"]):
         if not isinstance(im, Mapping):
@@ -292,6 +296,10 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
         fn = im.get("file_name")
         if not isinstance(fn, str) or not fn:
             ctx.fail("image", i, iid, "file_name", f"expected a non-empty string, got {fn!r}")
+        full = os.path.normpath(os.path.join(root_norm, fn))
+        if os.path.isabs(fn) or os.path.commonpath([root_norm, full]) != root_norm or "\x00" in fn:
+            ctx.fail("image", i, iid, "file_name", f"{fn!r} lies outside the image root {image_root} (file names "
+                     "are relative to it)")
         wh = []
         for k in ("width", "height"):
             v = im.get(k)
@@ -329,6 +337,7 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
     records: List[RegionRecord] = []
     att_rows: list = []                 # (record position, index, id, field, values): validated together below
     seen_ids = set()
+    dropped: Dict[str, int] = {}
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict):
             ctx.fail("annotation", i, None, "-", f"expected an object, got {type(a).__name__}")
@@ -367,6 +376,17 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
         cap = a.get("caption")
         if cap is not None and not isinstance(cap, str):
             ctx.fail("annotation", i, rid, "caption", f"expected a string, got {type(cap).__name__}")
+        # regions nothing can be learned from are left out and counted (reported below), never kept silently
+        reason = None
+        if box[2] <= box[0] or box[3] <= box[1]:
+            reason = "zero-area box"
+        elif min(box[2], img.width) <= max(box[0], 0.0) or min(box[3], img.height) <= max(box[1], 0.0):
+            reason = "box outside the image"
+        elif cap is not None and not cap.strip():
+            reason = "empty caption"
+        if reason is not None:
+            dropped[reason] = dropped.get(reason, 0) + 1
+            continue
 
         extra = a.get("extra_info") or {}
         if not isinstance(extra, dict):
@@ -461,5 +481,11 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
         mat = mat.astype(np.int8)
         for k, row in enumerate(att_rows):
             records[row[0]].att_vec = mat[k]
+    if dropped:
+        n = sum(dropped.values())
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()))
+        if not records:
+            raise AnnotationError(f"{path}: no usable region: all {n} annotations were dropped ({detail})")
+        log.warning("%s: dropped %d of %d regions (%s)", path, n, n + len(records), detail)
     return Annotations(records=records, images=images, categories=cats, attributes=attrs, tag_vocab=vocab,
-                       info=dict(info), path=path)
+                       info=dict(info), path=path, dropped=dropped)

@@ -13,11 +13,16 @@ from typing import Dict, Hashable, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["ImageInfo", "RegionRecord", "Annotations", "AnnotationError"]
+__all__ = ["ImageInfo", "RegionRecord", "Annotations", "AnnotationError", "ImageReadError"]
 
 
 class AnnotationError(ValueError):
     """A malformed annotation file: the message names the file, the record (index and id) and the field."""
+
+
+class ImageReadError(AnnotationError, RuntimeError):
+    """An image an annotation names cannot be read (missing, not an image, too large, or of another size than the
+    annotation says); the message names the file and the regions."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class Annotations:
     tag_vocab: Optional[List[str]] = None
     info: Dict[str, object] = field(default_factory=dict)
     path: Optional[str] = None
+    #: regions of the file left out, by reason ("box outside the image", "zero-area box", "empty caption")
+    dropped: Dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)
