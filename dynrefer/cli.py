@@ -40,10 +40,22 @@ def _info(_args):
     return 0
 
 
+def _threads(args):
+    """--threads: torch's CPU threads for this command (None: torch's default, all cores or OMP_NUM_THREADS)."""
+    n = getattr(args, "threads", None)
+    if n is None:
+        return
+    if n < 1:
+        raise CliError(f"--threads must be at least 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def _demo(args):
     from dynrefer.app.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed, epochs=args.epochs)
+    run_demo(args.out, quick=args.quick, seed=args.seed, epochs=args.epochs, threads=args.threads)
     return 0
 
 
@@ -66,8 +78,10 @@ def _describe(args):
     from dynrefer.app.describe import describe_image
     from dynrefer.model import format_descriptions
 
-    res, paths = describe_image(args.image, [_parse_box(b) for b in args.box], args.checkpoint, prior=args.prior,
-                                seed=args.seed, out_stem=args.out)
+    boxes = [_parse_box(b) for b in args.box]
+    _threads(args)
+    res, paths = describe_image(args.image, boxes, args.checkpoint, prior=args.prior, seed=args.seed,
+                                out_stem=args.out)
     print(format_descriptions(res))
     for k, r in enumerate(res):
         if r.get("clipped"):
@@ -134,7 +148,9 @@ def _train(args):
     from dynrefer.app.schemes import train_on_folder
     from dynrefer.train import load_config
 
-    summary, path = train_on_folder(load_config(args.config, args.overrides))
+    cfg = load_config(args.config, args.overrides)
+    _threads(args)
+    summary, path = train_on_folder(cfg)
     print(f"trained {summary['step']} steps; model bundle → {path}")
     return 0
 
@@ -143,6 +159,7 @@ def _eval(args):
     from dynrefer.train import load_config
 
     cfg = load_config(args.config, args.overrides)
+    _threads(args)
     if args.detections or args.gt_boxes:
         return _eval_densecap(args, cfg)
     only = [f for f, v in (("--annotations", args.annotations), ("--det-frame", args.det_frame),
@@ -203,6 +220,8 @@ def main(argv=None):
     d.add_argument("--quick", action="store_true", help="a small run (~2 minutes) that checks the pipeline")
     d.add_argument("--epochs", type=int, default=None)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the tiny preset's ops are "
+                   "too small to split; the C kernels keep their own pool)")
     d.set_defaults(fn=_demo)
     de = sub.add_parser("describe", help="describe boxes of an image")
     de.add_argument("image")
@@ -211,6 +230,8 @@ def main(argv=None):
     de.add_argument("--prior", choices=("image", "task", "none"), default="image")
     de.add_argument("--out", default=None, help="PNG path stem (default: <image>_described)")
     de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, i.e. all cores "
+                   "or OMP_NUM_THREADS)")
     de.set_defaults(fn=_describe)
     c = sub.add_parser("chat", help="answer a question about boxes of an image (referring reasoning)")
     c.add_argument("image")
@@ -238,6 +259,8 @@ def main(argv=None):
     t = sub.add_parser("train", help="train on official-format annotations or region conversations (YAML config)")
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.max_epoch=2")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, i.e. all cores "
+                   "or OMP_NUM_THREADS)")
     t.set_defaults(fn=_train)
     e = sub.add_parser("eval", help="evaluate a model bundle on a split")
     e.add_argument("config")
@@ -258,6 +281,8 @@ def main(argv=None):
                    help="ranking score of a predicted box (default: detector, as the official evaluation)")
     e.add_argument("--no-meteor", action="store_true", help="dense captioning: detection mAP only (no Java)")
     e.add_argument("--out", metavar="FILE", help="dense captioning: write predictions and metrics (JSON)")
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, i.e. all cores "
+                   "or OMP_NUM_THREADS)")
     e.set_defaults(fn=_eval)
     f = sub.add_parser("flops", help="visual MACs per region and parameter split")
     f.add_argument("preset", nargs="?", default="official")

@@ -48,7 +48,7 @@ def _log(msg):
     print(msg, flush=True)
 
 
-def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log):
+def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log, threads=1):
     """Run the miniature Table 7; returns the rows and writes ``table7.md`` and ``model.pt`` under ``out``."""
     import torch
 
@@ -59,7 +59,8 @@ def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log)
     # the tiny model's ops are too small to split across threads: one torch thread is several times faster than
     # two on a 2-core machine (the C kernels keep their own pool for the views)
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         return _run(out, data_dir, splits, epochs, seed, log, t_start)
     finally:
@@ -86,7 +87,7 @@ def _run(out, data_dir, splits, epochs, seed, log, t_start):
         log(f"== train: {name} ({n} view{'s' if n > 1 else ''}, {epochs} epochs)")
         model, summary = train_scheme(cfg, data_dir, os.path.join(out, "runs", name.split()[0] + f"_{n}"),
                                       train_views, texts, tags, classes, attributes, epochs, seed,
-                                      batch_size=16)
+                                      batch_size=16, preset="tiny")
         loss = summary.get("last_train", {}).get("loss")
         log(f"   {summary['step']} steps in {time.time() - t0:.0f} s, last loss {loss if loss is None else round(loss, 3)}")
         for prior, ev in evals:

@@ -193,8 +193,6 @@ def run_densecap_eval(checkpoint: str, annotations: str, detections: Optional[st
     import json
     import os
 
-    import torch
-
     from dynrefer.app.bundle import load_bundle_model
     from dynrefer.app.errors import UserError
     from dynrefer.data import AnnotationError, load_annotations, load_detections, write_json
@@ -215,7 +213,6 @@ def run_densecap_eval(checkpoint: str, annotations: str, detections: Optional[st
     except (AnnotationError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     _, model = load_bundle_model(checkpoint)
-    torch.set_num_threads(1)
     scorer = None
     if meteor:  # started before the captioning, so a missing Java stops the job at once
         from dynrefer.eval.meteor import Meteor

@@ -46,11 +46,12 @@ def image_and_boxes(path: str, boxes) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def describe_image(image_path: str, boxes: Sequence[Sequence[float]], checkpoint: str, *, prior: str = "image",
-                   seed: int = 0, out_stem: Optional[str] = None, threads: Optional[int] = 1
+                   seed: int = 0, out_stem: Optional[str] = None, threads: Optional[int] = None
                    ) -> Tuple[List[dict], List[str]]:
     """Category, attributes, tags and caption of every box of the image at ``image_path`` with the model of the
     bundle ``checkpoint``, and a PNG per box of the chosen views with the answers (``<out_stem>_<k>.png``, by default
-    next to the working directory as ``<image name>_described_<k>.png``). Returns ``(results, png paths)``."""
+    in the working directory as ``<image name>_described_<k>.png``); ``threads``: torch CPU threads (None: torch's
+    default). Returns ``(results, png paths)``."""
     from dynrefer.app.bundle import load_bundle_model
     from dynrefer.views import plot_views
 

@@ -93,13 +93,32 @@ def evaluate_scheme(model, data_dir, split, views_kwargs, size, seed=0):
     return score(cap, ac, data_dir, split), len(cap)
 
 
-def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, attributes, epochs, seed, batch_size,
-                 run_extra=None):
-    """Train DynRefer on ``train_caption.json`` of ``data_dir`` with the training engine; ``run_extra`` adds or
-    overrides keys of the engine's ``run`` section. Returns (model, summary)."""
+#: Training settings a preset brings (the engine's own defaults are the official LAVIS run's): the tiny preset
+#: learns the synthetic benchmark in minutes with these. Keys set in a config always win over them.
+PRESET_RUN_DEFAULTS = {
+    "tiny": {"init_lr": 3e-3, "min_lr": 1e-4, "warmup_steps": 10, "weight_decay": 0.05, "max_grad_norm": 1.0,
+             "batch_size_train": 16, "max_epoch": 24, "seed": 0},
+}
+
+
+def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, attributes, epochs=None, seed=None,
+                 batch_size=None, run_extra=None, sections=None, evaluate=None, preset=None):
+    """Train DynRefer on ``train_caption.json`` of ``data_dir`` with the training engine. The ``run`` section is the
+    training defaults of ``preset`` (:data:`PRESET_RUN_DEFAULTS`), then ``epochs`` / ``seed`` / ``batch_size`` when given,
+    then ``run_extra`` (a config's explicit keys: they win). ``sections``: the config's ``model`` and ``datasets``
+    sections, saved with the run's ``config.yaml`` so that it reproduces the run; ``evaluate(model, split)``: the
+    engine's evaluation of ``run.valid_splits``. Returns (model, summary)."""
     from dynrefer.data.dataset import RegionDataset, collate_regions
     from dynrefer.model import build_dynrefer
     from dynrefer.train import run_training
+
+    run = {"log_freq": 20, "progress_bar": False, "num_workers": 0, "save_epoch_ckpts": False,
+           **PRESET_RUN_DEFAULTS.get(preset, {}), "output_dir": out_dir}
+    for key, value in (("max_epoch", epochs), ("seed", seed), ("batch_size_train", batch_size)):
+        if value is not None:
+            run[key] = value
+    run.update(run_extra or {})
+    seed = run.get("seed", 42)
     from dynrefer.views import NestedViews
 
     ds = RegionDataset(os.path.join(data_dir, "train_caption.json"),
@@ -113,11 +132,9 @@ def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, att
                                     seed=seed))
         return built[-1]
 
-    run = {"output_dir": out_dir, "max_epoch": epochs, "batch_size_train": batch_size, "init_lr": 3e-3,
-           "min_lr": 1e-4, "warmup_steps": 10, "weight_decay": 0.05, "log_freq": 20, "progress_bar": False,
-           "seed": seed, "num_workers": 0, "max_grad_norm": 1.0, "save_epoch_ckpts": False}
-    run.update(run_extra or {})
-    summary = run_training({"model": {}, "datasets": {}, "run": run}, build, lambda _: {"train": ds})
+    sections = sections or {}
+    summary = run_training({"model": sections.get("model") or {}, "datasets": sections.get("datasets") or {},
+                            "run": run}, build, lambda _: {"train": ds}, evaluate)
     model = built[-1]
     model.eval()
     return model, summary
@@ -160,8 +177,6 @@ def train_on_folder(cfg, log=print):
     ``datasets.conversations`` section, on region conversations: :func:`dynrefer.app.referring.train_conversations`)
     and write ``<run.output_dir>/model.pt``. ``cfg``: a :class:`dynrefer.train.Config`. Returns (summary, bundle
     path)."""
-    import torch
-
     from dynrefer.app.bundle import read_vocab, save_bundle
     from dynrefer.app.errors import UserError
     from dynrefer.data import AnnotationError
@@ -175,9 +190,12 @@ def train_on_folder(cfg, log=print):
         except (FileNotFoundError, AnnotationError, ConversationConfigError, ImportError) as e:
             raise UserError(str(e)) from None
         return summary, path
-    m, run = dict(cfg.model), dict(cfg.run)
+    m = dict(cfg.model)
     root = dataset_root(cfg.datasets, "train")
     mcfg = model_config(m)
+    explicit = {k: cfg.run[k] for k in cfg.run_explicit if k in cfg.run}
+    for split in cfg.run["valid_splits"] + cfg.run["test_splits"]:
+        dataset_root(cfg.datasets, split)   # every split to evaluate has its files before training starts
     views = m.get("views", {"prior": "stochastic"})
     if not isinstance(views, dict):
         raise UserError(f"model.views: expected a mapping of NestedViews settings, got {type(views).__name__}")
@@ -191,10 +209,21 @@ def train_on_folder(cfg, log=print):
         raise UserError(f"model.views: {e}") from None
     tags, classes, attributes = read_vocab(root)
     texts = [r.caption for r in load_annotations(os.path.join(root, "train_caption.json")).records if r.caption]
-    out = run["output_dir"]
-    torch.set_num_threads(1)  # the small presets' ops are too small to split across threads
-    model, summary = train_scheme(mcfg, root, out, views, texts, tags, classes, attributes, run["max_epoch"],
-                                  run["seed"], run["batch_size_train"], run_extra=run)
+    eval_prior = "image" if views.get("prior", "stochastic") == "stochastic" else views["prior"]
+    eval_views = {"prior": eval_prior, "num_views": views["num_views"],
+                  **({"fixed_coeffs": views["fixed_coeffs"]} if "fixed_coeffs" in views else {})}
+
+    def evaluate(model, split):
+        metrics, n = evaluate_scheme(model, root, split, eval_views, mcfg.vision.image_size)
+        log(f"  {split} ({n} regions, prior {eval_prior}): CIDEr {metrics['CIDEr']:.1f} | attribute mAP "
+            f"{metrics['attr_mAP']:.1f} | accuracy {metrics['acc']:.1f}")
+        return metrics
+
+    model, summary = train_scheme(mcfg, root, explicit.get("output_dir", cfg.run["output_dir"]), views, texts, tags,
+                                  classes, attributes, run_extra=explicit,
+                                  sections={"model": cfg.model, "datasets": cfg.datasets}, evaluate=evaluate,
+                                  preset=m.get("preset", "tiny"))
+    out = explicit.get("output_dir", cfg.run["output_dir"])
     path = save_bundle(model, os.path.join(out, "model.pt"), texts, tags, classes, attributes,
                        {"num_views": views["num_views"], "size": mcfg.vision.image_size})
     return summary, path
@@ -203,13 +232,10 @@ def train_on_folder(cfg, log=print):
 def evaluate_bundle(cfg, checkpoint: str, split: str = "val", prior: str = "image"):
     """``dynrefer eval CONFIG --checkpoint BUNDLE``: the bundle's model on ``split`` of ``datasets.root`` with
     ``prior``. Returns (metrics, number of regions, number of views)."""
-    import torch
-
     from dynrefer.app.bundle import load_bundle_model
 
     root = dataset_root(cfg.datasets, split)
     bundle, model = load_bundle_model(checkpoint)
-    torch.set_num_threads(1)
     n = bundle["views"]["num_views"]
     m, regions = evaluate_scheme(model, root, split, {"prior": prior, "num_views": n}, bundle["views"]["size"])
     return m, regions, n

@@ -126,7 +126,7 @@ RUN_SCHEMA = {
 PASSTHROUGH_RUN_KEYS = frozenset({
     "task", "eval_dataset_name", "report_metric", "visualize", "world_size", "max_len", "min_len", "num_beams",
     "inference_method", "prompt", "length_penalty", "repetition_penalty", "use_dist_eval_sampler", "k_test",
-    "lr_layer_decay", "job_name",
+    "lr_layer_decay", "job_name", "eval_benchmark",
 })
 
 
@@ -262,6 +262,9 @@ class Config:
         self.model = _plain(model, "model") if model else {}
         self.datasets = _plain(datasets, "datasets") if datasets else {}
         self.run = validate_run(_plain(run, "run") if isinstance(run, dict) else (run or {}))
+        #: the run keys the file (or caller) set; the others hold the engine's defaults, which a preset's own
+        #: training defaults may replace (dynrefer.app.schemes) — explicit keys always win
+        self.run_explicit = frozenset(run) if isinstance(run, dict) else frozenset()
 
     model_cfg = property(lambda self: self.model)
     datasets_cfg = property(lambda self: self.datasets)
