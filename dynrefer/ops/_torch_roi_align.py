@@ -6,10 +6,17 @@
 * backward: gradient for the input only (boxes get None, as in torchvision); the backward op is itself
   differentiable (it is linear in the gradient, its derivative is the forward op), so double backward works;
 * CUDA: runs on PyTorch's current stream; backward uses atomics unless
-  ``torch.use_deterministic_algorithms(True)`` is on, then a fixed-order gather.
+  ``torch.use_deterministic_algorithms(True)`` is on, then a fixed-order gather;
+* ``roi_align`` and ``RoIAlign`` are scriptable (``torch.jit.script``; the graph calls
+  ``torch.ops.dynrefer.roi_align``) and ``roi_align`` is a ``torch.fx`` leaf (``torch.fx.wrap``), as torchvision's.
 """
+from typing import List, Union
+
 import torch
+import torch.fx
 from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
+from torch.nn.modules.utils import _pair
 
 from dynrefer import _C
 from dynrefer.ops._common import integer, pair, real
@@ -149,25 +156,56 @@ def _rois(boxes, input: Tensor) -> Tensor:
     return rois
 
 
-def roi_align(input: Tensor, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False) -> Tensor:
-    ph, pw = pair(output_size, "output_size")
-    rois = _rois(boxes, input)
-    return roi_align_op(
-        input, rois, real(spatial_scale, "spatial_scale"), ph, pw, integer(sampling_ratio, "sampling_ratio"), bool(aligned)
-    )
+def _script_rois(boxes: Union[Tensor, List[Tensor]], input: Tensor) -> Tensor:
+    """``_rois`` in TorchScript (torchvision's check_roi_boxes_shape + convert_boxes_to_roi_format); shape errors
+    are AssertionErrors, as torchvision's."""
+    if isinstance(boxes, Tensor):
+        torch._assert(boxes.dim() == 2 and boxes.size(1) == 5, "The boxes tensor shape is not correct as Tensor[K, 5]")
+        rois = boxes
+    else:
+        torch._assert(len(boxes) > 0, "boxes is an empty list; expected one [L, 4] tensor per image")
+        parts: List[Tensor] = []
+        for i, b in enumerate(boxes):
+            torch._assert(b.dim() == 2 and b.size(1) == 4,
+                          "The shape of the tensor in the boxes list is not correct as List[Tensor[L, 4]]")
+            parts.append(torch.cat([torch.full_like(b[:, :1], i), b], dim=1))
+        rois = torch.cat(parts, dim=0)
+    if rois.device != input.device:
+        raise ValueError("roi_align: boxes and input are on different devices")
+    return rois
+
+
+@torch.fx.wrap
+def roi_align(
+    input: Tensor,
+    boxes: Union[Tensor, List[Tensor]],
+    output_size: BroadcastingList2[int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """See ``dynrefer.ops.roi_align``."""
+    if not torch.jit.is_scripting():
+        ph, pw = pair(output_size, "output_size")
+        scale, sr = real(spatial_scale, "spatial_scale"), integer(sampling_ratio, "sampling_ratio")
+        rois = _rois(boxes, input)
+        return roi_align_op(input, rois, scale, ph, pw, sr, bool(aligned))
+    size = _pair(output_size)
+    rois = _script_rois(boxes, input)
+    return torch.ops.dynrefer.roi_align(input, rois, spatial_scale, size[0], size[1], sampling_ratio, aligned)
 
 
 class RoIAlign(torch.nn.Module):
     """Drop-in for ``torchvision.ops.RoIAlign``."""
 
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False):
+    def __init__(self, output_size: BroadcastingList2[int], spatial_scale: float, sampling_ratio: int, aligned: bool = False):
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
 
-    def forward(self, input: Tensor, rois) -> Tensor:
+    def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]]) -> Tensor:
         return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
     def __repr__(self) -> str:
