@@ -57,6 +57,7 @@ def roi_align(
 
     Args:
         input: ``[N, C, H, W]`` features (float32/float64/float16/bfloat16; any strides, channels-last included),
+            or a quantized CPU tensor (``torch.quint8``/``qint8``/``qint32``, ``N == 1``; see below).
         boxes: ``[K, 5]`` rois ``(batch_index, x1, y1, x2, y2)`` or a list of ``[L, 4]`` boxes, one per image.
         output_size: ``int`` or ``(height, width)`` of each pooled map.
         spatial_scale: factor mapping box coordinates to feature coordinates.
@@ -69,7 +70,11 @@ def roi_align(
 
     With PyTorch, like torchvision's op, it is scriptable (``torch.jit.script`` of this function, of
     ``RoIAlign`` or of code calling either; the scripted graph calls ``torch.ops.dynrefer.roi_align``), a leaf for
-    ``torch.fx`` (one ``call_function`` node).
+    ``torch.fx`` (one ``call_function`` node), and it takes quantized inputs as torchvision does: rois quantized
+    too, one image, the batch index column ignored, output quantized with the input's scale and zero point. The
+    quantized path repeats torchvision's arithmetic (weighted sums of the integer values in float32, dequantized
+    per bin, requantized) with ATen operations, so its results equal torchvision's bit for bit; it runs on the
+    CPU, forward only, and not under TorchScript (as in torchvision).
     """
     # Under TorchScript the check below is static (input is a Tensor) and the other branch is not compiled.
     if isinstance(input, _torch_side.Tensor):
