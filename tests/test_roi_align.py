@@ -1,5 +1,7 @@
-"""RoI-Align against torchvision: its own TestRoIAlign cases, property tests, autograd, compile, autocast,
-DataLoader workers, and CUDA (skipped without a GPU)."""
+"""RoI-Align against torchvision: its own TestRoIAlign cases (TorchScript, torch.fx and quantized inputs
+included), property tests, autograd, compile, autocast, DataLoader workers, and CUDA (skipped without a GPU)."""
+import io
+import warnings
 import zlib
 
 import numpy as np
@@ -100,6 +102,204 @@ def test_golden_detectron2_with_gradients():
     empty = ops.roi_align(torch.zeros(0, 3, 5, 5, requires_grad=True), torch.zeros(0, 5), 4, 1.0, 0, True)
     assert empty.shape == (0, 3, 4, 4)
     empty.sum().backward()
+
+
+# --- torchvision's TestRoIAlign: TorchScript, torch.fx, quantized inputs -------------------------------------
+# cases from torchvision's test/test_ops.py, TestRoIAlign / RoIOpTester, with dynrefer's op in place of
+# torchvision's (scripting, FX tracing as a leaf, quantized inputs), plus checks of what they rely on
+
+_TV_ROIS = [[0, 0, 0, 9, 9], [0, 0, 5, 4, 9], [0, 5, 5, 9, 9], [1, 0, 0, 9, 9]]
+_jit = pytest.mark.filterwarnings("ignore:`torch.jit.* is deprecated:FutureWarning")  # still supported
+
+
+class _PoolWrapper(torch.nn.Module):
+    def __init__(self, pool):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, imgs: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        return self.pool(imgs, boxes)
+
+
+class _CallWrapper(torch.nn.Module):  # RoIOpTesterModuleWrapper
+    def __init__(self, obj):
+        super().__init__()
+        self.layer = obj
+        self.n_inputs = 2
+
+    def forward(self, a, b):
+        self.layer(a, b)
+
+
+@_jit
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_script_gradcheck_torchvision_cases(seed, contiguous):
+    # RoIOpTester.test_backward, its scripted half: torch.jit.script(ops.roi_align), gradcheck through it
+    torch.manual_seed(seed)
+    x = torch.rand(1, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    if not contiguous:
+        x = x.permute(0, 1, 3, 2)
+    rois = torch.tensor([[0, 0, 0, 4, 4], [0, 0, 2, 3, 4], [0, 2, 2, 4, 4]], dtype=torch.float64)
+    scripted = torch.jit.script(ops.roi_align)
+    assert torch.autograd.gradcheck(lambda z: scripted(z, rois, 2), (x,))
+    assert torch.equal(scripted(x, rois, 2, 1.0, 1), ops.roi_align(x, rois, 2, 1.0, 1))
+    assert "dynrefer::roi_align" in str(torch.jit.script(ops.RoIAlign(2, 1.0, 1)).inlined_graph)
+
+
+@_jit
+def test_script_boxes_list_torchvision_case():
+    # TestRoIAlign.test_jit_boxes_list: a scripted module holding RoIAlign(output_size=[3, 3]), boxes as a list
+    model = _PoolWrapper(ops.RoIAlign(output_size=[3, 3], spatial_scale=1.0, sampling_ratio=-1))
+    x = torch.rand(2, 1, 10, 10)
+    roi = torch.tensor(_TV_ROIS, dtype=torch.float).t()
+    scripted = torch.jit.script(model)
+    y = scripted(x, [roi, roi])
+    assert y.shape == (10, 1, 3, 3)
+    assert torch.equal(y, tv_roi_align(x, [roi, roi], [3, 3], 1.0, -1))
+
+
+@_jit
+def test_script_module_save_load_and_callers():
+    x = torch.rand(2, 3, 10, 10)
+    rois = torch.tensor([[0, 0, 0, 9, 9], [1, 0, 5, 4, 9.0]])
+    boxes = [rois[:1, 1:], rois[1:, 1:]]
+    m = torch.jit.script(ops.RoIAlign((2, 3), 0.5, 2, True))
+    buf = io.BytesIO()
+    torch.jit.save(m, buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    for b in (rois, boxes):
+        assert torch.equal(loaded(x, b), tv_roi_align(x, b, (2, 3), 0.5, 2, True))
+
+    @torch.jit.script
+    def caller(a: torch.Tensor, b: list[torch.Tensor]) -> torch.Tensor:
+        return ops.roi_align(a, b, 2, 1.0, -1, False) * 2
+
+    assert torch.equal(caller(x, boxes), 2 * tv_roi_align(x, boxes, 2))
+    scripted = torch.jit.script(ops.roi_align)
+    for bad in (torch.zeros(1, 4), [torch.zeros(1, 3)]):  # torchvision's boxes-shape errors, scripted
+        with pytest.raises(Exception, match="not correct"):
+            scripted(x, bad, 2)
+
+
+def test_script_before_any_tensor_call():
+    # the torch-free module meets torch only when TorchScript compiles it
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, dynrefer.ops as o; assert 'torch' not in sys.modules; import torch; "
+            "f = torch.jit.script(o.roi_align); x = torch.rand(1, 2, 6, 6); r = torch.tensor([[0, 1, 1, 5, 5.0]]); "
+            "assert torch.equal(f(x, r, 2), o.roi_align(x, r, 2)); "
+            "assert np.array_equal(o.roi_align(x.numpy(), r.numpy(), 2), f(x, r, 2).numpy())")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_fx_trace_torchvision_case():
+    # RoIOpTester.test_torch_fx_trace: symbolic_trace(RoIAlign) runs like the module
+    op_obj = ops.RoIAlign((5, 5), spatial_scale=1, sampling_ratio=-1, aligned=False)
+    graph_module = torch.fx.symbolic_trace(op_obj)
+    x = torch.rand(2, 50, 5, 5)
+    rois = torch.tensor(_TV_ROIS, dtype=torch.float)
+    output_gt = op_obj(x, rois)
+    output_fx = graph_module(x, rois)
+    assert output_fx.dtype == output_gt.dtype == x.dtype
+    torch.testing.assert_close(output_gt, output_fx, rtol=1e-5, atol=1e-5)
+    calls = [n for n in graph_module.graph.nodes if n.op not in ("placeholder", "output")]
+    assert len(calls) == 1 and calls[0].op == "call_function"
+
+
+def test_fx_leaf_node_torchvision_case():
+    # RoIOpTester.test_is_leaf_node, with torchvision's feature-extraction tracer (our module is not among the
+    # leaf modules it knows, so the op itself must be the leaf), and plain symbolic_trace of code calling the op
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    op_obj = _CallWrapper(ops.RoIAlign((5, 5), spatial_scale=1, sampling_ratio=-1, aligned=False))
+    graph_node_names = get_graph_node_names(op_obj)
+    assert len(graph_node_names) == 2
+    assert len(graph_node_names[0]) == len(graph_node_names[1])
+    assert len(graph_node_names[0]) == 1 + op_obj.n_inputs
+
+    class Caller(torch.nn.Module):
+        def forward(self, a, b):
+            return ops.roi_align(a, b, (2, 2), 0.5, 2, True) * 2
+
+    gm = torch.fx.symbolic_trace(Caller())
+    kinds = [n.op for n in gm.graph.nodes]
+    assert kinds == ["placeholder", "placeholder", "call_function", "call_function", "output"]
+    x, rois = torch.rand(2, 3, 10, 10), torch.tensor(_TV_ROIS, dtype=torch.float)
+    assert torch.equal(gm(x, rois), Caller()(x, rois))
+
+
+def _tv_make_rois(img_size, num_imgs, dtype, num_rois=1000):  # TestRoIAlign._make_rois
+    rois = torch.randint(0, img_size // 2, size=(num_rois, 5)).to(dtype)
+    rois[:, 0] = torch.randint(0, num_imgs, size=(num_rois,))
+    rois[:, 3:] += rois[:, 1:3]
+    return rois
+
+
+def _quantize(t, scale, zero_point, qdtype):
+    with warnings.catch_warnings():  # quantized tensors are deprecated in recent PyTorch; still supported
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(t, scale=scale, zero_point=zero_point, dtype=qdtype)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("scale, zero_point", [(1, 0), (2, 10), (0.1, 50)])
+@pytest.mark.parametrize("qdtype", [torch.qint8, torch.quint8, torch.qint32])
+def test_quantized_torchvision_cases(aligned, scale, zero_point, qdtype):
+    # TestRoIAlign.test_qroialign: the quantized op is close to the float op on the dequantized inputs
+    # (equal, or one quantization step away in under 5% of the values); and equal to torchvision's quantized op
+    torch.manual_seed(zlib.crc32(repr((aligned, scale, zero_point, qdtype)).encode()))
+    x = torch.randint(50, 100, size=(1, 2, 10, 10)).to(torch.float)
+    qx = _quantize(x, scale, zero_point, qdtype)
+    qrois = _quantize(_tv_make_rois(10, 1, torch.float), scale, zero_point, qdtype)
+    y = ops.roi_align(qx.dequantize(), qrois.dequantize(), output_size=5, spatial_scale=1, sampling_ratio=-1,
+                      aligned=aligned)
+    qy = ops.roi_align(qx, qrois, output_size=5, spatial_scale=1, sampling_ratio=-1, aligned=aligned)
+    assert qy.dtype == qdtype and qy.q_scale() == scale and qy.q_zero_point() == zero_point
+    quantized_float_y = _quantize(y, scale, zero_point, qdtype)
+    diff_idx = torch.where(qy != quantized_float_y)
+    assert diff_idx[0].numel() / qy.numel() < 0.05
+    abs_diff = torch.abs(qy[diff_idx].dequantize() - quantized_float_y[diff_idx].dequantize())
+    torch.testing.assert_close(abs_diff, torch.full_like(abs_diff, scale), rtol=1e-5, atol=1e-5)
+    ref = tv_roi_align(qx, qrois, output_size=5, spatial_scale=1, sampling_ratio=-1, aligned=aligned)
+    assert torch.equal(qy.int_repr(), ref.int_repr())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_quantized_bitwise_torchvision(seed):
+    # random shapes, boxes (partly outside, empty), scales, sampling ratios: torchvision's quantized op, bit for bit
+    g = torch.Generator().manual_seed(seed)
+    qdtype = [torch.quint8, torch.qint8, torch.qint32][seed % 3]
+    scale, zero_point = [(0.37, 3), (0.013, 7), (1e-5 if qdtype == torch.qint32 else 0.5, 2)][seed // 3 % 3]
+    c, h, w = 1 + seed % 4, 3 + seed % 9, 4 + (seed * 5) % 11
+    qx = _quantize(torch.randn(1, c, h, w, generator=g) * 40 + 30, scale, zero_point, qdtype)
+    k = 1 + seed * 3
+    r = torch.rand(k, 5, generator=g) * (max(h, w) + 4) - 2
+    r[:, 3:] = r[:, 1:3] + torch.rand(k, 2, generator=g) * max(h, w) * (seed % 4 != 0)
+    qrois = _quantize(r, [0.5, 0.1, 0.013][seed % 3], 5, qdtype)
+    for aligned, sampling_ratio, spatial_scale, output_size in [(False, -1, 1.0, 5), (True, 2, 0.5, (2, 3)),
+                                                                (bool(seed % 2), 0, 1.7, (4, 1))]:
+        ours = ops.roi_align(qx, qrois, output_size, spatial_scale, sampling_ratio, aligned)
+        ref = tv_roi_align(qx, qrois, output_size, spatial_scale, sampling_ratio, aligned)
+        assert ours.shape == ref.shape and ours.dtype == ref.dtype
+        assert (ours.q_scale(), ours.q_zero_point()) == (ref.q_scale(), ref.q_zero_point())
+        assert torch.equal(ours.int_repr(), ref.int_repr())
+    boxes = [_quantize(r[:, 1:], 0.5, 5, qdtype)]  # boxes as a list, as torchvision takes them
+    assert torch.equal(ops.roi_align(qx, boxes, 3).int_repr(), tv_roi_align(qx, boxes, 3).int_repr())
+
+
+def test_quantized_errors_torchvision_cases():
+    # TestRoIAlign.test_qroi_align_multiple_images, and rois that are not quantized
+    x = torch.randint(50, 100, size=(2, 3, 10, 10)).to(torch.float)
+    qx = _quantize(x, 1, 0, torch.qint8)
+    qrois = _quantize(_tv_make_rois(img_size=10, num_imgs=2, dtype=torch.float, num_rois=10), 1, 0, torch.qint8)
+    with pytest.raises(RuntimeError, match="Only one image per batch is allowed"):
+        ops.roi_align(qx, qrois, output_size=5)
+    with pytest.raises(ValueError, match="rois must also be quantized"):
+        ops.roi_align(qx[:1], qrois.dequantize(), output_size=5)
+    assert ops.roi_align(qx[:1], qrois[:0], 5).shape == (0, 3, 5, 5)
 
 
 # --- property tests against torchvision ----------------------------------------------------------------------

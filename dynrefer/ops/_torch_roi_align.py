@@ -6,10 +6,18 @@
 * backward: gradient for the input only (boxes get None, as in torchvision); the backward op is itself
   differentiable (it is linear in the gradient, its derivative is the forward op), so double backward works;
 * CUDA: runs on PyTorch's current stream; backward uses atomics unless
-  ``torch.use_deterministic_algorithms(True)`` is on, then a fixed-order gather.
+  ``torch.use_deterministic_algorithms(True)`` is on, then a fixed-order gather;
+* ``roi_align`` and ``RoIAlign`` are scriptable (``torch.jit.script``; the graph calls
+  ``torch.ops.dynrefer.roi_align``) and ``roi_align`` is a ``torch.fx`` leaf (``torch.fx.wrap``), as torchvision's;
+* quantized CPU inputs: torchvision's quantized RoI-Align, repeated with ATen operations (``_qroi_align``).
 """
+from typing import List, Union
+
 import torch
+import torch.fx
 from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
+from torch.nn.modules.utils import _pair
 
 from dynrefer import _C
 from dynrefer.ops._common import integer, pair, real
@@ -149,25 +157,156 @@ def _rois(boxes, input: Tensor) -> Tensor:
     return rois
 
 
-def roi_align(input: Tensor, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False) -> Tensor:
-    ph, pw = pair(output_size, "output_size")
+def _script_rois(boxes: Union[Tensor, List[Tensor]], input: Tensor) -> Tensor:
+    """``_rois`` in TorchScript (torchvision's check_roi_boxes_shape + convert_boxes_to_roi_format); shape errors
+    are AssertionErrors, as torchvision's."""
+    if isinstance(boxes, Tensor):
+        torch._assert(boxes.dim() == 2 and boxes.size(1) == 5, "The boxes tensor shape is not correct as Tensor[K, 5]")
+        rois = boxes
+    else:
+        torch._assert(len(boxes) > 0, "boxes is an empty list; expected one [L, 4] tensor per image")
+        parts: List[Tensor] = []
+        for i, b in enumerate(boxes):
+            torch._assert(b.dim() == 2 and b.size(1) == 4,
+                          "The shape of the tensor in the boxes list is not correct as List[Tensor[L, 4]]")
+            parts.append(torch.cat([torch.full_like(b[:, :1], i), b], dim=1))
+        rois = torch.cat(parts, dim=0)
+    if rois.device != input.device:
+        raise ValueError("roi_align: boxes and input are on different devices")
+    return rois
+
+
+@torch.fx.wrap
+def roi_align(
+    input: Tensor,
+    boxes: Union[Tensor, List[Tensor]],
+    output_size: BroadcastingList2[int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """See ``dynrefer.ops.roi_align``."""
+    if not torch.jit.is_scripting():
+        ph, pw = pair(output_size, "output_size")
+        scale, sr = real(spatial_scale, "spatial_scale"), integer(sampling_ratio, "sampling_ratio")
+        if input.is_quantized:
+            return _qroi_align(input, boxes, scale, ph, pw, sr, bool(aligned))
+        rois = _rois(boxes, input)
+        return roi_align_op(input, rois, scale, ph, pw, sr, bool(aligned))
+    size = _pair(output_size)
+    rois = _script_rois(boxes, input)
+    return torch.ops.dynrefer.roi_align(input, rois, spatial_scale, size[0], size[1], sampling_ratio, aligned)
+
+
+def _qroi_align(input: Tensor, boxes, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
+                aligned: bool) -> Tensor:
+    """torchvision's quantized RoI-Align (``torchvision::qroi_align``), with its arithmetic, step for step.
+
+    ``input``: a quantized ``[1, C, H, W]`` CPU tensor; the rois must be quantized as well (any scale and zero
+    point); the batch index column is ignored (one image). Per bin, the bilinear weights are computed in float32
+    exactly as torchvision's CPU kernel computes them, the integer values are summed with them in float32 in the
+    kernel's order (samples row by row, the four corners left to right), and the sum is dequantized, averaged
+    and requantized with the input's scale and zero point (round half to even, clamped). The samples of every
+    roi advance together, one sample position per step (padded to the largest grid with zero weights, which add
+    nothing), so the work is ``max_grid_h * max_grid_w`` vectorised steps over ``[C, K, ph, pw]``.
+
+    Dequantizing, pooling with the float kernel and requantizing would not do: its sums are rounded differently,
+    and about one value in 250 then lands one quantization step away from torchvision's.
+    """
     rois = _rois(boxes, input)
-    return roi_align_op(
-        input, rois, real(spatial_scale, "spatial_scale"), ph, pw, integer(sampling_ratio, "sampling_ratio"), bool(aligned)
-    )
+    if not rois.is_quantized:
+        raise ValueError("If input is quantized, rois must also be quantized.")
+    if input.device.type != "cpu" or rois.device.type != "cpu":
+        raise ValueError("roi_align: quantized inputs must be on the CPU")
+    if input.dim() != 4:
+        raise ValueError(f"roi_align: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
+    if input.shape[0] != 1:
+        raise RuntimeError("roi_align: Only one image per batch is allowed with quantized inputs")
+    if ph < 1 or pw < 1:
+        raise ValueError("roi_align: output_size must be positive")
+    f32 = torch.float32
+
+    def c32(v):  # a float32 scalar: the kernel's float operands
+        return torch.tensor(v, dtype=f32)
+
+    _, channels, height, width = input.shape
+    k = rois.shape[0]
+    q = input.int_repr()
+    scale, zp = c32(input.q_scale()), input.q_zero_point()
+    out_int = torch.empty((k, channels, ph, pw), dtype=q.dtype)
+    if out_int.numel() == 0:
+        return torch._make_per_tensor_quantized_tensor(out_int, input.q_scale(), zp)
+    vals = q.reshape(channels, height * width).to(f32)
+
+    # rois: dequantized as float(scale) * (value - float(zero_point)), scaled, shifted
+    r = c32(rois.q_scale()) * (rois.int_repr()[:, 1:].to(f32) - c32(rois.q_zero_point()))
+    r = r * c32(spatial_scale) - c32(0.5 if aligned else 0.0)
+    start_w, start_h, end_w, end_h = r.unbind(1)
+    roi_w, roi_h = end_w - start_w, end_h - start_h
+    if not aligned:  # malformed rois become 1x1
+        roi_w, roi_h = roi_w.clamp_min(1.0), roi_h.clamp_min(1.0)
+    bin_h, bin_w = roi_h / c32(ph), roi_w / c32(pw)
+    if sampling_ratio > 0:
+        grid_h = torch.full((k,), sampling_ratio, dtype=torch.int64)
+        grid_w = grid_h
+    else:
+        grid_h = torch.ceil(bin_h).nan_to_num(0.0, 0.0, 0.0).clamp(0, 1 << 20).to(torch.int64)
+        grid_w = torch.ceil(bin_w).nan_to_num(0.0, 0.0, 0.0).clamp(0, 1 << 20).to(torch.int64)
+    count = (grid_h * grid_w).clamp_min(1).to(f32)
+    gh_f, gw_f = grid_h.to(f32), grid_w.to(f32)
+    # y of sample iy in bin p: (start + p * bin) + ((iy + 0.5) * bin) / grid
+    y0 = start_h[:, None] + torch.arange(ph, dtype=f32)[None, :] * bin_h[:, None]  # [K, ph]
+    x0 = start_w[:, None] + torch.arange(pw, dtype=f32)[None, :] * bin_w[:, None]  # [K, pw]
+
+    def axis(base, bin_size, grid_f, grid, i, size):
+        """Per roi and bin, along one axis: low and high index, low and high weight, validity."""
+        pos = base + ((bin_size * c32(i + 0.5)) / grid_f)[:, None]  # a zero grid gives inf/nan: masked below
+        ok = (pos >= -1.0) & (pos <= size) & (i < grid)[:, None]
+        pos = torch.where(ok, pos, 0.0).clamp_min(0.0)
+        low = pos.to(torch.int64)
+        edge = low >= size - 1
+        low = torch.where(edge, size - 1, low)
+        high = torch.where(edge, low, low + 1)
+        pos = torch.where(edge, low.to(f32), pos)
+        lw = pos - low.to(f32)
+        return low, high, c32(1.0) - lw, lw, ok
+
+    acc = torch.zeros((channels, k, ph, pw), dtype=f32)
+    sum_w = torch.zeros((k, ph, pw), dtype=f32)
+    for iy in range(int(grid_h.max())):
+        y_low, y_high, hy, ly, y_ok = axis(y0, bin_h, gh_f, grid_h, iy, height)
+        for ix in range(int(grid_w.max())):
+            x_low, x_high, hx, lx, x_ok = axis(x0, bin_w, gw_f, grid_w, ix, width)
+            ok = y_ok[:, :, None] & x_ok[:, None, :]  # [K, ph, pw]
+            zero = c32(0.0)
+            ws = [torch.where(ok, a[:, :, None] * b[:, None, :], zero)
+                  for a, b in ((hy, hx), (hy, lx), (ly, hx), (ly, lx))]
+            ps = [torch.where(ok, a[:, :, None] * width + b[:, None, :], 0) for a, b in
+                  ((y_low, x_low), (y_low, x_high), (y_high, x_low), (y_high, x_high))]
+            term = ws[0] * vals[:, ps[0]] + ws[1] * vals[:, ps[1]] + ws[2] * vals[:, ps[2]] + ws[3] * vals[:, ps[3]]
+            acc = acc + term
+            sum_w = sum_w + (((ws[0] + ws[1]) + ws[2]) + ws[3])
+    out = scale * (acc - c32(float(zp)) * sum_w)
+    out = out / count[:, None, None]
+    qv = (c32(float(zp)) + torch.round(out * (c32(1.0) / scale))).to(torch.int64)
+    info = torch.iinfo(q.dtype)
+    out_int.copy_(qv.clamp(info.min, info.max).permute(1, 0, 2, 3))
+    return torch._make_per_tensor_quantized_tensor(out_int, input.q_scale(), zp)
 
 
 class RoIAlign(torch.nn.Module):
     """Drop-in for ``torchvision.ops.RoIAlign``."""
 
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False):
+    def __init__(
+        self, output_size: BroadcastingList2[int], spatial_scale: float, sampling_ratio: int, aligned: bool = False
+    ):
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
 
-    def forward(self, input: Tensor, rois) -> Tensor:
+    def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]]) -> Tensor:
         return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
     def __repr__(self) -> str:

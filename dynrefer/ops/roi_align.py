@@ -1,8 +1,15 @@
 """RoI-Align with torchvision's semantics (docs/DESIGN.md §7.1), for NumPy arrays and PyTorch tensors."""
+# Annotations stay unevaluated (no torch here); TorchScript reads them from the source.
+from __future__ import annotations
+
+import sys
+
 import numpy as np
 
-from dynrefer.ops._common import integer, is_torch_tensor, pair, real
+from dynrefer.ops._common import TorchSide, integer, pair, real
 from dynrefer.ops.errors import BoxesShapeError
+
+_torch_side = TorchSide("dynrefer.ops._torch_roi_align")
 
 
 def _numpy_rois(boxes):
@@ -38,11 +45,19 @@ def pooled_shape(input, rois, ph, pw):
     return (rois.shape[0], input.shape[1], ph, pw)
 
 
-def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+def roi_align(
+    input: Tensor,
+    boxes: Union[Tensor, List[Tensor]],
+    output_size: BroadcastingList2[int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
     """RoI-Align, a drop-in for ``torchvision.ops.roi_align``.
 
     Args:
-        input: ``[N, C, H, W]`` features (float32/float64/float16/bfloat16; any strides, channels-last included).
+        input: ``[N, C, H, W]`` features (float32/float64/float16/bfloat16; any strides, channels-last included),
+            or a quantized CPU tensor (``torch.quint8``/``qint8``/``qint32``, ``N == 1``; see below).
         boxes: ``[K, 5]`` rois ``(batch_index, x1, y1, x2, y2)`` or a list of ``[L, 4]`` boxes, one per image.
         output_size: ``int`` or ``(height, width)`` of each pooled map.
         spatial_scale: factor mapping box coordinates to feature coordinates.
@@ -52,11 +67,28 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     Returns ``[K, C, output_h, output_w]`` in the input's type: an ndarray for NumPy input (forward only) or a
     tensor (differentiable, ``torch.compile``-able) for PyTorch input. A batch index outside ``[0, N)`` raises
     ValueError; non-finite box coordinates pool to zeros.
-    """
-    if is_torch_tensor(input):
-        from dynrefer.ops import _torch_roi_align
 
-        return _torch_roi_align.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    With PyTorch, like torchvision's op, it is scriptable (``torch.jit.script`` of this function, of
+    ``RoIAlign`` or of code calling either; the scripted graph calls ``torch.ops.dynrefer.roi_align``), a leaf for
+    ``torch.fx`` (one ``call_function`` node), and it takes quantized inputs as torchvision does: rois quantized
+    too, one image, the batch index column ignored, output quantized with the input's scale and zero point. The
+    quantized path repeats torchvision's arithmetic (weighted sums of the integer values in float32, dequantized
+    per bin, requantized) with ATen operations, so its results equal torchvision's bit for bit; it runs on the
+    CPU, forward only, and not under TorchScript (as in torchvision).
+    """
+    # Under TorchScript the check below is static (input is a Tensor) and the other branch is not compiled.
+    if isinstance(input, _torch_side.Tensor):
+        return _torch_side.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    else:
+        return _roi_align_other(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def _roi_align_other(input, boxes, output_size, spatial_scale, sampling_ratio, aligned):
+    """NumPy arrays; torch.fx proxies (to the torch side, which ``torch.fx.wrap`` turns into one graph node)."""
+    fx = sys.modules.get("torch.fx")
+    if fx is not None and isinstance(input, fx.Proxy):
+        # through the real module: its global is the one torch.fx patches while tracing
+        return _torch_side.module().roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     if not isinstance(input, np.ndarray):
         raise TypeError(f"roi_align: input must be a NumPy array or a torch.Tensor, got {type(input).__name__}")
     ph, pw = pair(output_size, "output_size")
