@@ -126,7 +126,7 @@ RUN_SCHEMA = {
 PASSTHROUGH_RUN_KEYS = frozenset({
     "task", "eval_dataset_name", "report_metric", "visualize", "world_size", "max_len", "min_len", "num_beams",
     "inference_method", "prompt", "length_penalty", "repetition_penalty", "use_dist_eval_sampler", "k_test",
-    "lr_layer_decay", "job_name", "eval_benchmark",
+    "lr_layer_decay", "job_name", "eval_benchmark", "caption_metrics", "eval_gt_file", "tag_thr",
 })
 
 
