@@ -164,14 +164,16 @@ def _eval(args):
         return _eval_densecap(args, cfg)
     only = [f for f, v in (("--annotations", args.annotations), ("--det-frame", args.det_frame),
                            ("--rank", args.rank), ("--det-box-format", args.det_box_format),
-                           ("--no-meteor", args.no_meteor), ("--out", args.out)) if v]
+                           ("--no-meteor", args.no_meteor)) if v]
     if only:
         raise CliError(f"{', '.join(only)}: dense captioning options; add --detections FILE and/or --gt-boxes")
     from dynrefer.app.schemes import evaluate_bundle
 
-    m, regions, n = evaluate_bundle(cfg, args.checkpoint, args.split, args.prior)
+    m, regions, n = evaluate_bundle(cfg, args.checkpoint, args.split, args.prior, out=args.out)
     print(f"{args.split} ({regions} regions, {n} views, prior {args.prior}): CIDEr {m['CIDEr']:.1f} | "
           f"attribute mAP {m['attr_mAP']:.1f} | accuracy {m['acc']:.1f}")
+    if args.out:
+        print(f"metrics and per-region predictions → {args.out}")
     return 0
 
 
@@ -280,7 +282,7 @@ def main(argv=None):
     e.add_argument("--rank", choices=("detector", "caption", "product", "geometric"), default=None,
                    help="ranking score of a predicted box (default: detector, as the official evaluation)")
     e.add_argument("--no-meteor", action="store_true", help="dense captioning: detection mAP only (no Java)")
-    e.add_argument("--out", metavar="FILE", help="dense captioning: write predictions and metrics (JSON)")
+    e.add_argument("--out", metavar="FILE", help="write the metrics and every region's predictions (JSON)")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, i.e. all cores "
                    "or OMP_NUM_THREADS)")
     e.set_defaults(fn=_eval)

@@ -60,7 +60,7 @@ def test_explicit_keys_win_and_validation_splits_are_logged(data, capsys):
     assert [r["epoch"] for r in evals] == [0, 1] and all(r["split"] == "val" for r in evals)
     assert all({"CIDEr", "attr_mAP", "acc"} <= set(r) for r in evals)
     out = capsys.readouterr().out
-    assert out.count("val (") == 2
+    assert out.count("eval val (epoch") == 2
 
 
 def test_the_saved_config_reproduces_the_run(data, capsys):
@@ -106,3 +106,50 @@ def test_the_shipped_referring_config_loads():
 
     cfg = load_config(os.path.join(PKG, "configs", "referring_vicuna_lora.yaml"))
     assert "conversations" in cfg.datasets
+
+
+def test_feedback_files_and_modes(data, capsys):
+    """Not a terminal (as under nohup): a line per logged interval and per evaluation, flushed as training goes;
+    TensorBoard event files, a metrics.png, and files with the user's umask (not 0600)."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        cfg = data / "feedback.yaml"
+        cfg.write_text(f"model: {{preset: tiny}}\ndatasets: {{root: {data / 'data'}}}\n"
+                       f"run: {{output_dir: {data / 'f'}, max_epoch: 2, log_freq: 1, valid_splits: [val]}}\n")
+        assert main(["train", str(cfg)]) == 0
+    finally:
+        os.umask(old)
+    out = capsys.readouterr().out.splitlines()
+    steps = [line for line in out if line.startswith("epoch ") and "| step " in line]
+    assert len(steps) >= 2 and all("loss" in line and "ETA" in line and "samples/s" in line for line in steps)
+    assert sum(line.startswith("eval val (epoch") for line in out) == 2
+    run = data / "f"
+    assert glob.glob(str(run / "tensorboard" / "events.out.tfevents.*"))
+    png = (run / "metrics.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("latest.pt", "model.pt", "config.yaml", "metrics.png"):
+        assert stat.S_IMODE(os.stat(run / name).st_mode) == 0o644, name
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(glob.glob(str(run / "tensorboard"))[0])
+    ea.Reload()
+    assert {"train/loss", "train/lr", "val/CIDEr", "val/attr_mAP"} <= set(ea.Tags()["scalars"])
+
+
+def test_eval_out_writes_metrics_and_every_region(data, capsys):
+    bundle = data / "b" / "model.pt"
+    if not bundle.exists():
+        pytest.skip("needs the bundle of test_explicit_keys_win_and_validation_splits_are_logged")
+    cfg = data / "explicit.yaml"
+    out = data / "eval.json"
+    assert main(["eval", str(cfg), "--checkpoint", str(bundle), "--prior", "none", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["metrics"]) == {"CIDEr", "attr_mAP", "acc"} and doc["settings"]["prior"] == "none"
+    from dynrefer.data import load_annotations
+
+    n = len(load_annotations(str(data / "data" / "val_caption.json")))
+    assert len(doc["regions"]) == n
+    r = doc["regions"][0]
+    assert {"id", "box", "ground_truth", "caption", "category", "attributes", "view_coeffs"} <= set(r)

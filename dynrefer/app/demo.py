@@ -87,7 +87,7 @@ def _run(out, data_dir, splits, epochs, seed, log, t_start):
         log(f"== train: {name} ({n} view{'s' if n > 1 else ''}, {epochs} epochs)")
         model, summary = train_scheme(cfg, data_dir, os.path.join(out, "runs", name.split()[0] + f"_{n}"),
                                       train_views, texts, tags, classes, attributes, epochs, seed,
-                                      batch_size=16, preset="tiny")
+                                      batch_size=16, preset="tiny", run_extra={"console": False})
         loss = summary.get("last_train", {}).get("loss")
         log(f"   {summary['step']} steps in {time.time() - t0:.0f} s, last loss {loss if loss is None else round(loss, 3)}")
         for prior, ev in evals:

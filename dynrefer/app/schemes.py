@@ -79,10 +79,10 @@ def score(preds_caption, preds_attr_cat, data_dir, split):
     return {"CIDEr": cider, "attr_mAP": float(ovad["all"]), "acc": 100.0 * float(np.mean(hits))}
 
 
-def evaluate_scheme(model, data_dir, split, views_kwargs, size, seed=0):
+def evaluate_scheme(model, data_dir, split, views_kwargs, size, seed=0, predictions=None):
     """Caption CIDEr, attribute mAP and category accuracy (×100) of ``model`` on ``split`` with one view scheme: the
     captions with the caption prior, categories and attributes with the attribute prior (for ``prior="task"``).
-    Returns (metrics, number of regions)."""
+    Returns (metrics, number of regions); ``predictions``: a dict that receives every region's answers by id."""
     import torch
 
     with torch.no_grad():
@@ -90,6 +90,14 @@ def evaluate_scheme(model, data_dir, split, views_kwargs, size, seed=0):
                                 task_for_prior="caption")
         ac, _ = evaluate_model(model, data_dir, split, views_kwargs, size, tasks=("category", "attribute"),
                                seed=seed, task_for_prior="attribute")
+    if predictions is not None:
+        for rid, p in cap.items():
+            predictions[rid] = {"caption": p.get("caption"), "caption_score": p.get("caption_score"),
+                                "caption_view_coeffs": p.get("view_coeffs")}
+        for rid, p in ac.items():
+            predictions.setdefault(rid, {}).update(
+                {"category": p.get("category"), "category_score": p.get("category_score"),
+                 "attributes": {n: s for n, s in p.get("attributes", [])}, "view_coeffs": p.get("view_coeffs")})
     return score(cap, ac, data_dir, split), len(cap)
 
 
@@ -213,11 +221,8 @@ def train_on_folder(cfg, log=print):
     eval_views = {"prior": eval_prior, "num_views": views["num_views"],
                   **({"fixed_coeffs": views["fixed_coeffs"]} if "fixed_coeffs" in views else {})}
 
-    def evaluate(model, split):
-        metrics, n = evaluate_scheme(model, root, split, eval_views, mcfg.vision.image_size)
-        log(f"  {split} ({n} regions, prior {eval_prior}): CIDEr {metrics['CIDEr']:.1f} | attribute mAP "
-            f"{metrics['attr_mAP']:.1f} | accuracy {metrics['acc']:.1f}")
-        return metrics
+    def evaluate(model, split):   # the engine logs the record and prints it
+        return evaluate_scheme(model, root, split, eval_views, mcfg.vision.image_size)[0]
 
     model, summary = train_scheme(mcfg, root, explicit.get("output_dir", cfg.run["output_dir"]), views, texts, tags,
                                   classes, attributes, run_extra=explicit,
@@ -229,13 +234,29 @@ def train_on_folder(cfg, log=print):
     return summary, path
 
 
-def evaluate_bundle(cfg, checkpoint: str, split: str = "val", prior: str = "image"):
-    """``dynrefer eval CONFIG --checkpoint BUNDLE``: the bundle's model on ``split`` of ``datasets.root`` with
-    ``prior``. Returns (metrics, number of regions, number of views)."""
+def evaluate_bundle(cfg, checkpoint: str, split: str = "val", prior: str = "image", out=None):
+    """``dynrefer eval CONFIG --checkpoint BUNDLE [--out FILE]``: the bundle's model on ``split`` of
+    ``datasets.root`` with ``prior``. Returns (metrics, number of regions, number of views); ``out``: a JSON file
+    with the metrics, the settings and every region's answers (box, caption, category, attribute scores, the
+    views used) next to its ground truth."""
     from dynrefer.app.bundle import load_bundle_model
 
     root = dataset_root(cfg.datasets, split)
     bundle, model = load_bundle_model(checkpoint)
     n = bundle["views"]["num_views"]
-    m, regions = evaluate_scheme(model, root, split, {"prior": prior, "num_views": n}, bundle["views"]["size"])
+    preds = {} if out else None
+    m, regions = evaluate_scheme(model, root, split, {"prior": prior, "num_views": n}, bundle["views"]["size"],
+                                 predictions=preds)
+    if out:
+        from dynrefer.data import load_annotations, write_json
+
+        caps = load_annotations(os.path.join(root, f"{split}_caption.json"))
+        rows = []
+        for r in caps.records:
+            p = preds.get(r.id, {})
+            rows.append({"id": r.id, "image_id": r.image_id, "box": [float(v) for v in r.box],
+                         "ground_truth": {"caption": r.caption, "category": r.category}, **p})
+        write_json(out, {"metrics": m, "settings": {"split": split, "prior": prior, "num_views": n,
+                                                    "checkpoint": checkpoint, "root": root},
+                         "regions": rows})
     return m, regions, n

@@ -53,6 +53,13 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _file_mode() -> int:
+    """0666 less the process umask: the mode ``open()`` would have given a new file."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: str, write) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -62,6 +69,7 @@ def _atomic_write(path: str, write) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), _file_mode())   # mkstemp makes 0600: give the file the user's usual mode
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -117,7 +117,12 @@ RUN_SCHEMA = {
                     "'split/key' (or 'key' for the first valid split) tracked for checkpoint_best.pt"),
     "best_metric_mode": (("choice", "max", "min"), "max", None, "whether larger or smaller is better"),
     "log_freq": (int, 50, lambda v: v >= 1, "optimiser steps per JSONL metrics record"),
-    "progress_bar": (bool, True, None, "tqdm bar on rank 0 (only when stderr is a terminal)"),
+    "progress_bar": (bool, True, None, "tqdm bar on rank 0 (when stderr is a terminal, or a widget in a notebook)"),
+    "console": (bool, True, None, "rank 0 prints a kept line per epoch (loss, lr, throughput, ETA), the evaluations, "
+                "and a line per logged interval when no bar is shown (nohup, SLURM)"),
+    "tensorboard": (bool, True, None, "TensorBoard event files under output_dir/tensorboard (needs tensorboard)"),
+    "plot": (bool, True, None, "output_dir/metrics.png, the loss and evaluation curves, at the end (needs "
+             "matplotlib)"),
 }
 
 

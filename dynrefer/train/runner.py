@@ -18,7 +18,7 @@ from dynrefer.train import checkpoint as ckpt_mod
 from dynrefer.train.config import Config, load_config
 from dynrefer.train.data import ResumableBatchSampler, SeededDataset
 from dynrefer.train.dist import all_gather_object, all_reduce_sum, barrier, setup_distributed
-from dynrefer.train.metrics import MetricsWriter, logger, progress_bar
+from dynrefer.train.metrics import Console, MetricsWriter, TensorBoard, logger, plot_metrics, progress_bar
 from dynrefer.train.optim import LinearWarmupCosineLR, build_optimizer
 
 __all__ = ["Runner", "run_training", "seed_everything"]
@@ -145,7 +145,12 @@ class Runner:
 
         self.epoch = self.epoch_step = self.step = 0
         self.best = None
+        self._resumed_step = None
         self._resume()
+        main = ctx.is_main
+        self.tb = TensorBoard(os.path.join(self.out_dir, "tensorboard"), main and r["tensorboard"],
+                              purge_step=self._resumed_step)
+        self.console = Console(main and r["console"], self.total_steps)
 
         self.ddp = None
         if ctx.distributed and self.train_set is not None:
@@ -213,6 +218,7 @@ class Runner:
         else:
             seed_everything(r["seed"] + ctx.rank + 7919 * (self.step + 1))
         self.writer.truncate_after(self.step)
+        self._resumed_step = self.step
         logger.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
     # ------------------------------------------------------------------------------------------- checkpoints
@@ -271,9 +277,12 @@ class Runner:
         if not isinstance(result, dict):
             raise TypeError(f"evaluate: expected a dict of metrics for split {split!r}, got {type(result).__name__}")
         result = {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in result.items()}
-        self.writer.write({"type": "eval", "split": split, "epoch": epoch, "step": self.step, **result})
+        record = {"type": "eval", "split": split, "epoch": epoch, "step": self.step, **result}
+        self.writer.write(record)
         if self.ctx.is_main:
             logger.info("eval %s epoch %s: %s", split, epoch, result)
+            self.tb.write(record)
+            self.console.evaluation(split, epoch, result)
         return result
 
     def _update_best(self, results, epoch):
@@ -329,6 +338,7 @@ class Runner:
         loader = self._loader(epoch, start_batch)
         bar = progress_bar(self.steps_per_epoch, f"epoch {epoch}", r["progress_bar"] and ctx.is_main,
                            initial=self.epoch_step)
+        self.console.start(self.step, bar_shown=type(bar).__name__ != "_NullBar")
         sums, n_steps, n_samples = {}, 0, 0
         saved = self._resumed_interval
         if saved is not None:  # resumed mid-interval: the record averages the same steps as without the stop
@@ -462,6 +472,9 @@ class Runner:
             record["mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.last_train = record
         self.writer.write(record)
+        if ctx.is_main:
+            self.tb.write(record)
+            self.console.interval(record)
         bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}")
 
     def run(self) -> dict:
@@ -488,6 +501,8 @@ class Runner:
                     self.save(["latest.pt"])
                     summary["interrupted"] = True
                     break
+                if self.last_train is not None and ctx.is_main:
+                    self.console.epoch_end(epoch, self.last_train)
                 results = {s: self._evaluate(s, epoch) for s in r["valid_splits"]}
                 improved = self._update_best(results, epoch) if results else False
                 self.epoch, self.epoch_step = epoch + 1, 0
@@ -506,9 +521,15 @@ class Runner:
                     summary["eval"][split] = self._evaluate(split, "test")
             summary.update(step=self.step, epoch=self.epoch, total_steps=self.total_steps, best=self.best,
                            last_train=self.last_train, checkpoint=os.path.join(self.out_dir, "latest.pt"))
+            if ctx.is_main and r["plot"]:
+                summary["plot"] = plot_metrics(os.path.join(self.out_dir, "metrics.jsonl"),
+                                               os.path.join(self.out_dir, "metrics.png"))
             return summary
         finally:
             self._restore_signals()
+            tb = getattr(self, "tb", None)
+            if tb is not None:
+                tb.close()
             if self.ctx is not None:
                 self.ctx.close()
 
