@@ -32,10 +32,16 @@ DEFAULT_OUT = "dynrefer-demo"
 def _info(_args):
     import dynrefer
 
+    try:   # PyTorch's own CUDA facts, when it is installed
+        import torch  # noqa: F401
+    except ImportError:
+        pass
     i = dynrefer.build_info()
-    print(f"dynrefer {i['dynrefer']} | numpy {i['numpy']}")
-    print(f"CPU threads: {i['threads']} | views kernels: {i['cpu_isa']}")
-    print(f"CUDA kernels built: {i['cuda_built']} | CUDA device usable: {i['cuda_available']}")
+    print(f"dynrefer {i['dynrefer']} | Python {i['python']} | {i['platform']}")
+    print(" | ".join(f"{k} {i[k] or '-'}" for k in ("numpy", "torch", "torchvision", "transformers")))
+    print(f"CPU: {i['cpu']} | kernels: {i['cpu_isa']}, {i['threads']} threads")
+    print(f"CUDA kernels built: {i['cuda_built']} | CUDA device usable: {i['cuda_available']} | torch CUDA "
+          f"{i['torch_cuda'] or '-'} | GPU {i['gpu'] or '-'}")
     print(f"CUDA launchers: {', '.join(i['cuda_launchers']) or '-'}")
     return 0
 
@@ -216,6 +222,9 @@ def _bench(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="dynrefer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from dynrefer import __version__
+
+    ap.add_argument("--version", action="version", version=f"dynrefer {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="the main job: miniature Table 7 on the synthetic benchmark")
     d.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")

@@ -171,6 +171,17 @@ class DynReferConfig:
     vit_precision: str = "fp32"   # "fp16" / "bf16": the frozen ViT runs under that autocast on CUDA
     llm_precision: str = "fp32"
 
+    def __repr__(self):
+        """One short line of the dimensions that tell configurations apart (``to_dict()`` has every field)."""
+        v, q, t, l, te = self.vision, self.qformer, self.t5, self.llm, self.text_encoder
+        if l.kind == "t5":
+            llm = f"t5 {t.d_model}x{t.num_layers}+{t.num_decoder_layers}"
+        else:
+            llm = f"causal {l.path or (l.config or {}).get('model_type', '?')}" + (" +LoRA" if l.lora else "")
+        return (f"DynReferConfig({v.arch} ViT {v.width}x{v.depth} @{v.image_size}/{v.patch_size}, "
+                f"{self.num_views} views, Q-Former {q.hidden_size}x{q.num_layers} ({q.num_query_tokens} queries), "
+                f"LLM {llm}, text {te.hidden_size}x{te.num_layers})")
+
     # --------------------------------------------------------------------------------------- (de)serialisation
     def to_dict(self):
         return dataclasses.asdict(self)
