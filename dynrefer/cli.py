@@ -82,13 +82,13 @@ def _parse_box(text):
 
 def _describe(args):
     from dynrefer.app.describe import describe_image
-    from dynrefer.model import format_descriptions
+    from dynrefer.model import format_blocks
 
     boxes = [_parse_box(b) for b in args.box]
     _threads(args)
     res, paths = describe_image(args.image, boxes, args.checkpoint, prior=args.prior, seed=args.seed,
                                 out_stem=args.out)
-    print(format_descriptions(res))
+    print(format_blocks(res))
     for k, r in enumerate(res):
         if r.get("clipped"):
             print(f"[{k}] the box reaches outside the image: clipped to {[round(v, 1) for v in r['box']]}")

@@ -40,13 +40,17 @@ def test_describe_on_the_demo_model(demo_out, tmp_path, capsys):
                str(demo_out / "model.pt"), "--out", stem])
     assert rc == 0
     out = capsys.readouterr().out
-    lines = [l for l in out.splitlines() if l.startswith("[")]
-    assert sum("category=" in l and "caption=" in l for l in lines) == 2
+    blocks = out.split("\n[")
+    heads = [l for l in out.splitlines() if l.startswith("[") and " box " in l]
+    assert len(heads) == 2 and all("(views t = " in h for h in heads)
+    for label in ("category ", "attributes ", "tags ", "caption "):
+        assert sum(f"    {label}" in b for b in blocks) == 2, label
+    assert all(len(l) <= 160 for l in out.splitlines())        # a short block a person reads, no 600-char lines
     assert os.path.isfile(stem + "_0.png") and os.path.isfile(stem + "_1.png")
     # deterministic under the seed
     main(["describe", img, "--box", "10,10,80,90", "--checkpoint", str(demo_out / "model.pt"), "--out", stem])
-    again = capsys.readouterr().out.splitlines()[0]
-    assert again == lines[0]
+    again = capsys.readouterr().out.splitlines()
+    assert again[:5] == out.splitlines()[:5]
 
 
 def test_train_and_eval_commands(demo_out, tmp_path, capsys):

@@ -230,7 +230,9 @@ def test_describe_real_photo_with_each_prior(model, shared_data):
     boxes = np.array([[0.1 * W, 0.2 * H, 0.5 * W, 0.7 * H], [0.6 * W, 0.1 * H, 0.95 * W, 0.5 * H]], np.float32)
     by_task = model.describe(img, boxes, prior="task", tasks=("attribute", "caption"), seed=0)
     n = model.num_views
-    assert [r["view_coeffs"][1:] for r in by_task] == [list(TASK_PRIOR["attribute"][:n - 1])] * 2
+    # captions from the caption prior's views, attributes from the attribute prior's (as the evaluation reads them)
+    assert [r["view_coeffs"][1:] for r in by_task] == [list(TASK_PRIOR["caption"][:n - 1])] * 2
+    assert [r["view_coeffs_attribute"][1:] for r in by_task] == [list(TASK_PRIOR["attribute"][:n - 1])] * 2
     cap = model.describe(img, boxes, prior="task", tasks=("caption",), seed=0)
     assert cap[0]["view_coeffs"][1:] == list(TASK_PRIOR["caption"][:n - 1])
     by_image = model.describe(img, boxes, prior="image", seed=0)
@@ -317,3 +319,25 @@ def _cuda_forward_backward_and_backends_agree():
     assert float((a - b).norm() / a.norm()) < 1e-4
     res = m.describe_views(s["views"], s["boxes"])
     assert len(res) == 3 and all("caption" in r for r in res)
+
+
+def test_task_prior_reads_captions_and_attributes_from_their_own_views(model):
+    """describe(prior="task") answers as the evaluation reads them: captions (and the tags steering them) from the
+    caption prior's views, categories and attributes from the attribute prior's."""
+    from dynrefer.model import format_blocks
+    from dynrefer.views import TASK_PRIOR
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    boxes = np.array([[10, 10, 60, 70], [80, 20, 150, 110]], np.float32)
+    both = model.describe(img, boxes, prior="task", seed=0)
+    cap = model.describe(img, boxes, prior="task", task="caption", tasks=("tag", "caption"), seed=0)
+    att = model.describe(img, boxes, prior="task", task="attribute", tasks=("category", "attribute"), seed=0)
+    n = model.num_views
+    for b, c, a in zip(both, cap, att):
+        assert b["view_coeffs"] == c["view_coeffs"] == [0.0] + list(TASK_PRIOR["caption"][:n - 1])
+        assert b["view_coeffs_attribute"] == a["view_coeffs"] == [0.0] + list(TASK_PRIOR["attribute"][:n - 1])
+        assert b["caption"] == c["caption"] and b["tags"] == c["tags"]
+        assert b["category"] == a["category"] and b["attributes"] == a["attributes"]
+    text = format_blocks(both)
+    assert text.count("\n[") == 1 and "attribute: t = " in text and "    caption     " in text

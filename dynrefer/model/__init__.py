@@ -5,16 +5,17 @@
     DynRefer.forward(samples) → {"loss", "loss_llm", "loss_tag", "loss_rtc"}
     DynRefer.describe(images, boxes, prior=..., tasks=...)          inference on images (nested views)
     format_descriptions(results)                                     one line per region
+    format_blocks(results)                                           a short block per region, for people
     loading: load_eva_vit, load_blip2_checkpoint, load_t5_directory, save_t5_directory, load_dynrefer_checkpoint
     flops: flops_report(config), visual_macs(config, num_views)
 """
-__all__ = ["DynReferConfig", "PRESETS", "DynRefer", "TRAINABLE_PREFIXES", "build_dynrefer", "format_descriptions",
+__all__ = ["DynReferConfig", "PRESETS", "DynRefer", "TRAINABLE_PREFIXES", "build_dynrefer", "format_descriptions", "format_blocks",
            "load_eva_vit", "load_blip2_checkpoint", "load_t5_directory", "save_t5_directory",
            "load_dynrefer_checkpoint", "save_dynrefer_checkpoint", "flops_report", "visual_macs"]
 
 # names are resolved on first use, so that torch-free submodules (config, placeholders) import without PyTorch
 _LAZY = {"DynReferConfig": "config", "PRESETS": "config", "DynRefer": "dynrefer", "TRAINABLE_PREFIXES": "dynrefer",
-         "format_descriptions": "dynrefer", "build_dynrefer": "factory",
+         "format_descriptions": "dynrefer", "format_blocks": "dynrefer", "build_dynrefer": "factory",
          "load_eva_vit": "loading", "load_blip2_checkpoint": "loading", "load_t5_directory": "loading",
          "save_t5_directory": "loading", "load_dynrefer_checkpoint": "loading",
          "save_dynrefer_checkpoint": "loading", "flops_report": "flops", "visual_macs": "flops"}

@@ -236,6 +236,6 @@ PRESETS = {
                                        vocab_size=256, max_length=16),
         num_views=2,
         train_llm=True,  # a random-init T5 cannot be steered by its inputs alone
-        generation=GenerationConfig(num_beams=2, max_new_tokens=8, chunk_size=8),
+        generation=GenerationConfig(num_beams=2, max_new_tokens=16, chunk_size=8),
     ).to_dict(),
 }

@@ -57,7 +57,8 @@ from dynrefer.model.vision import build_vision_encoder
 from dynrefer.nn import backend
 from dynrefer.nn.align import DeformableAlign
 
-__all__ = ["DynRefer", "TRAINABLE_PREFIXES", "attribute_prompts", "class_prompts", "format_descriptions"]
+__all__ = ["DynRefer", "TRAINABLE_PREFIXES", "attribute_prompts", "class_prompts", "format_descriptions",
+           "format_blocks"]
 
 log = logging.getLogger("dynrefer.model")
 
@@ -553,8 +554,11 @@ class DynRefer(nn.Module):
             images: an HxWx3 uint8 array / PIL image, or a list of them.
             boxes: per image an [R, 4] xyxy pixel box array (a single array when ``images`` is one image).
             prior: view selection at inference: "image" (pHash search, default), "task" (the paper's table,
-                ``dynrefer.views.TASK_PRIOR``, for ``task``: by default "attribute" when the first of ``tasks`` is
-                attribute or category, else "caption"), "none" (random views; seeded by ``seed``).
+                ``dynrefer.views.TASK_PRIOR``: for ``task`` when given, else captions and tags from the caption
+                prior's views and categories and attributes from the attribute prior's, as the evaluation reads
+                them; ``view_coeffs_attribute`` then holds the second set), "none" (random views; seeded by
+                ``seed``). ``task`` also picks the view prior of "image" and "none" (default: "attribute" when the
+                first of ``tasks`` is attribute or category, else "caption").
             tasks: any of "category", "attribute", "tag", "caption" ("category" needs the model built with
                 ``classes`` and "attribute" with ``attributes``; without them those fields are left out).
             seed: makes the whole call deterministic (view sampling and any randomness in generation).
@@ -574,11 +578,20 @@ class DynRefer(nn.Module):
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
         tasks = tuple(tasks)
-        if task is None:  # the view prior of the first task: little context for attributes and categories
-            task = {"attribute": "attribute", "category": "attribute"}.get(tasks[0] if tasks else "", "caption")
-        vtask = task
+        # which views each answer is read from: with prior="task" (and no explicit task) captions and the tags that
+        # steer them come from the caption prior's views, categories and attributes from the attribute prior's —
+        # as the evaluation reads them (dynrefer.app.schemes); other priors choose views once for every task
+        if task is None and prior == "task":
+            groups = [(g, t) for g, t in ((("tag", "caption"), "caption"), (("category", "attribute"), "attribute"))
+                      if any(x in tasks for x in g)]
+            groups = [(tuple(x for x in tasks if x in g), t) for g, t in groups]
+        else:
+            if task is None:   # the first task's view prior: little context for attributes and categories
+                task = {"attribute": "attribute", "category": "attribute"}.get(tasks[0] if tasks else "", "caption")
+            groups = [(tasks, task)]
         vc = self.config.vision
-        nv = NestedViews(size=vc.image_size, num_views=self.num_views, prior=prior, task=vtask, seed=seed)
+        nvs = [NestedViews(size=vc.image_size, num_views=self.num_views, prior=prior, task=t, seed=seed)
+               for _, t in groups]
         rng = np.random.default_rng(seed)
         devices = [self.device] if self.device.type == "cuda" else []
         out = []
@@ -590,13 +603,56 @@ class DynRefer(nn.Module):
                 if len(bx) == 0:
                     out.append([])
                     continue
-                v = nv(np.asarray(img), bx, rng=rng)
-                regs = self.describe_views(torch.from_numpy(v["views"]), torch.from_numpy(v["boxes"]),
-                                           coeffs=v["coeffs"], tasks=tasks, **gen)
+                regs = None
+                for (group, vtask), nv in zip(groups, nvs):
+                    v = nv(np.asarray(img), bx, rng=rng)
+                    part = self.describe_views(torch.from_numpy(v["views"]), torch.from_numpy(v["boxes"]),
+                                               coeffs=v["coeffs"], tasks=group, **gen)
+                    if regs is None:
+                        regs = part
+                    else:
+                        for r, p in zip(regs, part):
+                            if p.get("view_coeffs") != r.get("view_coeffs"):
+                                p[f"view_coeffs_{vtask}"] = p.pop("view_coeffs")
+                            else:
+                                p.pop("view_coeffs", None)
+                            r.update(p)
                 for r, b in zip(regs, bx.tolist()):
                     r["box"] = [float(x) for x in b]
                 out.append(regs)
         return out[0] if single else out
+
+
+def format_blocks(results, top_attributes=3, top_tags=5, attribute_threshold=None):
+    """A short block per region for people: box and views, category with its score, the attributes (those above
+    ``attribute_threshold`` when given, else the ``top_attributes`` best), the ``top_tags`` best tags (and how
+    many more passed the tag threshold), and the complete caption with its score."""
+    out = []
+    for i, r in enumerate(results):
+        head = f"[{i}]"
+        if "box" in r:
+            head += " box " + ",".join(f"{x:.0f}" for x in r["box"])
+        views = [f"t = {', '.join(f'{c:.1f}' for c in r['view_coeffs'])}"] if "view_coeffs" in r else []
+        views += [f"{k[len('view_coeffs_'):]}: t = {', '.join(f'{c:.1f}' for c in v)}" for k, v in r.items()
+                  if k.startswith("view_coeffs_")]
+        if views:
+            head += "  (views " + "; ".join(views) + ")"
+        lines = [head]
+        if "category" in r:
+            lines.append(f"    category    {r['category']} {r['category_score']:.2f}")
+        if r.get("attributes"):
+            ranked = sorted(r["attributes"], key=lambda t: -t[1])
+            shown = ([a for a in ranked if a[1] >= attribute_threshold] if attribute_threshold is not None
+                     else ranked[:top_attributes])
+            lines.append("    attributes  " + (", ".join(f"{n} {s:.2f}" for n, s in shown) or "-"))
+        if "tags" in r:
+            tags = r["tags"]
+            more = f" (+{len(tags) - top_tags} more)" if len(tags) > top_tags else ""
+            lines.append("    tags        " + (", ".join(f"{n} {s:.2f}" for n, s in tags[:top_tags]) or "-") + more)
+        if "caption" in r:
+            lines.append(f"    caption     {r['caption'] or '-'} ({r['caption_score']:.2f})")
+        out.append("\n".join(lines))
+    return "\n".join(out)
 
 
 def format_descriptions(results, top_attributes=3):
