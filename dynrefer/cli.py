@@ -61,7 +61,10 @@ def _threads(args):
 def _demo(args):
     from dynrefer.app.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed, epochs=args.epochs, threads=args.threads)
+    if args.seeds < 1 or (args.jobs is not None and args.jobs < 1):
+        raise CliError("--seeds and --jobs must be at least 1")
+    run_demo(args.out, quick=args.quick, seed=args.seed, epochs=args.epochs, threads=args.threads, seeds=args.seeds,
+             jobs=args.jobs)
     return 0
 
 
@@ -230,7 +233,9 @@ def main(argv=None):
     d.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     d.add_argument("--quick", action="store_true", help="a small run (~2 minutes) that checks the pipeline")
     d.add_argument("--epochs", type=int, default=None)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="the data's seed and the first training seed")
+    d.add_argument("--seeds", type=int, default=3, help="training seeds per view scheme (default 3)")
+    d.add_argument("--jobs", type=int, default=None, help="trainings side by side (default: one per CPU, at most 4)")
     d.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the tiny preset's ops are "
                    "too small to split; the C kernels keep their own pool)")
     d.set_defaults(fn=_demo)

@@ -23,7 +23,7 @@ import time
 from dynrefer.app.bundle import read_vocab, save_bundle
 from dynrefer.app.schemes import evaluate_scheme, train_scheme
 
-__all__ = ["SCHEMES", "run_demo", "markdown_table"]
+__all__ = ["SCHEMES", "run_demo", "markdown_table", "summarize"]
 
 # name, training views (NestedViews keyword arguments), inference schemes [(prior label, kwargs)]
 SCHEMES = [
@@ -48,29 +48,98 @@ def _log(msg):
     print(msg, flush=True)
 
 
-def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log, threads=1):
-    """Run the miniature Table 7; returns the rows and writes ``table7.md`` and ``model.pt`` under ``out``."""
+def _job(args):
+    """Train one view scheme with one seed and evaluate it under each of its inference priors (in a worker
+    process: one torch thread, one kernel thread, so that jobs side by side do not compete)."""
+    import torch
+
+    import dynrefer
+    from dynrefer.model import DynReferConfig
+
+    name, train_views, evals, seed, data_dir, run_dir, epochs, vocab, keep = args
+    torch.set_num_threads(1)
+    dynrefer.set_num_threads(1)
+    texts, tags, classes, attributes = vocab
+    n = len(train_views.get("fixed_coeffs", ())) or train_views.get("num_views", 3)
+    cfg = DynReferConfig.from_preset("tiny", num_views=n)
+    t0 = time.time()
+    model, summary = train_scheme(cfg, data_dir, run_dir, train_views, texts, tags, classes, attributes, epochs,
+                                  seed, batch_size=16, preset="tiny",
+                                  run_extra={"console": False, "tensorboard": False, "plot": False})
+    metrics = {}
+    for prior, ev in evals:
+        m, _ = evaluate_scheme(model, data_dir, "val", ev, cfg.vision.image_size, seed=seed)
+        metrics[prior] = m
+    if keep:
+        save_bundle(model, keep, texts, tags, classes, attributes, {"num_views": n, "size": cfg.vision.image_size})
+    return name, seed, n, metrics, summary["step"], time.time() - t0, (summary.get("last_train") or {}).get("loss")
+
+
+def summarize(results, seeds):
+    """Rows of mean ± standard deviation over the seeds, and the pairs of rows whose CIDEr, attribute mAP or
+    accuracy differ by more than twice the standard error of the difference (the rest is within the seeds'
+    spread)."""
+    import numpy as np
+
+    rows, stats = [], []
+    for name, _, evals in SCHEMES:
+        views = results[(name, seeds[0])]["views"]
+        for prior, _ in evals:
+            vals = [results[(name, s)][prior] for s in seeds]
+            rec = {"scheme": name, "prior": prior}
+            cells = []
+            for key in ("CIDEr", "attr_mAP", "acc"):
+                x = np.array([v[key] for v in vals], dtype=np.float64)
+                mean, sd = float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+                rec[key] = (mean, sd, len(x))
+                cells.append(f"{mean:.1f} ± {sd:.1f}" if len(x) > 1 else f"{mean:.1f}")
+            rows.append([name, str(views), prior] + cells)
+            stats.append(rec)
+    findings = []
+    for key, label in (("CIDEr", "CIDEr"), ("attr_mAP", "attribute mAP"), ("acc", "accuracy")):
+        for i in range(len(stats)):
+            for j in range(i + 1, len(stats)):
+                (mi, si, n_i), (mj, sj, n_j) = stats[i][key], stats[j][key]
+                se = (si * si / n_i + sj * sj / n_j) ** 0.5
+                if n_i > 1 and abs(mi - mj) > 2 * se and abs(mi - mj) > 0.05:
+                    hi, lo = (stats[i], stats[j]) if mi > mj else (stats[j], stats[i])
+                    findings.append(f"{label}: {hi['scheme']} ({hi['prior']}) > {lo['scheme']} ({lo['prior']}) by "
+                                    f"{abs(mi - mj):.1f} (2 standard errors: {2 * se:.1f})")
+    return rows, findings
+
+
+def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log, threads=1, seeds=3, jobs=None):
+    """Run the miniature Table 7: every view scheme trained with ``seeds`` seeds (``seed``, ``seed`` + 1, ...) on
+    the same data, evaluated under each inference prior; prints and writes ``table7.md`` (mean ± standard deviation
+    over the seeds, and which differences exceed their spread) and ``model.pt`` (the stochastic model of the first
+    seed). ``jobs`` trainings run side by side in worker processes (default: one per CPU, at most 4); ``threads``:
+    torch threads of a job run in this process (``jobs=1``). Returns the rows."""
     import torch
 
     t_start = time.time()
     data_dir = os.path.join(out, "data")
     splits = {"train": 16, "val": 6} if quick else {"train": 96, "val": 32}
     epochs = epochs or (6 if quick else 24)
-    # the tiny model's ops are too small to split across threads: one torch thread is several times faster than
-    # two on a 2-core machine (the C kernels keep their own pool for the views)
+    seeds = list(range(seed, seed + max(1, int(seeds))))
+    if jobs is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        jobs = max(1, min(4, cpus))
+    # the tiny model's ops are too small to split across threads: one torch thread per job is fastest
     prev_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run(out, data_dir, splits, epochs, seed, log, t_start)
+        return _run(out, data_dir, splits, epochs, seed, seeds, jobs, log, t_start)
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _run(out, data_dir, splits, epochs, seed, log, t_start):
+def _run(out, data_dir, splits, epochs, seed, seeds, jobs, log, t_start):
     from dynrefer.data.readers import load_annotations
     from dynrefer.data.synthetic import generate
-    from dynrefer.model import DynReferConfig
 
     log(f"== synthetic benchmark → {data_dir} (seed {seed}, {splits})")
     generate(data_dir, seed=seed, splits=splits)
@@ -78,33 +147,50 @@ def _run(out, data_dir, splits, epochs, seed, log, t_start):
     texts = [r.caption for r in load_annotations(os.path.join(data_dir, "train_caption.json")).records if r.caption]
     log(f"   {len(texts)} training regions, {len(classes)} categories, {len(attributes)} attributes, "
         f"{len(tags)} tags")
-    rows = []
-    final_model = None
+    vocab = (texts, tags, classes, attributes)
+    bundle = os.path.join(out, "model.pt")
+    work = []
     for name, train_views, evals in SCHEMES:
         n = len(train_views.get("fixed_coeffs", ())) or train_views.get("num_views", 3)
-        cfg = DynReferConfig.from_preset("tiny", num_views=n)
-        t0 = time.time()
-        log(f"== train: {name} ({n} view{'s' if n > 1 else ''}, {epochs} epochs)")
-        model, summary = train_scheme(cfg, data_dir, os.path.join(out, "runs", name.split()[0] + f"_{n}"),
-                                      train_views, texts, tags, classes, attributes, epochs, seed,
-                                      batch_size=16, preset="tiny", run_extra={"console": False})
-        loss = summary.get("last_train", {}).get("loss")
-        log(f"   {summary['step']} steps in {time.time() - t0:.0f} s, last loss {loss if loss is None else round(loss, 3)}")
-        for prior, ev in evals:
-            m, _ = evaluate_scheme(model, data_dir, "val", ev, cfg.vision.image_size, seed=seed)
-            rows.append([name, str(n), prior, f"{m['CIDEr']:.1f}", f"{m['attr_mAP']:.1f}", f"{m['acc']:.1f}"])
-            log(f"   prior {prior}: CIDEr {m['CIDEr']:.1f}  attribute mAP {m['attr_mAP']:.1f}  "
-                f"accuracy {m['acc']:.1f}")
-        final_model = model
-    bundle = save_bundle(final_model, os.path.join(out, "model.pt"), texts, tags, classes, attributes,
-                         {"num_views": 3, "size": final_model.config.vision.image_size})
+        for s in seeds:
+            keep = bundle if (train_views.get("prior") == "stochastic" and s == seeds[0]) else None
+            run_dir = os.path.join(out, "runs", f"{name.split()[0]}_{n}_seed{s}")
+            work.append((name, train_views, evals, s, data_dir, run_dir, epochs, vocab, keep))
+    log(f"== {len(SCHEMES)} view schemes x {len(seeds)} seeds ({', '.join(map(str, seeds))}), {epochs} epochs each, "
+        f"{jobs} at a time")
+    results = {}
+
+    def record(res):
+        name, s, n, metrics, steps, secs, loss = res
+        results[(name, s)] = {"views": n, **metrics}
+        scores = "; ".join(f"{p}: CIDEr {m['CIDEr']:.1f}, mAP {m['attr_mAP']:.1f}, acc {m['acc']:.1f}"
+                           for p, m in metrics.items())
+        log(f"   {name}, seed {s}: {steps} steps in {secs:.0f} s, last loss "
+            f"{'-' if loss is None else round(loss, 3)} | {scores}")
+
+    if jobs <= 1:
+        for w in work:
+            record(_job(w))
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            for res in pool.imap_unordered(_job, work):
+                record(res)
+    rows, findings = summarize(results, seeds)
     header = ["view scheme", "views", "inference prior", "CIDEr", "attribute mAP", "accuracy"]
     table = markdown_table(rows, header)
+    spread = ("\n".join(f"- {f}" for f in findings) if findings else
+              "- no difference between rows exceeds twice its standard error")
+    text = (f"Miniature Table 7 (synthetic benchmark, tiny DynRefer, {epochs} epochs; mean ± standard deviation over "
+            f"seeds {', '.join(map(str, seeds))})\n\n{table}\n\nDifferences larger than twice their standard "
+            f"error:\n{spread}\n")
     with open(os.path.join(out, "table7.md"), "w", encoding="utf-8") as f:
-        f.write(f"Miniature Table 7 (synthetic benchmark, seed {seed}, tiny DynRefer, {epochs} epochs)\n\n")
-        f.write(table + "\n")
+        f.write(text)
     log("")
-    log(f"Miniature Table 7 — synthetic benchmark, tiny DynRefer, validation split ({time.time() - t_start:.0f} s)")
+    log(f"Miniature Table 7 — synthetic benchmark, tiny DynRefer, validation split, {len(seeds)} seeds "
+        f"({time.time() - t_start:.0f} s)")
     log(table)
+    log("\nDifferences larger than twice their standard error:\n" + spread)
     log(f"\nmodel bundle: {bundle}  (try: dynrefer describe IMAGE --box x1,y1,x2,y2 --checkpoint {bundle})")
     return rows
