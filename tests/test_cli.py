@@ -16,7 +16,7 @@ from dynrefer.cli import main  # noqa: E402
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), "--quick", "--epochs", "1"]) == 0
+    assert main(["demo", "--out", str(out), "--quick", "--epochs", "1", "--seeds", "2", "--jobs", "2"]) == 0
     return out
 
 
@@ -26,8 +26,9 @@ def test_demo_writes_table_and_bundle(demo_out, capsys):
     assert len(rows) == 6  # crop, RoI-Align, fixed 2, stochastic x (none, image, task)
     for r in rows:
         cells = [c.strip() for c in r.strip("|").split("|")]
-        cider, amap, acc = (float(c) for c in cells[3:6])
-        assert cider >= 0 and 0 <= amap <= 100 and 0 <= acc <= 100
+        (cider, s_c), (amap, s_a), (acc, s_acc) = (map(float, c.split(" ± ")) for c in cells[3:6])  # mean ± sd
+        assert cider >= 0 and 0 <= amap <= 100 and 0 <= acc <= 100 and min(s_c, s_a, s_acc) >= 0
+    assert "Differences larger than twice their standard error" in table
     assert (demo_out / "model.pt").is_file()
     manifest = json.loads((demo_out / "data" / "synthetic.json").read_text())
     assert manifest["splits"] == {"train": 16, "val": 6}
@@ -132,3 +133,19 @@ def test_examples_run(demo_out, tmp_path, monkeypatch, capsys):
         runpy.run_path(os.path.join(root, "train_on_your_annotations.py"), run_name="__main__")
     assert e.value.code == 0
     assert (tmp_path / "mine" / "run" / "model.pt").is_file()
+
+
+def test_demo_table_statistics():
+    """mean ± sample standard deviation per row; a difference is listed only beyond twice its standard error."""
+    from dynrefer.app.demo import SCHEMES, summarize
+
+    results = {}
+    for k, (name, train, evals) in enumerate(SCHEMES):
+        for s in (0, 1, 2):
+            big = name == "stochastic 3 views"
+            results[(name, s)] = {"views": 1, **{p: {"CIDEr": (80.0 if big else 50.0) + s, "attr_mAP": 30.0 + 3 * s,
+                                                     "acc": 20.0} for p, _ in evals}}
+    rows, findings = summarize(results, [0, 1, 2])
+    assert rows[0][3:] == ["51.0 ± 1.0", "33.0 ± 3.0", "20.0 ± 0.0"]
+    assert any(f.startswith("CIDEr: stochastic 3 views") for f in findings)
+    assert not any(f.startswith("attribute mAP") or f.startswith("accuracy") for f in findings)
