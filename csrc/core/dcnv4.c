@@ -1,4 +1,4 @@
-/* dcnv4.c — DCNv4 deformable aggregation, forward and backward, on the CPU (DCNv4 semantics, DESIGN §7.5).
+/* dcnv4.c — DCNv4 deformable aggregation, forward and backward, on the CPU (DCNv4 semantics, docs/DESIGN.md §7.5).
  *
  * Complexity: forward O(N * Ho * Wo * G * K * D), backward the same plus O(N * H * W * C) to clear grad_value.
  * Threads: forward over output rows (n, ho), backward over (image, group); both deterministic. The fast loops need

@@ -1,4 +1,4 @@
-/* roi_align.c — RoI-Align forward and backward on the CPU (torchvision.ops.roi_align semantics, DESIGN §7.1).
+/* roi_align.c — RoI-Align forward and backward on the CPU (torchvision.ops.roi_align semantics, docs/DESIGN.md §7.1).
  *
  * Complexity: forward O(K * C * ph * pw * samples), backward the same plus O(N * C * H * W) to clear grad_input.
  * Threads: forward over (RoI, channel block), backward over (image, channel block); deterministic.

@@ -1,5 +1,5 @@
 /* dr_dcnv4.h — DCNv4 deformable aggregation: the C API, the kernel arguments and the per-element bodies shared
- * by the CPU and CUDA launchers (DESIGN §7.5).
+ * by the CPU and CUDA launchers (docs/DESIGN.md §7.5).
  *
  * Layout (DCNv4's): value [N, H, W, G*D] (channels last), offset_mask [N, Ho, Wo, P] where group g owns
  * [g*3K, g*3K + 2K) = K pairs (dx, dy) and [g*3K + 2K, g*3K + 3K) = K modulation weights, K = kh*kw (minus the
