@@ -393,6 +393,25 @@ def test_torch_cpu_equals_numpy(rng):
     np.testing.assert_array_equal(out["views"].numpy(), NestedViews(size=16)(im, b)["views"])
 
 
+def test_meta_tensors_give_meta_outputs():
+    im = torch.empty((60, 80, 3), dtype=torch.uint8, device="meta")
+    b = torch.tensor([[0, 0, 10, 10], [5, 5, 50, 40]], dtype=torch.float32)
+    v, rb = crop_resize(im, b, 16, ref_boxes=b)
+    assert v.device.type == "meta" and v.shape == (2, 3, 16, 16) and rb.shape == (2, 4)
+    assert crop_resize(im, b, 16, dtype="bfloat16").dtype == torch.bfloat16
+    h = phash([im, im], b, image_index=[0, 1], method="imagehash")
+    assert h.device.type == "meta" and h.shape == (2,) and h.dtype == torch.uint64
+    _, th = phash(im, b, method="imagehash", thumbnails=True)
+    assert th.device.type == "meta" and th.shape == (2, 32, 32)
+    # the argument checks still run
+    with pytest.raises(ValueError, match=r"images\[0\] has shape \[3, 60, 80\].*channel-first"):
+        crop_resize(torch.empty((3, 60, 80), dtype=torch.uint8, device="meta"), b)
+    with pytest.raises(TypeError, match="uint8"):
+        phash(torch.empty((60, 80, 3), device="meta"), b)
+    with pytest.raises(ValueError, match=r"\[V, 4\]"):
+        crop_resize(im, b[:, :3])
+
+
 @pytest.mark.parametrize("device", cuda_devices())
 def test_cuda_equals_cpu(device, rng):
     im = rng.integers(0, 256, (150, 130, 3), np.uint8)

@@ -9,24 +9,26 @@
 static PyObject *py_phash(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"images", "boxes", "hashes", "method", "image_index", "pil_order", "stream", "impl",
-                             "thumbnails", NULL};
-    PyObject *oim, *ob, *oh, *oidx = Py_None, *othumb = Py_None;
-    int method, pil_order = DR_PIL_ORDER_ADAPTIVE;
-    long long stream = 0;
+                             "thumbnails", "check_only", NULL};
+    PyObject *oim, *ob, *oh, *ometh, *oidx = Py_None, *othumb = Py_None, *oorder = NULL;
+    long long method, pil_order = DR_PIL_ORDER_ADAPTIVE, stream = 0;
     const char *impl = "fast";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOi|OiLsO:phash", kwlist, &oim, &ob, &oh, &method, &oidx, &pil_order,
-                                     &stream, &impl, &othumb))
+    int check_only = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOLsOp:phash", kwlist, &oim, &ob, &oh, &ometh, &oidx, &oorder,
+                                     &stream, &impl, &othumb, &check_only))
+        return NULL;
+    const char *op = "phash";
+    if (dr_int_arg(ometh, op, "method", &method) < 0 || (oorder && dr_int_arg(oorder, op, "pil_order", &pil_order) < 0))
         return NULL;
     if (pil_order != DR_PIL_ORDER_ADAPTIVE && pil_order != DR_PIL_ORDER_HORIZONTAL) {
-        PyErr_Format(PyExc_ValueError, "phash: unknown pil_order %d", pil_order);
+        PyErr_Format(PyExc_ValueError, "phash: unknown pil_order %lld", pil_order);
         return NULL;
     }
     int elementwise = dr_parse_impl(impl);
     if (elementwise < 0)
         return NULL;
-    const char *op = "phash";
     if (method != DR_PHASH_DYNREFER && method != DR_PHASH_IMAGEHASH) {
-        PyErr_Format(PyExc_ValueError, "%s: unknown method %d", op, method);
+        PyErr_Format(PyExc_ValueError, "%s: unknown method %lld", op, method);
         return NULL;
     }
     image_list im;
@@ -69,15 +71,19 @@ static PyObject *py_phash(PyObject *self, PyObject *args, PyObject *kw) {
         }
     }
     dr_status st;
+    if (check_only) { /* descriptors without data (meta tensors): the checks above only */
+        ret = Py_NewRef(Py_None);
+        goto done;
+    }
     if (im.args[0].t.device == DR_CUDA) {
         __typeof__(dr_phash_cuda) *fn = dr_cuda_fn("dr_phash_cuda");
         if (!fn)
             goto done;
-        Py_BEGIN_ALLOW_THREADS st = fn(im.refs, im.n, &b.t, has_idx ? &idx.t : NULL, &h.t, method, pil_order,
+        Py_BEGIN_ALLOW_THREADS st = fn(im.refs, im.n, &b.t, has_idx ? &idx.t : NULL, &h.t, (int)method, (int)pil_order,
                                        (void *)(intptr_t)stream);
         Py_END_ALLOW_THREADS
     } else {
-        Py_BEGIN_ALLOW_THREADS st = dr_phash_cpu(im.refs, im.n, &b.t, has_idx ? &idx.t : NULL, &h.t, method, pil_order,
+        Py_BEGIN_ALLOW_THREADS st = dr_phash_cpu(im.refs, im.n, &b.t, has_idx ? &idx.t : NULL, &h.t, (int)method, (int)pil_order,
                                                  elementwise, has_th ? &th.t : NULL);
         Py_END_ALLOW_THREADS
     }
@@ -97,5 +103,5 @@ done:
 
 PyMethodDef dr_phash_methods[] = {
     {"phash", (PyCFunction)(void (*)(void))py_phash, METH_VARARGS | METH_KEYWORDS,
-     "phash(images, boxes, hashes, method, image_index=None, pil_order=0, stream=0, impl='fast', thumbnails=None): fill hashes [V] (uint64), and thumbnails [V, 32, 32] (uint8; imagehash on the CPU) when given."},
+     "phash(images, boxes, hashes, method, image_index=None, pil_order=0, stream=0, impl='fast', thumbnails=None, check_only=False): fill hashes [V] (uint64), and thumbnails [V, 32, 32] (uint8; imagehash on the CPU) when given."},
     {NULL, NULL, 0, NULL}};

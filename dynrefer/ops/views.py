@@ -1,8 +1,11 @@
 """Nested-view kernels (docs/DESIGN.md §7.2–7.4): batched crop + resize + normalise, perceptual hashes, view selection.
 
 All three take many boxes of one or more images in one call and run in C (CPU threads) or CUDA, without
-materialising crops. Images are ``H x W x 3`` uint8 RGB (NumPy arrays or torch tensors; any strides; extra channels
-ignored). NumPy in → NumPy out; torch in → torch out on the images' device.
+materialising crops. Images are ``H x W x 3`` uint8 RGB, channels last (NumPy arrays or torch tensors; any strides;
+a fourth channel, alpha, or more are ignored); 2-D (grayscale) and channel-first ``3 x H x W`` arrays are refused
+with their shape. NumPy in → NumPy out; torch in → torch out on the images' device. Images on PyTorch's ``meta``
+device give ``meta`` outputs of the right shapes after the shape, dtype and parameter checks (the pixel-dependent
+ones — finite boxes, image indices in range — need data and are skipped).
 
 Geometry shared by all: a view box ``(x1, y1, x2, y2)`` in pixels is clipped to the image and truncated to integers;
 the crop is the pixel slice ``[y1:y2, x1:x2]``. A crop that is empty after that (zero width or height, or a box
@@ -47,7 +50,13 @@ def _image_list(images, op):
     return out, torch_in
 
 
+def _is_meta(t):
+    return is_torch_tensor(t) and t.device.type == "meta"
+
+
 def _check_finite_rows(b, name, op):
+    if _is_meta(b):
+        return
     if is_torch_tensor(b):
         import torch
 
@@ -97,7 +106,7 @@ def _index(image_index, n_images, nv, like_torch, device, op):
         if idx.dtype.is_floating_point or idx.dtype == torch.bool:
             raise TypeError(f"{op}: image_index must be integers, got {idx.dtype}")
         idx = idx.to(device=device, dtype=torch.int64).reshape(-1)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_images):
+        if idx.numel() and not _is_meta(idx) and (int(idx.min()) < 0 or int(idx.max()) >= n_images):
             raise ValueError(f"{op}: image_index must lie in [0, {n_images}), got values in "
                              f"[{int(idx.min())}, {int(idx.max())}]")
     else:
@@ -118,6 +127,18 @@ def _call(fn, images, torch_in, *arrays, **kw):
         return fn(images, *arrays, **kw)
     from dynrefer.ops._torch_util import _desc, _device_of, _stream
 
+    if _is_meta(images[0]):  # no data: the binding runs the argument checks only
+        from dynrefer.ops._torch_util import _DTYPE_CODES
+
+        def _desc(t):  # noqa: F811 - a CPU descriptor without data, of the meta tensor's shape
+            if t.device.type != "meta":
+                raise ValueError(f"{fn.__name__}: images are on the meta device but an argument is on {t.device}")
+            if t.dtype not in _DTYPE_CODES:
+                raise TypeError(f"{fn.__name__}: unsupported dtype {t.dtype}")
+            return (0, _DTYPE_CODES[t.dtype], 0, 0, tuple(t.shape), tuple(t.stride()))
+
+        kw["check_only"] = True
+
     conv = [_desc(a) if is_torch_tensor(a) else a for a in arrays]
     kw = {k: (_desc(v) if is_torch_tensor(v) else v) for k, v in kw.items()}
     with _device_of(images[0]):
@@ -130,11 +151,11 @@ def _pil_order(order, op):
     return 0 if order == "adaptive" else 1
 
 
-def _size(size):
+def _size(size, op):
     if isinstance(size, bool) or not isinstance(size, numbers.Integral):
-        raise TypeError(f"size must be an int, got {type(size).__name__}")
+        raise TypeError(f"{op}: size must be an int, got {type(size).__name__}")
     if not 1 <= int(size) <= 16384:
-        raise ValueError(f"size must be in [1, 16384], got {size}")
+        raise ValueError(f"{op}: size must be in [1, 16384], got {size}")
     return int(size)
 
 
@@ -168,7 +189,7 @@ def crop_resize(images, boxes, size=224, *, image_index=None, ref_boxes=None, mo
     """
     op = "crop_resize"
     imgs, torch_in = _image_list(images, op)
-    S = _size(size)
+    S = _size(size, op)
     if mode not in ("pil", "tensor"):
         raise ValueError(f"{op}: mode must be 'pil' or 'tensor', got {mode!r}")
     if interpolation not in _FILTER:
@@ -281,6 +302,10 @@ def select_views(hashes, coeffs, num):
     op = "select_views"
     if isinstance(num, bool) or not isinstance(num, numbers.Integral) or num < 0:
         raise ValueError(f"{op}: num must be a non-negative int, got {num!r}")
+    n_cand = int(np.size(coeffs.cpu() if is_torch_tensor(coeffs) else coeffs))
+    if num > n_cand:
+        raise ValueError(f"{op}: num = {num} exceeds the {n_cand} candidates (out must have shape [R, n] with "
+                         f"n <= {n_cand})")
     torch_in = is_torch_tensor(hashes)
     if torch_in:
         import torch
