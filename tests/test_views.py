@@ -365,6 +365,39 @@ def test_stochastic_views_in_forked_workers(rng):
     assert len({tuple(r.flatten().tolist()) for r in got}) > 1  # workers do not replay one stream
 
 
+_SEEDED_SCRIPT = """
+import sys, numpy as np, torch
+from dynrefer.views import NestedViews
+im = np.zeros((40, 40, 3), np.uint8)
+nv = NestedViews(size=8, prior="stochastic", seed=0)
+main = [nv.choose(im, [[5, 5, 20, 20]] * 4).tolist() for _ in range(3)]
+
+class DS(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.from_numpy(nv.choose(im, [[5, 5, 20, 20]] * 4))
+
+dl = torch.utils.data.DataLoader(DS(), batch_size=2, num_workers=2, multiprocessing_context="fork")
+print(repr((main, torch.cat(list(dl)).tolist())))
+"""
+
+
+def test_seed_gives_the_same_views_in_every_process():
+    import subprocess
+    import sys
+
+    runs = [subprocess.run([sys.executable, "-c", _SEEDED_SCRIPT], check=True, capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONHASHSEED=str(k))).stdout for k in range(2)]
+    assert runs[0] == runs[1]
+    main, workers = eval(runs[0])
+    assert len({repr(m) for m in main}) > 1  # the stream advances
+    assert len({repr(w) for w in workers}) > 1  # the workers do not replay one stream
+    here = NestedViews(size=8, prior="stochastic", seed=0)
+    assert here.choose(np.zeros((40, 40, 3), np.uint8), [[5, 5, 20, 20]] * 4).tolist() == main[0]
+
+
 def test_plot_views(tmp_path, rng):
     im = rng.integers(0, 256, (60, 80, 3), np.uint8)
     p = plot_views(im, [10, 10, 30, 40], str(tmp_path / "fig" / "views.png"), chosen=[0, 0.3, 0.5], labels=["cat"])
