@@ -16,6 +16,7 @@ Everything heavy (hashing every candidate, cropping and resizing the chosen view
 (``dynrefer.ops.views``), on the CPU's threads or on CUDA for CUDA images.
 """
 import os
+import sys
 
 import numpy as np
 
@@ -86,8 +87,12 @@ class NestedViews:
             ``dynrefer.ops.crop_resize``).
         dtype: output dtype of the views (``"float32"``; ``"float16"``/``"bfloat16"`` for torch images).
         fixed_coeffs: the coefficients of ``prior="fixed"`` (then ``num_views`` is their count).
-        seed: seed of the random choices (``stochastic``/``none``); each process (e.g. a forked DataLoader worker)
-            derives its own stream from it. ``None`` seeds from the OS. A call's ``rng`` argument overrides it.
+        seed: seed of the random choices (``stochastic``/``none``). The stream is a function of the seed alone —
+            ``SeedSequence([seed])`` in a main process, ``SeedSequence([seed, 1 + worker id])`` in a PyTorch
+            DataLoader worker — so a seed gives the same views in every run and every process, and each worker its
+            own stream, the same in every run (a process that forks outside a DataLoader starts the seed's stream
+            afresh in the child). ``None`` seeds from the OS. A call's ``rng`` argument overrides it (RegionDataset
+            passes one per item).
 
     Calling it returns a dict of NumPy arrays (torch tensors for torch images):
         ``views`` ``[R, n, 3, size, size]``, ``boxes`` ``[R, n, 4]`` (the region in each view's frame), ``coeffs``
@@ -141,11 +146,13 @@ class NestedViews:
 
     def _generator(self):
         pid = os.getpid()
-        if self._rng is None or self._rng_pid != pid:
+        if self._rng is None or self._rng_pid != pid:  # a new process (fork) starts its own stream
             if self.seed is None:
                 self._rng = np.random.default_rng()
-            else:  # one stream per process: (seed, pid)
-                self._rng = np.random.default_rng([int(self.seed), pid])
+            else:
+                worker = _worker_id()
+                key = [int(self.seed)] if worker is None else [int(self.seed), 1 + worker]
+                self._rng = np.random.default_rng(np.random.SeedSequence(key))
             self._rng_pid = pid
         return self._rng
 
@@ -216,6 +223,13 @@ class NestedViews:
         as_t = (lambda x: x) if is_torch_tensor(out["views"]) else torch.from_numpy
         return {"cascade_region_images": as_t(out["views"]), "cascade_region_bboxes": as_t(out["boxes"]),
                 "cascade_region_ratios": as_t(np.asarray(_numpy(out["coeffs"]), dtype=np.float64))}
+
+
+def _worker_id():
+    """The PyTorch DataLoader worker id of this process, or None (torch is not imported here if it is not loaded)."""
+    data = sys.modules.get("torch.utils.data")
+    info = data.get_worker_info() if data is not None else None
+    return None if info is None else int(info.id)
 
 
 def _numpy(x):

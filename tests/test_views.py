@@ -365,6 +365,39 @@ def test_stochastic_views_in_forked_workers(rng):
     assert len({tuple(r.flatten().tolist()) for r in got}) > 1  # workers do not replay one stream
 
 
+_SEEDED_SCRIPT = """
+import sys, numpy as np, torch
+from dynrefer.views import NestedViews
+im = np.zeros((40, 40, 3), np.uint8)
+nv = NestedViews(size=8, prior="stochastic", seed=0)
+main = [nv.choose(im, [[5, 5, 20, 20]] * 4).tolist() for _ in range(3)]
+
+class DS(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.from_numpy(nv.choose(im, [[5, 5, 20, 20]] * 4))
+
+dl = torch.utils.data.DataLoader(DS(), batch_size=2, num_workers=2, multiprocessing_context="fork")
+print(repr((main, torch.cat(list(dl)).tolist())))
+"""
+
+
+def test_seed_gives_the_same_views_in_every_process():
+    import subprocess
+    import sys
+
+    runs = [subprocess.run([sys.executable, "-c", _SEEDED_SCRIPT], check=True, capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONHASHSEED=str(k))).stdout for k in range(2)]
+    assert runs[0] == runs[1]
+    main, workers = eval(runs[0])
+    assert len({repr(m) for m in main}) > 1  # the stream advances
+    assert len({repr(w) for w in workers}) > 1  # the workers do not replay one stream
+    here = NestedViews(size=8, prior="stochastic", seed=0)
+    assert here.choose(np.zeros((40, 40, 3), np.uint8), [[5, 5, 20, 20]] * 4).tolist() == main[0]
+
+
 def test_plot_views(tmp_path, rng):
     im = rng.integers(0, 256, (60, 80, 3), np.uint8)
     p = plot_views(im, [10, 10, 30, 40], str(tmp_path / "fig" / "views.png"), chosen=[0, 0.3, 0.5], labels=["cat"])
@@ -391,6 +424,25 @@ def test_torch_cpu_equals_numpy(rng):
     assert sel.tolist() == [[0, 1], [0, 1]]
     out = NestedViews(size=16)(torch.from_numpy(im), b)
     np.testing.assert_array_equal(out["views"].numpy(), NestedViews(size=16)(im, b)["views"])
+
+
+def test_meta_tensors_give_meta_outputs():
+    im = torch.empty((60, 80, 3), dtype=torch.uint8, device="meta")
+    b = torch.tensor([[0, 0, 10, 10], [5, 5, 50, 40]], dtype=torch.float32)
+    v, rb = crop_resize(im, b, 16, ref_boxes=b)
+    assert v.device.type == "meta" and v.shape == (2, 3, 16, 16) and rb.shape == (2, 4)
+    assert crop_resize(im, b, 16, dtype="bfloat16").dtype == torch.bfloat16
+    h = phash([im, im], b, image_index=[0, 1], method="imagehash")
+    assert h.device.type == "meta" and h.shape == (2,) and h.dtype == torch.uint64
+    _, th = phash(im, b, method="imagehash", thumbnails=True)
+    assert th.device.type == "meta" and th.shape == (2, 32, 32)
+    # the argument checks still run
+    with pytest.raises(ValueError, match=r"images\[0\] has shape \[3, 60, 80\].*channel-first"):
+        crop_resize(torch.empty((3, 60, 80), dtype=torch.uint8, device="meta"), b)
+    with pytest.raises(TypeError, match="uint8"):
+        phash(torch.empty((60, 80, 3), device="meta"), b)
+    with pytest.raises(ValueError, match=r"\[V, 4\]"):
+        crop_resize(im, b[:, :3])
 
 
 @pytest.mark.parametrize("device", cuda_devices())
@@ -441,3 +493,84 @@ def test_phash_thumbnails_binding_rejects_bad_buffers():
     th = np.empty((2, 32, 32), np.uint8)
     _C.phash([im], b, h, 1, thumbnails=th)
     np.testing.assert_array_equal(th, _pil_thumbnails(im, b))
+
+
+# ---- imagehash at every size, degenerate crops, memory ---------------------------------------------------------
+
+def _ih(im, hs=8, hf=4):
+    imagehash = pytest.importorskip("imagehash")
+    return str(imagehash.phash(Image.fromarray(im), hs, hf))
+
+
+def test_phash_imagehash_thin_and_tiny_crops(rng):
+    """Every width and height 1..64 on thin crops (random, flat, mirror-symmetric): where coefficients vanish in
+    exact arithmetic the bits follow scipy's DCT rounding, which the kernel reproduces."""
+    got, want = [], []
+    for a in range(1, 65):
+        for b in (1, 2, 3, int(rng.integers(4, 65))):
+            for h, w in ((a, b), (b, a)):
+                r = rng.integers(0, 256, (h, w, 3), np.uint8)
+                mirror = np.concatenate([r[:, : (w + 1) // 2], r[:, : w // 2][:, ::-1]], 1)
+                for im in (r, np.full((h, w, 3), int(rng.integers(0, 256)), np.uint8), mirror):
+                    got.append(phash_hex(phash(im, [[0, 0, w, h]], method="imagehash"))[0])
+                    want.append(_ih(im))
+    assert got == want
+
+
+@pytest.mark.parametrize("hs,hf", [(2, 1), (3, 1), (5, 3), (7, 4), (8, 1), (8, 7), (9, 4), (11, 2), (16, 4),
+                                   (13, 5)])
+def test_phash_imagehash_every_size(shared_data, rng, hs, hf):
+    ims = [rng.integers(0, 256, (90, 2, 3), np.uint8), rng.integers(0, 256, (37, 53, 3), np.uint8),
+           _photos(shared_data, 1)[0][:200, :260]]
+    for im in ims:
+        h, w = im.shape[:2]
+        b = np.array([[0, 0, w, h], [w // 3, h // 4, w, h], [0, 0, 2, h]], np.float32)
+        hashes, th = phash(im, b, method="imagehash", hash_size=hs, highfreq_factor=hf, thumbnails=True)
+        assert hashes.dtype == np.uint64 and hashes.shape == ((3,) if hs * hs <= 64 else (3, -(-hs * hs // 64)))
+        assert th.shape == (3, hs * hf, hs * hf)
+        got = phash_hex(hashes, hs)
+        for k, (x1, y1, x2, y2) in enumerate(b.astype(np.int64)):
+            assert got[k] == _ih(im[y1:y2, x1:x2], hs, hf), (hs, hf, k)
+    t = phash(torch.from_numpy(ims[1]), torch.tensor([[0, 0, 53, 37]]), method="imagehash", hash_size=hs,
+              highfreq_factor=hf)
+    assert phash_hex(t, hs) == [_ih(ims[1], hs, hf)]
+
+
+def test_phash_imagehash_size_errors():
+    im = np.zeros((20, 20, 3), np.uint8)
+    with pytest.raises(ValueError, match="Hash size must be greater than or equal to 2"):
+        phash(im, [[0, 0, 5, 5]], method="imagehash", hash_size=1)
+    with pytest.raises(ValueError, match="height and width must be > 0"):
+        phash(im, [[0, 0, 5, 5]], method="imagehash", highfreq_factor=0)
+    with pytest.raises(TypeError, match="hash_size must be an int"):
+        phash(im, [[0, 0, 5, 5]], method="imagehash", hash_size=8.0)
+    with pytest.raises(ValueError, match="dynrefer"):
+        phash(im, [[0, 0, 5, 5]], hash_size=16)
+    from dynrefer import _C
+
+    with pytest.raises(ValueError, match="Hash size must be greater than or equal to 2"):
+        _C.phash([im], np.zeros((1, 4), np.float32), np.empty(1, np.uint64), 1, hash_size=1)
+
+
+_PEAK_SCRIPT = """
+import sys, numpy as np
+from dynrefer.ops import phash
+def hwm():
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024
+im = np.zeros((20000, 20000, 3), np.uint8)  # 1.2 GB, never touched: its pages stay unallocated
+base = hwm()
+for m in ('imagehash', 'dynrefer'):
+    phash(im, [[100, 100, 110, 110], [5000, 7000, 5030, 7040]], method=m)
+print(hwm() - base)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+def test_phash_memory_follows_the_boxes():
+    """Hashing small boxes of a 20000 x 20000 image reads only their pixels: no luma plane of the whole image."""
+    import subprocess
+    import sys
+
+    grown = int(subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], check=True, capture_output=True,
+                               text=True).stdout.split()[-1])
+    assert grown < 64 << 20, grown  # the image is 1.2 GB, its luma plane 400 MB

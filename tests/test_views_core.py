@@ -332,3 +332,35 @@ def test_phash_edge_crops_all_kernels(rng, method):
             np.testing.assert_array_equal(fast, elem)
         else:
             assert (hamming(fast, elem) <= 1).all()
+
+
+def test_errors_name_the_argument_and_show_the_shape(rng):
+    im = _image(rng, 60, 80)
+    b = _boxes(rng, 2, 80, 60)
+    with pytest.raises(ValueError, match=r"images\[0\] has shape \[60, 80\] \(2-D, grayscale\).*H x W x C"):
+        crop_resize(im[:, :, 0], b)
+    with pytest.raises(ValueError, match=r"images\[0\] has shape \[3, 60, 80\].*channel-first"):
+        crop_resize(np.ascontiguousarray(im.transpose(2, 0, 1)), b)
+    with pytest.raises(ValueError, match=r"phash: images\[1\] has shape \[4, 60, 80\].*channel-first"):
+        phash([im, np.zeros((4, 60, 80), np.uint8)], b, image_index=[0, 1])
+    with pytest.raises(ValueError, match=r"images\[0\] has shape \[1, 60, 80, 3\]"):
+        crop_resize(im[None], b)
+    # a 3-pixel-tall image with 3 or 4 channels is still an image
+    assert crop_resize(im[:3], b, size=4).shape == (2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"crop_resize: size must be in \[1, 16384\], got 1180591620717411303424"):
+        crop_resize(im, b, size=2**70)
+    with pytest.raises(TypeError, match="crop_resize: size must be an int"):
+        crop_resize(im, b, size=8.0)
+    with pytest.raises(ValueError, match=r"select_views: num = \d+ exceeds the 10 candidates"):
+        select_views(np.zeros((1, 11), np.uint64), CANDIDATES, 2**70)
+    from dynrefer import _C
+
+    out = np.empty((2, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="crop_resize: size = .* does not fit in 64 bits"):
+        _C.crop_resize([im], b, out, 2**70, 0, 1, (0, 0, 0), (1, 1, 1))
+    with pytest.raises(ValueError, match="crop_resize: unknown pil_order"):
+        _C.crop_resize([im], b, out, 8, 0, 1, (0, 0, 0), (1, 1, 1), pil_order=2**40)
+    with pytest.raises(ValueError, match="phash: method = .* does not fit"):
+        _C.phash([im], b, np.empty(2, np.uint64), 2**80)
+    with pytest.raises(TypeError, match="crop_resize: filter must be an int"):
+        _C.crop_resize([im], b, out, 8, 0, "bicubic", (0, 0, 0), (1, 1, 1))

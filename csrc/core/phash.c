@@ -28,21 +28,37 @@ __attribute__((target("avx512f"))) static void fold_rows_512(float *P, int64_t w
 }
 #endif
 
+/* The luma of the part of an image its views read: the rectangle [x0, x0 + w) × [y0, y0 + h) bounding their crops,
+ * row stride w (plus zeroed padding the row kernels may read). */
+typedef struct {
+    uint8_t *data;
+    int64_t x0, y0, w, h;
+} luma_plane;
+
 typedef struct {
     const dr_image_ref *images;
     const dr_tensor *boxes, *index;
     dr_tensor *hashes, *thumbs;
     int method, pil_order;
-    const double *cos224; /* [8][224] */
-    const double *dct_tab; /* dr_dct_tab_fill */
-    uint8_t **planes;     /* per image: its luma (the method's formula), h × w contiguous */
+    int64_t hash_size, res, words; /* imagehash: K, R = K · highfreq_factor, uint64 words per hash */
+    const double *cos224;          /* [8][224] */
+    const dr_dct2_plan *plan;      /* imagehash: length-R DCT-II */
+    luma_plane *planes;            /* per image */
     int failed;
 } phash_ctx;
 
 static void put_hash(dr_tensor *h, int64_t v, uint64_t value) { ((uint64_t *)h->data)[v * h->strides[0]] = value; }
 
+static void put_words(dr_tensor *h, int64_t v, const uint64_t *w, int64_t n) {
+    if (h->ndim == 1)
+        put_hash(h, v, w[0]);
+    else
+        for (int64_t k = 0; k < n; k++)
+            ((uint64_t *)h->data)[v * h->strides[0] + k * h->strides[1]] = w[k];
+}
+
 static uint8_t *thumb_of(const phash_ctx *c, int64_t v) {
-    return c->thumbs ? (uint8_t *)c->thumbs->data + v * DR_PHASH_IH_RES * DR_PHASH_IH_RES : NULL;
+    return c->thumbs ? (uint8_t *)c->thumbs->data + v * c->res * c->res : NULL;
 }
 
 /* acc[u][x] += cy[u] · row[x] for the 8 low vertical frequencies (float32, vectorised). */
@@ -58,7 +74,7 @@ static void dct_rows_accumulate(float acc[8][DR_PHASH_DYN_RES], const float *row
 
 /* Official pHash of one view, large crops: resize rows on the fly, accumulate the 8 low vertical frequencies per
  * column (cost independent of the crop size). */
-static uint64_t phash_dyn_rows(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, const double *cs) {
+static uint64_t phash_dyn_rows(const uint8_t *crop, int64_t stride, const dr_crop *cr, const double *cs) {
     enum { R = DR_PHASH_DYN_RES };
     dr_axis ax = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->w, R), ay = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->h, R);
     int64_t x0[R], x1[R];
@@ -67,8 +83,8 @@ static uint64_t phash_dyn_rows(const dr_image_ref *im, const uint8_t *plane, con
         int64_t s, n;
         double f;
         dr_axis_span(&ax, x, &s, &n, &f);
-        x0[x] = cr->x0 + s;
-        x1[x] = cr->x0 + (n > 1 ? s + 1 : s);
+        x0[x] = s;
+        x1[x] = n > 1 ? s + 1 : s;
         wx0[x] = (float)dr_axis_weight(&ax, s, 0, f, 1.0);
         wx1[x] = (float)dr_axis_weight(&ax, s, 1, f, 1.0);
     }
@@ -87,14 +103,14 @@ static uint64_t phash_dyn_rows(const dr_image_ref *im, const uint8_t *plane, con
             if (cached1 == sy) {
                 memcpy(h0, h1, sizeof h0);
             } else {
-                const uint8_t *g = plane + (cr->y0 + sy) * im->w;
+                const uint8_t *g = crop + sy * stride;
                 for (int64_t x = 0; x < R; x++)
                     h0[x] = (float)g[x0[x]] * wx0[x] + (float)g[x1[x]] * wx1[x];
             }
             cached0 = sy;
         }
         if (cached1 != sy1) {
-            const uint8_t *g = plane + (cr->y0 + sy1) * im->w;
+            const uint8_t *g = crop + sy1 * stride;
             for (int64_t x = 0; x < R; x++)
                 h1[x] = (float)g[x0[x]] * wx0[x] + (float)g[x1[x]] * wx1[x];
             cached1 = sy1;
@@ -136,7 +152,7 @@ static void dct_fold_row(float *DR_RESTRICT P, int64_t w, const uint8_t *DR_REST
 /* Official pHash of one view, small crops, without forming the 224 × 224 resize: with R = Wy · G · Wxᵀ (OpenCV's bilinear taps)
  * the low vertical frequencies are A = (C8 · Wy) · G · Wxᵀ, so fold each used source row of the crop into
  * P = (C8 · Wy) · G (8 sums per pixel, contiguous), then resample P's 8 rows horizontally and finish the DCT. */
-static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, const double *cs,
+static uint64_t phash_dyn_fold(const uint8_t *crop, int64_t stride, const dr_crop *cr, const double *cs,
                                int *failed) {
     enum { R = DR_PHASH_DYN_RES };
     dr_axis ax = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->w, R), ay = dr_axis_make(DR_RS_CV, DR_FILTER_BILINEAR, cr->h, R);
@@ -176,7 +192,7 @@ static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, con
         }
         if (!any)
             continue;
-        const uint8_t *g = plane + (cr->y0 + r) * im->w + cr->x0;
+        const uint8_t *g = crop + r * stride;
         if (!wide) {
             dct_fold_row(P, w, g, m, P + 8 * w);
         } else if (pending < 0) {
@@ -184,13 +200,13 @@ static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, con
             memcpy(mp, m, sizeof m);
         } else {
 #ifdef DOT_X86
-            fold_rows_512(P, w, plane + (cr->y0 + pending) * im->w + cr->x0, mp, g, m);
+            fold_rows_512(P, w, crop + pending * stride, mp, g, m);
 #endif
             pending = -1;
         }
     }
     if (pending >= 0)
-        dct_fold_row(P, w, plane + (cr->y0 + pending) * im->w + cr->x0, mp, P + 8 * w);
+        dct_fold_row(P, w, crop + pending * stride, mp, P + 8 * w);
     double acc[8][R];
     for (int64_t x = 0; x < R; x++) {
         int64_t s, n;
@@ -216,72 +232,62 @@ static uint64_t phash_dyn_fold(const dr_image_ref *im, const uint8_t *plane, con
     return dr_phash_bits(coef, DR_PHASH_DYNREFER);
 }
 
-/* dr_dct32 of every column of a [32][nc] block at once (nc <= 32): the same double operations per column as
- * dr_dct_fold, in the same order, so the same values — vectorised across columns. */
-DR_SIMD_CLONES
-static void dct32_cols(const double *x, int64_t nc, int k, const double *tab, double *out) {
-    double p[32 * 32];
-    int64_t n = 32;
-    memcpy(p, x, sizeof(double) * (size_t)(32 * nc));
-    while (k > 0 && (k & 1) == 0 && n > 1) {
-        for (int64_t i = 0; i < n / 2; i++)
-            for (int64_t c = 0; c < nc; c++)
-                p[i * nc + c] = p[i * nc + c] + p[(n - 1 - i) * nc + c];
-        n /= 2;
-        k /= 2;
-    }
-    if (k == 0) {
-        for (int64_t m = n; m > 1; m /= 2)
-            for (int64_t i = 0; i < m / 2; i++)
-                for (int64_t c = 0; c < nc; c++)
-                    p[i * nc + c] = p[2 * i * nc + c] + p[(2 * i + 1) * nc + c];
-        for (int64_t c = 0; c < nc; c++)
-            out[c] = 2.0 * p[c];
-        return;
-    }
-    double acc[32] = {0};
-    for (int64_t i = 0; i < n / 2; i++) {
-        const double cs = tab[dr_dct_tab_off(n) + (k / 2) * (n / 2) + i];
-        for (int64_t c = 0; c < nc; c++)
-            acc[c] += (p[i * nc + c] - p[(n - 1 - i) * nc + c]) * cs;
-    }
-    for (int64_t c = 0; c < nc; c++)
-        out[c] = 2.0 * acc[c];
+/* imagehash's bits of K × K coefficients (row-major): bit = c > median (numpy's: the middle value, or the mean of
+ * the two middle values), the first coefficient the most significant bit of the K² -bit integer, stored as W =
+ * ceil(K² / 64) uint64 words from the most significant (out[0]) to the least. */
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
-/* imagehash pHash of one view: Pillow LANCZOS 32 × 32 of the luma crop (fixed point, uint8 between passes; the
- * source-sized pass as row dot products, the 32-wide one as row combinations), separable DCT of the low 8 × 8,
- * median threshold. Returns 0 and sets *failed on allocation failure. */
-static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, const dr_crop *cr, int pil_order,
-                              const double *tab, uint8_t *thumb, int *failed, dr_scratch *sc) {
-    enum { R = DR_PHASH_IH_RES };
+static void ih_bits(const double *coef, int64_t K, double *sorted, uint64_t *out, int64_t W) {
+    const int64_t L = K * K;
+    memcpy(sorted, coef, (size_t)L * sizeof(double));
+    qsort(sorted, (size_t)L, sizeof(double), cmp_double);
+    const double med = L % 2 ? sorted[L / 2] : (sorted[L / 2 - 1] + sorted[L / 2]) / 2.0;
+    for (int64_t w = 0; w < W; w++)
+        out[w] = 0;
+    for (int64_t k = 0; k < L; k++)
+        if (coef[k] > med) {
+            int64_t pos = L - 1 - k; /* bit position in the integer */
+            out[W - 1 - pos / 64] |= (uint64_t)1 << (pos % 64);
+        }
+}
+
+/* imagehash pHash of one view (hash_size K, resize side R = K · highfreq_factor): Pillow LANCZOS R × R of the luma
+ * crop (fixed point, uint8 between passes; the source-sized pass as row dot products, the R-wide one as row
+ * combinations), scipy's DCT-II along axis 0 then axis 1 (dr_dct2_exec: scipy's own arithmetic, so coefficients
+ * that vanish in exact arithmetic carry scipy's rounding), the low K × K block, median threshold into `out` (W
+ * words). Returns -1 on allocation failure. */
+static int phash_ih_fast(const uint8_t *plane, int64_t pstride, const dr_crop *cr, int pil_order, int64_t R, int64_t K,
+                         const dr_dct2_plan *plan, uint8_t *thumb, uint64_t *out, int64_t W, dr_scratch *sc) {
     int own_x, own_y;
-    dr_dot_taps *dx = dr_lanczos32_taps(cr->w, &own_x), *dy = dr_lanczos32_taps(cr->h, &own_y);
-    uint8_t px[R * R];
-    const uint8_t *src = plane + cr->y0 * im->w + cr->x0;
+    dr_dot_taps *dx = dr_lanczos_taps(cr->w, R, &own_x), *dy = dr_lanczos_taps(cr->h, R, &own_y);
+    uint8_t *px = (uint8_t *)dr_scratch_get(sc, 3, (size_t)(R * R));
+    const uint8_t *src = plane;
     int rc = -1;
-    if (dx && dy) {
+    if (dx && dy && px) {
         const dr_taps *ty = &dy->t;
         if (!dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order)) {
-            /* rows → [32][rows] (written transposed), so the vertical pass is row dot products too */
+            /* rows → [R][rows] (written transposed), so the vertical pass is row dot products too */
             int64_t ylo, yhi;
             dr_taps_rows(ty, R, &ylo, &yhi);
             int64_t rows = yhi - ylo;
             uint8_t *t2 = (uint8_t *)dr_scratch_get(sc, 1, (size_t)(rows * R + DOT_OVER(rows)));
             if (t2) {
-                dr_dot_rows(src + ylo * im->w, im->w, rows, dx, 0, R, t2, 1, rows); /* stored transposed */
+                dr_dot_rows(src + ylo * pstride, pstride, rows, dx, 0, R, t2, 1, rows); /* stored transposed */
                 memset(t2 + rows * R, 0, (size_t)DOT_OVER(rows));
                 dr_dot_rows(t2, rows, R, dy, ylo, R, px, 1, R);
                 rc = 0;
             }
-        } else { /* 32 row combinations over the crop → [32][w], then row dot products */
+        } else { /* R row combinations over the crop → [R][w], then row dot products */
             uint8_t *t1 = (uint8_t *)dr_scratch_get(sc, 0, (size_t)(R * cr->w + DOT_OVER(cr->w)));
             int32_t *acc = (int32_t *)dr_scratch_get(sc, 2, (size_t)cr->w * sizeof(int32_t));
             if (t1 && acc) {
                 memset(t1 + R * cr->w, 0, (size_t)DOT_OVER(cr->w));
                 for (int64_t y = 0; y < R; y++)
-                    dr_combine_rows_u8(src, im->w, ty->start[y], ty->n[y], ty->wi + y * ty->kmax, cr->w, acc,
-                                    t1 + y * cr->w);
+                    dr_combine_rows_u8(src, pstride, ty->start[y], ty->n[y], ty->wi + y * ty->kmax, cr->w, acc,
+                                       t1 + y * cr->w);
                 dr_dot_rows(t1, cr->w, R, dx, 0, R, px, R, 1);
                 rc = 0;
             }
@@ -291,28 +297,30 @@ static uint64_t phash_ih_fast(const dr_image_ref *im, const uint8_t *plane, cons
         dr_dot_taps_free(dx);
     if (own_y)
         dr_dot_taps_free(dy);
-    if (rc < 0) {
-        *failed = 1;
-        return 0;
-    }
+    double *buf = rc < 0 ? NULL : (double *)dr_scratch_get(sc, 4, (size_t)(R * K + 2 * R + K * K) * sizeof(double));
+    if (!buf)
+        return -1;
     if (thumb)
-        memcpy(thumb, px, sizeof px);
-    /* DCT-II along axis 0 for u < 8 (all 32 columns at once), then along axis 1 for v < 8 (all 8 rows u at once):
-     * scipy's unnormalised 2·Σ per axis, the operations of dr_dct32 */
-    double X[R * R], t[8][R], Y[R * 8], cv[8], coef[64];
-    for (int64_t i = 0; i < R * R; i++)
-        X[i] = (double)px[i];
-    for (int u = 0; u < 8; u++)
-        dct32_cols(X, R, u, tab, t[u]);
-    for (int64_t j = 0; j < R; j++)
-        for (int u = 0; u < 8; u++)
-            Y[j * 8 + u] = t[u][j];
-    for (int v = 0; v < 8; v++) {
-        dct32_cols(Y, 8, v, tab, cv);
-        for (int u = 0; u < 8; u++)
-            coef[u * 8 + v] = cv[u];
+        memcpy(thumb, px, (size_t)(R * R));
+    /* axis 0: the DCT of every column, its first K values kept in T[u][j]; axis 1: the DCT of those K rows */
+    double *T = buf, *line = buf + R * K, *work = line + R, *coef = T; /* coef overwrites T's head once read */
+    for (int64_t j = 0; j < R; j++) {
+        for (int64_t i = 0; i < R; i++)
+            line[i] = (double)px[i * R + j];
+        dr_dct2_exec(plan, line, work);
+        for (int64_t u = 0; u < K; u++)
+            T[u * R + j] = line[u];
     }
-    return dr_phash_bits(coef, DR_PHASH_IMAGEHASH);
+    for (int64_t u = 0; u < K; u++) {
+        memcpy(line, T + u * R, (size_t)R * sizeof(double));
+        dr_dct2_exec(plan, line, work);
+        memcpy(coef + u * K, line, (size_t)K * sizeof(double)); /* row u of T is no longer needed */
+    }
+    double *sorted = (double *)dr_scratch_get(sc, 5, (size_t)(K * K) * sizeof(double));
+    if (!sorted)
+        return -1;
+    ih_bits(coef, K, sorted, out, W);
+    return 0;
 }
 
 /* Bytes after a luma plane that the row kernels may read (zero weights meet them). */
@@ -339,25 +347,35 @@ static void phash_task(void *vctx, int64_t begin, int64_t end) {
     if (amx)
         dr_amx_tiles_load();
 #endif
-    for (int64_t v = begin; v < end; v++) {
+    uint64_t wbuf[64], *wp = c->words <= 64 ? wbuf : (uint64_t *)malloc((size_t)c->words * sizeof(uint64_t));
+    if (!wp)
+        c->failed = 1;
+    for (int64_t v = begin; wp && v < end; v++) {
         double b[4];
         load_box(c->boxes, v, b);
         const dr_image_ref *im = &c->images[image_of(c->index, v)];
         dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
-        const uint8_t *plane = c->planes[image_of(c->index, v)];
+        const luma_plane *pl = &c->planes[image_of(c->index, v)];
+        const uint8_t *crop = pl->data + (cr.y0 - pl->y0) * pl->w + (cr.x0 - pl->x0);
         /* the fold costs ~8 FMAs per pixel of the rows bilinear taps use (at most 2·224), the row method a
          * constant ~224·224·(8 + 4) with gathers: measured, the fold wins up to ~500k such pixels with AVX-512
          * (two rows per pass), ~150k without */
-        uint64_t h;
         const int64_t used = cr.h < 2 * DR_PHASH_DYN_RES ? cr.h : 2 * DR_PHASH_DYN_RES;
-        if (c->method != DR_PHASH_DYNREFER)
-            h = phash_ih_fast(im, plane, &cr, c->pil_order, c->dct_tab, thumb_of(c, v), &c->failed, &sc);
-        else if (used * cr.w <= fold_limit())
-            h = phash_dyn_fold(im, plane, &cr, c->cos224, &c->failed);
-        else
-            h = phash_dyn_rows(im, plane, &cr, c->cos224);
-        put_hash(c->hashes, v, h);
+        if (c->method != DR_PHASH_DYNREFER) {
+            if (phash_ih_fast(crop, pl->w, &cr, c->pil_order, c->res, c->hash_size, c->plan, thumb_of(c, v), wp,
+                              c->words, &sc) < 0) {
+                c->failed = 1;
+                break;
+            }
+            put_words(c->hashes, v, wp, c->words);
+        } else if (used * cr.w <= fold_limit()) {
+            put_hash(c->hashes, v, phash_dyn_fold(crop, pl->w, &cr, c->cos224, &c->failed));
+        } else {
+            put_hash(c->hashes, v, phash_dyn_rows(crop, pl->w, &cr, c->cos224));
+        }
     }
+    if (wp != wbuf)
+        free(wp);
 #ifdef DOT_X86
     if (amx)
         dr_amx_tiles_release();
@@ -386,7 +404,7 @@ static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
                 coef[k] = dr_phash_dyn_coef(cols, k / 8, k % 8);
             free(cols);
         } else {
-            uint8_t px[DR_PHASH_IH_RES * DR_PHASH_IH_RES];
+            uint8_t px[DR_PHASH_IH_RES * DR_PHASH_IH_RES]; /* the CUDA body: hash_size 8, highfreq_factor 4 */
             dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.w, DR_PHASH_IH_RES);
             dr_axis ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.h, DR_PHASH_IH_RES);
             for (int64_t y = 0; y < DR_PHASH_IH_RES; y++)
@@ -405,8 +423,8 @@ static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
 
 typedef struct {
     const dr_image_ref *images;
-    uint8_t **planes;
-    int64_t *row0; /* first global row of each image; row0[n] = total */
+    luma_plane *planes;
+    int64_t *row0; /* first global row of each image's plane; row0[n] = total */
     int64_t n;
     int method;
 } luma_ctx;
@@ -418,60 +436,104 @@ static void luma_task(void *vctx, int64_t begin, int64_t end) {
         while (g >= c->row0[i + 1])
             i++;
         const dr_image_ref *im = &c->images[i];
-        int64_t y = g - c->row0[i];
-        uint8_t *d = c->planes[i] + y * im->w;
+        const luma_plane *pl = &c->planes[i];
+        int64_t r = g - c->row0[i], y = pl->y0 + r;
+        uint8_t *d = pl->data + r * pl->w;
         if (c->method == DR_PHASH_DYNREFER)
-            for (int64_t x = 0; x < im->w; x++)
-                d[x] = dr_luma_cv(im, y, x);
+            for (int64_t x = 0; x < pl->w; x++)
+                d[x] = dr_luma_cv(im, y, pl->x0 + x);
         else
-            for (int64_t x = 0; x < im->w; x++)
-                d[x] = dr_luma_pil(im, y, x);
+            for (int64_t x = 0; x < pl->w; x++)
+                d[x] = dr_luma_pil(im, y, pl->x0 + x);
     }
 }
 
 dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
-                       const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, int elementwise,
+                       const dr_tensor *image_index, dr_tensor *hashes, const dr_phash_params *p, int elementwise,
                        dr_tensor *thumbs) {
     int64_t nv = boxes->shape[0];
     dr_status st = check_images(images, n_images, image_index, nv, "phash");
     if (st != DR_OK)
         return st;
-    static double cos224[8 * DR_PHASH_DYN_RES], dct_tab[DR_DCT_TAB_SIZE];
+    const int64_t K = p->method == DR_PHASH_IMAGEHASH ? p->hash_size : 8;
+    const int64_t R = p->method == DR_PHASH_IMAGEHASH ? p->hash_size * p->highfreq_factor : DR_PHASH_IH_RES;
+    if (elementwise && p->method == DR_PHASH_IMAGEHASH && (K != 8 || R != DR_PHASH_IH_RES))
+        return dr_set_error(DR_EUNSUPPORTED, "phash: impl='elementwise' (the CUDA kernel's body) hashes with "
+                            "hash_size=8, highfreq_factor=4 only, got %lld, %lld", (long long)K,
+                            (long long)p->highfreq_factor);
+    static double cos224[8 * DR_PHASH_DYN_RES];
     static int ready = 0; /* the tables are pure functions: racing initialisers write the same values */
     if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
         for (int u = 0; u < 8; u++)
             for (int64_t i = 0; i < DR_PHASH_DYN_RES; i++)
                 cos224[u * DR_PHASH_DYN_RES + i] = dr_dct_cos(u, i, DR_PHASH_DYN_RES);
-        dr_dct_tab_fill(dct_tab);
         __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
     }
-    phash_ctx c = {images, boxes, image_index, hashes, thumbs, method, pil_order, cos224, dct_tab, NULL, 0};
+    phash_ctx c;
+    memset(&c, 0, sizeof c);
+    c.images = images;
+    c.boxes = boxes;
+    c.index = image_index;
+    c.hashes = hashes;
+    c.thumbs = thumbs;
+    c.method = p->method;
+    c.pil_order = p->pil_order;
+    c.hash_size = K;
+    c.res = R;
+    c.words = (K * K + 63) / 64;
+    c.cos224 = cos224;
     if (elementwise) {
         dr_parallel_for(nv, 1, phash_elem_task, &c);
     } else if (nv > 0) {
-        /* the luma of each image once, shared by all its views */
-        uint8_t **planes = (uint8_t **)calloc((size_t)n_images, sizeof(uint8_t *));
+        /* per image, the luma of the rectangle bounding its views' crops (not the whole image: a small box of a
+         * large image reads only its own pixels), once, shared by those views */
+        luma_plane *planes = (luma_plane *)calloc((size_t)n_images, sizeof(luma_plane));
         int64_t *row0 = (int64_t *)malloc((size_t)(n_images + 1) * sizeof(int64_t));
-        int ok = planes && row0;
+        dr_dct2_plan *plan = p->method == DR_PHASH_IMAGEHASH ? dr_dct2_make(R) : NULL;
+        int ok = planes && row0 && (plan || p->method != DR_PHASH_IMAGEHASH);
         for (int64_t i = 0; ok && i < n_images; i++) {
-            planes[i] = (uint8_t *)malloc((size_t)(images[i].h * images[i].w + PLANE_OVER(images[i].w)));
-            ok = planes[i] != NULL;
+            planes[i].x0 = images[i].w;
+            planes[i].y0 = images[i].h;
+        }
+        for (int64_t v = 0; ok && v < nv; v++) {
+            double b[4];
+            load_box(boxes, v, b);
+            const int64_t i = image_of(image_index, v);
+            dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], images[i].w, images[i].h);
+            luma_plane *pl = &planes[i]; /* w, h hold the end coordinates until the loop ends */
+            pl->x0 = cr.x0 < pl->x0 ? cr.x0 : pl->x0;
+            pl->y0 = cr.y0 < pl->y0 ? cr.y0 : pl->y0;
+            pl->w = cr.x0 + cr.w > pl->w ? cr.x0 + cr.w : pl->w;
+            pl->h = cr.y0 + cr.h > pl->h ? cr.y0 + cr.h : pl->h;
+        }
+        for (int64_t i = 0; ok && i < n_images; i++) {
+            luma_plane *pl = &planes[i];
+            pl->w = pl->w > pl->x0 ? pl->w - pl->x0 : 0;
+            pl->h = pl->h > pl->y0 ? pl->h - pl->y0 : 0;
+            if (pl->w == 0 || pl->h == 0) { /* no view on this image */
+                pl->w = pl->h = 0;
+                continue;
+            }
+            pl->data = (uint8_t *)malloc((size_t)(pl->h * pl->w + PLANE_OVER(pl->w)));
+            ok = pl->data != NULL;
             if (ok)
-                memset(planes[i] + images[i].h * images[i].w, 0, (size_t)PLANE_OVER(images[i].w));
+                memset(pl->data + pl->h * pl->w, 0, (size_t)PLANE_OVER(pl->w));
         }
         if (ok) {
             row0[0] = 0;
             for (int64_t i = 0; i < n_images; i++)
-                row0[i + 1] = row0[i] + images[i].h;
-            luma_ctx lc = {images, planes, row0, n_images, method};
+                row0[i + 1] = row0[i] + planes[i].h;
+            luma_ctx lc = {images, planes, row0, n_images, p->method};
             dr_parallel_for(row0[n_images], 16, luma_task, &lc);
             c.planes = planes;
+            c.plan = plan;
             dr_parallel_for(nv, 1, phash_task, &c);
         }
         for (int64_t i = 0; planes && i < n_images; i++)
-            free(planes[i]);
+            free(planes[i].data);
         free(planes);
         free(row0);
+        dr_dct2_free(plan);
         if (!ok)
             c.failed = 1;
     }

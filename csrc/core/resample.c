@@ -196,9 +196,16 @@ static dr_dot_taps *dot_taps_make(const dr_axis *a) {
 static dr_dot_taps *dot_cache[DOT_CACHE_LEN];
 static size_t dot_cache_bytes;
 
-/* LANCZOS taps for n source samples → 32; *owned = 1 when the caller must free them (not cached). */
-dr_dot_taps *dr_lanczos32_taps(int64_t n, int *owned) {
+/* LANCZOS taps for n source samples → m outputs; *owned = 1 when the caller must free them (not cached: m != 32 or
+ * a long or uncacheable length). */
+dr_dot_taps *dr_lanczos_taps(int64_t n, int64_t m, int *owned) {
     *owned = 0;
+    if (m != DR_PHASH_IH_RES) {
+        dr_axis a = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, n, m);
+        dr_dot_taps *d = dot_taps_make(&a);
+        *owned = d != NULL;
+        return d;
+    }
     if (n < DOT_CACHE_LEN) {
         dr_dot_taps *d = __atomic_load_n(&dot_cache[n], __ATOMIC_ACQUIRE);
         if (d)

@@ -40,8 +40,13 @@ __global__ void __launch_bounds__(PHASH_THREADS) phash_kernel(dr_image_table tab
 }
 
 extern "C" dr_status dr_phash_cuda(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
-                                   const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order,
+                                   const dr_tensor *image_index, dr_tensor *hashes, const dr_phash_params *p,
                                    void *stream) {
+    if (p->method == DR_PHASH_IMAGEHASH && (p->hash_size != 8 || p->highfreq_factor != 4))
+        return dr_set_error(DR_EUNSUPPORTED, "phash: CUDA hashes with hash_size=8, highfreq_factor=4 only, got %lld, "
+                            "%lld (use CPU images for other sizes)", (long long)p->hash_size,
+                            (long long)p->highfreq_factor);
+    const int method = p->method, pil_order = p->pil_order;
     dr_device_guard guard(hashes->device_id);
     int64_t nv = boxes->shape[0];
     if (nv == 0)

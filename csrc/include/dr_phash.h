@@ -9,18 +9,29 @@
 enum { DR_PHASH_DYNREFER = 0, DR_PHASH_IMAGEHASH = 1 };
 
 #define DR_PHASH_DYN_RES 224 /* the official function resizes each view to 224 × 224 */
-#define DR_PHASH_IH_RES 32   /* imagehash: hash_size 8 × highfreq_factor 4 */
+#define DR_PHASH_IH_RES 32   /* imagehash's default: hash_size 8 × highfreq_factor 4 */
+#define DR_PHASH_IH_MAX_RES 4096 /* largest hash_size × highfreq_factor served */
+
+typedef struct {
+    int method;    /* DR_PHASH_DYNREFER or DR_PHASH_IMAGEHASH */
+    int pil_order; /* DR_PIL_ORDER_* (imagehash) */
+    int64_t hash_size, highfreq_factor; /* imagehash: K and R / K (the resize side R = K · highfreq_factor); the
+                                         * official function: 8 and 4 */
+} dr_phash_params;
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* hashes [V] uint64; thumbs: NULL, or (imagehash only) uint8 [V, 32, 32] contiguous for the resized luma views. */
+/* hashes: [V] uint64 when hash_size² <= 64 bits, else [V, W] uint64 words, W = ceil(hash_size² / 64), the most
+ * significant first (the bits as one integer, first coefficient the most significant bit); thumbs: NULL, or
+ * (imagehash only) uint8 [V, R, R] contiguous for the resized luma views. The CPU kernel serves every hash_size >= 2
+ * and highfreq_factor >= 1 with R <= DR_PHASH_IH_MAX_RES (elementwise: 8 and 4), the CUDA launcher 8 and 4. */
 dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
-                       const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, int elementwise,
+                       const dr_tensor *image_index, dr_tensor *hashes, const dr_phash_params *p, int elementwise,
                        dr_tensor *thumbs);
 dr_status dr_phash_cuda(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
-                        const dr_tensor *image_index, dr_tensor *hashes, int method, int pil_order, void *stream);
+                        const dr_tensor *image_index, dr_tensor *hashes, const dr_phash_params *p, void *stream);
 
 #ifdef __cplusplus
 }

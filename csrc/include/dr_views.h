@@ -22,6 +22,7 @@
 #ifndef DR_VIEWS_H
 #define DR_VIEWS_H
 
+#include "dr_check.h"
 #include "dr_math.h"
 #include "dynrefer.h"
 
@@ -47,5 +48,36 @@ enum { DR_RS_PIL = 0, DR_RS_AA = 1, DR_RS_PLAIN = 2, DR_RS_CV = 3 };
 enum { DR_PIL_ORDER_ADAPTIVE = 0, DR_PIL_ORDER_HORIZONTAL = 1 };
 
 #include "dr_resample_math.inc"
+
+/* Check image `name` of a view op (H x W x C uint8, channels last, C >= 3, H, W >= 1) and describe it in *r (host
+ * code of the argument builders). A 2-D (grayscale) image, a channel-first C x H x W one (first dimension 1, 3 or 4
+ * and last dimension above 4) and other shapes are refused with the shape given and the layout expected. O(1). */
+static inline dr_status dr_views_image_make(const char *op, const char *name, const dr_tensor *t, dr_image_ref *r) {
+    if (t->dtype != DR_UINT8)
+        return dr_set_error(DR_ETYPE, "%s: %s must be uint8 (H x W x 3 RGB), got %s", op, name,
+                            dr_dtype_name(t->dtype));
+    char shp[96];
+    dr_shape_str(t, shp, sizeof shp);
+    if (t->ndim == 2)
+        return dr_set_error(DR_EINVAL, "%s: %s has shape %s (2-D, grayscale): expected H x W x C channels-last RGB "
+                            "(C = 3, or 4 with alpha ignored); repeat the channel, e.g. np.stack([g] * 3, -1)", op,
+                            name, shp);
+    if (t->ndim == 3 && t->shape[2] > 4 && (t->shape[0] == 1 || t->shape[0] == 3 || t->shape[0] == 4))
+        return dr_set_error(DR_EINVAL, "%s: %s has shape %s, which looks channel-first (C x H x W): expected H x W x C "
+                            "channels-last RGB (C = 3, or 4 with alpha ignored), e.g. image.permute(1, 2, 0)", op,
+                            name, shp);
+    if (t->ndim != 3 || t->shape[2] < 3)
+        return dr_set_error(DR_EINVAL, "%s: %s has shape %s: expected H x W x C channels-last RGB (C = 3, or 4 with "
+                            "alpha ignored)", op, name, shp);
+    if (t->shape[0] < 1 || t->shape[1] < 1)
+        return dr_set_error(DR_EINVAL, "%s: %s is empty: shape %s, expected H x W x C RGB with H, W >= 1", op, name, shp);
+    r->data = (const uint8_t *)t->data;
+    r->h = t->shape[0];
+    r->w = t->shape[1];
+    r->sh = t->strides[0];
+    r->sw = t->strides[1];
+    r->sc = t->strides[2];
+    return DR_OK;
+}
 
 #endif

@@ -35,26 +35,30 @@ static int parse_floats3(PyObject *o, const char *op, const char *name, float ou
 static PyObject *py_crop_resize(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"images",      "boxes",     "out",     "size",      "kind",   "filter", "mean", "std",
-                             "image_index", "ref_boxes", "ref_out", "pil_order", "stream", "impl",   NULL};
+                             "image_index", "ref_boxes", "ref_out", "pil_order", "stream", "impl",   "check_only", NULL};
     PyObject *oim, *ob, *oo, *omean, *ostd, *oidx = Py_None, *orb = Py_None, *oro = Py_None;
-    long long size, stream = 0;
-    int kind, filter, pil_order = DR_PIL_ORDER_ADAPTIVE;
+    PyObject *osize, *okind, *ofilter, *oorder = NULL;
+    long long size, kind, filter, pil_order = DR_PIL_ORDER_ADAPTIVE, stream = 0;
     const char *impl = "fast";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLiiOO|OOOiLs:crop_resize", kwlist, &oim, &ob, &oo, &size, &kind,
-                                     &filter, &omean, &ostd, &oidx, &orb, &oro, &pil_order, &stream, &impl))
+    int check_only = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOO|OOOOLsp:crop_resize", kwlist, &oim, &ob, &oo, &osize, &okind,
+                                     &ofilter, &omean, &ostd, &oidx, &orb, &oro, &oorder, &stream, &impl, &check_only))
+        return NULL;
+    const char *op = "crop_resize";
+    if (dr_int_arg(osize, op, "size", &size) < 0 || dr_int_arg(okind, op, "kind", &kind) < 0 ||
+        dr_int_arg(ofilter, op, "filter", &filter) < 0 || (oorder && dr_int_arg(oorder, op, "pil_order", &pil_order) < 0))
         return NULL;
     int elementwise = dr_parse_impl(impl);
     if (elementwise < 0)
         return NULL;
-    const char *op = "crop_resize";
     dr_crop_resize_params p;
     memset(&p, 0, sizeof p);
     if (kind != DR_RS_PIL && kind != DR_RS_AA && kind != DR_RS_PLAIN) {
-        PyErr_Format(PyExc_ValueError, "%s: unknown resampling kind %d", op, kind);
+        PyErr_Format(PyExc_ValueError, "%s: unknown resampling kind %lld", op, kind);
         return NULL;
     }
     if (filter != DR_FILTER_BILINEAR && filter != DR_FILTER_BICUBIC) {
-        PyErr_Format(PyExc_ValueError, "%s: unknown filter %d", op, filter);
+        PyErr_Format(PyExc_ValueError, "%s: unknown filter %lld", op, filter);
         return NULL;
     }
     if (size < 1 || size > 16384) {
@@ -62,12 +66,12 @@ static PyObject *py_crop_resize(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     }
     if (pil_order != DR_PIL_ORDER_ADAPTIVE && pil_order != DR_PIL_ORDER_HORIZONTAL) {
-        PyErr_Format(PyExc_ValueError, "%s: unknown pil_order %d", op, pil_order);
+        PyErr_Format(PyExc_ValueError, "%s: unknown pil_order %lld", op, pil_order);
         return NULL;
     }
-    p.kind = kind;
-    p.filter = filter;
-    p.pil_order = pil_order;
+    p.kind = (int)kind;
+    p.filter = (int)filter;
+    p.pil_order = (int)pil_order;
     p.size = size;
     if (parse_floats3(omean, op, "mean", p.mean, 0) < 0 || parse_floats3(ostd, op, "std", p.std, 1) < 0)
         return NULL;
@@ -123,6 +127,10 @@ static PyObject *py_crop_resize(PyObject *self, PyObject *args, PyObject *kw) {
             goto done;
     }
     dr_status st;
+    if (check_only) { /* descriptors without data (meta tensors): the checks above only */
+        ret = Py_NewRef(Py_None);
+        goto done;
+    }
     if (im.args[0].t.device == DR_CUDA) {
         __typeof__(dr_crop_resize_cuda) *fn = dr_cuda_fn("dr_crop_resize_cuda");
         if (!fn)
@@ -154,5 +162,6 @@ done:
 PyMethodDef dr_crop_resize_methods[] = {
     {"crop_resize", (PyCFunction)(void (*)(void))py_crop_resize, METH_VARARGS | METH_KEYWORDS,
      "crop_resize(images, boxes, out, size, kind, filter, mean, std, image_index=None, ref_boxes=None, ref_out=None, "
-     "pil_order=0, stream=0, impl='fast'): fill out [V,3,S,S] with the normalised views."},
+     "pil_order=0, stream=0, impl='fast', check_only=False): fill out [V,3,S,S] with the normalised views (check_only: "
+     "validate the arguments, run nothing)."},
     {NULL, NULL, 0, NULL}};

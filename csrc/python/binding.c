@@ -98,3 +98,19 @@ int dr_expect_dtype(const dr_pyarg *a, const char *op, const char *name, dr_dtyp
     PyErr_Format(PyExc_TypeError, "%s: %s must be %s, got %s", op, name, dr_dtype_name(want), dr_dtype_name(a->t.dtype));
     return -1;
 }
+
+int dr_int_arg(PyObject *o, const char *op, const char *name, long long *v) {
+    if (PyBool_Check(o) || !PyIndex_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be an int, got %s", op, name, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    PyObject *i = PyNumber_Index(o);
+    if (!i)
+        return -1;
+    int overflow = 0;
+    *v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    if (overflow)
+        PyErr_Format(PyExc_ValueError, "%s: %s = %S is out of range (it does not fit in 64 bits)", op, name, i);
+    Py_DECREF(i);
+    return overflow || (*v == -1 && PyErr_Occurred()) ? -1 : 0;
+}

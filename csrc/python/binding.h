@@ -26,6 +26,10 @@ PyObject *dr_raise_kernel(dr_status st, const dr_tensor *t);
 /* impl="fast" → 0, impl="elementwise" (the CUDA kernels' per-element bodies, run on the CPU) → 1, else -1 with a
  * ValueError. */
 int dr_parse_impl(const char *impl);
+/* An integer argument `name` of `op` (a Python int or an object with __index__, not a bool) into *v; -1 with a
+ * TypeError or a ValueError naming the argument when it is not an integer or does not fit in 64 bits. Range checks
+ * stay with the kernels' argument builders. */
+int dr_int_arg(PyObject *o, const char *op, const char *name, long long *v);
 
 /* The method tables of the op bindings; module.c installs each. One line per binding file. */
 #define DR_BINDINGS                                                                                                \

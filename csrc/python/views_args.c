@@ -44,16 +44,9 @@ int dr_images_from(PyObject *seq, const char *op, long long stream, image_list *
             return -1;
         }
         l->n = i + 1;
-        const dr_tensor *t = &l->args[i].t;
-        if (t->dtype != DR_UINT8) {
-            PyErr_Format(PyExc_TypeError, "%s: %s must be uint8, got %s", op, name, dr_dtype_name(t->dtype));
-            dr_images_release(l);
-            return -1;
-        }
-        if (t->ndim != 3 || t->shape[2] < 3 || t->shape[0] < 1 || t->shape[1] < 1) {
-            PyErr_Format(PyExc_ValueError, "%s: %s must be a non-empty H x W x C image with C >= 3 (RGB), got %d-D "
-                         "shape [%lld, %lld, %lld]", op, name, t->ndim, (long long)t->shape[0],
-                         (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)(t->ndim > 2 ? t->shape[2] : 0));
+        dr_status st = dr_views_image_make(op, name, &l->args[i].t, &l->refs[i]);
+        if (st != DR_OK) {
+            dr_raise_status(st, dr_last_error());
             dr_images_release(l);
             return -1;
         }
@@ -61,13 +54,6 @@ int dr_images_from(PyObject *seq, const char *op, long long stream, image_list *
             dr_images_release(l);
             return -1;
         }
-        dr_image_ref *r = &l->refs[i];
-        r->data = (const uint8_t *)t->data;
-        r->h = t->shape[0];
-        r->w = t->shape[1];
-        r->sh = t->strides[0];
-        r->sw = t->strides[1];
-        r->sc = t->strides[2];
     }
     return 0;
 }

@@ -1,8 +1,11 @@
 """Nested-view kernels (docs/DESIGN.md §7.2–7.4): batched crop + resize + normalise, perceptual hashes, view selection.
 
 All three take many boxes of one or more images in one call and run in C (CPU threads) or CUDA, without
-materialising crops. Images are ``H x W x 3`` uint8 RGB (NumPy arrays or torch tensors; any strides; extra channels
-ignored). NumPy in → NumPy out; torch in → torch out on the images' device.
+materialising crops. Images are ``H x W x 3`` uint8 RGB, channels last (NumPy arrays or torch tensors; any strides;
+a fourth channel, alpha, or more are ignored); 2-D (grayscale) and channel-first ``3 x H x W`` arrays are refused
+with their shape. NumPy in → NumPy out; torch in → torch out on the images' device. Images on PyTorch's ``meta``
+device give ``meta`` outputs of the right shapes after the shape, dtype and parameter checks (the pixel-dependent
+ones — finite boxes, image indices in range — need data and are skipped).
 
 Geometry shared by all: a view box ``(x1, y1, x2, y2)`` in pixels is clipped to the image and truncated to integers;
 the crop is the pixel slice ``[y1:y2, x1:x2]``. A crop that is empty after that (zero width or height, or a box
@@ -47,7 +50,13 @@ def _image_list(images, op):
     return out, torch_in
 
 
+def _is_meta(t):
+    return is_torch_tensor(t) and t.device.type == "meta"
+
+
 def _check_finite_rows(b, name, op):
+    if _is_meta(b):
+        return
     if is_torch_tensor(b):
         import torch
 
@@ -97,7 +106,7 @@ def _index(image_index, n_images, nv, like_torch, device, op):
         if idx.dtype.is_floating_point or idx.dtype == torch.bool:
             raise TypeError(f"{op}: image_index must be integers, got {idx.dtype}")
         idx = idx.to(device=device, dtype=torch.int64).reshape(-1)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_images):
+        if idx.numel() and not _is_meta(idx) and (int(idx.min()) < 0 or int(idx.max()) >= n_images):
             raise ValueError(f"{op}: image_index must lie in [0, {n_images}), got values in "
                              f"[{int(idx.min())}, {int(idx.max())}]")
     else:
@@ -118,6 +127,18 @@ def _call(fn, images, torch_in, *arrays, **kw):
         return fn(images, *arrays, **kw)
     from dynrefer.ops._torch_util import _desc, _device_of, _stream
 
+    if _is_meta(images[0]):  # no data: the binding runs the argument checks only
+        from dynrefer.ops._torch_util import _DTYPE_CODES
+
+        def _desc(t):  # noqa: F811 - a CPU descriptor without data, of the meta tensor's shape
+            if t.device.type != "meta":
+                raise ValueError(f"{fn.__name__}: images are on the meta device but an argument is on {t.device}")
+            if t.dtype not in _DTYPE_CODES:
+                raise TypeError(f"{fn.__name__}: unsupported dtype {t.dtype}")
+            return (0, _DTYPE_CODES[t.dtype], 0, 0, tuple(t.shape), tuple(t.stride()))
+
+        kw["check_only"] = True
+
     conv = [_desc(a) if is_torch_tensor(a) else a for a in arrays]
     kw = {k: (_desc(v) if is_torch_tensor(v) else v) for k, v in kw.items()}
     with _device_of(images[0]):
@@ -130,11 +151,11 @@ def _pil_order(order, op):
     return 0 if order == "adaptive" else 1
 
 
-def _size(size):
+def _size(size, op):
     if isinstance(size, bool) or not isinstance(size, numbers.Integral):
-        raise TypeError(f"size must be an int, got {type(size).__name__}")
+        raise TypeError(f"{op}: size must be an int, got {type(size).__name__}")
     if not 1 <= int(size) <= 16384:
-        raise ValueError(f"size must be in [1, 16384], got {size}")
+        raise ValueError(f"{op}: size must be in [1, 16384], got {size}")
     return int(size)
 
 
@@ -168,7 +189,7 @@ def crop_resize(images, boxes, size=224, *, image_index=None, ref_boxes=None, mo
     """
     op = "crop_resize"
     imgs, torch_in = _image_list(images, op)
-    S = _size(size)
+    S = _size(size, op)
     if mode not in ("pil", "tensor"):
         raise ValueError(f"{op}: mode must be 'pil' or 'tensor', got {mode!r}")
     if interpolation not in _FILTER:
@@ -205,33 +226,66 @@ def crop_resize(images, boxes, size=224, *, image_index=None, ref_boxes=None, mo
     return out if rb is None else (out, ref_out)
 
 
+def _hash_int(v, name):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"phash: {name} must be an int, got {type(v).__name__} (imagehash: 'float' object cannot be "
+                        "interpreted as an integer)")
+    return int(v)
+
+
+def hash_words(hash_size=8):
+    """uint64 words per hash of ``hash_size``: 0 for a plain ``[V]`` array (up to 64 bits), else ``W`` of ``[V, W]``."""
+    bits = int(hash_size) ** 2
+    return 0 if bits <= 64 else (bits + 63) // 64
+
+
 def phash(images, boxes, *, method="dynrefer", image_index=None, pil_order="adaptive", impl="fast",
-          thumbnails=False):
-    """64-bit perceptual hashes of many boxes of one or more images, as ``uint64`` (first coefficient = MSB).
+          thumbnails=False, hash_size=8, highfreq_factor=4):
+    """Perceptual hashes of many boxes of one or more images (first coefficient = most significant bit).
 
     ``method="dynrefer"``: the official view-selection hash (OpenCV gray, INTER_LINEAR resize to 224, orthonormal
-    DCT, low 8 x 8 block against its mean). ``method="imagehash"``: bit-exact with ``imagehash.phash(crop,
-    hash_size=8)`` (its Pillow LANCZOS resize with ``pil_order`` as in ``crop_resize``); ``phash_hex`` gives its
-    string. Boxes follow the module's crop rule (clip, truncate).
+    DCT, low 8 x 8 block against its mean), 64 bits. ``method="imagehash"``: bit-exact with ``imagehash.phash(crop,
+    hash_size, highfreq_factor)`` for every ``hash_size >= 2`` and ``highfreq_factor >= 1`` with
+    ``hash_size * highfreq_factor <= 4096`` (its Pillow LANCZOS resize to that side with ``pil_order`` as in
+    ``crop_resize``; scipy's DCT in scipy's own arithmetic, so crops whose coefficients vanish in exact arithmetic —
+    flat, mirror-symmetric, two pixels wide — hash as imagehash does); imagehash's errors for other values
+    (``ValueError`` for ``hash_size < 2`` and ``highfreq_factor < 1``, ``TypeError`` for non-integers).
+    ``phash_hex(hashes, hash_size)`` gives its string. Boxes follow the module's crop rule (clip, truncate).
 
-    ``thumbnails=True`` (``method="imagehash"``, CPU) returns ``(hashes, thumbnails)``: the ``[V, 32, 32]`` uint8
-    luma views the hashes are taken from, equal to ``crop.convert("L").resize((32, 32), Image.LANCZOS)``.
+    Returns ``uint64`` hashes: ``[V]`` when ``hash_size**2 <= 64`` (the bits as one integer, right-aligned: a
+    ``hash_size`` of 5 gives 25-bit values), else ``[V, W]`` with ``W = ceil(hash_size**2 / 64)`` words of that
+    integer, the most significant word first (``hash_words(hash_size)`` tells which). ``hamming(a, b)`` compares
+    words; sum over the last axis for wide hashes. CUDA images and ``impl="elementwise"`` hash with the defaults
+    only (8 and 4).
+
+    ``thumbnails=True`` (``method="imagehash"``, CPU) returns ``(hashes, thumbnails)``: the ``[V, R, R]`` uint8
+    luma views the hashes are taken from (``R = hash_size * highfreq_factor``), equal to
+    ``crop.convert("L").resize((R, R), Image.LANCZOS)``.
     """
     op = "phash"
     if method not in _METHOD:
         raise ValueError(f"{op}: method must be 'dynrefer' or 'imagehash', got {method!r}")
     if thumbnails and method != "imagehash":
         raise ValueError(f"{op}: thumbnails=True needs method='imagehash'")
+    hs, hf = _hash_int(hash_size, "hash_size"), _hash_int(highfreq_factor, "highfreq_factor")
+    if hs < 2:  # checked again by the binding; here so that no output is sized from it
+        raise ValueError(f"{op}: hash_size must be >= 2 (imagehash: Hash size must be greater than or equal to 2), "
+                         f"got {hs}")
+    if not 1 <= hf <= 4096 or hs * hf > 4096:
+        raise ValueError(f"{op}: highfreq_factor must be >= 1 and hash_size * highfreq_factor (the resize side) at "
+                         f"most 4096 (Pillow: height and width must be > 0), got {hs} * {hf}")
     imgs, torch_in = _image_list(images, op)
     device = imgs[0].device if torch_in else None
     b = _boxes(boxes, torch_in, device, op)
     idx = _index(image_index, len(imgs), b.shape[0], torch_in, device, op)
+    nw, res = hash_words(hs), hs * hf
+    shape = (b.shape[0],) if nw == 0 else (b.shape[0], nw)
     if torch_in:
         import torch
 
-        out = torch.empty((b.shape[0],), dtype=torch.uint64, device=device)
+        out = torch.empty(shape, dtype=torch.uint64, device=device)
     else:
-        out = np.empty((b.shape[0],), dtype=np.uint64)
+        out = np.empty(shape, dtype=np.uint64)
     from dynrefer import _C
 
     kw = {}
@@ -239,18 +293,33 @@ def phash(images, boxes, *, method="dynrefer", image_index=None, pil_order="adap
         if torch_in:
             import torch
 
-            kw["thumbnails"] = torch.empty((b.shape[0], 32, 32), dtype=torch.uint8, device=device)
+            kw["thumbnails"] = torch.empty((b.shape[0], res, res), dtype=torch.uint8, device=device)
         else:
-            kw["thumbnails"] = np.empty((b.shape[0], 32, 32), dtype=np.uint8)
+            kw["thumbnails"] = np.empty((b.shape[0], res, res), dtype=np.uint8)
     _call(_C.phash, imgs, torch_in, b, out, _METHOD[method], image_index=idx, pil_order=_pil_order(pil_order, op),
-          impl=impl, **kw)
+          impl=impl, hash_size=hs, highfreq_factor=hf, **kw)
     return (out, kw["thumbnails"]) if thumbnails else out
 
 
-def phash_hex(hashes):
-    """Hex strings of hashes (``str(imagehash.phash(...))`` for ``method="imagehash"``)."""
-    h = np.asarray(hashes.cpu() if is_torch_tensor(hashes) else hashes).astype(np.uint64).reshape(-1)
-    return [f"{int(v):016x}" for v in h]
+def phash_hex(hashes, hash_size=8):
+    """Hex strings of hashes: ``str(imagehash.phash(crop, hash_size, ...))`` for ``method="imagehash"`` (the
+    ``hash_size**2`` bits as hex digits, ``ceil(hash_size**2 / 4)`` of them). ``hashes`` is ``[V]`` or, for hashes
+    wider than 64 bits, ``[V, W]`` words as ``phash`` returns them."""
+    bits = int(hash_size) ** 2
+    nw = hash_words(hash_size)
+    h = np.asarray(hashes.cpu() if is_torch_tensor(hashes) else hashes).astype(np.uint64)
+    width = -(-bits // 4)
+    if nw == 0:
+        return [f"{int(v):0{width}x}" for v in h.reshape(-1)]
+    if h.ndim < 1 or h.shape[-1] != nw:
+        raise ValueError(f"phash_hex: hashes of hash_size {hash_size} are [V, {nw}] uint64 words, got shape {h.shape}")
+    out = []
+    for row in h.reshape(-1, nw):
+        v = 0
+        for w in row:
+            v = (v << 64) | int(w)
+        out.append(f"{v:0{width}x}")
+    return out
 
 
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -281,6 +350,10 @@ def select_views(hashes, coeffs, num):
     op = "select_views"
     if isinstance(num, bool) or not isinstance(num, numbers.Integral) or num < 0:
         raise ValueError(f"{op}: num must be a non-negative int, got {num!r}")
+    n_cand = int(np.size(coeffs.cpu() if is_torch_tensor(coeffs) else coeffs))
+    if num > n_cand:
+        raise ValueError(f"{op}: num = {num} exceeds the {n_cand} candidates (out must have shape [R, n] with "
+                         f"n <= {n_cand})")
     torch_in = is_torch_tensor(hashes)
     if torch_in:
         import torch
