@@ -567,3 +567,16 @@ def test_cuda_index_checks_off_gives_zeros():
 def test_cuda_cpu_mixed_devices_rejected():
     with pytest.raises(ValueError, match="boxes are on cpu but input is on cuda"):
         ops.roi_align(torch.randn(1, 1, 4, 4, device="cuda"), torch.tensor([[0, 0, 0, 2, 2.0]]), 2)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(output_size=(2 ** 40, 2 ** 40)), r"output_size \(1099511627776, 1099511627776\) is too large"),
+    (dict(output_size=2, sampling_ratio=2 ** 40), r"sampling_ratio must be at most 65536"),
+])
+def test_huge_arguments_are_named_not_run(kw, match):
+    """An output or a sampling grid no machine could produce is refused at once, naming the argument."""
+    x = np.zeros((1, 2, 8, 8), np.float32)
+    b = np.array([[0, 0, 0, 4, 4]], np.float32)
+    for inp, boxes in ((x, b), (torch.from_numpy(x), torch.from_numpy(b))):
+        with pytest.raises(ValueError, match=match):
+            ops.roi_align(inp, boxes, **kw)

@@ -72,6 +72,10 @@ static inline dr_status dr_roi_align_make_args(const dr_tensor *feat, const dr_t
     if (p->pooled_h <= 0 || p->pooled_w <= 0)
         return dr_set_error(DR_EINVAL, "%s: output_size must be positive, got (%lld, %lld)", op,
                             (long long)p->pooled_h, (long long)p->pooled_w);
+    /* sampling_ratio^2 points are read per bin: beyond 2^16 a call would run for days, not return a result */
+    if (p->sampling_ratio > ((int64_t)1 << 16))
+        return dr_set_error(DR_EINVAL, "%s: sampling_ratio must be at most 65536 (sampling_ratio^2 samples per bin), "
+                            "got %lld", op, (long long)p->sampling_ratio);
     const int64_t *fs = feat->shape, *ps = pooled->shape;
     if (ps[0] != rois->shape[0] || ps[1] != fs[1] || ps[2] != p->pooled_h || ps[3] != p->pooled_w)
         return dr_set_error(DR_EINVAL, "%s: %s has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld, %lld]",

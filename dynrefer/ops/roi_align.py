@@ -42,6 +42,9 @@ def pooled_shape(input, rois, ph, pw):
         raise ValueError(f"roi_align: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
     if rois.ndim != 2:
         raise BoxesShapeError(f"The boxes tensor shape is not correct as Tensor[K, 5], got {tuple(rois.shape)}")
+    if ph > 0 and pw > 0 and rois.shape[0] * input.shape[1] * ph * pw >= 2 ** 62:
+        raise ValueError(f"roi_align: output_size ({ph}, {pw}) is too large: the output [{rois.shape[0]}, "
+                         f"{input.shape[1]}, {ph}, {pw}] would not fit in memory")
     return (rois.shape[0], input.shape[1], ph, pw)
 
 
