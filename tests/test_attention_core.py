@@ -90,7 +90,7 @@ def cpu_impls():
         try:
             attention_numpy(q, q, q, impl=isa)
             out.append(isa)
-        except RuntimeError:
+        except (TypeError, RuntimeError):  # DR_EUNSUPPORTED: this CPU lacks the instruction set
             pass
     return out
 
