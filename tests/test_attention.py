@@ -438,3 +438,66 @@ def test_bfloat16_vector_kernels_when_amx_is_off(gen, tmp_path):
             assert ours.dtype == torch.bfloat16
             bound = max((2 if i == 0 else 3) * rel(m, ref), FLOOR[torch.bfloat16])
             assert rel(ours, ref) <= bound, (cap, i)
+
+
+# --- NaN and infinities propagate as in PyTorch ----------------------------------------------------------------
+
+def _nan_pattern(fn, q, k, v, mask, causal, g):
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out = fn(*leaves, mask, causal)
+    return (out,) + torch.autograd.grad(out, leaves, g)
+
+
+def _poison(t, idx, value):
+    t = t.clone()
+    t[idx] = value
+    return t
+
+
+def nan_cases(gen, lq, lk, d):
+    """(name, q, k, v, mask, causal): one non-finite value in each input, alone and under masks that hide it."""
+    q, k, v = (t.float() for t in make(gen, (2, 2, lq, d), lk))
+    nan, inf = math.nan, math.inf
+    bm = torch.rand(2, 2, lq, lk, generator=gen) > 0.3
+    bm[..., 0] = True
+    bm[0, 1, 1] = False  # a fully masked row
+    bm[1, 0, :, 2] = False  # key 2 hidden from every query of (1, 0)
+    fm = torch.where(bm, torch.randn(2, 2, lq, lk, generator=gen), torch.tensor(-inf))
+    j = lk - 1  # the last key: causal attention hides it from every query before it
+    return [
+        ("q nan", _poison(q, (0, 1, 2, 3), nan), k, v, None, False),
+        ("k nan", q, _poison(k, (1, 0, 2, 1), nan), v, None, False),
+        ("v nan", q, k, _poison(v, (0, 0, 1, 2), nan), None, False),
+        ("k +inf", q, _poison(k, (0, 1, 3, 0), inf), v, None, False),
+        ("q -inf", _poison(q, (1, 1, 0, 2), -inf), k, v, None, False),
+        ("mask nan", q, k, v, _poison(fm, (0, 0, 2, 1), nan), False),
+        ("bool, nan at a hidden key", q, _poison(k, (1, 0, 2, 0), nan), v, bm, False),
+        ("float, nan at a hidden key", q, _poison(k, (1, 0, 2, 0), nan), v, fm, False),
+        ("bool, nan value at a hidden key", q, k, _poison(v, (1, 0, 2, 3), nan), bm, False),
+        ("fully masked row, nan query", _poison(q, (0, 1, 1, 0), nan), k, v, bm, False),
+        ("fully masked row, nan value", q, k, _poison(v, (0, 1, 4, 1), nan), bm, False),
+        ("causal, nan key seen by the last query only", q, _poison(k, (0, 0, j, 2), nan), v, None, True),
+        ("causal, nan value seen by the last query only", q, k, _poison(v, (1, 1, j, 0), nan), None, True),
+        ("causal, nan query", _poison(q, (1, 0, 0, 1), nan), k, v, None, True),
+    ]
+
+
+@pytest.mark.parametrize("size", [(6, 7, 8), (40, 70, 64), (70, 33, 24), (32, 257, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_non_finite_values_propagate_as_sdpa(gen, size, dtype):
+    """A NaN or an infinity in q, k, v or an additive mask gives NaN exactly where PyTorch's SDPA gives it (math
+    backend, which adds bool and causal masks as -inf), in the output and in the three gradients; rows with every
+    key masked and finite inputs stay 0 with zero gradients."""
+    lq, lk, d = size
+    for name, q, k, v, mask, causal in nan_cases(gen, lq, lk, d):
+        q, k, v = (t.to(dtype) for t in (q, k, v))
+        m = mask if mask is None or mask.dtype == torch.bool else mask.to(dtype)
+        g = torch.randn(q.shape[:-1] + (v.shape[-1],), generator=gen).to(dtype)
+        ours = _nan_pattern(lambda a, b, c, mm, cz: attention(a, b, c, mm, 0.0, cz), q, k, v, m, causal, g)
+        ref = _nan_pattern(lambda a, b, c, mm, cz: math_sdpa(a, b, c, mm, cz), q, k, v, m, causal, g)
+        for what, a, r in zip(("out", "dq", "dk", "dv"), ours, ref):
+            assert torch.equal(a.isnan(), r.isnan()), (name, what, a.isnan().sum().item(), r.isnan().sum().item())
+            fin = torch.isfinite(r)
+            assert torch.equal(torch.isfinite(a), fin), (name, what)
+        if name.startswith("fully masked row, nan value"):  # NaN only in the poisoned value column
+            assert torch.all(ours[0][0, 1, 1, [0, 2, 3]] == 0)

@@ -436,3 +436,83 @@ def test_concurrent_callers(rng):
         t.join()
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+# --- NaN and infinities ---------------------------------------------------------------------------------------
+
+def ref_ieee(q, k, v, g, mask=None, causal=False, scale=None):
+    """(out, dq, dk, dv) in float64 with PyTorch's arithmetic for non-finite values: masks added to the scores
+    (bool and causal as 0 / -inf), a NaN-propagating row maximum, rows whose scores are all -inf give P = 0, and
+    every product of P or dS with a value, masked keys included."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    q, k, v, g = (x.astype(np.float64) for x in (q, k, v, g))
+    with np.errstate(all="ignore"):
+        s = np.einsum("...id,...jd->...ij", q, k) * scale
+        lq, lk = s.shape[-2:]
+        if causal:
+            s = s + np.where(np.tril(np.ones((lq, lk), bool)), 0.0, -np.inf)
+        if mask is not None:
+            s = s + (np.where(mask, 0.0, -np.inf) if mask.dtype == np.bool_ else mask.astype(np.float64))
+        m = s.max(-1, keepdims=True)
+        dead = m == -np.inf
+        p = np.exp(s - np.where(dead, 0, m))
+        p = np.where(dead, 0, p / p.sum(-1, keepdims=True))
+        out = np.einsum("...ij,...jc->...ic", p, v)
+        dv = np.einsum("...ij,...ic->...jc", p, g)
+        dp = np.einsum("...ic,...jc->...ij", g, v)
+        ds = p * (dp - (g * out).sum(-1, keepdims=True))
+        dq = np.einsum("...ij,...jd->...id", ds, k) * scale
+        dk = np.einsum("...ij,...id->...jd", ds, q) * scale
+    return out, dq, dk, dv
+
+
+@pytest.mark.parametrize("lq,lk,d", [(6, 7, 8), (40, 70, 64), (70, 33, 24)])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_values_propagate(rng, lq, lk, d, impl, dtype):
+    """NaN where PyTorch gives NaN: a NaN or an infinity in q, k, v or an additive mask, also at keys a bool, -inf
+    or causal mask hides (PyTorch adds those masks as -inf); a row with every key masked and finite inputs still
+    gives 0 and zero gradients."""
+    q, k, v = qkv(rng, (2, 2, lq, d), lk, None, dtype)
+    g = rng.standard_normal((2, 2, lq, d)).astype(dtype)
+    bm = rng.random((2, 2, lq, lk)) > 0.3
+    bm[..., 0] = True
+    bm[0, 1, 1] = False
+    bm[1, 0, :, 2] = False
+    fm = np.where(bm, rng.standard_normal((2, 2, lq, lk)), -np.inf).astype(dtype)
+
+    def put(x, idx, val):
+        x = x.copy()
+        x[idx] = val
+        return x
+
+    j = lk - 1
+    cases = [
+        (put(q, (0, 1, 2, 3), np.nan), k, v, None, False),
+        (q, put(k, (1, 0, 2, 1), np.nan), v, None, False),
+        (q, k, put(v, (0, 0, 1, 2), np.nan), None, False),
+        (q, put(k, (0, 1, 3, 0), np.inf), v, None, False),
+        (q, k, v, put(fm, (0, 0, 2, 1), np.nan), False),
+        (q, put(k, (1, 0, 2, 0), np.nan), v, bm, False),
+        (q, put(k, (1, 0, 2, 0), np.nan), v, fm, False),
+        (q, k, put(v, (1, 0, 2, 3), np.nan), bm, False),
+        (put(q, (0, 1, 1, 0), np.nan), k, v, bm, False),
+        (q, k, put(v, (0, 1, 4, 1), np.nan), bm, False),
+        (q, put(k, (0, 0, j, 2), np.nan), v, None, True),
+        (q, k, put(v, (1, 1, j, 0), np.nan), None, True),
+        (put(q, (1, 0, 0, 1), np.nan), k, v, None, True),
+        (q, k, v, None, True),
+        (q, k, v, bm, False),
+    ]
+    for n, (qq, kk, vv, mm, causal) in enumerate(cases):
+        out = attention_numpy(qq, kk, vv, mm, causal, impl=impl)
+        got = (out,) + backward(qq, kk, vv, g, mm, causal, impl=impl)
+        want = ref_ieee(qq, kk, vv, g, mm, causal)
+        for what, a, w in zip(("out", "dq", "dk", "dv"), got, want):
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(w), err_msg=f"case {n} {what}")
+            fin = np.isfinite(w)
+            np.testing.assert_array_equal(np.isfinite(a), fin, err_msg=f"case {n} {what}")
+            assert rel(a[fin], w[fin]) < (1e-10 if dtype == np.float64 else 3e-5), (n, what)
+    out = attention_numpy(q, k, v, bm, impl=impl)
+    dq = backward(q, k, v, g, bm, impl=impl)[0]
+    assert np.all(out[0, 1, 1] == 0) and np.all(dq[0, 1, 1] == 0)

@@ -52,9 +52,10 @@ static size_t dr_attn_dsize(int dtype) { return dtype == DR_FLOAT64 ? 8 : dtype 
         return (VT)((VI)(p * scale2) & ~dead);                                                                     \
     }
 
+/* max(x, y) lane by lane, NaN if either is NaN (a score row with a NaN gives a NaN softmax, as in PyTorch). */
 #define DR_DEFINE_VMAX(NAME, VT, VI, ATTR)                                                                         \
     ATTR static inline VT NAME(VT x, VT y) {                                                                       \
-        const VI gt = x > y;                                                                                       \
+        const VI gt = (x > y) | (x != x);                                                                          \
         return (VT)(((VI)x & gt) | ((VI)y & ~gt));                                                                 \
     }
 
@@ -173,6 +174,13 @@ DR_ATTR_AVX512 static inline void dr_tr16_avx512(const void *src, int64_t lds, v
     }
 }
 
+/* The largest of 16 lanes, NaN if one is NaN (_mm512_reduce_max_ps alone may drop a NaN). */
+DR_ATTR_AVX512 static inline float hmax_v16f(dr_v16f v) {
+    if (_mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q))
+        return NAN;
+    return _mm512_reduce_max_ps((__m512)v);
+}
+
 /* log(x) for 16 float lanes, x > 0 finite (a softmax denominator, >= 1 in practice): Cephes' logf, the
  * mantissa in [sqrt(1/2), sqrt(2)) and a degree-8 polynomial of z = m - 1, ln 2 in two parts. About 1 ulp. */
 DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
@@ -222,7 +230,7 @@ DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
 #define DR_SEXP sexp_f
 #define DR_SLOG slog_f
 #define DR_RROWS 8 /* 32 vector registers: 8 rows x 2 vectors of accumulators */
-#define DR_VHMAX(v) _mm512_reduce_max_ps((__m512)(v))
+#define DR_VHMAX(v) hmax_v16f(v)
 #define DR_VHSUM(v) _mm512_reduce_add_ps((__m512)(v))
 #define DR_VTR16 dr_tr16_avx512
 #define DR_VLOG vlog_v16f

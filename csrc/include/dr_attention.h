@@ -7,6 +7,9 @@
  * s_ij = scale * q_i . k_j + mask_ij (-inf where a bool mask is False or, with causal, where j > i: top-left
  * aligned). o_i = sum_j softmax_j(s_i) v_j, lse_i = log sum_j exp(s_ij). A row whose keys are all masked gives
  * o_i = 0, lse_i = -inf and zero gradients, never NaN (as PyTorch >= 2.5; older math backends gave NaN).
+ * Non-finite values follow PyTorch's arithmetic: masks are added to the scores (a NaN or +inf score stays NaN under
+ * a bool or causal mask), a NaN score makes its row's softmax NaN (lse_i NaN), and masked keys still enter
+ * P V, dP = dO V^T and the gradient products with weight 0, so 0 x NaN = NaN reaches the same outputs as PyTorch's.
  *
  * Backward (recomputes P from lse, keeps no Lq x Lk matrix): with D_i = dO_i . O_i, p_ij = exp(s_ij - lse_i),
  * dp_ij = dO_i . v_j, ds_ij = p_ij (dp_ij - D_i):  dq_i = scale sum_j ds_ij k_j,  dk_j = scale sum_i ds_ij q_i,
