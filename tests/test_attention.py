@@ -501,3 +501,18 @@ def test_non_finite_values_propagate_as_sdpa(gen, size, dtype):
             assert torch.equal(torch.isfinite(a), fin), (name, what)
         if name.startswith("fully masked row, nan value"):  # NaN only in the poisoned value column
             assert torch.all(ours[0][0, 1, 1, [0, 2, 3]] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_one_key_gives_exact_zero_dq_dk(gen, dtype):
+    """Lk = 1: the softmax over one key is constant, so dQ and dK are exactly 0 (PyTorch's math path: ~1e-8)."""
+    for lq, d, kw in ((1, 8, {}), (33, 64, {"is_causal": True}), (257, 88, {}), (9, 40, {"mask": True})):
+        q, k, v = make(gen, (2, 3, lq, d), 1)
+        mask = torch.randn(2, 1, lq, 1, generator=gen).to(dtype) if kw.pop("mask", False) else None
+        leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+        out = attention(*leaves, mask, **kw)
+        g = torch.randn(out.shape, generator=gen).to(dtype)
+        dq, dk, dv = torch.autograd.grad(out, leaves, g)
+        assert torch.all(dq == 0) and torch.all(dk == 0)
+        assert torch.equal(out, leaves[2].detach().expand_as(out))
+        torch.testing.assert_close(dv.double(), g.double().sum(2, keepdim=True), rtol=1e-2, atol=1e-2)

@@ -516,3 +516,20 @@ def test_non_finite_values_propagate(rng, lq, lk, d, impl, dtype):
     out = attention_numpy(q, k, v, bm, impl=impl)
     dq = backward(q, k, v, g, bm, impl=impl)[0]
     assert np.all(out[0, 1, 1] == 0) and np.all(dq[0, 1, 1] == 0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_key_gives_exact_zero_dq_dk(rng, impl, dtype):
+    """With one key the softmax is the constant 1: dQ and dK are exactly 0 (delta = dO . O is summed as dP is, so
+    dP - delta cancels), dV = sum_i dO_i and O = v."""
+    for lq, d, dv, causal, masked in ((1, 8, 8, False, False), (37, 64, 64, True, False), (300, 88, 40, False, True),
+                                      (5, 7, 9, False, False), (70, 128, 24, True, False)):
+        q, k, v = qkv(rng, (2, 3, lq, d), 1, dv, dtype)
+        g = rng.standard_normal((2, 3, lq, dv)).astype(dtype)
+        mask = rng.standard_normal((1, 3, lq, 1)).astype(dtype) if masked else None
+        out = attention_numpy(q, k, v, mask, causal, impl=impl)
+        np.testing.assert_array_equal(out, np.broadcast_to(v, out.shape))
+        dq, dk, dvv = backward(q, k, v, g, mask, causal, impl=impl)
+        assert np.all(dq == 0) and np.all(dk == 0), (lq, d, np.abs(dq).max(), np.abs(dk).max())
+        assert rel(dvv, g.astype(np.float64).sum(2, keepdims=True)) < (1e-12 if dtype == np.float64 else 1e-6)

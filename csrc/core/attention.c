@@ -211,6 +211,7 @@ DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
 #define DR_VW 8
 #define DR_KS(n) n##_avx2
 #define DR_ATTR DR_ATTR_AVX2
+#define DR_SFMA(x, y, z) __builtin_fmaf(x, y, z)
 #define DR_VEXP vexp_v8f
 #define DR_VMAX vmax_v8f
 #define DR_SEXP sexp_f
@@ -225,6 +226,7 @@ DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
 #define DR_VW 16
 #define DR_KS(n) n##_avx512
 #define DR_ATTR DR_ATTR_AVX512
+#define DR_SFMA(x, y, z) __builtin_fmaf(x, y, z)
 #define DR_VEXP vexp_v16f
 #define DR_VMAX vmax_v16f
 #define DR_SEXP sexp_f
@@ -286,9 +288,10 @@ static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn 
 
 #ifdef DR_ATTN_X86
 /* bfloat16 on the tile unit where the process may use it (the automatic choice only: a forced instruction set
- * runs its vector kernel). */
+ * runs its vector kernel). One key runs on the vector kernels, whose delta = dO . O is summed as dP is, so that
+ * dQ and dK come out exactly 0 there (the softmax over one key is constant). */
 static int use_amx(const dr_attn_args *a, int isa) {
-    return isa == DR_ATTN_ISA_AUTO && a->dtype == DR_BFLOAT16 && a->Lk >= 1 &&
+    return isa == DR_ATTN_ISA_AUTO && a->dtype == DR_BFLOAT16 && a->Lk >= 2 &&
            a->Lk <= DR_ATTN_AMX_MAX_LK && dr_cpu_has(DR_CPU_AMX_BF16 | DR_CPU_AVX512BW | DR_CPU_AVX512BF16);
 }
 #endif
