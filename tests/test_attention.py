@@ -516,3 +516,96 @@ def test_one_key_gives_exact_zero_dq_dk(gen, dtype):
         assert torch.all(dq == 0) and torch.all(dk == 0)
         assert torch.equal(out, leaves[2].detach().expand_as(out))
         torch.testing.assert_close(dv.double(), g.double().sum(2, keepdim=True), rtol=1e-2, atol=1e-2)
+
+
+# --- rank 2, head dims up to 256, grouped-query attention --------------------------------------------------------
+
+def test_rank_two_and_three(gen):
+    for shape_q, lk in (((7, 16), 11), ((3, 7, 16), 5)):
+        q, k, v = make(gen, shape_q, lk, 12)
+        mask = torch.rand(shape_q[-2], lk, generator=gen) > 0.3
+        mask[:, 0] = True
+        for m, causal in ((None, False), (mask, False), (None, True)):
+            compare_with_math(q, k, v, torch.float32, mask=m, causal=causal)
+            compare_with_math(q, k, v, torch.float64, mask=m, causal=causal)
+    q, k, v = (t.float() for t in make(gen, (7, 16), 11))
+    assert attention(q, k, v).shape == F.scaled_dot_product_attention(q, k, v).shape == (7, 16)
+
+
+@pytest.mark.parametrize("d,dv", [(256, 256), (160, 96), (64, 256), (129, 200)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_head_dims_up_to_256(gen, d, dv, dtype):
+    """Head dims above 128 on every CPU path (bfloat16 runs on the vector kernels there, also where AMX exists)."""
+    q, k, v = make(gen, (2, 2, 33, d), 40, dv)
+    compare_with_math(q, k, v, dtype)
+    compare_with_math(q, k, v, dtype, causal=True)
+
+
+def gqa_sdpa(q, k, v, mask=None, causal=False):
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_grouped_query_matches_sdpa(gen, dtype):
+    """enable_gqa as SDPA's: k and v with fewer heads; the same output and gradients (dK, dV summed over each
+    group), within the same error bounds as the math path against float64."""
+    for hq, hk, lq, lk, kw in ((8, 2, 33, 40, {}), (6, 1, 9, 257, {"causal": True}), (4, 2, 70, 20, {"mask": True}),
+                               (12, 4, 32, 32, {})):
+        q = torch.randn(2, hq, lq, 64, generator=gen, dtype=torch.float64)
+        k = torch.randn(2, hk, lk, 64, generator=gen, dtype=torch.float64)
+        v = torch.randn(2, hk, lk, 48, generator=gen, dtype=torch.float64)
+        mask = None
+        if kw.get("mask"):
+            mask = torch.rand(2, hq, lq, lk, generator=gen) > 0.3
+            mask[..., 0] = True
+        causal = kw.get("causal", False)
+        g = torch.randn(2, hq, lq, 48, generator=gen, dtype=torch.float64)
+        l64 = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        gold = gqa_sdpa(*l64, mask, causal)
+        golds = (gold,) + torch.autograd.grad(gold, l64, g)
+        errs = {}
+        for who, fn in (("ours", lambda *a: attention(*a, enable_gqa=True)), ("math", gqa_sdpa)):
+            leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+            out = fn(*leaves, mask, 0.0, causal) if who == "ours" else fn(*leaves, mask, causal)
+            res = (out,) + torch.autograd.grad(out, leaves, g.to(dtype))
+            assert res[2].shape == k.shape and res[3].shape == v.shape
+            errs[who] = [rel(a, b) for a, b in zip(res, golds)]
+        for i, (e, r) in enumerate(zip(errs["ours"], errs["math"])):
+            assert e <= max((2 if i == 0 else 3) * r, FLOOR[dtype] * (1 if i == 0 else 3)), (hq, hk, i, e, r)
+
+
+def test_grouped_query_reads_keys_in_place_and_is_repeatable(gen):
+    q = torch.randn(2, 8, 21, 32, generator=gen).requires_grad_(True)
+    k = torch.randn(2, 2, 30, 32, generator=gen).requires_grad_(True)
+    v = torch.randn(2, 2, 30, 16, generator=gen).requires_grad_(True)
+    seen = {}
+
+    def spy(qq, kk, vv, m, causal, scale):
+        seen["k"], seen["v"] = kk.shape, vv.shape
+        return attention_op(qq, kk, vv, m, causal, scale)
+
+    import dynrefer.ops._torch_attention as ta
+
+    orig = ta.attention_op
+    ta.attention_op = spy
+    try:
+        attention(q, k, v, enable_gqa=True)
+    finally:
+        ta.attention_op = orig
+    assert seen["k"] == (2, 2, 30, 32) and seen["v"] == (2, 2, 30, 16)  # no per-head copies
+    g = torch.randn(2, 8, 21, 16, generator=gen)
+    runs = []
+    n = dynrefer.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            dynrefer.set_num_threads(threads)
+            out = attention(q, k, v, enable_gqa=True)
+            runs.append((out,) + torch.autograd.grad(out, (q, k, v), g))
+    finally:
+        dynrefer.set_num_threads(n)
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="leading"):
+        attention(q, k, v)  # fewer key heads without enable_gqa

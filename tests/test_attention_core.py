@@ -75,7 +75,8 @@ def qkv(rng, shape_q, lk, dv=None, dtype=np.float32):
 def backward(q, k, v, g, mask=None, causal=False, scale=None, impl="fast"):
     """Run forward then the binding's backward on 4-D arrays; returns (dq, dk, dv)."""
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    out, lse = attention_numpy(q, k, v, mask, causal, scale, impl=impl, return_lse=True)
+    gqa = q.ndim >= 3 and q.shape[-3] != k.shape[-3]
+    out, lse = attention_numpy(q, k, v, mask, causal, scale, impl=impl, return_lse=True, enable_gqa=gqa)
     m4 = None if mask is None else np.broadcast_to(mask, q.shape[:-1] + (k.shape[-2],))
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     _C.attention_backward(q, k, v, m4, out, lse, g.astype(q.dtype), dq, dk, dv, scale, causal, impl=impl)
@@ -359,16 +360,20 @@ def test_bad_input(rng):
     with pytest.raises(TypeError, match="share one dtype"):
         attention(q, k.astype(np.float64), v)
     with pytest.raises(ValueError, match="rank"):
-        attention(q[0, 0], k[0, 0], v[0, 0])
+        attention(q[0, 0, 0], k[0, 0, 0], v[0, 0, 0])  # rank 1 (rank 2, [L, D], is accepted as SDPA does)
     with pytest.raises(ValueError, match="head dim"):
         attention(q, k[..., :4], v)
     with pytest.raises(ValueError, match="same length"):
         attention(q, k, v[:, :, :3])
     with pytest.raises(ValueError, match="leading"):
         attention(q, k[:, :1], v[:, :1])
-    with pytest.raises(ValueError, match=r"\[1, 128\]"):
-        big = np.zeros((1, 1, 2, 129), np.float32)
+    with pytest.raises(ValueError, match=r"\[1, 256\]"):
+        big = np.zeros((1, 1, 2, 257), np.float32)
         attention(big, big, big)
+    with pytest.raises(ValueError, match="enable_gqa"):
+        attention(np.zeros((1, 6, 4, 8), np.float32), k[:, :1].repeat(4, 1), v[:, :1].repeat(4, 1), enable_gqa=True)
+    with pytest.raises(TypeError, match="enable_gqa"):
+        attention(q, k, v, enable_gqa=1)
     with pytest.raises(ValueError, match="does not broadcast"):
         attention(q, k, v, attn_mask=np.ones((4, 4), bool))
     with pytest.raises(TypeError, match="attn_mask must be bool"):
@@ -533,3 +538,68 @@ def test_one_key_gives_exact_zero_dq_dk(rng, impl, dtype):
         dq, dk, dvv = backward(q, k, v, g, mask, causal, impl=impl)
         assert np.all(dq == 0) and np.all(dk == 0), (lq, d, np.abs(dq).max(), np.abs(dk).max())
         assert rel(dvv, g.astype(np.float64).sum(2, keepdims=True)) < (1e-12 if dtype == np.float64 else 1e-6)
+
+
+# --- rank 2, head dims up to 256, grouped-query attention --------------------------------------------------------
+
+def gqa_ref(q, k, v, g, mask=None, causal=False):
+    """(out, dq, dk, dv) with k and v repeated over each group of query heads, their gradients summed back."""
+    rep = q.shape[-3] // k.shape[-3]
+    kr, vr = np.repeat(k, rep, axis=-3), np.repeat(v, rep, axis=-3)
+    out = ref_forward(q, kr, vr, mask, causal)[0]
+    dq, dk, dv = ref_backward(q, kr, vr, g, mask, causal)
+    fold = lambda x: x.reshape(x.shape[:-3] + (k.shape[-3], rep) + x.shape[-2:]).sum(-3)
+    return out, dq, fold(dk), fold(dv)
+
+
+def test_rank_two(rng):
+    q, k, v = qkv(rng, (7, 16), 11, 5)
+    mask = rng.random((7, 11)) > 0.3
+    mask[:, 0] = True
+    for m, causal in ((None, False), (mask, False), (None, True)):
+        out = attention_numpy(q, k, v, m, causal)
+        assert out.shape == (7, 5)
+        assert rel(out, ref_forward(q, k, v, m, causal)[0]) < 1e-5
+    q4, k4, v4 = (x[None, None] for x in (q, k, v))
+    np.testing.assert_array_equal(attention(q, k, v), attention(q4, k4, v4)[0, 0])
+
+
+@pytest.mark.parametrize("d,dv", [(160, 160), (256, 256), (256, 40), (24, 256), (200, 129)])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_head_dims_up_to_256(rng, d, dv, impl, dtype):
+    for lq, lk, causal in ((9, 40, False), (45, 17, True)):
+        q, k, v = qkv(rng, (2, 2, lq, d), lk, dv, dtype)
+        g = rng.standard_normal((2, 2, lq, dv)).astype(dtype)
+        out, lse = attention_numpy(q, k, v, None, causal, impl=impl, return_lse=True)
+        ro, rl = ref_forward(q, k, v, None, causal)
+        tol = 1e-11 if dtype == np.float64 else 2e-5
+        assert rel(out, ro) < tol
+        for a, w in zip(backward(q, k, v, g, None, causal, impl=impl), ref_backward(q, k, v, g, None, causal)):
+            assert rel(a, w) < tol
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grouped_query(rng, impl, dtype):
+    """enable_gqa: k and v with fewer heads (a divisor of q's), read in place; dK and dV sum over each group."""
+    tol = 1e-11 if dtype == np.float64 else 2e-5
+    for hq, hk, lq, lk, causal, masked in ((6, 2, 9, 40, False, False), (8, 1, 33, 20, True, False),
+                                          (4, 4, 5, 7, False, True), (6, 3, 70, 33, False, True)):
+        q, k, v = qkv(rng, (2, hq, lq, 24), lk, 16, dtype)
+        k, v = k[:, :hk], v[:, :hk]
+        g = rng.standard_normal((2, hq, lq, 16)).astype(dtype)
+        mask = rng.random((2, hq, lq, lk)) > 0.3 if masked else None
+        if masked:
+            mask[..., 0] = True
+        want = gqa_ref(q, k, v, g, mask, causal)
+        out = attention_numpy(q, k, v, mask, causal, impl=impl, enable_gqa=True)
+        assert rel(out, want[0]) < tol
+        got = backward(q, k, v, g, mask, causal, impl=impl)
+        assert got[1].shape == k.shape and got[2].shape == v.shape
+        for a, w in zip(got, want[1:]):
+            assert rel(a, w) < tol
+    q, k, v = qkv(rng, (2, 3, 4, 5, 8), 6, 8, dtype)  # 5-D: heads in dim -3
+    out = attention(q, k[:, :, :1], v[:, :, :1], enable_gqa=True)
+    np.testing.assert_allclose(out, attention(q, np.repeat(k[:, :, :1], 4, 2), np.repeat(v[:, :, :1], 4, 2)),
+                               rtol=1e-6, atol=1e-6)

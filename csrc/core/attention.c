@@ -289,9 +289,11 @@ static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn 
 #ifdef DR_ATTN_X86
 /* bfloat16 on the tile unit where the process may use it (the automatic choice only: a forced instruction set
  * runs its vector kernel). One key runs on the vector kernels, whose delta = dO . O is summed as dP is, so that
- * dQ and dK come out exactly 0 there (the softmax over one key is constant). */
+ * dQ and dK come out exactly 0 there (the softmax over one key is constant); so do grouped-query attention and
+ * head dims above 128 (the tile kernels handle neither). */
 static int use_amx(const dr_attn_args *a, int isa) {
-    return isa == DR_ATTN_ISA_AUTO && a->dtype == DR_BFLOAT16 && a->Lk >= 2 &&
+    return isa == DR_ATTN_ISA_AUTO && a->dtype == DR_BFLOAT16 && a->Lk >= 2 && a->G == 1 && a->D <= 128 &&
+           a->Dv <= 128 &&
            a->Lk <= DR_ATTN_AMX_MAX_LK && dr_cpu_has(DR_CPU_AMX_BF16 | DR_CPU_AVX512BW | DR_CPU_AVX512BF16);
 }
 #endif
@@ -363,7 +365,7 @@ dr_status dr_attention_backward_cpu_isa(const dr_tensor *q, const dr_tensor *k, 
     task_fn fwd = NULL, fwd_t = NULL, bwd = NULL;
     if ((st = pick(a.dtype, isa, &fwd, &fwd_t, &bwd)) != DR_OK)
         return st;
-    const int64_t bh = a.B * a.H;
+    const int64_t bh = a.B * a.H, bk = a.B * a.Hk; /* one task per key/value head: a gather over its query heads */
     if (bh == 0)
         return DR_OK;
     dr_attn_ctx ctx = {&a, 0, 0, 0};
@@ -371,7 +373,7 @@ dr_status dr_attention_backward_cpu_isa(const dr_tensor *q, const dr_tensor *k, 
     if (use_amx(&a, isa))
         return run_attn_tasks(bh, bwd_task_amx, &ctx);
 #endif
-    return run_attn_tasks(bh, bwd, &ctx);
+    return run_attn_tasks(bk, bwd, &ctx);
 }
 
 /* Forward, fastest instruction set of this CPU. */
@@ -450,6 +452,6 @@ dr_status dr_attention_backward_elementwise_cpu(const dr_tensor *q, const dr_ten
         return st;
     elem_ctx c1 = {&a, 1}, c2 = {&a, 2};
     dr_parallel_for(a.B * a.H * a.Lq, 16, elem_task, &c1);
-    dr_parallel_for(a.B * a.H * a.Lk, 16, elem_task, &c2);
+    dr_parallel_for(a.B * a.Hk * a.Lk, 16, elem_task, &c2);
     return DR_OK;
 }
