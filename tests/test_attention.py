@@ -609,3 +609,36 @@ def test_grouped_query_reads_keys_in_place_and_is_repeatable(gen):
             assert torch.equal(a, b)
     with pytest.raises(ValueError, match="leading"):
         attention(q, k, v)  # fewer key heads without enable_gqa
+
+
+THREAD_SHAPES = [  # (B, H, Lq, Lk, D, Dv, causal): short queries, Lq >> Lk (the tag decoder's), odd sizes
+    (2, 3, 32, 257, 64, 64, False),
+    (1, 1, 200, 257, 64, 64, False),
+    (1, 2, 1100, 32, 64, 64, False),
+    (1, 2, 37, 53, 24, 40, True),
+    (1, 1, 300, 37, 16, 16, False),
+    (2, 1, 45, 61, 40, 8, True),
+]
+
+
+@pytest.mark.parametrize("shape", THREAD_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_bitwise_equal_across_thread_counts(gen, shape, dtype):
+    """Forward and backward give the same bits at 1, 2 and 3 threads: the query chunks, the kernel each chunk runs
+    (transposed short-query tiling or not) and every sum order depend on the shapes only."""
+    b, h, lq, lk, d, dv, causal = shape
+    q, k, v = (t.to(dtype).requires_grad_(True) for t in make(gen, (b, h, lq, d), lk, dv))
+    g = torch.randn(b, h, lq, dv, generator=gen).to(dtype)
+    runs = []
+    n = dynrefer.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            dynrefer.set_num_threads(threads)
+            out = attention(q, k, v, is_causal=causal)
+            runs.append((out,) + torch.autograd.grad(out, (q, k, v), g))
+    finally:
+        dynrefer.set_num_threads(n)
+    for r in runs[1:]:
+        for name, a, c in zip(("out", "dq", "dk", "dv"), runs[0], r):
+            bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+            assert torch.equal(a.detach().view(bits), c.detach().view(bits)), name

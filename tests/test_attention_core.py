@@ -603,3 +603,27 @@ def test_grouped_query(rng, impl, dtype):
     out = attention(q, k[:, :, :1], v[:, :, :1], enable_gqa=True)
     np.testing.assert_allclose(out, attention(q, np.repeat(k[:, :, :1], 4, 2), np.repeat(v[:, :, :1], 4, 2)),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bitwise_equal_across_thread_counts_every_path(rng, impl):
+    """Every variant, float32 and float64: the same bits at 1, 2 and 3 threads on shapes that take the transposed
+    short-query tiling, the row tiling, Lq >> Lk and odd sizes."""
+    shapes = [(2, 3, 32, 257, 64, 64, False), (1, 1, 200, 257, 64, 64, False), (1, 2, 700, 32, 64, 64, False),
+              (1, 2, 37, 53, 24, 40, True), (1, 1, 300, 37, 16, 16, False), (3, 1, 9, 70, 88, 8, False)]
+    before = get_num_threads()
+    for dtype in (np.float32, np.float64):
+        for b, h, lq, lk, d, dv, causal in shapes:
+            q, k, v = qkv(rng, (b, h, lq, d), lk, dv, dtype)
+            g = rng.standard_normal((b, h, lq, dv)).astype(dtype)
+            runs = []
+            try:
+                for n in (1, 2, 3):
+                    set_num_threads(n)
+                    runs.append((attention_numpy(q, k, v, None, causal, impl=impl),)
+                                + backward(q, k, v, g, None, causal, impl=impl))
+            finally:
+                set_num_threads(before)
+            for r in runs[1:]:
+                for a, c in zip(runs[0], r):
+                    assert a.tobytes() == c.tobytes(), (dtype, lq, lk)

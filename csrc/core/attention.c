@@ -5,8 +5,9 @@
  * vector extensions; the variant is picked at run time from the CPU's features (dr_cpu.h: DYNREFER_CPU_ISA caps
  * the choice; impl "avx512"/"avx2"/"portable" force one where the CPU has it). float32/float16/bfloat16 compute in float32, float64 in float64;
  * bfloat16 runs on the AMX tile unit in both directions where the process may use it (attention_amx.inc). Work is split over batch x heads x
- * query chunks (forward) and batch x heads (backward) with dr_parallel_for; every sum runs in a fixed order, so
- * results are bitwise repeatable whatever the thread count. Complexity: forward O(B H Lq Lk (D + Dv)), backward
+ * query chunks (forward; the chunks and the kernel for each depend on the shapes only) and batch x key/value heads
+ * (backward) with dr_parallel_for; every sum runs in a fixed order, so results are bitwise repeatable and the same
+ * whatever the thread count. Complexity: forward O(B H Lq Lk (D + Dv)), backward
  * O(B H Lq Lk (2 D + 3 Dv)); memory per task O(Lk (D + Dv)) plus blocks of a fixed number of query rows (the
  * query rows stream through), never Lq x Lk.
  */
@@ -333,10 +334,14 @@ dr_status dr_attention_forward_cpu_isa(const dr_tensor *q, const dr_tensor *k, c
     const int64_t bh = a.B * a.H;
     if (bh == 0 || a.Lq == 0)
         return DR_OK;
-    /* whole heads when there are enough of them; otherwise split the query rows (in multiples of 4 rows) */
-    const int64_t want = 4 * (int64_t)dr_get_num_threads();
+    /* Chunks from the shapes alone, never the thread count, so that the kernel chosen for a chunk and every sum are
+     * the same at any thread count (bitwise equal results): whole heads when there are at least 64 of them,
+     * otherwise query chunks of at least 32 rows for about 64 tasks; at most 512 rows. */
+    const int64_t want = 64;
     int64_t nsplit = bh >= want ? 1 : (want + bh - 1) / bh;
     int64_t qchunk = (a.Lq + nsplit - 1) / nsplit;
+    if (qchunk < 32)
+        qchunk = 32;
     if (qchunk > 512)
         qchunk = 512;
     qchunk = (qchunk + 7) / 8 * 8; /* whole micro-tiles of every variant */
