@@ -438,3 +438,207 @@ def test_bfloat16_vector_kernels_when_amx_is_off(gen, tmp_path):
             assert ours.dtype == torch.bfloat16
             bound = max((2 if i == 0 else 3) * rel(m, ref), FLOOR[torch.bfloat16])
             assert rel(ours, ref) <= bound, (cap, i)
+
+
+# --- NaN and infinities propagate as in PyTorch ----------------------------------------------------------------
+
+def _nan_pattern(fn, q, k, v, mask, causal, g):
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out = fn(*leaves, mask, causal)
+    return (out,) + torch.autograd.grad(out, leaves, g)
+
+
+def _poison(t, idx, value):
+    t = t.clone()
+    t[idx] = value
+    return t
+
+
+def nan_cases(gen, lq, lk, d):
+    """(name, q, k, v, mask, causal): one non-finite value in each input, alone and under masks that hide it."""
+    q, k, v = (t.float() for t in make(gen, (2, 2, lq, d), lk))
+    nan, inf = math.nan, math.inf
+    bm = torch.rand(2, 2, lq, lk, generator=gen) > 0.3
+    bm[..., 0] = True
+    bm[0, 1, 1] = False  # a fully masked row
+    bm[1, 0, :, 2] = False  # key 2 hidden from every query of (1, 0)
+    fm = torch.where(bm, torch.randn(2, 2, lq, lk, generator=gen), torch.tensor(-inf))
+    j = lk - 1  # the last key: causal attention hides it from every query before it
+    return [
+        ("q nan", _poison(q, (0, 1, 2, 3), nan), k, v, None, False),
+        ("k nan", q, _poison(k, (1, 0, 2, 1), nan), v, None, False),
+        ("v nan", q, k, _poison(v, (0, 0, 1, 2), nan), None, False),
+        ("k +inf", q, _poison(k, (0, 1, 3, 0), inf), v, None, False),
+        ("q -inf", _poison(q, (1, 1, 0, 2), -inf), k, v, None, False),
+        ("mask nan", q, k, v, _poison(fm, (0, 0, 2, 1), nan), False),
+        ("bool, nan at a hidden key", q, _poison(k, (1, 0, 2, 0), nan), v, bm, False),
+        ("float, nan at a hidden key", q, _poison(k, (1, 0, 2, 0), nan), v, fm, False),
+        ("bool, nan value at a hidden key", q, k, _poison(v, (1, 0, 2, 3), nan), bm, False),
+        ("fully masked row, nan query", _poison(q, (0, 1, 1, 0), nan), k, v, bm, False),
+        ("fully masked row, nan value", q, k, _poison(v, (0, 1, 4, 1), nan), bm, False),
+        ("causal, nan key seen by the last query only", q, _poison(k, (0, 0, j, 2), nan), v, None, True),
+        ("causal, nan value seen by the last query only", q, k, _poison(v, (1, 1, j, 0), nan), None, True),
+        ("causal, nan query", _poison(q, (1, 0, 0, 1), nan), k, v, None, True),
+    ]
+
+
+@pytest.mark.parametrize("size", [(6, 7, 8), (40, 70, 64), (70, 33, 24), (32, 257, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_non_finite_values_propagate_as_sdpa(gen, size, dtype):
+    """A NaN or an infinity in q, k, v or an additive mask gives NaN exactly where PyTorch's SDPA gives it (math
+    backend, which adds bool and causal masks as -inf), in the output and in the three gradients; rows with every
+    key masked and finite inputs stay 0 with zero gradients."""
+    lq, lk, d = size
+    for name, q, k, v, mask, causal in nan_cases(gen, lq, lk, d):
+        q, k, v = (t.to(dtype) for t in (q, k, v))
+        m = mask if mask is None or mask.dtype == torch.bool else mask.to(dtype)
+        g = torch.randn(q.shape[:-1] + (v.shape[-1],), generator=gen).to(dtype)
+        ours = _nan_pattern(lambda a, b, c, mm, cz: attention(a, b, c, mm, 0.0, cz), q, k, v, m, causal, g)
+        ref = _nan_pattern(lambda a, b, c, mm, cz: math_sdpa(a, b, c, mm, cz), q, k, v, m, causal, g)
+        for what, a, r in zip(("out", "dq", "dk", "dv"), ours, ref):
+            assert torch.equal(a.isnan(), r.isnan()), (name, what, a.isnan().sum().item(), r.isnan().sum().item())
+            fin = torch.isfinite(r)
+            assert torch.equal(torch.isfinite(a), fin), (name, what)
+        if name.startswith("fully masked row, nan value"):  # NaN only in the poisoned value column
+            assert torch.all(ours[0][0, 1, 1, [0, 2, 3]] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_one_key_gives_exact_zero_dq_dk(gen, dtype):
+    """Lk = 1: the softmax over one key is constant, so dQ and dK are exactly 0 (PyTorch's math path: ~1e-8)."""
+    for lq, d, kw in ((1, 8, {}), (33, 64, {"is_causal": True}), (257, 88, {}), (9, 40, {"mask": True})):
+        q, k, v = make(gen, (2, 3, lq, d), 1)
+        mask = torch.randn(2, 1, lq, 1, generator=gen).to(dtype) if kw.pop("mask", False) else None
+        leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+        out = attention(*leaves, mask, **kw)
+        g = torch.randn(out.shape, generator=gen).to(dtype)
+        dq, dk, dv = torch.autograd.grad(out, leaves, g)
+        assert torch.all(dq == 0) and torch.all(dk == 0)
+        assert torch.equal(out, leaves[2].detach().expand_as(out))
+        torch.testing.assert_close(dv.double(), g.double().sum(2, keepdim=True), rtol=1e-2, atol=1e-2)
+
+
+# --- rank 2, head dims up to 256, grouped-query attention --------------------------------------------------------
+
+def test_rank_two_and_three(gen):
+    for shape_q, lk in (((7, 16), 11), ((3, 7, 16), 5)):
+        q, k, v = make(gen, shape_q, lk, 12)
+        mask = torch.rand(shape_q[-2], lk, generator=gen) > 0.3
+        mask[:, 0] = True
+        for m, causal in ((None, False), (mask, False), (None, True)):
+            compare_with_math(q, k, v, torch.float32, mask=m, causal=causal)
+            compare_with_math(q, k, v, torch.float64, mask=m, causal=causal)
+    q, k, v = (t.float() for t in make(gen, (7, 16), 11))
+    assert attention(q, k, v).shape == F.scaled_dot_product_attention(q, k, v).shape == (7, 16)
+
+
+@pytest.mark.parametrize("d,dv", [(256, 256), (160, 96), (64, 256), (129, 200)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_head_dims_up_to_256(gen, d, dv, dtype):
+    """Head dims above 128 on every CPU path (bfloat16 runs on the vector kernels there, also where AMX exists)."""
+    q, k, v = make(gen, (2, 2, 33, d), 40, dv)
+    compare_with_math(q, k, v, dtype)
+    compare_with_math(q, k, v, dtype, causal=True)
+
+
+def gqa_sdpa(q, k, v, mask=None, causal=False):
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_grouped_query_matches_sdpa(gen, dtype):
+    """enable_gqa as SDPA's: k and v with fewer heads; the same output and gradients (dK, dV summed over each
+    group), within the same error bounds as the math path against float64."""
+    for hq, hk, lq, lk, kw in ((8, 2, 33, 40, {}), (6, 1, 9, 257, {"causal": True}), (4, 2, 70, 20, {"mask": True}),
+                               (12, 4, 32, 32, {})):
+        q = torch.randn(2, hq, lq, 64, generator=gen, dtype=torch.float64)
+        k = torch.randn(2, hk, lk, 64, generator=gen, dtype=torch.float64)
+        v = torch.randn(2, hk, lk, 48, generator=gen, dtype=torch.float64)
+        mask = None
+        if kw.get("mask"):
+            mask = torch.rand(2, hq, lq, lk, generator=gen) > 0.3
+            mask[..., 0] = True
+        causal = kw.get("causal", False)
+        g = torch.randn(2, hq, lq, 48, generator=gen, dtype=torch.float64)
+        l64 = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        gold = gqa_sdpa(*l64, mask, causal)
+        golds = (gold,) + torch.autograd.grad(gold, l64, g)
+        errs = {}
+        for who, fn in (("ours", lambda *a: attention(*a, enable_gqa=True)), ("math", gqa_sdpa)):
+            leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+            out = fn(*leaves, mask, 0.0, causal) if who == "ours" else fn(*leaves, mask, causal)
+            res = (out,) + torch.autograd.grad(out, leaves, g.to(dtype))
+            assert res[2].shape == k.shape and res[3].shape == v.shape
+            errs[who] = [rel(a, b) for a, b in zip(res, golds)]
+        for i, (e, r) in enumerate(zip(errs["ours"], errs["math"])):
+            assert e <= max((2 if i == 0 else 3) * r, FLOOR[dtype] * (1 if i == 0 else 3)), (hq, hk, i, e, r)
+
+
+def test_grouped_query_reads_keys_in_place_and_is_repeatable(gen):
+    q = torch.randn(2, 8, 21, 32, generator=gen).requires_grad_(True)
+    k = torch.randn(2, 2, 30, 32, generator=gen).requires_grad_(True)
+    v = torch.randn(2, 2, 30, 16, generator=gen).requires_grad_(True)
+    seen = {}
+
+    def spy(qq, kk, vv, m, causal, scale):
+        seen["k"], seen["v"] = kk.shape, vv.shape
+        return attention_op(qq, kk, vv, m, causal, scale)
+
+    import dynrefer.ops._torch_attention as ta
+
+    orig = ta.attention_op
+    ta.attention_op = spy
+    try:
+        attention(q, k, v, enable_gqa=True)
+    finally:
+        ta.attention_op = orig
+    assert seen["k"] == (2, 2, 30, 32) and seen["v"] == (2, 2, 30, 16)  # no per-head copies
+    g = torch.randn(2, 8, 21, 16, generator=gen)
+    runs = []
+    n = dynrefer.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            dynrefer.set_num_threads(threads)
+            out = attention(q, k, v, enable_gqa=True)
+            runs.append((out,) + torch.autograd.grad(out, (q, k, v), g))
+    finally:
+        dynrefer.set_num_threads(n)
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="leading"):
+        attention(q, k, v)  # fewer key heads without enable_gqa
+
+
+THREAD_SHAPES = [  # (B, H, Lq, Lk, D, Dv, causal): short queries, Lq >> Lk (the tag decoder's), odd sizes
+    (2, 3, 32, 257, 64, 64, False),
+    (1, 1, 200, 257, 64, 64, False),
+    (1, 2, 1100, 32, 64, 64, False),
+    (1, 2, 37, 53, 24, 40, True),
+    (1, 1, 300, 37, 16, 16, False),
+    (2, 1, 45, 61, 40, 8, True),
+]
+
+
+@pytest.mark.parametrize("shape", THREAD_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_bitwise_equal_across_thread_counts(gen, shape, dtype):
+    """Forward and backward give the same bits at 1, 2 and 3 threads: the query chunks, the kernel each chunk runs
+    (transposed short-query tiling or not) and every sum order depend on the shapes only."""
+    b, h, lq, lk, d, dv, causal = shape
+    q, k, v = (t.to(dtype).requires_grad_(True) for t in make(gen, (b, h, lq, d), lk, dv))
+    g = torch.randn(b, h, lq, dv, generator=gen).to(dtype)
+    runs = []
+    n = dynrefer.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            dynrefer.set_num_threads(threads)
+            out = attention(q, k, v, is_causal=causal)
+            runs.append((out,) + torch.autograd.grad(out, (q, k, v), g))
+    finally:
+        dynrefer.set_num_threads(n)
+    for r in runs[1:]:
+        for name, a, c in zip(("out", "dq", "dk", "dv"), runs[0], r):
+            bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+            assert torch.equal(a.detach().view(bits), c.detach().view(bits)), name

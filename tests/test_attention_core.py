@@ -75,7 +75,8 @@ def qkv(rng, shape_q, lk, dv=None, dtype=np.float32):
 def backward(q, k, v, g, mask=None, causal=False, scale=None, impl="fast"):
     """Run forward then the binding's backward on 4-D arrays; returns (dq, dk, dv)."""
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    out, lse = attention_numpy(q, k, v, mask, causal, scale, impl=impl, return_lse=True)
+    gqa = q.ndim >= 3 and q.shape[-3] != k.shape[-3]
+    out, lse = attention_numpy(q, k, v, mask, causal, scale, impl=impl, return_lse=True, enable_gqa=gqa)
     m4 = None if mask is None else np.broadcast_to(mask, q.shape[:-1] + (k.shape[-2],))
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     _C.attention_backward(q, k, v, m4, out, lse, g.astype(q.dtype), dq, dk, dv, scale, causal, impl=impl)
@@ -90,7 +91,7 @@ def cpu_impls():
         try:
             attention_numpy(q, q, q, impl=isa)
             out.append(isa)
-        except RuntimeError:
+        except (TypeError, RuntimeError):  # DR_EUNSUPPORTED: this CPU lacks the instruction set
             pass
     return out
 
@@ -359,16 +360,20 @@ def test_bad_input(rng):
     with pytest.raises(TypeError, match="share one dtype"):
         attention(q, k.astype(np.float64), v)
     with pytest.raises(ValueError, match="rank"):
-        attention(q[0, 0], k[0, 0], v[0, 0])
+        attention(q[0, 0, 0], k[0, 0, 0], v[0, 0, 0])  # rank 1 (rank 2, [L, D], is accepted as SDPA does)
     with pytest.raises(ValueError, match="head dim"):
         attention(q, k[..., :4], v)
     with pytest.raises(ValueError, match="same length"):
         attention(q, k, v[:, :, :3])
     with pytest.raises(ValueError, match="leading"):
         attention(q, k[:, :1], v[:, :1])
-    with pytest.raises(ValueError, match=r"\[1, 128\]"):
-        big = np.zeros((1, 1, 2, 129), np.float32)
+    with pytest.raises(ValueError, match=r"\[1, 256\]"):
+        big = np.zeros((1, 1, 2, 257), np.float32)
         attention(big, big, big)
+    with pytest.raises(ValueError, match="enable_gqa"):
+        attention(np.zeros((1, 6, 4, 8), np.float32), k[:, :1].repeat(4, 1), v[:, :1].repeat(4, 1), enable_gqa=True)
+    with pytest.raises(TypeError, match="enable_gqa"):
+        attention(q, k, v, enable_gqa=1)
     with pytest.raises(ValueError, match="does not broadcast"):
         attention(q, k, v, attn_mask=np.ones((4, 4), bool))
     with pytest.raises(TypeError, match="attn_mask must be bool"):
@@ -436,3 +441,189 @@ def test_concurrent_callers(rng):
         t.join()
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+# --- NaN and infinities ---------------------------------------------------------------------------------------
+
+def ref_ieee(q, k, v, g, mask=None, causal=False, scale=None):
+    """(out, dq, dk, dv) in float64 with PyTorch's arithmetic for non-finite values: masks added to the scores
+    (bool and causal as 0 / -inf), a NaN-propagating row maximum, rows whose scores are all -inf give P = 0, and
+    every product of P or dS with a value, masked keys included."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    q, k, v, g = (x.astype(np.float64) for x in (q, k, v, g))
+    with np.errstate(all="ignore"):
+        s = np.einsum("...id,...jd->...ij", q, k) * scale
+        lq, lk = s.shape[-2:]
+        if causal:
+            s = s + np.where(np.tril(np.ones((lq, lk), bool)), 0.0, -np.inf)
+        if mask is not None:
+            s = s + (np.where(mask, 0.0, -np.inf) if mask.dtype == np.bool_ else mask.astype(np.float64))
+        m = s.max(-1, keepdims=True)
+        dead = m == -np.inf
+        p = np.exp(s - np.where(dead, 0, m))
+        p = np.where(dead, 0, p / p.sum(-1, keepdims=True))
+        out = np.einsum("...ij,...jc->...ic", p, v)
+        dv = np.einsum("...ij,...ic->...jc", p, g)
+        dp = np.einsum("...ic,...jc->...ij", g, v)
+        ds = p * (dp - (g * out).sum(-1, keepdims=True))
+        dq = np.einsum("...ij,...jd->...id", ds, k) * scale
+        dk = np.einsum("...ij,...id->...jd", ds, q) * scale
+    return out, dq, dk, dv
+
+
+@pytest.mark.parametrize("lq,lk,d", [(6, 7, 8), (40, 70, 64), (70, 33, 24)])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_values_propagate(rng, lq, lk, d, impl, dtype):
+    """NaN where PyTorch gives NaN: a NaN or an infinity in q, k, v or an additive mask, also at keys a bool, -inf
+    or causal mask hides (PyTorch adds those masks as -inf); a row with every key masked and finite inputs still
+    gives 0 and zero gradients."""
+    q, k, v = qkv(rng, (2, 2, lq, d), lk, None, dtype)
+    g = rng.standard_normal((2, 2, lq, d)).astype(dtype)
+    bm = rng.random((2, 2, lq, lk)) > 0.3
+    bm[..., 0] = True
+    bm[0, 1, 1] = False
+    bm[1, 0, :, 2] = False
+    fm = np.where(bm, rng.standard_normal((2, 2, lq, lk)), -np.inf).astype(dtype)
+
+    def put(x, idx, val):
+        x = x.copy()
+        x[idx] = val
+        return x
+
+    j = lk - 1
+    cases = [
+        (put(q, (0, 1, 2, 3), np.nan), k, v, None, False),
+        (q, put(k, (1, 0, 2, 1), np.nan), v, None, False),
+        (q, k, put(v, (0, 0, 1, 2), np.nan), None, False),
+        (q, put(k, (0, 1, 3, 0), np.inf), v, None, False),
+        (q, k, v, put(fm, (0, 0, 2, 1), np.nan), False),
+        (q, put(k, (1, 0, 2, 0), np.nan), v, bm, False),
+        (q, put(k, (1, 0, 2, 0), np.nan), v, fm, False),
+        (q, k, put(v, (1, 0, 2, 3), np.nan), bm, False),
+        (put(q, (0, 1, 1, 0), np.nan), k, v, bm, False),
+        (q, k, put(v, (0, 1, 4, 1), np.nan), bm, False),
+        (q, put(k, (0, 0, j, 2), np.nan), v, None, True),
+        (q, k, put(v, (1, 1, j, 0), np.nan), None, True),
+        (put(q, (1, 0, 0, 1), np.nan), k, v, None, True),
+        (q, k, v, None, True),
+        (q, k, v, bm, False),
+    ]
+    for n, (qq, kk, vv, mm, causal) in enumerate(cases):
+        out = attention_numpy(qq, kk, vv, mm, causal, impl=impl)
+        got = (out,) + backward(qq, kk, vv, g, mm, causal, impl=impl)
+        want = ref_ieee(qq, kk, vv, g, mm, causal)
+        for what, a, w in zip(("out", "dq", "dk", "dv"), got, want):
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(w), err_msg=f"case {n} {what}")
+            fin = np.isfinite(w)
+            np.testing.assert_array_equal(np.isfinite(a), fin, err_msg=f"case {n} {what}")
+            assert rel(a[fin], w[fin]) < (1e-10 if dtype == np.float64 else 3e-5), (n, what)
+    out = attention_numpy(q, k, v, bm, impl=impl)
+    dq = backward(q, k, v, g, bm, impl=impl)[0]
+    assert np.all(out[0, 1, 1] == 0) and np.all(dq[0, 1, 1] == 0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_key_gives_exact_zero_dq_dk(rng, impl, dtype):
+    """With one key the softmax is the constant 1: dQ and dK are exactly 0 (delta = dO . O is summed as dP is, so
+    dP - delta cancels), dV = sum_i dO_i and O = v."""
+    for lq, d, dv, causal, masked in ((1, 8, 8, False, False), (37, 64, 64, True, False), (300, 88, 40, False, True),
+                                      (5, 7, 9, False, False), (70, 128, 24, True, False)):
+        q, k, v = qkv(rng, (2, 3, lq, d), 1, dv, dtype)
+        g = rng.standard_normal((2, 3, lq, dv)).astype(dtype)
+        mask = rng.standard_normal((1, 3, lq, 1)).astype(dtype) if masked else None
+        out = attention_numpy(q, k, v, mask, causal, impl=impl)
+        np.testing.assert_array_equal(out, np.broadcast_to(v, out.shape))
+        dq, dk, dvv = backward(q, k, v, g, mask, causal, impl=impl)
+        assert np.all(dq == 0) and np.all(dk == 0), (lq, d, np.abs(dq).max(), np.abs(dk).max())
+        assert rel(dvv, g.astype(np.float64).sum(2, keepdims=True)) < (1e-12 if dtype == np.float64 else 1e-6)
+
+
+# --- rank 2, head dims up to 256, grouped-query attention --------------------------------------------------------
+
+def gqa_ref(q, k, v, g, mask=None, causal=False):
+    """(out, dq, dk, dv) with k and v repeated over each group of query heads, their gradients summed back."""
+    rep = q.shape[-3] // k.shape[-3]
+    kr, vr = np.repeat(k, rep, axis=-3), np.repeat(v, rep, axis=-3)
+    out = ref_forward(q, kr, vr, mask, causal)[0]
+    dq, dk, dv = ref_backward(q, kr, vr, g, mask, causal)
+    fold = lambda x: x.reshape(x.shape[:-3] + (k.shape[-3], rep) + x.shape[-2:]).sum(-3)
+    return out, dq, fold(dk), fold(dv)
+
+
+def test_rank_two(rng):
+    q, k, v = qkv(rng, (7, 16), 11, 5)
+    mask = rng.random((7, 11)) > 0.3
+    mask[:, 0] = True
+    for m, causal in ((None, False), (mask, False), (None, True)):
+        out = attention_numpy(q, k, v, m, causal)
+        assert out.shape == (7, 5)
+        assert rel(out, ref_forward(q, k, v, m, causal)[0]) < 1e-5
+    q4, k4, v4 = (x[None, None] for x in (q, k, v))
+    np.testing.assert_array_equal(attention(q, k, v), attention(q4, k4, v4)[0, 0])
+
+
+@pytest.mark.parametrize("d,dv", [(160, 160), (256, 256), (256, 40), (24, 256), (200, 129)])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_head_dims_up_to_256(rng, d, dv, impl, dtype):
+    for lq, lk, causal in ((9, 40, False), (45, 17, True)):
+        q, k, v = qkv(rng, (2, 2, lq, d), lk, dv, dtype)
+        g = rng.standard_normal((2, 2, lq, dv)).astype(dtype)
+        out, lse = attention_numpy(q, k, v, None, causal, impl=impl, return_lse=True)
+        ro, rl = ref_forward(q, k, v, None, causal)
+        tol = 1e-11 if dtype == np.float64 else 2e-5
+        assert rel(out, ro) < tol
+        for a, w in zip(backward(q, k, v, g, None, causal, impl=impl), ref_backward(q, k, v, g, None, causal)):
+            assert rel(a, w) < tol
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grouped_query(rng, impl, dtype):
+    """enable_gqa: k and v with fewer heads (a divisor of q's), read in place; dK and dV sum over each group."""
+    tol = 1e-11 if dtype == np.float64 else 2e-5
+    for hq, hk, lq, lk, causal, masked in ((6, 2, 9, 40, False, False), (8, 1, 33, 20, True, False),
+                                          (4, 4, 5, 7, False, True), (6, 3, 70, 33, False, True)):
+        q, k, v = qkv(rng, (2, hq, lq, 24), lk, 16, dtype)
+        k, v = k[:, :hk], v[:, :hk]
+        g = rng.standard_normal((2, hq, lq, 16)).astype(dtype)
+        mask = rng.random((2, hq, lq, lk)) > 0.3 if masked else None
+        if masked:
+            mask[..., 0] = True
+        want = gqa_ref(q, k, v, g, mask, causal)
+        out = attention_numpy(q, k, v, mask, causal, impl=impl, enable_gqa=True)
+        assert rel(out, want[0]) < tol
+        got = backward(q, k, v, g, mask, causal, impl=impl)
+        assert got[1].shape == k.shape and got[2].shape == v.shape
+        for a, w in zip(got, want[1:]):
+            assert rel(a, w) < tol
+    q, k, v = qkv(rng, (2, 3, 4, 5, 8), 6, 8, dtype)  # 5-D: heads in dim -3
+    out = attention(q, k[:, :, :1], v[:, :, :1], enable_gqa=True)
+    np.testing.assert_allclose(out, attention(q, np.repeat(k[:, :, :1], 4, 2), np.repeat(v[:, :, :1], 4, 2)),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bitwise_equal_across_thread_counts_every_path(rng, impl):
+    """Every variant, float32 and float64: the same bits at 1, 2 and 3 threads on shapes that take the transposed
+    short-query tiling, the row tiling, Lq >> Lk and odd sizes."""
+    shapes = [(2, 3, 32, 257, 64, 64, False), (1, 1, 200, 257, 64, 64, False), (1, 2, 700, 32, 64, 64, False),
+              (1, 2, 37, 53, 24, 40, True), (1, 1, 300, 37, 16, 16, False), (3, 1, 9, 70, 88, 8, False)]
+    before = get_num_threads()
+    for dtype in (np.float32, np.float64):
+        for b, h, lq, lk, d, dv, causal in shapes:
+            q, k, v = qkv(rng, (b, h, lq, d), lk, dv, dtype)
+            g = rng.standard_normal((b, h, lq, dv)).astype(dtype)
+            runs = []
+            try:
+                for n in (1, 2, 3):
+                    set_num_threads(n)
+                    runs.append((attention_numpy(q, k, v, None, causal, impl=impl),)
+                                + backward(q, k, v, g, None, causal, impl=impl))
+            finally:
+                set_num_threads(before)
+            for r in runs[1:]:
+                for a, c in zip(runs[0], r):
+                    assert a.tobytes() == c.tobytes(), (dtype, lq, lk)

@@ -5,8 +5,9 @@
  * vector extensions; the variant is picked at run time from the CPU's features (dr_cpu.h: DYNREFER_CPU_ISA caps
  * the choice; impl "avx512"/"avx2"/"portable" force one where the CPU has it). float32/float16/bfloat16 compute in float32, float64 in float64;
  * bfloat16 runs on the AMX tile unit in both directions where the process may use it (attention_amx.inc). Work is split over batch x heads x
- * query chunks (forward) and batch x heads (backward) with dr_parallel_for; every sum runs in a fixed order, so
- * results are bitwise repeatable whatever the thread count. Complexity: forward O(B H Lq Lk (D + Dv)), backward
+ * query chunks (forward; the chunks and the kernel for each depend on the shapes only) and batch x key/value heads
+ * (backward) with dr_parallel_for; every sum runs in a fixed order, so results are bitwise repeatable and the same
+ * whatever the thread count. Complexity: forward O(B H Lq Lk (D + Dv)), backward
  * O(B H Lq Lk (2 D + 3 Dv)); memory per task O(Lk (D + Dv)) plus blocks of a fixed number of query rows (the
  * query rows stream through), never Lq x Lk.
  */
@@ -52,9 +53,10 @@ static size_t dr_attn_dsize(int dtype) { return dtype == DR_FLOAT64 ? 8 : dtype 
         return (VT)((VI)(p * scale2) & ~dead);                                                                     \
     }
 
+/* max(x, y) lane by lane, NaN if either is NaN (a score row with a NaN gives a NaN softmax, as in PyTorch). */
 #define DR_DEFINE_VMAX(NAME, VT, VI, ATTR)                                                                         \
     ATTR static inline VT NAME(VT x, VT y) {                                                                       \
-        const VI gt = x > y;                                                                                       \
+        const VI gt = (x > y) | (x != x);                                                                          \
         return (VT)(((VI)x & gt) | ((VI)y & ~gt));                                                                 \
     }
 
@@ -173,6 +175,13 @@ DR_ATTR_AVX512 static inline void dr_tr16_avx512(const void *src, int64_t lds, v
     }
 }
 
+/* The largest of 16 lanes, NaN if one is NaN (_mm512_reduce_max_ps alone may drop a NaN). */
+DR_ATTR_AVX512 static inline float hmax_v16f(dr_v16f v) {
+    if (_mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q))
+        return NAN;
+    return _mm512_reduce_max_ps((__m512)v);
+}
+
 /* log(x) for 16 float lanes, x > 0 finite (a softmax denominator, >= 1 in practice): Cephes' logf, the
  * mantissa in [sqrt(1/2), sqrt(2)) and a degree-8 polynomial of z = m - 1, ln 2 in two parts. About 1 ulp. */
 DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
@@ -203,6 +212,7 @@ DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
 #define DR_VW 8
 #define DR_KS(n) n##_avx2
 #define DR_ATTR DR_ATTR_AVX2
+#define DR_SFMA(x, y, z) __builtin_fmaf(x, y, z)
 #define DR_VEXP vexp_v8f
 #define DR_VMAX vmax_v8f
 #define DR_SEXP sexp_f
@@ -217,12 +227,13 @@ DR_ATTR_AVX512 static inline dr_v16f vlog_v16f(dr_v16f xv) {
 #define DR_VW 16
 #define DR_KS(n) n##_avx512
 #define DR_ATTR DR_ATTR_AVX512
+#define DR_SFMA(x, y, z) __builtin_fmaf(x, y, z)
 #define DR_VEXP vexp_v16f
 #define DR_VMAX vmax_v16f
 #define DR_SEXP sexp_f
 #define DR_SLOG slog_f
 #define DR_RROWS 8 /* 32 vector registers: 8 rows x 2 vectors of accumulators */
-#define DR_VHMAX(v) _mm512_reduce_max_ps((__m512)(v))
+#define DR_VHMAX(v) hmax_v16f(v)
 #define DR_VHSUM(v) _mm512_reduce_add_ps((__m512)(v))
 #define DR_VTR16 dr_tr16_avx512
 #define DR_VLOG vlog_v16f
@@ -278,9 +289,12 @@ static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn 
 
 #ifdef DR_ATTN_X86
 /* bfloat16 on the tile unit where the process may use it (the automatic choice only: a forced instruction set
- * runs its vector kernel). */
+ * runs its vector kernel). One key runs on the vector kernels, whose delta = dO . O is summed as dP is, so that
+ * dQ and dK come out exactly 0 there (the softmax over one key is constant); so do grouped-query attention and
+ * head dims above 128 (the tile kernels handle neither). */
 static int use_amx(const dr_attn_args *a, int isa) {
-    return isa == DR_ATTN_ISA_AUTO && a->dtype == DR_BFLOAT16 && a->Lk >= 1 &&
+    return isa == DR_ATTN_ISA_AUTO && a->dtype == DR_BFLOAT16 && a->Lk >= 2 && a->G == 1 && a->D <= 128 &&
+           a->Dv <= 128 &&
            a->Lk <= DR_ATTN_AMX_MAX_LK && dr_cpu_has(DR_CPU_AMX_BF16 | DR_CPU_AVX512BW | DR_CPU_AVX512BF16);
 }
 #endif
@@ -320,10 +334,14 @@ dr_status dr_attention_forward_cpu_isa(const dr_tensor *q, const dr_tensor *k, c
     const int64_t bh = a.B * a.H;
     if (bh == 0 || a.Lq == 0)
         return DR_OK;
-    /* whole heads when there are enough of them; otherwise split the query rows (in multiples of 4 rows) */
-    const int64_t want = 4 * (int64_t)dr_get_num_threads();
+    /* Chunks from the shapes alone, never the thread count, so that the kernel chosen for a chunk and every sum are
+     * the same at any thread count (bitwise equal results): whole heads when there are at least 64 of them,
+     * otherwise query chunks of at least 32 rows for about 64 tasks; at most 512 rows. */
+    const int64_t want = 64;
     int64_t nsplit = bh >= want ? 1 : (want + bh - 1) / bh;
     int64_t qchunk = (a.Lq + nsplit - 1) / nsplit;
+    if (qchunk < 32)
+        qchunk = 32;
     if (qchunk > 512)
         qchunk = 512;
     qchunk = (qchunk + 7) / 8 * 8; /* whole micro-tiles of every variant */
@@ -352,7 +370,7 @@ dr_status dr_attention_backward_cpu_isa(const dr_tensor *q, const dr_tensor *k, 
     task_fn fwd = NULL, fwd_t = NULL, bwd = NULL;
     if ((st = pick(a.dtype, isa, &fwd, &fwd_t, &bwd)) != DR_OK)
         return st;
-    const int64_t bh = a.B * a.H;
+    const int64_t bh = a.B * a.H, bk = a.B * a.Hk; /* one task per key/value head: a gather over its query heads */
     if (bh == 0)
         return DR_OK;
     dr_attn_ctx ctx = {&a, 0, 0, 0};
@@ -360,7 +378,7 @@ dr_status dr_attention_backward_cpu_isa(const dr_tensor *q, const dr_tensor *k, 
     if (use_amx(&a, isa))
         return run_attn_tasks(bh, bwd_task_amx, &ctx);
 #endif
-    return run_attn_tasks(bh, bwd, &ctx);
+    return run_attn_tasks(bk, bwd, &ctx);
 }
 
 /* Forward, fastest instruction set of this CPU. */
@@ -439,6 +457,6 @@ dr_status dr_attention_backward_elementwise_cpu(const dr_tensor *q, const dr_ten
         return st;
     elem_ctx c1 = {&a, 1}, c2 = {&a, 2};
     dr_parallel_for(a.B * a.H * a.Lq, 16, elem_task, &c1);
-    dr_parallel_for(a.B * a.H * a.Lk, 16, elem_task, &c2);
+    dr_parallel_for(a.B * a.Hk * a.Lk, 16, elem_task, &c2);
     return DR_OK;
 }

@@ -79,7 +79,7 @@ extern "C" dr_status dr_attention_backward_cuda(const dr_tensor *q, const dr_ten
     dr_device_guard guard(q->device_id);
     cudaStream_t s = (cudaStream_t)stream;
     const int threads = 128;
-    const int64_t qrows = a.B * a.H * a.Lq, krows = a.B * a.H * a.Lk;
+    const int64_t qrows = a.B * a.H * a.Lq, krows = a.B * a.Hk * a.Lk; /* dk, dv: one thread per key/value row */
     if (qrows > 0)
         DR_LAUNCH_BY_DTYPE(a.dtype, attn_dq, dr_blocks(qrows, threads), threads, s, a, qrows);
     if (krows > 0)

@@ -1,12 +1,17 @@
 /* dr_attention.h — fused scaled-dot-product attention: the C API and the per-row bodies shared by the CPU and
  * CUDA launchers (torch.nn.functional.scaled_dot_product_attention semantics, DESIGN §7.6).
  *
- * Shapes (strides in elements, any layout): q [B,H,Lq,D], k [B,H,Lk,D], v [B,H,Lk,Dv], o [B,H,Lq,Dv],
+ * Shapes (strides in elements, any layout): q [B,H,Lq,D], k [B,Hk,Lk,D], v [B,Hk,Lk,Dv], o [B,H,Lq,Dv],
+ * with Hk = H, or Hk a divisor of H (grouped-query attention: query head h reads key/value head h / (H / Hk), and
+ * dk, dv [B,Hk,...] sum over each group's query heads in a fixed order); D, Dv in [1, DR_ATTN_MAX_D];
  * lse [B,H,Lq] (float32; float64 for float64 data), mask (optional) broadcast to [B,H,Lq,Lk] through its strides
  * (stride 0 on broadcast dimensions — never materialised): bool (True = attend) or additive float.
  * s_ij = scale * q_i . k_j + mask_ij (-inf where a bool mask is False or, with causal, where j > i: top-left
  * aligned). o_i = sum_j softmax_j(s_i) v_j, lse_i = log sum_j exp(s_ij). A row whose keys are all masked gives
  * o_i = 0, lse_i = -inf and zero gradients, never NaN (as PyTorch >= 2.5; older math backends gave NaN).
+ * Non-finite values follow PyTorch's arithmetic: masks are added to the scores (a NaN or +inf score stays NaN under
+ * a bool or causal mask), a NaN score makes its row's softmax NaN (lse_i NaN), and masked keys still enter
+ * P V, dP = dO V^T and the gradient products with weight 0, so 0 x NaN = NaN reaches the same outputs as PyTorch's.
  *
  * Backward (recomputes P from lse, keeps no Lq x Lk matrix): with D_i = dO_i . O_i, p_ij = exp(s_ij - lse_i),
  * dp_ij = dO_i . v_j, ds_ij = p_ij (dp_ij - D_i):  dq_i = scale sum_j ds_ij k_j,  dk_j = scale sum_i ds_ij q_i,
@@ -26,7 +31,7 @@
 extern "C" {
 #endif
 
-#define DR_ATTN_MAX_D 128 /* largest head dim (q/k and v) */
+#define DR_ATTN_MAX_D 256 /* largest head dim (q/k and v) */
 
 typedef struct {
     double scale; /* finite; the op layer passes 1/sqrt(D) by default */
@@ -79,6 +84,7 @@ typedef struct {
     int dtype, mask_dtype; /* mask_dtype < 0: no mask */
     int causal;
     int64_t B, H, Lq, Lk, D, Dv;
+    int64_t Hk, G; /* key/value heads and query heads per key/value head (H = Hk G; G > 1: grouped-query) */
     int64_t q_s[4], k_s[4], v_s[4], o_s[4], m_s[4], do_s[4], dq_s[4], dk_s[4], dv_s[4], lse_s[3];
     double scale;
 } dr_attn_args;
@@ -163,9 +169,10 @@ static inline dr_status dr_attention_make_args(const dr_tensor *q, const dr_tens
     if (st != DR_OK)
         return st;
     const int64_t B = q->shape[0], H = q->shape[1], Lq = q->shape[2], D = q->shape[3];
-    const int64_t Lk = k->shape[2], Dv = v->shape[3];
-    if (k->shape[0] != B || k->shape[1] != H || v->shape[0] != B || v->shape[1] != H)
-        return dr_set_error(DR_EINVAL, "attention: q, k, v must share their leading (batch, head) dims, got [%lld, %lld], "
+    const int64_t Hk = k->shape[1], Lk = k->shape[2], Dv = v->shape[3];
+    if (k->shape[0] != B || v->shape[0] != B || v->shape[1] != Hk || (Hk < 1 ? H != 0 : H % Hk != 0))
+        return dr_set_error(DR_EINVAL, "attention: q, k, v must share their leading (batch, head) dims (k and v may "
+                                       "have fewer heads, a divisor of q's: grouped-query), got [%lld, %lld], "
                                        "[%lld, %lld], [%lld, %lld]",
                             (long long)B, (long long)H, (long long)k->shape[0], (long long)k->shape[1],
                             (long long)v->shape[0], (long long)v->shape[1]);
@@ -175,7 +182,7 @@ static inline dr_status dr_attention_make_args(const dr_tensor *q, const dr_tens
     if (v->shape[2] != Lk)
         return dr_set_error(DR_EINVAL, "attention: k and v must have the same length, got %lld and %lld", (long long)Lk,
                             (long long)v->shape[2]);
-    const int64_t qs[4] = {B, H, Lq, D}, ks[4] = {B, H, Lk, D}, vs[4] = {B, H, Lk, Dv}, os[4] = {B, H, Lq, Dv};
+    const int64_t qs[4] = {B, H, Lq, D}, ks[4] = {B, Hk, Lk, D}, vs[4] = {B, Hk, Lk, Dv}, os[4] = {B, H, Lq, Dv};
     const int64_t *want[9] = {qs, ks, vs, os, os, os, qs, ks, vs}; /* lse: the first 3 of os */
     for (int i = 3; i < n; i++) {
         st = dr_attn_check_shape(names[i], all[i], i == 4 ? 3 : 4, want[i]);
@@ -209,6 +216,7 @@ static inline dr_status dr_attention_make_args(const dr_tensor *q, const dr_tens
             return dr_set_error(DR_EINVAL, "attention: tensor size overflows int64");
     memset(a, 0, sizeof *a);
     a->B = B, a->H = H, a->Lq = Lq, a->Lk = Lk, a->D = D, a->Dv = Dv;
+    a->Hk = Hk, a->G = Hk > 0 ? H / Hk : 1;
     a->dtype = q->dtype;
     a->causal = p->causal;
     a->scale = p->scale;

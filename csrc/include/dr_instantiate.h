@@ -7,7 +7,7 @@
  *
  * One variant (DR_INSTANTIATE_VARIANT defined): the caller defines the variant's parameters, the file is included
  * once, and then every variant parameter is undefined: DR_RT, DR_KS(name), DR_VT, DR_VI, DR_VW, DR_ATTR, DR_VEXP,
- * DR_VMAX, DR_SEXP, DR_SLOG and the optional DR_RROWS, DR_VHMAX, DR_VHSUM, DR_VLOG, DR_VTR16 (attention's CPU
+ * DR_VMAX, DR_SEXP, DR_SLOG and the optional DR_RROWS, DR_VHMAX, DR_VHSUM, DR_VLOG, DR_VTR16, DR_SFMA (attention's CPU
  * kernels for one instruction set, attention_cpu.inc, document their meaning).
  *
  * No include guard: include it once per set of instances. */
@@ -32,6 +32,7 @@
 #undef DR_VHSUM
 #undef DR_VLOG
 #undef DR_VTR16
+#undef DR_SFMA
 #undef DR_INSTANTIATE_VARIANT
 #else
 

@@ -5,7 +5,9 @@ custom ops.
   the dtype it is given, float32 accumulation for float16/bfloat16);
 * autograd: gradients for q, k and v from the saved output and log-sum-exp (no Lq x Lk matrix is kept); an
   additive float mask gets no gradient;
-* masks are broadcast with ``expand`` (stride 0, never materialised for 3-D and 4-D inputs);
+* masks are broadcast with ``expand`` (stride 0, never materialised for 2-D, 3-D and 4-D inputs);
+* grouped-query attention (``enable_gqa``): k and v keep their fewer heads (no copies); dK and dV sum over each
+  group's query heads in the kernel;
 * CUDA: runs on PyTorch's current stream; the backward is a gather, deterministic.
 """
 from typing import Optional, Tuple
@@ -15,7 +17,7 @@ from torch import Tensor
 
 from dynrefer import _C
 from dynrefer.ops._torch_roi_align import _desc, _device_of, _stream
-from dynrefer.ops.attention import check_scalars, check_shapes
+from dynrefer.ops.attention import check_gqa, check_scalars, check_shapes
 
 def _out_specs(q, v):
     """Shapes and dtypes of (out, lse) for 4-D q and v, for allocating them before the kernel runs and for fake
@@ -92,6 +94,8 @@ attention_op.register_autograd(_backward, setup_context=_setup)
 
 
 def _as4d(x: Tensor) -> Tensor:
+    if x.dim() == 2:
+        return x[None, None]
     if x.dim() == 3:
         return x.unsqueeze(1)
     if x.dim() > 4:
@@ -99,7 +103,7 @@ def _as4d(x: Tensor) -> Tensor:
     return x
 
 
-def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None) -> Tensor:
+def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False) -> Tensor:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, Tensor):
             raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(x).__name__}")
@@ -112,7 +116,8 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
             raise TypeError(f"attention: attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
         if attn_mask.device != q.device:
             raise ValueError(f"attention: attn_mask is on {attn_mask.device} but q is on {q.device}")
-    check_shapes(tuple(q.shape), tuple(k.shape), tuple(v.shape), None if attn_mask is None else tuple(attn_mask.shape))
+    check_shapes(tuple(q.shape), tuple(k.shape), tuple(v.shape), None if attn_mask is None else tuple(attn_mask.shape),
+                 check_gqa(enable_gqa))
     lead, lq, lk, dv = tuple(q.shape[:-2]), q.shape[-2], k.shape[-2], v.shape[-1]
     mask4 = None
     if attn_mask is not None:

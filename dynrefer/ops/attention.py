@@ -26,15 +26,22 @@ def check_scalars(q_last_dim, dropout_p, is_causal, scale):
     return bool(is_causal), float(scale)
 
 
-def check_shapes(qs, ks, vs, ms):
-    """Check what folding q/k/v ([..., L, D], any rank >= 3) into the kernel's [B, H, L, D] and broadcasting the
-    mask need: equal ranks, equal leading dims, a mask broadcastable to [..., Lq, Lk] (ms may be None). The kernel
-    checks the rest (head dims, lengths, dtypes, devices)."""
-    if len(qs) < 3 or len(ks) != len(qs) or len(vs) != len(qs):
+def check_shapes(qs, ks, vs, ms, enable_gqa=False):
+    """Check what folding q/k/v ([..., L, D], any rank >= 2) into the kernel's [B, H, L, D] and broadcasting the
+    mask need: equal ranks, equal leading dims (with ``enable_gqa``, k and v may have fewer heads in dim -3, a
+    divisor of q's), a mask broadcastable to [..., Lq, Lk] (ms may be None). The kernel checks the rest (head dims,
+    lengths, dtypes, devices)."""
+    if len(qs) < 2 or len(ks) != len(qs) or len(vs) != len(qs):
         raise ValueError(
-            f"attention: q, k, v must have the same rank >= 3 ([..., L, D]), got shapes {qs}, {ks}, {vs}"
+            f"attention: q, k, v must have the same rank >= 2 ([..., L, D]), got shapes {qs}, {ks}, {vs}"
         )
-    if ks[:-2] != qs[:-2] or vs[:-2] != qs[:-2]:
+    if enable_gqa and len(qs) >= 3:
+        if ks[:-3] != qs[:-3] or vs[:-2] != ks[:-2] or ks[-3] < 1 or qs[-3] % ks[-3] != 0:
+            raise ValueError(
+                "attention: with enable_gqa, q, k, v must share their leading dims and k, v their head count "
+                f"(dim -3), a divisor of q's, got {qs}, {ks}, {vs}"
+            )
+    elif ks[:-2] != qs[:-2] or vs[:-2] != qs[:-2]:
         raise ValueError(f"attention: q, k, v must share their leading (batch, head) dims, got {qs}, {ks}, {vs}")
     if ms is not None:
         full = tuple(qs[:-1]) + (ks[-2],)
@@ -42,7 +49,15 @@ def check_shapes(qs, ks, vs, ms):
             raise ValueError(f"attention: attn_mask of shape {tuple(ms)} does not broadcast to {full}")
 
 
+def check_gqa(enable_gqa):
+    if not isinstance(enable_gqa, (bool, np.bool_)):
+        raise TypeError(f"attention: enable_gqa must be a bool, got {type(enable_gqa).__name__}")
+    return bool(enable_gqa)
+
+
 def _as4d_numpy(x):
+    if x.ndim == 2:
+        return x[None, None]
     if x.ndim == 3:
         return x[:, None]
     if x.ndim > 4:
@@ -50,7 +65,8 @@ def _as4d_numpy(x):
     return x
 
 
-def attention_numpy(q, k, v, attn_mask=None, is_causal=False, scale=None, impl="fast", return_lse=False):
+def attention_numpy(q, k, v, attn_mask=None, is_causal=False, scale=None, impl="fast", return_lse=False,
+                    enable_gqa=False):
     """The NumPy entry point: ``attention`` on arrays (forward only), optionally returning the log-sum-exp
     (float32; float64 for float64 data) and choosing the CPU implementation (``impl``: 'fast', 'elementwise' —
     the CUDA kernels' per-row bodies run on the CPU — 'portable', 'avx2', 'avx512')."""
@@ -60,7 +76,7 @@ def attention_numpy(q, k, v, attn_mask=None, is_causal=False, scale=None, impl="
     is_causal, scale = check_scalars(q.shape[-1] if q.ndim else 0, 0.0, is_causal, scale)
     if attn_mask is not None and not isinstance(attn_mask, np.ndarray):
         raise TypeError(f"attention: attn_mask must be a NumPy array or None, got {type(attn_mask).__name__}")
-    check_shapes(q.shape, k.shape, v.shape, None if attn_mask is None else attn_mask.shape)
+    check_shapes(q.shape, k.shape, v.shape, None if attn_mask is None else attn_mask.shape, check_gqa(enable_gqa))
     lead = q.shape[:-2]
     lq, lk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
     mask4 = None
@@ -76,27 +92,31 @@ def attention_numpy(q, k, v, attn_mask=None, is_causal=False, scale=None, impl="
     return (out, lse.reshape(lead + (lq,))) if return_lse else out
 
 
-def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """Scaled-dot-product attention, a drop-in for ``torch.nn.functional.scaled_dot_product_attention``.
 
     Args:
-        q: ``[..., Lq, D]`` queries (usually ``[B, H, Lq, D]``); k: ``[..., Lk, D]``; v: ``[..., Lk, Dv]``
-            (same leading dims; D, Dv in 1..128). float32/float64/float16/bfloat16, any strides.
+        q: ``[..., Lq, D]`` queries (usually ``[B, H, Lq, D]``; rank >= 2); k: ``[..., Lk, D]``; v: ``[..., Lk, Dv]``
+            (same leading dims; D, Dv in 1..256). float32/float64/float16/bfloat16, any strides.
         attn_mask: None, a bool mask (True = attend) or an additive float mask, broadcastable to
             ``[..., Lq, Lk]`` (broadcast through strides, never materialised for 3-D and 4-D inputs).
         dropout_p: must be 0 (dropout is not implemented; anything else raises ValueError).
         is_causal: top-left aligned causal mask (query i sees keys j <= i), exclusive with attn_mask.
         scale: score scale, default ``1 / sqrt(D)``.
+        enable_gqa: grouped-query attention: k and v may have fewer heads (dim -3), a divisor of q's; query head
+            h reads key/value head ``h // (Hq // Hkv)`` (no copies); their gradients sum over each group.
 
     Returns ``[..., Lq, Dv]``: an ndarray for NumPy input (forward only), a tensor for PyTorch input
     (differentiable in q, k, v; the mask gets no gradient; ``torch.compile``-able). A row whose keys are all
-    masked gives zeros and zero gradients, never NaN (as PyTorch >= 2.5 does; older math backends gave NaN).
+    masked gives zeros and zero gradients (as PyTorch >= 2.5 does; older math backends gave NaN) when its inputs
+    are finite; NaN and infinities in q, k, v or an additive mask propagate exactly as in PyTorch's SDPA (bool and
+    causal masks act as an added -inf, masked keys still enter the products with weight 0).
     """
     if is_torch_tensor(q):
         from dynrefer.ops import _torch_attention
 
-        return _torch_attention.attention(q, k, v, attn_mask, dropout_p, is_causal, scale)
+        return _torch_attention.attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     if not isinstance(q, np.ndarray):
         raise TypeError(f"attention: q must be a NumPy array or a torch.Tensor, got {type(q).__name__}")
     check_scalars(q.shape[-1] if q.ndim else 0, dropout_p, is_causal, scale)
-    return attention_numpy(q, k, v, attn_mask, is_causal, scale)
+    return attention_numpy(q, k, v, attn_mask, is_causal, scale, enable_gqa=enable_gqa)
