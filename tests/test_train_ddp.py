@@ -64,9 +64,11 @@ def test_two_processes_match_one_and_resume(tmp_path):
     s0 = json.load(open(tmp_path / "summary0.json"))
     s1 = json.load(open(tmp_path / "summary1.json"))
     assert s0["a"]["world_size"] == 2 and s1["a"]["world_size"] == 2
-    # only rank 0 writes; the directory has one metrics file and checkpoints
+    # only rank 0 writes; the directory has one metrics file, its plot and event files, and checkpoints
     assert sorted(n for n in os.listdir(tmp_path / "a")) == sorted(
-        ["config.yaml", "metrics.jsonl", "latest.pt", "checkpoint_0.pt", "checkpoint_1.pt"])
+        ["config.yaml", "metrics.jsonl", "metrics.png", "tensorboard", "latest.pt", "checkpoint_0.pt",
+         "checkpoint_1.pt"])
+    assert len(os.listdir(tmp_path / "a" / "tensorboard")) == 1
 
     # one process with the global batch (2 x 2) on the same data order
     single = run_training(_cfg(tmp_path / "single", 0.0, batch_size_train=4), T.build_model, T.build_datasets)
