@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IntPair = Union[int, Tuple[int, int], Sequence[int]]
+_IntPair = Union[int, Tuple[int, int], Sequence[int]]
 
 __all__ = ["set_backend", "get_backend", "use_backend", "attention", "roi_align", "dcnv4", "dcnv4_reference",
            "resolved_ops", "BACKENDS", "OPS", "set_cuda_dispatch", "get_cuda_dispatch", "cuda_dispatch_table",
@@ -148,7 +148,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
 
 
 # --------------------------------------------------------------------------------------------- RoI-Align
-def roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: IntPair, spatial_scale: float = 1.0,
+def roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: _IntPair, spatial_scale: float = 1.0,
               sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
     """``torchvision.ops.roi_align`` semantics."""
     op = _dr_op("roi_align", input.device)
@@ -160,12 +160,12 @@ def roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: In
 
 
 # --------------------------------------------------------------------------------------------- DCNv4
-def _pair(x: IntPair) -> Tuple[int, ...]:
+def _pair(x: _IntPair) -> Tuple[int, ...]:
     return (x, x) if isinstance(x, int) else tuple(x)
 
 
-def dcnv4_reference(value: Tensor, offset_mask: Tensor, kernel_size: IntPair = 3, stride: IntPair = 1,
-                    padding: IntPair = 1, dilation: IntPair = 1, group: int = 4, group_channels: Optional[int] = None,
+def dcnv4_reference(value: Tensor, offset_mask: Tensor, kernel_size: _IntPair = 3, stride: _IntPair = 1,
+                    padding: _IntPair = 1, dilation: _IntPair = 1, group: int = 4, group_channels: Optional[int] = None,
                     offset_scale: float = 1.0, remove_center: bool = False) -> Tensor:
     """Pure-PyTorch DCNv4 (docs/DESIGN.md §7.5): value [N,H,W,G*D] channels-last, offset_mask [N,Ho,Wo,P].
 
@@ -217,8 +217,8 @@ def dcnv4_reference(value: Tensor, offset_mask: Tensor, kernel_size: IntPair = 3
     return out.permute(0, 3, 4, 1, 2).reshape(N, Ho, Wo, C)
 
 
-def dcnv4(value: Tensor, offset_mask: Tensor, kernel_size: IntPair = 3, stride: IntPair = 1, padding: IntPair = 1,
-          dilation: IntPair = 1, group: int = 4, group_channels: Optional[int] = None, offset_scale: float = 1.0,
+def dcnv4(value: Tensor, offset_mask: Tensor, kernel_size: _IntPair = 3, stride: _IntPair = 1, padding: _IntPair = 1,
+          dilation: _IntPair = 1, group: int = 4, group_channels: Optional[int] = None, offset_scale: float = 1.0,
           remove_center: bool = False) -> Tensor:
     """DCNv4 deformable aggregation through the active backend."""
     op = _dr_op("dcnv4", value.device)
