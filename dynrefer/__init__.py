@@ -4,6 +4,10 @@ Importing the package is cheap: the compiled extension (``dynrefer._C``) is load
 PyTorch is never imported unless a PyTorch-facing module is used.
 """
 
+from __future__ import annotations
+
+import types
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "cuda_available", "set_num_threads", "get_num_threads", "build_info"]
@@ -13,7 +17,7 @@ __all__ = ["__version__", "cuda_available", "set_num_threads", "get_num_threads"
 _SUBPACKAGES = ("ops", "views", "nn", "model", "data", "eval", "train", "app", "lavis")
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> types.ModuleType:
     if name in _SUBPACKAGES:
         import importlib
 
@@ -21,11 +25,11 @@ def __getattr__(name):
     raise AttributeError(f"module 'dynrefer' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_SUBPACKAGES))
 
 
-def _ext():
+def _ext() -> types.ModuleType:
     from dynrefer import _C
 
     return _C

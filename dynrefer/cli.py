@@ -20,16 +20,22 @@
                                                  torchvision and timed side by side (benchmarks/ has the rest)
     dynrefer info                                build and device facts
 """
+from __future__ import annotations
+
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from dynrefer.app.errors import UserError as CliError  # printed on one line, exit status 2
+
+if TYPE_CHECKING:
+    from dynrefer.train.config import Config
 
 DEFAULT_OUT = "dynrefer-demo"
 
 
-def _info(_args):
+def _info(_args: argparse.Namespace) -> int:
     import dynrefer
 
     try:   # PyTorch's own CUDA facts, when it is installed
@@ -46,7 +52,7 @@ def _info(_args):
     return 0
 
 
-def _threads(args):
+def _threads(args: argparse.Namespace) -> None:
     """--threads: torch's CPU threads for this command (None: torch's default, all cores or OMP_NUM_THREADS)."""
     n = getattr(args, "threads", None)
     if n is None:
@@ -58,7 +64,7 @@ def _threads(args):
     torch.set_num_threads(n)
 
 
-def _demo(args):
+def _demo(args: argparse.Namespace) -> int:
     from dynrefer.app.demo import run_demo
 
     if args.seeds < 1 or (args.jobs is not None and args.jobs < 1):
@@ -68,7 +74,7 @@ def _demo(args):
     return 0
 
 
-def _parse_box(text):
+def _parse_box(text: str) -> List[float]:
     try:
         vals = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
@@ -83,7 +89,7 @@ def _parse_box(text):
     return vals
 
 
-def _describe(args):
+def _describe(args: argparse.Namespace) -> int:
     from dynrefer.app.describe import describe_image
     from dynrefer.model import format_blocks
 
@@ -100,7 +106,7 @@ def _describe(args):
     return 0
 
 
-def _gen_args(args):
+def _gen_args(args: argparse.Namespace) -> Dict[str, Any]:
     if args.max_new_tokens < 1:
         raise CliError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.num_beams is not None and args.num_beams < 1:
@@ -111,7 +117,7 @@ def _gen_args(args):
     return gen
 
 
-def _chat(args):
+def _chat(args: argparse.Namespace) -> int:
     from dynrefer.app.describe import image_and_boxes
     from dynrefer.app.referring import load_chat_model
 
@@ -128,7 +134,7 @@ def _chat(args):
     return 0
 
 
-def _ferret_bench(args):
+def _ferret_bench(args: argparse.Namespace) -> int:
     from dynrefer.app.ferret_bench import FerretBenchError, export_answers, read_questions
     from dynrefer.app.referring import load_chat_model
 
@@ -153,7 +159,7 @@ def _ferret_bench(args):
     return 0
 
 
-def _train(args):
+def _train(args: argparse.Namespace) -> int:
     from dynrefer.app.schemes import train_on_folder
     from dynrefer.train import load_config
 
@@ -164,7 +170,7 @@ def _train(args):
     return 0
 
 
-def _eval(args):
+def _eval(args: argparse.Namespace) -> int:
     from dynrefer.train import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -186,7 +192,7 @@ def _eval(args):
     return 0
 
 
-def _eval_densecap(args, cfg):
+def _eval_densecap(args: argparse.Namespace, cfg: Config) -> int:
     """Dense captioning mAP (dynrefer.app.densecap.run_densecap_eval; the ranking rules are in
     dynrefer.eval.densecap)."""
     from dynrefer.app.densecap import run_densecap_eval
@@ -204,7 +210,7 @@ def _eval_densecap(args, cfg):
     return 0
 
 
-def _flops(args):
+def _flops(args: argparse.Namespace) -> int:
     from dynrefer.model import DynReferConfig, flops_report
 
     try:
@@ -215,7 +221,7 @@ def _flops(args):
     return 0
 
 
-def _bench(args):
+def _bench(args: argparse.Namespace) -> int:
     from dynrefer.app.bench import roi_align_bench
 
     roi_align_bench(args.regions, args.views, args.channels, threads=args.threads, repeats=args.repeats,
@@ -223,7 +229,7 @@ def _bench(args):
     return 0
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="dynrefer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from dynrefer import __version__
 

@@ -9,18 +9,22 @@ them.
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
 from dynrefer.app.errors import UserError
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 __all__ = ["multiview_case", "median_time", "roi_align_bench"]
 
-ROI_ALIGN_ARGS = dict(output_size=16, spatial_scale=1 / 14, sampling_ratio=2, aligned=False)
+ROI_ALIGN_ARGS: Dict[str, Any] = dict(output_size=16, spatial_scale=1 / 14, sampling_ratio=2, aligned=False)
 
 
-def multiview_case(regions: int = 16, views: int = 3, channels: int = 1408, seed: int = 0, device: str = "cpu"):
+def multiview_case(regions: int = 16, views: int = 3, channels: int = 1408, seed: int = 0,
+                   device: str = "cpu") -> Tuple[Tensor, Tensor, np.ndarray]:
     """``(x [R*V, C, 16, 16] channels-last, rois [R*V, 5], coefficients [V])`` for ``regions`` random boxes of a
     640x480 image, each in ``views`` nested views, with the region's box in each view's 224x224 frame."""
     import torch
@@ -37,14 +41,14 @@ def multiview_case(regions: int = 16, views: int = 3, channels: int = 1408, seed
     boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
     ts = np.concatenate([[0.0], np.sort(rng.choice(np.arange(1, 11) / 10, views - 1, replace=False))])
     vb = view_boxes(boxes, ts, W, H)
-    rois = []
+    rows = []
     for r in range(regions):
         for v in range(views):
             x0, y0, x1, y1 = vb[r, v]
             sx, sy = 224.0 / (x1 - x0), 224.0 / (y1 - y0)
             b = (boxes[r] - [x0, y0, x0, y0]) * [sx, sy, sx, sy]
-            rois.append([r * views + v, *b])
-    rois = torch.tensor(np.asarray(rois, np.float32), device=device)
+            rows.append([r * views + v, *b])
+    rois = torch.tensor(np.asarray(rows, np.float32), device=device)
     n = regions * views
     x = torch.randn(n, 16, 16, channels, generator=torch.Generator().manual_seed(seed)).to(device).permute(0, 3, 1, 2)
     return x, rois, ts

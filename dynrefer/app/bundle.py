@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+if TYPE_CHECKING:
+    from dynrefer.model.dynrefer import DynRefer
 
 __all__ = ["BUNDLE_FORMAT", "save_bundle", "load_bundle", "build_bundle_model", "load_bundle_model", "read_vocab"]
 
@@ -21,7 +24,7 @@ def read_vocab(data_dir: str) -> Tuple[List[str], list, list]:
     return tags, classes, attributes
 
 
-def build_bundle_model(bundle):
+def build_bundle_model(bundle: Mapping[str, Any]) -> DynRefer:
     """Rebuild a model saved by :func:`save_bundle` (tokenizers are rebuilt from the saved texts; deterministic)."""
     from dynrefer.model import DynReferConfig, build_dynrefer
 
@@ -36,7 +39,8 @@ def build_bundle_model(bundle):
     return model
 
 
-def save_bundle(model, path, texts, tags, classes, attributes, views):
+def save_bundle(model: DynRefer, path: str, texts: Iterable[str], tags: Iterable[str], classes: Iterable[str],
+                attributes: Iterable[Any], views: Dict[str, Any]) -> str:
     """Everything ``dynrefer describe`` needs in one file, written atomically."""
     from dynrefer.train.checkpoint import atomic_save, seal
 
@@ -49,7 +53,7 @@ def save_bundle(model, path, texts, tags, classes, attributes, views):
     return path
 
 
-def _check_finite(state, path):
+def _check_finite(state: Mapping[str, Any], path: str) -> None:
     import torch
 
     for k, v in state.items():
@@ -59,7 +63,7 @@ def _check_finite(state, path):
                              "bundle must hold finite weights (did training diverge?)")
 
 
-def load_bundle(path):
+def load_bundle(path: str) -> Dict[str, Any]:
     """Read a bundle written by :func:`save_bundle`: without executing pickled code, its SHA-256 verified (a
     corrupted file is refused) and every weight finite."""
     import torch
@@ -84,7 +88,7 @@ def load_bundle(path):
     return b
 
 
-def load_bundle_model(path, bundle=None):
+def load_bundle_model(path: str, bundle: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], DynRefer]:
     """``(bundle, model)`` for the bundle at ``path`` (``bundle``: its already loaded contents); a missing,
     unreadable or mismatched bundle is a :class:`~dynrefer.app.errors.UserError` naming the file."""
     from dynrefer.app.errors import UserError

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from dynrefer.app.bundle import read_vocab, save_bundle
 from dynrefer.app.schemes import evaluate_scheme, train_scheme
@@ -26,7 +27,7 @@ from dynrefer.app.schemes import evaluate_scheme, train_scheme
 __all__ = ["SCHEMES", "run_demo", "markdown_table", "summarize"]
 
 # name, training views (NestedViews keyword arguments), inference schemes [(prior label, kwargs)]
-SCHEMES = [
+SCHEMES: List[Tuple[str, Dict[str, Any], List[Tuple[str, Dict[str, Any]]]]] = [
     ("cropped region", dict(prior="fixed", fixed_coeffs=(0.0,)), [("—", dict(prior="fixed", fixed_coeffs=(0.0,)))]),
     ("single view + RoI-Align", dict(prior="fixed", fixed_coeffs=(1.0,)),
      [("—", dict(prior="fixed", fixed_coeffs=(1.0,)))]),
@@ -38,17 +39,17 @@ SCHEMES = [
 ]
 
 
-def markdown_table(rows, headers):
+def markdown_table(rows: Sequence[Sequence[Any]], headers: Sequence[Any]) -> str:
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
 
 
-def _log(msg):
+def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _job(args):
+def _job(args: Tuple[Any, ...]) -> Tuple[Any, ...]:
     """Train one view scheme with one seed and evaluate it under each of its inference priors (in a worker
     process: one torch thread, one kernel thread, so that jobs side by side do not compete)."""
     import torch
@@ -75,18 +76,19 @@ def _job(args):
     return name, seed, n, metrics, summary["step"], time.time() - t0, (summary.get("last_train") or {}).get("loss")
 
 
-def summarize(results, seeds):
+def summarize(results: Any, seeds: Sequence[int]) -> Tuple[List[List[str]], List[str]]:
     """Rows of mean ± standard deviation over the seeds, and the pairs of rows whose CIDEr, attribute mAP or
     accuracy differ by more than twice the standard error of the difference (the rest is within the seeds'
     spread)."""
     import numpy as np
 
-    rows, stats = [], []
+    rows: List[List[str]] = []
+    stats: List[Dict[str, Any]] = []
     for name, _, evals in SCHEMES:
         views = results[(name, seeds[0])]["views"]
         for prior, _ in evals:
             vals = [results[(name, s)][prior] for s in seeds]
-            rec = {"scheme": name, "prior": prior}
+            rec: Dict[str, Any] = {"scheme": name, "prior": prior}
             cells = []
             for key in ("CIDEr", "attr_mAP", "acc"):
                 x = np.array([v[key] for v in vals], dtype=np.float64)
@@ -108,7 +110,9 @@ def summarize(results, seeds):
     return rows, findings
 
 
-def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log, threads=1, seeds=3, jobs=None):
+def run_demo(out: str = "dynrefer-demo", *, quick: bool = False, seed: int = 0, epochs: Optional[int] = None,
+             log: Callable[[str], None] = _log, threads: Optional[int] = 1, seeds: int = 3,
+             jobs: Optional[int] = None) -> List[List[str]]:
     """Run the miniature Table 7: every view scheme trained with ``seeds`` seeds (``seed``, ``seed`` + 1, ...) on
     the same data, evaluated under each inference prior; prints and writes ``table7.md`` (mean ± standard deviation
     over the seeds, and which differences exceed their spread) and ``model.pt`` (the stochastic model of the first
@@ -120,7 +124,7 @@ def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log,
     data_dir = os.path.join(out, "data")
     splits = {"train": 16, "val": 6} if quick else {"train": 96, "val": 32}
     epochs = epochs or (6 if quick else 24)
-    seeds = list(range(seed, seed + max(1, int(seeds))))
+    seed_list = list(range(seed, seed + max(1, int(seeds))))
     if jobs is None:
         try:
             cpus = len(os.sched_getaffinity(0))
@@ -132,12 +136,13 @@ def run_demo(out="dynrefer-demo", *, quick=False, seed=0, epochs=None, log=_log,
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run(out, data_dir, splits, epochs, seed, seeds, jobs, log, t_start)
+        return _run(out, data_dir, splits, epochs, seed, seed_list, jobs, log, t_start)
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _run(out, data_dir, splits, epochs, seed, seeds, jobs, log, t_start):
+def _run(out: str, data_dir: str, splits: Dict[str, int], epochs: int, seed: int, seeds: List[int], jobs: int,
+         log: Callable[[str], None], t_start: float) -> List[List[str]]:
     from dynrefer.data.readers import load_annotations
     from dynrefer.data.synthetic import generate
 
@@ -158,9 +163,9 @@ def _run(out, data_dir, splits, epochs, seed, seeds, jobs, log, t_start):
             work.append((name, train_views, evals, s, data_dir, run_dir, epochs, vocab, keep))
     log(f"== {len(SCHEMES)} view schemes x {len(seeds)} seeds ({', '.join(map(str, seeds))}), {epochs} epochs each, "
         f"{jobs} at a time")
-    results = {}
+    results: Dict[Tuple[str, int], Dict[str, Any]] = {}
 
-    def record(res):
+    def record(res: Tuple[Any, ...]) -> None:
         name, s, n, metrics, steps, secs, loss = res
         results[(name, s)] = {"views": n, **metrics}
         scores = "; ".join(f"{p}: CIDEr {m['CIDEr']:.1f}, mAP {m['attr_mAP']:.1f}, acc {m['acc']:.1f}"

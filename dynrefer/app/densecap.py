@@ -30,7 +30,7 @@ PyTorch (:func:`run_densecap_eval`, the whole ``dynrefer eval --detections/--gt-
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Hashable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from dynrefer.eval.densecap import RANK_RULES, rank_scores
 __all__ = ["caption_boxes", "densecap_predictions", "evaluate_densecap", "predictions_to_json", "run_densecap_eval"]
 
 
-def caption_boxes(model, image, boxes, *, prior: str = "image", seed: Optional[int] = 0, chunk_size: int = 32,
+def caption_boxes(model: Any, image: Any, boxes: Any, *, prior: str = "image", seed: Optional[int] = 0, chunk_size: int = 32,
                   task: str = "dense_caption") -> Tuple[list, np.ndarray]:
     """Caption every ``x1, y1, x2, y2`` box of one image with ``model.describe``, ``chunk_size`` boxes per call.
 
@@ -74,10 +74,10 @@ def _default_loader(path: str) -> np.ndarray:
         raise FileNotFoundError(f"cannot read image {path}: {e}") from None
 
 
-def densecap_predictions(model, annotations, detections=None, *, rank: Optional[str] = None, prior: str = "image",
+def densecap_predictions(model: Any, annotations: Any, detections: Any = None, *, rank: Optional[str] = None, prior: str = "image",
                          seed: Optional[int] = 0, chunk_size: int = 32,
                          image_loader: Callable[[str], np.ndarray] = _default_loader,
-                         log: Optional[Callable[[str], None]] = None) -> Dict[Hashable, Dict[str, object]]:
+                         log: Optional[Callable[[str], None]] = None) -> Dict[Hashable, Dict[str, Any]]:
     """Caption the boxes of every image of ``annotations`` and rank them.
 
     ``detections``: a :class:`~dynrefer.data.detections.Detections` (predicted boxes; ``rank`` defaults to
@@ -101,7 +101,7 @@ def densecap_predictions(model, annotations, detections=None, *, rank: Optional[
                 f"{missing[:1]}; {len(extra)} unknown, first {extra[:1]}); read them with "
                 f"load_detections(path, annotations)")
     by_image = annotations.by_image()
-    out: Dict[Hashable, Dict[str, object]] = {}
+    out: Dict[Hashable, Dict[str, Any]] = {}
     n_img = len(annotations.images)
     for k, (iid, info) in enumerate(annotations.images.items()):
         if gt_boxes:
@@ -123,10 +123,11 @@ def densecap_predictions(model, annotations, detections=None, *, rank: Optional[
     return out
 
 
-def evaluate_densecap(model, annotations, detections=None, *, rank: Optional[str] = None, meteor=None,
+def evaluate_densecap(model: Any, annotations: Any, detections: Any = None, *, rank: Optional[str] = None,
+                      meteor: Any = None,
                       captions: bool = True, prior: str = "image", seed: Optional[int] = 0, chunk_size: int = 32,
                       image_loader: Callable[[str], np.ndarray] = _default_loader,
-                      log: Optional[Callable[[str], None]] = None) -> Tuple[Dict[str, object], Dict]:
+                      log: Optional[Callable[[str], None]] = None) -> Tuple[Dict[str, Any], Dict]:
     """Dense captioning mAP (×100) of ``model`` on ``annotations`` with predicted (``detections``) or ground-truth
     boxes (``detections=None``); see :func:`densecap_predictions` for the boxes and the ranking.
 
@@ -156,9 +157,9 @@ def _num(v: float) -> float:
     return round(v, 6) if math.isfinite(v) else v
 
 
-def predictions_to_json(predictions: Mapping[Hashable, Mapping[str, object]],
-                        metrics: Optional[Mapping[str, object]] = None,
-                        settings: Optional[Mapping[str, object]] = None) -> dict:
+def predictions_to_json(predictions: Mapping[Hashable, Mapping[str, Any]],
+                        metrics: Optional[Mapping[str, Any]] = None,
+                        settings: Optional[Mapping[str, Any]] = None) -> dict:
     """A JSON-ready form of :func:`densecap_predictions`' output: one entry per image with ``x1, y1, x2, y2``
     boxes, ranking ``scores``, ``captions``, ``caption_scores`` and ``det_scores`` (``null`` for ground-truth
     boxes)."""
@@ -173,7 +174,7 @@ def predictions_to_json(predictions: Mapping[Hashable, Mapping[str, object]],
             "caption_scores": [_num(v) for v in np.asarray(p["caption_scores"]).reshape(-1)],
             "det_scores": None if det is None else [_num(v) for v in np.asarray(det).reshape(-1)],
         })
-    out = {"results": images}
+    out: Dict[str, Any] = {"results": images}
     if metrics is not None:
         out["metrics"] = {k: v for k, v in metrics.items()}
     if settings is not None:

@@ -5,6 +5,7 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from dynrefer.app.errors import UserError
 
@@ -26,7 +27,7 @@ def read_image(path: str) -> np.ndarray:
         raise UserError(f"cannot read image {path}: {e}") from None
 
 
-def check_boxes(boxes, width: int, height: int) -> np.ndarray:
+def check_boxes(boxes: ArrayLike, width: int, height: int) -> np.ndarray:
     """``boxes`` as ``[N, 4]`` float32 ``x1, y1, x2, y2``, each overlapping the ``width x height`` image and
     clipped to it (the part outside has no pixels; a box reaching far beyond the image would only cost time)."""
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -39,7 +40,7 @@ def check_boxes(boxes, width: int, height: int) -> np.ndarray:
                      b[:, 3].clip(0, height)], 1).astype(np.float32)
 
 
-def image_and_boxes(path: str, boxes) -> Tuple[np.ndarray, np.ndarray]:
+def image_and_boxes(path: str, boxes: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
     """:func:`read_image` and :func:`check_boxes` together."""
     img = read_image(path)
     return img, check_boxes(boxes, img.shape[1], img.shape[0])

@@ -3,6 +3,8 @@ not fit, a malformed config or annotation) are printed by the command on one lin
 status 2; a missing optional dependency names the extra to install."""
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = ["UserError", "user_error_types", "describe_user_error", "EXTRAS"]
 
 
@@ -29,7 +31,7 @@ def user_error_types() -> tuple:
             PermissionError)
 
 
-def describe_user_error(err: BaseException):
+def describe_user_error(err: BaseException) -> Optional[str]:
     """One line for ``err`` if it is a user's mistake (see :func:`user_error_types`) or a missing optional package,
     else None (a defect: let it raise)."""
     if isinstance(err, ModuleNotFoundError):

@@ -28,6 +28,10 @@ import math
 import os
 import re
 import uuid
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
+
+if TYPE_CHECKING:
+    from dynrefer.model.dynrefer import DynRefer
 
 __all__ = ["read_questions", "question_regions", "export_answers", "FerretBenchError"]
 
@@ -38,7 +42,7 @@ class FerretBenchError(ValueError):
     """A malformed question file or question: the message names the file and the question id."""
 
 
-def read_questions(path):
+def read_questions(path: Union[str, "os.PathLike[str]"]) -> List[Dict[str, Any]]:
     """The questions of a Ferret-Bench ``question.jsonl`` as dicts (``question_id``, ``image``, ``text``, …)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -64,7 +68,8 @@ def read_questions(path):
     return out
 
 
-def question_regions(text, width, height, box_format="auto"):
+def question_regions(text: str, width: float, height: float,
+                     box_format: str = "auto") -> Tuple[str, List[List[float]]]:
     """(question with ``<regionK>`` placeholders, [[x1, y1, x2, y2] pixels]) from a Ferret-Bench question.
 
     ``box_format``: "normalized" (Ferret-Bench: fractions of the width and height), "pixel", or "auto"
@@ -72,9 +77,9 @@ def question_regions(text, width, height, box_format="auto"):
     """
     if box_format not in ("auto", "normalized", "pixel"):
         raise ValueError(f"box_format must be 'auto', 'normalized' or 'pixel', got {box_format!r}")
-    boxes = []
+    boxes: List[List[float]] = []
 
-    def sub(m):
+    def sub(m: "re.Match[str]") -> str:
         try:
             vals = [float(v) for v in m.group(1).split(",")]
         except ValueError:
@@ -93,8 +98,9 @@ def question_regions(text, width, height, box_format="auto"):
     return _BOX.sub(sub, text), boxes
 
 
-def export_answers(model, questions, image_root, out_path, model_id="dynrefer", box_format="auto", limit=None,
-                   log=None, **gen):
+def export_answers(model: DynRefer, questions: Union[str, List[Dict[str, Any]]], image_root: str, out_path: str,
+                   model_id: str = "dynrefer", box_format: str = "auto", limit: Optional[int] = None,
+                   log: Optional[Callable[[str], None]] = None, **gen: Any) -> List[Dict[str, Any]]:
     """Answer Ferret-Bench questions with ``model.chat`` and write the answer file (see the module docstring).
 
     ``questions``: a ``question.jsonl`` path or the list :func:`read_questions` returns. ``image_root``: the folder

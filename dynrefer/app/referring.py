@@ -22,6 +22,11 @@ tensors by name. At the end ``output_dir/model.pt`` is a model bundle. A bundle 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    from dynrefer.model.config import DynReferConfig
+    from dynrefer.model.dynrefer import DynRefer
 
 __all__ = ["train_conversations", "conversation_model_config", "ConversationConfigError", "load_chat_model"]
 
@@ -30,7 +35,7 @@ class ConversationConfigError(ValueError):
     """The config's model or datasets.conversations section is incomplete or wrong (the message names the key)."""
 
 
-def conversation_model_config(model_section):
+def conversation_model_config(model_section: Optional[dict]) -> DynReferConfig:
     """A :class:`DynReferConfig` from a config's ``model`` section (``preset`` + overrides; ``views`` and ``arch``
     are not model fields)."""
     from dynrefer.model import DynReferConfig
@@ -49,7 +54,7 @@ def conversation_model_config(model_section):
     return cfg
 
 
-def _read_tags(path):
+def _read_tags(path: Optional[str]) -> List[str]:
     from dynrefer.data import load_tag_vocab
 
     if not path:
@@ -62,7 +67,7 @@ def _read_tags(path):
     return tags
 
 
-def train_conversations(cfg, log=print):
+def train_conversations(cfg: Any, log: Callable[[str], Any] = print) -> Tuple[DynRefer, dict, str]:
     """Train on ``datasets.conversations`` with the training engine (see the module docstring).
 
     ``cfg``: a :class:`dynrefer.train.Config` (or what ``load_config`` takes). Returns (model, summary, bundle path).
@@ -95,9 +100,9 @@ def train_conversations(cfg, log=print):
     run["find_unused_parameters"] = True
     seed = run["seed"]
     ds = ConversationDataset(records, NestedViews(size=mcfg.vision.image_size, seed=seed, **views))
-    built = []
+    built: List[DynRefer] = []
 
-    def build(_):
+    def build(_: Any) -> DynRefer:
         built.append(build_dynrefer(mcfg, texts=texts, tag_list=tags, seed=seed))
         return built[-1]
 
@@ -113,7 +118,7 @@ def train_conversations(cfg, log=print):
     return model, summary, path
 
 
-def load_chat_model(checkpoint: str, threads=None):
+def load_chat_model(checkpoint: str, threads: Optional[int] = None) -> DynRefer:
     """The model of the bundle ``checkpoint`` for chat (it must have a decoder-only LLM); ``threads``: torch CPU
     threads (None: torch's default — a 7B LLM wants them all; 1 is fastest for the small presets)."""
     from dynrefer.app.bundle import load_bundle, load_bundle_model

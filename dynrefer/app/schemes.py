@@ -9,6 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from dynrefer.data.records import Annotations
+    from dynrefer.model.config import DynReferConfig
+    from dynrefer.model.dynrefer import DynRefer
+    from dynrefer.train.config import Config
+
 
 import numpy as np
 
@@ -18,18 +26,19 @@ __all__ = ["train_scheme", "evaluate_model", "evaluate_scheme", "score", "datase
            "evaluate_bundle"]
 
 
-def _ptb_available():
+def _ptb_available() -> bool:
     """pycocoevalcap's PTB tokeniser needs Java and the installed pycocoevalcap jars; without them captions are
     compared lower-cased with punctuation removed (the synthetic captions have no other tokenisation issue)."""
     return java_available("tokenizer", "stanford-corenlp-3.4.1.jar")
 
 
-def _simple_tokens(text):
+def _simple_tokens(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
-def evaluate_model(model, data_dir, split, views_kwargs, size, tasks=("category", "attribute", "caption"),
-                   seed=0, task_for_prior=None):
+def evaluate_model(model: DynRefer, data_dir: str, split: str, views_kwargs: Mapping[str, Any], size: int,
+                   tasks: Sequence[str] = ("category", "attribute", "caption"), seed: Optional[int] = 0,
+                   task_for_prior: Optional[str] = None) -> Tuple[Dict[Hashable, Dict[str, Any]], Annotations]:
     """Describe every region of ``split`` with the given view scheme; return predictions keyed by region id."""
     import torch
 
@@ -43,8 +52,8 @@ def evaluate_model(model, data_dir, split, views_kwargs, size, tasks=("category"
         kw["task"] = task_for_prior or "caption"
     nv = NestedViews(size=size, seed=seed, **kw)
     rng = np.random.default_rng(seed)
-    preds = {}
-    by_image = {}
+    preds: Dict[Hashable, Dict[str, Any]] = {}
+    by_image: Dict[str, list] = {}
     for r in ann.records:
         by_image.setdefault(r.image_path, []).append(r)
     for path, recs in sorted(by_image.items()):
@@ -58,14 +67,15 @@ def evaluate_model(model, data_dir, split, views_kwargs, size, tasks=("category"
     return preds, ann
 
 
-def score(preds_caption, preds_attr_cat, data_dir, split):
+def score(preds_caption: Mapping[Hashable, Mapping[str, Any]], preds_attr_cat: Mapping[Hashable, Mapping[str, Any]],
+          data_dir: str, split: str) -> Dict[str, float]:
     """CIDEr (captions), attribute mAP (OVAD protocol) and category top-1 accuracy, ×100."""
     from dynrefer.data.readers import load_annotations
     from dynrefer.eval import caption_metrics, evaluate, ovad_ground_truth
 
     caps = load_annotations(os.path.join(data_dir, f"{split}_caption.json"))
-    gts = {r.id: [r.caption] for r in caps.records}
-    res = {k: [preds_caption[k]["caption"] or "<empty>"] for k in gts}
+    gts: Dict[Hashable, List[Any]] = {r.id: [r.caption] for r in caps.records}
+    res: Dict[Hashable, List[Any]] = {k: [preds_caption[k]["caption"] or "<empty>"] for k in gts}
     ptb = _ptb_available()
     if not ptb:
         gts = {k: [_simple_tokens(c) for c in v] for k, v in gts.items()}
@@ -79,7 +89,9 @@ def score(preds_caption, preds_attr_cat, data_dir, split):
     return {"CIDEr": cider, "attr_mAP": float(ovad["all"]), "acc": 100.0 * float(np.mean(hits))}
 
 
-def evaluate_scheme(model, data_dir, split, views_kwargs, size, seed=0, predictions=None):
+def evaluate_scheme(model: DynRefer, data_dir: str, split: str, views_kwargs: Mapping[str, Any], size: int,
+                    seed: Optional[int] = 0,
+                    predictions: Optional[Dict[Hashable, Dict[str, Any]]] = None) -> Tuple[Dict[str, float], int]:
     """Caption CIDEr, attribute mAP and category accuracy (×100) of ``model`` on ``split`` with one view scheme: the
     captions with the caption prior, categories and attributes with the attribute prior (for ``prior="task"``).
     Returns (metrics, number of regions); ``predictions``: a dict that receives every region's answers by id."""
@@ -103,14 +115,18 @@ def evaluate_scheme(model, data_dir, split, views_kwargs, size, seed=0, predicti
 
 #: Training settings a preset brings (the engine's own defaults are the official LAVIS run's): the tiny preset
 #: learns the synthetic benchmark in minutes with these. Keys set in a config always win over them.
-PRESET_RUN_DEFAULTS = {
+PRESET_RUN_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "tiny": {"init_lr": 3e-3, "min_lr": 1e-4, "warmup_steps": 10, "weight_decay": 0.05, "max_grad_norm": 1.0,
              "batch_size_train": 16, "max_epoch": 24, "seed": 0},
 }
 
 
-def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, attributes, epochs=None, seed=None,
-                 batch_size=None, run_extra=None, sections=None, evaluate=None, preset=None):
+def train_scheme(cfg: DynReferConfig, data_dir: str, out_dir: str, views_kwargs: Mapping[str, Any],
+                 texts: Iterable[str], tags: Sequence[str], classes: Sequence[str], attributes: Sequence[Any],
+                 epochs: Optional[int] = None, seed: Optional[int] = None, batch_size: Optional[int] = None,
+                 run_extra: Optional[Mapping[str, Any]] = None, sections: Optional[Mapping[str, Any]] = None,
+                 evaluate: Optional[Callable[[DynRefer, str], Any]] = None,
+                 preset: Optional[str] = None) -> Tuple[DynRefer, dict]:
     """Train DynRefer on ``train_caption.json`` of ``data_dir`` with the training engine. The ``run`` section is the
     training defaults of ``preset`` (:data:`PRESET_RUN_DEFAULTS`), then ``epochs`` / ``seed`` / ``batch_size`` when given,
     then ``run_extra`` (a config's explicit keys: they win). ``sections``: the config's ``model`` and ``datasets``
@@ -121,7 +137,7 @@ def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, att
     from dynrefer.train import run_training
 
     run = {"log_freq": 20, "progress_bar": False, "num_workers": 0, "save_epoch_ckpts": False,
-           **PRESET_RUN_DEFAULTS.get(preset, {}), "output_dir": out_dir}
+           **PRESET_RUN_DEFAULTS.get(preset, {}), "output_dir": out_dir}  # type: ignore[arg-type]
     for key, value in (("max_epoch", epochs), ("seed", seed), ("batch_size_train", batch_size)):
         if value is not None:
             run[key] = value
@@ -132,10 +148,10 @@ def train_scheme(cfg, data_dir, out_dir, views_kwargs, texts, tags, classes, att
     ds = RegionDataset(os.path.join(data_dir, "train_caption.json"),
                        NestedViews(size=cfg.vision.image_size, seed=seed, **views_kwargs), training=True, seed=seed,
                        num_tags=len(tags))
-    ds.collate_fn = collate_regions
-    built = []
+    ds.collate_fn = collate_regions  # type: ignore[attr-defined]
+    built: List[DynRefer] = []
 
-    def build(_):
+    def build(_: Any) -> DynRefer:
         built.append(build_dynrefer(cfg, texts=texts, tag_list=tags, classes=classes, attributes=attributes,
                                     seed=seed))
         return built[-1]
@@ -163,7 +179,7 @@ def dataset_root(datasets: dict, split: str) -> str:
     return root
 
 
-def model_config(model_section: dict):
+def model_config(model_section: dict) -> DynReferConfig:
     """A :class:`dynrefer.model.DynReferConfig` from a config's ``model`` section (``preset`` + overrides; ``views``
     and ``arch`` are not model fields)."""
     from dynrefer.app.errors import UserError
@@ -180,7 +196,7 @@ def model_config(model_section: dict):
     return cfg
 
 
-def train_on_folder(cfg, log=print):
+def train_on_folder(cfg: Config, log: Callable[[str], Any] = print) -> Tuple[dict, str]:
     """``dynrefer train CONFIG``: train on the official-format annotations of ``datasets.root`` (or, with a
     ``datasets.conversations`` section, on region conversations: :func:`dynrefer.app.referring.train_conversations`)
     and write ``<run.output_dir>/model.pt``. ``cfg``: a :class:`dynrefer.train.Config`. Returns (summary, bundle
@@ -221,7 +237,7 @@ def train_on_folder(cfg, log=print):
     eval_views = {"prior": eval_prior, "num_views": views["num_views"],
                   **({"fixed_coeffs": views["fixed_coeffs"]} if "fixed_coeffs" in views else {})}
 
-    def evaluate(model, split):   # the engine logs the record and prints it
+    def evaluate(model: DynRefer, split: str) -> Dict[str, float]:   # the engine logs the record and prints it
         return evaluate_scheme(model, root, split, eval_views, mcfg.vision.image_size)[0]
 
     model, summary = train_scheme(mcfg, root, explicit.get("output_dir", cfg.run["output_dir"]), views, texts, tags,
@@ -234,7 +250,8 @@ def train_on_folder(cfg, log=print):
     return summary, path
 
 
-def evaluate_bundle(cfg, checkpoint: str, split: str = "val", prior: str = "image", out=None):
+def evaluate_bundle(cfg: Config, checkpoint: str, split: str = "val", prior: str = "image",
+                    out: Optional[str] = None) -> Tuple[Dict[str, float], int, int]:
     """``dynrefer eval CONFIG --checkpoint BUNDLE [--out FILE]``: the bundle's model on ``split`` of
     ``datasets.root`` with ``prior``. Returns (metrics, number of regions, number of views); ``out``: a JSON file
     with the metrics, the settings and every region's answers (box, caption, category, attribute scores, the
@@ -244,7 +261,7 @@ def evaluate_bundle(cfg, checkpoint: str, split: str = "val", prior: str = "imag
     root = dataset_root(cfg.datasets, split)
     bundle, model = load_bundle_model(checkpoint)
     n = bundle["views"]["num_views"]
-    preds = {} if out else None
+    preds: Any = {} if out else None
     m, regions = evaluate_scheme(model, root, split, {"prior": prior, "num_views": n}, bundle["views"]["size"],
                                  predictions=preds)
     if out:

@@ -15,6 +15,10 @@ Everything here is pure Python + NumPy (+ Pillow for images); PyTorch is importe
 * :func:`load_conversations` (LLaVA / Osprey region conversations), :class:`ConversationDataset`,
   :func:`collate_conversations` — referring-reasoning instruction data.
 """
+from __future__ import annotations
+
+from typing import Any
+
 from .control import control_from_scores, control_sentence, sample_control_words
 from .convert import RawFormatError, convert_coco, convert_ovad, convert_refcocog, convert_vg
 from .detections import DetectionError, Detections, load_detections
@@ -38,7 +42,7 @@ _LAZY = {"RegionDataset": "dataset", "collate_regions": "dataset", "load_image":
          "ConversationDataset": "conversation_dataset", "collate_conversations": "conversation_dataset"}
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # the torch-facing module loads only when asked for; the synthetic generator only when used
     if name in _LAZY:
         from importlib import import_module

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
+
+if TYPE_CHECKING:
+    from .tags import TagExtractor
 
 
-def _tagger(path: Optional[str]):
+def _tagger(path: Optional[str]) -> Optional[TagExtractor]:
     if not path:
         return None
     from .readers import load_tag_vocab
@@ -39,7 +42,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--val", type=int, default=12)
     p.add_argument("--test", type=int, default=12)
 
-    def conv(name, *pos, tags=True):
+    def conv(name: str, *pos: str, tags: bool = True) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=f"convert {name} to the official format")
         for a in pos:
             q.add_argument(a)
@@ -84,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     from . import convert
     from .readers import load_annotations, write_json
 
@@ -97,7 +100,7 @@ def _run(args) -> int:
     if args.cmd == "tags":
         ex = _tagger(args.vocab)
         for c in args.captions:
-            s1, s2 = ex.extract_names(c)
+            s1, s2 = ex.extract_names(c)  # type: ignore[union-attr]
             print(f"{c}\n  tag_set1: {', '.join(s1)}\n  tag_set2: {', '.join(s2)}")
         return 0
     if args.cmd == "info":

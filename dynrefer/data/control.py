@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["SEPARATOR", "control_sentence", "sample_control_words", "unique_words", "control_from_scores",
            "TAG_THRESHOLDS"]
@@ -73,7 +74,7 @@ def sample_control_words(words: Sequence[str], rng: Optional[np.random.Generator
     return control_sentence([kept[i] for i in order])
 
 
-def control_from_scores(scores, vocab: Sequence[str], threshold: float = 0.7) -> List[str]:
+def control_from_scores(scores: ArrayLike, vocab: Sequence[str], threshold: float = 0.7) -> List[str]:
     """Inference control sentences from tag probabilities: for each row of ``scores`` (``[T]`` or ``[R, T]``,
     sigmoid outputs), the tags scoring above ``threshold``, in vocabulary order, as ``"t1,t2,...|"``."""
     s = np.asarray(scores, dtype=np.float64)
@@ -83,4 +84,4 @@ def control_from_scores(scores, vocab: Sequence[str], threshold: float = 0.7) ->
         raise ValueError(f"scores must be [T] or [R, T] with T = {len(vocab)} tags, got shape {np.shape(scores)}")
     if not np.isfinite(s).all():
         raise ValueError("scores contain NaN or Inf")
-    return [control_sentence([vocab[j] for j in np.flatnonzero(row > threshold)]) for row in s]
+    return [control_sentence([vocab[j] for j in np.flatnonzero(row > threshold).tolist()]) for row in s]

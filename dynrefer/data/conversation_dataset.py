@@ -13,7 +13,7 @@ Randomness (view choice) comes from one NumPy Generator per item: from ``SeedSeq
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     def __init__(self, conversations: Union[str, os.PathLike, Sequence[ConversationRecord]], transform: Callable,
                  *, image_root: Optional[str] = None, seed: Optional[int] = None,
-                 max_regions: Optional[int] = None, image_loader: Callable = load_image):
+                 max_regions: Optional[int] = None, image_loader: Callable = load_image) -> None:
         if isinstance(conversations, (str, os.PathLike)):
             conversations = load_conversations(conversations, image_root=image_root)
         self.records: List[ConversationRecord] = list(conversations)
@@ -62,7 +62,7 @@ class ConversationDataset(torch.utils.data.Dataset):
 
         return conversation_texts(self.records)
 
-    def __getitem__(self, index: int) -> Dict[str, object]:
+    def __getitem__(self, index: int) -> Dict[str, Any]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} conversations")
         index %= len(self)
@@ -88,7 +88,7 @@ class ConversationDataset(torch.utils.data.Dataset):
                 "region_boxes": boxes, "turns": [list(t) for t in rec.turns], "id": rec.id}
 
 
-def collate_conversations(samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
+def collate_conversations(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Items → one batch: ``views`` [R, n, 3, S, S], ``boxes`` [R, n, 4], ``coeffs`` [R, n], ``region_boxes``
     [R, 4] (every region of every conversation, in order), ``region_index`` (per conversation the rows of its
     regions), ``turns`` (per conversation its [human, gpt] pairs) and ``ids``."""

@@ -28,7 +28,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Hashable, List, NoReturn, Optional, Sequence, Tuple, Union
 
 from dynrefer.model.placeholders import PLACEHOLDER, answer_text, split_placeholders
 
@@ -67,11 +67,12 @@ def conversation_texts(records: Sequence[ConversationRecord]) -> List[str]:
     return out
 
 
-def _is_num(v) -> bool:
+def _is_num(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _region_box(ann, width, height, fail, k):
+def _region_box(ann: Any, width: Optional[int], height: Optional[int], fail: Callable[[str], NoReturn],
+                k: int) -> Tuple[float, float, float, float]:
     if not isinstance(ann, dict):
         fail(f"annotation[{k}] must be an object with 'bbox' or 'segmentation', got {type(ann).__name__}")
     seg = ann.get("segmentation")
@@ -81,8 +82,8 @@ def _region_box(ann, width, height, fail, k):
                 if "size" not in seg and width and height:
                     seg = dict(seg, size=[height, width])
                 mask = decode_rle(seg)
-                cols = [i for i, c in enumerate(mask.any(axis=0)) if c]
-                rows = [i for i, r in enumerate(mask.any(axis=1)) if r]
+                cols = [i for i, c in enumerate(mask.any(axis=0)) if c]  # type: ignore[arg-type]
+                rows = [i for i, r in enumerate(mask.any(axis=1)) if r]  # type: ignore[arg-type]
                 if not cols:
                     raise ValueError("empty RLE mask")
                 return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
@@ -98,11 +99,12 @@ def _region_box(ann, width, height, fail, k):
     return x, y, x + w, y + h
 
 
-def parse_record(rec, index: int = 0, *, image_root: Optional[str] = None, source: str = "<conversations>"):
+def parse_record(rec: Any, index: int = 0, *, image_root: Optional[str] = None,
+                 source: str = "<conversations>") -> ConversationRecord:
     """One raw record → :class:`ConversationRecord` (see the module docstring); ``AnnotationError`` if malformed."""
     rid = rec.get("id", rec.get("question_id")) if isinstance(rec, dict) else None
 
-    def fail(msg):
+    def fail(msg: str) -> NoReturn:
         where = f"record #{index}" + (f" (id {rid!r})" if rid is not None else "")
         raise AnnotationError(f"{source}: {where}: {msg}")
 
@@ -118,7 +120,7 @@ def parse_record(rec, index: int = 0, *, image_root: Optional[str] = None, sourc
             fail(f"'width' and 'height' must be positive integers, got {width!r} x {height!r}")
         size = (width, height)
     # regions
-    boxes = []
+    boxes: List[Any] = []
     if rec.get("boxes") is not None:
         raw = rec["boxes"]
         if not isinstance(raw, list):
@@ -173,7 +175,7 @@ def parse_record(rec, index: int = 0, *, image_root: Optional[str] = None, sourc
                               turns=[(q, a) for q, a in turns], image_size=size, index=index)
 
 
-def _read_records(path: str):
+def _read_records(path: str) -> List[Any]:
     with open(path, "rb") as f:
         head = f.read(2)
     if path.endswith((".jsonl", ".jsonl.gz")):
@@ -198,7 +200,7 @@ def _read_records(path: str):
     return data
 
 
-def load_conversations(path, image_root: Optional[str] = None) -> List[ConversationRecord]:
+def load_conversations(path: Union[str, "os.PathLike[str]"], image_root: Optional[str] = None) -> List[ConversationRecord]:
     """Read a conversation file (see the module docstring). ``image_root``: folder the ``image`` paths are relative
     to (default: the file's folder)."""
     path = os.fspath(path)

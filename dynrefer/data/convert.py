@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .readers import box_polygon, read_json
 from .tags import TagExtractor
@@ -46,17 +46,18 @@ class RawFormatError(ValueError):
     the entry and the field."""
 
 
-def _load(src: PathOrData, what: str):
+def _load(src: PathOrData, what: str) -> Any:
     if isinstance(src, (list, dict)):
         return src, f"<{what}>"
     return read_json(src), os.fspath(src)
 
 
-def _num(v) -> bool:
+def _num(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _clip_xywh(x, y, w, h, width, height) -> Optional[Tuple[float, float, float, float]]:
+def _clip_xywh(x: float, y: float, w: float, h: float, width: float,
+               height: float) -> Optional[Tuple[float, float, float, float]]:
     x1, y1 = min(max(float(x), 0.0), width), min(max(float(y), 0.0), height)
     x2, y2 = min(max(float(x) + float(w), 0.0), width), min(max(float(y) + float(h), 0.0), height)
     if x2 <= x1 or y2 <= y1:
@@ -64,7 +65,7 @@ def _clip_xywh(x, y, w, h, width, height) -> Optional[Tuple[float, float, float,
     return x1, y1, x2, y2
 
 
-def make_annotation(ann_id, image_id, box_xyxy: Sequence[float], caption: str, *,
+def make_annotation(ann_id: Hashable, image_id: Hashable, box_xyxy: Sequence[float], caption: str, *,
                     tagger: Optional[TagExtractor] = None, category_id: Optional[int] = None,
                     extra: Optional[Mapping] = None) -> dict:
     """One annotation in the official format (box as ``bbox`` and as a polygon; tags from ``tagger``)."""
@@ -82,7 +83,7 @@ def make_annotation(ann_id, image_id, box_xyxy: Sequence[float], caption: str, *
     return a
 
 
-def _dataset(name: str, image_root: Optional[str], dropped: int, **more) -> dict:
+def _dataset(name: str, image_root: Optional[str], dropped: int, **more: Any) -> dict:
     d = {"name": name, "image_root": image_root or "", "dropped": dropped}
     d.update({k: v for k, v in more.items() if v is not None})
     return d
@@ -128,7 +129,9 @@ def convert_vg(region_descriptions: PathOrData, image_data: Optional[PathOrData]
             raise RawFormatError(f"{ssrc}: no split {split!r} (has {sorted(sp) if isinstance(sp, Mapping) else '?'})")
         keep = {int(v) for v in sp[split]}
 
-    images, anns, dropped = [], [], 0
+    images: List[dict] = []
+    anns: List[dict] = []
+    dropped = 0
     seen_regions = set()
     for i, entry in enumerate(regions):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("regions"), list):
@@ -179,7 +182,7 @@ def convert_vg(region_descriptions: PathOrData, image_data: Optional[PathOrData]
     return {"dataset": _dataset(name, image_root, dropped, split=split), "images": images, "annotations": anns}
 
 
-def _coco_index(instances, src):
+def _coco_index(instances: Any, src: str) -> Any:
     if not isinstance(instances, Mapping):
         raise RawFormatError(f"{src}: expected a COCO instances object")
     for key in ("images", "annotations"):
@@ -213,7 +216,7 @@ def _coco_index(instances, src):
     return images, anns, cats
 
 
-def _image_entry(im) -> dict:
+def _image_entry(im: Mapping[str, Any]) -> dict:
     return {"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"]}
 
 
@@ -221,7 +224,7 @@ class _PlainUnpickler(pickle.Unpickler):
     """Reads pickles of plain data only — lists, dicts, tuples, strings, bytes, numbers, booleans, None — as the
     refs files are: any reference to a class or function (how a crafted pickle runs code) is refused."""
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         raise pickle.UnpicklingError(f"refused to load {module}.{name}: a refs file holds only lists, dicts, "
                                      "strings and numbers (a pickle naming a class or function could run code)")
 
@@ -276,7 +279,7 @@ def convert_refcocog(refs: Union[str, os.PathLike, list], instances: PathOrData,
         if not isinstance(sents, list):
             raise RawFormatError(f"{where}: field 'sentences': expected a list")
         im = images[a["image_id"]]
-        box = _clip_xywh(*a["bbox"], im["width"], im["height"])
+        box = _clip_xywh(*a["bbox"], im["width"], im["height"])  # type: ignore[call-arg]
         cat = ref.get("category_id", a.get("category_id"))
         if box is None:
             dropped += len(sents)
@@ -299,8 +302,8 @@ def convert_refcocog(refs: Union[str, os.PathLike, list], instances: PathOrData,
             out_images.setdefault(im["id"], _image_entry(im))
     ids = [a["id"] for a in anns]
     if len(set(ids)) != len(ids):        # sentence ids missing or repeated: number the annotations instead
-        for k, a in enumerate(anns):
-            a["id"] = k
+        for j, a in enumerate(anns):
+            a["id"] = j
     return {"dataset": _dataset(name, image_root, dropped, split=split), "images": list(out_images.values()),
             "annotations": anns, "categories": [dict(c) for c in cats]}
 
@@ -321,7 +324,7 @@ def convert_coco(instances: PathOrData, *, image_root: Optional[str] = None, inc
             raise RawFormatError(f"{src}: annotation id {a['id']}: field 'category_id': {a.get('category_id')!r} "
                                  f"is not a category id")
         im = images[a["image_id"]]
-        box = _clip_xywh(*a["bbox"], im["width"], im["height"])
+        box = _clip_xywh(*a["bbox"], im["width"], im["height"])  # type: ignore[call-arg]
         if box is None:
             dropped += 1
             continue

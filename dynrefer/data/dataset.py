@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -40,10 +40,14 @@ from .control import SEPARATOR, control_sentence, sample_control_words
 from .readers import load_annotations
 from .records import Annotations, ImageReadError, RegionRecord
 
+if TYPE_CHECKING:
+    from dynrefer.views import NestedViews
+
 __all__ = ["RegionDataset", "collate_regions", "load_image", "nested_views"]
 
 
-def nested_views(training: bool, task: str = "caption", *, size: int = 224, num_views: int = 3, **kwargs):
+def nested_views(training: bool, task: str = "caption", *, size: int = 224, num_views: int = 3,
+                 **kwargs: Any) -> NestedViews:
     """The standard transform: :class:`dynrefer.views.NestedViews` with the view prior DynRefer uses —
     ``"stochastic"`` in training, the image prior (pHash greedy search) otherwise; ``kwargs`` go to it
     (e.g. ``prior="task"``, ``mode="fast"``, ``seed``)."""
@@ -80,7 +84,7 @@ class RegionDataset(torch.utils.data.Dataset):
                  *, group: str = "region", training: bool = False, control: Optional[str] = None,
                  seed: Optional[int] = None, max_regions: Optional[int] = None, num_tags: Optional[int] = None,
                  p_drop_all: float = 0.5, p_drop_word: float = 0.5, image_loader: Callable = load_image,
-                 image_cache: int = 2, **reader_kwargs):
+                 image_cache: int = 2, **reader_kwargs: Any) -> None:
         if not isinstance(annotations, Annotations):
             annotations = load_annotations(annotations, **reader_kwargs)
         elif reader_kwargs:
@@ -142,7 +146,7 @@ class RegionDataset(torch.utils.data.Dataset):
         return sample_control_words(names, rng, training=True, p_drop_all=self.p_drop_all,
                                     p_drop_word=self.p_drop_word)
 
-    def __getitem__(self, index: int) -> Dict[str, object]:
+    def __getitem__(self, index: int) -> Dict[str, Any]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
         index = index % len(self)
@@ -183,7 +187,7 @@ class RegionDataset(torch.utils.data.Dataset):
             for k, r in enumerate(recs):
                 if r.att_vec is not None:
                     att[k] = r.att_vec
-        item: Dict[str, object] = {
+        item: Dict[str, Any] = {
             "region_boxes": boxes,
             "captions": [r.caption if r.caption is not None else "" for r in recs],
             "control": [self._control(r, word_rng) for r in recs],
@@ -218,7 +222,7 @@ class RegionDataset(torch.utils.data.Dataset):
         return item
 
 
-def collate_regions(samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
+def collate_regions(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Concatenate dataset items (any number of regions each) into one batch of R regions:
 
     ``views`` float32 ``[R, n, 3, S, S]``, ``boxes`` ``[R, n, 4]`` (the referred box in each view's frame),
@@ -238,7 +242,7 @@ def collate_regions(samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
 
     in_worker = torch.utils.data.get_worker_info() is not None
 
-    def cat(key):
+    def cat(key: str) -> Any:
         arrs = [np.asarray(s[key]) for s in samples]
         shape = (sum(a.shape[0] for a in arrs),) + arrs[0].shape[1:]
         dtype = np.result_type(*arrs)
@@ -250,7 +254,7 @@ def collate_regions(samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
             return out
         return torch.from_numpy(np.concatenate(arrs, axis=0))
 
-    batch: Dict[str, object] = {
+    batch: Dict[str, Any] = {
         "views": cat("views"), "boxes": cat("boxes"), "coeffs": cat("coeffs"), "region_boxes": cat("region_boxes"),
         "tags": cat("tags"), "category": cat("category"),
         "text_output": [c for s in samples for c in s["captions"]],

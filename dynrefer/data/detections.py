@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Hashable, List, Mapping, Optional, Union
+from typing import Dict, Hashable, List, Mapping, NoReturn, Optional, Union
 
 import numpy as np
 
@@ -74,15 +74,15 @@ class Detections:
         return int(sum(len(b) for b in self.boxes.values()))
 
 
-def _is_num(v) -> bool:
+def _is_num(v: object) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 class _Ctx:
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
 
-    def fail(self, entry: Optional[int], image, field_name: str, msg: str):
+    def fail(self, entry: Optional[int], image: object, field_name: str, msg: str) -> NoReturn:
         where = [] if entry is None else [f"entry #{entry}"]
         if image is not None:
             where.append(f"image {image!r}")
@@ -93,7 +93,7 @@ class _Ctx:
 class _ImageIndex:
     """Resolve an entry's image (id, numeric string id, file name or its base name) to an annotation image id."""
 
-    def __init__(self, ann: Annotations):
+    def __init__(self, ann: Annotations) -> None:
         self.ids = set(ann.images)
         self.by_str = {str(i): i for i in ann.images}
         self.by_name: Dict[str, Hashable] = {}
@@ -103,20 +103,20 @@ class _ImageIndex:
             base.setdefault(os.path.basename(im.file_name), []).append(i)
         self.by_base = {k: v[0] for k, v in base.items() if len(v) == 1}
 
-    def by_id(self, v):
+    def by_id(self, v: object) -> Optional[Hashable]:
         if isinstance(v, bool) or not isinstance(v, (int, str, np.integer)):
             return None
         if v in self.ids:
             return v
         return self.by_str.get(str(int(v)) if isinstance(v, np.integer) else str(v))
 
-    def by_file(self, v):
+    def by_file(self, v: object) -> Optional[Hashable]:
         if not isinstance(v, str):
             return None
         return self.by_name.get(v, self.by_base.get(os.path.basename(v)))
 
 
-def _entry_image(ctx: _Ctx, index: _ImageIndex, k: int, e: Mapping):
+def _entry_image(ctx: _Ctx, index: _ImageIndex, k: int, e: Mapping) -> Hashable:
     if "image_id" in e:
         iid = index.by_id(e["image_id"])
         if iid is None:
@@ -149,8 +149,8 @@ def load_detections(source: Union[str, os.PathLike, list, dict], annotations: An
             raise FileNotFoundError(f"detection file not found: {path}")
         try:
             data = read_json(path)
-        except AnnotationError as e:
-            raise DetectionError(str(e)) from None
+        except AnnotationError as err:
+            raise DetectionError(str(err)) from None
     else:
         path, data = "<detections>", source
     ctx = _Ctx(path)
@@ -216,15 +216,17 @@ def load_detections(source: Union[str, os.PathLike, list, dict], annotations: An
             if desc is not None:
                 if not isinstance(desc, (list, tuple)) or len(desc) != len(bx) or \
                         not all(isinstance(d, str) for d in desc):
-                    ctx.fail(k, iid, dkey, f"expected {len(bx)} strings, one per box")
+                    ctx.fail(k, iid, dkey, f"expected {len(bx)} strings, one per box")  # type: ignore[arg-type]
             raw[iid] = {"boxes": [[float(v) for v in b] for b in bx], "scores": [float(s) for s in sc],
                         "desc": list(desc) if desc is not None else [None] * len(bx), "entries": [k] * len(bx)}
 
-    boxes, scores, descs = {}, {}, {}
+    boxes: Dict[Hashable, np.ndarray] = {}
+    scores: Dict[Hashable, np.ndarray] = {}
+    descs: Dict[Hashable, Optional[list]] = {}
     empty = []
     bfield = "bbox" if layout == "per-box" else "boxes"
     for iid, im in annotations.images.items():
-        slot = raw.get(iid)
+        slot = raw.get(iid)  # type: ignore[assignment]
         if not slot or not slot["boxes"]:
             boxes[iid], scores[iid], descs[iid] = np.zeros((0, 4)), np.zeros(0), None
             empty.append(iid)

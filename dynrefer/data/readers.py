@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import os
-from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Hashable, List, Mapping, NoReturn, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -45,7 +45,7 @@ PathLike = Union[str, os.PathLike]
 # ---------------------------------------------------------------------------------------------------------------
 # files
 
-def read_json(path: PathLike):
+def read_json(path: PathLike) -> Any:
     """Parse a JSON file, gzip-compressed or not (decided by its magic bytes, not its name)."""
     path = os.fspath(path)
     try:
@@ -66,12 +66,12 @@ def read_json(path: PathLike):
         raise AnnotationError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
-def write_json(path: PathLike, obj, *, indent: Optional[int] = None) -> str:
+def write_json(path: PathLike, obj: Any, *, indent: Optional[int] = None) -> str:
     """Write ``obj`` as JSON; gzip-compressed when the name ends in ``.gz`` (deterministic: no timestamp)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    data = json.dumps(obj, indent=indent, ensure_ascii=False, separators=None if indent else (",", ":"))
-    data = data.encode("utf-8")
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, separators=None if indent else (",", ":"))
+    data = text.encode("utf-8")
     if path.endswith(".gz"):
         buf = io.BytesIO()
         with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as g:
@@ -157,7 +157,7 @@ def decode_rle(rle: Mapping) -> np.ndarray:
     return flat.reshape(w, h).T.copy()
 
 
-def segmentation_to_box(seg, width: int, height: int) -> Tuple[float, float, float, float]:
+def segmentation_to_box(seg: Any, width: int, height: int) -> Tuple[float, float, float, float]:
     """The official box of a ``segmentation`` (polygon rings or RLE), see the module docstring."""
     if isinstance(seg, dict):
         mask = decode_rle(seg)
@@ -206,26 +206,26 @@ def segmentation_to_box(seg, width: int, height: int) -> Tuple[float, float, flo
 class _Ctx:
     """Formats error messages that name the file and the record."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
 
-    def fail(self, what: str, index: Optional[int], rid, field: str, msg: str):
+    def fail(self, what: str, index: Optional[int], rid: object, field: str, msg: str) -> NoReturn:
         where = f"{what} #{index}" if index is not None else what
         if rid is not None:
             where += f" (id {rid!r})"
         raise AnnotationError(f"{self.path}: {where}: field {field!r}: {msg}")
 
 
-def _is_int(v) -> bool:
+def _is_int(v: object) -> bool:
     return type(v) is int or (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
 
 
-def _is_num(v) -> bool:
+def _is_num(v: object) -> bool:
     return type(v) in (int, float) or (isinstance(v, (int, float, np.integer, np.floating))
                                        and not isinstance(v, bool))
 
 
-def _hashable_id(v) -> bool:
+def _hashable_id(v: object) -> bool:
     return isinstance(v, (str, int)) and not isinstance(v, bool)
 
 
@@ -302,7 +302,7 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
                      "are relative to it)")
         wh = []
         for k in ("width", "height"):
-            v = im.get(k)
+            v: Any = im.get(k)
             if not _is_num(v) or v != int(v) or v <= 0:
                 ctx.fail("image", i, iid, k, f"expected a positive integer, got {v!r}")
             wh.append(int(v))
@@ -394,7 +394,7 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
         pr = extra.get("parser_result") or {}
         if not isinstance(pr, dict):
             ctx.fail("annotation", i, rid, "extra_info.parser_result", "expected an object")
-        tag_sets = [(), ()]
+        tag_sets: List[Tuple[int, ...]] = [(), ()]
         for ki, key in enumerate(("tag_set1", "tag_set2") if pr else ()):
             ts = pr.get(key, [])
             if not ts:
@@ -479,8 +479,8 @@ def load_annotations(path: PathLike, *, image_root: Optional[PathLike] = None,
                 if bad:
                     ctx.fail("annotation", i, rid, field_name, f"values must be 1, 0 or -1, got {bad[0]!r}")
         mat = mat.astype(np.int8)
-        for k, row in enumerate(att_rows):
-            records[row[0]].att_vec = mat[k]
+        for j, row in enumerate(att_rows):
+            records[row[0]].att_vec = mat[j]
     if dropped:
         n = sum(dropped.values())
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()))

@@ -9,7 +9,7 @@ takes, so a dataset never needs its own evaluation glue.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Hashable, List, Optional, Tuple
+from typing import Any, Dict, Hashable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class RegionRecord:
     category: Optional[str] = None
     category_index: Optional[int] = None
     att_vec: Optional[np.ndarray] = None           # int8 [A]
-    extra: Dict[str, object] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def box_xywh(self) -> Tuple[float, float, float, float]:
@@ -81,7 +81,7 @@ class Annotations:
     categories: List[dict] = field(default_factory=list)
     attributes: List[dict] = field(default_factory=list)
     tag_vocab: Optional[List[str]] = None
-    info: Dict[str, object] = field(default_factory=dict)
+    info: Dict[str, Any] = field(default_factory=dict)
     path: Optional[str] = None
     #: regions of the file left out, by reason ("box outside the image", "zero-area box", "empty caption")
     dropped: Dict[str, int] = field(default_factory=dict)
@@ -89,10 +89,10 @@ class Annotations:
     def __len__(self) -> int:
         return len(self.records)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[RegionRecord]:
         return iter(self.records)
 
-    def __getitem__(self, i) -> RegionRecord:
+    def __getitem__(self, i: int) -> RegionRecord:
         return self.records[i]
 
     @property
@@ -137,7 +137,7 @@ class Annotations:
             gts.setdefault(k, []).append(r.caption)
         return gts, key_of
 
-    def densecap_ground_truth(self) -> Dict[Hashable, Dict[str, object]]:
+    def densecap_ground_truth(self) -> Dict[Hashable, Dict[str, Any]]:
         """``{image_id: {"boxes": [G, 4] xyxy, "captions": [G]}}`` for ``evaluate("densecap", ...)``."""
         out = {}
         for img, recs in self.by_image().items():
@@ -146,7 +146,7 @@ class Annotations:
                         "captions": [r.caption for r in recs]}
         return out
 
-    def coco_ground_truth(self) -> Dict[str, object]:
+    def coco_ground_truth(self) -> Dict[str, Any]:
         """``{"ids", "labels", "boxes" (xywh), "image_ids", "iscrowd"}`` for ``evaluate("coco", ...)``, over the
         regions that have a category."""
         recs = [r for r in self.records if r.category_index is not None]
@@ -160,5 +160,5 @@ class Annotations:
         """``([N, A] int8 att_vec, ids)`` over the records that carry one."""
         recs = [r for r in self.records if r.att_vec is not None]
         a = len(self.attributes)
-        labels = np.stack([r.att_vec for r in recs]) if recs else np.zeros((0, a), np.int8)
+        labels = np.stack([r.att_vec for r in recs]) if recs else np.zeros((0, a), np.int8)  # type: ignore[misc]
         return labels.astype(np.int8), [r.id for r in recs]

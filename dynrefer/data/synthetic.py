@@ -33,7 +33,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -59,7 +59,7 @@ _FREQ = {"red": "head", "blue": "head", "green": "head", "yellow": "medium", "pu
 
 
 def _attribute_list() -> List[dict]:
-    out = []
+    out: List[dict] = []
     for typ, values in (("color", COLORS), ("pattern", TEXTURES), ("size", SIZES)):
         for v in values:
             out.append({"id": len(out), "name": f"{typ}:{v}", "type": typ, "parent_type": typ,
@@ -218,7 +218,7 @@ def render_scene(rng: np.random.Generator, width: int, height: int,
 
 def generate(out_dir: str, *, seed: int = 0, splits: Optional[Mapping[str, int]] = None,
              size_range: Tuple[int, int] = (224, 320), num_objects: Tuple[int, int] = (3, 6),
-             unlabelled_rate: float = 0.1) -> Dict[str, object]:
+             unlabelled_rate: float = 0.1) -> Dict[str, Any]:
     """Write the benchmark to ``out_dir`` (see the module docstring); returns the manifest (also written to
     ``synthetic.json``) with the paths of every file. ``splits``: images per split (default
     :data:`DEFAULT_SPLITS`: 48 / 12 / 12 images, about 320 regions)."""
@@ -250,7 +250,7 @@ def generate(out_dir: str, *, seed: int = 0, splits: Optional[Mapping[str, int]]
     write_json(os.path.join(out_dir, "classes.json"), list(SHAPES))
     write_json(os.path.join(out_dir, "attributes.json"), ATTRIBUTES, indent=1)
 
-    manifest: Dict[str, object] = {"seed": int(seed), "splits": splits, "size_range": [lo, hi],
+    manifest: Dict[str, Any] = {"seed": int(seed), "splits": splits, "size_range": [lo, hi],
                                    "num_objects": list(num_objects), "unlabelled_rate": unlabelled_rate,
                                    "tags": "tags.txt", "classes": "classes.json", "attributes": "attributes.json",
                                    "files": {}}

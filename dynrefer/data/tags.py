@@ -36,7 +36,10 @@ the same kind of output for any caption and any vocabulary (passed in; nothing i
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["TagExtractor", "normalize_text", "tokenize", "singular", "STOP_TAGS", "RELATION_WORDS"]
 
@@ -129,7 +132,7 @@ class TagExtractor:
     """
 
     def __init__(self, vocab: Sequence[str], *, stop_tags: Optional[Iterable[str]] = None,
-                 relation_words: Optional[Iterable[str]] = None, suffixes: bool = True):
+                 relation_words: Optional[Iterable[str]] = None, suffixes: bool = True) -> None:
         self.vocab = [str(v) for v in vocab]
         self.suffixes = bool(suffixes)
         self.stop_tags = frozenset(STOP_TAGS if stop_tags is None else stop_tags)
@@ -205,7 +208,7 @@ class TagExtractor:
         s1, s2 = self.extract(caption)
         return {"tag_set1": s1, "tag_set2": s2}
 
-    def multi_hot(self, caption: str):
+    def multi_hot(self, caption: str) -> np.ndarray:
         """``[T]`` float32 multi-hot of the union of both sets (the tag decoder's target)."""
         import numpy as np
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Hashable, List, Mapping, Sequence
+from typing import Hashable, Iterable, List, Mapping, Sequence
 
 __all__ = ["PredictionError", "check_caption_sets"]
 
@@ -11,7 +11,7 @@ class PredictionError(ValueError):
     """Predictions that do not match the annotations (missing or extra ids, NaN scores, wrong shapes...)."""
 
 
-def _preview(ids) -> str:
+def _preview(ids: Iterable[object]) -> str:
     ids = list(ids)
     shown = ", ".join(repr(i) for i in ids[:5])
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > 5 else "")

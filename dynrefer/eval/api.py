@@ -19,7 +19,7 @@ rows and columns of the paper's Tables 1-4 (region captioning, dense captioning,
 
 from __future__ import annotations
 
-from typing import Dict, Hashable, Mapping, Optional, Sequence
+from typing import Any, Dict, Hashable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -34,7 +34,7 @@ TASKS = ("caption", "densecap", "ovad", "coco")
 
 
 def caption_metrics(gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable, Sequence[str]], *,
-                    metrics: Sequence[str] = ("BLEU", "METEOR", "CIDEr"), meteor=None, tokenize: bool = True
+                    metrics: Sequence[str] = ("BLEU", "METEOR", "CIDEr"), meteor: Any = None, tokenize: bool = True
                     ) -> Dict[str, float]:
     """pycocoevalcap's ``COCOEvalCap.evaluate`` on raw captions: PTB-tokenise, then score. Fractions, not ×100.
 
@@ -78,7 +78,7 @@ def caption_metrics(gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable
     return out
 
 
-def _check_ids(pred_ids, ann_ids, what: str) -> None:
+def _check_ids(pred_ids: Iterable[Hashable], ann_ids: Iterable[Hashable], what: str) -> None:
     pred_ids, ann_ids = list(pred_ids), list(ann_ids)
     p, a = set(pred_ids), set(ann_ids)
     if len(p) != len(pred_ids):
@@ -93,7 +93,7 @@ def _check_ids(pred_ids, ann_ids, what: str) -> None:
         raise PredictionError("; ".join(msgs))
 
 
-def _score_matrix(predictions, ids: Sequence, width: int, what: str) -> np.ndarray:
+def _score_matrix(predictions: Any, ids: Sequence, width: int, what: str) -> np.ndarray:
     """Predictions as ``{id: vector}`` (any order) or an ``[N, width]`` array in annotation order."""
     if isinstance(predictions, Mapping):
         _check_ids(predictions.keys(), ids, what)
@@ -118,7 +118,8 @@ def _score_matrix(predictions, ids: Sequence, width: int, what: str) -> np.ndarr
     return arr
 
 
-def evaluate(task: str, predictions, annotations, *, meteor=None, **options) -> Dict[str, object]:
+def evaluate(task: str, predictions: Any, annotations: Any, *, meteor: Any = None,
+             **options: Any) -> Dict[str, Any]:
     """Evaluate ``predictions`` for ``task`` (one of :data:`TASKS`); metrics ×100. See the module docstring.
 
     ``meteor`` (caption, densecap): a running :class:`~dynrefer.eval.meteor.Meteor`, or for densecap any callable
@@ -181,8 +182,8 @@ TABLES = (
 )
 
 
-def format_report(results: Mapping[str, Mapping[str, object]], method: str = "DynRefer",
-                  rows: Optional[Mapping[str, Mapping[str, Mapping[str, object]]]] = None) -> str:
+def format_report(results: Mapping[str, Mapping[str, Any]], method: str = "DynRefer",
+                  rows: Optional[Mapping[str, Mapping[str, Mapping[str, Any]]]] = None) -> str:
     """Paper-style tables. ``results = {dataset: metrics from evaluate}`` for ``method``; dataset keys are
     ``refcocog``, ``vg``, ``vg1.0``, ``vg1.2``, ``vgcoco``, ``ovad``, ``coco``. ``rows`` adds other methods
     (``{method: results}``) above it, each only in the tables where it has a value. Tables with no value at all

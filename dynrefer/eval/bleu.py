@@ -29,7 +29,8 @@ def _ngrams(words: Sequence[str], n: int) -> Counter:
     return counts
 
 
-def _bleu_from_stats(correct, guess, testlen, reflen, n) -> List[float]:
+def _bleu_from_stats(correct: Sequence[float], guess: Sequence[float], testlen: float, reflen: float,
+                     n: int) -> List[float]:
     """Cumulative BLEU-1..n from clipped matches and guesses (the reference's formula and operation order)."""
     out = []
     prod = 1.0
@@ -50,7 +51,7 @@ class Bleu:
     (run :class:`~dynrefer.eval.tokenizer.PTBTokenizer` first, as pycocoevalcap's ``COCOEvalCap`` does).
     """
 
-    def __init__(self, n: int = 4):
+    def __init__(self, n: int = 4) -> None:
         if n < 1:
             raise ValueError("n must be >= 1")
         self._n = n

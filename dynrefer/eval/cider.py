@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Dict, Hashable, Mapping, Sequence, Tuple
+from typing import Any, Dict, Hashable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class Cider:
     evaluated set through the document frequencies, exactly like the reference.
     """
 
-    def __init__(self, n: int = 4, sigma: float = 6.0):
+    def __init__(self, n: int = 4, sigma: float = 6.0) -> None:
         self._n = n
         self._sigma = sigma
 
@@ -57,8 +57,9 @@ class Cider:
                 df[g] += 1
         log_n_items = np.log(float(len(ids)))
 
-        def vectorise(counts):
-            vec = [dict() for _ in range(n)]
+        def vectorise(counts: Mapping[Tuple[str, ...], int]
+                      ) -> Tuple[List[Dict[Tuple[str, ...], float]], List[Any], int]:
+            vec: List[Dict[Tuple[str, ...], float]] = [dict() for _ in range(n)]
             norm = [0.0] * n
             length = 0
             for g, tf in counts.items():

@@ -23,9 +23,10 @@ reference script, which only matter on malformed input: images with no detection
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._checks import PredictionError
 
@@ -73,7 +74,7 @@ def merge_boxes(boxes: np.ndarray, thr: float = 0.7) -> List[np.ndarray]:
     return groups
 
 
-def _as_boxes(x, name: str) -> np.ndarray:
+def _as_boxes(x: ArrayLike, name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if arr.size == 0:
         return arr.reshape(0, 4)
@@ -95,14 +96,14 @@ class DenseCapEvaluator:
     normalised before scoring, as in the reference; METEOR's ``-norm`` does the rest.
     """
 
-    def __init__(self, merge_iou: float = 0.7):
+    def __init__(self, merge_iou: float = 0.7) -> None:
         self.merge_iou = merge_iou
         self._scores: List[np.ndarray] = []   # per image, sorted descending (float32)
         self.records: List[dict] = []
         self.npos = 0
 
-    def add_image(self, scores, boxes, captions: Sequence[str], gt_boxes, gt_captions: Sequence[str],
-                  image_id=None) -> None:
+    def add_image(self, scores: ArrayLike, boxes: ArrayLike, captions: Sequence[str], gt_boxes: ArrayLike,
+                  gt_captions: Sequence[str], image_id: Optional[Hashable] = None) -> None:
         """Add one image: detections (``scores[D]``, ``boxes[D,4]``, ``captions[D]``) and its GT regions."""
         tag = f"image {image_id!r}: " if image_id is not None else ""
         scores = np.asarray(scores, dtype=np.float64).reshape(-1) if np.size(scores) else np.zeros(0)
@@ -141,7 +142,7 @@ class DenseCapEvaluator:
         self.npos += len(groups)
         self._scores.append(s32[order])
 
-    def _meteor_scores(self, meteor) -> np.ndarray:
+    def _meteor_scores(self, meteor: Any) -> np.ndarray:
         idx = [i for i, r in enumerate(self.records) if r["references"]]
         out = np.zeros(len(self.records))
         if not idx:
@@ -165,8 +166,8 @@ class DenseCapEvaluator:
         out[idx] = vals
         return out
 
-    def evaluate(self, meteor=None, *, captions: bool = True, min_overlaps: Sequence[float] = MIN_OVERLAPS,
-                 min_meteors: Sequence[float] = MIN_METEORS) -> Dict[str, object]:
+    def evaluate(self, meteor: Any = None, *, captions: bool = True, min_overlaps: Sequence[float] = MIN_OVERLAPS,
+                 min_meteors: Sequence[float] = MIN_METEORS) -> Dict[str, Any]:
         """Return ``{"map", "detmap", "ap_breakdown", "det_breakdown"}`` (fractions in [0, 1]).
 
         With ``captions=False`` only the detection APs are computed (no METEOR needed; ``"map"`` is absent).
@@ -178,7 +179,7 @@ class DenseCapEvaluator:
         ok = np.array([r["ok"] for r in self.records], dtype=bool)[order]
         iou = np.array([r["iou"] for r in self.records], dtype=np.float64)[order]
         has_ref = np.array([bool(r["references"]) for r in self.records], dtype=bool)[order]
-        met = self._meteor_scores(meteor)[order] if captions else None
+        met: Any = self._meteor_scores(meteor)[order] if captions else None
         thresholds = (np.arange(100) * 0.01).astype(np.float32)
         npos = np.float32(self.npos)
 
@@ -201,15 +202,15 @@ class DenseCapEvaluator:
             if captions:
                 for t_m in min_meteors:
                     cap[f"iou_{t_iou}_meteor_{t_m}"] = ap(base & (met > t_m))
-        out: Dict[str, object] = {"detmap": sum(det.values()) / len(det), "det_breakdown": det}
+        out: Dict[str, Any] = {"detmap": sum(det.values()) / len(det), "det_breakdown": det}
         if captions:
             out["map"] = sum(cap.values()) / len(cap)
             out["ap_breakdown"] = cap
         return out
 
 
-def densecap_map(images: Sequence[dict], meteor=None, *, captions: bool = True,
-                 merge_iou: float = 0.7) -> Dict[str, object]:
+def densecap_map(images: Sequence[dict], meteor: Any = None, *, captions: bool = True,
+                 merge_iou: float = 0.7) -> Dict[str, Any]:
     """Dense captioning mAP over ``images``: dicts with ``scores``, ``boxes``, ``captions``, ``gt_boxes``,
     ``gt_captions`` (and optionally ``image_id``). See :class:`DenseCapEvaluator`."""
     ev = DenseCapEvaluator(merge_iou=merge_iou)
@@ -231,7 +232,7 @@ RANK_RULES = {
 }
 
 
-def rank_scores(det_scores, caption_scores, rule: str = "detector") -> np.ndarray:
+def rank_scores(det_scores: Optional[ArrayLike], caption_scores: ArrayLike, rule: str = "detector") -> np.ndarray:
     """Ranking scores of boxes under ``rule`` (a key of :data:`RANK_RULES`); ``det_scores`` may be ``None`` only
     for ``rule="caption"``."""
     if rule not in RANK_RULES:

@@ -16,7 +16,7 @@ import os
 import subprocess
 import tempfile
 import threading
-from typing import Hashable, List, Mapping, Sequence, Tuple
+from typing import Any, Hashable, List, Mapping, Sequence, Tuple
 
 from ._checks import check_caption_sets
 from ._resources import JavaUnavailableError, find_java, pycocoevalcap_file
@@ -39,7 +39,7 @@ class Meteor:
         # stderr goes to a file: an unread pipe could fill and block the JVM; the file explains failures.
         self._stderr = tempfile.TemporaryFile()
         self._lock = threading.Lock()
-        self._proc = subprocess.Popen(
+        self._proc: Any = subprocess.Popen(
             [java, "-jar", f"-Xmx{max_memory}", jar, "-", "-", "-stdio", "-l", "en", "-norm"],
             cwd=os.path.dirname(jar), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
 
@@ -115,7 +115,7 @@ class Meteor:
     def __enter__(self) -> "Meteor":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self) -> None:

@@ -21,9 +21,10 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._checks import PredictionError
 
@@ -55,7 +56,7 @@ class OvadAnnotations:
     categories: List[dict] = field(default_factory=list)
 
 
-def ovad_ground_truth(annotations) -> OvadAnnotations:
+def ovad_ground_truth(annotations: Any) -> OvadAnnotations:
     """The records of an annotation set (:class:`dynrefer.data.Annotations` or anything with its ``records``,
     ``attribute_labels()``, ``attributes``, ``images`` and ``categories``) that carry an ``att_vec``, as
     :class:`OvadAnnotations` for ``evaluate("ovad", ...)``."""
@@ -114,7 +115,8 @@ def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def ovad_ap(scores, labels, attributes: Sequence, *, clip: bool = True) -> Dict[str, object]:
+def ovad_ap(scores: ArrayLike, labels: ArrayLike, attributes: Sequence, *,
+            clip: bool = True) -> Dict[str, Any]:
     """OVAD box-oracle mAP ×100.
 
     ``scores[N, A]`` attribute probabilities for the N annotated boxes, ``labels[N, A]`` in {1, 0, -1},
@@ -142,7 +144,8 @@ def ovad_ap(scores, labels, attributes: Sequence, *, clip: bool = True) -> Dict[
                       "as the reference evaluator does; pass probabilities, not logits", stacklevel=2)
         s = np.clip(s, 0.0, 1.0)
 
-    names, groups = [], []
+    names: List[str] = []
+    groups: List[str] = []
     for a in attributes:
         if isinstance(a, str):
             names.append(f"attribute_{len(names)}")
@@ -157,13 +160,13 @@ def ovad_ap(scores, labels, attributes: Sequence, *, clip: bool = True) -> Dict[
         if yj.sum() > 0:
             aps[j] = _average_precision(yj, s[keep, j])
 
-    def nanmean(mask) -> float:
+    def nanmean(mask: np.ndarray) -> float:
         vals = aps[mask]
         vals = vals[~np.isnan(vals)]
         return float(vals.mean() * 100) if len(vals) else float("nan")
 
     groups_arr = np.array(groups)
-    out: Dict[str, object] = {"all": nanmean(np.ones(len(aps), bool))}
+    out: Dict[str, Any] = {"all": nanmean(np.ones(len(aps), bool))}
     for g in FREQ_SETS:
         out[g] = nanmean(groups_arr == g)
     out["per_attribute"] = {n: float(v * 100) for n, v in zip(names, aps)}
@@ -193,7 +196,7 @@ def ovad_prompts(attributes: Sequence[dict], noun: str = "") -> Tuple[List[str],
     return texts, sizes
 
 
-def max_over_prompts(prompt_scores, sizes: Sequence[int]) -> np.ndarray:
+def max_over_prompts(prompt_scores: ArrayLike, sizes: Sequence[int]) -> np.ndarray:
     """Attribute scores ``[N, A]`` = max over each attribute's consecutive prompt columns of ``[N, P]``."""
     p = np.asarray(prompt_scores, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != int(np.sum(sizes)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._checks import PredictionError
 
@@ -46,8 +47,9 @@ def _iou_xywh(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
     return out
 
 
-def coco_box_map(gt_boxes, gt_labels, gt_images, dt_boxes, dt_labels, dt_scores, dt_images, *,
-                 gt_crowd=None, num_classes: Optional[int] = None, max_dets: int = 100) -> Dict[str, float]:
+def coco_box_map(gt_boxes: ArrayLike, gt_labels: ArrayLike, gt_images: ArrayLike, dt_boxes: ArrayLike,
+                 dt_labels: ArrayLike, dt_scores: ArrayLike, dt_images: ArrayLike, *,
+                 gt_crowd: Optional[ArrayLike] = None, num_classes: Optional[int] = None, max_dets: int = 100) -> Dict[str, float]:
     """COCO bbox AP, AP50, AP75 (fractions) for xywh boxes, ``area = all``; see the module docstring."""
     gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     dt_boxes = np.asarray(dt_boxes, dtype=np.float64).reshape(-1, 4)
@@ -126,14 +128,16 @@ def coco_box_map(gt_boxes, gt_labels, gt_images, dt_boxes, dt_labels, dt_scores,
                     q[ri] = pr[pi]
             precision[ti, :, k] = q
 
-    def mean_valid(p) -> float:
+    def mean_valid(p: np.ndarray) -> float:
         v = p[p > -1]
         return float(np.mean(v)) if v.size else -1.0
 
     return {"AP": mean_valid(precision), "AP50": mean_valid(precision[0]), "AP75": mean_valid(precision[5])}
 
 
-def coco_recognition(scores, labels, boxes=None, image_ids=None, *, iscrowd=None) -> Dict[str, float]:
+def coco_recognition(scores: ArrayLike, labels: ArrayLike, boxes: Optional[ArrayLike] = None,
+                     image_ids: Optional[ArrayLike] = None, *, iscrowd: Optional[ArrayLike] = None
+                     ) -> Dict[str, float]:
     """Region recognition on GT boxes: ``{"acc": top-1 %, "map": COCO AP %, "ap50", "ap75"}``.
 
     ``scores[N, C]`` class scores per GT box, ``labels[N]`` GT class index in ``[0, C)``; ``boxes[N, 4]`` (COCO

@@ -9,6 +9,10 @@
     loading: load_eva_vit, load_blip2_checkpoint, load_t5_directory, save_t5_directory, load_dynrefer_checkpoint
     flops: flops_report(config), visual_macs(config, num_views)
 """
+from __future__ import annotations
+
+from typing import Any
+
 __all__ = ["DynReferConfig", "PRESETS", "DynRefer", "TRAINABLE_PREFIXES", "build_dynrefer", "format_descriptions", "format_blocks",
            "load_eva_vit", "load_blip2_checkpoint", "load_t5_directory", "save_t5_directory",
            "load_dynrefer_checkpoint", "save_dynrefer_checkpoint", "flops_report", "visual_macs"]
@@ -21,7 +25,7 @@ _LAZY = {"DynReferConfig": "config", "PRESETS": "config", "DynRefer": "dynrefer"
          "save_dynrefer_checkpoint": "loading", "flops_report": "flops", "visual_macs": "flops"}
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
@@ -29,5 +33,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'dynrefer.model' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))

@@ -1,33 +1,36 @@
 """Distributed utilities: all_gather that keeps the gradient of the local shard, rank and world size."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 __all__ = ["is_dist", "rank", "world_size", "all_gather_with_grad"]
 
 
-def is_dist():
+def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def rank():
+def rank() -> int:
     return dist.get_rank() if is_dist() else 0
 
 
-def world_size():
+def world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
 class _AllGather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
         out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
         dist.all_gather(out, x.contiguous())
         return torch.cat(out, dim=0)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
         # Every process computes a loss over the gathered tensor; the gradient of the total with respect to this
         # process's shard is the sum over processes of their gradient for that slice.
         grad = grad.contiguous()
@@ -37,7 +40,7 @@ class _AllGather(torch.autograd.Function):
         return grad[r * n:(r + 1) * n]
 
 
-def all_gather_with_grad(x):
+def all_gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` from every process along dim 0 (equal shapes); gradients flow back to each shard.
 
     Without an initialised process group (or with one process) it returns ``x`` itself.

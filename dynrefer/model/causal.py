@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from dynrefer.model.config import LLMConfig
 
 __all__ = ["Segment", "pack", "load_causal_lm", "build_causal_lm", "apply_lora", "special_ids", "text_ids",
            "hidden_size", "PEFT_MISSING"]
@@ -46,11 +50,11 @@ class Segment:
     target: bool = False
     add: Optional[torch.Tensor] = None
 
-    def __len__(self):
-        return len(self.ids) if self.embeds is None else int(self.embeds.shape[0])
+    def __len__(self) -> int:
+        return len(cast("Sequence[int]", self.ids)) if self.embeds is None else int(self.embeds.shape[0])
 
 
-def special_ids(tokenizer):
+def special_ids(tokenizer: Any) -> Tuple[Optional[int], int, int]:
     """(bos, eos, pad) token ids; bos may be None, pad falls back to eos, then to 0."""
     bos = tokenizer.bos_token_id
     eos = tokenizer.eos_token_id
@@ -62,7 +66,7 @@ def special_ids(tokenizer):
     return bos, eos, pad
 
 
-def text_ids(tokenizer, texts, max_length=None):
+def text_ids(tokenizer: Any, texts: Sequence[str], max_length: Optional[int] = None) -> List[List[int]]:
     """Token ids of each text, without special tokens (the caller places <s> and </s>)."""
     if not texts:
         return []
@@ -70,12 +74,13 @@ def text_ids(tokenizer, texts, max_length=None):
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False, **kw)["input_ids"]]
 
 
-def hidden_size(model):
+def hidden_size(model: Any) -> int:
     """The width of the LLM's input embeddings."""
     return int(model.get_input_embeddings().weight.shape[1])
 
 
-def pack(sequences: Sequence[List[Segment]], embed_tokens, *, side="right", max_len=None, dtype=None):
+def pack(sequences: Sequence[List[Segment]], embed_tokens: Any, *, side: str = "right",
+         max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> Dict[str, Tensor]:
     """Batch ``sequences`` (lists of segments) into LLM inputs.
 
     Returns ``inputs_embeds`` [B, L, d], ``attention_mask`` [B, L] (long), ``position_ids`` [B, L] and ``labels``
@@ -89,19 +94,23 @@ def pack(sequences: Sequence[List[Segment]], embed_tokens, *, side="right", max_
     weight = embed_tokens.weight
     device = weight.device
     dtype = dtype or weight.dtype
-    all_ids = [i for seq in sequences for s in seq if s.embeds is None for i in s.ids]
-    table = embed_tokens(torch.tensor(all_ids, dtype=torch.long, device=device)) if all_ids else None
-    rows, labels, pos = [], [], 0
+    all_ids = [i for seq in sequences for s in seq if s.embeds is None for i in cast("Sequence[int]", s.ids)]
+    table: Any = embed_tokens(torch.tensor(all_ids, dtype=torch.long, device=device)) if all_ids else None
+    rows: List[Tensor] = []
+    labels: List[Tensor] = []
+    pos = 0
     for seq in sequences:
-        parts, labs = [], []
+        parts: List[Tensor] = []
+        labs: List[Tensor] = []
         for s in seq:
             if s.embeds is None:
-                n = len(s.ids)
+                ids = cast("Sequence[int]", s.ids)
+                n = len(ids)
                 if n == 0:
                     continue
                 e = table[pos:pos + n]
                 pos += n
-                lab = torch.tensor(list(s.ids), dtype=torch.long) if s.target else torch.full((n,), -100)
+                lab = torch.tensor(list(ids), dtype=torch.long) if s.target else torch.full((n,), -100)
             else:
                 e = s.embeds
                 n = int(e.shape[0])
@@ -133,14 +142,14 @@ def pack(sequences: Sequence[List[Segment]], embed_tokens, *, side="right", max_
     return {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": position_ids, "labels": lab_out}
 
 
-def load_causal_lm(path, dtype=None):
+def load_causal_lm(path: Union[str, "os.PathLike[str]"], dtype: Optional[str] = None) -> Tuple[Any, Any]:
     """(model, tokenizer) from a local Hugging Face causal-LM directory (e.g. vicuna-7b-v1.5); no network.
     ``dtype``: "fp16", "bf16", "fp32" or None (the directory's own)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
         raise FileNotFoundError(f"causal LM directory not found: {path}")
-    kw = {"local_files_only": True}
+    kw: Dict[str, Any] = {"local_files_only": True}
     if _DTYPES.get(dtype) is not None:
         kw["dtype"] = _DTYPES[dtype]
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
@@ -150,7 +159,7 @@ def load_causal_lm(path, dtype=None):
     return model, tok
 
 
-def build_causal_lm(hf_config, tokenizer):
+def build_causal_lm(hf_config: Optional[Dict[str, Any]], tokenizer: Any) -> Any:
     """A randomly initialised causal LM from a Hugging Face config dict (``model_type`` names the architecture,
     e.g. ``{"model_type": "llama", "hidden_size": 32, ...}``); vocabulary at least the tokenizer's, the special
     ids set from the tokenizer."""
@@ -169,7 +178,7 @@ def build_causal_lm(hf_config, tokenizer):
     return AutoModelForCausalLM.from_config(cfg)
 
 
-def apply_lora(model, llm_config):
+def apply_lora(model: Any, llm_config: LLMConfig) -> Any:
     """Wrap ``model`` with LoRA adapters (``peft``): rank ``lora_r``, ``lora_alpha``, ``lora_dropout`` on the
     modules named in ``lora_targets``. Only the adapters are trainable afterwards."""
     try:

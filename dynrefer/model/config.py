@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 __all__ = ["VisionConfig", "QFormerConfig", "HeadConfig", "T5Config", "LLMConfig", "TextEncoderConfig",
            "GenerationConfig", "DynReferConfig", "PRESETS"]
@@ -34,11 +35,11 @@ class VisionConfig:
     eps: float = 1e-6            # LayerNorm eps inside the ViT (EVA: 1e-6; CLIP: 1e-5)
 
     @property
-    def grid(self):
+    def grid(self) -> int:
         return self.image_size // self.patch_size
 
     @property
-    def mlp_hidden(self):
+    def mlp_hidden(self) -> int:
         return int(self.width * self.mlp_ratio)
 
 
@@ -100,14 +101,14 @@ class LLMConfig:
     (the official ``max_output_txt_len``), ``max_len`` a whole training conversation.
     """
     kind: str = "t5"
-    path: str = None
-    config: dict = None
-    dtype: str = None
+    path: Optional[str] = None
+    config: Optional[Dict[str, Any]] = None
+    dtype: Optional[str] = None
     lora: bool = False
     lora_r: int = 64
     lora_alpha: int = 128
     lora_dropout: float = 0.0
-    lora_targets: tuple = OFFICIAL_LORA_TARGETS
+    lora_targets: Tuple[str, ...] = OFFICIAL_LORA_TARGETS
     prompt: str = ""
     system: str = "A chat between a user and an assistant that answers questions about regions of an image."
     user: str = "USER:"
@@ -115,7 +116,7 @@ class LLMConfig:
     max_answer_len: int = 256
     max_len: int = 1024
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.kind not in ("t5", "causal"):
             raise ValueError(f"llm.kind must be 't5' or 'causal', got {self.kind!r}")
         if self.dtype not in (None, "fp16", "bf16", "fp32"):
@@ -171,7 +172,7 @@ class DynReferConfig:
     vit_precision: str = "fp32"   # "fp16" / "bf16": the frozen ViT runs under that autocast on CUDA
     llm_precision: str = "fp32"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         """One short line of the dimensions that tell configurations apart (``to_dict()`` has every field)."""
         v, q, t, l, te = self.vision, self.qformer, self.t5, self.llm, self.text_encoder
         if l.kind == "t5":
@@ -183,15 +184,15 @@ class DynReferConfig:
                 f"LLM {llm}, text {te.hidden_size}x{te.num_layers})")
 
     # --------------------------------------------------------------------------------------- (de)serialisation
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Mapping[str, Any]) -> DynReferConfig:
         d = dict(d)
         sections = {"vision": VisionConfig, "qformer": QFormerConfig, "head": HeadConfig, "t5": T5Config,
                     "llm": LLMConfig, "text_encoder": TextEncoderConfig, "generation": GenerationConfig}
-        kw = {}
+        kw: Dict[str, Any] = {}
         for k, v in d.items():
             if k in sections:
                 kw[k] = sections[k](**v) if isinstance(v, dict) else v
@@ -202,7 +203,7 @@ class DynReferConfig:
         return cls(**kw)
 
     @classmethod
-    def from_preset(cls, name, **overrides):
+    def from_preset(cls, name: str, **overrides: Any) -> DynReferConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
         d = copy.deepcopy(PRESETS[name])
@@ -214,7 +215,7 @@ class DynReferConfig:
         return cls.from_dict(d)
 
 
-PRESETS = {
+PRESETS: Dict[str, Dict[str, Any]] = {
     "official": DynReferConfig(vit_precision="fp16", llm_precision="bf16").to_dict(),
     "medium": DynReferConfig(
         vision=VisionConfig(image_size=224, patch_size=14, width=384, depth=6, num_heads=6, mlp_ratio=4.0),

@@ -20,21 +20,29 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, List, Optional, Sequence, Set, Tuple, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
 from dynrefer.model import causal as _causal
 from dynrefer.model.placeholders import answer_text, split_placeholders
 from dynrefer.model.text import normalize_text
+
+if TYPE_CHECKING:
+    from dynrefer.model.config import DynReferConfig, T5Config
+    from dynrefer.model.dynrefer import DynRefer
+
+_Captions = Tuple[List[str], List[float]]
 
 __all__ = ["LanguageDecoder", "T5Decoder", "CausalDecoder", "DECODERS", "autocast", "build_t5"]
 
 _PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 
 
-def autocast(device, precision):
+def autocast(device: torch.device, precision: str) -> ContextManager[Any]:
     """torch.autocast for ``precision`` ("fp16", "bf16", "fp32") on CUDA; nothing on the CPU."""
     dt = _PRECISION[precision]
     if dt is None or device.type != "cuda":
@@ -45,42 +53,44 @@ def autocast(device, precision):
 class LanguageDecoder:
     """The interface; see the module docstring. ``model`` is the DynRefer that owns the modules."""
 
-    kind = ""
-    llm_attr = proj_attr = tokenizer_attr = ""   # the model's attribute names
-    supports_chat = False
+    kind: str = ""
+    llm_attr: str = ""   # the model's attribute names
+    proj_attr: str = ""
+    tokenizer_attr: str = ""
+    supports_chat: bool = False
 
-    def __init__(self, model):
+    def __init__(self, model: DynRefer) -> None:
         self.model = model
 
     @property
-    def config(self):
+    def config(self) -> DynReferConfig:
         return self.model.config
 
     @property
-    def llm(self):
+    def llm(self) -> Any:
         return getattr(self.model, self.llm_attr)
 
     @property
-    def proj(self):
+    def proj(self) -> nn.Linear:
         return getattr(self.model, self.proj_attr)
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         return getattr(self.model, self.tokenizer_attr)
 
-    def attach(self, tokenizer, llm, width):
+    def attach(self, tokenizer: Any, llm: Any, width: int) -> int:
         """Create the LLM, its tokenizer and the projection from ``width``-wide region tokens on the model;
         returns the LLM's hidden size (the memory vector's length)."""
         raise NotImplementedError
 
-    def finalize(self):
+    def finalize(self) -> None:
         """Called once the model is complete (before its trainable split): adapters and the like."""
 
-    def external_keys(self):
+    def external_keys(self) -> Set[str]:
         """State-dict keys a model bundle leaves out because they are reloaded from elsewhere."""
         return set()
 
-    def generation_kwargs(self, **overrides):
+    def generation_kwargs(self, **overrides: Any) -> Dict[str, Any]:
         """Generation settings from ``config.generation``, with ``overrides``."""
         g = self.config.generation
         kw = dict(num_beams=g.num_beams, max_new_tokens=g.max_new_tokens, min_length=g.min_length,
@@ -90,10 +100,10 @@ class LanguageDecoder:
             kw.pop("length_penalty", None)
         return kw
 
-    def caption_loss(self, x_v, control_words, captions):
+    def caption_loss(self, x_v: Tensor, control_words: Sequence[str], captions: Sequence[str]) -> Tensor:
         raise NotImplementedError
 
-    def generate_captions(self, x_v, control_words, **gen):
+    def generate_captions(self, x_v: Tensor, control_words: Sequence[str], **gen: Any) -> _Captions:
         raise NotImplementedError
 
 
@@ -104,7 +114,7 @@ class T5Decoder(LanguageDecoder):
     kind = "t5"
     llm_attr, proj_attr, tokenizer_attr = "t5_model", "t5_proj", "t5_tokenizer"
 
-    def attach(self, tokenizer, llm, width):
+    def attach(self, tokenizer: Any, llm: Any, width: int) -> int:
         m = self.model
         m.t5_tokenizer = tokenizer
         m.t5_model = llm if llm is not None else build_t5(self.config.t5, tokenizer)
@@ -112,7 +122,7 @@ class T5Decoder(LanguageDecoder):
         m.t5_proj = nn.Linear(width, d_model)
         return d_model
 
-    def _inputs(self, x_v, control_words):
+    def _inputs(self, x_v: Tensor, control_words: Sequence[str]) -> Tuple[Tensor, Tensor]:
         m = self.model
         tok = self.tokenizer(list(control_words), padding="longest", truncation=True,
                              max_length=self.config.max_txt_len, return_tensors="pt").to(x_v.device)
@@ -123,7 +133,7 @@ class T5Decoder(LanguageDecoder):
                          dim=1)
         return torch.cat([inputs, ctrl], dim=1), mask
 
-    def caption_loss(self, x_v, control_words, captions):
+    def caption_loss(self, x_v: Tensor, control_words: Sequence[str], captions: Sequence[str]) -> Tensor:
         embeds, mask = self._inputs(x_v, control_words)
         out = self.tokenizer([normalize_text(c) for c in captions], padding="longest", truncation=True,
                              max_length=self.config.max_txt_len, return_tensors="pt").to(x_v.device)
@@ -133,7 +143,7 @@ class T5Decoder(LanguageDecoder):
                            labels=labels, return_dict=True)
         return res.loss.float()
 
-    def generate_captions(self, x_v, control_words, **gen):
+    def generate_captions(self, x_v: Tensor, control_words: Sequence[str], **gen: Any) -> _Captions:
         embeds, mask = self._inputs(x_v, control_words)
         kw = self.generation_kwargs(**gen)
         with autocast(x_v.device, self.config.llm_precision):
@@ -157,7 +167,7 @@ class CausalDecoder(LanguageDecoder):
     llm_attr, proj_attr, tokenizer_attr = "llm_model", "llm_proj", "llm_tokenizer"
     supports_chat = True
 
-    def attach(self, tokenizer, llm, width):
+    def attach(self, tokenizer: Any, llm: Any, width: int) -> int:
         m, cfg = self.model, self.config
         m.llm_tokenizer = tokenizer
         _causal.special_ids(tokenizer)  # checks there is an eos
@@ -171,11 +181,11 @@ class CausalDecoder(LanguageDecoder):
         m.llm_proj = nn.Linear(width, d_model)
         return d_model
 
-    def finalize(self):
+    def finalize(self) -> None:
         if self.config.llm.lora:
             self.model.llm_model = _causal.apply_lora(self.model.llm_model, self.config.llm)
 
-    def external_keys(self):
+    def external_keys(self) -> Set[str]:
         """A frozen LLM loaded from ``config.llm.path`` is reloaded from there (its trainable adapters are kept)."""
         if not self.config.llm.path:
             return set()
@@ -184,14 +194,15 @@ class CausalDecoder(LanguageDecoder):
         return {k for k in m.state_dict() if k.startswith(self.llm_attr + ".") and k not in trainable}
 
     # ---- sequences
-    def control_ids(self, control_words):
+    def control_ids(self, control_words: Sequence[str]) -> List[List[int]]:
         return _causal.text_ids(self.tokenizer, list(control_words), self.config.max_txt_len)
 
-    def region_segments(self, proj, ctrl_ids):
+    def region_segments(self, proj: Tensor, ctrl_ids: Sequence[int]) -> List[_causal.Segment]:
         """A region in a sequence: its projected tokens, then its control sentence plus the memory."""
         return [_causal.Segment(embeds=proj), _causal.Segment(ids=ctrl_ids, add=self.model.cem_memory)]
 
-    def caption_sequences(self, x_v, control_words, captions=None):
+    def caption_sequences(self, x_v: Tensor, control_words: Sequence[str],
+                          captions: Optional[Sequence[str]] = None) -> List[List[_causal.Segment]]:
         """[llm_proj(x_v) ; <s> ; control + memory ; prompt ; caption </s>] per region (caption omitted for
         generation)."""
         tok, lc = self.tokenizer, self.config.llm
@@ -214,7 +225,8 @@ class CausalDecoder(LanguageDecoder):
             seqs.append(seq)
         return seqs
 
-    def chat_sequence(self, turns, proj, ctrl):
+    def chat_sequence(self, turns: Sequence[Tuple[str, Any]], proj: Tensor,
+                      ctrl: Sequence[Sequence[int]]) -> List[_causal.Segment]:
         """One conversation as segments: [<s> ; system ; per turn USER: question ASSISTANT: answer </s>], each
         ``<regionK>`` of a question replaced by region K's tokens and control; the last answer may be None (to be
         generated). Answers are the targets."""
@@ -244,7 +256,7 @@ class CausalDecoder(LanguageDecoder):
         return seq
 
     # ---- loss and generation over sequences
-    def sequence_loss(self, seqs):
+    def sequence_loss(self, seqs: Sequence[List[_causal.Segment]]) -> Tensor:
         """Cross-entropy on the target segments of right-padded sequences."""
         batch = _causal.pack(seqs, self.llm.get_input_embeddings(), side="right", max_len=self.config.llm.max_len)
         labels = batch.pop("labels")
@@ -256,7 +268,7 @@ class CausalDecoder(LanguageDecoder):
             return logits.sum() * 0.0
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
-    def generate_sequences(self, seqs, **gen):
+    def generate_sequences(self, seqs: Sequence[List[_causal.Segment]], **gen: Any) -> _Captions:
         """Generate after each sequence (left-padded batch); returns (texts, exp(sequence score))."""
         tok = self.tokenizer
         bos, eos, pad = _causal.special_ids(tok)
@@ -284,17 +296,17 @@ class CausalDecoder(LanguageDecoder):
         texts = tok.batch_decode(seqs_out, skip_special_tokens=True)
         return [t.strip() for t in texts], torch.exp(scores).cpu().tolist()
 
-    def caption_loss(self, x_v, control_words, captions):
+    def caption_loss(self, x_v: Tensor, control_words: Sequence[str], captions: Sequence[str]) -> Tensor:
         return self.sequence_loss(self.caption_sequences(x_v, control_words, captions))
 
-    def generate_captions(self, x_v, control_words, **gen):
+    def generate_captions(self, x_v: Tensor, control_words: Sequence[str], **gen: Any) -> _Captions:
         return self.generate_sequences(self.caption_sequences(x_v, control_words), **gen)
 
 
-DECODERS = {"t5": T5Decoder, "causal": CausalDecoder}
+DECODERS: Dict[str, Type[LanguageDecoder]] = {"t5": T5Decoder, "causal": CausalDecoder}
 
 
-def build_t5(tc, tokenizer):
+def build_t5(tc: T5Config, tokenizer: Any) -> Any:
     """A randomly initialised T5 encoder-decoder from a :class:`~dynrefer.model.config.T5Config` (dropout off)."""
     from transformers import T5Config as HFT5Config
     from transformers import T5ForConditionalGeneration

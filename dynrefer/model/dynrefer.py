@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
 from dynrefer.model import _dist
 from dynrefer.model.config import DynReferConfig
@@ -57,6 +59,12 @@ from dynrefer.model.vision import build_vision_encoder
 from dynrefer.nn import backend
 from dynrefer.nn.align import DeformableAlign
 
+if TYPE_CHECKING:
+    from dynrefer.model.decoders import CausalDecoder, LanguageDecoder
+
+# one region's description (see DynRefer.describe)
+_Region = Dict[str, Any]
+
 __all__ = ["DynRefer", "TRAINABLE_PREFIXES", "attribute_prompts", "class_prompts", "format_descriptions",
            "format_blocks"]
 
@@ -66,12 +74,12 @@ TRAINABLE_PREFIXES = ("cvem", "cem", "tag", "attr", "Qformer", "t5_proj", "llm_p
 _FROZEN_MODULES = ("visual_encoder", "ln_vision", "text_encoder")  # + the LLM (t5_model / llm_model)
 
 
-def class_prompts(classes):
+def class_prompts(classes: Iterable[object]) -> List[str]:
     """The official open-vocabulary prompt: "the {class}"."""
     return [f"the {normalize_text(c)}" for c in classes]
 
 
-def attribute_prompts(attributes):
+def attribute_prompts(attributes: Iterable[Any]) -> List[List[str]]:
     """Prompts per attribute. An attribute is a list of prompts, or OVAD's "type:syn1/syn2" name (or an OVAD
     attribute record with that ``name``), which gives "the {syn} {type}" per synonym (max over synonyms at
     inference)."""
@@ -93,7 +101,7 @@ def attribute_prompts(attributes):
     return out
 
 
-def _attribute_name(a):
+def _attribute_name(a: Any) -> str:
     if isinstance(a, dict):
         a = str(a["name"])
     if isinstance(a, str):
@@ -118,8 +126,22 @@ class DynRefer(nn.Module):
             random weights); LoRA is applied here when ``config.llm.lora``.
     """
 
-    def __init__(self, config, t5_tokenizer, tag_list, text_encoder, classes=(), attributes=(), t5_model=None,
-                 embed_cache_dir=None, llm_model=None):
+    decoder: LanguageDecoder
+    # created by the decoder (see dynrefer.model.decoders): the T5 or the causal LM, their tokenizers, projections
+    t5_model: Any
+    t5_tokenizer: Any
+    t5_proj: nn.Linear
+    llm_model: Any
+    llm_tokenizer: Any
+    llm_proj: nn.Linear
+    cem_memory: nn.Parameter
+    clip_embeds: Tensor
+    att_embeds: Tensor
+    ov_embeds: Tensor
+
+    def __init__(self, config: Union[DynReferConfig, str], t5_tokenizer: Any, tag_list: Iterable[object],
+                 text_encoder: TextEncoder, classes: Iterable[object] = (), attributes: Iterable[Any] = (),
+                 t5_model: Any = None, embed_cache_dir: Optional[str] = None, llm_model: Any = None) -> None:
         super().__init__()
         if isinstance(config, str):
             config = DynReferConfig.from_preset(config)
@@ -184,33 +206,33 @@ class DynRefer(nn.Module):
 
     # ------------------------------------------------------------------------------------------- bookkeeping
     @staticmethod
-    def is_trainable_name(name):
+    def is_trainable_name(name: str) -> bool:
         return name.split(".", 1)[0].startswith(TRAINABLE_PREFIXES) or ".lora_" in name
 
     @property
-    def llm_kind(self):
+    def llm_kind(self) -> str:
         """"t5" or "causal": the kind of D_llm's language decoder."""
         return self.decoder.kind
 
     @property
-    def llm_name(self):
+    def llm_name(self) -> str:
         """The attribute holding the LLM: "t5_model" or "llm_model"."""
         return self.decoder.llm_attr
 
     @property
-    def llm(self):
+    def llm(self) -> Any:
         return self.decoder.llm
 
     @property
-    def llm_projection(self):
+    def llm_projection(self) -> nn.Linear:
         return self.decoder.proj
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         """The LLM's tokenizer."""
         return self.decoder.tokenizer
 
-    def apply_trainable_split(self):
+    def apply_trainable_split(self) -> None:
         """The official split: train cvem*, cem*, tag*, attr*, Qformer*, t5_proj* / llm_proj* and LoRA adapters;
         freeze everything else. ``config.train_llm`` trains the whole LLM too, unless LoRA is on (then only its
         adapters train)."""
@@ -219,16 +241,16 @@ class DynRefer(nn.Module):
         for name, p in self.named_parameters():
             p.requires_grad_(self.is_trainable_name(name) or (whole_llm and name.startswith(prefix)))
 
-    def external_llm_keys(self):
+    def external_llm_keys(self) -> Set[str]:
         """State-dict keys of a frozen causal LLM loaded from ``config.llm.path``: model bundles leave them out and
         reload them from that directory (empty for a T5 or an LLM built from ``config.llm.config``)."""
         return self.decoder.external_keys()
 
-    def trainable_state_dict(self):
+    def trainable_state_dict(self) -> Dict[str, Tensor]:
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.state_dict().items() if k in names}
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> DynRefer:
         super().train(mode)
         for name in _FROZEN_MODULES:  # frozen modules always run as in inference (no dropout)
             getattr(self, name).eval()
@@ -237,15 +259,15 @@ class DynRefer(nn.Module):
         return self
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return self.query_tokens.device
 
     @property
-    def num_tags(self):
+    def num_tags(self) -> int:
         return len(self.tag_list)
 
     # ------------------------------------------------------------------------------------------- encoders
-    def encode_views(self, views, boxes):
+    def encode_views(self, views: Tensor, boxes: Tensor) -> Tensor:
         """views [R, n, 3, S, S], boxes [R, n, 4] → the Q-Former output x_v [R, Q, hidden]."""
         if views.dim() != 5 or views.shape[2] != 3:
             raise ValueError(f"views must be [R, n, 3, S, S], got {list(views.shape)}")
@@ -268,7 +290,7 @@ class DynRefer(nn.Module):
         queries = self.query_tokens.expand(R, -1, -1)
         return self.Qformer(queries, visual)
 
-    def cvem_forward(self, embeds, boxes, R, n):
+    def cvem_forward(self, embeds: Tensor, boxes: Tensor, R: int, n: int) -> Tensor:
         """Per-view ViT tokens [R·n, 1+g², C] → RoI features, aligned to the tight view, fused → [R, 1+g², C]."""
         vc = self.config.vision
         g, C = vc.grid, embeds.shape[-1]
@@ -289,22 +311,22 @@ class DynRefer(nn.Module):
         return self.cvem_mlp(tokens)
 
     # ------------------------------------------------------------------------------------------- decoders
-    def tag_logits(self, x_v):
+    def tag_logits(self, x_v: Tensor) -> Tensor:
         """x_v [R, Q, hidden] → tag logits [R, T]."""
         R = x_v.shape[0]
         vis = self.tag_vision_proj(x_v)
         txt = self.tag_text_proj(self.clip_embeds.to(vis.dtype)).unsqueeze(0).expand(R, -1, -1)
         return self.tag_fc(self.tag_head(txt, vis)).squeeze(-1)
 
-    def rtc_similarity(self, text_embeds, vis):
+    def rtc_similarity(self, text_embeds: Tensor, vis: Tensor) -> Tensor:
         """Cosine-like similarity of every (vision, text) pair: text_embeds [Lt, H], vis [Rv, Q, H] → [Rv, Lt]."""
         q = text_embeds.unsqueeze(0).expand(vis.shape[0], -1, -1)
         return self.attr_fc(F.normalize(self.attr_head(q, vis), dim=-1)).squeeze(-1)
 
-    def rtc_logits(self, sim):
+    def rtc_logits(self, sim: Tensor) -> Tensor:
         return sim * self.attr_t.exp() + self.attr_b
 
-    def rtc_loss(self, x_v, captions):
+    def rtc_loss(self, x_v: Tensor, captions: Iterable[str]) -> Tensor:
         """Pairwise sigmoid loss between regions and their captions, negatives from every process."""
         B = x_v.shape[0]
         vis = self.attr_vision_proj(x_v)
@@ -318,7 +340,7 @@ class DynRefer(nn.Module):
         l_t2i = pairwise_sigmoid_loss(self.rtc_logits(sim_t2i), off)
         return (l_i2t + l_t2i) / 2
 
-    def _tag_targets(self, tags, R):
+    def _tag_targets(self, tags: Any, R: int) -> Tensor:
         tags = torch.as_tensor(tags, device=self.device)
         T = self.num_tags
         if tags.dim() != 2 or tags.shape[0] != R or tags.shape[1] not in (T, 2 * T):
@@ -327,7 +349,7 @@ class DynRefer(nn.Module):
             tags = tags[:, :T] + tags[:, T:]
         return (tags > 0).float()
 
-    def training_control_words(self, targets):
+    def training_control_words(self, targets: Tensor) -> List[str]:
         """Control sentences from the tag targets: drop all with p=full_drop_ratio, else keep each tag with
         p=1-drop_ratio, shuffled; "w1,w2,…|". Random draws come from torch's generator (seedable)."""
         out = []
@@ -342,12 +364,12 @@ class DynRefer(nn.Module):
             out.append(",".join(kept) + "|")
         return out
 
-    def llm_loss(self, x_v, control_words, captions):
+    def llm_loss(self, x_v: Tensor, control_words: Sequence[str], captions: Sequence[str]) -> Tensor:
         """D_llm's captioning loss (see :mod:`dynrefer.model.decoders`)."""
         return self.decoder.caption_loss(x_v, control_words, captions)
 
     # ------------------------------------------------------------------------------------------- training
-    def forward(self, samples):
+    def forward(self, samples: Mapping[str, Any]) -> Dict[str, Tensor]:
         if "turns" in samples:
             return self.chat_loss(samples)
         for key in ("views", "boxes", "text_output", "tags"):
@@ -370,12 +392,12 @@ class DynRefer(nn.Module):
                 "loss_rtc": loss_rtc.detach()}
 
     # ------------------------------------------------------------------------------------------- referring chat
-    def _require_causal(self, what):
+    def _require_causal(self, what: str) -> None:
         if not self.decoder.supports_chat:
             raise ValueError(f"{what} needs a decoder-only LLM (config.llm.kind 'causal'); this model's D_llm is a "
                              "T5")
 
-    def region_controls(self, x_v):
+    def region_controls(self, x_v: Tensor) -> List[str]:
         """Control sentences of regions in a conversation: the tags the tag decoder predicts (sigmoid above
         ``generation.tag_threshold``), most confident first; in training dropped and shuffled as caption controls
         are (:meth:`training_control_words`)."""
@@ -391,7 +413,7 @@ class DynRefer(nn.Module):
             out.append(",".join(self.tag_list[j] for j in idx.tolist()) + "|")
         return out
 
-    def chat_loss(self, samples):
+    def chat_loss(self, samples: Mapping[str, Any]) -> Dict[str, Tensor]:
         """The LLM loss of a conversation batch (see the module docstring) → {"loss", "loss_llm"}."""
         self._require_causal("conversation training")
         for key in ("views", "boxes", "turns", "region_index"):
@@ -401,7 +423,7 @@ class DynRefer(nn.Module):
         if len(turns) != len(index):
             raise ValueError(f"{len(turns)} conversations but {len(index)} region_index entries")
         x_v = self.encode_views(samples["views"], samples["boxes"])
-        dec = self.decoder
+        dec = cast("CausalDecoder", self.decoder)
         proj = dec.proj(x_v)
         ctrl = dec.control_ids(self.region_controls(x_v))
         seqs = []
@@ -412,7 +434,8 @@ class DynRefer(nn.Module):
         return {"loss": loss, "loss_llm": loss.detach()}
 
     @torch.no_grad()
-    def chat_views(self, views, boxes, question, history=None, **gen):
+    def chat_views(self, views: Any, boxes: Any, question: str,
+                   history: Optional[Iterable[Tuple[str, str]]] = None, **gen: Any) -> str:
         """Answer ``question`` about the regions given by their views ([R, n, 3, S, S]) and boxes ([R, n, 4]);
         see :meth:`chat`."""
         from dynrefer.model.placeholders import split_placeholders
@@ -432,7 +455,7 @@ class DynRefer(nn.Module):
         self.eval()
         try:
             x_v = self.encode_views(views, boxes)
-            dec = self.decoder
+            dec = cast("CausalDecoder", self.decoder)
             seq = dec.chat_sequence(turns, dec.proj(x_v), dec.control_ids(self.region_controls(x_v)))
             texts, _ = dec.generate_sequences([seq], **gen)
         finally:
@@ -440,7 +463,8 @@ class DynRefer(nn.Module):
         return texts[0]
 
     @torch.no_grad()
-    def chat(self, image, regions, question, history=None, prior="image", seed=None, **gen):
+    def chat(self, image: Any, regions: Any, question: str, history: Optional[Iterable[Tuple[str, str]]] = None,
+             prior: str = "image", seed: Optional[int] = None, **gen: Any) -> str:
         """Answer a question about regions of an image (referring reasoning; needs a causal LLM).
 
         Args:
@@ -473,18 +497,20 @@ class DynRefer(nn.Module):
                                    history=history, **gen)
 
     # ------------------------------------------------------------------------------------------- inference
-    def generation_kwargs(self, **overrides):
+    def generation_kwargs(self, **overrides: Any) -> Dict[str, Any]:
         """Generation settings from ``config.generation``, with ``overrides``."""
         return self.decoder.generation_kwargs(**overrides)
 
     @torch.no_grad()
-    def generate_captions(self, x_v, control_words, **gen):
+    def generate_captions(self, x_v: Tensor, control_words: Sequence[str],
+                          **gen: Any) -> Tuple[List[str], List[float]]:
         """(captions, exp(sequence score)) of regions ``x_v`` under their control sentences."""
         return self.decoder.generate_captions(x_v, control_words, **gen)
 
     @torch.no_grad()
-    def describe_views(self, views, boxes, coeffs=None, tasks=("category", "attribute", "tag", "caption"),
-                       control_words=None, **gen):
+    def describe_views(self, views: Any, boxes: Any, coeffs: Any = None,
+                       tasks: Iterable[str] = ("category", "attribute", "tag", "caption"),
+                       control_words: Optional[Sequence[str]] = None, **gen: Any) -> List[_Region]:
         """Describe regions given their views ([R,n,3,S,S]) and boxes ([R,n,4]); see :meth:`describe`."""
         tasks = tuple(tasks)
         bad = set(tasks) - {"category", "attribute", "tag", "caption"}
@@ -510,9 +536,10 @@ class DynRefer(nn.Module):
                 r["view_coeffs"] = [round(float(x), 6) for x in c]
         return results
 
-    def _describe_chunk(self, x_v, tasks, control_words, gen):
+    def _describe_chunk(self, x_v: Tensor, tasks: Sequence[str], control_words: Optional[Sequence[str]],
+                        gen: Dict[str, Any]) -> List[_Region]:
         n = x_v.shape[0]
-        res = [dict() for _ in range(n)]
+        res: List[_Region] = [dict() for _ in range(n)]
         thr = self.config.generation.tag_threshold
         tag_probs = torch.sigmoid(self.tag_logits(x_v).float())
         tag_lists = []
@@ -522,7 +549,7 @@ class DynRefer(nn.Module):
             tag_lists.append([(self.tag_list[j], float(tag_probs[i, j])) for j in idx.tolist()])
             if "tag" in tasks:
                 res[i]["tags"] = tag_lists[-1]
-        vis = self.attr_vision_proj(x_v) if ("category" in tasks or "attribute" in tasks) else None
+        vis: Any = self.attr_vision_proj(x_v) if ("category" in tasks or "attribute" in tasks) else None
         if "category" in tasks and self.classes:
             prob = torch.sigmoid(self.rtc_logits(self.rtc_similarity(self.attr_text_proj(self.ov_embeds), vis)))
             best = prob.argmax(-1)
@@ -546,8 +573,9 @@ class DynRefer(nn.Module):
         return res
 
     @torch.no_grad()
-    def describe(self, images, boxes, prior="image", tasks=("category", "attribute", "tag", "caption"), seed=None,
-                 task=None, **gen):
+    def describe(self, images: Any, boxes: Any, prior: str = "image",
+                 tasks: Iterable[str] = ("category", "attribute", "tag", "caption"), seed: Optional[int] = None,
+                 task: Optional[str] = None, **gen: Any) -> List[Any]:
         """Describe every box of every image.
 
         Args:
@@ -581,6 +609,7 @@ class DynRefer(nn.Module):
         # which views each answer is read from: with prior="task" (and no explicit task) captions and the tags that
         # steer them come from the caption prior's views, categories and attributes from the attribute prior's —
         # as the evaluation reads them (dynrefer.app.schemes); other priors choose views once for every task
+        groups: List[Tuple[Tuple[str, ...], str]]
         if task is None and prior == "task":
             groups = [(g, t) for g, t in ((("tag", "caption"), "caption"), (("category", "attribute"), "attribute"))
                       if any(x in tasks for x in g)]
@@ -594,7 +623,7 @@ class DynRefer(nn.Module):
                for _, t in groups]
         rng = np.random.default_rng(seed)
         devices = [self.device] if self.device.type == "cuda" else []
-        out = []
+        out: List[Any] = []
         with torch.random.fork_rng(devices=devices):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -603,7 +632,7 @@ class DynRefer(nn.Module):
                 if len(bx) == 0:
                     out.append([])
                     continue
-                regs = None
+                regs: Any = None
                 for (group, vtask), nv in zip(groups, nvs):
                     v = nv(np.asarray(img), bx, rng=rng)
                     part = self.describe_views(torch.from_numpy(v["views"]), torch.from_numpy(v["boxes"]),
@@ -623,7 +652,8 @@ class DynRefer(nn.Module):
         return out[0] if single else out
 
 
-def format_blocks(results, top_attributes=3, top_tags=5, attribute_threshold=None):
+def format_blocks(results: Iterable[_Region], top_attributes: int = 3, top_tags: int = 5,
+                  attribute_threshold: Optional[float] = None) -> str:
     """A short block per region for people: box and views, category with its score, the attributes (those above
     ``attribute_threshold`` when given, else the ``top_attributes`` best), the ``top_tags`` best tags (and how
     many more passed the tag threshold), and the complete caption with its score."""
@@ -655,7 +685,7 @@ def format_blocks(results, top_attributes=3, top_tags=5, attribute_threshold=Non
     return "\n".join(out)
 
 
-def format_descriptions(results, top_attributes=3):
+def format_descriptions(results: Iterable[_Region], top_attributes: int = 3) -> str:
     """One line per region: box, category, top attributes, tags, caption, view coefficients."""
     lines = []
     for i, r in enumerate(results):

@@ -1,18 +1,23 @@
 """Building a DynRefer model from a config and vocabularies, all locally (no downloads)."""
 from __future__ import annotations
 
+from typing import Any, Iterable, Optional, Sequence, Type, Union
+
 from dynrefer.model.config import DynReferConfig
 from dynrefer.model.dynrefer import DynRefer, attribute_prompts, class_prompts
 from dynrefer.model.text import TextEncoder, build_bert_tokenizer, build_causal_tokenizer, build_t5_tokenizer
 
 __all__ = ["build_dynrefer"]
 
+
 _NO_CAP = 10_000_000
 
 
-def build_dynrefer(config="tiny", texts=(), tag_list=(), classes=(), attributes=(), t5_model=None,
-                   t5_tokenizer=None, text_encoder=None, embed_cache_dir=None, seed=None, llm_model=None,
-                   llm_tokenizer=None, model_cls=DynRefer):
+def build_dynrefer(config: Union[DynReferConfig, str] = "tiny", texts: Iterable[object] = (),
+                   tag_list: Sequence[str] = (), classes: Sequence[str] = (), attributes: Sequence[Any] = (),
+                   t5_model: Any = None, t5_tokenizer: Any = None, text_encoder: Optional[TextEncoder] = None,
+                   embed_cache_dir: Optional[str] = None, seed: Optional[int] = None, llm_model: Any = None,
+                   llm_tokenizer: Any = None, model_cls: Type[DynRefer] = DynRefer) -> DynRefer:
     """A DynRefer with randomly initialised weights from ``config`` (a :class:`DynReferConfig` or a preset name).
 
     Tokenizers that are not given are trained on ``texts`` (captions, …) plus the tag, class and attribute names

@@ -9,14 +9,19 @@ Parameters are counted on the meta device (no memory), so the official 4 B-param
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+
+if TYPE_CHECKING:
+    from dynrefer.model.config import DynReferConfig, VisionConfig
+
 __all__ = ["vit_macs", "visual_macs", "parameter_split", "flops_report"]
 
 
-def _vit_layer_macs(N, C, M):
+def _vit_layer_macs(N: int, C: int, M: int) -> Dict[str, int]:
     return {"qkv": N * C * 3 * C, "proj": N * C * C, "mlp": 2 * N * C * M, "attention": 2 * N * N * C}
 
 
-def vit_macs(vc, image_size=None):
+def vit_macs(vc: VisionConfig, image_size: Optional[int] = None) -> Dict[str, Any]:
     """MACs of one ViT pass over one image: {"patch_embed", "layer" (dict), "layers", "total"}."""
     S = image_size or vc.image_size
     g = S // vc.patch_size
@@ -27,7 +32,8 @@ def vit_macs(vc, image_size=None):
     return {"patch_embed": patch, "layer": layer, "layers": layers, "total": patch + layers}
 
 
-def visual_macs(config, num_views=None, image_size=None):
+def visual_macs(config: DynReferConfig, num_views: Optional[int] = None,
+                image_size: Optional[int] = None) -> Dict[str, int]:
     """Visual MACs per region (dict of parts and "total") for ``num_views`` views of ``image_size`` pixels."""
     vc, qc = config.vision, config.qformer
     n = config.num_views if num_views is None else num_views
@@ -54,7 +60,7 @@ def visual_macs(config, num_views=None, image_size=None):
     return parts
 
 
-def parameter_split(config):
+def parameter_split(config: DynReferConfig) -> Dict[str, int]:
     """Parameter counts per official prefix, with trainable/frozen totals (T5 from ``config.t5``)."""
     import torch
     import torch.nn as nn
@@ -68,7 +74,7 @@ def parameter_split(config):
     class _Tok:  # what build_t5 reads from a tokenizer
         pad_token_id, eos_token_id = 0, 1
 
-        def __len__(self):
+        def __len__(self) -> int:
             return config.t5.vocab_size
 
     vc, qc, hc, tc, ec = config.vision, config.qformer, config.head, config.t5, config.text_encoder
@@ -101,7 +107,7 @@ def parameter_split(config):
     return split
 
 
-def flops_report(config) -> str:
+def flops_report(config: Union[DynReferConfig, str]) -> str:
     """A text report: visual GMACs per region for 1..num_views views (and at 1.5× / 2× resolution for one view),
     the breakdown of one ViT layer, and the parameter split."""
     if isinstance(config, str):

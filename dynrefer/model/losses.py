@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
 __all__ = ["AsymmetricLoss", "pairwise_sigmoid_loss"]
 
@@ -15,11 +16,11 @@ class AsymmetricLoss(nn.Module):
     L = −Σ [ y·(1−p)^γ+·log p + (1−y)·p_m^γ−·log(1−p_m) ]. The focusing weights carry no gradient.
     """
 
-    def __init__(self, gamma_neg=7.0, gamma_pos=0.0, clip=0.05, eps=1e-8):
+    def __init__(self, gamma_neg: float = 7.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8) -> None:
         super().__init__()
         self.gamma_neg, self.gamma_pos, self.clip, self.eps = gamma_neg, gamma_pos, clip, eps
 
-    def forward(self, logits, targets):
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         targets = targets.to(logits.dtype)
         p = torch.sigmoid(logits)
         q = 1 - p
@@ -35,7 +36,7 @@ class AsymmetricLoss(nn.Module):
         return -loss.sum()
 
 
-def pairwise_sigmoid_loss(logits, positive_offset=0):
+def pairwise_sigmoid_loss(logits: Tensor, positive_offset: int = 0) -> Tensor:
     """SigLIP-style loss on [B, B_all] logits whose positives sit at (i, positive_offset + i).
 
     L = −Σ log σ(z_ij · logit_ij) / B with z = +1 on the positives and −1 elsewhere.

@@ -13,8 +13,14 @@ CrossDecoder (DynRefer's ``tag_head`` / ``attr_head``: a BERT whose layers keep 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Iterable, Optional
+
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from dynrefer.model.config import HeadConfig, QFormerConfig
 
 from dynrefer.nn.attention import SeparateQKVAttention
 
@@ -24,36 +30,36 @@ __all__ = ["QFormer", "CrossDecoder", "BertAttention"]
 class _Dense(nn.Module):
     """``dense`` + ``LayerNorm`` on the residual (BertSelfOutput / BertOutput)."""
 
-    def __init__(self, d_in, d_out, eps):
+    def __init__(self, d_in: int, d_out: int, eps: float) -> None:
         super().__init__()
         self.dense = nn.Linear(d_in, d_out)
         self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
 
-    def forward(self, x, residual):
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
         return self.LayerNorm(self.dense(x) + residual)
 
 
 class _Intermediate(nn.Module):
-    def __init__(self, d, hidden):
+    def __init__(self, d: int, hidden: int) -> None:
         super().__init__()
         self.dense = nn.Linear(d, hidden)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.gelu(self.dense(x))
 
 
 class BertAttention(nn.Module):
-    def __init__(self, hidden, heads, eps, context_width=None):
+    def __init__(self, hidden: int, heads: int, eps: float, context_width: Optional[int] = None) -> None:
         super().__init__()
         self.self = SeparateQKVAttention(hidden, heads, context_width)
         self.output = _Dense(hidden, hidden, eps)
 
-    def forward(self, x, context=None, mask=None):
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
         return self.output(self.self(x, context, mask), x)
 
 
 class QFormerLayer(nn.Module):
-    def __init__(self, cfg, index, encoder_width):
+    def __init__(self, cfg: QFormerConfig, index: int, encoder_width: int) -> None:
         super().__init__()
         h, eps = cfg.hidden_size, cfg.layer_norm_eps
         self.attention = BertAttention(h, cfg.num_heads, eps)
@@ -63,7 +69,7 @@ class QFormerLayer(nn.Module):
         self.intermediate_query = _Intermediate(h, cfg.intermediate_size)
         self.output_query = _Dense(cfg.intermediate_size, h, eps)
 
-    def forward(self, x, context, context_mask=None):
+    def forward(self, x: Tensor, context: Tensor, context_mask: Optional[Tensor] = None) -> Tensor:
         x = self.attention(x)
         if self.has_cross:
             x = self.crossattention(x, context, context_mask)
@@ -71,24 +77,25 @@ class QFormerLayer(nn.Module):
 
 
 class _Embeddings(nn.Module):
-    def __init__(self, hidden, eps):
+    def __init__(self, hidden: int, eps: float) -> None:
         super().__init__()
         self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
 
 
 class _Encoder(nn.Module):
-    def __init__(self, layers):
+    def __init__(self, layers: Iterable[nn.Module]) -> None:
         super().__init__()
         self.layer = nn.ModuleList(layers)
 
 
 class _QFormerBert(nn.Module):
-    def __init__(self, cfg, encoder_width):
+    def __init__(self, cfg: QFormerConfig, encoder_width: int) -> None:
         super().__init__()
         self.embeddings = _Embeddings(cfg.hidden_size, cfg.layer_norm_eps)
         self.encoder = _Encoder(QFormerLayer(cfg, i, encoder_width) for i in range(cfg.num_layers))
 
-    def forward(self, query_embeds, encoder_hidden_states, encoder_attention_mask=None):
+    def forward(self, query_embeds: Tensor, encoder_hidden_states: Tensor,
+                encoder_attention_mask: Optional[Tensor] = None) -> Tensor:
         x = self.embeddings.LayerNorm(query_embeds)
         for layer in self.encoder.layer:
             x = layer(x, encoder_hidden_states, encoder_attention_mask)
@@ -98,24 +105,25 @@ class _QFormerBert(nn.Module):
 class QFormer(nn.Module):
     """BLIP-2 Q-Former (query path). forward(query_embeds [B,Q,H], visual [B,L,Cv], mask=None) → [B,Q,H]."""
 
-    def __init__(self, cfg, encoder_width):
+    def __init__(self, cfg: QFormerConfig, encoder_width: int) -> None:
         super().__init__()
         self.bert = _QFormerBert(cfg, encoder_width)
         self.apply(lambda m: _init_bert(m, cfg.init_std))
 
-    def forward(self, query_embeds, encoder_hidden_states, encoder_attention_mask=None):
+    def forward(self, query_embeds: Tensor, encoder_hidden_states: Tensor,
+                encoder_attention_mask: Optional[Tensor] = None) -> Tensor:
         return self.bert(query_embeds, encoder_hidden_states, encoder_attention_mask)
 
 
 class CrossDecoderLayer(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg: HeadConfig) -> None:
         super().__init__()
         h, eps = cfg.hidden_size, cfg.layer_norm_eps
         self.crossattention = BertAttention(h, cfg.num_heads, eps, context_width=h)
         self.intermediate = _Intermediate(h, cfg.intermediate_size)
         self.output = _Dense(cfg.intermediate_size, h, eps)
 
-    def forward(self, x, context, mask=None):
+    def forward(self, x: Tensor, context: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         x = self.crossattention(x, context, mask)
         return self.output(self.intermediate(x), x)
 
@@ -123,19 +131,19 @@ class CrossDecoderLayer(nn.Module):
 class CrossDecoder(nn.Module):
     """forward(queries [B,Lq,h], context [B,Lk,h], mask=None) → [B,Lq,h] (no self-attention, no embeddings)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: HeadConfig) -> None:
         super().__init__()
         self.encoder = _Encoder(CrossDecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.apply(lambda m: _init_bert(m, cfg.init_std))
 
-    def forward(self, queries, context, mask=None):
+    def forward(self, queries: Tensor, context: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         x = queries
         for layer in self.encoder.layer:
             x = layer(x, context, mask)
         return x
 
 
-def _init_bert(m, std):
+def _init_bert(m: nn.Module, std: float) -> None:
     if isinstance(m, nn.Linear):
         nn.init.normal_(m.weight, std=std)
         if m.bias is not None:

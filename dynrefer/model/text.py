@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+    from dynrefer.model.config import TextEncoderConfig
 
 __all__ = ["build_t5_tokenizer", "build_bert_tokenizer", "build_causal_tokenizer", "TextEncoder", "normalize_text"]
 
 
-def normalize_text(s):
+def normalize_text(s: object) -> str:
     return " ".join(str(s).lower().strip().split())
 
 
-def _word_level(texts, vocab_size, specials, unk):
+def _word_level(texts: Iterable[object], vocab_size: int, specials: Sequence[str], unk: str) -> Tokenizer:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.WordLevel(unk_token=unk))
@@ -30,7 +38,7 @@ def _word_level(texts, vocab_size, specials, unk):
     return tok
 
 
-def build_t5_tokenizer(texts, vocab_size=32128):
+def build_t5_tokenizer(texts: Iterable[str], vocab_size: int = 32128) -> PreTrainedTokenizerFast:
     """A word-level tokenizer with T5's special ids: <pad> = 0, </s> = 1 (appended to every sequence), <unk> = 2.
 
     ``texts``: an iterable of strings (captions, tags, …); '|' and ',' are always in the vocabulary (control
@@ -47,7 +55,7 @@ def build_t5_tokenizer(texts, vocab_size=32128):
                                    clean_up_tokenization_spaces=True, model_max_length=512)
 
 
-def build_bert_tokenizer(texts, vocab_size=30522):
+def build_bert_tokenizer(texts: Iterable[str], vocab_size: int = 30522) -> PreTrainedTokenizerFast:
     """A word-level tokenizer with BERT's specials: [PAD] = 0, [UNK], [CLS] … [SEP]."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
@@ -59,7 +67,7 @@ def build_bert_tokenizer(texts, vocab_size=30522):
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
 
 
-def build_causal_tokenizer(texts, vocab_size=32000):
+def build_causal_tokenizer(texts: Iterable[str], vocab_size: int = 32000) -> PreTrainedTokenizerFast:
     """A word-level tokenizer with LLaMA's special ids: <unk> = 0, <s> = 1, </s> = 2, and <pad> = 3. It adds no
     special tokens itself (the model places <s> and </s>). '|', ',' and ':' are always in the vocabulary."""
     from transformers import PreTrainedTokenizerFast
@@ -78,7 +86,8 @@ class TextEncoder(nn.Module):
     encoder's weights and the texts, so the thousands of tag / attribute prompts are embedded once.
     """
 
-    def __init__(self, cfg, tokenizer, model=None):
+    def __init__(self, cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase,
+                 model: Optional[PreTrainedModel] = None) -> None:
         super().__init__()
         from transformers import BertConfig, BertModel
 
@@ -94,10 +103,10 @@ class TextEncoder(nn.Module):
         self.width = model.config.hidden_size
         self.requires_grad_(False)
         self.eval()
-        self._fingerprint = None
-        self._memo = {}
+        self._fingerprint: Optional[str] = None
+        self._memo: Dict[str, Tensor] = {}
 
-    def encode_memo(self, texts, max_entries=200_000):
+    def encode_memo(self, texts: Sequence[str], max_entries: int = 200_000) -> Tensor:
         """``encode`` through an in-memory memo per text (the encoder is frozen, so a text's embedding is fixed);
         training embeds each caption once. Each new text is encoded on its own (no padding, no batch company), so
         an embedding does not depend on which batch first held its text, nor on whether the memo was emptied or
@@ -111,11 +120,11 @@ class TextEncoder(nn.Module):
         dev = next(self.model.parameters()).device
         return torch.stack([self._memo[t] for t in texts]).to(dev)
 
-    def train(self, mode=True):  # always frozen and in eval mode
+    def train(self, mode: bool = True) -> TextEncoder:  # always frozen and in eval mode
         return super().train(False)
 
     @torch.no_grad()
-    def encode(self, texts, batch_size=256):
+    def encode(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
         dev = next(self.model.parameters()).device
         outs = []
         for i in range(0, len(texts), batch_size):
@@ -128,7 +137,7 @@ class TextEncoder(nn.Module):
             return torch.zeros(0, self.width, device=dev)
         return torch.cat(outs)
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         if self._fingerprint is None:
             h = hashlib.sha256()
             for k, v in sorted(self.model.state_dict().items()):
@@ -138,15 +147,15 @@ class TextEncoder(nn.Module):
             self._fingerprint = h.hexdigest()[:24]
         return self._fingerprint
 
-    def embed(self, texts, cache_dir=None):
-        texts = [str(t) for t in texts]
+    def embed(self, texts: Iterable[object], cache_dir: Optional[str] = None) -> Tensor:
+        strs = [str(t) for t in texts]
         if cache_dir is None:
-            return self.encode(texts).cpu()
-        key = hashlib.sha256((self.fingerprint() + "\x01" + "\x00".join(texts)).encode()).hexdigest()[:32]
+            return self.encode(strs).cpu()
+        key = hashlib.sha256((self.fingerprint() + "\x01" + "\x00".join(strs)).encode()).hexdigest()[:32]
         path = os.path.join(cache_dir, f"text_embeds_{key}.pt")
         if os.path.exists(path):
             return torch.load(path, map_location="cpu", weights_only=True)
-        emb = self.encode(texts).cpu()
+        emb = self.encode(strs).cpu()
         os.makedirs(cache_dir, exist_ok=True)
         tmp = path + f".tmp{os.getpid()}"
         torch.save(emb, tmp)

@@ -10,49 +10,55 @@ Both return [B, 1 + grid², width] tokens (CLS first) and expose ``width``, ``pa
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Union
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
 from dynrefer.nn.attention import FusedQKVAttention, InProjAttention
+
+if TYPE_CHECKING:
+    from dynrefer.model.config import VisionConfig
 
 __all__ = ["EVAViT", "CLIPViT", "build_vision_encoder", "interpolate_pos_embed"]
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch, width):
+    def __init__(self, patch: int, width: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(3, width, patch, stride=patch)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class EVAMlp(nn.Module):
-    def __init__(self, dim, hidden):
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
 
 
 class EVABlock(nn.Module):
-    def __init__(self, dim, heads, hidden, eps):
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = FusedQKVAttention(dim, heads, qkv_bias=True)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = EVAMlp(dim, hidden)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
 class EVAViT(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         self.image_size, self.patch_size, self.width = cfg.image_size, cfg.patch_size, cfg.width
         n = cfg.grid ** 2
@@ -65,7 +71,7 @@ class EVAViT(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_init_linear)
 
-    def forward(self, images):
+    def forward(self, images: Tensor) -> Tensor:
         x = self.patch_embed(images)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         x = x + self.pos_embed.to(x.dtype)
@@ -75,47 +81,47 @@ class EVAViT(nn.Module):
 
 
 class QuickGELU(nn.Module):
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(1.702 * x)
 
 
 class CLIPMlp(nn.Module):
-    def __init__(self, dim, hidden):
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.c_fc = nn.Linear(dim, hidden)
         self.gelu = QuickGELU()
         self.c_proj = nn.Linear(hidden, dim)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.c_proj(self.gelu(self.c_fc(x)))
 
 
 class CLIPBlock(nn.Module):
-    def __init__(self, dim, heads, hidden, eps):
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim, eps=eps)
         self.attn = InProjAttention(dim, heads)
         self.ln_2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = CLIPMlp(dim, hidden)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
 
 class CLIPTransformer(nn.Module):
-    def __init__(self, dim, depth, heads, hidden, eps):
+    def __init__(self, dim: int, depth: int, heads: int, hidden: int, eps: float) -> None:
         super().__init__()
         self.resblocks = nn.ModuleList(CLIPBlock(dim, heads, hidden, eps) for _ in range(depth))
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         for blk in self.resblocks:
             x = blk(x)
         return x
 
 
 class CLIPViT(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         self.image_size, self.patch_size, self.width = cfg.image_size, cfg.patch_size, cfg.width
         self.input_resolution, self.num_features = cfg.image_size, cfg.width
@@ -126,21 +132,21 @@ class CLIPViT(nn.Module):
         self.ln_pre = nn.LayerNorm(cfg.width, eps=cfg.eps)
         self.transformer = CLIPTransformer(cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_hidden, cfg.eps)
 
-    def forward(self, images):
+    def forward(self, images: Tensor) -> Tensor:
         x = self.conv1(images).flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         return self.transformer(self.ln_pre(x))
 
 
-def _init_linear(m):
+def _init_linear(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
 
 
-def build_vision_encoder(cfg):
+def build_vision_encoder(cfg: VisionConfig) -> Union[EVAViT, CLIPViT]:
     if cfg.arch == "eva":
         return EVAViT(cfg)
     if cfg.arch == "clip":
@@ -148,7 +154,7 @@ def build_vision_encoder(cfg):
     raise ValueError(f"vision arch must be 'eva' or 'clip', got {cfg.arch!r}")
 
 
-def interpolate_pos_embed(pos_embed, num_patches):
+def interpolate_pos_embed(pos_embed: Tensor, num_patches: int) -> Tensor:
     """Resize a [1, 1 + g², C] position embedding to [1, 1 + num_patches, C] (bicubic, CLS kept), as LAVIS does."""
     n_old = pos_embed.shape[1] - 1
     if n_old == num_patches:

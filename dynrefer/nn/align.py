@@ -10,9 +10,11 @@ Kernel 3, stride 1, pad 1, dilation 1, group 4, offset_scale 1.0 (docs/DESIGN.md
 from __future__ import annotations
 
 import math
+from typing import Tuple, Union
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 
 from dynrefer.nn import backend
 
@@ -20,8 +22,9 @@ __all__ = ["DeformableAlign"]
 
 
 class DeformableAlign(nn.Module):
-    def __init__(self, channels, kernel_size=3, stride=1, pad=1, dilation=1, group=4, offset_scale=1.0,
-                 dw_kernel_size=3, remove_center=False):
+    def __init__(self, channels: int, kernel_size: int = 3, stride: Union[int, Tuple[int, int]] = 1,
+                 pad: Union[int, Tuple[int, int]] = 1, dilation: Union[int, Tuple[int, int]] = 1, group: int = 4,
+                 offset_scale: float = 1.0, dw_kernel_size: int = 3, remove_center: bool = False) -> None:
         super().__init__()
         if channels % group:
             raise ValueError(f"channels ({channels}) must be divisible by group ({group})")
@@ -37,14 +40,14 @@ class DeformableAlign(nn.Module):
         self.output_proj = nn.Linear(channels, channels)
         self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         nn.init.zeros_(self.offset_mask.weight)
         nn.init.zeros_(self.offset_mask.bias)
         for lin in (self.value_proj, self.output_proj):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, reference, input):
+    def forward(self, reference: Tensor, input: Tensor) -> Tensor:
         """reference, input: [N, C, H, W] (tight-view and other-view RoI features) → aligned input [N, C, H, W]."""
         if reference.shape != input.shape or input.dim() != 4 or input.shape[1] != self.channels:
             raise ValueError(f"reference and input must both be [N, {self.channels}, H, W]; got "

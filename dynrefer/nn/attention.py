@@ -9,10 +9,12 @@ decoders are trained with 0 here).
 """
 from __future__ import annotations
 
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
 from dynrefer.nn import backend
 
@@ -20,19 +22,19 @@ __all__ = ["split_heads", "merge_heads", "key_padding_mask", "SeparateQKVAttenti
            "InProjAttention"]
 
 
-def split_heads(x, num_heads):
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
     """[B, L, H*D] → [B, H, L, D]."""
     B, L, C = x.shape
     return x.view(B, L, num_heads, C // num_heads).transpose(1, 2)
 
 
-def merge_heads(x):
+def merge_heads(x: Tensor) -> Tensor:
     """[B, H, L, D] → [B, L, H*D]."""
     B, H, L, D = x.shape
     return x.transpose(1, 2).reshape(B, L, H * D)
 
 
-def key_padding_mask(mask):
+def key_padding_mask(mask: Optional[Tensor]) -> Optional[Tensor]:
     """A [B, Lk] 0/1 (or bool) key mask → a boolean [B, 1, 1, Lk] attention mask (True = attend), or None."""
     if mask is None:
         return None
@@ -46,7 +48,7 @@ class SeparateQKVAttention(nn.Module):
     Returns [B, Lq, hidden] before any output projection (BERT applies its own ``output.dense``).
     """
 
-    def __init__(self, hidden, num_heads, context_width=None):
+    def __init__(self, hidden: int, num_heads: int, context_width: Optional[int] = None) -> None:
         super().__init__()
         if hidden % num_heads:
             raise ValueError(f"hidden {hidden} not divisible by num_heads {num_heads}")
@@ -56,7 +58,7 @@ class SeparateQKVAttention(nn.Module):
         self.key = nn.Linear(kv, hidden)
         self.value = nn.Linear(kv, hidden)
 
-    def forward(self, x, context=None, mask=None):
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
         ctx = x if context is None else context
         q = split_heads(self.query(x), self.num_heads)
         k = split_heads(self.key(ctx), self.num_heads)
@@ -67,7 +69,10 @@ class SeparateQKVAttention(nn.Module):
 class FusedQKVAttention(nn.Module):
     """EVA/BEiT attention: one ``qkv`` matrix (no bias) with separate ``q_bias`` and ``v_bias`` and ``proj``."""
 
-    def __init__(self, dim, num_heads, qkv_bias=True):
+    q_bias: Optional[nn.Parameter]
+    v_bias: Optional[nn.Parameter]
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
@@ -78,10 +83,10 @@ class FusedQKVAttention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         B, L, C = x.shape
         bias = None
-        if self.q_bias is not None:
+        if self.q_bias is not None and self.v_bias is not None:  # both or neither
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias).view(B, L, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -91,7 +96,7 @@ class FusedQKVAttention(nn.Module):
 class InProjAttention(nn.Module):
     """``nn.MultiheadAttention`` parameter layout (in_proj_weight, in_proj_bias, out_proj) on the backend."""
 
-    def __init__(self, dim, num_heads):
+    def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
@@ -99,7 +104,7 @@ class InProjAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         o = backend.attention(split_heads(q, self.num_heads), split_heads(k, self.num_heads),
                               split_heads(v, self.num_heads))

@@ -17,9 +17,13 @@ import contextlib
 import json
 import os
 import threading
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
+_IntPair = Union[int, Tuple[int, int], Sequence[int]]
 
 __all__ = ["set_backend", "get_backend", "use_backend", "attention", "roi_align", "dcnv4", "dcnv4_reference",
            "resolved_ops", "BACKENDS", "OPS", "set_cuda_dispatch", "get_cuda_dispatch", "cuda_dispatch_table",
@@ -30,11 +34,11 @@ OPS = ("attention", "roi_align", "dcnv4")
 CUDA_DISPATCH = ("table", "dynrefer", "peer")
 _state = threading.local()
 _default = ["dynrefer"]
-_cuda_dispatch = [None]      # None: DYNREFER_CUDA_DISPATCH, else "table"
-_table_cache = {}
+_cuda_dispatch: List[Optional[str]] = [None]      # None: DYNREFER_CUDA_DISPATCH, else "table"
+_table_cache: Dict[str, Dict[str, Any]] = {}
 
 
-def _check(name):
+def _check(name: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     return name
@@ -52,7 +56,7 @@ def get_backend() -> str:
 
 
 @contextlib.contextmanager
-def use_backend(name: str):
+def use_backend(name: str) -> Iterator[None]:
     """Context manager: run the block with the given backend (thread-local, nestable)."""
     _check(name)
     stack = getattr(_state, "stack", None)
@@ -65,7 +69,7 @@ def use_backend(name: str):
         stack.pop()
 
 
-def set_cuda_dispatch(mode) -> None:
+def set_cuda_dispatch(mode: Optional[str]) -> None:
     """How the "dynrefer" backend chooses on CUDA devices: "table" (default: dynrefer's kernel only where
     ``cuda_dispatch.json`` measured it at least as fast as the peer on this kind of GPU), "dynrefer" (always
     dynrefer's kernels: for tests and benchmarks of the kernels themselves), "peer" (never). ``None`` restores the
@@ -85,7 +89,7 @@ def get_cuda_dispatch() -> str:
     return env
 
 
-def cuda_dispatch_table(path=None) -> dict:
+def cuda_dispatch_table(path: Optional[str] = None) -> Dict[str, Any]:
     """The measured table: ``{"devices": {"sm_XY": {"ops": {op: {pass: peer time / dynrefer time}}}}}``."""
     path = path or os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_dispatch.json")
     if path not in _table_cache:
@@ -100,18 +104,18 @@ def cuda_dispatch_table(path=None) -> dict:
     return _table_cache[path]
 
 
-def cuda_kind(device) -> str:
+def cuda_kind(device: Union[torch.device, str, int, None]) -> str:
     """The table's key for a CUDA device: its compute capability, ``"sm_90"`` for an H100."""
     major, minor = torch.cuda.get_device_capability(device)
     return f"sm_{major}{minor}"
 
 
-def _measured_faster(name, kind, table=None) -> bool:
+def _measured_faster(name: str, kind: str, table: Optional[Dict[str, Any]] = None) -> bool:
     passes = (table or cuda_dispatch_table()).get("devices", {}).get(kind, {}).get("ops", {}).get(name)
     return bool(passes) and all(float(r) >= 1.0 for r in passes.values())
 
 
-def _dr_op(name, device=None):
+def _dr_op(name: str, device: Union[torch.device, str, None] = None) -> Optional[Callable[..., Any]]:
     """dynrefer's op for ``name`` when the backend in effect should use it on ``device``, else None."""
     if get_backend() != "dynrefer":
         return None
@@ -126,14 +130,15 @@ def _dr_op(name, device=None):
     return getattr(ops, name, None)
 
 
-def resolved_ops(device=None) -> dict:
+def resolved_ops(device: Union[torch.device, str, None] = None) -> Dict[str, str]:
     """Which implementation each primitive uses right now on ``device`` (default: the CPU):
     ``{"attention": "dynrefer" | "peer", "roi_align": ..., "dcnv4": ...}``."""
     return {n: ("dynrefer" if _dr_op(n, device) is not None else "peer") for n in OPS}
 
 
 # --------------------------------------------------------------------------------------------- attention
-def attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False,
+              scale: Optional[float] = None) -> Tensor:
     """``F.scaled_dot_product_attention`` semantics on [B, H, L, D]; no dropout (the model uses none)."""
     op = _dr_op("attention", q.device)
     if op is not None and q.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -143,7 +148,8 @@ def attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
 
 
 # --------------------------------------------------------------------------------------------- RoI-Align
-def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+def roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: _IntPair, spatial_scale: float = 1.0,
+              sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
     """``torchvision.ops.roi_align`` semantics."""
     op = _dr_op("roi_align", input.device)
     if op is not None:
@@ -154,12 +160,13 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
 
 
 # --------------------------------------------------------------------------------------------- DCNv4
-def _pair(x):
+def _pair(x: _IntPair) -> Tuple[int, ...]:
     return (x, x) if isinstance(x, int) else tuple(x)
 
 
-def dcnv4_reference(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, group=4,
-                    group_channels=None, offset_scale=1.0, remove_center=False):
+def dcnv4_reference(value: Tensor, offset_mask: Tensor, kernel_size: _IntPair = 3, stride: _IntPair = 1,
+                    padding: _IntPair = 1, dilation: _IntPair = 1, group: int = 4, group_channels: Optional[int] = None,
+                    offset_scale: float = 1.0, remove_center: bool = False) -> Tensor:
     """Pure-PyTorch DCNv4 (docs/DESIGN.md §7.5): value [N,H,W,G*D] channels-last, offset_mask [N,Ho,Wo,P].
 
     For each output pixel, group g and tap k (kernel x outer, y inner): sample value bilinearly at
@@ -210,8 +217,9 @@ def dcnv4_reference(value, offset_mask, kernel_size=3, stride=1, padding=1, dila
     return out.permute(0, 3, 4, 1, 2).reshape(N, Ho, Wo, C)
 
 
-def dcnv4(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, group=4, group_channels=None,
-          offset_scale=1.0, remove_center=False):
+def dcnv4(value: Tensor, offset_mask: Tensor, kernel_size: _IntPair = 3, stride: _IntPair = 1, padding: _IntPair = 1,
+          dilation: _IntPair = 1, group: int = 4, group_channels: Optional[int] = None, offset_scale: float = 1.0,
+          remove_center: bool = False) -> Tensor:
     """DCNv4 deformable aggregation through the active backend."""
     op = _dr_op("dcnv4", value.device)
     if op is not None:

@@ -20,6 +20,10 @@ Ops:
     set_cuda_index_checks(enabled)
         skip the per-call batch-index check (one host sync) on CUDA tensors
 """
+from __future__ import annotations
+
+from typing import Any
+
 from dynrefer.ops._config import set_cuda_index_checks
 from dynrefer.ops.errors import BoxesShapeError
 from dynrefer.ops.attention import attention
@@ -31,7 +35,7 @@ __all__ = ["roi_align", "RoIAlign", "attention", "dcnv4", "offset_mask_channels"
            "hamming", "select_views", "BoxesShapeError", "set_cuda_index_checks"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # nn.Module classes need torch: load them only when asked for.
     if name == "RoIAlign":
         from dynrefer.ops._torch_roi_align import RoIAlign

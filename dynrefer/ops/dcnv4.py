@@ -2,13 +2,24 @@
 
 Semantics are those of DCNv4's ``DCNv4Function`` (OpenGVLab/DCNv4) with softmax off, on CPU and CUDA.
 """
+from __future__ import annotations
+
 import numbers
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
 from dynrefer.ops._common import is_torch_tensor, pair, real
 
-def out_shape(shape, kh, kw, sh, sw, ph, pw, dh, dw):
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# an ndarray in, an ndarray out; a tensor in, a tensor out
+_ArrayT = TypeVar("_ArrayT", np.ndarray, "Tensor")
+_IntPair = Union[int, Tuple[int, int], Sequence[int]]
+_Params = Tuple[int, int, int, int, int, int, int, int, int, int, float, bool]
+def out_shape(shape: Sequence[int], kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int,
+              dw: int) -> Tuple[int, int, int, int]:
     """``(N, H_out, W_out, C)`` for value's shape ``[N, H, W, C]``, for allocating the output before the kernel runs
     (NumPy and PyTorch) and for fake tensors. The kernel validates the arguments; this checks only what computing
     the shape needs (a kernel that does not fit gives 0 here, and the kernel reports it)."""
@@ -19,7 +30,9 @@ def out_shape(shape, kh, kw, sh, sw, ph, pw, dh, dw):
     return (shape[0], max(ho, 0), max(wo, 0), shape[3])
 
 
-def dcnv4_params(shape, kernel_size, stride, padding, dilation, group, group_channels, offset_scale, remove_center):
+def dcnv4_params(shape: Sequence[int], kernel_size: _IntPair, stride: _IntPair, padding: _IntPair, dilation: _IntPair,
+                 group: int, group_channels: Optional[int], offset_scale: float,
+                 remove_center: bool) -> Tuple[_Params, Tuple[int, int, int, int]]:
     """The kernel's parameter tuple (kh, kw, sh, sw, ph, pw, dh, dw, group, group_channels, offset_scale,
     remove_center) from the Python arguments, and the output shape for value's shape [N, H, W, C]. Converts types
     and fills the group_channels default; the kernel checks the values."""
@@ -45,7 +58,7 @@ def dcnv4_params(shape, kernel_size, stride, padding, dilation, group, group_cha
     return params, shape
 
 
-def offset_mask_channels(group, kernel_size=3, remove_center=False):
+def offset_mask_channels(group: int, kernel_size: _IntPair = 3, remove_center: bool = False) -> int:
     """P for DCNv4's offset_mask: 3 * group * K rounded up to a multiple of 8 (K taps, minus the centre when
     ``remove_center``)."""
     kh, kw = pair(kernel_size, "kernel_size")
@@ -53,8 +66,9 @@ def offset_mask_channels(group, kernel_size=3, remove_center=False):
     return -(-3 * group * k // 8) * 8
 
 
-def dcnv4(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, group=4, group_channels=None,
-          offset_scale=1.0, remove_center=False):
+def dcnv4(value: _ArrayT, offset_mask: _ArrayT, kernel_size: _IntPair = 3, stride: _IntPair = 1, padding: _IntPair = 1,
+          dilation: _IntPair = 1, group: int = 4, group_channels: Optional[int] = None, offset_scale: float = 1.0,
+          remove_center: bool = False) -> _ArrayT:
     """DCNv4 deformable aggregation (``DCNv4Function`` with softmax off).
 
     Args:
@@ -74,8 +88,8 @@ def dcnv4(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, gr
     if is_torch_tensor(value):
         from dynrefer.ops import _torch_dcnv4
 
-        return _torch_dcnv4.dcnv4(value, offset_mask, kernel_size, stride, padding, dilation, group, group_channels,
-                                  offset_scale, remove_center)
+        return _torch_dcnv4.dcnv4(value, offset_mask, kernel_size, stride, padding,  # type: ignore[arg-type,return-value]
+                                  dilation, group, group_channels, offset_scale, remove_center)
     if not isinstance(value, np.ndarray):
         raise TypeError(f"dcnv4: value must be a NumPy array or a torch.Tensor, got {type(value).__name__}")
     if not isinstance(offset_mask, np.ndarray):

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any, List, Tuple, TypeVar, Union
 
 import numpy as np
 
 from dynrefer.ops._common import TorchSide, integer, pair, real
 from dynrefer.ops.errors import BoxesShapeError
 
+if TYPE_CHECKING:  # for type checkers only: TorchScript reads these names from the source
+    from torch import Tensor
+
+    _T = TypeVar("_T")
+    BroadcastingList2 = Union[_T, Tuple[_T, _T], List[_T]]
+
 _torch_side = TorchSide("dynrefer.ops._torch_roi_align")
 
 
-def _numpy_rois(boxes):
+def _numpy_rois(boxes: Any) -> np.ndarray:
     """[K,5] rois from an array [K,5] or a list of [L,4] arrays (batch index = position in the list)."""
     if isinstance(boxes, np.ndarray):
         if boxes.ndim != 2 or boxes.shape[1] != 5:
@@ -35,7 +42,7 @@ def _numpy_rois(boxes):
     return rois
 
 
-def pooled_shape(input, rois, ph, pw):
+def pooled_shape(input: Any, rois: Any, ph: int, pw: int) -> Tuple[int, int, int, int]:
     """``(K, C, ph, pw)``, the output's shape, for allocating it before the kernel runs (NumPy and PyTorch) and for
     fake tensors. The kernel validates the arguments; this checks only what computing the shape needs."""
     if input.ndim != 4:
@@ -86,7 +93,9 @@ def roi_align(
         return _roi_align_other(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
 
 
-def _roi_align_other(input, boxes, output_size, spatial_scale, sampling_ratio, aligned):
+def _roi_align_other(
+    input: Any, boxes: Any, output_size: Any, spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> Any:
     """NumPy arrays; torch.fx proxies (to the torch side, which ``torch.fx.wrap`` turns into one graph node)."""
     fx = sys.modules.get("torch.fx")
     if fx is not None and isinstance(input, fx.Proxy):

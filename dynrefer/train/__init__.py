@@ -55,12 +55,16 @@ Semantics:
   process group; DistributedSampler-equivalent sharding (global batch = world size x ``batch_size_train``),
   DDP, rank-0 logging and checkpoints, metrics averaged over ranks, barriers around checkpoints.
 """
+from __future__ import annotations
+
+from typing import Any
+
 from dynrefer.train.config import Config, ConfigError, load_config
 
 __all__ = ["Config", "ConfigError", "load_config", "run_training", "Runner"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # the runner imports torch; the config alone does not
     if name in ("run_training", "Runner"):
         from dynrefer.train import runner

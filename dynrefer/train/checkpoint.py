@@ -29,8 +29,12 @@ import os
 import random
 import struct
 import tempfile
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["atomic_write_bytes", "atomic_save", "load_checkpoint", "get_rng_state", "set_rng_state",
            "model_state", "load_model_state", "TMP_PREFIX", "content_digest", "seal", "verify_seal",
@@ -60,7 +64,7 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _atomic_write(path: str, write) -> None:
+def _atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -86,7 +90,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     _atomic_write(path, lambda f: f.write(data))
 
 
-def atomic_save(obj, path: str) -> None:
+def atomic_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` atomically (temp file in the same directory + fsync + os.replace)."""
     import torch
 
@@ -109,14 +113,14 @@ class IntegrityError(ValueError):
     """A checkpoint or bundle whose contents do not match the digest written with them (a corrupted file)."""
 
 
-def _digest_update(h, obj) -> None:
+def _digest_update(h: Any, obj: Any) -> None:
     import torch
 
     if isinstance(obj, torch.Tensor):
         t = obj.detach().to("cpu").contiguous()
         h.update(b"T" + str(t.dtype).encode() + struct.pack("<q", t.dim()) + struct.pack(f"<{t.dim()}q", *t.shape))
         if t.numel():
-            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # type: ignore[arg-type]
     elif isinstance(obj, dict):
         h.update(b"D" + struct.pack("<q", len(obj)))
         for k in sorted(obj, key=repr):
@@ -134,7 +138,7 @@ def _digest_update(h, obj) -> None:
         raise TypeError(f"content_digest: cannot digest a {type(obj).__name__}")
 
 
-def content_digest(obj) -> str:
+def content_digest(obj: Any) -> str:
     """SHA-256 of a checkpoint-like object (nested dicts, lists, tuples, tensors and plain values): dtypes, shapes
     and the exact bytes of every tensor, in a fixed order. Equal contents give equal digests, whatever the file."""
     h = hashlib.sha256()
@@ -159,7 +163,7 @@ def verify_seal(payload: dict, path: str, key: str = "sha256") -> None:
                              f"({got[:12]}… != {want[:12]}…)")
 
 
-def load_checkpoint(path: str, map_location="cpu", key: str = "run.resume_ckpt_path") -> dict:
+def load_checkpoint(path: str, map_location: Any = "cpu", key: str = "run.resume_ckpt_path") -> dict:
     """Read a checkpoint (``weights_only``); errors name the config ``key`` the path came from."""
     import torch
 
@@ -187,7 +191,8 @@ def get_rng_state() -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": [version, list(internal), gauss],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),  # type: ignore[attr-defined]
+                  "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
         "cuda": None,
@@ -215,7 +220,7 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- model state
-def model_state(model, all_params: bool = False) -> dict:
+def model_state(model: torch.nn.Module, all_params: bool = False) -> dict:
     """The model's state dict without frozen parameters (LAVIS convention), unless ``all_params``. Buffers are kept."""
     state = model.state_dict()
     if all_params:
@@ -224,7 +229,8 @@ def model_state(model, all_params: bool = False) -> dict:
     return {k: v for k, v in state.items() if k not in frozen}
 
 
-def load_model_state(model, state: dict, require_trainable: bool = True, skipped: list = None) -> list:
+def load_model_state(model: torch.nn.Module, state: dict, require_trainable: bool = True,
+                     skipped: Optional[list] = None) -> list:
     """Load a (possibly trainable-only) state dict. Unknown keys are an error; so are missing trainable
     parameters or buffers unless ``require_trainable`` is False (fine-tuning from other weights), in which case
     their names are returned.

@@ -26,6 +26,7 @@ import copy
 import difflib
 import math
 import os
+from typing import Any, Iterable, Optional, Tuple, Union
 
 __all__ = ["Config", "ConfigError", "RUN_SCHEMA", "load_config", "parse_overrides", "apply_overrides", "safe_yaml",
            "MAX_YAML_BYTES", "MAX_YAML_VALUES", "MAX_YAML_DEPTH"]
@@ -51,7 +52,7 @@ def max_workers() -> int:
     return max(8, 4 * cpus)
 
 
-def _opt(kind):
+def _opt(kind: Any) -> Tuple[str, Any]:
     return ("optional", kind)
 
 
@@ -135,7 +136,7 @@ PASSTHROUGH_RUN_KEYS = frozenset({
 })
 
 
-def _type_name(kind):
+def _type_name(kind: Any) -> str:
     if isinstance(kind, tuple) and kind[0] == "optional":
         return f"{_type_name(kind[1])} or null"
     if isinstance(kind, tuple) and kind[0] == "choice":
@@ -143,7 +144,7 @@ def _type_name(kind):
     return kind if isinstance(kind, str) else kind.__name__
 
 
-def _coerce(key, kind, value):
+def _coerce(key: str, kind: Any, value: Any) -> Any:
     """Return value converted to kind, or raise ConfigError naming key."""
     where = f"run.{key}"
     if isinstance(kind, tuple) and kind[0] == "optional":
@@ -235,7 +236,7 @@ def validate_run(run: dict) -> dict:
     return out
 
 
-def _plain(value, where):
+def _plain(value: Any, where: str) -> Any:
     """A copy of value made of dict/list/str/int/float/bool/None (tuples become lists, paths strings); anything
     else is an error
     (the config is dumped as YAML and stored in checkpoints)."""
@@ -260,7 +261,8 @@ class Config:
 
     ``model_cfg``, ``datasets_cfg`` and ``run_cfg`` are aliases, as LAVIS names them."""
 
-    def __init__(self, model=None, datasets=None, run=None):
+    def __init__(self, model: Optional[dict] = None, datasets: Optional[dict] = None,
+                 run: Optional[dict] = None) -> None:
         for name, sec in (("model", model), ("datasets", datasets)):
             if sec is not None and not isinstance(sec, dict):
                 raise ConfigError(f"{name}: expected a mapping, got {type(sec).__name__}")
@@ -297,11 +299,11 @@ class Config:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
         atomic_write_bytes(path, text.encode())
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Config({self.to_dict()!r})"
 
 
-def safe_yaml(text, source="YAML"):
+def safe_yaml(text: Union[str, bytes], source: str = "YAML") -> Any:
     """Parse YAML ``text`` (str or bytes) with the safe loader, refusing what would blow up: more than
     ``MAX_YAML_BYTES`` of text, more than ``MAX_YAML_VALUES`` values once aliases are expanded (an alias bomb: a few
     lines that expand to millions of values), nesting deeper than ``MAX_YAML_DEPTH`` (a self-referencing alias
@@ -343,7 +345,7 @@ def safe_yaml(text, source="YAML"):
         loader.dispose()
 
 
-def parse_overrides(items) -> list:
+def parse_overrides(items: Optional[Iterable[str]]) -> list:
     """Parse ``["run.max_epoch=2", ...]`` into ``[(["run", "max_epoch"], 2), ...]`` (values parsed as YAML)."""
     out = []
     for item in items or ():
@@ -363,7 +365,7 @@ def parse_overrides(items) -> list:
     return out
 
 
-def apply_overrides(d: dict, overrides) -> dict:
+def apply_overrides(d: dict, overrides: Optional[Iterable[str]]) -> dict:
     """Return a copy of the raw config dict with dotted-key overrides applied."""
     d = copy.deepcopy(d)
     for parts, value in parse_overrides(overrides):
@@ -390,7 +392,7 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _read_yaml(path: str, stack=()) -> dict:
+def _read_yaml(path: str, stack: Tuple[str, ...] = ()) -> dict:
     """Read a config file, resolving its ``base:`` list (files merged in order, this file on top). Base paths are
     looked up relative to the working directory first (the official configs' convention), then to this file."""
     if not os.path.isfile(path):
@@ -417,7 +419,7 @@ def _read_yaml(path: str, stack=()) -> dict:
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         raise ConfigError(f"{path}: 'base' must be a list of config file paths")
-    merged = {}
+    merged: dict = {}
     for b in bases:
         cand = b if os.path.isabs(b) or os.path.isfile(b) else os.path.join(os.path.dirname(path), b)
         if not os.path.isfile(cand):
@@ -427,7 +429,8 @@ def _read_yaml(path: str, stack=()) -> dict:
     return _merge(merged, raw)
 
 
-def load_config(path_or_dict, overrides=None) -> Config:
+def load_config(path_or_dict: Union[str, "os.PathLike[str]", dict, Config],
+                overrides: Optional[Iterable[str]] = None) -> Config:
     """Load a YAML file (or take a dict), apply dotted-key overrides, fill defaults and validate."""
     if isinstance(path_or_dict, Config):
         raw = path_or_dict.to_dict()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -12,7 +13,8 @@ __all__ = ["DistContext", "setup_distributed", "barrier", "all_reduce_sum", "all
 class DistContext:
     """Where this process stands: rank, world size, local rank, device, and whether it owns the process group."""
 
-    def __init__(self, rank=0, world_size=1, local_rank=0, device=None, owns_group=False):
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0,
+                 device: Optional[torch.device] = None, owns_group: bool = False) -> None:
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.device = device if device is not None else torch.device("cpu")
         self.owns_group = owns_group
@@ -84,7 +86,7 @@ def all_reduce_sum(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
     return t.cpu()
 
 
-def all_gather_object(ctx: DistContext, obj) -> list:
+def all_gather_object(ctx: DistContext, obj: Any) -> list:
     if not ctx.distributed:
         return [obj]
     out = [None] * ctx.world_size

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import sys
+from typing import IO, Any, Optional, Union
 
 from dynrefer.train.checkpoint import atomic_write_bytes
 
@@ -17,7 +18,7 @@ __all__ = ["MetricsWriter", "progress_bar", "logger", "read_jsonl", "Console", "
 logger = logging.getLogger("dynrefer.train")
 
 
-def _clean(v):
+def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no NaN/Inf; keep them readable
     return v
@@ -26,7 +27,7 @@ def _clean(v):
 class MetricsWriter:
     """Appends JSON records to ``path`` (rank 0 only; other ranks get an inert writer)."""
 
-    def __init__(self, path: str, enabled: bool = True):
+    def __init__(self, path: str, enabled: bool = True) -> None:
         self.path = path
         self.enabled = enabled
 
@@ -59,13 +60,13 @@ def read_jsonl(path: str) -> list:
 
 
 class _NullBar:
-    def update(self, n=1):
+    def update(self, n: float = 1) -> None:
         pass
 
-    def set_postfix(self, *a, **k):
+    def set_postfix(self, *a: Any, **k: Any) -> None:
         pass
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
@@ -79,7 +80,7 @@ def in_notebook() -> bool:
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
 
-def _tqdm_class():
+def _tqdm_class() -> Any:
     """tqdm's notebook widget where a notebook can show it (ipywidgets installed), else the terminal bar — without
     tqdm.auto's warning when the widgets are missing."""
     if in_notebook():
@@ -95,7 +96,7 @@ def _tqdm_class():
     return tqdm
 
 
-def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
+def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
     """A tqdm bar when enabled and someone watches (stderr is a terminal, or a notebook); otherwise an inert object
     with the same methods (the :class:`Console` prints plain lines instead)."""
     if not enabled or not (sys.stderr.isatty() or in_notebook()):
@@ -119,16 +120,16 @@ class Console:
     logged interval when nobody watches a bar (stdout is not a terminal and not a notebook). Lines are flushed,
     so ``nohup`` and SLURM logs fill as training goes."""
 
-    def __init__(self, enabled: bool, total_steps: int, stream=None):
+    def __init__(self, enabled: bool, total_steps: int, stream: Optional[IO[str]] = None) -> None:
         self.enabled = enabled
         self.total_steps = total_steps
         self.stream = stream
-        self.t0 = None
+        self.t0: Optional[float] = None
         self.step0 = 0
         self.bar_shown = False
-        self._printed_step = None
+        self._printed_step: Any = None
 
-    def _out(self):
+    def _out(self) -> IO[str]:
         return self.stream or sys.stdout
 
     def start(self, step: int, bar_shown: bool) -> None:
@@ -165,7 +166,7 @@ class Console:
         if self.enabled and record and self._printed_step != record.get("step"):
             print(self._line(f"epoch {epoch} done", record), file=self._out(), flush=True)
 
-    def evaluation(self, split, epoch, result: dict) -> None:
+    def evaluation(self, split: str, epoch: Union[int, str, None], result: dict) -> None:
         if self.enabled and result:
             vals = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()
                              if isinstance(v, (int, float)) and not isinstance(v, bool))
@@ -177,7 +178,7 @@ class TensorBoard:
     else a one-time warning and nothing is written). ``purge_step`` drops the events a killed run wrote after its
     last checkpoint, so a resumed run's curves join without duplicates."""
 
-    def __init__(self, log_dir: str, enabled: bool, purge_step=None):
+    def __init__(self, log_dir: str, enabled: bool, purge_step: Optional[int] = None) -> None:
         self.writer = None
         if not enabled:
             return
@@ -207,7 +208,7 @@ class TensorBoard:
             self.writer = None
 
 
-def plot_metrics(metrics_path: str, png_path: str):
+def plot_metrics(metrics_path: str, png_path: str) -> Optional[str]:
     """A PNG of the training losses (left) and the evaluation metrics (right) of a ``metrics.jsonl`` over the
     steps; returns the path, or None when matplotlib is missing or there is nothing to plot."""
     try:

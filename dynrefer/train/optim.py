@@ -13,6 +13,7 @@ Schedule (``linear_warmup_cosine_lr``), per optimiser step s of S in total:
 from __future__ import annotations
 
 import math
+from typing import Any, Dict, List
 
 import torch
 
@@ -27,11 +28,11 @@ _NORM_TYPES = tuple(
 )
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float):
+def param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
     """Split the trainable parameters of ``model`` into a decayed and a non-decayed group (shared parameters
     appear once). Returns ``[{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0}]``
     with the names in ``"names"`` (popped before the optimiser sees the groups)."""
-    norm_params = set()
+    norm_params: set = set()
     for module in model.modules():
         if isinstance(module, _NORM_TYPES):
             norm_params.update(id(p) for p in module.parameters(recurse=False))
@@ -65,8 +66,8 @@ def build_optimizer(model: torch.nn.Module, run: dict) -> torch.optim.AdamW:
 class LinearWarmupCosineLR:
     """Sets every group's ``lr`` before each optimiser step from the step index alone (resumable by position)."""
 
-    def __init__(self, optimizer, total_steps: int, init_lr: float, min_lr: float = 0.0, warmup_steps: int = 0,
-                 warmup_lr: float = 0.0, cosine: bool = True):
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, init_lr: float, min_lr: float = 0.0,
+                 warmup_steps: int = 0, warmup_lr: float = 0.0, cosine: bool = True) -> None:
         if total_steps < 0:
             raise ValueError(f"total_steps must be >= 0, got {total_steps}")
         self.optimizer = optimizer

@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+from typing import Any, Callable, ContextManager, Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _to_device(obj, device, non_blocking=False):
+def _to_device(obj: Any, device: Union[torch.device, str], non_blocking: bool = False) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=non_blocking)
     if isinstance(obj, dict):
@@ -43,7 +44,7 @@ def _to_device(obj, device, non_blocking=False):
     return obj
 
 
-def _batch_len(batch, default):
+def _batch_len(batch: Any, default: int) -> int:
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.ndim else default
     if isinstance(batch, dict):
@@ -57,7 +58,7 @@ def _batch_len(batch, default):
     return default
 
 
-def _collate_of(dataset):
+def _collate_of(dataset: Any) -> Callable[..., Any]:
     for name in ("collater", "collate_fn"):
         fn = getattr(dataset, name, None)
         if callable(fn):
@@ -72,7 +73,22 @@ class Runner:
 
     See :func:`run_training` for the contract of the three callables."""
 
-    def __init__(self, cfg, build_model, build_datasets, evaluate=None):
+    # set up by run() (None before, or when there is nothing to train)
+    ctx: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    ddp: Any
+    train_set: Any
+    best: Optional[Dict[str, Any]]
+    last_train: Optional[Dict[str, Any]]
+    _resumed_step: Optional[int]
+    _resumed_interval: Any
+    _interval: Tuple[Dict[str, Any], int, int]
+
+    def __init__(self, cfg: Union[Config, str, dict], build_model: Callable[[Config], torch.nn.Module],
+                 build_datasets: Callable[[Config], Dict[str, Any]],
+                 evaluate: Optional[Callable[..., Any]] = None) -> None:
         self.cfg = cfg if isinstance(cfg, Config) else load_config(cfg)
         for name, fn in (("build_model", build_model), ("build_datasets", build_datasets)):
             if not callable(fn):
@@ -85,7 +101,7 @@ class Runner:
         self._resumed_interval = None
 
     # ------------------------------------------------------------------------------------------- setup
-    def _setup(self):
+    def _setup(self) -> None:
         r = self.run_cfg
         self.ctx = setup_distributed(r)
         ctx = self.ctx
@@ -156,10 +172,10 @@ class Runner:
         if ctx.distributed and self.train_set is not None:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            kw = {"device_ids": [ctx.device.index]} if ctx.device.type == "cuda" else {}
+            kw: Dict[str, Any] = {"device_ids": [ctx.device.index]} if ctx.device.type == "cuda" else {}
             self.ddp = DDP(self.model, find_unused_parameters=r["find_unused_parameters"], **kw)
 
-    def _resume(self):
+    def _resume(self) -> None:
         r, ctx = self.run_cfg, self.ctx
         path = r["resume_ckpt_path"]
         if path == "auto":
@@ -169,7 +185,7 @@ class Runner:
         if not path:
             if r["load_ckpt_path"]:
                 ck = ckpt_mod.load_checkpoint(r["load_ckpt_path"], key="run.load_ckpt_path")
-                skipped = []
+                skipped: list = []
                 missing = ckpt_mod.load_model_state(self.model, ck["model"], require_trainable=False, skipped=skipped)
                 if skipped and ctx.is_main:
                     logger.warning("run.load_ckpt_path: %d tensors of %s that this model does not have (or has "
@@ -222,7 +238,7 @@ class Runner:
         logger.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
     # ------------------------------------------------------------------------------------------- checkpoints
-    def _payload(self):
+    def _payload(self) -> Optional[dict]:
         r = self.run_cfg
         rng = all_gather_object(self.ctx, ckpt_mod.get_rng_state())
         sums, n_steps, n_samples = self._interval
@@ -248,10 +264,10 @@ class Runner:
             "version": ckpt_mod.CHECKPOINT_VERSION,
         }
 
-    def save(self, names):
+    def save(self, names: Iterable[str]) -> None:
         """Write the current state to each file name in ``names`` (rank 0; all ranks meet at barriers)."""
         barrier(self.ctx)
-        payload = self._payload()
+        payload: Any = self._payload()  # a dict on rank 0
         if self.ctx.is_main:
             buf = io.BytesIO()
             torch.save(ckpt_mod.seal(payload), buf)
@@ -261,7 +277,7 @@ class Runner:
         barrier(self.ctx)
 
     # ------------------------------------------------------------------------------------------- evaluation
-    def _evaluate(self, split, epoch):
+    def _evaluate(self, split: str, epoch: Union[int, str, None]) -> Any:
         if self.evaluate_fn is None:
             return None
         model = self.model
@@ -285,7 +301,7 @@ class Runner:
             self.console.evaluation(split, epoch, result)
         return result
 
-    def _update_best(self, results, epoch):
+    def _update_best(self, results: Any, epoch: int) -> bool:
         key = self.run_cfg["best_metric"]
         if not key:
             return False
@@ -304,12 +320,12 @@ class Runner:
         return better
 
     # ------------------------------------------------------------------------------------------- training
-    def _autocast(self):
+    def _autocast(self) -> ContextManager[Any]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype)
 
-    def _loader(self, epoch, start_batch):
+    def _loader(self, epoch: int, start_batch: int) -> DataLoader:
         r, ctx = self.run_cfg, self.ctx
         self.sampler.set_epoch(epoch, start_batch)
         g = torch.Generator()
@@ -318,7 +334,7 @@ class Runner:
                           num_workers=r["num_workers"], collate_fn=_collate_of(self.train_set),
                           pin_memory=ctx.device.type == "cuda", generator=g)
 
-    def _forward(self, batch):
+    def _forward(self, batch: Any) -> Any:
         model = self.ddp if self.ddp is not None else self.model
         with self._autocast():
             out = model(batch)
@@ -330,7 +346,7 @@ class Runner:
             raise TypeError("model.forward: 'loss' must be a scalar tensor that requires grad")
         return out
 
-    def _train_epoch(self, epoch):
+    def _train_epoch(self, epoch: int) -> bool:
         r, ctx = self.run_cfg, self.ctx
         accum = r["accum_grad_iters"]
         nb = self.batches_per_epoch
@@ -339,7 +355,8 @@ class Runner:
         bar = progress_bar(self.steps_per_epoch, f"epoch {epoch}", r["progress_bar"] and ctx.is_main,
                            initial=self.epoch_step)
         self.console.start(self.step, bar_shown=type(bar).__name__ != "_NullBar")
-        sums, n_steps, n_samples = {}, 0, 0
+        sums: Dict[str, Any] = {}
+        n_steps, n_samples = 0, 0
         saved = self._resumed_interval
         if saved is not None:  # resumed mid-interval: the record averages the same steps as without the stop
             self._resumed_interval = None
@@ -406,7 +423,7 @@ class Runner:
         return True
 
     # ------------------------------------------------------------------------------------------- signals
-    def _install_signals(self):
+    def _install_signals(self) -> None:
         """Make run.stop_signals set a flag (main thread only); the previous handlers come back at the end."""
         import signal
         import threading
@@ -416,14 +433,14 @@ class Runner:
         if threading.current_thread() is not threading.main_thread():
             return
 
-        def handler(signum, frame):
+        def handler(signum: int, frame: Any) -> None:
             self._stop_flag = True
 
         for name in self.run_cfg["stop_signals"]:
             sig = getattr(signal, name)
             self._old_handlers[sig] = signal.signal(sig, handler)
 
-    def _restore_signals(self):
+    def _restore_signals(self) -> None:
         import signal
 
         for sig, old in getattr(self, "_old_handlers", {}).items():
@@ -442,7 +459,7 @@ class Runner:
         flag = torch.tensor([1.0 if self._stop_flag else 0.0], dtype=torch.float64)
         return bool(all_reduce_sum(self.ctx, flag)[0] > 0)
 
-    def _grad_norm(self, max_norm):
+    def _grad_norm(self, max_norm: Optional[float]) -> torch.Tensor:
         """Global L2 norm of the gradients (before clipping); clips to ``max_norm`` when set."""
         if max_norm is not None:
             return torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
@@ -453,16 +470,17 @@ class Runner:
             return torch.nn.utils.get_total_norm(grads)
         return torch.nn.utils.clip_grad_norm_(self.trainable, math.inf)
 
-    def _log_train(self, sums, n_steps, n_samples, elapsed, lr, epoch, bar):
+    def _log_train(self, sums: Dict[str, Any], n_steps: int, n_samples: int, elapsed: float, lr: float, epoch: int,
+                   bar: Any) -> None:
         ctx = self.ctx
         keys = sorted(sums)
         vec = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).to(ctx.device) for k in keys]
                           + [torch.tensor(float(n_samples), dtype=torch.float64, device=ctx.device)])
-        vec = all_reduce_sum(ctx, vec.cpu()).tolist()
+        totals = all_reduce_sum(ctx, vec.cpu()).tolist()
         record = {"type": "train", "epoch": epoch, "step": self.step, "lr": lr}
-        for k, v in zip(keys, vec[:-1]):
+        for k, v in zip(keys, totals[:-1]):
             record[k] = v / (n_steps * ctx.world_size)
-        record["samples_per_s"] = vec[-1] / max(elapsed, 1e-9)
+        record["samples_per_s"] = totals[-1] / max(elapsed, 1e-9)
         record["steps_per_s"] = n_steps / max(elapsed, 1e-9)
         if ctx.device.type == "cuda":
             record["mem_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
@@ -534,7 +552,9 @@ class Runner:
                 self.ctx.close()
 
 
-def run_training(cfg, build_model, build_datasets, evaluate=None) -> dict:
+def run_training(cfg: Union[Config, str, dict], build_model: Callable[[Config], torch.nn.Module],
+                 build_datasets: Callable[[Config], Dict[str, Any]],
+                 evaluate: Optional[Callable[..., Any]] = None) -> dict:
     """Train (or, with ``run.evaluate``, only evaluate) as the config says; see the ``dynrefer.train`` docstring."""
     if not isinstance(cfg, Config):
         cfg = load_config(cfg)
