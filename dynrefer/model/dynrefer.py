@@ -52,7 +52,7 @@ from dynrefer.model.config import DynReferConfig
 from dynrefer.model.decoders import DECODERS, autocast
 from dynrefer.model.losses import AsymmetricLoss, pairwise_sigmoid_loss
 from dynrefer.model.qformer import CrossDecoder, QFormer
-from dynrefer.model.text import TextEncoder, normalize_text
+from dynrefer.model.text import FrozenTextEncoder, normalize_text
 from dynrefer.model.vision import build_vision_encoder
 from dynrefer.nn import backend
 from dynrefer.nn.align import DeformableAlign
@@ -109,7 +109,8 @@ class DynRefer(nn.Module):
         t5_tokenizer: the LLM's tokenizer (e.g. :func:`dynrefer.model.text.build_t5_tokenizer` or a T5 directory's;
             for a causal LLM its tokenizer, e.g. :func:`dynrefer.model.text.build_causal_tokenizer`).
         tag_list: the tag names (RAM's 4585 officially).
-        text_encoder: a frozen :class:`TextEncoder` (embeds tags, prompts and, in training, captions).
+        text_encoder: a frozen text encoder (:class:`TextEncoder`, a BERT, or
+            :class:`~dynrefer.model.clip_text.EVACLIPTextEncoder`; embeds tags, prompts and, in training, captions).
         classes: category names for region recognition (optional).
         attributes: attribute definitions for attribute detection (optional; see :func:`attribute_prompts`).
         t5_model: a ``T5ForConditionalGeneration`` (default: built from ``config.t5``, random weights).
@@ -149,8 +150,9 @@ class DynRefer(nn.Module):
         d_model = self.decoder.attach(t5_tokenizer, t5_model if kind == "t5" else llm_model, qc.hidden_size)
         self.cem_memory = nn.Parameter(torch.zeros(d_model))
         # text embeddings
-        if not isinstance(text_encoder, TextEncoder):
-            raise TypeError("text_encoder must be a dynrefer.model.text.TextEncoder")
+        if not isinstance(text_encoder, FrozenTextEncoder):
+            raise TypeError("text_encoder must be a dynrefer.model.text.FrozenTextEncoder (TextEncoder or "
+                            "EVACLIPTextEncoder)")
         self.text_encoder = text_encoder
         self.tag_list = [str(t) for t in tag_list]
         if not self.tag_list:

@@ -5,9 +5,20 @@ from dynrefer.model.config import DynReferConfig
 from dynrefer.model.dynrefer import DynRefer, attribute_prompts, class_prompts
 from dynrefer.model.text import TextEncoder, build_bert_tokenizer, build_causal_tokenizer, build_t5_tokenizer
 
-__all__ = ["build_dynrefer"]
+__all__ = ["build_dynrefer", "build_text_encoder"]
 
 _NO_CAP = 10_000_000
+
+
+def build_text_encoder(cfg, texts=()):
+    """The frozen text encoder of a :class:`~dynrefer.model.config.TextEncoderConfig`: kind "bert" trains its
+    word-level tokenizer on ``texts``; kind "eva_clip" uses the CLIP BPE vocabulary (``texts`` unused) and loads
+    ``cfg.weights`` when set."""
+    if cfg.kind == "eva_clip":
+        from dynrefer.model.clip_text import EVACLIPTextEncoder
+
+        return EVACLIPTextEncoder(cfg)
+    return TextEncoder(cfg, build_bert_tokenizer(texts, _NO_CAP))
 
 
 def build_dynrefer(config="tiny", texts=(), tag_list=(), classes=(), attributes=(), t5_model=None,
@@ -47,8 +58,7 @@ def build_dynrefer(config="tiny", texts=(), tag_list=(), classes=(), attributes=
             if llm_tokenizer is None:
                 llm_tokenizer = build_causal_tokenizer(vocab + [lc.system, lc.user, lc.assistant, lc.prompt], _NO_CAP)
         if text_encoder is None:
-            tok = build_bert_tokenizer(vocab, _NO_CAP)
-            text_encoder = TextEncoder(config.text_encoder, tok)
+            text_encoder = build_text_encoder(config.text_encoder, vocab)
         if lc.kind == "causal":
             return model_cls(config, llm_tokenizer, tag_list, text_encoder, classes=classes, attributes=attributes,
                              embed_cache_dir=embed_cache_dir, llm_model=llm_model)

@@ -1,4 +1,5 @@
-"""Locally built tokenizers and the frozen text encoder (with an on-disk embedding cache).
+"""Locally built tokenizers and the frozen BERT text encoder (with an on-disk embedding cache); EVA-CLIP's text
+tower, the official one, is :mod:`dynrefer.model.clip_text`.
 
 Nothing here downloads: a word-level ``tokenizers`` tokenizer is trained on the texts the caller passes
 (captions, tag names, class and attribute names) and wrapped in ``PreTrainedTokenizerFast``, so it saves and
@@ -12,7 +13,8 @@ import os
 import torch
 import torch.nn as nn
 
-__all__ = ["build_t5_tokenizer", "build_bert_tokenizer", "build_causal_tokenizer", "TextEncoder", "normalize_text"]
+__all__ = ["build_t5_tokenizer", "build_bert_tokenizer", "build_causal_tokenizer", "FrozenTextEncoder", "TextEncoder",
+           "normalize_text"]
 
 
 def normalize_text(s):
@@ -70,32 +72,26 @@ def build_causal_tokenizer(texts, vocab_size=32000):
                                    pad_token="<pad>", clean_up_tokenization_spaces=True, model_max_length=4096)
 
 
-class TextEncoder(nn.Module):
-    """A frozen BERT text encoder (``transformers.BertModel``): texts → the mean of the last hidden states
-    over the text's tokens (specials included).
+class FrozenTextEncoder:
+    """What the model needs of a frozen text encoder (a mixin for an ``nn.Module``): ``width`` (the embedding
+    width), ``encode(texts)`` → float ``[N, width]``, and from here ``encode_memo``, ``embed`` (with an on-disk cache
+    keyed by ``fingerprint()``) and a ``train`` that keeps it in eval mode.
 
-    ``encode(texts)`` runs it; ``embed(texts, cache_dir=None)`` memoises the result on disk under a key made of the
-    encoder's weights and the texts, so the thousands of tag / attribute prompts are embedded once.
-    """
+    Subclasses: :class:`TextEncoder` (a BERT) and :class:`dynrefer.model.clip_text.EVACLIPTextEncoder`."""
 
-    def __init__(self, cfg, tokenizer, model=None):
-        super().__init__()
-        from transformers import BertConfig, BertModel
+    kind = None
 
-        if model is None:
-            bc = BertConfig(vocab_size=max(cfg.vocab_size, len(tokenizer)), hidden_size=cfg.hidden_size,
-                            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                            intermediate_size=cfg.intermediate_size, max_position_embeddings=512,
-                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-            model = BertModel(bc, add_pooling_layer=False)
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_length = cfg.max_length
-        self.width = model.config.hidden_size
+    def _init_frozen(self):
         self.requires_grad_(False)
         self.eval()
         self._fingerprint = None
         self._memo = {}
+
+    def _device(self):
+        return next(self.parameters()).device
+
+    def encode(self, texts, batch_size=256):
+        raise NotImplementedError
 
     def encode_memo(self, texts, max_entries=200_000):
         """``encode`` through an in-memory memo per text (the encoder is frozen, so a text's embedding is fixed);
@@ -108,33 +104,23 @@ class TextEncoder(nn.Module):
                 self._memo.clear()
             for t in new:
                 self._memo[t] = self.encode([t])[0].cpu()
-        dev = next(self.model.parameters()).device
-        return torch.stack([self._memo[t] for t in texts]).to(dev)
+        return torch.stack([self._memo[t] for t in texts]).to(self._device())
 
     def train(self, mode=True):  # always frozen and in eval mode
         return super().train(False)
 
-    @torch.no_grad()
-    def encode(self, texts, batch_size=256):
-        dev = next(self.model.parameters()).device
-        outs = []
-        for i in range(0, len(texts), batch_size):
-            t = self.tokenizer([normalize_text(x) for x in texts[i:i + batch_size]], padding=True, truncation=True,
-                               max_length=self.max_length, return_tensors="pt").to(dev)
-            h = self.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
-            m = t["attention_mask"].unsqueeze(-1).to(h.dtype)
-            outs.append(((h * m).sum(1) / m.sum(1).clamp(min=1)).float())
-        if not outs:
-            return torch.zeros(0, self.width, device=dev)
-        return torch.cat(outs)
+    def _fingerprint_parts(self):
+        """(state dict, vocabulary bytes) that identify the encoder."""
+        raise NotImplementedError
 
     def fingerprint(self):
         if self._fingerprint is None:
             h = hashlib.sha256()
-            for k, v in sorted(self.model.state_dict().items()):
+            state, vocab = self._fingerprint_parts()
+            for k, v in sorted(state.items()):
                 h.update(k.encode())
                 h.update(v.detach().float().cpu().numpy().tobytes())
-            h.update("\x00".join(self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))).encode())
+            h.update(vocab)
             self._fingerprint = h.hexdigest()[:24]
         return self._fingerprint
 
@@ -152,3 +138,48 @@ class TextEncoder(nn.Module):
         torch.save(emb, tmp)
         os.replace(tmp, path)
         return emb
+
+
+class TextEncoder(FrozenTextEncoder, nn.Module):
+    """A frozen BERT text encoder (``transformers.BertModel``): texts → the mean of the last hidden states
+    over the text's tokens (specials included).
+
+    ``encode(texts)`` runs it; ``embed(texts, cache_dir=None)`` memoises the result on disk under a key made of the
+    encoder's weights and the texts, so the thousands of tag / attribute prompts are embedded once.
+    """
+
+    kind = "bert"
+
+    def __init__(self, cfg, tokenizer, model=None):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        if model is None:
+            bc = BertConfig(vocab_size=max(cfg.vocab_size, len(tokenizer)), hidden_size=cfg.hidden_size,
+                            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                            intermediate_size=cfg.intermediate_size, max_position_embeddings=512,
+                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            model = BertModel(bc, add_pooling_layer=False)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = cfg.max_length
+        self.width = model.config.hidden_size
+        self._init_frozen()
+
+    @torch.no_grad()
+    def encode(self, texts, batch_size=256):
+        dev = self._device()
+        outs = []
+        for i in range(0, len(texts), batch_size):
+            t = self.tokenizer([normalize_text(x) for x in texts[i:i + batch_size]], padding=True, truncation=True,
+                               max_length=self.max_length, return_tensors="pt").to(dev)
+            h = self.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
+            m = t["attention_mask"].unsqueeze(-1).to(h.dtype)
+            outs.append(((h * m).sum(1) / m.sum(1).clamp(min=1)).float())
+        if not outs:
+            return torch.zeros(0, self.width, device=dev)
+        return torch.cat(outs)
+
+    def _fingerprint_parts(self):
+        vocab = "\x00".join(self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))).encode()
+        return self.model.state_dict(), vocab
