@@ -71,23 +71,46 @@ def class_prompts(classes):
     return [f"the {normalize_text(c)}" for c in classes]
 
 
+# The official attribute prompt set (DynRefer's build_att_embeds over OVAD's "the" object_attribute_templates,
+# empty noun): both templates of the attribute's is/has kind for every synonym; the maturity attributes take extra
+# synonyms. dynrefer.eval.ovad.ovad_prompts builds the same strings on the evaluation side.
+_OFFICIAL_TEMPLATES = {
+    "has": ("the {attr} {dobj} {noun}", "the {noun} has {attr} {dobj}"),
+    "is": ("the {attr} {noun}", "the {noun} is {attr}"),
+}
+_EXTRA_SYNONYMS = {"young/baby": "/kid/kids/child/toddler/boy/girl", "adult/old/aged": "/teen/elder"}
+
+
 def attribute_prompts(attributes):
-    """Prompts per attribute. An attribute is a list of prompts, or OVAD's "type:syn1/syn2" name (or an OVAD
-    attribute record with that ``name``), which gives "the {syn} {type}" per synonym (max over synonyms at
-    inference)."""
+    """Prompts per attribute (its score is the max over them at inference). An attribute is
+
+    - an OVAD attribute record (``name`` "type:syn1/syn2", ``is_has_att`` "is" or "has"): the official prompts,
+      for every synonym both templates of its kind — "the {syn} {type}" and "the  has {syn} {type}" for "has",
+      "the {syn}" and "the  is {syn}" for "is" (" tone" dropped from the type; the empty noun leaves a double
+      space) — with extra synonyms for young/baby and adult/old/aged: 474 prompts for OVAD's 117 attributes;
+    - an OVAD name "type:syn1/syn2" alone (or a record without ``is_has_att``): "the {syn} {type}" per synonym;
+    - any other string: "the {a}"; a list: its own prompts.
+    """
     out = []
     for a in attributes:
-        if isinstance(a, dict):  # an OVAD attribute record
-            a = str(a["name"])
-        if isinstance(a, str):
-            if ":" in a:
-                kind, syns = a.split(":", 1)
-                kind = kind.replace(" tone", "")
-                out.append([f"the {s} {kind}".strip() for s in syns.split("/") if s])
-            else:
-                out.append([f"the {a}"])
+        if isinstance(a, dict) and a.get("is_has_att") in _OFFICIAL_TEMPLATES and ":" in str(a["name"]):
+            att_type, syns = str(a["name"]).split(":", 1)
+            syns += _EXTRA_SYNONYMS.get(syns, "")
+            dobj = att_type.replace(" tone", "")
+            out.append([tpl.format(attr=syn, dobj=dobj, noun="").strip()
+                        for syn in syns.split("/") if syn for tpl in _OFFICIAL_TEMPLATES[a["is_has_att"]]])
         else:
-            out.append([str(p) for p in a])
+            if isinstance(a, dict):
+                a = str(a["name"])
+            if isinstance(a, str):
+                if ":" in a:
+                    kind, syns = a.split(":", 1)
+                    kind = kind.replace(" tone", "")
+                    out.append([f"the {s} {kind}".strip() for s in syns.split("/") if s])
+                else:
+                    out.append([f"the {a}"])
+            else:
+                out.append([str(p) for p in a])
         if not out[-1]:
             raise ValueError(f"attribute {a!r} has no prompt")
     return out
