@@ -38,7 +38,7 @@ def clip_bpe_path():
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"the CLIP BPE vocabulary ({_BPE_FILE}) is read from the open-clip-torch package, which is not installed; "
-            "install it with pip install 'dynrefer[clip]' or pass bpe_path=<path to the file>")
+            "install it with pip install 'dynrefer[clip]', or give the file's path (bpe_path=, text_encoder.bpe_path)")
     for d in spec.submodule_search_locations:
         p = os.path.join(d, _BPE_FILE)
         if os.path.isfile(p):
