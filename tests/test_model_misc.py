@@ -136,3 +136,28 @@ def test_tiny_model_on_the_real_vocabularies(shared_data):
         assert res[0]["category"] in classes and len(res[0]["attributes"]) == 117
     finally:
         torch.set_num_threads(n)
+
+
+def test_attribute_prompts_are_the_official_set(shared_data):
+    """OVAD attribute records give the official 474 prompts (the same strings, in the same order and groups, as
+    dynrefer.eval.ovad.ovad_prompts); names without is/has keep one "the {syn} {type}" prompt per synonym."""
+    import json
+
+    from dynrefer.eval.ovad import ovad_prompts
+    from dynrefer.model.dynrefer import attribute_prompts
+
+    attributes = json.load(open(os.path.join(shared_data, "vocab", "ovad_attributes.json")))
+    prompts = attribute_prompts(attributes)
+    texts, sizes = ovad_prompts(attributes)
+    assert [p for ps in prompts for p in ps] == texts and [len(p) for p in prompts] == sizes
+    assert len(texts) == 474 and len(prompts) == 117
+    by_name = {a["name"]: p for a, p in zip(attributes, prompts)}
+    assert by_name["cleanliness:clean/neat"] == ["the clean", "the  is clean", "the neat", "the  is neat"]
+    young = next(p for n, p in by_name.items() if n.endswith(":young/baby"))
+    assert len(young) == 2 * 8 and "the kid" in young and "the  is toddler" in young
+    has = next(a for a in attributes if a["is_has_att"] == "has" and " tone" in a["name"])
+    syn = has["name"].split(":")[1].split("/")[0]
+    typ = has["name"].split(":")[0].replace(" tone", "")
+    assert by_name[has["name"]][:2] == [f"the {syn} {typ}", f"the  has {syn} {typ}"]
+    assert attribute_prompts(["color:red/reddish", {"name": "age:old"}, "shiny", ["a", "b"]]) == [
+        ["the red color", "the reddish color"], ["the old age"], ["the shiny"], ["a", "b"]]

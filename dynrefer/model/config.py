@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 __all__ = ["VisionConfig", "QFormerConfig", "HeadConfig", "T5Config", "LLMConfig", "TextEncoderConfig",
-           "GenerationConfig", "DynReferConfig", "PRESETS"]
+           "GenerationConfig", "DynReferConfig", "PRESETS", "EVA_CLIP_TEXT", "TINY_EVA_CLIP_TEXT"]
 
 
 @dataclass
@@ -128,13 +128,46 @@ class LLMConfig:
 
 @dataclass
 class TextEncoderConfig:
-    """The frozen text encoder that embeds tag names, class and attribute prompts and captions (a BERT)."""
+    """The frozen text encoder that embeds tag names, class and attribute prompts and captions.
+
+    kind "bert": a BERT over a word-level tokenizer trained on the model's texts, mean-pooled (embeddings
+    ``hidden_size`` wide). kind "eva_clip": EVA-CLIP's text tower (:mod:`dynrefer.model.clip_text`; CLIP BPE
+    tokenizer, causal transformer, EOT pooling, projection to ``embed_dim``), as the official DynRefer uses; its
+    ``vocab_size`` is the CLIP vocabulary (49408), ``max_length`` the context (77), ``weights`` an optional file of
+    EVA-CLIP text weights to load (an EVA-CLIP checkpoint's ``text.*`` entries, e.g. the official
+    ``eva_clip_psz14.pt``), ``bpe_path`` the CLIP merges file (default: the installed ``open_clip`` package's).
+    """
     hidden_size: int = 768
     num_layers: int = 12
     num_heads: int = 12
     intermediate_size: int = 3072
     vocab_size: int = 30522
     max_length: int = 32
+    kind: str = "bert"
+    embed_dim: int = 1024        # eva_clip: width of text_projection's output (the embedding width)
+    weights: Optional[str] = None   # eva_clip: EVA-CLIP text weights to load
+    bpe_path: Optional[str] = None  # eva_clip: the CLIP BPE merges file
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("bert", "eva_clip"):
+            raise ValueError(f"text_encoder.kind must be 'bert' or 'eva_clip', got {self.kind!r}")
+        if self.kind == "eva_clip" and self.vocab_size < 49408:
+            raise ValueError(f"text_encoder.vocab_size must be at least 49408 (the CLIP vocabulary) for kind "
+                             f"'eva_clip', got {self.vocab_size}")
+
+    @property
+    def embed_width(self) -> int:
+        """The width of the text embeddings (``clip_embeds`` …) this encoder makes."""
+        return self.embed_dim if self.kind == "eva_clip" else self.hidden_size
+
+
+# A tiny EVA-CLIP-layout text tower for tests (the full CLIP vocabulary, a small transformer).
+TINY_EVA_CLIP_TEXT: Dict[str, Any] = dict(kind="eva_clip", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=128,
+                          vocab_size=49408, max_length=77, embed_dim=48)
+
+# EVA-CLIP ViT-g/14's text tower (model_configs/EVA_CLIP_g_14.json, text_cfg; embed_dim 1024).
+EVA_CLIP_TEXT: Dict[str, Any] = dict(kind="eva_clip", hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
+                     vocab_size=49408, max_length=77, embed_dim=1024)
 
 
 @dataclass
@@ -181,7 +214,7 @@ class DynReferConfig:
             llm = f"causal {l.path or (l.config or {}).get('model_type', '?')}" + (" +LoRA" if l.lora else "")
         return (f"DynReferConfig({v.arch} ViT {v.width}x{v.depth} @{v.image_size}/{v.patch_size}, "
                 f"{self.num_views} views, Q-Former {q.hidden_size}x{q.num_layers} ({q.num_query_tokens} queries), "
-                f"LLM {llm}, text {te.hidden_size}x{te.num_layers})")
+                f"LLM {llm}, text {te.kind} {te.hidden_size}x{te.num_layers})")
 
     # --------------------------------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> Dict[str, Any]:
@@ -216,7 +249,8 @@ class DynReferConfig:
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "official": DynReferConfig(vit_precision="fp16", llm_precision="bf16").to_dict(),
+    "official": DynReferConfig(text_encoder=TextEncoderConfig(**EVA_CLIP_TEXT), vit_precision="fp16",
+                               llm_precision="bf16").to_dict(),
     "medium": DynReferConfig(
         vision=VisionConfig(image_size=224, patch_size=14, width=384, depth=6, num_heads=6, mlp_ratio=4.0),
         qformer=QFormerConfig(hidden_size=384, num_layers=4, num_heads=6, intermediate_size=1536),

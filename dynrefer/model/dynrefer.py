@@ -54,7 +54,7 @@ from dynrefer.model.config import DynReferConfig
 from dynrefer.model.decoders import DECODERS, autocast
 from dynrefer.model.losses import AsymmetricLoss, pairwise_sigmoid_loss
 from dynrefer.model.qformer import CrossDecoder, QFormer
-from dynrefer.model.text import TextEncoder, normalize_text
+from dynrefer.model.text import FrozenTextEncoder, normalize_text
 from dynrefer.model.vision import build_vision_encoder
 from dynrefer.nn import backend
 from dynrefer.nn.align import DeformableAlign
@@ -79,23 +79,46 @@ def class_prompts(classes: Iterable[object]) -> List[str]:
     return [f"the {normalize_text(c)}" for c in classes]
 
 
+# The official attribute prompt set (DynRefer's build_att_embeds over OVAD's "the" object_attribute_templates,
+# empty noun): both templates of the attribute's is/has kind for every synonym; the maturity attributes take extra
+# synonyms. dynrefer.eval.ovad.ovad_prompts builds the same strings on the evaluation side.
+_OFFICIAL_TEMPLATES = {
+    "has": ("the {attr} {dobj} {noun}", "the {noun} has {attr} {dobj}"),
+    "is": ("the {attr} {noun}", "the {noun} is {attr}"),
+}
+_EXTRA_SYNONYMS = {"young/baby": "/kid/kids/child/toddler/boy/girl", "adult/old/aged": "/teen/elder"}
+
+
 def attribute_prompts(attributes: Iterable[Any]) -> List[List[str]]:
-    """Prompts per attribute. An attribute is a list of prompts, or OVAD's "type:syn1/syn2" name (or an OVAD
-    attribute record with that ``name``), which gives "the {syn} {type}" per synonym (max over synonyms at
-    inference)."""
+    """Prompts per attribute (its score is the max over them at inference). An attribute is
+
+    - an OVAD attribute record (``name`` "type:syn1/syn2", ``is_has_att`` "is" or "has"): the official prompts,
+      for every synonym both templates of its kind — "the {syn} {type}" and "the  has {syn} {type}" for "has",
+      "the {syn}" and "the  is {syn}" for "is" (" tone" dropped from the type; the empty noun leaves a double
+      space) — with extra synonyms for young/baby and adult/old/aged: 474 prompts for OVAD's 117 attributes;
+    - an OVAD name "type:syn1/syn2" alone (or a record without ``is_has_att``): "the {syn} {type}" per synonym;
+    - any other string: "the {a}"; a list: its own prompts.
+    """
     out = []
     for a in attributes:
-        if isinstance(a, dict):  # an OVAD attribute record
-            a = str(a["name"])
-        if isinstance(a, str):
-            if ":" in a:
-                kind, syns = a.split(":", 1)
-                kind = kind.replace(" tone", "")
-                out.append([f"the {s} {kind}".strip() for s in syns.split("/") if s])
-            else:
-                out.append([f"the {a}"])
+        if isinstance(a, dict) and a.get("is_has_att") in _OFFICIAL_TEMPLATES and ":" in str(a["name"]):
+            att_type, syns = str(a["name"]).split(":", 1)
+            syns += _EXTRA_SYNONYMS.get(syns, "")
+            dobj = att_type.replace(" tone", "")
+            out.append([tpl.format(attr=syn, dobj=dobj, noun="").strip()
+                        for syn in syns.split("/") if syn for tpl in _OFFICIAL_TEMPLATES[a["is_has_att"]]])
         else:
-            out.append([str(p) for p in a])
+            if isinstance(a, dict):
+                a = str(a["name"])
+            if isinstance(a, str):
+                if ":" in a:
+                    kind, syns = a.split(":", 1)
+                    kind = kind.replace(" tone", "")
+                    out.append([f"the {s} {kind}".strip() for s in syns.split("/") if s])
+                else:
+                    out.append([f"the {a}"])
+            else:
+                out.append([str(p) for p in a])
         if not out[-1]:
             raise ValueError(f"attribute {a!r} has no prompt")
     return out
@@ -117,7 +140,8 @@ class DynRefer(nn.Module):
         t5_tokenizer: the LLM's tokenizer (e.g. :func:`dynrefer.model.text.build_t5_tokenizer` or a T5 directory's;
             for a causal LLM its tokenizer, e.g. :func:`dynrefer.model.text.build_causal_tokenizer`).
         tag_list: the tag names (RAM's 4585 officially).
-        text_encoder: a frozen :class:`TextEncoder` (embeds tags, prompts and, in training, captions).
+        text_encoder: a frozen text encoder (:class:`TextEncoder`, a BERT, or
+            :class:`~dynrefer.model.clip_text.EVACLIPTextEncoder`; embeds tags, prompts and, in training, captions).
         classes: category names for region recognition (optional).
         attributes: attribute definitions for attribute detection (optional; see :func:`attribute_prompts`).
         t5_model: a ``T5ForConditionalGeneration`` (default: built from ``config.t5``, random weights).
@@ -140,7 +164,7 @@ class DynRefer(nn.Module):
     ov_embeds: Tensor
 
     def __init__(self, config: Union[DynReferConfig, str], t5_tokenizer: Any, tag_list: Iterable[object],
-                 text_encoder: TextEncoder, classes: Iterable[object] = (), attributes: Iterable[Any] = (),
+                 text_encoder: FrozenTextEncoder, classes: Iterable[object] = (), attributes: Iterable[Any] = (),
                  t5_model: Any = None, embed_cache_dir: Optional[str] = None, llm_model: Any = None) -> None:
         super().__init__()
         if isinstance(config, str):
@@ -171,8 +195,9 @@ class DynRefer(nn.Module):
         d_model = self.decoder.attach(t5_tokenizer, t5_model if kind == "t5" else llm_model, qc.hidden_size)
         self.cem_memory = nn.Parameter(torch.zeros(d_model))
         # text embeddings
-        if not isinstance(text_encoder, TextEncoder):
-            raise TypeError("text_encoder must be a dynrefer.model.text.TextEncoder")
+        if not isinstance(text_encoder, FrozenTextEncoder):
+            raise TypeError("text_encoder must be a dynrefer.model.text.FrozenTextEncoder (TextEncoder or "
+                            "EVACLIPTextEncoder)")
         self.text_encoder = text_encoder
         self.tag_list = [str(t) for t in tag_list]
         if not self.tag_list:
@@ -182,7 +207,7 @@ class DynRefer(nn.Module):
         self.attribute_names = [_attribute_name(a) for a in self.attributes]
         prompts = attribute_prompts(self.attributes)
         self.att_len_synonyms = [len(p) for p in prompts]
-        E = text_encoder.width
+        E = int(getattr(text_encoder, "width"))
         emb = lambda texts: (text_encoder.embed(texts, embed_cache_dir) if texts else torch.zeros(0, E))  # noqa
         self.register_buffer("clip_embeds", emb(self.tag_list))
         self.register_buffer("att_embeds", emb([p for ps in prompts for p in ps]))

@@ -3,19 +3,30 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Sequence, Type, Union
 
-from dynrefer.model.config import DynReferConfig
+from dynrefer.model.config import DynReferConfig, TextEncoderConfig
 from dynrefer.model.dynrefer import DynRefer, attribute_prompts, class_prompts
 from dynrefer.model.text import TextEncoder, build_bert_tokenizer, build_causal_tokenizer, build_t5_tokenizer
 
-__all__ = ["build_dynrefer"]
+__all__ = ["build_dynrefer", "build_text_encoder"]
 
 
 _NO_CAP = 10_000_000
 
 
+def build_text_encoder(cfg: TextEncoderConfig, texts: Iterable[object] = ()) -> Any:
+    """The frozen text encoder of a :class:`~dynrefer.model.config.TextEncoderConfig`: kind "bert" trains its
+    word-level tokenizer on ``texts``; kind "eva_clip" uses the CLIP BPE vocabulary (``texts`` unused) and loads
+    ``cfg.weights`` when set."""
+    if cfg.kind == "eva_clip":
+        from dynrefer.model.clip_text import EVACLIPTextEncoder
+
+        return EVACLIPTextEncoder(cfg)
+    return TextEncoder(cfg, build_bert_tokenizer(texts, _NO_CAP))
+
+
 def build_dynrefer(config: Union[DynReferConfig, str] = "tiny", texts: Iterable[object] = (),
                    tag_list: Sequence[str] = (), classes: Sequence[str] = (), attributes: Sequence[Any] = (),
-                   t5_model: Any = None, t5_tokenizer: Any = None, text_encoder: Optional[TextEncoder] = None,
+                   t5_model: Any = None, t5_tokenizer: Any = None, text_encoder: Any = None,
                    embed_cache_dir: Optional[str] = None, seed: Optional[int] = None, llm_model: Any = None,
                    llm_tokenizer: Any = None, model_cls: Type[DynRefer] = DynRefer) -> DynRefer:
     """A DynRefer with randomly initialised weights from ``config`` (a :class:`DynReferConfig` or a preset name).
@@ -52,8 +63,7 @@ def build_dynrefer(config: Union[DynReferConfig, str] = "tiny", texts: Iterable[
             if llm_tokenizer is None:
                 llm_tokenizer = build_causal_tokenizer(vocab + [lc.system, lc.user, lc.assistant, lc.prompt], _NO_CAP)
         if text_encoder is None:
-            tok = build_bert_tokenizer(vocab, _NO_CAP)
-            text_encoder = TextEncoder(config.text_encoder, tok)
+            text_encoder = build_text_encoder(config.text_encoder, vocab)
         if lc.kind == "causal":
             return model_cls(config, llm_tokenizer, tag_list, text_encoder, classes=classes, attributes=attributes,
                              embed_cache_dir=embed_cache_dir, llm_model=llm_model)

@@ -83,10 +83,16 @@ def parameter_split(config: DynReferConfig) -> Dict[str, int]:
         C, n, H = vc.width, config.num_views, hc.hidden_size
         t5 = build_t5(tc, _Tok())
         d_model = t5.config.d_model
-        text = BertModel(BertConfig(vocab_size=ec.vocab_size, hidden_size=ec.hidden_size,
-                                    num_hidden_layers=ec.num_layers, num_attention_heads=ec.num_heads,
-                                    intermediate_size=ec.intermediate_size), add_pooling_layer=False)
-        E = ec.hidden_size
+        if ec.kind == "eva_clip":
+            from dynrefer.model.clip_text import CLIPTextTransformer
+
+            text = CLIPTextTransformer(ec.vocab_size, ec.hidden_size, ec.num_layers, ec.num_heads, ec.max_length,
+                                       ec.embed_dim, ec.intermediate_size)
+        else:
+            text = BertModel(BertConfig(vocab_size=ec.vocab_size, hidden_size=ec.hidden_size,
+                                        num_hidden_layers=ec.num_layers, num_attention_heads=ec.num_heads,
+                                        intermediate_size=ec.intermediate_size), add_pooling_layer=False)
+        E = ec.embed_width
         head = lambda: count(CrossDecoder(hc)) + (qc.hidden_size * H + H) + (E * H + H) + (H + 1)  # noqa: E731
         split = {
             "visual_encoder": count(build_vision_encoder(vc)) + 2 * C,  # + ln_vision

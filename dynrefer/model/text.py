@@ -1,4 +1,5 @@
-"""Locally built tokenizers and the frozen text encoder (with an on-disk embedding cache).
+"""Locally built tokenizers and the frozen BERT text encoder (with an on-disk embedding cache); EVA-CLIP's text
+tower, the official one, is :mod:`dynrefer.model.clip_text`.
 
 Nothing here downloads: a word-level ``tokenizers`` tokenizer is trained on the texts the caller passes
 (captions, tag names, class and attribute names) and wrapped in ``PreTrainedTokenizerFast``, so it saves and
@@ -8,26 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from torch import Tensor
 
-if TYPE_CHECKING:
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
-
-    from dynrefer.model.config import TextEncoderConfig
-
-__all__ = ["build_t5_tokenizer", "build_bert_tokenizer", "build_causal_tokenizer", "TextEncoder", "normalize_text"]
+__all__ = ["build_t5_tokenizer", "build_bert_tokenizer", "build_causal_tokenizer", "FrozenTextEncoder", "TextEncoder",
+           "normalize_text"]
 
 
 def normalize_text(s: object) -> str:
     return " ".join(str(s).lower().strip().split())
 
 
-def _word_level(texts: Iterable[object], vocab_size: int, specials: Sequence[str], unk: str) -> Tokenizer:
+def _word_level(texts, vocab_size, specials, unk):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.WordLevel(unk_token=unk))
@@ -38,7 +33,7 @@ def _word_level(texts: Iterable[object], vocab_size: int, specials: Sequence[str
     return tok
 
 
-def build_t5_tokenizer(texts: Iterable[str], vocab_size: int = 32128) -> PreTrainedTokenizerFast:
+def build_t5_tokenizer(texts: Iterable[object], vocab_size: int = 32128) -> Any:
     """A word-level tokenizer with T5's special ids: <pad> = 0, </s> = 1 (appended to every sequence), <unk> = 2.
 
     ``texts``: an iterable of strings (captions, tags, …); '|' and ',' are always in the vocabulary (control
@@ -55,7 +50,7 @@ def build_t5_tokenizer(texts: Iterable[str], vocab_size: int = 32128) -> PreTrai
                                    clean_up_tokenization_spaces=True, model_max_length=512)
 
 
-def build_bert_tokenizer(texts: Iterable[str], vocab_size: int = 30522) -> PreTrainedTokenizerFast:
+def build_bert_tokenizer(texts: Iterable[object], vocab_size: int = 30522) -> Any:
     """A word-level tokenizer with BERT's specials: [PAD] = 0, [UNK], [CLS] … [SEP]."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
@@ -67,7 +62,7 @@ def build_bert_tokenizer(texts: Iterable[str], vocab_size: int = 30522) -> PreTr
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
 
 
-def build_causal_tokenizer(texts: Iterable[str], vocab_size: int = 32000) -> PreTrainedTokenizerFast:
+def build_causal_tokenizer(texts: Iterable[object], vocab_size: int = 32000) -> Any:
     """A word-level tokenizer with LLaMA's special ids: <unk> = 0, <s> = 1, </s> = 2, and <pad> = 3. It adds no
     special tokens itself (the model places <s> and </s>). '|', ',' and ':' are always in the vocabulary."""
     from transformers import PreTrainedTokenizerFast
@@ -78,7 +73,75 @@ def build_causal_tokenizer(texts: Iterable[str], vocab_size: int = 32000) -> Pre
                                    pad_token="<pad>", clean_up_tokenization_spaces=True, model_max_length=4096)
 
 
-class TextEncoder(nn.Module):
+class FrozenTextEncoder:
+    """What the model needs of a frozen text encoder (a mixin for an ``nn.Module``): ``width`` (the embedding
+    width), ``encode(texts)`` → float ``[N, width]``, and from here ``encode_memo``, ``embed`` (with an on-disk cache
+    keyed by ``fingerprint()``) and a ``train`` that keeps it in eval mode.
+
+    Subclasses: :class:`TextEncoder` (a BERT) and :class:`dynrefer.model.clip_text.EVACLIPTextEncoder`."""
+
+    kind = None
+
+    def _init_frozen(self):
+        self.requires_grad_(False)
+        self.eval()
+        self._fingerprint = None
+        self._memo = {}
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_memo(self, texts: Sequence[str], max_entries: int = 200_000) -> torch.Tensor:
+        """``encode`` through an in-memory memo per text (the encoder is frozen, so a text's embedding is fixed);
+        training embeds each caption once. Each new text is encoded on its own (no padding, no batch company), so
+        an embedding does not depend on which batch first held its text, nor on whether the memo was emptied or
+        rebuilt after a resume: training resumes bit for bit."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if new:
+            if len(self._memo) + len(new) > max_entries:
+                self._memo.clear()
+            for t in new:
+                self._memo[t] = self.encode([t])[0].cpu()
+        return torch.stack([self._memo[t] for t in texts]).to(self._device())
+
+    def train(self, mode: bool = True) -> "FrozenTextEncoder":  # always frozen and in eval mode
+        return super().train(False)
+
+    def _fingerprint_parts(self) -> Tuple[dict, bytes]:
+        """(state dict, vocabulary bytes) that identify the encoder."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            state, vocab = self._fingerprint_parts()
+            for k, v in sorted(state.items()):
+                h.update(k.encode())
+                h.update(v.detach().float().cpu().numpy().tobytes())
+            h.update(vocab)
+            self._fingerprint = h.hexdigest()[:24]
+        return self._fingerprint
+
+    def embed(self, texts: Iterable[object], cache_dir: Optional[str] = None) -> torch.Tensor:
+        texts = [str(t) for t in texts]
+        if cache_dir is None:
+            return self.encode(texts).cpu()
+        key = hashlib.sha256((self.fingerprint() + "\x01" + "\x00".join(texts)).encode()).hexdigest()[:32]
+        path = os.path.join(cache_dir, f"text_embeds_{key}.pt")
+        if os.path.exists(path):
+            return torch.load(path, map_location="cpu", weights_only=True)
+        emb = self.encode(texts).cpu()
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = path + f".tmp{os.getpid()}"
+        torch.save(emb, tmp)
+        os.replace(tmp, path)
+        return emb
+
+
+class TextEncoder(FrozenTextEncoder, nn.Module):
     """A frozen BERT text encoder (``transformers.BertModel``): texts → the mean of the last hidden states
     over the text's tokens (specials included).
 
@@ -86,8 +149,9 @@ class TextEncoder(nn.Module):
     encoder's weights and the texts, so the thousands of tag / attribute prompts are embedded once.
     """
 
-    def __init__(self, cfg: TextEncoderConfig, tokenizer: PreTrainedTokenizerBase,
-                 model: Optional[PreTrainedModel] = None) -> None:
+    kind = "bert"
+
+    def __init__(self, cfg: Any, tokenizer: Any, model: Any = None) -> None:
         super().__init__()
         from transformers import BertConfig, BertModel
 
@@ -101,31 +165,11 @@ class TextEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = cfg.max_length
         self.width = model.config.hidden_size
-        self.requires_grad_(False)
-        self.eval()
-        self._fingerprint: Optional[str] = None
-        self._memo: Dict[str, Tensor] = {}
-
-    def encode_memo(self, texts: Sequence[str], max_entries: int = 200_000) -> Tensor:
-        """``encode`` through an in-memory memo per text (the encoder is frozen, so a text's embedding is fixed);
-        training embeds each caption once. Each new text is encoded on its own (no padding, no batch company), so
-        an embedding does not depend on which batch first held its text, nor on whether the memo was emptied or
-        rebuilt after a resume: training resumes bit for bit."""
-        new = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        if new:
-            if len(self._memo) + len(new) > max_entries:
-                self._memo.clear()
-            for t in new:
-                self._memo[t] = self.encode([t])[0].cpu()
-        dev = next(self.model.parameters()).device
-        return torch.stack([self._memo[t] for t in texts]).to(dev)
-
-    def train(self, mode: bool = True) -> TextEncoder:  # always frozen and in eval mode
-        return super().train(False)
+        self._init_frozen()
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
-        dev = next(self.model.parameters()).device
+    def encode(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        dev = self._device()
         outs = []
         for i in range(0, len(texts), batch_size):
             t = self.tokenizer([normalize_text(x) for x in texts[i:i + batch_size]], padding=True, truncation=True,
@@ -137,27 +181,6 @@ class TextEncoder(nn.Module):
             return torch.zeros(0, self.width, device=dev)
         return torch.cat(outs)
 
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            h = hashlib.sha256()
-            for k, v in sorted(self.model.state_dict().items()):
-                h.update(k.encode())
-                h.update(v.detach().float().cpu().numpy().tobytes())
-            h.update("\x00".join(self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))).encode())
-            self._fingerprint = h.hexdigest()[:24]
-        return self._fingerprint
-
-    def embed(self, texts: Iterable[object], cache_dir: Optional[str] = None) -> Tensor:
-        strs = [str(t) for t in texts]
-        if cache_dir is None:
-            return self.encode(strs).cpu()
-        key = hashlib.sha256((self.fingerprint() + "\x01" + "\x00".join(strs)).encode()).hexdigest()[:32]
-        path = os.path.join(cache_dir, f"text_embeds_{key}.pt")
-        if os.path.exists(path):
-            return torch.load(path, map_location="cpu", weights_only=True)
-        emb = self.encode(strs).cpu()
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = path + f".tmp{os.getpid()}"
-        torch.save(emb, tmp)
-        os.replace(tmp, path)
-        return emb
+    def _fingerprint_parts(self):
+        vocab = "\x00".join(self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))).encode()
+        return self.model.state_dict(), vocab

@@ -94,11 +94,13 @@ class FusedQKVAttention(nn.Module):
 
 
 class InProjAttention(nn.Module):
-    """``nn.MultiheadAttention`` parameter layout (in_proj_weight, in_proj_bias, out_proj) on the backend."""
+    """``nn.MultiheadAttention`` parameter layout (in_proj_weight, in_proj_bias, out_proj) on the backend.
+    ``causal``: each token attends to itself and the tokens before it (CLIP's text tower)."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, causal: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.causal = bool(causal)
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
@@ -107,7 +109,7 @@ class InProjAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         o = backend.attention(split_heads(q, self.num_heads), split_heads(k, self.num_heads),
-                              split_heads(v, self.num_heads))
+                              split_heads(v, self.num_heads), is_causal=self.causal)
         return self.out_proj(merge_heads(o))
 
 
