@@ -53,7 +53,8 @@ def _info(_args: argparse.Namespace) -> int:
 
 
 def _threads(args: argparse.Namespace) -> None:
-    """--threads: torch's CPU threads for this command (None: torch's default, all cores or OMP_NUM_THREADS)."""
+    """--threads: torch's CPU threads for this command (None: torch's default, all cores or OMP_NUM_THREADS; a 7B
+    LLM wants them all, one is fastest for the small presets)."""
     n = getattr(args, "threads", None)
     if n is None:
         return
@@ -125,7 +126,8 @@ def _chat(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise CliError("--question must not be empty")
     gen = _gen_args(args)  # checked before the model loads
-    model = load_chat_model(args.checkpoint, args.threads)
+    _threads(args)
+    model = load_chat_model(args.checkpoint)
     try:
         answer = model.chat(img, boxes, args.question, prior=args.prior, seed=args.seed, **gen)
     except ValueError as e:
@@ -147,7 +149,8 @@ def _ferret_bench(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be at least 1, got {args.limit}")
     gen = _gen_args(args)  # checked before the model loads
-    model = load_chat_model(args.checkpoint, args.threads)
+    _threads(args)
+    model = load_chat_model(args.checkpoint)
     try:
         recs = export_answers(model, questions, args.images, args.out, model_id=args.model_id, limit=args.limit,
                               log=print, **gen)

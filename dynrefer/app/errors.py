@@ -42,7 +42,7 @@ def describe_user_error(err: BaseException) -> Optional[str]:
                     f"(or pip install {pkg})")
         return None
     if isinstance(err, user_error_types()):
-        if isinstance(err, OSError) and err.filename is not None and not isinstance(err, (UserError,)):
+        if isinstance(err, OSError) and err.filename is not None:
             return f"{err.filename}: {err.strerror or err}"
         msg = str(err).strip() or type(err).__name__
         if "Original Traceback" in msg:   # re-raised from a DataLoader worker: the worker's own message is last

@@ -118,14 +118,10 @@ def train_conversations(cfg: Any, log: Callable[[str], Any] = print) -> Tuple[Dy
     return model, summary, path
 
 
-def load_chat_model(checkpoint: str, threads: Optional[int] = None) -> DynRefer:
-    """The model of the bundle ``checkpoint`` for chat (it must have a decoder-only LLM); ``threads``: torch CPU
-    threads (None: torch's default — a 7B LLM wants them all; 1 is fastest for the small presets)."""
+def load_chat_model(checkpoint: str) -> DynRefer:
+    """The model of the bundle ``checkpoint`` for chat (it must have a decoder-only LLM)."""
     from dynrefer.app.bundle import load_bundle, load_bundle_model
     from dynrefer.app.errors import UserError
-
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be at least 1, got {threads}")
 
     try:
         bundle = load_bundle(checkpoint)
@@ -134,8 +130,4 @@ def load_chat_model(checkpoint: str, threads: Optional[int] = None) -> DynRefer:
     if bundle["config"].get("llm", {}).get("kind", "t5") != "causal":
         raise UserError(f"{checkpoint}: this model's D_llm is a T5; chat needs a model with a decoder-only LLM "
                         "(train one on conversations: datasets.conversations and model.llm.kind causal)")
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
     return load_bundle_model(checkpoint, bundle)[1]

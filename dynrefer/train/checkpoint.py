@@ -58,7 +58,16 @@ def _fsync_dir(directory: str) -> None:
 
 
 def _file_mode() -> int:
-    """0666 less the process umask: the mode ``open()`` would have given a new file."""
+    """0666 less the process umask: the mode ``open()`` would have given a new file. Read from /proc where Linux
+    shows it; setting and restoring the umask, the only portable way to read it, would let another thread create
+    a file under the temporary mask."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask

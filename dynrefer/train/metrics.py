@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import sys
+import time
 from typing import IO, Any, Optional, Union
 
 from dynrefer.train.checkpoint import atomic_write_bytes
@@ -133,13 +134,9 @@ class Console:
         return self.stream or sys.stdout
 
     def start(self, step: int, bar_shown: bool) -> None:
-        import time
-
         self.t0, self.step0, self.bar_shown = time.perf_counter(), step, bar_shown
 
     def _eta(self, step: int) -> str:
-        import time
-
         if self.t0 is None or step <= self.step0:
             return "?"
         rate = (time.perf_counter() - self.t0) / (step - self.step0)
