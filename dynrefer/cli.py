@@ -15,6 +15,10 @@
                                                  on region conversations (datasets.conversations)
     dynrefer eval CONFIG --checkpoint BUNDLE     caption CIDEr, attribute mAP and category accuracy on a split
         [--detections FILE] [--gt-boxes]         or dense captioning mAP on a detector's boxes / the GT boxes
+    dynrefer convert --out BUNDLE [--config CONFIG] [--checkpoint F] [--vit F] [--blip2 F] [--clip-text F]
+        [--t5 DIR] [--vocab DIR | --tags F --classes F --attributes F]
+                                                 official-format weights (DynRefer, EVA ViT-g, BLIP-2, EVA-CLIP text,
+                                                 T5) → a model bundle for describe / eval / chat
     dynrefer flops [PRESET] [--views N]          visual MACs per region and the parameter split of a preset
     dynrefer bench [--repeats R]                 RoI-Align on DynRefer's multi-view shapes, checked against
                                                  torchvision and timed side by side (benchmarks/ has the rest)
@@ -213,6 +217,32 @@ def _eval_densecap(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from dynrefer.app.convert import convert_official
+
+    section: Dict[str, Any] = {}
+    if args.config:
+        from dynrefer.train import load_config
+
+        section = dict(load_config(args.config, args.overrides).model)
+    elif args.overrides:
+        raise CliError("key=value overrides need --config")
+    if args.preset:
+        section["preset"] = args.preset
+    for opt, key in (("checkpoint", "finetuned"), ("vit", "vit_checkpoint"), ("blip2", "pretrained"),
+                     ("tags", "tag_list"), ("classes", "ov_file"), ("attributes", "ovad_file")):
+        if getattr(args, opt):
+            section[key] = getattr(args, opt)
+    for opt, sec, key in (("clip_text", "text_encoder", "weights"), ("t5", "llm", "path")):
+        if getattr(args, opt):
+            section[sec] = dict(section.get(sec) or {}, **{key: getattr(args, opt)})
+    if args.vocab and any(getattr(args, o) for o in ("tags", "classes", "attributes")):
+        raise CliError("--vocab DIR or --tags/--classes/--attributes, not both")
+    _threads(args)
+    convert_official(args.out, section, vocab_dir=args.vocab)
+    return 0
+
+
 def _flops(args: argparse.Namespace) -> int:
     from dynrefer.model import DynReferConfig, flops_report
 
@@ -309,6 +339,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, i.e. all cores "
                    "or OMP_NUM_THREADS)")
     e.set_defaults(fn=_eval)
+    cv = sub.add_parser("convert", help="official-format weights → a model bundle (describe / eval / chat)")
+    cv.add_argument("overrides", nargs="*", help="dotted overrides of --config, e.g. model.num_views=3")
+    cv.add_argument("--out", required=True, help="the bundle to write")
+    cv.add_argument("--config", help="YAML with a model section: preset, fields, weight and vocabulary keys")
+    cv.add_argument("--preset", default=None, help="model preset (default: the config's, else official)")
+    cv.add_argument("--checkpoint", help="a DynRefer checkpoint, e.g. ckpts/vg1.2_5e.pth (model.finetuned)")
+    cv.add_argument("--vit", help="EVA ViT-g weights, eva_vit_g.pth (model.vit_checkpoint)")
+    cv.add_argument("--blip2", help="BLIP-2 checkpoint, blip2_pretrained_flant5xl.pth (model.pretrained)")
+    cv.add_argument("--clip-text", help="EVA-CLIP weights, eva_clip_psz14.pt (model.text_encoder.weights)")
+    cv.add_argument("--t5", help="the T5's Hugging Face directory, flan-t5-xl (model.llm.path)")
+    cv.add_argument("--vocab", help="a data folder with tags.txt, classes.json and attributes.json")
+    cv.add_argument("--tags", help="tag list, one per line (model.tag_list)")
+    cv.add_argument("--classes", help="class names, JSON (model.ov_file)")
+    cv.add_argument("--attributes", help="OVAD attributes, JSON (model.ovad_file)")
+    cv.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    cv.set_defaults(fn=_convert)
     f = sub.add_parser("flops", help="visual MACs per region and parameter split")
     f.add_argument("preset", nargs="?", default="official")
     f.add_argument("--views", type=int, default=None)

@@ -25,15 +25,22 @@ def read_vocab(data_dir: str) -> Tuple[List[str], list, list]:
 
 
 def build_bundle_model(bundle: Mapping[str, Any]) -> DynRefer:
-    """Rebuild a model saved by :func:`save_bundle` (tokenizers are rebuilt from the saved texts; deterministic)."""
+    """Rebuild a model saved by :func:`save_bundle` (tokenizers are rebuilt from the saved texts; deterministic).
+    Towers the bundle holds are built on the meta device and get the bundle's tensors by assignment (no second
+    copy); an LLM the config names by ``llm.path`` is reloaded from that directory. Weight files the config names
+    are not read: the bundle holds the weights."""
     from dynrefer.model import DynReferConfig, build_dynrefer
+    from dynrefer.model.factory import external_keys
 
     cfg = DynReferConfig.from_dict(bundle["config"])
     model = build_dynrefer(cfg, texts=bundle["texts"], tag_list=bundle["tags"], classes=bundle["classes"],
-                           attributes=bundle["attributes"], seed=0)
-    missing, unexpected = model.load_state_dict(bundle["model"], strict=False)
-    external = model.external_llm_keys()  # a frozen LLM reloaded from config.llm.path
-    if unexpected or [k for k in missing if not k.endswith("_embeds") and k not in external]:
+                           attributes=bundle["attributes"], seed=0, state_dict=bundle["model"], load_weights=False)
+    rep = model.load_reports[-1] if model.load_reports else None
+    missing = [] if rep is None else [k for k in rep.missing if not k.endswith("_embeds")]
+    external = external_keys(model)  # a frozen LLM reloaded from config.llm.path
+    missing = [k for k in missing if k not in external]
+    unexpected = [] if rep is None else rep.unexpected
+    if unexpected or missing or any(r.initialized for r in model.load_reports):
         raise RuntimeError(f"bundle does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.eval()
     return model
@@ -44,7 +51,9 @@ def save_bundle(model: DynRefer, path: str, texts: Iterable[str], tags: Iterable
     """Everything ``dynrefer describe`` needs in one file, written atomically."""
     from dynrefer.train.checkpoint import atomic_save, seal
 
-    external = model.external_llm_keys()  # a frozen LLM from config.llm.path is reloaded from there
+    from dynrefer.model.factory import external_keys
+
+    external = external_keys(model)  # a frozen LLM from config.llm.path is reloaded from there
     state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in external}
     _check_finite(state, path)
     atomic_save(seal({"format": BUNDLE_FORMAT, "config": model.config.to_dict(), "texts": list(texts),
@@ -71,7 +80,7 @@ def load_bundle(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model bundle at {path} (run `dynrefer demo` first, or pass --checkpoint)")
     try:  # tensors, lists, dicts and strings only: no pickled code is executed
-        b = torch.load(path, map_location="cpu", weights_only=True)
+        b = torch.load(path, map_location="cpu", weights_only=True, mmap=True)   # read as used, never copied
     except Exception as e:  # noqa: BLE001 - any unreadable file is "not a bundle" to the user
         raise ValueError(f"{path} is not a dynrefer model bundle ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(b, dict) or b.get("format") != BUNDLE_FORMAT:

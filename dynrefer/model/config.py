@@ -91,6 +91,9 @@ class LLMConfig:
     """Which LLM sits behind D_llm.
 
     kind "t5" (default): the encoder-decoder T5 of ``DynReferConfig.t5`` (official names ``t5_model``, ``t5_proj``).
+    With kind "t5", ``path`` is a local Hugging Face T5 directory (LAVIS's ``t5_model``, e.g. flan-t5-xl) whose
+    weights and tokenizer replace the ones built from ``DynReferConfig.t5`` (loaded in ``dtype``; model bundles
+    keep the path and reload the T5 from there).
     kind "causal": a decoder-only Hugging Face causal LM (official Vicuna-variant names ``llm_model``, ``llm_proj``):
     ``path`` a local directory (``AutoModelForCausalLM`` + ``AutoTokenizer``, nothing downloaded), or ``config`` a
     Hugging Face config dict with its ``model_type`` (random weights, word-level tokenizer trained on the caller's
@@ -135,7 +138,8 @@ class TextEncoderConfig:
     tokenizer, causal transformer, EOT pooling, projection to ``embed_dim``), as the official DynRefer uses; its
     ``vocab_size`` is the CLIP vocabulary (49408), ``max_length`` the context (77), ``weights`` an optional file of
     EVA-CLIP text weights to load (an EVA-CLIP checkpoint's ``text.*`` entries, e.g. the official
-    ``eva_clip_psz14.pt``), ``bpe_path`` the CLIP merges file (default: the installed ``open_clip`` package's).
+    ``eva_clip_psz14.pt``; ``build_dynrefer`` builds the tower on the meta device and assigns them before the text
+    embeddings are computed), ``bpe_path`` the CLIP merges file (default: the installed ``open_clip`` package's).
     """
     hidden_size: int = 768
     num_layers: int = 12
@@ -204,6 +208,11 @@ class DynReferConfig:
     train_llm: bool = False       # also train the LLM (frozen officially; the tiny preset trains it)
     vit_precision: str = "fp32"   # "fp16" / "bf16": the frozen ViT runs under that autocast on CUDA
     llm_precision: str = "fp32"
+    # Weights build_dynrefer loads, in LAVIS's order, after text_encoder.weights and llm.path (local files only;
+    # dynrefer.model.loading): the EVA ViT-g file, a BLIP-2 checkpoint, a DynRefer checkpoint.
+    vit_checkpoint: Optional[str] = None  # LAVIS's eva_vit_g.pth (position embedding interpolated to image_size)
+    pretrained: Optional[str] = None      # BLIP-2 {"model": ...} (LAVIS's `pretrained`, blip2_pretrained_flant5xl.pth)
+    finetuned: Optional[str] = None       # a DynRefer checkpoint (LAVIS's `finetuned`; official: trainable keys)
 
     def __repr__(self) -> str:
         """One short line of the dimensions that tell configurations apart (``to_dict()`` has every field)."""
