@@ -3,8 +3,8 @@ its configuration names.
 
 Weights by configuration (LAVIS's order; every path a local file, see :mod:`dynrefer.model.loading`):
 
-    text_encoder.weights  EVA-CLIP text weights (``text.*`` of eva_clip_psz14.pt), before the text embeddings
     llm.path              the Hugging Face LLM directory (a T5 such as flan-t5-xl, or a causal LM) and its tokenizer
+    text_encoder.weights  EVA-CLIP text weights (``text.*`` of eva_clip_psz14.pt), before the text embeddings
     vit_checkpoint        LAVIS's eva_vit_g.pth (position embedding interpolated when image_size differs)
     pretrained            a BLIP-2 checkpoint ``{"model": ...}`` (Q-Former, query tokens, ln_vision, t5_proj)
     finetuned             a DynRefer checkpoint (official: the trainable tensors of a LAVIS training checkpoint)
@@ -31,7 +31,7 @@ log = logging.getLogger("dynrefer.model.loading")
 _NO_CAP = 10_000_000
 
 #: The configuration keys that name weight files, in the order they are loaded.
-WEIGHT_KEYS = ("text_encoder.weights", "llm.path", "vit_checkpoint", "pretrained", "finetuned")
+WEIGHT_KEYS = ("llm.path", "text_encoder.weights", "vit_checkpoint", "pretrained", "finetuned")
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -118,6 +118,7 @@ def build_dynrefer(config: Union[DynReferConfig, str] = "tiny", texts: Iterable[
             dtype = getattr(torch, _DTYPES[lc.dtype]) if lc.dtype else None
             t5_model, loaded_tok = load_t5_directory(lc.path, dtype, key="llm.path")
             t5_tokenizer = t5_tokenizer or loaded_tok
+            reports.append(_t5_report(t5_model, str(lc.path)))
         text_done = False   # the text tower's keys already applied
         if text_encoder is None:
             text_encoder, text_done = _text_encoder(config.text_encoder, vocab, sources, files, meta, reports)
@@ -193,6 +194,9 @@ def _text_encoder(cfg: TextEncoderConfig, vocab: List[str], sources: List[Tuple[
     from dynrefer.model.loading import load_clip_text_tower, load_state, materialize_meta
 
     weights = cfg.weights if files else None
+    if weights and cfg.kind != "eva_clip":
+        raise ValueError(f"text_encoder.weights: {weights} are EVA-CLIP text weights, which need text_encoder.kind "
+                         f"'eva_clip' (the official preset's), not {cfg.kind!r}")
     plain = dataclasses.replace(cfg, weights=None)
     prefix = "text_encoder."
     from_sources = [(k, p, sd) for k, p, sd in sources if any(n.startswith(prefix) for n in sd)]
@@ -219,6 +223,17 @@ def _text_encoder(cfg: TextEncoderConfig, vocab: List[str], sources: List[Tuple[
         reports.append(_init_report(init))
     enc._fingerprint = None
     return enc, True
+
+
+def _t5_report(t5: Any, path: str) -> Any:
+    """What ``from_pretrained`` loaded from the T5 directory (it reports its own missing keys)."""
+    from dynrefer.model.loading import LoadReport, _log
+
+    info = getattr(t5, "_dynrefer_loading_info", None) or {}
+    rep = LoadReport(missing=sorted(info.get("missing_keys", [])), unexpected=sorted(info.get("unexpected_keys", [])),
+                     loaded=len(t5.state_dict()), what="T5", path=path, key="llm.path")
+    _log(rep)
+    return rep
 
 
 def _init_report(keys: List[str]) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Collection, Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -117,16 +118,21 @@ def _torch_load(path: str, weights_only: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=weights_only)   # the legacy (non-zip) format
 
 
+def _read(p: str, weights_only: bool, key: str) -> Any:
+    try:
+        return _torch_load(p, weights_only)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:   # not a torch file, or
+        # pickled code refused
+        raise ValueError(f"{_where(key, p)} could not be read as a checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
 def read_checkpoint(path: _PathLike, weights_only: bool = True, key: str = "") -> Dict[str, Tensor]:
     """A state dict from ``path``: a raw state dict, or the ``"model"`` / ``"state_dict"`` / ``"module"`` entry of a
     checkpoint (LAVIS writes ``{"model": ..., "optimizer": ..., "config": ..., "epoch": ...}``); a ``module.`` prefix
     (DistributedDataParallel) is removed. Memory-mapped; ``key``: the configuration key the path came from."""
     p = _check_path(path, key)
-    try:
-        ckpt = _torch_load(p, weights_only)
-    except (RuntimeError, OSError, EOFError, ValueError) as e:   # not a torch file, or pickled code refused
-        raise ValueError(f"{_where(key, p)} could not be read as a checkpoint ({type(e).__name__}: "
-                         f"{str(e)[:200]})") from None
+    ckpt = _read(p, weights_only, key)
     if isinstance(ckpt, dict):
         for k in ("model", "state_dict", "module"):
             if k in ckpt and isinstance(ckpt[k], dict):
@@ -231,7 +237,7 @@ def load_clip_text_tower(tower: nn.Module, path: _PathLike, key: str = "text_enc
     from dynrefer.model.clip_text import _text_state
 
     p = _check_path(path, key)
-    raw = _torch_load(p, True)
+    raw = _read(p, True, key)
     try:
         prefix, text = _text_state(raw, set(tower.state_dict()))
     except ValueError:
@@ -302,6 +308,7 @@ def load_t5_directory(path: _PathLike, torch_dtype: Optional[torch.dtype] = None
     kw: Dict[str, Any] = {"local_files_only": True}
     if torch_dtype is not None:
         kw["dtype"] = torch_dtype
-    t5 = T5ForConditionalGeneration.from_pretrained(path, **kw)
+    t5, info = T5ForConditionalGeneration.from_pretrained(path, output_loading_info=True, **kw)
+    t5._dynrefer_loading_info = {k: list(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys")}
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return t5, tok
