@@ -374,3 +374,24 @@ def test_official_preset_matches_the_official_layout_at_full_size(shared_data):
     assert sorted(set(expected) - set(ours)) == [] and sorted(set(ours) - set(expected)) == []
     assert [(k, ours[k], s) for k, s in expected.items() if ours[k] != s] == []
     assert sum(math.prod(s) for s in ours.values()) > 4.0e9   # ViT-g + FlanT5-XL + Q-Former + text tower
+
+
+def test_bundle_of_a_model_loaded_by_config_needs_no_files(official, vocab, tmp_path):
+    """A bundle holds the weights: the files its config names are not read again (here they are gone)."""
+    import shutil
+
+    from dynrefer.app.bundle import load_bundle_model, save_bundle
+
+    src, d, _ = official
+    tags, classes, attributes = vocab
+    vit = tmp_path / "eva_vit_g.pth"
+    shutil.copy(d / "eva_vit_g.pth", vit)
+    m = build_dynrefer(tiny_cfg(vit_checkpoint=str(vit)), tag_list=tags, classes=classes, attributes=attributes,
+                       seed=4)
+    save_bundle(m, str(tmp_path / "b.pt"), [], tags, classes, attributes, {"num_views": 2, "size": 32})
+    vit.unlink()
+    b, m2 = load_bundle_model(str(tmp_path / "b.pt"))
+    assert b["config"]["vit_checkpoint"] == str(vit)
+    assert [r.what for r in m2.load_reports] == ["text encoder", "state dict"]   # the text tower goes first
+    assert not any(r.missing or r.unexpected or r.initialized for r in m2.load_reports)
+    _same_state(m2, m)

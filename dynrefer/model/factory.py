@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 from dynrefer.model.config import DynReferConfig, TextEncoderConfig
@@ -91,7 +92,7 @@ def build_dynrefer(config: Union[DynReferConfig, str] = "tiny", texts: Iterable[
     meta = device is not None
     vocab = [str(t) for t in texts] + [str(t) for t in tag_list] + class_prompts(classes)
     vocab += [p for ps in attribute_prompts(attributes) for p in ps]
-    sources = _read_sources(config, state_dict) if (load_weights and not meta) or state_dict is not None else []
+    sources = _read_sources(config if load_weights and not meta else None, state_dict)
     if meta and sources:
         raise ValueError("device='meta' builds shapes only; it does not load weights (pass load_weights=False)")
     reports: List[Any] = []
@@ -166,18 +167,23 @@ def _provides(sd: Dict[str, Any], key: str, prefix: str) -> bool:
     return any(k.startswith(prefix) for k in sd)
 
 
-def _read_sources(config: DynReferConfig, state_dict: Optional[Dict[str, Any]]) -> List[Tuple[str, str, Dict]]:
-    """(config key, path, memory-mapped tensors) of every file the config names, all opened before anything is
-    built (an absent file is reported first), then ``state_dict``."""
+def _read_sources(config: Optional[DynReferConfig],
+                  state_dict: Optional[Dict[str, Any]]) -> List[Tuple[str, str, Dict]]:
+    """(config key, path, memory-mapped tensors) of every file ``config`` names (None: none), all opened before
+    anything is built (an absent file is reported first), then ``state_dict``."""
     from dynrefer.model.loading import _check_path, read_checkpoint
 
     out = []
-    if config.text_encoder.weights:
-        _check_path(config.text_encoder.weights, "text_encoder.weights")
-    for key in ("vit_checkpoint", "pretrained", "finetuned"):
-        path = getattr(config, key)
-        if path:
-            out.append((key, str(path), read_checkpoint(path, key=key)))
+    if config is not None:
+        if config.text_encoder.weights:
+            _check_path(config.text_encoder.weights, "text_encoder.weights")
+        if config.llm.path and not os.path.isdir(config.llm.path):
+            raise FileNotFoundError(f"llm.path: the Hugging Face LLM directory {config.llm.path} was not found (a "
+                                    "local directory, e.g. google/flan-t5-xl; nothing is downloaded)")
+        for key in ("vit_checkpoint", "pretrained", "finetuned"):
+            path = getattr(config, key)
+            if path:
+                out.append((key, str(path), read_checkpoint(path, key=key)))
     if state_dict is not None:
         import torch
 
