@@ -153,7 +153,7 @@ def build_dynrefer(config: Union[DynReferConfig, str] = "tiny", texts: Iterable[
             model.apply_trainable_split()
         if sources:
             _load_sources(model, sources, reports, text_done)
-        model.load_reports = reports
+        setattr(model, "load_reports", reports)   # what each load did (LoadReport list)
         return model
     finally:
         if ctx is not None:
