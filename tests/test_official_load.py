@@ -376,8 +376,9 @@ def test_official_preset_matches_the_official_layout_at_full_size(shared_data):
     assert sum(math.prod(s) for s in ours.values()) > 4.0e9   # ViT-g + FlanT5-XL + Q-Former + text tower
 
 
-def test_bundle_of_a_model_loaded_by_config_needs_no_files(official, vocab, tmp_path):
-    """A bundle holds the weights: the files its config names are not read again (here they are gone)."""
+def test_bundle_of_a_model_loaded_by_config_needs_no_files(official, vocab, tmp_path, monkeypatch):
+    """A bundle holds the weights: the files its config names are not read again (here they are gone), and its
+    text embeddings are not computed again."""
     import shutil
 
     from dynrefer.app.bundle import load_bundle_model, save_bundle
@@ -390,6 +391,12 @@ def test_bundle_of_a_model_loaded_by_config_needs_no_files(official, vocab, tmp_
                        seed=4)
     save_bundle(m, str(tmp_path / "b.pt"), [], tags, classes, attributes, {"num_views": 2, "size": 32})
     vit.unlink()
+    from dynrefer.model.clip_text import EVACLIPTextEncoder
+
+    def no_encoding(self, texts, batch_size=256):
+        raise AssertionError("a bundle's text embeddings were computed again")
+
+    monkeypatch.setattr(EVACLIPTextEncoder, "encode", no_encoding)
     b, m2 = load_bundle_model(str(tmp_path / "b.pt"))
     assert b["config"]["vit_checkpoint"] == str(vit)
     assert [r.what for r in m2.load_reports] == ["text encoder", "state dict"]   # the text tower goes first

@@ -35,6 +35,7 @@ _NO_CAP = 10_000_000
 WEIGHT_KEYS = ("llm.path", "text_encoder.weights", "vit_checkpoint", "pretrained", "finetuned")
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+_EMBEDS = ("clip_embeds", "att_embeds", "ov_embeds")
 
 
 def build_text_encoder(cfg: TextEncoderConfig, texts: Iterable[object] = ()) -> Any:
@@ -142,8 +143,16 @@ def build_dynrefer(config: Union[DynReferConfig, str] = "tiny", texts: Iterable[
         # blocks), which is then replaced.
         build_cfg = dataclasses.replace(config, vision=dataclasses.replace(config.vision, depth=0)) \
             if vit_from_file else config
-        model = model_cls(build_cfg, tok, tag_list, text_encoder, classes=classes, attributes=attributes,
-                          embed_cache_dir=embed_cache_dir, **llm)
+        # Text embeddings that the state dict holds (a bundle's) are taken from it, not computed again.
+        stored = state_dict is not None and all(torch.is_tensor(state_dict.get(k)) for k in _EMBEDS)
+        if stored:
+            text_encoder.embed = _meta_embed(int(text_encoder.width))
+        try:
+            model = model_cls(build_cfg, tok, tag_list, text_encoder, classes=classes, attributes=attributes,
+                              embed_cache_dir=embed_cache_dir, **llm)
+        finally:
+            if stored:
+                del text_encoder.embed   # the class's own again
         if vit_from_file:
             from dynrefer.model.vision import build_vision_encoder
 
