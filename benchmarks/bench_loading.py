@@ -6,6 +6,8 @@
                                                             blip2_pretrained_flant5xl.pth, eva_clip_psz14.pt (text.*),
                                                             vg1.2_5e.pth (trainable tensors + AdamW state, LAVIS's
                                                             layout) and flan-t5-xl/ (bf16 safetensors shards)
+    python benchmarks/bench_loading.py bundle FILE          load_bundle_model of a bundle (e.g. `dynrefer convert`'s
+                                                            of those files)
     python benchmarks/bench_loading.py load DIR [--tags N]  build_dynrefer with the config naming those files;
                                                             --tags N: the first N tags (N / 4 attributes, N classes)
                                                             instead of the official vocabularies, whose 5139 text
@@ -111,7 +113,7 @@ def write(out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=("meta", "write", "load"))
+    ap.add_argument("mode", choices=("meta", "write", "load", "bundle"))
     ap.add_argument("dir", nargs="?")
     ap.add_argument("--tags", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
@@ -130,7 +132,11 @@ def main():
         return
     tags, classes, attrs = vocab(a.tags)
     t = time.time()
-    if a.mode == "meta":
+    if a.mode == "bundle":
+        from dynrefer.app.bundle import load_bundle_model
+
+        _, m = load_bundle_model(a.dir)
+    elif a.mode == "meta":
         m = build_dynrefer("official", tag_list=tags, classes=classes, attributes=attrs, device="meta")
     else:
         import logging

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
@@ -107,7 +108,13 @@ def convert_official(out: str, model_section: Optional[Dict[str, Any]] = None, *
         if cfg.text_encoder.kind == "eva_clip" and not cfg.text_encoder.weights and not _provided(cfg, "text_encoder."):
             raise UserError("text_encoder.weights: the EVA-CLIP text weights are needed (the official "
                             "ckpts/eva_clip_psz14.pt), or a checkpoint that holds text_encoder.*")
-        model = build_dynrefer(cfg, tag_list=tags, classes=classes, attributes=attributes, seed=0)
+        quiet = logging.getLogger("dynrefer.model.loading")   # the reports are printed below, once
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            model = build_dynrefer(cfg, tag_list=tags, classes=classes, attributes=attributes, seed=0)
+        finally:
+            quiet.setLevel(level)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     for rep in model.load_reports:
