@@ -55,11 +55,12 @@ def _image_width(a):
 def _check_layout(fig, w, h, box, chosen):
     a = np.asarray(fig.convert("RGB"))
     H, W = a.shape[:2]
-    # no blank band: no white window a third of the figure wide and 120 pixels tall (short lines of text leave
-    # less), nor a fifth wide and as tall as half the figure
-    assert not _largest_blank(a, 120, W // 3), (W, H)
+    # no blank band: no white window a fifth of the figure wide and half as tall (what is left beside short lines
+    # of text is smaller), and the image and the text beside it both reach the bottom
     assert not _largest_blank(a, H // 2, W // 5), (W, H)
     sw = _image_width(a)
+    text_bottom = 1 + int(np.flatnonzero((a[:, sw + GAP:] != 255).any(-1).any(-1))[-1])
+    assert H - text_bottom <= 24, (H, text_bottom)
     sh = 1 + int(np.flatnonzero((a[:, :sw] != 255).any(-1).any(-1))[-1])
     assert abs(sh / sw - h / w) < 0.02 and H - sh <= 2      # the image keeps its aspect, as tall as the figure
     assert (a[:, sw:sw + GAP] == 255).all()
@@ -136,7 +137,8 @@ def test_wide_image_puts_the_thumbnails_under_it(rng):
     a = np.asarray(fig)
     H, W = a.shape[:2]
     assert W <= 1280 and H < W
-    assert not _largest_blank(a, 120, W // 3)
+    assert not _largest_blank(a, H // 2, W // 5)
+    assert (a[-24:] != 255).any(-1).any(-1).any()   # the text reaches the bottom
     # the image on top, full width: its rows are not white at the right end
     assert not (a[:5, W - 10:] == 255).all()
 
