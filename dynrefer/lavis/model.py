@@ -11,7 +11,7 @@ import os
 from dynrefer.lavis._common import config_file, get, read_yaml
 
 __all__ = ["MODEL_TYPES", "IGNORED_MODEL_KEYS", "config_from_lavis", "model_class", "read_class_names",
-           "read_attributes"]
+           "read_attributes", "vocabulary_file"]
 
 #: model_type -> config file (relative to ``dynrefer/lavis/configs``), as ``PRETRAINED_MODEL_CONFIG_DICT``.
 MODEL_TYPES = {
@@ -108,6 +108,34 @@ def _read_tags(path):
         return [t.strip() for t in f if t.strip()]
 
 
+# what each vocabulary of a model config is, and how to get the packaged configs' files
+_VOCABS = {"tag_list": "the tag vocabulary, one tag per line", "ov_file": "the class names",
+           "ovad_file": "the attribute vocabulary"}
+
+
+def _hint(path):
+    rel = os.path.normpath(str(path)).replace(os.sep, "/")
+    if rel.startswith("data/synthetic/"):
+        return "generate the synthetic benchmark there first: python -m dynrefer.data synthetic data/synthetic"
+    if rel.startswith("data/vocab/"):
+        return ("data/vocab/ holds the official vocabularies (RAM's tag list ram_tags.txt, the COCO class names "
+                "coco_classes.json, the OVAD attributes ovad_attributes.json): run from the folder that holds "
+                "data/, or set the key to your file")
+    return "paths in LAVIS configs are relative to the working directory: run from the folder they start from, " \
+           "or set the key to an absolute path"
+
+
+def vocabulary_file(cfg, key):
+    """The path of the vocabulary ``key`` (``tag_list``, ``ov_file``, ``ovad_file``) of a model config, checked
+    to exist: a missing file raises ``FileNotFoundError`` naming the key, the path, the working directory it was
+    looked up from and how to get it (e.g. the command that generates the synthetic benchmark's vocabularies)."""
+    path = get(cfg, key)
+    if path and not os.path.isfile(path):
+        raise FileNotFoundError(f"model.{key} ({_VOCABS.get(key, 'a vocabulary')}) is {path!r}, which is not a "
+                                f"file (looked up from the working directory {os.getcwd()}); {_hint(path)}")
+    return path
+
+
 def _is_url(s):
     return isinstance(s, str) and s.split("://", 1)[0] in ("http", "https", "gs", "s3")
 
@@ -156,12 +184,13 @@ def model_class(base=None):
             from dynrefer.model.loading import load_t5_directory
 
             config = config_from_lavis(cfg)
-            tag_file = get(cfg, "tag_list")
+            tag_file = vocabulary_file(cfg, "tag_list")
             if not tag_file:
                 raise ValueError("the LAVIS config needs tag_list (a file with one tag per line)")
+            ov_file, ovad_file = vocabulary_file(cfg, "ov_file"), vocabulary_file(cfg, "ovad_file")
             tags = _read_tags(tag_file)
-            classes = read_class_names(get(cfg, "ov_file")) if get(cfg, "ov_file") else []
-            attributes = read_attributes(get(cfg, "ovad_file")) if get(cfg, "ovad_file") else []
+            classes = read_class_names(ov_file) if ov_file else []
+            attributes = read_attributes(ovad_file) if ovad_file else []
             t5_model = t5_tok = None
             t5_dir = get(cfg, "t5_model")
             if t5_dir:
