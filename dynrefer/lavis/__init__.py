@@ -43,9 +43,11 @@ from collections import namedtuple
 from dynrefer.lavis._common import CONFIG_ROOT, get, read_yaml
 from dynrefer.lavis.builder import DATASET_CONFIGS
 from dynrefer.lavis.model import IGNORED_MODEL_KEYS, MODEL_TYPES, config_from_lavis
+from dynrefer.lavis.patch import patched_modules, restore_lavis_ops, use_dynrefer_ops
 
 __all__ = ["register", "registered", "config_from_lavis", "config_path", "load_config", "LAVIS_NAME", "NAMES",
-           "MODEL_TYPES", "DATASET_CONFIGS", "IGNORED_MODEL_KEYS", "lavis_classes", "Classes"]
+           "MODEL_TYPES", "DATASET_CONFIGS", "IGNORED_MODEL_KEYS", "lavis_classes", "Classes", "use_dynrefer_ops",
+           "restore_lavis_ops", "patched_modules"]
 
 LAVIS_NAME = "dynrefer_t5"
 NAMES = {"model": LAVIS_NAME, "processor": "dynrefer", "builder": "dynrefer", "task": "dynrefer"}
