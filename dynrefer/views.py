@@ -43,7 +43,7 @@ PRIORS = ("stochastic", "image", "task", "none", "fixed")
 Label = Union[str, Tuple[str, str]]
 
 
-def view_boxes(boxes, coeffs, width, height):
+def view_boxes(boxes: Any, coeffs: Any, width: float, height: float) -> np.ndarray:
     """View boxes ``b(t)`` in image pixels, computed in float32 as the official pipeline does.
 
     Args:
@@ -63,7 +63,7 @@ def view_boxes(boxes, coeffs, width, height):
     return b[:, None, :] + (full - b)[:, None, :] * t[:, :, None]
 
 
-def as_image(image):
+def as_image(image: Any) -> Any:
     """HWC uint8 image (NumPy, or a torch tensor kept as is); PIL images are converted to RGB arrays."""
     if is_torch_tensor(image):
         return image
@@ -75,7 +75,7 @@ def as_image(image):
     return a
 
 
-def _image_size(image):
+def _image_size(image: Any) -> Tuple[int, int]:
     return int(image.shape[1]), int(image.shape[0])
 
 
@@ -105,8 +105,10 @@ class NestedViews:
         ``[R, n]`` float32 (``coeffs[:, 0] == 0`` except for a fixed prior that says otherwise), ``view_boxes`` ``[R, n, 4]`` (each view in image pixels).
     """
 
-    def __init__(self, size=224, num_views=3, candidates=CANDIDATES, prior="image", task="caption", mean=CLIP_MEAN,
-                 std=CLIP_STD, mode="pil", dtype="float32", seed=None, fixed_coeffs=None):
+    def __init__(self, size: int = 224, num_views: int = 3, candidates: Sequence[float] = CANDIDATES,
+                 prior: str = "image", task: str = "caption", mean: Sequence[float] = CLIP_MEAN,
+                 std: Sequence[float] = CLIP_STD, mode: str = "pil", dtype: str = "float32",
+                 seed: Optional[int] = None, fixed_coeffs: Optional[Sequence[float]] = None) -> None:
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         if prior == "fixed":
@@ -137,20 +139,20 @@ class NestedViews:
         self.mode = mode
         self.dtype = dtype
         self.seed = seed
-        self._rng = None
-        self._rng_pid = None
+        self._rng: Optional[np.random.Generator] = None
+        self._rng_pid: Optional[int] = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"NestedViews(size={self.size}, num_views={self.num_views}, prior={self.prior!r}, task={self.task!r}, "
                 f"mode={self.mode!r})")
 
-    def __getstate__(self):  # the generator is per process: never ship it to workers
+    def __getstate__(self) -> Dict[str, Any]:  # the generator is per process: never ship it to workers
         state = self.__dict__.copy()
         state["_rng"] = None
         state["_rng_pid"] = None
         return state
 
-    def _generator(self):
+    def _generator(self) -> np.random.Generator:
         pid = os.getpid()
         if self._rng is None or self._rng_pid != pid:  # a new process (fork) starts its own stream
             if self.seed is None:
@@ -164,7 +166,8 @@ class NestedViews:
 
     # ---- selection --------------------------------------------------------------------------------------
 
-    def choose(self, image, boxes, rng=None, prior=None):
+    def choose(self, image: Any, boxes: Any, rng: Optional[np.random.Generator] = None,
+               prior: Optional[str] = None) -> np.ndarray:
         """Coefficients ``[R, n]`` (float32; tight view first) of the views for each region."""
         prior = prior or self.prior
         image = as_image(image)
@@ -198,7 +201,8 @@ class NestedViews:
 
     # ---- the transform ----------------------------------------------------------------------------------
 
-    def __call__(self, image, boxes, rng=None, prior=None):
+    def __call__(self, image: Any, boxes: Any, rng: Optional[np.random.Generator] = None,
+                 prior: Optional[str] = None) -> Dict[str, Any]:
         image = as_image(image)
         b = np.asarray(_numpy(boxes), dtype=np.float32).reshape(-1, 4)
         coeffs = self.choose(image, b, rng=rng, prior=prior)
@@ -220,7 +224,7 @@ class NestedViews:
                     "view_boxes": torch.from_numpy(vb).to(image.device)}
         return {"views": views, "boxes": rb, "coeffs": coeffs, "view_boxes": vb}
 
-    def official(self, image, boxes, rng=None):
+    def official(self, image: Any, boxes: Any, rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
         """The official processor's output keys (torch tensors): ``cascade_region_images`` ``[R, n, 3, S, S]``,
         ``cascade_region_bboxes`` ``[R, n, 4]``, ``cascade_region_ratios`` ``[R, n]`` (float64, as it returns)."""
         import torch
@@ -231,18 +235,18 @@ class NestedViews:
                 "cascade_region_ratios": as_t(np.asarray(_numpy(out["coeffs"]), dtype=np.float64))}
 
 
-def _worker_id():
+def _worker_id() -> Optional[int]:
     """The PyTorch DataLoader worker id of this process, or None (torch is not imported here if it is not loaded)."""
     data = sys.modules.get("torch.utils.data")
     info = data.get_worker_info() if data is not None else None
     return None if info is None else int(info.id)
 
 
-def _numpy(x):
+def _numpy(x: Any) -> np.ndarray:
     return x.cpu().numpy() if is_torch_tensor(x) else np.asarray(x)
 
 
-def _to_like(a, image):
+def _to_like(a: np.ndarray, image: Any) -> Any:
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(a)).to(image.device)
@@ -406,10 +410,10 @@ def plot_views(image: Any, box: Sequence[float], path: Optional[str] = None,
     cand = [float(t) for t in candidates]
     if size is not None and int(size) < 8:
         raise ValueError(f"plot_views: size must be at least 8 pixels, got {size!r}")
-    b = np.asarray(_numpy(box), dtype=np.float32).reshape(-1)
-    if b.shape != (4,) or not np.isfinite(b).all() or b[2] <= b[0] or b[3] <= b[1]:
+    flat = np.asarray(_numpy(box), dtype=np.float32).reshape(-1)
+    if flat.shape != (4,) or not np.isfinite(flat).all() or flat[2] <= flat[0] or flat[3] <= flat[1]:
         raise ValueError(f"plot_views: box must be finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1, got {box!r}")
-    b = b.reshape(1, 4)
+    b = flat.reshape(1, 4)
     n = len(ch)
     cand_boxes = view_boxes(b, np.asarray(cand, dtype=np.float32).reshape(-1), w, h)[0]
     chosen_boxes = view_boxes(b, np.asarray(ch, dtype=np.float32), w, h)[0]
@@ -430,7 +434,7 @@ def plot_views(image: Any, box: Sequence[float], path: Optional[str] = None,
     canvas = Image.new("RGB", (canvas_w, canvas_h), (255, 255, 255))
     base = Image.fromarray(img)
     if (sw, sh) != (w, h):
-        base = base.resize((sw, sh), Image.BICUBIC)
+        base = base.resize((sw, sh), Image.Resampling.BICUBIC)
     canvas.paste(base, (0, 0))
     d = ImageDraw.Draw(canvas)
     sx, sy = sw / w, sh / h

@@ -4,7 +4,8 @@
     python examples/describe_your_image.py IMAGE x1,y1,x2,y2 [x1,y1,x2,y2 ...] [--checkpoint PATH]
 
 Prints one line per region (category, attributes, tags, caption, chosen view coefficients) and writes a PNG per
-region with the nested views the image prior chose and the answers with their scores. The same as `dynrefer describe`, written out with the API.
+region with the nested views the image prior chose and the answers with their scores. The same as `dynrefer
+describe`, written out with the API.
 """
 import argparse
 

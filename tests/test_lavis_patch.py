@@ -84,6 +84,12 @@ def _blip2(tmp_path, monkeypatch, vit="eva", rel_pos=False, dropout=0.0, seed=0)
     torch.manual_seed(seed)
     model = Blip2Qformer(vit_model="eva_clip_g" if vit == "eva" else "clip_L", img_size=IMG, vit_precision="fp32",
                          num_query_token=6, cross_attention_freq=1, embed_dim=32, max_txt_len=12)
+    # trained attention is peaked; at LAVIS's initialisation (std 0.02) it is nearly uniform, which would hide a
+    # wrong scale or mask: larger query/key projections make every term of the softmax count
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("qkv.weight", "query.weight", "key.weight", "in_proj_weight")):
+                p.normal_(std=0.3)
     return model
 
 

@@ -56,7 +56,7 @@ def _attention(q: Any, k: Any, v: Any, mask: Any, scale: float) -> Any:
     return backend.attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-def _eva_class(base: type) -> type:
+def _eva_class(base: Any) -> type:
     import torch
     import torch.nn.functional as F
 
@@ -86,7 +86,7 @@ def _eva_class(base: type) -> type:
     return DynReferEvaAttention
 
 
-def _clip_class(base: type) -> type:
+def _clip_class(base: Any) -> type:
     import torch.nn as nn
     import torch.nn.functional as F
 
@@ -109,7 +109,7 @@ def _clip_class(base: type) -> type:
     return DynReferClipBlock
 
 
-def _qformer_class(base: type) -> type:
+def _qformer_class(base: Any) -> type:
     import torch
 
     class DynReferBertSelfAttention(base):  # type: ignore[valid-type, misc]
