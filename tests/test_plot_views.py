@@ -147,6 +147,8 @@ def test_arguments(rng):
     img = rng.integers(0, 256, (40, 50, 3), np.uint8)
     fig = plot_views(img, [5, 5, 20, 30])            # defaults: the tight view only
     assert isinstance(fig, Image.Image)
+    # a PIL image and a CPU tensor give the same figure
+    assert np.array_equal(np.asarray(plot_views(Image.fromarray(img), [5, 5, 20, 30])), np.asarray(fig))
     with pytest.raises(ValueError, match="box"):
         plot_views(img, [5, 5, 5, 30])
     with pytest.raises(ValueError, match="box"):
@@ -157,3 +159,6 @@ def test_arguments(rng):
         plot_views(img, [5, 5, 20, 30], size=2)
     with pytest.raises(ValueError, match="image"):
         plot_views(np.zeros((40, 50), np.uint8), [5, 5, 20, 30])
+    torch = pytest.importorskip("torch")
+    assert np.array_equal(np.asarray(plot_views(torch.from_numpy(img), torch.tensor([5.0, 5, 20, 30]))),
+                          np.asarray(fig))
