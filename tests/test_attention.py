@@ -478,7 +478,7 @@ def half_case(gen, dtype, shape, mask, causal, qk_scale, v_offset):
 
 def half_errors(results, gold):
     """(relative Frobenius error, max abs error) of each of out, dq, dk, dv against the float64 results."""
-    return [(rel(x, y), float((x.double() - y.double()).abs().max())) for x, y in zip(results, gold)]
+    return [(rel(x, y), float((x.detach().double() - y.detach().double()).abs().max())) for x, y in zip(results, gold)]
 
 
 @pytest.mark.parametrize("case", HALF_CASES, ids=[c[0] for c in HALF_CASES])
