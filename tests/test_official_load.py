@@ -160,17 +160,24 @@ def _views(model, gen, regions=2):
     return views, boxes
 
 
-def test_load_assigns_without_copying():
-    lin = torch.nn.Linear(4, 3)
+def test_meta_tensors_are_assigned_existing_ones_copied_into():
     sd = {"weight": torch.randn(3, 4), "bias": torch.randn(3, dtype=torch.float64)}
-    rep = load_state(lin, sd, ["weight", "bias"], "test")
-    assert lin.weight.data_ptr() == sd["weight"].data_ptr()           # the file's tensor itself
-    assert lin.bias.dtype == torch.float32 and torch.equal(lin.bias, sd["bias"].float())   # converted
-    assert lin.weight.requires_grad and rep.loaded == 2 and rep.missing == []
     with torch.device("meta"):
         meta = torch.nn.Linear(4, 3)
-    load_state(meta, {"weight": sd["weight"]}, ["weight", "bias"], "test")
-    assert not meta.weight.is_meta and meta.bias.is_meta
+    rep = load_state(meta, sd, ["weight", "bias"], "test")
+    assert meta.weight.data_ptr() == sd["weight"].data_ptr()           # the file's tensor itself, no copy
+    assert meta.bias.dtype == torch.float32 and torch.equal(meta.bias, sd["bias"].float())   # converted
+    assert meta.weight.requires_grad and rep.loaded == 2 and rep.missing == []
+    with torch.device("meta"):
+        half = torch.nn.Linear(4, 3)
+    load_state(half, {"weight": sd["weight"]}, ["weight", "bias"], "test")
+    assert not half.weight.is_meta and half.bias.is_meta
+    lin = torch.nn.Linear(4, 3)
+    w = lin.weight
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    load_state(lin, sd, ["weight", "bias"], "test")
+    assert lin.weight is w and w.data_ptr() != sd["weight"].data_ptr() and torch.equal(w, sd["weight"])
+    assert opt.param_groups[0]["params"][0] is lin.weight            # an optimizer still holds the parameters
 
 
 def test_reports_are_grouped():

@@ -12,7 +12,7 @@ Weights by configuration (LAVIS's order; every path a local file, see :mod:`dynr
 A later file overrides an earlier one on the keys both hold. Every tower some file provides (the ViT, the T5, the
 EVA-CLIP text tower) is built on the meta device and receives the file's memory-mapped tensors by assignment, so
 no second copy of its weights is ever made; the other parts (Q-Former, decoders, projections) are initialised as
-in a fresh model and replaced where a file has them. ``model.load_reports`` lists what each load did.
+in a fresh model and overwritten in place where a file has them. ``model.load_reports`` lists what each load did.
 """
 from __future__ import annotations
 

@@ -7,10 +7,11 @@ warnings; a key whose shape disagrees with the model raises ``ValueError`` namin
 An absent file raises ``FileNotFoundError`` naming the configuration key it came from and the path; nothing is
 downloaded (a URL is refused).
 
-Files are memory-mapped (``torch.load(mmap=True, weights_only=True)``) and their tensors are *assigned* to the model
-(``load_state_dict(assign=True)``), converted only where the model's dtype differs: a tower built on the meta device
-(:func:`dynrefer.model.factory.build_dynrefer` does that for every tower a file provides) never holds a second copy
-of its weights. ``weights_only=False`` is for a checkpoint the caller trusts that pickles more than tensors.
+Files are memory-mapped (``torch.load(mmap=True, weights_only=True)``); their tensors are *assigned* to a tower built
+on the meta device (``load_state_dict(assign=True)``, converted only where the model's dtype differs), which
+therefore never holds a second copy of its weights — :func:`dynrefer.model.factory.build_dynrefer` builds every
+tower a file provides that way — and copied into tensors that already exist, which keep their identity.
+``weights_only=False`` is for a checkpoint the caller trusts that pickles more than tensors.
 """
 from __future__ import annotations
 
@@ -148,10 +149,12 @@ def read_checkpoint(path: _PathLike, weights_only: bool = True, key: str = "") -
 
 def load_state(module: nn.Module, sd: Mapping[str, Tensor], expected: Collection[str], what: str,
                path: str = "", key: str = "") -> LoadReport:
-    """Assign ``sd``'s tensors to ``module`` (``load_state_dict(assign=True)``; each converted to the dtype of the
-    tensor it replaces): no copy is made of a tensor whose dtype already matches. ``missing`` = the ``expected``
-    keys absent from ``sd``; ``unexpected`` = keys of ``sd`` the module does not have. A shape mismatch raises
-    ``ValueError`` naming ``path``, the key and both shapes, before anything is assigned."""
+    """Load ``sd`` into ``module``: a tensor still on the meta device is replaced by the file's tensor
+    (``load_state_dict(assign=True)``, converted only when the dtype differs: no copy is made of it); a tensor that
+    already has storage is copied into in place, so the module's parameters keep their identity (an optimizer
+    holding them stays valid). ``missing`` = the ``expected`` keys absent from ``sd``; ``unexpected`` = keys of
+    ``sd`` the module does not have. A shape mismatch raises ``ValueError`` naming ``path``, the key and both
+    shapes, before anything is loaded."""
     own = module.state_dict(keep_vars=True)
     unexpected = [k for k in sd if k not in own]
     src = path or what
@@ -159,13 +162,21 @@ def load_state(module: nn.Module, sd: Mapping[str, Tensor], expected: Collection
         if k in own and tuple(own[k].shape) != tuple(v.shape):
             raise ValueError(f"{src}: {k} has shape {list(v.shape)} in the file but {list(own[k].shape)} in the "
                              f"model ({what}{'; ' + key if key else ''}: wrong file or wrong config?)")
-    use = {}
+    assign, copy = {}, {}
     for k, v in sd.items():
         if k in own:
             t = own[k]
-            use[k] = v.to(t.dtype) if (v.dtype != t.dtype and v.is_floating_point() and t.is_floating_point()) else v
+            if not t.is_meta:
+                copy[k] = v
+            else:
+                same = v.dtype == t.dtype or not (v.is_floating_point() and t.is_floating_point())
+                assign[k] = v if same else v.to(t.dtype)
     with torch.no_grad():
-        module.load_state_dict(use, strict=False, assign=True)
+        if copy:
+            module.load_state_dict(copy, strict=False)
+        if assign:
+            module.load_state_dict(assign, strict=False, assign=True)
+    use = {**copy, **assign}
     rep = LoadReport(missing=[k for k in expected if k not in sd], unexpected=unexpected, loaded=len(use),
                      what=what, path=path, key=key)
     _log(rep)
