@@ -276,6 +276,7 @@ def _load_sources(model: DynRefer, sources: List[Tuple[str, str, Dict]], reports
             _fix_pos_embed(sd, "pos_embed", pos)
             vit = model.visual_encoder
             reports.append(load_state(vit, sd, list(vit.state_dict()), "EVA ViT", path, key))
+            sd.clear()
             continue
         _fix_pos_embed(sd, "visual_encoder.pos_embed", pos)
         if key == "pretrained":
@@ -290,6 +291,7 @@ def _load_sources(model: DynRefer, sources: List[Tuple[str, str, Dict]], reports
             external = model.external_llm_keys() | _external_t5_keys(model)
             expected = [k for k in own if k not in external and not (text_done and k.startswith("text_encoder."))]
             reports.append(load_state(model, sd, expected, "state dict", path, key))
+        sd.clear()   # done with this file: its mapping goes once no assigned tensor is a view of it
     init = materialize_meta(model)
     _no_meta(model)
     if init:
