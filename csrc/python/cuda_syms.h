@@ -13,6 +13,7 @@
 #define DR_CUDA_SYMS                                                                                               \
     DR_CUDA_SYM(dr_roi_align_forward_cuda)                                                                         \
     DR_CUDA_SYM(dr_roi_align_backward_cuda)                                                                        \
+    DR_CUDA_SYM(dr_roi_align_take_error_cuda)                                                                      \
     DR_CUDA_SYM(dr_crop_resize_cuda)                                                                               \
     DR_CUDA_SYM(dr_phash_cuda)                                                                                     \
     DR_CUDA_SYM(dr_select_views_cuda)                                                                              \
