@@ -91,6 +91,21 @@ dr_status dr_dcnv4_forward_elementwise_cpu(const dr_tensor *value, const dr_tens
     return run(a.N * a.Ho * a.Wo * a.G * a.D, 256, DCN_PICK(value->dtype, dcn_fwd_elem_task), &a);
 }
 
+dr_status dr_dcnv4_forward_tiled_cpu(const dr_tensor *value, const dr_tensor *offset_mask, dr_tensor *output,
+                                     const dr_dcnv4_params *p) {
+    dr_dcn_args a;
+    dr_status st = prepare(value, offset_mask, output, NULL, NULL, p, &a);
+    if (st != DR_OK)
+        return st;
+    const int64_t pairs = a.N * a.Ho * a.Wo * a.G;
+    if (pairs == 0 || a.D == 0)
+        return DR_OK;
+    a.tile_pix = dr_dcn_tile_pix(&a);
+    if (a.tile_pix == 0) /* the launcher's per-element kernel */
+        return run(pairs * a.D, 256, DCN_PICK(value->dtype, dcn_fwd_elem_task), &a);
+    return run((pairs + a.tile_pix - 1) / a.tile_pix, 1, DCN_PICK(value->dtype, dcn_fwd_tiled_task), &a);
+}
+
 dr_status dr_dcnv4_backward_elementwise_cpu(const dr_tensor *value, const dr_tensor *offset_mask,
                                             const dr_tensor *grad_output, dr_tensor *grad_value,
                                             dr_tensor *grad_offset_mask, const dr_dcnv4_params *p,

@@ -34,9 +34,13 @@ static PyObject *py_dcnv4_forward(PyObject *self, PyObject *args, PyObject *kw) 
         return NULL;
     dr_dcnv4_params p;
     dcn_params(v, scale, remove_center, &p);
-    int elementwise = dr_parse_impl(impl);
-    if (elementwise < 0)
+    /* impl: "fast", "elementwise" (the per-element bodies) or "tiled" (the tiled CUDA forward's block schedule) */
+    int tiled = strcmp(impl, "tiled") == 0;
+    int elementwise = tiled ? 0 : dr_parse_impl(impl);
+    if (elementwise < 0) {
+        PyErr_Format(PyExc_ValueError, "impl must be 'fast', 'elementwise' or 'tiled', got '%s'", impl);
         return NULL;
+    }
     dr_pyarg val, om, out;
     PyObject *ret = NULL;
     memset(&om, 0, sizeof om);
@@ -51,6 +55,9 @@ static PyObject *py_dcnv4_forward(PyObject *self, PyObject *args, PyObject *kw) 
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&val.t, &om.t, &out.t, &p, (void *)(intptr_t)stream);
+        Py_END_ALLOW_THREADS
+    } else if (tiled) {
+        Py_BEGIN_ALLOW_THREADS st = dr_dcnv4_forward_tiled_cpu(&val.t, &om.t, &out.t, &p);
         Py_END_ALLOW_THREADS
     } else {
         Py_BEGIN_ALLOW_THREADS st = elementwise ? dr_dcnv4_forward_elementwise_cpu(&val.t, &om.t, &out.t, &p)
@@ -129,7 +136,7 @@ done:
 PyMethodDef dr_dcnv4_methods[] = {
     {"dcnv4_forward", (PyCFunction)(void (*)(void))py_dcnv4_forward, METH_VARARGS | METH_KEYWORDS,
      "dcnv4_forward(value, offset_mask, output, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, "
-     "dilation_w, group, group_channels, offset_scale, remove_center, stream=0, impl='fast'): fill output "
+     "dilation_w, group, group_channels, offset_scale, remove_center, stream=0, impl='fast'|'elementwise'|'tiled'): fill output "
      "[N,Ho,Wo,G*D]."},
     {"dcnv4_backward", (PyCFunction)(void (*)(void))py_dcnv4_backward, METH_VARARGS | METH_KEYWORDS,
      "dcnv4_backward(value, offset_mask, grad_output, grad_value, grad_offset_mask, kernel_h, kernel_w, stride_h, "
