@@ -48,6 +48,34 @@ def test_crop_resize_pass_orders_elementwise(rng, order):
     np.testing.assert_array_equal(fast, elem)
 
 
+@pytest.mark.parametrize("mode,interp,aa", [("pil", "bicubic", True), ("pil", "bilinear", True),
+                                            ("tensor", "bicubic", True), ("tensor", "bilinear", False),
+                                            ("tensor", "bicubic", False)])
+def test_crop_resize_tiled_schedule_equals_elementwise(rng, mode, interp, aa):
+    """The CUDA kernel's block schedule (bands of rows, column taps and Pillow's first pass in shared tables; the
+    per-element bodies for views too large for them), run on the CPU, equals the per-element bodies bit for bit:
+    both pass orders, sizes not a multiple of the band, more images than one launch's table (chunks), downscales
+    beyond the tables, one-pixel and outside boxes."""
+    ims = [_image(rng, int(rng.integers(5, 60)), int(rng.integers(5, 60))) for _ in range(35)]
+    ims[3] = _image(rng, 700, 40)   # tall: vertical pass first, many taps along y
+    ims[4] = _image(rng, 30, 1300)  # wide: column taps beyond the table at this size
+    idx = rng.integers(0, len(ims), 40).astype(np.int64)
+    idx[:4] = [3, 4, 34, 0]
+    b = np.concatenate([_boxes(rng, 1, ims[i].shape[1], ims[i].shape[0]) for i in idx])
+    b[0] = [0, 0, 40, 700]
+    b[1] = [0, 0, 1300, 30]
+    b[2] = [3.2, 4.7, 4.9, 5.1]     # one pixel
+    b[3] = [-50, -50, -10, -10]     # outside: widened to one pixel
+    for size in (13, 40):
+        kw = dict(size=size, mode=mode, interpolation=interp, antialias=aa, image_index=idx, ref_boxes=b)
+        elem, re_ = crop_resize(ims, b, impl="elementwise", **kw)
+        tiled, rt = crop_resize(ims, b, impl="tiled", **kw)
+        np.testing.assert_array_equal(tiled, elem)
+        np.testing.assert_array_equal(rt, re_)
+    order = crop_resize(ims[3], b[:1], size=16, pil_order="horizontal", impl="tiled")
+    np.testing.assert_array_equal(order, crop_resize(ims[3], b[:1], size=16, pil_order="horizontal"))
+
+
 @pytest.mark.parametrize("method", ["dynrefer", "imagehash"])
 def test_phash_elementwise_equals_fast(rng, method):
     im = _image(rng, 61, 47)

@@ -208,6 +208,8 @@ static void crop_resize_elem_task(void *vctx, int64_t begin, int64_t end) {
 dr_status dr_crop_resize_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
                              const dr_tensor *image_index, const dr_tensor *ref_boxes, dr_tensor *out,
                              dr_tensor *ref_out, const dr_crop_resize_params *p, int elementwise) {
+    if (elementwise == 2) /* impl="tiled": the CUDA kernel's block schedule */
+        return dr_crop_resize_tiled_cpu(images, n_images, boxes, image_index, ref_boxes, out, ref_out, p);
     int64_t nv = boxes->shape[0];
     dr_status st = check_images(images, n_images, image_index, nv, "crop_resize");
     if (st != DR_OK)

@@ -24,6 +24,11 @@ typedef struct {
 dr_status dr_crop_resize_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
                              const dr_tensor *image_index, const dr_tensor *ref_boxes, dr_tensor *out,
                              dr_tensor *ref_out, const dr_crop_resize_params *p, int elementwise);
+/* The tiled CUDA kernel's block schedule (dr_crop_resize_tiled.inc) run block by block on the CPU (tests); the
+ * referred boxes as dr_crop_resize_cpu writes them. */
+dr_status dr_crop_resize_tiled_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
+                                   const dr_tensor *image_index, const dr_tensor *ref_boxes, dr_tensor *out,
+                                   dr_tensor *ref_out, const dr_crop_resize_params *p);
 dr_status dr_crop_resize_cuda(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
                               const dr_tensor *image_index, const dr_tensor *ref_boxes, dr_tensor *out,
                               dr_tensor *ref_out, const dr_crop_resize_params *p, void *stream);
@@ -33,5 +38,6 @@ dr_status dr_crop_resize_cuda(const dr_image_ref *images, int64_t n_images, cons
 #endif
 
 #include "dr_crop_resize_math.inc"
+#include "dr_crop_resize_tiled.inc"
 
 #endif

@@ -48,7 +48,8 @@ static PyObject *py_crop_resize(PyObject *self, PyObject *args, PyObject *kw) {
     if (dr_int_arg(osize, op, "size", &size) < 0 || dr_int_arg(okind, op, "kind", &kind) < 0 ||
         dr_int_arg(ofilter, op, "filter", &filter) < 0 || (oorder && dr_int_arg(oorder, op, "pil_order", &pil_order) < 0))
         return NULL;
-    int elementwise = dr_parse_impl(impl);
+    /* impl "tiled": the CUDA kernel's block schedule on the CPU (dr_crop_resize_cpu's elementwise = 2) */
+    int elementwise = strcmp(impl, "tiled") == 0 ? 2 : dr_parse_impl(impl);
     if (elementwise < 0)
         return NULL;
     dr_crop_resize_params p;
