@@ -140,6 +140,21 @@ def test_crop_resize_pil_equals_official_on_photos(shared_data, rng):
         np.testing.assert_array_equal(rb, want_b)
 
 
+def test_crop_resize_tiled_schedule_equals_official_on_photos(shared_data, rng):
+    """The CUDA kernel's block schedule run on the CPU (impl="tiled") against the official PIL pipeline on COCO
+    photos at 224: whole-image views (column taps in the table), tight boxes, boxes partly outside."""
+    order = _pillow_order()
+    for im in _photos(shared_data, 3):
+        h, w = im.shape[:2]
+        b = _random_boxes(rng, 4, w, h)
+        b[0] = [0, 0, w, h]
+        tight = b[1]
+        views, rb = crop_resize(im, b, ref_boxes=np.repeat(tight[None], len(b), 0), pil_order=order, impl="tiled")
+        want_v, want_b = official_crops(im, b, tight)
+        np.testing.assert_array_equal(views, want_v)
+        np.testing.assert_array_equal(rb, want_b)
+
+
 @pytest.mark.parametrize("trial", range(3))
 def test_crop_resize_pil_equals_official_random(rng, trial):
     order = _pillow_order()
@@ -467,6 +482,26 @@ def test_cuda_equals_cpu(device, rng):
     hs = torch.from_numpy(np.random.default_rng(1).integers(0, 2**62, (7, 11), dtype=np.int64).astype(np.uint64))
     np.testing.assert_array_equal(select_views(hs.to(device), CANDIDATES, 2).cpu().numpy(),
                                   select_views(hs.numpy(), CANDIDATES, 2))
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+def test_cuda_crop_resize_equals_official_on_photos(device, shared_data, rng):
+    """The tiled CUDA kernel against the official PIL pipeline on COCO photos at 224, with views whose taps fit the
+    block's tables and views that fall back to the per-element bodies (a 4x-upsampled photo, whole)."""
+    order = _pillow_order()
+    photos = _photos(shared_data, 3)
+    photos.append(np.asarray(Image.fromarray(photos[0]).resize((photos[0].shape[1] * 4, photos[0].shape[0] * 4))))
+    for im in photos:
+        h, w = im.shape[:2]
+        b = _random_boxes(rng, 5, w, h)
+        b[0] = [0, 0, w, h]
+        tight = b[1]
+        ref = np.repeat(tight[None], len(b), 0)
+        got, rb = crop_resize(torch.from_numpy(im).to(device), torch.from_numpy(b).to(device),
+                              ref_boxes=torch.from_numpy(ref).to(device), pil_order=order)
+        want_v, want_b = official_crops(im, b, tight)
+        np.testing.assert_array_equal(got.cpu().numpy(), want_v)
+        np.testing.assert_array_equal(rb.cpu().numpy(), want_b)
 
 
 def test_random_module_untouched(rng):
