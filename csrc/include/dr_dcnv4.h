@@ -49,6 +49,11 @@ dr_status dr_dcnv4_forward_elementwise_cpu(const dr_tensor *value, const dr_tens
  * table), block by block on the CPU (tests). */
 dr_status dr_dcnv4_forward_tiled_cpu(const dr_tensor *value, const dr_tensor *offset_mask, dr_tensor *output,
                                      const dr_dcnv4_params *p);
+/* The CUDA backward's default (atomic) mode with the tiled value scatter (taps from the block's table), its blocks
+ * run in order on the CPU (tests). */
+dr_status dr_dcnv4_backward_tiled_cpu(const dr_tensor *value, const dr_tensor *offset_mask,
+                                      const dr_tensor *grad_output, dr_tensor *grad_value,
+                                      dr_tensor *grad_offset_mask, const dr_dcnv4_params *p);
 dr_status dr_dcnv4_backward_elementwise_cpu(const dr_tensor *value, const dr_tensor *offset_mask,
                                             const dr_tensor *grad_output, dr_tensor *grad_value,
                                             dr_tensor *grad_offset_mask, const dr_dcnv4_params *p,

@@ -91,9 +91,13 @@ static PyObject *py_dcnv4_backward(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     dr_dcnv4_params p;
     dcn_params(v, scale, remove_center, &p);
-    int elementwise = dr_parse_impl(impl);
-    if (elementwise < 0)
+    /* impl "tiled": the CUDA default (atomic) mode with the tiled value scatter, run on the CPU */
+    int tiled = strcmp(impl, "tiled") == 0;
+    int elementwise = tiled ? 0 : dr_parse_impl(impl);
+    if (elementwise < 0) {
+        PyErr_Format(PyExc_ValueError, "impl must be 'fast', 'elementwise' or 'tiled', got '%s'", impl);
         return NULL;
+    }
     dr_pyarg val, om, go, gv, gom;
     PyObject *ret = NULL;
     memset(&om, 0, sizeof om);
@@ -112,6 +116,9 @@ static PyObject *py_dcnv4_backward(PyObject *self, PyObject *args, PyObject *kw)
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&val.t, &om.t, &go.t, &gv.t, &gom.t, &p, deterministic, (void *)(intptr_t)stream);
+        Py_END_ALLOW_THREADS
+    } else if (tiled) {
+        Py_BEGIN_ALLOW_THREADS st = dr_dcnv4_backward_tiled_cpu(&val.t, &om.t, &go.t, &gv.t, &gom.t, &p);
         Py_END_ALLOW_THREADS
     } else {
         Py_BEGIN_ALLOW_THREADS st =
@@ -141,6 +148,6 @@ PyMethodDef dr_dcnv4_methods[] = {
     {"dcnv4_backward", (PyCFunction)(void (*)(void))py_dcnv4_backward, METH_VARARGS | METH_KEYWORDS,
      "dcnv4_backward(value, offset_mask, grad_output, grad_value, grad_offset_mask, kernel_h, kernel_w, stride_h, "
      "stride_w, pad_h, pad_w, dilation_h, dilation_w, group, group_channels, offset_scale, remove_center, "
-     "deterministic=False, stream=0, impl='fast'): overwrite grad_value [N,H,W,C] and grad_offset_mask "
+     "deterministic=False, stream=0, impl='fast'|'elementwise'|'tiled'): overwrite grad_value [N,H,W,C] and grad_offset_mask "
      "[N,Ho,Wo,P] (float32; float64 for float64 data)."},
     {NULL, NULL, 0, NULL}};
