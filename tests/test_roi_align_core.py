@@ -183,6 +183,40 @@ def test_tiled_schedule_equals_elementwise_bodies(rng, dtype, channels_last):
     assert _C.roi_align_take_error("cpu") is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_tiled_backward_schedule_equals_elementwise_scatter(rng, dtype, channels_last):
+    """The CUDA backward's default mode, tiled like the forward (taps from the block's table), run block by block on
+    the CPU: the same adds as the per-element scatter, in the same order while the blocks' order matches it (planar
+    maps; channels-last maps within one channel slice), else equal up to the order of float additions."""
+    acc = np.float64 if dtype == np.float64 else np.float32
+    for trial in range(8):
+        n, c = int(rng.integers(1, 4)), int(rng.integers(1, 70))
+        h, w = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        k = int(rng.integers(0, 10))
+        rois = random_rois(rng, n, k, h, w)
+        if k >= 2:
+            rois[0, 1:] = [-1e6, -1e6, 1e6, 1e6]  # far more taps than a table holds
+            rois[1, 3:] = rois[1, 1:3]  # empty box
+        ph, pw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        go = rng.standard_normal((k, c, ph, pw)).astype(dtype)
+        for sampling in (-1, 2):
+            for aligned in (False, True):
+                def grad(impl, **kw):
+                    g = np.full((n, h, w, c), np.nan, acc).transpose(0, 3, 1, 2) if channels_last else \
+                        np.full((n, c, h, w), np.nan, acc)
+                    _C.roi_align_backward(go, rois, g, 0.9, ph, pw, sampling, aligned, impl=impl, **kw)
+                    return g
+                ref = grad("elementwise")
+                for taps in (-1, 0, 9):
+                    got = grad("tiled", tile_taps=taps)
+                    if not channels_last or c <= 32:
+                        np.testing.assert_array_equal(got, ref, err_msg=f"trial {trial} taps {taps}")
+                    else:
+                        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert _C.roi_align_take_error("cpu") is None
+
+
 def test_tiled_bad_batch_index_recorded_not_raised(rng):
     """Device-side index validation, on the CPU emulation: a bad index pools to zeros, nothing is read out of
     bounds, the first report since the last take is kept (later ones dropped), a take clears it."""
@@ -210,6 +244,11 @@ def test_tiled_bad_batch_index_recorded_not_raised(rng):
     with pytest.raises(ValueError, match=r"rois\[1, 0\] = 7 is not a batch index in \[0, 2\)"):
         dynrefer.ops.check_errors("cpu")
     dynrefer.ops.check_errors()  # nothing pending any more
+    # the backward reports too
+    gi = np.full_like(x, np.nan)
+    _C.roi_align_backward(np.ones_like(out), bad, gi, 1.0, 2, 3, 2, False, impl="tiled")
+    assert _C.roi_align_take_error("cpu")[3] == "backward"
+    assert np.isfinite(gi).all()
     # NaN and fractional indices: NaN is bad, (-1, N) truncates to an image as torchvision's cast does
     frac = rois.copy()
     frac[0, 0], frac[1, 0], frac[2, 0] = -0.5, 1.9, np.nan

@@ -190,6 +190,28 @@ dr_status dr_roi_align_forward_tiled_cpu(const dr_tensor *input, const dr_tensor
     return DR_OK;
 }
 
+dr_status dr_roi_align_backward_tiled_cpu(const dr_tensor *grad_output, const dr_tensor *rois, dr_tensor *grad_input,
+                                          const dr_roi_align_params *p, int64_t tile_taps) {
+    dr_roi_args a;
+    dr_status st = dr_roi_align_make_args(grad_input, rois, grad_output, p, 1, &a);
+    if (st != DR_OK)
+        return st;
+    if (grad_input->device != DR_CPU)
+        return dr_set_error(DR_EINVAL, "roi_align: CPU kernel called with tensors on another device");
+    if (a.C == 0)
+        return DR_OK;
+    a.tile_taps = tile_taps < 0 || tile_taps > DR_ROI_TILE_TAPS ? DR_ROI_TILE_TAPS : tile_taps;
+    a.tile_channels = dr_roi_tile_channels(a.C, a.pooled_h * a.pooled_w, a.out_s[1] == 1);
+    pthread_mutex_lock(&g_tiled_err_mu);
+    a.err = &g_tiled_err;
+    a.err_claim = &g_tiled_claim;
+    a.err_gen = g_tiled_gen;
+    a.err_op = 1;
+    pthread_mutex_unlock(&g_tiled_err_mu);
+    DR_DISPATCH(grad_output->dtype, roi_bwd_tiled_serial, &a);
+    return DR_OK;
+}
+
 int dr_roi_align_take_error_cpu(dr_roi_index_error *out) {
     pthread_mutex_lock(&g_tiled_err_mu);
     int r = dr_roi_take_report(&g_tiled_err, &g_tiled_gen, out);

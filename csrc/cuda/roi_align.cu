@@ -9,8 +9,9 @@
  * input: consecutive threads take consecutive channels (each tap read by a warp is 32 contiguous values), with at
  * least 32 channels per block. RoIs whose taps exceed the table (DR_ROI_TILE_TAPS entries) compute their taps per
  * element with the same function.
- * Backward: one thread per grad_output element with atomic adds into a float32 (float64) grad_input, as
- * torchvision's CUDA kernel does (the order of the adds, hence the last bits, vary from run to run), or, in
+ * Backward: the forward's tiles (geometry and taps in the block's table), one thread per grad_output element with
+ * atomic adds into a float32 (float64) grad_input, as torchvision's CUDA kernel adds atomically (the order of the
+ * adds, hence the last bits, vary from run to run; CPU emulation: dr_roi_align_backward_tiled_cpu), or, in
  * deterministic mode (torch.use_deterministic_algorithms), one thread per (image, channel) plane adding in a
  * fixed order, bitwise equal to the CPU gather.
  * Bad batch indices: checked on the device, without a host synchronisation (DESIGN §4): such a RoI pools to zeros
@@ -24,10 +25,6 @@
 #include "dr_roi_align.h"
 
 #define DR_ROI_KERNELS(SFX, RT)                                                                                    \
-    __global__ void roi_bwd_scatter_##SFX(dr_roi_args a, int64_t total) {                                          \
-        DR_GRID_STRIDE(i, total)                                                                                   \
-            dr_roi_align_bwd_scatter_elem_##SFX(&a, i);                                                            \
-    }                                                                                                              \
     __global__ void roi_bwd_plane_##SFX(dr_roi_args a, int64_t total) {                                            \
         DR_GRID_STRIDE(i, total)                                                                                   \
             dr_roi_align_bwd_plane_elem_##SFX(&a, i);                                                              \
@@ -70,6 +67,33 @@ DR_ROI_KERNELS(bf16, float)
             __syncthreads();                                                                                       \
         }                                                                                                          \
     }
+
+/* The tiled backward's default (atomic) mode: the forward's steps 1 and 2, then one thread per grad_output element
+ * of the block scattering with atomics. */
+#define DR_ROI_SCATTER_TILED_KERNEL(SFX, TAP)                                                                       \
+    __global__ void __launch_bounds__(256) roi_bwd_scatter_tiled_##SFX(dr_roi_args a, int64_t nblk) {             \
+        __shared__ dr_roi_tile_##SFX t;                                                                           \
+        __shared__ TAP tab[DR_ROI_TILE_TAPS];                                                                      \
+        const int64_t bins = a.pooled_h * a.pooled_w;                                                             \
+        for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {                                             \
+            if (threadIdx.x == 0)                                                                                  \
+                dr_roi_tile_begin_##SFX(&a, blk, &t);                                                              \
+            __syncthreads();                                                                                       \
+            if (t.table)                                                                                           \
+                for (int64_t i = threadIdx.x; i < t.ny + t.nx; i += blockDim.x)                                    \
+                    dr_roi_tile_fill_##SFX(&a, &t, tab, i);                                                        \
+            __syncthreads();                                                                                       \
+            const int64_t ne = (t.c1 - t.c0) * bins;                                                               \
+            for (int64_t e = threadIdx.x; e < ne; e += blockDim.x)                                                 \
+                dr_roi_tile_scatter_##SFX(&a, &t, tab, e);                                                         \
+            __syncthreads();                                                                                       \
+        }                                                                                                          \
+    }
+
+DR_ROI_SCATTER_TILED_KERNEL(f32, dr_roi_tap_f)
+DR_ROI_SCATTER_TILED_KERNEL(f64, dr_roi_tap_d)
+DR_ROI_SCATTER_TILED_KERNEL(f16, dr_roi_tap_f)
+DR_ROI_SCATTER_TILED_KERNEL(bf16, dr_roi_tap_f)
 
 DR_ROI_TILED_KERNEL(f32, dr_roi_tap_f)
 DR_ROI_TILED_KERNEL(f64, dr_roi_tap_d)
@@ -213,9 +237,12 @@ extern "C" dr_status dr_roi_align_backward_cuda(const dr_tensor *grad_output, co
         DR_LAUNCH_BY_DTYPE(grad_output->dtype, roi_bwd_plane, dr_blocks(planes, 128), 128, s, a, planes);
     } else {
         DR_LAUNCH_BY_DTYPE(grad_output->dtype, roi_zero, dr_blocks(nin, threads), threads, s, a, nin);
-        const int64_t total = a.K * a.C * a.pooled_h * a.pooled_w;
-        if (total > 0)
-            DR_LAUNCH_BY_DTYPE(grad_output->dtype, roi_bwd_scatter, dr_blocks(total, threads), threads, s, a, total);
+        a.tile_taps = DR_ROI_TILE_TAPS;
+        a.tile_channels = dr_roi_tile_channels(a.C, a.pooled_h * a.pooled_w, a.out_s[1] == 1);
+        const int64_t nblk = a.K * ((a.C + a.tile_channels - 1) / a.tile_channels);
+        const unsigned grid = (unsigned)(nblk < ((int64_t)1 << 20) ? nblk : ((int64_t)1 << 20));
+        if (nblk > 0)
+            DR_LAUNCH_BY_DTYPE(grad_output->dtype, roi_bwd_scatter_tiled, grid, 256, s, a, nblk);
     }
     return dr_cuda_check(cudaGetLastError(), "roi_align backward");
 }

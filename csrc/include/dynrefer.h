@@ -129,6 +129,10 @@ typedef struct {
  * size; smaller values force the path for RoIs whose taps do not fit. */
 dr_status dr_roi_align_forward_tiled_cpu(const dr_tensor *input, const dr_tensor *rois, dr_tensor *output,
                                          const dr_roi_align_params *p, int64_t tile_taps);
+/* The CUDA backward's default (atomic) mode, tiled like the forward, its blocks run in order on the CPU (tests);
+ * bad batch indices recorded as by the forward. */
+dr_status dr_roi_align_backward_tiled_cpu(const dr_tensor *grad_output, const dr_tensor *rois, dr_tensor *grad_input,
+                                          const dr_roi_align_params *p, int64_t tile_taps);
 /* 1 and *out filled when a tiled CPU call recorded a bad batch index since the last take (the record is then
  * cleared), else 0. */
 int dr_roi_align_take_error_cpu(dr_roi_index_error *out);

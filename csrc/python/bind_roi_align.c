@@ -110,23 +110,27 @@ static PyObject *py_roi_align_backward(PyObject *self, PyObject *args, PyObject 
     (void)self;
     static char *kwlist[] = {"grad_output",    "rois",    "grad_input",    "spatial_scale", "pooled_height",
                              "pooled_width",   "sampling_ratio", "aligned", "deterministic", "stream",
-                             "impl",           "raise_pending",  NULL};
+                             "impl",           "raise_pending",  "tile_taps",  NULL};
     PyObject *og, *orr, *oo;
     dr_roi_align_params p;
-    long long ph, pw, sr, stream = 0;
+    long long ph, pw, sr, stream = 0, tile_taps = -1;
     int aligned, deterministic = 0, raise_pending = 1;
     const char *impl = "fast";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOdLLLp|pLsp:roi_align_backward", kwlist, &og, &orr, &oo,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOdLLLp|pLspL:roi_align_backward", kwlist, &og, &orr, &oo,
                                      &p.spatial_scale, &ph, &pw, &sr, &aligned, &deterministic, &stream, &impl,
-                                     &raise_pending))
+                                     &raise_pending, &tile_taps))
         return NULL;
     p.pooled_h = ph;
     p.pooled_w = pw;
     p.sampling_ratio = sr;
     p.aligned = aligned;
-    int elementwise = dr_parse_impl(impl);
-    if (elementwise < 0)
+    /* impl "tiled": the CUDA default (atomic) mode's tiled schedule, on the CPU */
+    int tiled = strcmp(impl, "tiled") == 0;
+    int elementwise = tiled ? 0 : dr_parse_impl(impl);
+    if (elementwise < 0) {
+        PyErr_Format(PyExc_ValueError, "impl must be 'fast', 'elementwise' or 'tiled', got '%s'", impl);
         return NULL;
+    }
     dr_pyarg go, ro, gi;
     PyObject *ret = NULL;
     memset(&ro, 0, sizeof ro);
@@ -143,6 +147,9 @@ static PyObject *py_roi_align_backward(PyObject *self, PyObject *args, PyObject 
         if (!fn)
             goto done;
         Py_BEGIN_ALLOW_THREADS st = fn(&go.t, &ro.t, &gi.t, &p, deterministic, (void *)(intptr_t)stream);
+        Py_END_ALLOW_THREADS
+    } else if (tiled) {
+        Py_BEGIN_ALLOW_THREADS st = dr_roi_align_backward_tiled_cpu(&go.t, &ro.t, &gi.t, &p, tile_taps);
         Py_END_ALLOW_THREADS
     } else {
         Py_BEGIN_ALLOW_THREADS st = elementwise
@@ -203,5 +210,6 @@ PyMethodDef dr_roi_align_methods[] = {
      "stream=0, impl='fast', tile_taps=-1, raise_pending=True): fill output [K,C,ph,pw]."},
     {"roi_align_backward", (PyCFunction)(void (*)(void))py_roi_align_backward, METH_VARARGS | METH_KEYWORDS,
      "roi_align_backward(grad_output, rois, grad_input, spatial_scale, pooled_height, pooled_width, sampling_ratio, "
-     "aligned, deterministic=False, stream=0, impl='fast', raise_pending=True): overwrite grad_input [N,C,H,W]."},
+     "aligned, deterministic=False, stream=0, impl='fast', raise_pending=True, tile_taps=-1): overwrite grad_input "
+     "[N,C,H,W]."},
     {NULL, NULL, 0, NULL}};
