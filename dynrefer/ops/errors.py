@@ -1,4 +1,7 @@
 """Exceptions raised by dynrefer.ops, and ``check_errors`` for the errors kernels find on a device."""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
 
 
 class BoxesShapeError(ValueError, AssertionError):
@@ -12,7 +15,7 @@ class BoxesShapeError(ValueError, AssertionError):
 _MAX_CUDA_DEVICES = 64  # devices the CUDA module keeps error records for (roi_align.cu)
 
 
-def check_errors(device=None) -> None:
+def check_errors(device: Optional[Any] = None) -> None:
     """Raise the error a kernel recorded on the device since the last check, after synchronising it.
 
     CUDA RoI-Align checks batch indices on the device without a host synchronisation: a RoI whose batch index is
@@ -26,6 +29,7 @@ def check_errors(device=None) -> None:
 
     from dynrefer import _C
 
+    targets: List[Tuple[str, int]]
     if device is None:
         targets = [("cpu", 0)]
         if "dynrefer._C_cuda" in sys.modules:
@@ -45,7 +49,7 @@ def check_errors(device=None) -> None:
             )
 
 
-def _device_target(device):
+def _device_target(device: Any) -> Tuple[str, int]:
     if isinstance(device, bool):
         raise TypeError("check_errors: device must be None, a string, an int or a torch.device, got bool")
     if isinstance(device, int):
@@ -65,7 +69,7 @@ def _device_target(device):
     raise ValueError(f"check_errors: device must be 'cpu', 'cuda' or 'cuda:<index>', got {text!r}")
 
 
-def _loaded_torch():
+def _loaded_torch() -> Any:
     import sys
 
     return sys.modules.get("torch")
