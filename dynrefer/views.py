@@ -15,8 +15,11 @@ region — the tight one first, then ``n − 1`` chosen among the candidates ``0
 Everything heavy (hashing every candidate, cropping and resizing the chosen views) is one batched C call each
 (``dynrefer.ops.views``), on the CPU's threads or on CUDA for CUDA images.
 """
+from __future__ import annotations
+
 import os
 import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -36,8 +39,11 @@ TASK_PRIOR = {
 
 PRIORS = ("stochastic", "image", "task", "none", "fixed")
 
+# a line of text under :func:`plot_views`' thumbnails: a string, or a (key, text) pair printed in two columns
+Label = Union[str, Tuple[str, str]]
 
-def view_boxes(boxes, coeffs, width, height):
+
+def view_boxes(boxes: Any, coeffs: Any, width: float, height: float) -> np.ndarray:
     """View boxes ``b(t)`` in image pixels, computed in float32 as the official pipeline does.
 
     Args:
@@ -57,7 +63,7 @@ def view_boxes(boxes, coeffs, width, height):
     return b[:, None, :] + (full - b)[:, None, :] * t[:, :, None]
 
 
-def as_image(image):
+def as_image(image: Any) -> Any:
     """HWC uint8 image (NumPy, or a torch tensor kept as is); PIL images are converted to RGB arrays."""
     if is_torch_tensor(image):
         return image
@@ -69,7 +75,7 @@ def as_image(image):
     return a
 
 
-def _image_size(image):
+def _image_size(image: Any) -> Tuple[int, int]:
     return int(image.shape[1]), int(image.shape[0])
 
 
@@ -99,8 +105,10 @@ class NestedViews:
         ``[R, n]`` float32 (``coeffs[:, 0] == 0`` except for a fixed prior that says otherwise), ``view_boxes`` ``[R, n, 4]`` (each view in image pixels).
     """
 
-    def __init__(self, size=224, num_views=3, candidates=CANDIDATES, prior="image", task="caption", mean=CLIP_MEAN,
-                 std=CLIP_STD, mode="pil", dtype="float32", seed=None, fixed_coeffs=None):
+    def __init__(self, size: int = 224, num_views: int = 3, candidates: Sequence[float] = CANDIDATES,
+                 prior: str = "image", task: str = "caption", mean: Sequence[float] = CLIP_MEAN,
+                 std: Sequence[float] = CLIP_STD, mode: str = "pil", dtype: str = "float32",
+                 seed: Optional[int] = None, fixed_coeffs: Optional[Sequence[float]] = None) -> None:
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         if prior == "fixed":
@@ -131,20 +139,20 @@ class NestedViews:
         self.mode = mode
         self.dtype = dtype
         self.seed = seed
-        self._rng = None
-        self._rng_pid = None
+        self._rng: Optional[np.random.Generator] = None
+        self._rng_pid: Optional[int] = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"NestedViews(size={self.size}, num_views={self.num_views}, prior={self.prior!r}, task={self.task!r}, "
                 f"mode={self.mode!r})")
 
-    def __getstate__(self):  # the generator is per process: never ship it to workers
+    def __getstate__(self) -> Dict[str, Any]:  # the generator is per process: never ship it to workers
         state = self.__dict__.copy()
         state["_rng"] = None
         state["_rng_pid"] = None
         return state
 
-    def _generator(self):
+    def _generator(self) -> np.random.Generator:
         pid = os.getpid()
         if self._rng is None or self._rng_pid != pid:  # a new process (fork) starts its own stream
             if self.seed is None:
@@ -158,7 +166,8 @@ class NestedViews:
 
     # ---- selection --------------------------------------------------------------------------------------
 
-    def choose(self, image, boxes, rng=None, prior=None):
+    def choose(self, image: Any, boxes: Any, rng: Optional[np.random.Generator] = None,
+               prior: Optional[str] = None) -> np.ndarray:
         """Coefficients ``[R, n]`` (float32; tight view first) of the views for each region."""
         prior = prior or self.prior
         image = as_image(image)
@@ -192,7 +201,8 @@ class NestedViews:
 
     # ---- the transform ----------------------------------------------------------------------------------
 
-    def __call__(self, image, boxes, rng=None, prior=None):
+    def __call__(self, image: Any, boxes: Any, rng: Optional[np.random.Generator] = None,
+                 prior: Optional[str] = None) -> Dict[str, Any]:
         image = as_image(image)
         b = np.asarray(_numpy(boxes), dtype=np.float32).reshape(-1, 4)
         coeffs = self.choose(image, b, rng=rng, prior=prior)
@@ -214,7 +224,7 @@ class NestedViews:
                     "view_boxes": torch.from_numpy(vb).to(image.device)}
         return {"views": views, "boxes": rb, "coeffs": coeffs, "view_boxes": vb}
 
-    def official(self, image, boxes, rng=None):
+    def official(self, image: Any, boxes: Any, rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
         """The official processor's output keys (torch tensors): ``cascade_region_images`` ``[R, n, 3, S, S]``,
         ``cascade_region_bboxes`` ``[R, n, 4]``, ``cascade_region_ratios`` ``[R, n]`` (float64, as it returns)."""
         import torch
@@ -225,77 +235,259 @@ class NestedViews:
                 "cascade_region_ratios": as_t(np.asarray(_numpy(out["coeffs"]), dtype=np.float64))}
 
 
-def _worker_id():
+def _worker_id() -> Optional[int]:
     """The PyTorch DataLoader worker id of this process, or None (torch is not imported here if it is not loaded)."""
     data = sys.modules.get("torch.utils.data")
     info = data.get_worker_info() if data is not None else None
     return None if info is None else int(info.id)
 
 
-def _numpy(x):
+def _numpy(x: Any) -> np.ndarray:
     return x.cpu().numpy() if is_torch_tensor(x) else np.asarray(x)
 
 
-def _to_like(a, image):
+def _to_like(a: np.ndarray, image: Any) -> Any:
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(a)).to(image.device)
 
 
-def plot_views(image, box, path, candidates=CANDIDATES, chosen=None, labels=None, size=160):
-    """Write a PNG like the paper's Fig. 5: the image with the referred region (red), every candidate view (thin
-    grey, labelled with t) and the chosen views (coloured, thick), and beside it the chosen views as the model sees
-    them (before normalisation).
+# ---- the figure -----------------------------------------------------------------------------------------
+
+# the colours of the chosen views, in the order given (the tight view's first); the region itself is drawn red
+_VIEW_COLOURS = ((255, 140, 0), (0, 160, 80), (0, 110, 220), (160, 40, 200), (0, 170, 170), (190, 150, 0))
+REGION_COLOUR = (255, 0, 0)
+_GAP = 6      # between the image, the thumbnails and the text
+_PAD = 8      # around the text
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)   # Pillow >= 10.1 with FreeType: a scalable font
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def _wrap(draw: Any, text: str, font: Any, width: float) -> List[str]:
+    """``text`` in lines no wider than ``width`` pixels, broken at spaces (a single overlong word stays whole)."""
+    out: List[str] = []
+    line = ""
+    for word in text.split(" "):
+        trial = word if not line else line + " " + word
+        if line and draw.textlength(trial, font=font) > width:
+            out.append(line)
+            line = word
+        else:
+            line = trial
+    out.append(line)
+    return out
+
+
+def _label_rows(draw: Any, labels: Sequence[Label], font: Any, width: float
+                ) -> Tuple[List[Tuple[str, str, bool]], float]:
+    """The printed rows ``(key, text, in the value column)`` and the key column's width: ``(key, text)`` pairs in
+    two columns (the text wrapped beside its key), plain strings across the whole width."""
+    keys = [str(lab[0]) for lab in labels if isinstance(lab, tuple)]
+    key_w = max([draw.textlength(k, font=font) for k in keys] or [0.0])
+    key_w = key_w + 10 if key_w else 0.0
+    rows: List[Tuple[str, str, bool]] = []
+    for lab in labels:
+        if isinstance(lab, tuple):
+            wrapped = _wrap(draw, str(lab[1]), font, max(40.0, width - key_w))
+            rows += [(str(lab[0]) if k == 0 else "", t, True) for k, t in enumerate(wrapped)]
+        else:
+            rows += [("", t, False) for t in _wrap(draw, str(lab), font, width)]
+    return rows, key_w
+
+
+def _clip_rect(box: Sequence[float], width: int, height: int) -> Optional[List[int]]:
+    """``box`` rounded to pixel edges inside ``width x height`` (Pillow draws an outline inward from these); None
+    when nothing of it is inside."""
+    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+    x1, y1 = max(0, x1), max(0, y1)
+    x2, y2 = min(width - 1, x2), min(height - 1, y2)
+    if x2 < x1 or y2 < y1:
+        return None
+    return [x1, y1, x2, y2]
+
+
+_Layout = Tuple[int, int, int, Tuple[int, int], Tuple[int, int, int], Tuple[int, int]]
+
+
+def _text_height(draw: Any, lines: Sequence[Label], font: Any, line_h: int) -> Callable[[int], int]:
+    """The height of ``lines`` printed in a column ``width`` pixels wide, as a function of the width."""
+    def height(width: int) -> int:
+        rows, _ = _label_rows(draw, lines, font, width - 2 * _PAD)
+        return len(rows) * line_h + 2 * _PAD
+
+    return height
+
+
+def _side_layout(w: int, h: int, n: int, scale0: float, size: Optional[int], text_h: Callable[[int], int],
+                 lab_h: int) -> Optional[_Layout]:
+    """The image on the left; on its right the thumbnails in a row and the text under them, the image scaled to
+    the column's height. None when that would leave a band under the image (wide images)."""
+    def col_w(th: int) -> int:
+        return n * th + (n - 1) * _GAP
+
+    def col_h(th: int) -> int:
+        return th + lab_h + _GAP + text_h(col_w(th))
+
+    sh0 = h * scale0
+    if size is not None:
+        th = int(size)
+    else:
+        th_min = max(64, -(-(320 - (n - 1) * _GAP) // n))
+        th_max = max(th_min, min(360, (720 - (n - 1) * _GAP) // n))   # the column 720 pixels wide at most
+        th = next((t for t in range(th_max, th_min - 1, -2) if col_h(t) <= sh0), th_min)
+    ch = col_h(th)
+    scale = min(max(ch / h, 0.5 * scale0), max(scale0, 1280.0 / max(w, h)))
+    sw, sh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    if sh < ch - 2 * lab_h and size is None:
+        return None
+    x0 = sw + _GAP
+    return sw, sh, th, (x0, 0), (x0, th + lab_h + _GAP, col_w(th)), (x0 + col_w(th), max(sh, ch))
+
+
+def _stacked_layout(w: int, h: int, n: int, scale0: float, size: Optional[int], text_h: Callable[[int], int],
+                    lab_h: int) -> _Layout:
+    """The image on top, 640 to 1280 pixels wide; under it the thumbnails in a row and the text on their right,
+    the thumbnails as tall as the text needs (64 to 224 pixels)."""
+    sw = int(round(w * min(1280.0 / w, max(scale0, 640.0 / w))))
+    for _ in range(2):   # the image widened (to 1280 pixels at most) to the thumbnails and the text under it
+        if size is not None:
+            th = int(size)
+        else:
+            th = next((t for t in range(64, 225, 2)
+                       if t + lab_h >= text_h(max(320, sw - n * (t + _GAP)))), 224)
+        sw = max(sw, min(1280, n * (th + _GAP) + 320))
+    sw = max(1, sw)
+    sh = max(1, int(round(h * sw / w)))
+    text_w = max(320, sw - n * (th + _GAP))
+    y0 = sh + _GAP
+    xt = n * (th + _GAP)
+    return sw, sh, th, (0, y0), (xt, y0, text_w), (max(sw, xt + text_w), y0 + max(th + lab_h, text_h(text_w)))
+
+
+def plot_views(image: Any, box: Sequence[float], path: Optional[str] = None,
+               candidates: Sequence[float] = CANDIDATES, chosen: Optional[Any] = None,
+               labels: Optional[Sequence[Label]] = None, size: Optional[int] = None) -> Any:
+    """A figure like the paper's Fig. 5, as a ``PIL.Image.Image`` (shown inline by Jupyter; ``path`` also saves it).
+
+    On the left the image with every candidate view (thin grey, labelled with its t where the labels do not
+    collide), the chosen views (coloured) and on top of them the referred region (red, clipped to the image); on
+    the right the chosen views as the model sees them (before normalisation; the region in red, the frame in the
+    view's colour, t underneath), and below them the region's coordinates and ``labels``. The thumbnails are
+    sized for an image whose longer side is 640 pixels at most (384 at least for small images), then the image is
+    scaled to the height of the column beside it, so that neither leaves a blank band.
 
     Args:
-        image: HWC uint8 RGB (NumPy or PIL).
-        box: the region (x1, y1, x2, y2).
-        path: output PNG path.
+        image: HWC uint8 RGB (NumPy, PIL or a CPU tensor).
+        box: the region (x1, y1, x2, y2) in pixels.
+        path: also write the figure there (PNG unless the extension names another format Pillow writes); folders
+            are created.
         candidates: the candidate coefficients drawn in grey.
         chosen: the chosen coefficients (tight view first), e.g. ``NestedViews.choose(...)[0]``; default ``[0]``.
-        labels: optional lines of text printed under the figure (e.g. the model's answers).
-        size: side of each view thumbnail.
-    """
-    from PIL import Image, ImageDraw
+        labels: lines of text under the thumbnails: strings, or ``(key, text)`` pairs printed in two columns (e.g.
+            ``("caption", "a red circle (0.42)")``); long lines wrap.
+        size: side of each thumbnail in pixels (default: fitted to the image's height, 64 to 360 and the
+            thumbnails 720 pixels wide together at most).
 
-    img = as_image(image)
-    img = _numpy(img).astype(np.uint8)
+    Needs Pillow (``pip install 'dynrefer[data]'``).
+    """
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError as e:
+        raise ImportError("plot_views needs Pillow: pip install 'dynrefer[data]'") from e
+
+    img = np.ascontiguousarray(_numpy(as_image(image)).astype(np.uint8)[:, :, :3])
     h, w = img.shape[:2]
-    chosen = [0.0] if chosen is None else [float(c) for c in np.asarray(chosen).reshape(-1)]
-    b = np.asarray(box, dtype=np.float32).reshape(1, 4)
-    cand_boxes = view_boxes(b, np.asarray(candidates, dtype=np.float32), w, h)[0]
-    chosen_boxes = view_boxes(b, np.asarray(chosen, dtype=np.float32), w, h)[0]
-    colours = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
-    scale = min(1.0, 640.0 / max(w, h))
-    sw, sh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-    base = Image.fromarray(img[:, :, :3]).resize((sw, sh), Image.BICUBIC)
-    thumbs = crop_resize(img, chosen_boxes, size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    thumbs = (np.clip(thumbs, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
-    lines = list(labels or [])
-    text_h = 14 * (len(lines) + 1) + 8
-    canvas_w = sw + 10 + size * max(1, len(chosen))
-    canvas = Image.new("RGB", (canvas_w, max(sh, size + 20) + text_h), (255, 255, 255))
+    ch = [0.0] if chosen is None else [float(c) for c in np.asarray(_numpy(chosen), dtype=np.float64).reshape(-1)]
+    if not ch or any(not 0.0 <= t <= 1.0 for t in ch):
+        raise ValueError(f"plot_views: chosen must hold coefficients in [0, 1], got {chosen!r}")
+    cand = [float(t) for t in candidates]
+    if size is not None and int(size) < 8:
+        raise ValueError(f"plot_views: size must be at least 8 pixels, got {size!r}")
+    flat = np.asarray(_numpy(box), dtype=np.float32).reshape(-1)
+    if flat.shape != (4,) or not np.isfinite(flat).all() or flat[2] <= flat[0] or flat[3] <= flat[1]:
+        raise ValueError(f"plot_views: box must be finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1, got {box!r}")
+    b = flat.reshape(1, 4)
+    n = len(ch)
+    cand_boxes = view_boxes(b, np.asarray(cand, dtype=np.float32).reshape(-1), w, h)[0]
+    chosen_boxes = view_boxes(b, np.asarray(ch, dtype=np.float32), w, h)[0]
+
+    font, small = _font(13), _font(11)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = int(probe.textbbox((0, 0), "Hgy", font=font)[3]) + 4
+    lab_h = int(probe.textbbox((0, 0), "t = 0.0", font=small)[3]) + 4
+    lines: List[Label] = [("region", ", ".join(f"{v:.0f}" for v in b[0])), *(labels or [])]
+
+    text_h = _text_height(probe, lines, font, line_h)
+    longest = max(w, h)
+    scale0 = min(640.0 / longest, max(1.0, 384.0 / longest))
+    lay = _side_layout(w, h, n, scale0, size, text_h, lab_h)
+    if lay is None:   # a wide image: the thumbnails and the text under it
+        lay = _stacked_layout(w, h, n, scale0, size, text_h, lab_h)
+    sw, sh, th, (tx, ty), (xt, yt, wt), (canvas_w, canvas_h) = lay
+    canvas = Image.new("RGB", (canvas_w, canvas_h), (255, 255, 255))
+    base = Image.fromarray(img)
+    if (sw, sh) != (w, h):
+        base = base.resize((sw, sh), Image.Resampling.BICUBIC)
     canvas.paste(base, (0, 0))
     d = ImageDraw.Draw(canvas)
-    for t, cb in zip(candidates, cand_boxes):
-        x1, y1, x2, y2 = (cb * scale).tolist()
-        d.rectangle([x1, y1, x2, y2], outline=(170, 170, 170), width=1)
-        d.text((x1 + 2, y1 + 1), f"{t:.1f}", fill=(120, 120, 120))
-    for k, (t, cb) in enumerate(zip(chosen, chosen_boxes)):
-        x1, y1, x2, y2 = (cb * scale).tolist()
-        col = colours[k % len(colours)]
-        d.rectangle([x1, y1, x2, y2], outline=col, width=3)
-        canvas.paste(Image.fromarray(thumbs[k]), (sw + 10 + k * size, 0))
-        d.rectangle([sw + 10 + k * size, 0, sw + 10 + (k + 1) * size - 1, size - 1], outline=col, width=3)
-        d.text((sw + 14 + k * size, size + 3), f"t = {t:.1f}", fill=col)
-    x1, y1, x2, y2 = (b[0] * scale).tolist()
-    d.rectangle([x1, y1, x2, y2], outline=(255, 0, 0), width=2)
-    y = max(sh, size + 20) + 4
-    d.text((4, y), f"region ({', '.join(f'{v:.0f}' for v in b[0])}); views t = {', '.join(f'{t:.1f}' for t in chosen)}",
-           fill=(0, 0, 0))
-    for line in lines:
-        y += 14
-        d.text((4, y), str(line), fill=(0, 0, 0))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path, format="PNG")
-    return path
+    sx, sy = sw / w, sh / h
+
+    def on_image(bx: Sequence[float]) -> Optional[List[int]]:
+        return _clip_rect([bx[0] * sx, bx[1] * sy, bx[2] * sx, bx[3] * sy], sw, sh)
+
+    # candidates, thin grey, labelled where a label does not land on another one
+    placed: List[Tuple[float, float]] = []
+    for t, cb in zip(cand, cand_boxes):
+        r = on_image(cb.tolist())
+        if r is None:
+            continue
+        d.rectangle(r, outline=(200, 200, 200), width=1)
+        x, y = r[0] + 2, r[1] + 1
+        if all(abs(x - px) > 24 or abs(y - py) > 12 for px, py in placed) and y + 12 < sh:
+            d.text((x, y), f"{t:.1f}", fill=(225, 225, 225), font=small, stroke_width=1, stroke_fill=(60, 60, 60))
+            placed.append((x, y))
+    # chosen views, the widest first so that no frame hides a narrower one; the tight view's frame is drawn wide
+    # enough to show inside the region's outline drawn over it
+    for k in sorted(range(n), key=lambda k: -ch[k]):
+        r = on_image(chosen_boxes[k].tolist())
+        if r is not None:
+            d.rectangle(r, outline=_VIEW_COLOURS[k % len(_VIEW_COLOURS)], width=5 if ch[k] == 0.0 else 3)
+    # the region on top of everything, clipped to the image
+    r = on_image(b[0].tolist())
+    if r is not None:
+        d.rectangle(r, outline=REGION_COLOUR, width=2)
+
+    # the chosen views as the model sees them, the region in each view's frame
+    ref = np.repeat(b, n, axis=0)
+    thumbs, ref_in_view = crop_resize(img, chosen_boxes, th, ref_boxes=ref, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    thumbs = (np.clip(np.asarray(thumbs), 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+    for k in range(n):
+        col = _VIEW_COLOURS[k % len(_VIEW_COLOURS)]
+        x = tx + k * (th + _GAP)
+        canvas.paste(Image.fromarray(np.ascontiguousarray(thumbs[k])), (x, ty))
+        rr = _clip_rect(np.asarray(ref_in_view)[k].tolist(), th, th)
+        if rr is not None:
+            d.rectangle([x + rr[0], ty + rr[1], x + rr[2], ty + rr[3]], outline=REGION_COLOUR, width=1)
+        d.rectangle([x, ty, x + th - 1, ty + th - 1], outline=col, width=3)
+        d.text((x + 2, ty + th + 2), f"t = {ch[k]:.1f}", fill=col, font=small)
+
+    # the text
+    rows, key_w = _label_rows(d, lines, font, wt - 2 * _PAD)
+    y = yt + _PAD
+    for key, text, in_column in rows:
+        if key:
+            d.text((xt + _PAD, y), key, fill=(110, 110, 110), font=font)
+        d.text((xt + _PAD + (key_w if in_column else 0.0), y), text, fill=(0, 0, 0), font=font)
+        y += line_h
+    if path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        ext = os.path.splitext(path)[1].lower()
+        canvas.save(path, format=None if ext in Image.registered_extensions() else "PNG")
+    return canvas

@@ -4,7 +4,8 @@
     python examples/describe_your_image.py IMAGE x1,y1,x2,y2 [x1,y1,x2,y2 ...] [--checkpoint PATH]
 
 Prints one line per region (category, attributes, tags, caption, chosen view coefficients) and writes a PNG per
-region with the nested views the image prior chose. The same as `dynrefer describe`, written out with the API.
+region with the nested views the image prior chose and the answers with their scores. The same as `dynrefer
+describe`, written out with the API.
 """
 import argparse
 
@@ -12,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from dynrefer.app.bundle import build_bundle_model, load_bundle
+from dynrefer.app.describe import answer_labels
 from dynrefer.model import format_descriptions
 from dynrefer.views import NestedViews, plot_views
 
@@ -31,8 +33,9 @@ def main():
     results = model.describe(img, boxes, prior="image", seed=0)
     print(format_descriptions(results))
     for k, (box, r) in enumerate(zip(boxes, results)):
-        path = plot_views(img, box, f"region_{k}.png", chosen=coeffs[k], labels=[r.get("caption", "")])
-        print("wrote", path)
+        # a PIL image (shown inline in a notebook); path= also writes it
+        plot_views(img, box, path=f"region_{k}.png", chosen=coeffs[k], labels=answer_labels(r))
+        print("wrote", f"region_{k}.png")
 
 
 if __name__ == "__main__":

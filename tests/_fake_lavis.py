@@ -234,7 +234,7 @@ def install(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     for name in [n for n in sys.modules if n == "dynrefer.lavis" or n.startswith("dynrefer.lavis.")]:
         monkeypatch.delitem(sys.modules, name)
-    if hasattr(dynrefer, "lavis"):
+    if "lavis" in vars(dynrefer):   # not hasattr: dynrefer's module __getattr__ would import dynrefer.lavis now
         monkeypatch.delattr(dynrefer, "lavis")
     mods = build()
     for name, m in mods.items():

@@ -440,6 +440,103 @@ def test_bfloat16_vector_kernels_when_amx_is_off(gen, tmp_path):
             assert rel(ours, ref) <= bound, (cap, i)
 
 
+# --- float16/bfloat16 precision against PyTorch's own SDPA --------------------------------------------------------
+
+HALF_CASES = [  # name, (B, H, Lq, Lk, D, Dv), mask, causal, query/key scale, value offset
+    ("ViT self", (1, 2, 257, 257, 88, 88), None, False, 1.0, 0.0),
+    ("ViT self, causal, offset values", (1, 2, 257, 257, 88, 88), None, True, 1.0, 3.0),
+    ("Q-Former cross, bool mask, peaked", (2, 2, 32, 257, 64, 64), "bool", False, 2.0, 0.0),
+    ("Q-Former cross, additive mask, offset values", (2, 2, 32, 257, 64, 64), "add", False, 1.0, 3.0),
+    ("tag decoder, offset values", (1, 1, 4585, 32, 64, 64), None, False, 1.0, 3.0),
+    ("ragged 0", None, None, False, 2.0, 3.0),
+    ("ragged 1", None, "bool", False, 1.0, 3.0),
+    ("ragged 2", None, "add", False, 2.0, 0.0),
+    ("ragged 3", None, None, True, 1.0, 3.0),
+]
+
+
+def half_case(gen, dtype, shape, mask, causal, qk_scale, v_offset):
+    """q, k, v, dO and the mask in `dtype` (the additive mask too), drawn from `gen`; a random ragged shape (Lq, Lk
+    in 1..300, head dims 8..128, Dv != D allowed) where shape is None. Bool masks keep key i % Lk of row i, so no
+    row is fully masked."""
+    if shape is None:
+        r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))
+        shape = (r(1, 2), r(1, 3), r(1, 300), r(1, 300), r(1, 16) * 8, r(1, 16) * 8)
+    b, h, lq, lk, d, dv = shape
+    t = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)
+    q, k = ((t(b, h, n, d) * qk_scale).to(dtype) for n in (lq, lk))
+    v = (t(b, h, lk, dv) + v_offset).to(dtype)
+    g = t(b, h, lq, dv).to(dtype)
+    m = None
+    if mask == "bool":
+        m = torch.rand(b, 1, lq, lk, generator=gen) > 0.4
+        m[:, :, torch.arange(lq), torch.arange(lq) % lk] = True
+    elif mask == "add":
+        m = (2 * t(b, 1, lq, lk)).to(dtype)
+    return q, k, v, g, m
+
+
+def half_errors(results, gold):
+    """(relative Frobenius error, max abs error) of each of out, dq, dk, dv against the float64 results."""
+    return [(rel(x, y), float((x.detach().double() - y.detach().double()).abs().max())) for x, y in zip(results, gold)]
+
+
+@pytest.mark.parametrize("case", HALF_CASES, ids=[c[0] for c in HALF_CASES])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_error_within_twice_pytorch(gen, dtype, case):
+    """float16/bfloat16 forward and backward against float64 results from the same half-precision inputs: our
+    relative error in out, dQ, dK and dV is at most twice that of PyTorch's own CPU SDPA (its flash kernel where
+    the head dims agree, its math path in float32 otherwise) on DynRefer's shapes (fewer batches and heads) and
+    ragged ones, with masks, causal attention, peaked softmaxes and values sharing an offset (where a delta taken
+    from the half-precision output would lose the gradients' low bits)."""
+    _, shape, mask, causal, qk_scale, v_offset = case
+    q, k, v, g, m = half_case(gen, dtype, shape, mask, causal, qk_scale, v_offset)
+    runs = {}
+    for who, dt in (("gold", torch.float64), ("torch", dtype), ("ours", dtype)):
+        leaves = [x.to(dt).requires_grad_(True) for x in (q, k, v)]
+        mm = m if m is None or m.dtype == torch.bool else m.to(dt)
+        if who == "gold":
+            out = math_sdpa(*leaves, mm, causal)
+        elif who == "torch":
+            out = F.scaled_dot_product_attention(*leaves, attn_mask=mm, is_causal=causal)
+        else:
+            out = attention(*leaves, attn_mask=mm, is_causal=causal)
+        assert out.dtype == dt
+        runs[who] = (out,) + torch.autograd.grad(out, leaves, g.to(dt))
+    ours, theirs = half_errors(runs["ours"], runs["gold"]), half_errors(runs["torch"], runs["gold"])
+    for name, (e, e_max), (r, r_max) in zip(("out", "dq", "dk", "dv"), ours, theirs):
+        assert e <= 2 * r, f"{name}: ours {e:.3g} (max abs {e_max:.3g}), PyTorch {r:.3g} (max abs {r_max:.3g})"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_backward_every_instruction_set(gen, dtype):
+    """Every vector variant's backward (portable, AVX2, AVX-512 where the CPU has them) keeps dQ, dK and dV within
+    twice PyTorch's error against float64, on values sharing an offset under an additive mask."""
+    from dynrefer import _C
+    from dynrefer.ops._torch_roi_align import _desc
+
+    q, k, v, g, m = half_case(gen, dtype, (2, 2, 45, 130, 64, 40), "add", False, 2.0, 3.0)
+    leaves = [x.double().requires_grad_(True) for x in (q, k, v)]
+    gold = torch.autograd.grad(math_sdpa(*leaves, m.double()), leaves, g.double())
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    theirs = torch.autograd.grad(F.scaled_dot_product_attention(*leaves, attn_mask=m), leaves, g)
+    m = m.expand(2, 2, 45, 130)  # the kernel's [B, H, Lq, Lk] (stride 0 over the heads)
+    out, lse = attention_op(q, k, v, m, False, 1 / 8)
+    ran = []
+    for impl in ("portable", "avx2", "avx512"):
+        dq, dk, dv = (torch.empty_like(x) for x in (q, k, v))
+        try:
+            _C.attention_backward(_desc(q), _desc(k), _desc(v), _desc(m), _desc(out), _desc(lse), _desc(g),
+                                  _desc(dq), _desc(dk), _desc(dv), 1 / 8, False, impl=impl)
+        except RuntimeError as e:  # this CPU lacks the instruction set
+            assert "does not support" in str(e) or "no x86" in str(e)
+            continue
+        ran.append(impl)
+        for name, x, r, y in zip(("dq", "dk", "dv"), (dq, dk, dv), theirs, gold):
+            assert rel(x, y) <= 2 * rel(r, y), (impl, name, rel(x, y), rel(r, y))
+    assert "portable" in ran
+
+
 # --- NaN and infinities propagate as in PyTorch ----------------------------------------------------------------
 
 def _nan_pattern(fn, q, k, v, mask, causal, g):

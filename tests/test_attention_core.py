@@ -136,6 +136,30 @@ def test_float16_forward(rng):
     assert rel(attention_numpy(q, k, v, impl="elementwise"), ro) < 1e-3
 
 
+@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "elementwise"])
+@pytest.mark.parametrize("case", ["plain", "bool", "additive", "causal"])
+def test_float16_backward_float32_delta(rng, impl, case):
+    """float16 backward on values sharing an offset and peaked softmaxes, where delta = dO . O taken from the
+    float16 output would put its rounding (2^-11 of |dO| |O|) into every dS: delta is summed from P and dP in
+    float32, so dQ, dK and dV carry only their own float16 rounding (2^-11 relative) against float64 gradients
+    of the same float16 inputs. (The CUDA kernels' per-row bodies, impl='elementwise', still take dO . O.)"""
+    b, h, lq, lk, d, dv = 2, 2, 45, 77, 40, 24
+    q, k = ((2 * rng.standard_normal((b, h, n, d))).astype(np.float16) for n in (lq, lk))
+    v = (rng.standard_normal((b, h, lk, dv)) + 3).astype(np.float16)
+    g = rng.standard_normal((b, h, lq, dv)).astype(np.float16)
+    mask, causal = None, case == "causal"
+    if case == "bool":
+        mask = rng.random((b, 1, lq, lk)) > 0.4
+        mask[:, :, np.arange(lq), np.arange(lq) % lk] = True
+    elif case == "additive":
+        mask = (2 * rng.standard_normal((b, 1, lq, lk))).astype(np.float16)
+    got = backward(q, k, v, g, mask, causal, impl=impl)
+    ref = ref_backward(q, k, v, g, mask, causal)
+    for name, x, y in zip(("dq", "dk", "dv"), got, ref):
+        assert x.dtype == np.float16
+        assert rel(x, y) < 2.0**-11, (name, rel(x, y))
+
+
 def test_long_sequence(rng):
     q, k, v = qkv(rng, (1, 1, 1030, 64), 1030)
     out = attention(q, k, v)

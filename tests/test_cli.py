@@ -54,6 +54,27 @@ def test_describe_on_the_demo_model(demo_out, tmp_path, capsys):
     assert again[:5] == out.splitlines()[:5]
 
 
+def test_describe_figure_of_a_photo(demo_out, tmp_path, shared_data, capsys):
+    """`dynrefer describe` on a real photo: the figure's layout (no blank band, the region over the tight view's
+    frame, clipped to the image) and the answers it prints, scores included."""
+    from PIL import Image
+    from test_plot_views import _check_layout
+
+    photo = sorted(glob.glob(os.path.join(shared_data, "images", "*.jpg")))[0]
+    with Image.open(photo) as im:
+        w, h = im.size
+    box = [0.5 * w, 0.2 * h, w + 30.0, 0.7 * h]      # reaches past the right edge
+    stem = str(tmp_path / "photo")
+    assert main(["describe", photo, "--box", ",".join(f"{v:.1f}" for v in box), "--checkpoint",
+                 str(demo_out / "model.pt"), "--out", stem]) == 0
+    out = capsys.readouterr().out
+    assert "clipped to" in out
+    coeffs = [float(t) for t in out.split("(views t = ")[1].split(")")[0].split(", ")]
+    with Image.open(stem + "_0.png") as fig:
+        a, sw = _check_layout(fig.convert("RGB"), w, h, box, coeffs)
+    assert a.shape[1] > sw + 3 * 64
+
+
 def test_train_and_eval_commands(demo_out, tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"model:\n  preset: tiny\n  num_views: 2\n  views:\n    prior: stochastic\n"

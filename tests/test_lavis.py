@@ -315,6 +315,28 @@ def test_official_vocabularies(shared_data, tmp_path, monkeypatch):
         assert sum(1 for t in f if t.strip()) == 4585
 
 
+def test_missing_vocabularies_are_named(lavis, tmp_path, monkeypatch):
+    """A model type whose vocabularies are not there says which file, from where, and how to get it."""
+    mods, dl = lavis
+    monkeypatch.chdir(tmp_path)      # no data/ here
+    with pytest.raises(FileNotFoundError) as e:
+        mods["lavis.models"].load_model("dynrefer_t5", "tiny")
+    msg = str(e.value)
+    assert "model.tag_list" in msg and "'data/synthetic/tags.txt'" in msg and str(tmp_path) in msg
+    assert "python -m dynrefer.data synthetic data/synthetic" in msg
+    from dynrefer.lavis.model import vocabulary_file
+
+    m = _read_yaml(dl.config_path(dl.MODEL_TYPES["flant5xl"]))["model"]
+    for key in ("tag_list", "ov_file", "ovad_file"):
+        with pytest.raises(FileNotFoundError, match=f"model.{key} .*data/vocab/ holds the official vocabularies"):
+            vocabulary_file(m, key)
+    # the command the message names makes the tiny model load
+    from dynrefer.data.__main__ import main as data_main
+
+    assert data_main(["synthetic", "data/synthetic", "--train", "2", "--val", "1", "--test", "1"]) == 0
+    assert mods["lavis.models"].load_model("dynrefer_t5", "tiny").num_views == 2
+
+
 def _gather_worker(rank, world, init, out):
     import torch.distributed as dist
 

@@ -34,3 +34,7 @@ def test_tour_notebook_executes(tmp_path, monkeypatch):
     texts = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "category" in texts and "caption" in texts
     assert (tmp_path / "tour_views.png").is_file() and (tmp_path / "tour_described_0.png").is_file()
+    # the figures are shown in the notebook (plot_views' PIL image; the describe figure read back)
+    shown = [c for c in nb.cells if c.cell_type == "code" and any("image/png" in o.get("data", {})
+                                                                    for o in c.get("outputs", []))]
+    assert len(shown) == 2 and "plot_views(" in shown[0].source and "Image.open(pngs[0])" in shown[1].source

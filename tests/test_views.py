@@ -16,7 +16,7 @@ from torchvision.transforms.functional import InterpolationMode  # noqa: E402
 
 from dynrefer.ops import crop_resize, hamming, phash, phash_hex, select_views  # noqa: E402
 from dynrefer.ops.views import CLIP_MEAN, CLIP_STD  # noqa: E402
-from dynrefer.views import CANDIDATES, NestedViews, plot_views, view_boxes  # noqa: E402
+from dynrefer.views import CANDIDATES, NestedViews, view_boxes  # noqa: E402
 
 from conftest import cuda_devices  # noqa: E402
 
@@ -411,13 +411,6 @@ def test_seed_gives_the_same_views_in_every_process():
     assert len({repr(w) for w in workers}) > 1  # the workers do not replay one stream
     here = NestedViews(size=8, prior="stochastic", seed=0)
     assert here.choose(np.zeros((40, 40, 3), np.uint8), [[5, 5, 20, 20]] * 4).tolist() == main[0]
-
-
-def test_plot_views(tmp_path, rng):
-    im = rng.integers(0, 256, (60, 80, 3), np.uint8)
-    p = plot_views(im, [10, 10, 30, 40], str(tmp_path / "fig" / "views.png"), chosen=[0, 0.3, 0.5], labels=["cat"])
-    img = Image.open(p)
-    assert img.format == "PNG" and img.size[0] > 80
 
 
 # ---- torch and CUDA paths -----------------------------------------------------------------------------------

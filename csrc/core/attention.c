@@ -9,7 +9,7 @@
  * (backward) with dr_parallel_for; every sum runs in a fixed order, so results are bitwise repeatable and the same
  * whatever the thread count. Complexity: forward O(B H Lq Lk (D + Dv)), backward
  * O(B H Lq Lk (2 D + 3 Dv)); memory per task O(Lk (D + Dv)) plus blocks of a fixed number of query rows (the
- * query rows stream through), never Lq x Lk.
+ * query rows stream through; float16/bfloat16 backward: their P and dP against every key), never Lq x Lk.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -289,9 +289,9 @@ static dr_status pick(int dtype, int isa, task_fn *fwd, task_fn *fwd_t, task_fn 
 
 #ifdef DR_ATTN_X86
 /* bfloat16 on the tile unit where the process may use it (the automatic choice only: a forced instruction set
- * runs its vector kernel). One key runs on the vector kernels, whose delta = dO . O is summed as dP is, so that
- * dQ and dK come out exactly 0 there (the softmax over one key is constant); so do grouped-query attention and
- * head dims above 128 (the tile kernels handle neither). */
+ * runs its vector kernel). One key runs on the vector kernels, which set dS to exactly 0 there (the softmax over
+ * one key is constant), so that dQ and dK are exact zeros; so do grouped-query attention and head dims above 128
+ * (the tile kernels handle neither). */
 static int use_amx(const dr_attn_args *a, int isa) {
     return isa == DR_ATTN_ISA_AUTO && a->dtype == DR_BFLOAT16 && a->Lk >= 2 && a->G == 1 && a->D <= 128 &&
            a->Dv <= 128 &&

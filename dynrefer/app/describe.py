@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike
 
 from dynrefer.app.errors import UserError
 
-__all__ = ["read_image", "check_boxes", "image_and_boxes", "describe_image"]
+__all__ = ["read_image", "check_boxes", "image_and_boxes", "answer_labels", "describe_image"]
 
 
 def read_image(path: str) -> np.ndarray:
@@ -46,13 +46,37 @@ def image_and_boxes(path: str, boxes: ArrayLike) -> Tuple[np.ndarray, np.ndarray
     return img, check_boxes(boxes, img.shape[1], img.shape[0])
 
 
+def answer_labels(result: dict, attribute_threshold: float = 0.5, top_tags: int = 5
+                  ) -> List[Tuple[str, str]]:
+    """The ``(key, text)`` lines of a region's answers for :func:`dynrefer.views.plot_views`: the category with its
+    score, the attributes scoring at least ``attribute_threshold`` (else the best one, marked as below it), the
+    ``top_tags`` best tags (and how many more passed the model's tag threshold) and the caption with its score."""
+    out: List[Tuple[str, str]] = []
+    if "category" in result:
+        out.append(("category", f"{result['category']} {result.get('category_score', float('nan')):.2f}"))
+    if result.get("attributes"):
+        ranked = sorted(result["attributes"], key=lambda t: -t[1])
+        above = [f"{n} {s:.2f}" for n, s in ranked if s >= attribute_threshold]
+        out.append(("attributes", ", ".join(above) if above else
+                    f"none from {attribute_threshold:.2f} up (best: {ranked[0][0]} {ranked[0][1]:.2f})"))
+    if "tags" in result:
+        tags = result["tags"]
+        more = f" (+{len(tags) - top_tags} more)" if len(tags) > top_tags else ""
+        out.append(("tags", (", ".join(f"{n} {s:.2f}" for n, s in tags[:top_tags]) or "-") + more))
+    if "caption" in result:
+        score = f" ({result['caption_score']:.2f})" if "caption_score" in result else ""
+        out.append(("caption", (result["caption"] or "-") + score))
+    return out
+
+
 def describe_image(image_path: str, boxes: Sequence[Sequence[float]], checkpoint: str, *, prior: str = "image",
-                   seed: int = 0, out_stem: Optional[str] = None, threads: Optional[int] = None
-                   ) -> Tuple[List[dict], List[str]]:
+                   seed: int = 0, out_stem: Optional[str] = None, threads: Optional[int] = None,
+                   attribute_threshold: float = 0.5) -> Tuple[List[dict], List[str]]:
     """Category, attributes, tags and caption of every box of the image at ``image_path`` with the model of the
-    bundle ``checkpoint``, and a PNG per box of the chosen views with the answers (``<out_stem>_<k>.png``, by default
-    in the working directory as ``<image name>_described_<k>.png``); ``threads``: torch CPU threads (None: torch's
-    default). Returns ``(results, png paths)``."""
+    bundle ``checkpoint``, and a PNG per box (``<out_stem>_<k>.png``, by default in the working directory as
+    ``<image name>_described_<k>.png``): :func:`dynrefer.views.plot_views` of the chosen views with the answers and
+    their scores (:func:`answer_labels`; attributes from ``attribute_threshold`` up). ``threads``: torch CPU threads
+    (None: torch's default). Returns ``(results, png paths)``."""
     from dynrefer.app.bundle import load_bundle_model
     from dynrefer.views import plot_views
 
@@ -71,9 +95,8 @@ def describe_image(image_path: str, boxes: Sequence[Sequence[float]], checkpoint
     stem = out_stem or os.path.splitext(os.path.basename(image_path))[0] + "_described"
     paths = []
     for k, r in enumerate(res):
-        lines = [f"category: {r.get('category', '-')}",
-                 "attributes: " + ", ".join(n for n, _ in sorted(r.get("attributes", []), key=lambda t: -t[1])[:3]),
-                 "tags: " + (", ".join(n for n, _ in r.get("tags", [])) or "-"),
-                 f"caption: {r.get('caption', '-')}"]
-        paths.append(plot_views(img, b[k], f"{stem}_{k}.png", chosen=r.get("view_coeffs", [0.0]), labels=lines))
+        path = f"{stem}_{k}.png"
+        plot_views(img, b[k], path, chosen=r.get("view_coeffs", [0.0]),
+                   labels=answer_labels(r, attribute_threshold=attribute_threshold))
+        paths.append(path)
     return res, paths

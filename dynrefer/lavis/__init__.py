@@ -39,13 +39,16 @@ import copy
 import os
 import sys
 from collections import namedtuple
+from typing import Any, Dict, Optional, Tuple
 
 from dynrefer.lavis._common import CONFIG_ROOT, get, read_yaml
 from dynrefer.lavis.builder import DATASET_CONFIGS
 from dynrefer.lavis.model import IGNORED_MODEL_KEYS, MODEL_TYPES, config_from_lavis
+from dynrefer.lavis.patch import patched_modules, restore_lavis_ops, use_dynrefer_ops
 
 __all__ = ["register", "registered", "config_from_lavis", "config_path", "load_config", "LAVIS_NAME", "NAMES",
-           "MODEL_TYPES", "DATASET_CONFIGS", "IGNORED_MODEL_KEYS", "lavis_classes", "Classes"]
+           "MODEL_TYPES", "DATASET_CONFIGS", "IGNORED_MODEL_KEYS", "lavis_classes", "Classes", "use_dynrefer_ops",
+           "restore_lavis_ops", "patched_modules"]
 
 LAVIS_NAME = "dynrefer_t5"
 NAMES = {"model": LAVIS_NAME, "processor": "dynrefer", "builder": "dynrefer", "task": "dynrefer"}
@@ -53,15 +56,15 @@ NAMES = {"model": LAVIS_NAME, "processor": "dynrefer", "builder": "dynrefer", "t
 Classes = namedtuple("Classes", ["model", "processor", "builder", "task"])
 
 _MARK = "_dynrefer_lavis"
-_registered = {}   # id(registry) -> Classes
+_registered: Dict[int, Classes] = {}   # id(registry) -> Classes
 
 
-def config_path(rel=""):
+def config_path(rel: str = "") -> str:
     """Absolute path of the packaged configs folder, or of a file in it (e.g. ``"projects/train/vg1.2_5e.yaml"``)."""
     return os.path.join(CONFIG_ROOT, rel) if rel else CONFIG_ROOT
 
 
-def lavis_classes(bases=None, registry=None):
+def lavis_classes(bases: Optional[Dict[str, type]] = None, registry: Any = None) -> Classes:
     """Build the four classes (model, processor, builder, task) on ``bases`` (a dict with any of ``model``,
     ``processor``, ``builder``, ``task``: LAVIS's base classes); ``registry`` resolves names inside the builder
     and the task."""
@@ -82,7 +85,7 @@ def lavis_classes(bases=None, registry=None):
     return classes
 
 
-def _lavis():
+def _lavis() -> Tuple[Any, Dict[str, type]]:
     try:
         from lavis.common.registry import registry
         from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
@@ -96,7 +99,7 @@ def _lavis():
                       "task": BaseTask}
 
 
-def _existing(registry, kind, name):
+def _existing(registry: Any, kind: str, name: str) -> Optional[type]:
     """The class registered as ``name`` if it is ours; None if the name is free; KeyError if it is taken."""
     getter = getattr(registry, f"get_{kind}_class", None)
     have = getter(name) if getter is not None else None
@@ -106,11 +109,11 @@ def _existing(registry, kind, name):
     return have
 
 
-def _register_one(registry, kind, name, cls):
+def _register_one(registry: Any, kind: str, name: str, cls: type) -> type:
     return _existing(registry, kind, name) or getattr(registry, f"register_{kind}")(name)(cls)
 
 
-def register(registry=None, bases=None):
+def register(registry: Any = None, bases: Optional[Dict[str, type]] = None) -> Classes:
     """Register the model, processor, builders and task; returns :class:`Classes` (model, processor, builder,
     task). Idempotent: a second call with the same registry returns the classes registered first.
 
@@ -140,7 +143,7 @@ def register(registry=None, bases=None):
     return out
 
 
-def registered(registry=None):
+def registered(registry: Any = None) -> Optional[Classes]:
     """The classes registered into ``registry`` (LAVIS's by default), or None."""
     if registry is None:
         try:
@@ -152,7 +155,7 @@ def registered(registry=None):
 
 # ---- project configs ---------------------------------------------------------------------------------------
 
-def _merge(base, top):
+def _merge(base: Dict[str, Any], top: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in (top or {}).items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
@@ -162,7 +165,7 @@ def _merge(base, top):
     return out
 
 
-def load_config(path, overrides=None):
+def load_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """A project config resolved as LAVIS's ``Config`` resolves it, as a plain dict with ``model``, ``datasets``,
     ``run`` (and ``preprocess`` from the model type's file):
 
@@ -194,7 +197,7 @@ def load_config(path, overrides=None):
         rel = DATASET_CONFIGS.get(name) if get(ds, "type", "default") == "default" else None
         if rel is None and get(ds, "type") is not None:
             rel = f"datasets/{ds['type']}.yaml"
-        default = {}
+        default: Dict[str, Any] = {}
         if rel is not None:
             default = (read_yaml(config_path(rel)).get("datasets") or {})
             default = next(iter(default.values())) if default else {}
@@ -202,7 +205,7 @@ def load_config(path, overrides=None):
     return out
 
 
-def _auto_register():
+def _auto_register() -> None:
     """Register into LAVIS's registry when LAVIS is installed (importing it is what makes it importable here)."""
     import importlib.util
     import warnings

@@ -3,11 +3,12 @@ packaged config files."""
 from __future__ import annotations
 
 import os
+from typing import Any, Dict
 
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
-def get(cfg, key, default=None):
+def get(cfg: Any, key: str, default: Any = None) -> Any:
     """``cfg[key]`` for a dict, an OmegaConf node or any object with attributes; ``default`` when absent."""
     if cfg is None:
         return default
@@ -16,7 +17,7 @@ def get(cfg, key, default=None):
     return getattr(cfg, key, default)
 
 
-def to_plain(cfg):
+def to_plain(cfg: Any) -> Any:
     """A plain dict/list copy of an OmegaConf node (dicts and lists are copied as they are)."""
     if cfg is None:
         return None
@@ -34,7 +35,7 @@ def to_plain(cfg):
     return cfg
 
 
-def as_int(value, name):
+def as_int(value: Any, name: str) -> int:
     """An integer from an int, a float or a string such as ``"1e7"`` (YAML reads that as a string)."""
     try:
         return int(float(value))
@@ -42,7 +43,7 @@ def as_int(value, name):
         raise ValueError(f"{name}: expected a number, got {value!r}") from None
 
 
-def config_file(rel):
+def config_file(rel: str) -> str:
     """Absolute path of a packaged config file (``rel`` relative to ``dynrefer/lavis/configs``)."""
     path = os.path.join(CONFIG_ROOT, rel)
     if not os.path.isfile(path):
@@ -50,7 +51,7 @@ def config_file(rel):
     return path
 
 
-def read_yaml(path):
+def read_yaml(path: str) -> Dict[str, Any]:
     """A YAML file through dynrefer's bounded safe loader (:func:`dynrefer.train.config.safe_yaml`)."""
     from dynrefer.train.config import safe_yaml
 

@@ -25,6 +25,7 @@ dynrefer adds two optional ``build_info`` keys: ``image_root`` (overrides the fi
 from __future__ import annotations
 
 import os
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -45,7 +46,7 @@ DATASET_CONFIGS = {
 }
 
 
-def load_dataset_config(path):
+def load_dataset_config(path: str) -> Any:
     """The config of the first dataset in a ``datasets:`` YAML file (as the official builder reads it)."""
     ds = read_yaml(path).get("datasets") or {}
     if not ds:
@@ -53,7 +54,7 @@ def load_dataset_config(path):
     return next(iter(ds.values()))
 
 
-def _subset(ann, max_imgs):
+def _subset(ann: Any, max_imgs: int) -> Any:
     """The first ``max_imgs`` images of an annotation file and their regions."""
     from dynrefer.data.records import Annotations
 
@@ -65,7 +66,7 @@ def _subset(ann, max_imgs):
                        info=ann.info, path=ann.path)
 
 
-def dataset_class():
+def dataset_class() -> type:
     """The dataset class (PyTorch map-style; built here so importing dynrefer.lavis does not import torch)."""
     import torch
 
@@ -85,9 +86,10 @@ def dataset_class():
         error naming it instead of being skipped.
         """
 
-        def __init__(self, vis_processor, text_processor, split, annotations=None, num_views=2, with_seg=False,
-                     max_imgs=int(1e7), max_objs=int(1e7), obj_lvl=True, tag_list=None, image_root=None, seed=None,
-                     **kwargs):
+        def __init__(self, vis_processor: Any, text_processor: Any, split: str, annotations: Any = None,
+                     num_views: int = 2, with_seg: bool = False, max_imgs: Any = int(1e7), max_objs: Any = int(1e7),
+                     obj_lvl: bool = True, tag_list: Optional[str] = None, image_root: Optional[str] = None,
+                     seed: Optional[int] = None, **kwargs: Any) -> None:
             files = to_plain(get(annotations, split)) if annotations is not None else None
             if not files:
                 raise ValueError(f"build_info.annotations.{split}: no annotation file")
@@ -102,7 +104,8 @@ def dataset_class():
                 vis_processor.split = split
             max_imgs, max_objs = as_int(max_imgs, "max_imgs"), as_int(max_objs, "max_objs")
             group = "region" if (self.training and obj_lvl) else "image"
-            self.parts, self.records = [], []   # per file: its RegionDataset and {region id: record}
+            self.parts: List[Any] = []            # per file: its RegionDataset
+            self.records: List[Dict[Any, Any]] = []   # per file: {region id: record}
             self.tag_vocab = None
             for f in files:
                 ann = _subset(load_annotations(f, tags=tag_list, image_root=image_root), max_imgs)
@@ -117,14 +120,14 @@ def dataset_class():
             self.num_tags = len(self.tag_vocab) if self.tag_vocab is not None else 0
             self._ends = np.cumsum([len(p) for p in self.parts])
 
-        def __len__(self):
+        def __len__(self) -> int:
             return int(self._ends[-1]) if len(self._ends) else 0
 
-        def set_epoch(self, epoch):
+        def set_epoch(self, epoch: int) -> None:
             for p in self.parts:
                 p.set_epoch(epoch)
 
-        def __getitem__(self, index):
+        def __getitem__(self, index: int) -> Dict[str, Any]:
             if not 0 <= index < len(self):
                 raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
             k = int(np.searchsorted(self._ends, index, side="right"))
@@ -147,8 +150,8 @@ def dataset_class():
                 out["cap_control_words"] = list(item["control"])
             return out
 
-        def collater(self, samples):
-            batch = {k: torch.cat([s[k] for s in samples], 0)
+        def collater(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+            batch: Dict[str, Any] = {k: torch.cat([s[k] for s in samples], 0)
                      for k in ("cascade_region_images", "cascade_region_bboxes", "cascade_region_ratios", "tags")}
             for k in ("caps", "cap_control_words", "ids", "image_ids"):
                 if all(k in s for s in samples):
@@ -161,23 +164,25 @@ def dataset_class():
     return DynReferDataset
 
 
-def builder_class(base=None, registry=None, processors=None):
+def builder_class(base: Optional[type] = None, registry: Any = None,
+                  processors: Optional[Dict[str, type]] = None) -> type:
     """The ``dynrefer`` builder class (deriving from LAVIS's ``BaseDatasetBuilder`` when given).
 
     ``registry`` resolves processor names (``get_processor_class``); ``processors`` maps names to classes used when
     the registry lacks them (``dynrefer``, ``blip_caption``)."""
     bases = (base,) if base is not None else (object,)
-    processors = dict(processors or {})
+    known: Dict[str, Any] = dict(processors or {})
 
-    class DynReferBuilder(*bases):
+    class DynReferBuilder(*bases):  # type: ignore[misc]
         """Builds ``{split: DynReferDataset}`` from a dataset config (see the module docstring). Subclasses
         registered under the dataset names (``vg1.2``, ``refcocog``, ...) carry their packaged default config,
         so LAVIS's config loader finds them by dataset name."""
 
-        train_dataset_cls = eval_dataset_cls = None   # set below: dataset_class() needs torch
-        DATASET_CONFIG_DICT = {}
+        train_dataset_cls: Optional[type] = None   # set in build(): dataset_class() needs torch
+        eval_dataset_cls: Optional[type] = None
+        DATASET_CONFIG_DICT: Dict[str, str] = {}
 
-        def __init__(self, cfg=None):
+        def __init__(self, cfg: Any = None) -> None:
             if cfg is None:
                 cfg = self.default_config_path()
             if isinstance(cfg, (str, os.PathLike)):
@@ -188,42 +193,42 @@ def builder_class(base=None, registry=None, processors=None):
             self.text_processors = {"train": None, "eval": None}
 
         @classmethod
-        def default_config_path(cls, type="default"):
+        def default_config_path(cls, type: str = "default") -> str:
             if type not in cls.DATASET_CONFIG_DICT:
                 raise ValueError(f"{cls.__name__} has no {type!r} config; it has {sorted(cls.DATASET_CONFIG_DICT)}")
             return config_file(cls.DATASET_CONFIG_DICT[type])
 
         @staticmethod
-        def _processor(cfg):
+        def _processor(cfg: Any) -> Any:
             if cfg is None:
                 return None
             name = get(cfg, "name")
-            cls = registry.get_processor_class(name) if registry is not None and hasattr(
+            pcls: Any = registry.get_processor_class(name) if registry is not None and hasattr(
                 registry, "get_processor_class") else None
-            cls = cls or processors.get(name)
-            if cls is None:
+            pcls = pcls or known.get(name)
+            if pcls is None:
                 raise ValueError(f"processor {name!r} is not registered")
-            return cls.from_config(cfg)
+            return pcls.from_config(cfg)
 
-        def build_processors(self):
+        def build_processors(self) -> None:
             for kind, out in (("vis_processor", self.vis_processors), ("text_processor", self.text_processors)):
                 pc = get(self.config, kind)
                 if pc is not None:
                     out["train"] = self._processor(get(pc, "train"))
                     out["eval"] = self._processor(get(pc, "eval"))
 
-        def build_datasets(self):
+        def build_datasets(self) -> Dict[str, Any]:
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
                 dist.barrier()
             return self.build()
 
-        def build(self):
+        def build(self) -> Dict[str, Any]:
             self.build_processors()
             info = to_plain(get(self.config, "build_info")) or {}
             anns = info.get("annotations") or {}
-            datasets = {}
+            datasets: Dict[str, Any] = {}
             for split in anns:
                 if split not in ("train", "val", "test") or not anns[split]:
                     continue   # the official configs list empty training files for evaluation-only sets

@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Dict, List, Optional
 
 from dynrefer.lavis._common import config_file, get, read_yaml
 
 __all__ = ["MODEL_TYPES", "IGNORED_MODEL_KEYS", "config_from_lavis", "model_class", "read_class_names",
-           "read_attributes"]
+           "read_attributes", "vocabulary_file"]
 
 #: model_type -> config file (relative to ``dynrefer/lavis/configs``), as ``PRETRAINED_MODEL_CONFIG_DICT``.
 MODEL_TYPES = {
@@ -28,7 +29,7 @@ IGNORED_MODEL_KEYS = ("drop_path_rate", "use_grad_checkpoint", "freeze_vit", "fi
                       "model_type", "load_pretrained", "arch")
 
 
-def config_from_lavis(cfg):
+def config_from_lavis(cfg: Any) -> Any:
     """A :class:`DynReferConfig` from a LAVIS model config (a dict or an OmegaConf node)."""
     from dynrefer.model.config import DynReferConfig
 
@@ -72,7 +73,7 @@ def config_from_lavis(cfg):
     return DynReferConfig.from_dict(d)
 
 
-def read_class_names(path):
+def read_class_names(path: str) -> List[str]:
     """Class names from a JSON file: a list of names (the official ``coco.json``), of ``{"name": ...}`` records,
     or a COCO file's ``categories``."""
     from dynrefer.data import read_json
@@ -85,7 +86,7 @@ def read_class_names(path):
     return [c["name"] if isinstance(c, dict) else str(c) for c in data]
 
 
-def read_attributes(path):
+def read_attributes(path: str) -> List[Any]:
     """Attribute records from a JSON file: OVAD's ``attributes`` (the official ``ovad2000.json``) or a list of
     records / ``"type:syn1/syn2"`` names."""
     from dynrefer.data import read_json
@@ -103,16 +104,44 @@ _GEN_KEYS = {"num_beams": "num_beams", "max_new_tokens": "max_new_tokens", "max_
              "repetition_penalty": "repetition_penalty"}
 
 
-def _read_tags(path):
+def _read_tags(path: str) -> List[str]:
     with open(path, encoding="utf-8") as f:
         return [t.strip() for t in f if t.strip()]
 
 
-def _is_url(s):
+# what each vocabulary of a model config is, and how to get the packaged configs' files
+_VOCABS = {"tag_list": "the tag vocabulary, one tag per line", "ov_file": "the class names",
+           "ovad_file": "the attribute vocabulary"}
+
+
+def _hint(path: str) -> str:
+    rel = os.path.normpath(str(path)).replace(os.sep, "/")
+    if rel.startswith("data/synthetic/"):
+        return "generate the synthetic benchmark there first: python -m dynrefer.data synthetic data/synthetic"
+    if rel.startswith("data/vocab/"):
+        return ("data/vocab/ holds the official vocabularies (RAM's tag list ram_tags.txt, the COCO class names "
+                "coco_classes.json, the OVAD attributes ovad_attributes.json): run from the folder that holds "
+                "data/, or set the key to your file")
+    return "paths in LAVIS configs are relative to the working directory: run from the folder they start from, " \
+           "or set the key to an absolute path"
+
+
+def vocabulary_file(cfg: Any, key: str) -> Optional[str]:
+    """The path of the vocabulary ``key`` (``tag_list``, ``ov_file``, ``ovad_file``) of a model config, checked
+    to exist: a missing file raises ``FileNotFoundError`` naming the key, the path, the working directory it was
+    looked up from and how to get it (e.g. the command that generates the synthetic benchmark's vocabularies)."""
+    path = get(cfg, key)
+    if path and not os.path.isfile(path):
+        raise FileNotFoundError(f"model.{key} ({_VOCABS.get(key, 'a vocabulary')}) is {path!r}, which is not a "
+                                f"file (looked up from the working directory {os.getcwd()}); {_hint(path)}")
+    return path
+
+
+def _is_url(s: Any) -> bool:
     return isinstance(s, str) and s.split("://", 1)[0] in ("http", "https", "gs", "s3")
 
 
-def model_class(base=None):
+def model_class(base: Optional[type] = None) -> type:
     """The ``dynrefer_t5`` class: :class:`DynRefer` plus LAVIS's model API, also deriving from ``base`` (LAVIS's
     ``BaseModel``) when given."""
     import torch
@@ -121,7 +150,7 @@ def model_class(base=None):
 
     bases = (DynRefer,) if base is None or issubclass(DynRefer, base) else (DynRefer, base)
 
-    class DynReferT5(*bases):
+    class DynReferT5(*bases):  # type: ignore[misc]
         """DynRefer under LAVIS's model API (``from_config``, ``from_pretrained``, ``forward(samples)``,
         ``generate``, ``predict_answers``, ``load_checkpoint``). Batches use the official keys:
         ``cascade_region_images`` [R, n, 3, S, S], ``cascade_region_bboxes`` [R, n, 4], ``caps`` (R captions),
@@ -132,7 +161,7 @@ def model_class(base=None):
 
         # ---- construction ---------------------------------------------------------------------------------
         @classmethod
-        def default_config_path(cls, model_type="flant5xl"):
+        def default_config_path(cls, model_type: str = "flant5xl") -> str:
             """The packaged YAML of ``model_type`` (an absolute path; LAVIS's default joins it to its own root)."""
             if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
                 raise ValueError(f"unknown model_type {model_type!r}; choose from "
@@ -140,11 +169,11 @@ def model_class(base=None):
             return config_file(cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
 
         @classmethod
-        def from_pretrained(cls, model_type="flant5xl"):
+        def from_pretrained(cls, model_type: str = "flant5xl") -> Any:
             return cls.from_config(read_yaml(cls.default_config_path(model_type))["model"])
 
         @classmethod
-        def from_config(cls, cfg):
+        def from_config(cls, cfg: Any) -> Any:
             """Build from a LAVIS model config (see :func:`config_from_lavis` for the architecture keys).
 
             Vocabularies: ``tag_list`` (required; one tag per line), ``ov_file`` (class names), ``ovad_file``
@@ -156,12 +185,13 @@ def model_class(base=None):
             from dynrefer.model.loading import load_t5_directory
 
             config = config_from_lavis(cfg)
-            tag_file = get(cfg, "tag_list")
+            tag_file = vocabulary_file(cfg, "tag_list")
             if not tag_file:
                 raise ValueError("the LAVIS config needs tag_list (a file with one tag per line)")
+            ov_file, ovad_file = vocabulary_file(cfg, "ov_file"), vocabulary_file(cfg, "ovad_file")
             tags = _read_tags(tag_file)
-            classes = read_class_names(get(cfg, "ov_file")) if get(cfg, "ov_file") else []
-            attributes = read_attributes(get(cfg, "ovad_file")) if get(cfg, "ovad_file") else []
+            classes = read_class_names(ov_file) if ov_file else []
+            attributes = read_attributes(ovad_file) if ovad_file else []
             t5_model = t5_tok = None
             t5_dir = get(cfg, "t5_model")
             if t5_dir:
@@ -170,10 +200,10 @@ def model_class(base=None):
                                             f"downloaded), got {t5_dir!r}")
                 t5_model, t5_tok = load_t5_directory(t5_dir)
             seed = get(cfg, "seed")
-            model = build_dynrefer(config, texts=list(get(cfg, "texts", []) or []), tag_list=tags, classes=classes,
-                                   attributes=attributes, t5_model=t5_model, t5_tokenizer=t5_tok,
-                                   embed_cache_dir=get(cfg, "embed_cache_dir"),
-                                   seed=None if seed is None else int(seed), model_cls=cls)
+            model: Any = build_dynrefer(config, texts=list(get(cfg, "texts", []) or []), tag_list=tags,
+                                        classes=classes, attributes=attributes, t5_model=t5_model,
+                                        t5_tokenizer=t5_tok, embed_cache_dir=get(cfg, "embed_cache_dir"),
+                                        seed=None if seed is None else int(seed), model_cls=cls)
             if get(cfg, "pretrained"):
                 model.load_from_pretrained(get(cfg, "pretrained"))
             if get(cfg, "finetuned") and get(cfg, "load_finetuned", True):
@@ -181,7 +211,7 @@ def model_class(base=None):
             return model
 
         # ---- checkpoints ----------------------------------------------------------------------------------
-        def load_checkpoint(self, url_or_filename):
+        def load_checkpoint(self, url_or_filename: str) -> Any:
             """Load a DynRefer checkpoint (``{"model": state_dict}``, official names) from a local file."""
             from dynrefer.model.loading import load_dynrefer_checkpoint
 
@@ -189,7 +219,7 @@ def model_class(base=None):
                 raise ValueError(f"checkpoints are read from local files only, got the URL {url_or_filename!r}")
             return load_dynrefer_checkpoint(self, url_or_filename)
 
-        def load_from_pretrained(self, url_or_filename):
+        def load_from_pretrained(self, url_or_filename: str) -> Any:
             """Load a BLIP-2 checkpoint (ViT, Q-Former, t5_proj) from a local file."""
             from dynrefer.model.loading import load_blip2_checkpoint
 
@@ -197,14 +227,14 @@ def model_class(base=None):
                 raise ValueError(f"checkpoints are read from local files only, got the URL {url_or_filename!r}")
             return load_blip2_checkpoint(self, url_or_filename)
 
-        def before_evaluation(self, **kwargs):
+        def before_evaluation(self, **kwargs: Any) -> None:
             pass
 
         # ---- batches --------------------------------------------------------------------------------------
         @staticmethod
-        def dynrefer_samples(samples):
+        def dynrefer_samples(samples: Dict[str, Any]) -> Dict[str, Any]:
             """The batch in dynrefer's keys (``views``, ``boxes``, ``text_output``, ``tags``, ``control_words``)."""
-            def pick(*keys):
+            def pick(*keys: str) -> Any:
                 for k in keys:
                     if k in samples:
                         return samples[k]
@@ -221,13 +251,16 @@ def model_class(base=None):
                     out[ours] = v
             return out
 
-        def forward(self, samples):
+        def forward(self, samples: Dict[str, Any]) -> Dict[str, Any]:
             """Training forward: ``{"loss", "loss_llm", "loss_tag", "loss_rtc"}``."""
             return super().forward(self.dynrefer_samples(samples))
 
         @torch.no_grad()
-        def generate(self, samples, use_nucleus_sampling=False, num_beams=None, max_length=None, min_length=None,
-                     top_p=None, repetition_penalty=None, length_penalty=None, num_captions=1, temperature=None):
+        def generate(self, samples: Dict[str, Any], use_nucleus_sampling: bool = False,
+                     num_beams: Optional[int] = None, max_length: Optional[int] = None,
+                     min_length: Optional[int] = None, top_p: Optional[float] = None,
+                     repetition_penalty: Optional[float] = None, length_penalty: Optional[float] = None,
+                     num_captions: int = 1, temperature: Optional[float] = None) -> List[str]:
             """One caption per region (LAVIS's ``generate`` signature; ``max_length`` counts new tokens). The
             control sentence is ``cap_control_words`` when given, else the predicted tags above ``tag_thr``."""
             if use_nucleus_sampling or num_captions != 1:
@@ -241,7 +274,7 @@ def model_class(base=None):
             return [r["caption"] for r in res]
 
         @torch.no_grad()
-        def predict_answers(self, samples, *args, **kwargs):
+        def predict_answers(self, samples: Dict[str, Any], *args: Any, **kwargs: Any) -> List[Dict[str, Any]]:
             """The official evaluation output, one dict per region: ``id``, ``caption``, ``score`` (exp of the
             beam score), ``tag_set1`` / ``tag_set2`` (predicted tags), ``attr`` (a score per attribute),
             ``cls`` (a score per class). Generation settings in ``kwargs`` (``num_beams``, ``max_new_tokens`` or

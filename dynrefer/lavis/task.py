@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from dynrefer.lavis._common import get, to_plain
 
@@ -22,7 +23,7 @@ __all__ = ["task_class", "benchmark_of"]
 log = logging.getLogger("dynrefer.lavis")
 
 
-def benchmark_of(name):
+def benchmark_of(name: Optional[str]) -> Optional[str]:
     """``"caption"``, ``"ovad"``, ``"coco"``, ``"densecap"`` or None for an ``eval_dataset_name``."""
     name = str(name or "")
     if "reg" in name or "refcoco" in name:
@@ -36,7 +37,7 @@ def benchmark_of(name):
     return None
 
 
-def _json_default(o):
+def _json_default(o: Any) -> Any:
     import numpy as np
 
     if isinstance(o, np.generic):
@@ -46,15 +47,16 @@ def _json_default(o):
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
 
 
-def task_class(base=None, registry=None):
+def task_class(base: Optional[type] = None, registry: Any = None) -> type:
     """The ``dynrefer`` task class (deriving from LAVIS's ``BaseTask`` when given); ``registry`` resolves model
     and builder names."""
     bases = (base,) if base is not None else (object,)
 
-    class DynReferTask(*bases):
-        def __init__(self, evaluate=False, eval_dataset_name=None, report_metric=True, visualize=False,
-                     accum_grad_iters=1, caption_metrics=("METEOR", "CIDEr"), eval_gt_file=None,
-                     eval_benchmark=None, **kwargs):
+    class DynReferTask(*bases):  # type: ignore[misc]
+        def __init__(self, evaluate: bool = False, eval_dataset_name: Optional[str] = None,
+                     report_metric: bool = True, visualize: bool = False, accum_grad_iters: int = 1,
+                     caption_metrics: Sequence[str] = ("METEOR", "CIDEr"), eval_gt_file: Optional[str] = None,
+                     eval_benchmark: Optional[str] = None, **kwargs: Any) -> None:
             super().__init__()
             self.evaluate = bool(evaluate)
             self.eval_dataset_name = eval_dataset_name
@@ -66,16 +68,16 @@ def task_class(base=None, registry=None):
             if eval_benchmark not in (None, "caption", "ovad", "coco", "densecap"):
                 raise ValueError(f"eval_benchmark must be caption, ovad, coco or densecap, got {eval_benchmark!r}")
             self.eval_benchmark = eval_benchmark
-            self.eval_dataset_ann_path = None
+            self.eval_dataset_ann_path: Optional[str] = None
             self.inst_id_key = "instance_id"
 
         @classmethod
-        def setup_task(cls, cfg=None, **kwargs):
+        def setup_task(cls, cfg: Any = None, **kwargs: Any) -> Any:
             run = to_plain(get(cfg, "run_cfg")) if cfg is not None else {}
             return cls(**dict(run or {}, **kwargs))
 
         # ---- building --------------------------------------------------------------------------------------
-        def build_model(self, cfg):
+        def build_model(self, cfg: Any) -> Any:
             mcfg = get(cfg, "model_cfg")
             arch = get(mcfg, "arch")
             model_cls = registry.get_model_class(arch) if registry is not None else None
@@ -87,7 +89,7 @@ def task_class(base=None, registry=None):
                 model.load_checkpoint(url_or_filename=path)
             return model
 
-        def build_datasets(self, cfg):
+        def build_datasets(self, cfg: Any) -> Dict[str, Dict[str, Any]]:
             """``{dataset name: {split: dataset}}``; only the evaluated dataset keeps its val/test splits."""
             dcfg = get(cfg, "datasets_cfg")
             names = list(dcfg or [])
@@ -100,7 +102,7 @@ def task_class(base=None, registry=None):
             val = get(get(get(dcfg[eval_name], "build_info"), "annotations"), "val")
             val = to_plain(val)
             self.eval_dataset_ann_path = (val[0] if isinstance(val, list) and val else val) or None
-            out = {}
+            out: Dict[str, Dict[str, Any]] = {}
             for name in names:
                 c = dcfg[name]
                 builder_name = get(get(c, "build_info"), "builder", "dynrefer")
@@ -115,13 +117,15 @@ def task_class(base=None, registry=None):
             return out
 
         # ---- steps -----------------------------------------------------------------------------------------
-        def valid_step(self, model, samples):
+        def valid_step(self, model: Any, samples: Dict[str, Any]) -> List[Dict[str, Any]]:
             return model.predict_answers(samples=samples)
 
-        def before_evaluation(self, model, dataset, **kwargs):
+        def before_evaluation(self, model: Any, dataset: Any, **kwargs: Any) -> None:
             model.before_evaluation(dataset=dataset, task_type=type(self))
 
-        def after_evaluation(self, val_result, split_name="val", epoch=None, result_dir=None, **kwargs):
+        def after_evaluation(self, val_result: List[Dict[str, Any]], split_name: str = "val",
+                             epoch: Optional[int] = None, result_dir: Optional[str] = None,
+                             **kwargs: Any) -> Dict[str, Any]:
             """Gather every process's predictions (under torch.distributed; duplicates of a region, from a
             sampler's padding, count once), write them (``{split}_predictions.json`` in LAVIS's result_dir, when
             it has one) and return the metrics of :meth:`report_metrics` (``{"agg_metrics": 0}`` with
@@ -143,7 +147,8 @@ def task_class(base=None, registry=None):
             return self.report_metrics(val_result)
 
         # ---- metrics ---------------------------------------------------------------------------------------
-        def report_metrics(self, predictions, annotations=None, benchmark=None):
+        def report_metrics(self, predictions: Iterable[Dict[str, Any]], annotations: Any = None,
+                           benchmark: Optional[str] = None) -> Dict[str, Any]:
             """Score ``predictions`` (``predict_answers`` dicts) against ``annotations`` (a path or loaded
             :class:`~dynrefer.data.Annotations`; default ``eval_gt_file`` or the evaluated file) with
             :func:`dynrefer.eval.evaluate`; metrics ×100 plus ``agg_metrics``."""
@@ -161,7 +166,7 @@ def task_class(base=None, registry=None):
             by_id = {p["id"]: p for p in predictions}
             if kind == "caption":
                 gts, key_of = ann.caption_references("box")
-                res = {}
+                res: Dict[Any, str] = {}
                 for rid, key in key_of.items():
                     if rid in by_id and key not in res:
                         res[key] = by_id[rid]["caption"]
@@ -177,21 +182,21 @@ def task_class(base=None, registry=None):
                 m = dr_eval.evaluate("ovad", {i: by_id[i]["attr"] for i in ids}, gt)
                 agg = m["all"]
             elif kind == "coco":
-                gt = ann.coco_ground_truth()
-                _require(by_id, gt["ids"])
-                m = dr_eval.evaluate("coco", {i: by_id[i]["cls"] for i in gt["ids"]}, gt,
+                coco_gt = ann.coco_ground_truth()
+                _require(by_id, coco_gt["ids"])
+                m = dr_eval.evaluate("coco", {i: by_id[i]["cls"] for i in coco_gt["ids"]}, coco_gt,
                                      num_classes=len(ann.categories))
                 agg = m["acc"]
             else:   # dense captioning: the evaluated regions (with their caption scores) against the ground truth
                 evaluated = load_annotations(self.eval_dataset_ann_path) if self.eval_dataset_ann_path else ann
-                preds = {}
+                preds: Dict[Any, Dict[str, List[Any]]] = {}
                 for img in ann.images:
                     preds[img] = {"boxes": [], "scores": [], "captions": []}
                 _require(by_id, [r.id for r in evaluated.records if r.image_id in preds])
                 for r in evaluated.records:
-                    p = by_id.get(r.id)
                     if r.image_id not in preds:
                         continue
+                    p = by_id[r.id]
                     det = r.extra.get("grit_result")   # predicted boxes carry their detector's score
                     score = det.get("score", p["score"]) if isinstance(det, dict) else p["score"]
                     preds[r.image_id]["boxes"].append(list(r.box))
@@ -212,19 +217,19 @@ def task_class(base=None, registry=None):
     return DynReferTask
 
 
-def _train_step(self, model, samples):
+def _train_step(self: Any, model: Any, samples: Dict[str, Any]) -> Any:
     """The loss to back-propagate."""
     return model(samples)["loss"]
 
 
-def _require(by_id, ids):
+def _require(by_id: Dict[Any, Any], ids: Iterable[Any]) -> None:
     """Every evaluated region has a prediction: evaluation never drops samples silently."""
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise ValueError(f"no prediction for {len(missing)} evaluated regions, e.g. {missing[:3]}")
 
 
-def _gather_predictions(predictions):
+def _gather_predictions(predictions: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], bool]:
     """(all processes' predictions, de-duplicated by id in rank order; whether this is the main process)."""
     try:
         import torch.distributed as dist
@@ -232,9 +237,10 @@ def _gather_predictions(predictions):
         return predictions, True
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return predictions, True
-    parts = [None] * dist.get_world_size()
+    parts: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, list(predictions))
-    seen, merged = set(), []
+    seen: set = set()
+    merged: List[Dict[str, Any]] = []
     for part in parts:
         for p in part:
             if p["id"] not in seen:
@@ -243,11 +249,12 @@ def _gather_predictions(predictions):
     return merged, dist.get_rank() == 0
 
 
-def _evaluation(self, model, data_loader, cuda_enabled=True):
+def _evaluation(self: Any, model: Any, data_loader: Iterable[Dict[str, Any]], cuda_enabled: bool = True
+                ) -> List[Dict[str, Any]]:
     """Predictions for every batch of ``data_loader`` (``valid_step`` per batch)."""
     import torch
 
-    out = []
+    out: List[Dict[str, Any]] = []
     device = next(model.parameters()).device
     for samples in data_loader:
         samples = {k: (v.to(device) if isinstance(v, torch.Tensor) and cuda_enabled else v)

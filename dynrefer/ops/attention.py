@@ -1,13 +1,17 @@
 """Fused scaled-dot-product attention with the semantics of ``torch.nn.functional.scaled_dot_product_attention``
 (docs/DESIGN.md §7.6), for NumPy arrays and PyTorch tensors."""
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from dynrefer.ops._common import is_torch_tensor
 
-def check_scalars(q_last_dim, dropout_p, is_causal, scale):
+def check_scalars(q_last_dim: int, dropout_p: float, is_causal: bool, scale: Optional[float]
+                  ) -> Tuple[bool, float]:
     """(is_causal, scale) as the kernel takes them, shared by the NumPy and PyTorch paths: rejects dropout, which
     the kernel does not have, converts types and fills the default scale (the kernel checks that it is finite)."""
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
@@ -26,7 +30,8 @@ def check_scalars(q_last_dim, dropout_p, is_causal, scale):
     return bool(is_causal), float(scale)
 
 
-def check_shapes(qs, ks, vs, ms, enable_gqa=False):
+def check_shapes(qs: Sequence[int], ks: Sequence[int], vs: Sequence[int], ms: Optional[Sequence[int]],
+                 enable_gqa: bool = False) -> None:
     """Check what folding q/k/v ([..., L, D], any rank >= 2) into the kernel's [B, H, L, D] and broadcasting the
     mask need: equal ranks, equal leading dims (with ``enable_gqa``, k and v may have fewer heads in dim -3, a
     divisor of q's), a mask broadcastable to [..., Lq, Lk] (ms may be None). The kernel checks the rest (head dims,
@@ -49,13 +54,13 @@ def check_shapes(qs, ks, vs, ms, enable_gqa=False):
             raise ValueError(f"attention: attn_mask of shape {tuple(ms)} does not broadcast to {full}")
 
 
-def check_gqa(enable_gqa):
+def check_gqa(enable_gqa: bool) -> bool:
     if not isinstance(enable_gqa, (bool, np.bool_)):
         raise TypeError(f"attention: enable_gqa must be a bool, got {type(enable_gqa).__name__}")
     return bool(enable_gqa)
 
 
-def _as4d_numpy(x):
+def _as4d_numpy(x: np.ndarray) -> np.ndarray:
     if x.ndim == 2:
         return x[None, None]
     if x.ndim == 3:
@@ -65,8 +70,10 @@ def _as4d_numpy(x):
     return x
 
 
-def attention_numpy(q, k, v, attn_mask=None, is_causal=False, scale=None, impl="fast", return_lse=False,
-                    enable_gqa=False):
+def attention_numpy(q: np.ndarray, k: np.ndarray, v: np.ndarray, attn_mask: Optional[np.ndarray] = None,
+                    is_causal: bool = False, scale: Optional[float] = None, impl: str = "fast",
+                    return_lse: bool = False, enable_gqa: bool = False
+                    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """The NumPy entry point: ``attention`` on arrays (forward only), optionally returning the log-sum-exp
     (float32; float64 for float64 data) and choosing the CPU implementation (``impl``: 'fast', 'elementwise' —
     the CUDA kernels' per-row bodies run on the CPU — 'portable', 'avx2', 'avx512')."""
@@ -92,7 +99,8 @@ def attention_numpy(q, k, v, attn_mask=None, is_causal=False, scale=None, impl="
     return (out, lse.reshape(lead + (lq,))) if return_lse else out
 
 
-def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+def attention(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
+              scale: Optional[float] = None, enable_gqa: bool = False) -> Any:
     """Scaled-dot-product attention, a drop-in for ``torch.nn.functional.scaled_dot_product_attention``.
 
     Args:

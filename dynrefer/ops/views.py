@@ -12,7 +12,10 @@ the crop is the pixel slice ``[y1:y2, x1:x2]``. A crop that is empty after that 
 outside the image) is widened to one pixel at the clamped position, so every view is defined. Non-finite
 coordinates raise ValueError naming the row.
 """
+from __future__ import annotations
+
 import numbers
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -28,7 +31,7 @@ _METHOD = {"dynrefer": 0, "imagehash": 1}
 
 # ---- argument handling -------------------------------------------------------------------------------------
 
-def _image_list(images, op):
+def _image_list(images: Any, op: str) -> Tuple[List[Any], bool]:
     if isinstance(images, (list, tuple)):
         imgs = list(images)
     else:
@@ -50,11 +53,11 @@ def _image_list(images, op):
     return out, torch_in
 
 
-def _is_meta(t):
+def _is_meta(t: Any) -> bool:
     return is_torch_tensor(t) and t.device.type == "meta"
 
 
-def _check_finite_rows(b, name, op):
+def _check_finite_rows(b: Any, name: str, op: str) -> None:
     if _is_meta(b):
         return
     if is_torch_tensor(b):
@@ -71,7 +74,7 @@ def _check_finite_rows(b, name, op):
             raise ValueError(f"{op}: {name}[{k}] = {b[k].tolist()} has non-finite coordinates")
 
 
-def _boxes(boxes, like_torch, device, op, name="boxes"):
+def _boxes(boxes: Any, like_torch: bool, device: Any, op: str, name: str = "boxes") -> Any:
     """[V,4] float32/float64 boxes on the images' side (NumPy or torch on `device`)."""
     if like_torch:
         import torch
@@ -94,7 +97,7 @@ def _boxes(boxes, like_torch, device, op, name="boxes"):
     return b
 
 
-def _index(image_index, n_images, nv, like_torch, device, op):
+def _index(image_index: Any, n_images: int, nv: int, like_torch: bool, device: Any, op: str) -> Any:
     if image_index is None:
         if n_images != 1:
             raise ValueError(f"{op}: image_index is required with {n_images} images")
@@ -121,37 +124,40 @@ def _index(image_index, n_images, nv, like_torch, device, op):
     return idx
 
 
-def _call(fn, images, torch_in, *arrays, **kw):
+def _call(fn: Callable[..., Any], images: List[Any], torch_in: bool, *arrays: Any, **kw: Any) -> Any:
     """Call a binding with images + arrays, converting torch tensors to descriptors on the right device/stream."""
     if not torch_in:
         return fn(images, *arrays, **kw)
     from dynrefer.ops._torch_util import _desc, _device_of, _stream
 
+    desc: Callable[[Any], Any] = _desc
     if _is_meta(images[0]):  # no data: the binding runs the argument checks only
         from dynrefer.ops._torch_util import _DTYPE_CODES
 
-        def _desc(t):  # noqa: F811 - a CPU descriptor without data, of the meta tensor's shape
+        def meta_desc(t: Any) -> Tuple[int, int, int, int, Tuple[int, ...], Tuple[int, ...]]:
+            """A CPU descriptor without data, of the meta tensor's shape."""
             if t.device.type != "meta":
                 raise ValueError(f"{fn.__name__}: images are on the meta device but an argument is on {t.device}")
             if t.dtype not in _DTYPE_CODES:
                 raise TypeError(f"{fn.__name__}: unsupported dtype {t.dtype}")
             return (0, _DTYPE_CODES[t.dtype], 0, 0, tuple(t.shape), tuple(t.stride()))
 
+        desc = meta_desc
         kw["check_only"] = True
 
-    conv = [_desc(a) if is_torch_tensor(a) else a for a in arrays]
-    kw = {k: (_desc(v) if is_torch_tensor(v) else v) for k, v in kw.items()}
+    conv = [desc(a) if is_torch_tensor(a) else a for a in arrays]
+    kw = {k: (desc(v) if is_torch_tensor(v) else v) for k, v in kw.items()}
     with _device_of(images[0]):
-        return fn([_desc(im) for im in images], *conv, stream=_stream(images[0]), **kw)
+        return fn([desc(im) for im in images], *conv, stream=_stream(images[0]), **kw)
 
 
-def _pil_order(order, op):
+def _pil_order(order: str, op: str) -> int:
     if order not in ("adaptive", "horizontal"):
         raise ValueError(f"{op}: pil_order must be 'adaptive' or 'horizontal', got {order!r}")
     return 0 if order == "adaptive" else 1
 
 
-def _size(size, op):
+def _size(size: int, op: str) -> int:
     if isinstance(size, bool) or not isinstance(size, numbers.Integral):
         raise TypeError(f"{op}: size must be an int, got {type(size).__name__}")
     if not 1 <= int(size) <= 16384:
@@ -161,8 +167,10 @@ def _size(size, op):
 
 # ---- ops ---------------------------------------------------------------------------------------------------
 
-def crop_resize(images, boxes, size=224, *, image_index=None, ref_boxes=None, mode="pil", interpolation="bicubic",
-                antialias=True, mean=CLIP_MEAN, std=CLIP_STD, dtype="float32", pil_order="adaptive", impl="fast"):
+def crop_resize(images: Any, boxes: Any, size: int = 224, *, image_index: Any = None, ref_boxes: Any = None,
+                mode: str = "pil", interpolation: str = "bicubic", antialias: bool = True,
+                mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, dtype: Any = "float32",
+                pil_order: str = "adaptive", impl: str = "fast") -> Any:
     """Crop many view boxes out of one or more images and resize each to ``size x size``, normalised.
 
     Args:
@@ -204,6 +212,8 @@ def crop_resize(images, boxes, size=224, *, image_index=None, ref_boxes=None, mo
     rb = None if ref_boxes is None else _boxes(ref_boxes, torch_in, device, op, "ref_boxes")
     if rb is not None and rb.shape[0] != nv:
         raise ValueError(f"{op}: ref_boxes has {rb.shape[0]} rows for {nv} boxes")
+    out: Any   # a tensor or an array, as the images
+    ref_out: Any
     if torch_in:
         import torch
 
@@ -226,21 +236,21 @@ def crop_resize(images, boxes, size=224, *, image_index=None, ref_boxes=None, mo
     return out if rb is None else (out, ref_out)
 
 
-def _hash_int(v, name):
+def _hash_int(v: int, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"phash: {name} must be an int, got {type(v).__name__} (imagehash: 'float' object cannot be "
                         "interpreted as an integer)")
     return int(v)
 
 
-def hash_words(hash_size=8):
+def hash_words(hash_size: int = 8) -> int:
     """uint64 words per hash of ``hash_size``: 0 for a plain ``[V]`` array (up to 64 bits), else ``W`` of ``[V, W]``."""
     bits = int(hash_size) ** 2
     return 0 if bits <= 64 else (bits + 63) // 64
 
 
-def phash(images, boxes, *, method="dynrefer", image_index=None, pil_order="adaptive", impl="fast",
-          thumbnails=False, hash_size=8, highfreq_factor=4):
+def phash(images: Any, boxes: Any, *, method: str = "dynrefer", image_index: Any = None, pil_order: str = "adaptive",
+          impl: str = "fast", thumbnails: bool = False, hash_size: int = 8, highfreq_factor: int = 4) -> Any:
     """Perceptual hashes of many boxes of one or more images (first coefficient = most significant bit).
 
     ``method="dynrefer"``: the official view-selection hash (OpenCV gray, INTER_LINEAR resize to 224, orthonormal
@@ -280,6 +290,7 @@ def phash(images, boxes, *, method="dynrefer", image_index=None, pil_order="adap
     idx = _index(image_index, len(imgs), b.shape[0], torch_in, device, op)
     nw, res = hash_words(hs), hs * hf
     shape = (b.shape[0],) if nw == 0 else (b.shape[0], nw)
+    out: Any   # a tensor or an array, as the images
     if torch_in:
         import torch
 
@@ -288,7 +299,7 @@ def phash(images, boxes, *, method="dynrefer", image_index=None, pil_order="adap
         out = np.empty(shape, dtype=np.uint64)
     from dynrefer import _C
 
-    kw = {}
+    kw: Dict[str, Any] = {}
     if thumbnails:
         if torch_in:
             import torch
@@ -301,7 +312,7 @@ def phash(images, boxes, *, method="dynrefer", image_index=None, pil_order="adap
     return (out, kw["thumbnails"]) if thumbnails else out
 
 
-def phash_hex(hashes, hash_size=8):
+def phash_hex(hashes: Any, hash_size: int = 8) -> List[str]:
     """Hex strings of hashes: ``str(imagehash.phash(crop, hash_size, ...))`` for ``method="imagehash"`` (the
     ``hash_size**2`` bits as hex digits, ``ceil(hash_size**2 / 4)`` of them). ``hashes`` is ``[V]`` or, for hashes
     wider than 64 bits, ``[V, W]`` words as ``phash`` returns them."""
@@ -325,7 +336,7 @@ def phash_hex(hashes, hash_size=8):
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-def hamming(a, b):
+def hamming(a: Any, b: Any) -> np.ndarray:
     """Hamming distance of 64-bit hashes (broadcasting), as int64."""
     a = np.asarray(a.cpu() if is_torch_tensor(a) else a, dtype=np.uint64)
     b = np.asarray(b.cpu() if is_torch_tensor(b) else b, dtype=np.uint64)
@@ -336,7 +347,7 @@ def hamming(a, b):
     return _POP8[by].sum(axis=-1).astype(np.int64)
 
 
-def select_views(hashes, coeffs, num):
+def select_views(hashes: Any, coeffs: Any, num: int) -> Any:
     """Paper Eq. 1 greedy image-prior selection.
 
     Args:
