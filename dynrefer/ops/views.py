@@ -191,7 +191,8 @@ def crop_resize(images: Any, boxes: Any, size: int = 224, *, image_index: Any = 
         pil_order: pass order of Pillow's two-pass resize: ``"adaptive"`` (current Pillow: vertical pass first when
             the height shrinks by more than twice as many pixels as the width) or ``"horizontal"`` (always
             horizontal first, as older Pillow releases); the uint8 rounding between passes makes them differ.
-        impl: ``"fast"`` or ``"elementwise"`` (the CUDA kernel's per-element body on the CPU; for tests).
+        impl: ``"fast"``, ``"elementwise"`` (the CUDA per-element body on the CPU) or ``"tiled"`` (the CUDA
+            kernel's block schedule on the CPU); the last two are for tests.
 
     Returns ``[V, 3, S, S]`` views, and ``[V, 4]`` float32 referred boxes when ``ref_boxes`` is given.
     """
