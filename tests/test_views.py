@@ -490,7 +490,7 @@ def test_cuda_crop_resize_equals_official_on_photos(device, shared_data, rng):
         b[0] = [0, 0, w, h]
         tight = b[1]
         ref = np.repeat(tight[None], len(b), 0)
-        got, rb = crop_resize(torch.from_numpy(im).to(device), torch.from_numpy(b).to(device),
+        got, rb = crop_resize(torch.from_numpy(im.copy()).to(device), torch.from_numpy(b).to(device),
                               ref_boxes=torch.from_numpy(ref).to(device), pil_order=order)
         want_v, want_b = official_crops(im, b, tight)
         np.testing.assert_array_equal(got.cpu().numpy(), want_v)
