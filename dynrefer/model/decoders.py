@@ -43,12 +43,17 @@ __all__ = ["LanguageDecoder", "T5Decoder", "CausalDecoder", "DECODERS", "autocas
 _PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 
 
-def autocast(device: torch.device, precision: str) -> ContextManager[Any]:
-    """torch.autocast for ``precision`` ("fp16", "bf16", "fp32") on CUDA; nothing on the CPU."""
+def autocast(device: torch.device, precision: str, cpu: bool = False) -> ContextManager[Any]:
+    """torch.autocast for ``precision`` ("fp16", "bf16", "fp32") on CUDA; on the CPU nothing, unless ``cpu``
+    (``config.cpu_autocast``) and the precision is bf16."""
     dt = _PRECISION[precision]
-    if dt is None or device.type != "cuda":
+    if dt is None:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dt)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=dt)
+    if device.type == "cpu" and cpu and dt is torch.bfloat16:
+        return torch.autocast("cpu", dtype=dt)
+    return contextlib.nullcontext()
 
 
 class LanguageDecoder:
@@ -125,6 +130,11 @@ class T5Decoder(LanguageDecoder):
         m.t5_proj = nn.Linear(width, d_model)
         return d_model
 
+    def finalize(self) -> None:
+        if self.config.llm_weights_bf16:  # LAVIS stores the frozen FlanT5 in bfloat16
+            for p in self.llm.parameters():
+                p.data = p.data.to(torch.bfloat16)
+
     def _inputs(self, x_v: Tensor, control_words: Sequence[str]) -> Tuple[Tensor, Tensor]:
         m = self.model
         tok = self.tokenizer(list(control_words), padding="longest", truncation=True,
@@ -141,7 +151,7 @@ class T5Decoder(LanguageDecoder):
         out = self.tokenizer([normalize_text(c) for c in captions], padding="longest", truncation=True,
                              max_length=self.config.max_txt_len, return_tensors="pt").to(x_v.device)
         labels = out.input_ids.masked_fill(out.input_ids == self.tokenizer.pad_token_id, -100)
-        with autocast(x_v.device, self.config.llm_precision):
+        with autocast(x_v.device, self.config.llm_precision, self.config.cpu_autocast):
             res = self.llm(inputs_embeds=embeds, attention_mask=mask, decoder_attention_mask=out.attention_mask,
                            labels=labels, return_dict=True)
         return res.loss.float()
@@ -149,7 +159,7 @@ class T5Decoder(LanguageDecoder):
     def generate_captions(self, x_v: Tensor, control_words: Sequence[str], **gen: Any) -> _Captions:
         embeds, mask = self._inputs(x_v, control_words)
         kw = self.generation_kwargs(**gen)
-        with autocast(x_v.device, self.config.llm_precision):
+        with autocast(x_v.device, self.config.llm_precision, self.config.cpu_autocast):
             out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, output_scores=True,
                                     return_dict_in_generate=True, **kw)
         seqs = out.sequences
@@ -263,7 +273,7 @@ class CausalDecoder(LanguageDecoder):
         """Cross-entropy on the target segments of right-padded sequences."""
         batch = _causal.pack(seqs, self.llm.get_input_embeddings(), side="right", max_len=self.config.llm.max_len)
         labels = batch.pop("labels")
-        with autocast(batch["inputs_embeds"].device, self.config.llm_precision):
+        with autocast(batch["inputs_embeds"].device, self.config.llm_precision, self.config.cpu_autocast):
             out = self.llm(**batch, return_dict=True)
         logits = out.logits[:, :-1].float()
         targets = labels[:, 1:]
@@ -281,7 +291,8 @@ class CausalDecoder(LanguageDecoder):
         kw.setdefault("pad_token_id", pad)
         if bos is not None:
             kw.setdefault("bos_token_id", bos)
-        with autocast(batch["inputs_embeds"].device, self.config.llm_precision), warnings.catch_warnings():
+        with autocast(batch["inputs_embeds"].device, self.config.llm_precision, self.config.cpu_autocast), \
+                warnings.catch_warnings():
             # the repetition penalty sees the generated tokens only (the prompt is embeddings), as officially
             warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds")
             out = self.llm.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
