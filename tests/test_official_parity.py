@@ -227,3 +227,82 @@ def test_hugging_face_gelu_is_a_different_model(golden, loaded):
     finally:
         set_t5_activation(model.t5_model, "gelu")
     assert abs(float(loss) - float(golden["loss_llm"])) > 2e-5
+
+
+def test_bf16_t5_as_lavis_stores_it(golden, tmp_path):
+    """``llm_weights_bf16`` (official preset): the T5's weights in bfloat16, run so on the CPU as LAVIS runs it
+    there (no autocast); the goldens' bf16_* entries are the official model's outputs with its T5 cast the same way."""
+    model = build(golden, tmp_path, llm_weights_bf16=True)[0]
+    assert {p.dtype for p in model.t5_model.parameters()} == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if not n.startswith("t5_model."))
+    loss = _losses(model, golden)["loss_llm"]
+    # bfloat16 keeps 8 bits: one unit in the last place at 5.7 is 2^-5
+    assert abs(float(loss) - float(golden["bf16_loss_llm"])) <= 2 * 2.0 ** -5
+    with torch.no_grad():
+        x_v = model.encode_views(golden["views"], golden["boxes"])
+        embeds, mask = model.decoder._inputs(x_v, golden["control_words"])
+        out = model.t5_model.generate(inputs_embeds=embeds, attention_mask=mask, return_dict_in_generate=True,
+                                      **model.generation_kwargs())
+    assert torch.equal(out.sequences, golden["bf16_caption_tokens"])
+
+
+def test_training_mode_dropout_and_frozen_modules(golden, loaded):
+    """Official training mode: dropout 0.1 in the Q-Former and both heads, the frozen T5 in train mode (its
+    dropout on), the ViT and the text tower in eval mode; eval mode gives the goldens again."""
+    model = loaded[0]
+    assert model.config.qformer.dropout == model.config.head.dropout == 0.1 and model.config.llm_train_mode
+    try:
+        model.train()
+        assert model.t5_model.training and not model.visual_encoder.training and not model.text_encoder.training
+        assert model.Qformer.training and model.tag_head.training
+        torch.manual_seed(0)
+        with torch.no_grad():
+            a = model.encode_views(golden["views"], golden["boxes"])
+            b = model.encode_views(golden["views"], golden["boxes"])
+            tag_a = model.tag_logits(golden["qformer"])
+            tag_b = model.tag_logits(golden["qformer"])
+        assert (a - b).abs().max() > 1e-3 and (tag_a - tag_b).abs().max() > 1e-3
+        p = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert p and all(x == 0.1 for x in p)
+    finally:
+        model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_views(golden["views"], golden["boxes"]), golden["qformer"],
+                                   atol=5e-5, rtol=1e-4)
+    # the other presets keep dropout off and the frozen LLM in eval mode
+    tiny = DynReferConfig.from_preset("tiny")
+    assert tiny.qformer.dropout == tiny.head.dropout == 0.0 and not tiny.llm_train_mode
+    assert tiny.rtc_scores == "calibrated" and tiny.rtc_gather_grad and tiny.t5.dense_act_fn is None
+
+
+def _gather_worker(rank, world, path, out):
+    import torch.distributed as dist
+
+    from dynrefer.model import _dist
+
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    try:
+        x = torch.full((2, 3), float(rank + 1), requires_grad=True)
+        with_grad = _dist.all_gather_with_grad(x)
+        no_grad = _dist.all_gather_no_grad(x)
+        assert torch.equal(with_grad.detach(), no_grad) and no_grad.shape == (2 * world, 3)
+        assert torch.equal(no_grad[2 * rank:2 * rank + 2], x.detach())
+        assert with_grad.requires_grad and not no_grad.requires_grad
+        (with_grad * torch.arange(1.0, 2 * world + 1)[:, None]).sum().backward()
+        torch.save({"grad": x.grad.clone()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_region_text_gather_without_gradient(tmp_path):
+    """``rtc_gather_grad`` off (official): negatives from other processes come as LAVIS's concat_all_gather makes
+    them, without gradient; on, the local shard gets the summed gradient of every process's loss."""
+    import torch.multiprocessing as mp
+
+    world = 2
+    mp.spawn(_gather_worker, args=(world, str(tmp_path / "store"), str(tmp_path / "g")), nprocs=world, join=True)
+    for r in range(world):
+        g = torch.load(f"{tmp_path / 'g'}.{r}", weights_only=True)["grad"]
+        # each process's loss weighs row j by j+1; summed over the 2 processes: 2·(j+1) on this rank's rows
+        rows = torch.arange(2 * r, 2 * r + 2, dtype=torch.float32)
+        torch.testing.assert_close(g, (2 * (rows + 1))[:, None].expand(2, 3))

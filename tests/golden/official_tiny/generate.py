@@ -26,7 +26,8 @@ built:
   (tests/reference_dcn.py), cast to float32;
 - ``textblob``, ``peft`` and ``matplotlib`` (imported, unused) by stubs (TextBlob raises, so the official ``parse_sentence`` takes its own fallback,
   control words from the tags only; LoRA is off);
-- the T5 is kept in float32 (LAVIS casts it to bfloat16): the goldens are fp32 references.
+- the T5 is kept in float32 (LAVIS casts it to bfloat16): the goldens are fp32 references; the T5 loss and the
+  captions are then recorded once more with the T5 cast to bfloat16 as LAVIS does ("bf16_*").
 
 Every float parameter is then redrawn (seed 0) as an int8 code times a power of two (LayerNorm weights 1 + …),
 so the stored codes give the weights exactly; the text tower's token embedding is zero except on the ids the
@@ -298,6 +299,7 @@ def main():
             encoder_attention_mask=torch.ones(q.shape[:-1], dtype=torch.long), return_dict=False,
             mode="tagging")[0]).squeeze(-1)
         pred = model.predict_answers(dict(samples))
+    fp32_tokens = captured["sequences"]
     control = None
     s2 = dict(samples)
     with torch.no_grad():
@@ -317,7 +319,18 @@ def main():
     with torch.no_grad():
         losses = model.forward(train_samples)
     train_control = train_samples["cap_control_words"]
+
+    # the same with the T5 in bfloat16 as LAVIS stores it (on the CPU LAVIS runs it so, without autocast)
+    for p in model.t5_model.parameters():
+        p.data = p.data.bfloat16()
+    np.random.seed(2)
+    random.seed(2)
+    with torch.no_grad():
+        losses_bf16 = model.forward(dict(samples, caps=list(CAPTIONS), tags=tag_targets))
     model.training = False
+    with torch.no_grad():
+        pred_bf16 = model.predict_answers(dict(samples))
+    bf16_tokens = captured["sequences"]
 
     golden = {
         "codes": {k: v[0] for k, v in codes.items()}, "exponents": {k: v[1] for k, v in codes.items()},
@@ -328,13 +341,15 @@ def main():
         "pred_tags": [p["tag_set1"] for p in pred], "control_words": control,
         "attribute_scores": torch.tensor([p["attr"] for p in pred]),
         "category_scores": torch.tensor([p["cls"] for p in pred]),
-        "caption_tokens": captured["sequences"], "captions": [p["caption"] for p in pred],
+        "caption_tokens": fp32_tokens, "captions": [p["caption"] for p in pred],
         "caption_scores": torch.tensor([p["score"] for p in pred]),
         "generation": {k: kw[k] for k in ("num_beams", "max_new_tokens", "min_length", "length_penalty",
                                           "repetition_penalty")},
         "train_captions": list(CAPTIONS), "train_tags": tag_targets, "train_control_words": train_control,
         "loss": losses["loss"].detach(), "loss_llm": losses["loss_llm"], "loss_tag": losses["loss_tag"],
         "loss_att": losses["loss_att"], "tags": tags,
+        "bf16_loss_llm": losses_bf16["loss_llm"].float(), "bf16_caption_tokens": bf16_tokens,
+        "bf16_captions": [p["caption"] for p in pred_bf16],
         "versions": {"torch": str(torch.__version__), "transformers": __import__("transformers").__version__,
                      "lavis": "1.0.2", "official_commit": "2200c5b"},
     }
