@@ -20,7 +20,8 @@ two boxes each, two nested views per box (golden "views" and "boxes"). Recorded:
 contextual embedding, the Q-Former output, tag probabilities and predicted tags (threshold 0.7), the control
 sentences, attribute and category scores and the generated caption tokens of ``predict_answers`` (beam 2, 12 new
 tokens, repetition penalty 1.5), and, with every submodule in eval mode and the model's own ``training`` flag on,
-the training losses of ``forward`` (its control sentences recorded, Python's and NumPy's RNGs seeded).
+the training losses of ``forward`` (its control sentences recorded, Python's and NumPy's RNGs seeded); then, with
+the T5 cast to bfloat16 as LAVIS stores it, the T5 loss and the caption tokens once more ("bf16_*").
 
 Here the same weights go through the project's checkpoint loader (:func:`load_dynrefer_checkpoint`) into a model
 built from the "official" preset at the same sizes, and must give the same numbers (float32 tolerances) and the

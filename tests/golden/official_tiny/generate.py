@@ -4,7 +4,8 @@ Not part of the test suite and not importable from the package: it runs in a sep
 official code, which the repository does not contain.
 
     # LAVIS 1.0.2 (salesforce-lavis) with transformers 4.26.1, timm 0.4.12, torch 2.14.1 (CPU), numpy 1.26
-    # the official DynRefer sources (github.com/callsys/DynRefer, commit 2200c5b), exported outside the repository:
+    # the official DynRefer sources (github.com/callsys/DynRefer, commit 2200c5b), exported outside the repository
+    # (the generator reads shared/data beside the repository: images and vocabularies):
     git --git-dir=<clone>/.git archive 2200c5b dynrefer configs | tar x -C /tmp/dynrefer-official
     (cd /tmp/dynrefer-official/dynrefer/models && unzip -o model_configs.zip)
     PYTHONHASHSEED=0 /tmp/lavis-env/bin/python tests/golden/official_tiny/generate.py \
@@ -20,12 +21,14 @@ built:
   4 queries; FlanT5 layout, gated GELU, 32 wide, 1+1 layers, 4 heads, the model's ``dense_act_fn = "gelu"`` left
   as LAVIS sets it; EVA-CLIP text tower 32 wide, 1 block, 2 heads, 77 tokens, projection to 48); the tag and
   attribute decoders keep the official 256 width with one layer (``num_hidden_layers`` 1 in their BERT config);
-- the T5 tokenizer is a word-level ``tokenizers`` tokenizer with T5's special ids (saved as tokenizer.json);
+- the T5 tokenizer is a word-level ``tokenizers`` tokenizer with T5's special ids (saved as t5_tokenizer.json);
 - ``encode_text`` and ``build_clip_text_encoder`` without their ``.to("cuda")``;
 - DCNv4's CUDA ``DCNv4Function`` by the float64 NumPy formula reference of the project's tests
   (tests/reference_dcn.py), cast to float32;
-- ``textblob``, ``peft`` and ``matplotlib`` (imported, unused) by stubs (TextBlob raises, so the official ``parse_sentence`` takes its own fallback,
-  control words from the tags only; LoRA is off);
+- ``textblob``, ``peft``, ``matplotlib`` (imported, unused) and ``pkg_resources`` (a version check) by stubs
+  (TextBlob raises, so the official ``parse_sentence`` takes its own fallback, control words from the tags and an
+  empty word; LoRA is off); the OVAD prompt templates are read from the official ``ovad/misc.py`` without its
+  evaluator imports;
 - the T5 is kept in float32 (LAVIS casts it to bfloat16): the goldens are fp32 references; the T5 loss and the
   captions are then recorded once more with the T5 cast to bfloat16 as LAVIS does ("bf16_*").
 
