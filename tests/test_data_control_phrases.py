@@ -48,3 +48,19 @@ def test_dataset_control_phrases(tmp_path):
     extra = [p for p in caption_phrases(rec.caption) if p not in words]
     assert extra, rec.caption
     assert with_phrases._control(rec, None) == ",".join(dict.fromkeys(words + extra)) + "|"
+
+
+def test_lavis_dataset_build_info_key(tmp_path):
+    pytest.importorskip("textblob")
+    pytest.importorskip("torch")
+    from dynrefer.data.synthetic import generate
+    from dynrefer.lavis.builder import dataset_class
+
+    m = generate(str(tmp_path), seed=11, splits={"train": 2})
+    path = os.path.join(str(tmp_path), m["files"]["train"]["caption"])
+    cls = dataset_class()
+    on = cls(None, None, "train", annotations={"train": [path]}, control_phrases=True)
+    off = cls(None, None, "train", annotations={"train": [path]})
+    assert on.parts[0].control_phrases and not off.parts[0].control_phrases
+    ev = cls(None, None, "val", annotations={"val": [path]}, control_phrases=True)
+    assert not ev.parts[0].control_phrases   # evaluation controls come from predicted tags
