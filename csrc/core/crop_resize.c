@@ -5,8 +5,80 @@
  * size of a crop is materialised beyond one pass buffer of S columns. The `elementwise` path evaluates the
  * per-element body the CUDA kernel runs, for every output, so tests exercise the GPU arithmetic on the CPU.
  */
+#include <math.h>
+
 #include "dr_crop_resize.h"
 #include "resample.inc"
+
+/* ---- arguments --------------------------------------------------------------------------------------- */
+
+static dr_status check_params(const dr_crop_resize_params *p) {
+    const char *op = "crop_resize";
+    if (p->kind != DR_RS_PIL && p->kind != DR_RS_AA && p->kind != DR_RS_PLAIN)
+        return dr_set_error(DR_EINVAL, "%s: unknown resampling kind %lld", op, (long long)p->kind);
+    if (p->filter != DR_FILTER_BILINEAR && p->filter != DR_FILTER_BICUBIC)
+        return dr_set_error(DR_EINVAL, "%s: unknown filter %lld", op, (long long)p->filter);
+    if (p->size < 1 || p->size > 16384)
+        return dr_set_error(DR_EINVAL, "%s: size must be in [1, 16384], got %lld", op, (long long)p->size);
+    if (p->pil_order != DR_PIL_ORDER_ADAPTIVE && p->pil_order != DR_PIL_ORDER_HORIZONTAL)
+        return dr_set_error(DR_EINVAL, "%s: unknown pil_order %lld", op, (long long)p->pil_order);
+    for (int k = 0; k < 3; k++) {
+        if (!isfinite(p->mean[k]))
+            return dr_set_error(DR_EINVAL, "%s: mean[%d] must be finite, got %s", op, k,
+                                dr_nonfinite_name(p->mean[k]));
+        if (!isfinite(p->std[k]) || !(p->std[k] > 0.0f))
+            return dr_set_error(DR_EINVAL, "%s: std[%d] must be finite and > 0, got %g", op, k, (double)p->std[k]);
+    }
+    return DR_OK;
+}
+
+dr_status dr_crop_resize_make_args(const dr_tensor *images, int64_t n_images, const dr_tensor *boxes,
+                                   const dr_tensor *image_index, const dr_tensor *ref_boxes, const dr_tensor *out,
+                                   const dr_tensor *ref_out, const dr_crop_resize_params *p, dr_image_ref *refs) {
+    const char *op = "crop_resize";
+    dr_status st = check_params(p);
+    if (st == DR_OK)
+        st = dr_views_images_make(op, images, n_images, refs);
+    if (st != DR_OK)
+        return st;
+    if ((ref_boxes == NULL) != (ref_out == NULL))
+        return dr_set_error(DR_EINVAL, "%s: ref_boxes and ref_out go together", op);
+    st = dr_views_boxes_check(op, &images[0], n_images, boxes, "boxes", image_index);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, "out", out, 4);
+    if (st == DR_OK)
+        st = dr_check_same_device(op, "images", &images[0], "out", out);
+    if (st != DR_OK)
+        return st;
+    if (out->dtype != DR_FLOAT32 && out->dtype != DR_FLOAT16 && out->dtype != DR_BFLOAT16)
+        return dr_set_error(DR_ETYPE, "%s: out must be float32, float16 or bfloat16, got %s", op,
+                            dr_dtype_name(out->dtype));
+    const int64_t nv = boxes->shape[0], S = p->size;
+    if (out->shape[0] != nv || out->shape[1] != 3 || out->shape[2] != S || out->shape[3] != S)
+        return dr_set_error(DR_EINVAL, "%s: out has shape [%lld, %lld, %lld, %lld], expected [%lld, 3, %lld, %lld]",
+                            op, (long long)out->shape[0], (long long)out->shape[1], (long long)out->shape[2],
+                            (long long)out->shape[3], (long long)nv, (long long)S, (long long)S);
+    if (!ref_boxes)
+        return DR_OK;
+    st = dr_check_ndim(op, "ref_boxes", ref_boxes, 2);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, "ref_out", ref_out, 2);
+    if (st == DR_OK)
+        st = dr_check_dtype(op, "ref_out", ref_out, DR_FLOAT32);
+    if (st != DR_OK)
+        return st;
+    if (ref_boxes->dtype != DR_FLOAT32 && ref_boxes->dtype != DR_FLOAT64)
+        return dr_set_error(DR_ETYPE, "%s: ref_boxes must be float32 or float64, got %s", op,
+                            dr_dtype_name(ref_boxes->dtype));
+    if (ref_boxes->shape[0] != nv || ref_boxes->shape[1] != 4 || ref_out->shape[0] != nv || ref_out->shape[1] != 4)
+        return dr_set_error(DR_EINVAL, "%s: ref_boxes and ref_out must have shape [%lld, 4]", op, (long long)nv);
+    st = dr_check_same_device(op, "images", &images[0], "ref_boxes", ref_boxes);
+    if (st == DR_OK)
+        st = dr_check_same_device(op, "images", &images[0], "ref_out", ref_out);
+    return st;
+}
+
+/* ---- the CPU kernels --------------------------------------------------------------------------------- */
 
 static void store_out(dr_tensor *out, int64_t v, int c, int64_t y, int64_t x, float val) {
     dr_views_store(out->data, out->dtype,
