@@ -70,8 +70,15 @@ dr_status dr_crop_resize_make_args(const dr_tensor *images, int64_t n_images, co
     if (ref_boxes->dtype != DR_FLOAT32 && ref_boxes->dtype != DR_FLOAT64)
         return dr_set_error(DR_ETYPE, "%s: ref_boxes must be float32 or float64, got %s", op,
                             dr_dtype_name(ref_boxes->dtype));
-    if (ref_boxes->shape[0] != nv || ref_boxes->shape[1] != 4 || ref_out->shape[0] != nv || ref_out->shape[1] != 4)
-        return dr_set_error(DR_EINVAL, "%s: ref_boxes and ref_out must have shape [%lld, 4]", op, (long long)nv);
+    if (ref_boxes->shape[1] != 4)
+        return dr_set_error(DR_EINVAL, "%s: ref_boxes must have shape [V, 4], got [%lld, %lld]", op,
+                            (long long)ref_boxes->shape[0], (long long)ref_boxes->shape[1]);
+    if (ref_boxes->shape[0] != nv)
+        return dr_set_error(DR_EINVAL, "%s: ref_boxes has %lld rows for %lld boxes", op,
+                            (long long)ref_boxes->shape[0], (long long)nv);
+    if (ref_out->shape[0] != nv || ref_out->shape[1] != 4)
+        return dr_set_error(DR_EINVAL, "%s: ref_out has shape [%lld, %lld], expected [%lld, 4]", op,
+                            (long long)ref_out->shape[0], (long long)ref_out->shape[1], (long long)nv);
     st = dr_check_same_device(op, "images", &images[0], "ref_boxes", ref_boxes);
     if (st == DR_OK)
         st = dr_check_same_device(op, "images", &images[0], "ref_out", ref_out);
