@@ -118,27 +118,6 @@ static void write_ref(const crop_ctx *c, int64_t v, const dr_crop *cr, const dr_
         ((float *)c->ref_out->data)[v * c->ref_out->strides[0] + k * c->ref_out->strides[1]] = o[k];
 }
 
-/* Pack rows [ylo, yhi) of a crop, C = 3 channels (or C = 1: Pillow luma), contiguous. */
-static void pack_crop(const dr_image_ref *im, const dr_crop *cr, int64_t ylo, int64_t yhi, int C, uint8_t *dst) {
-    for (int64_t r = ylo; r < yhi; r++) {
-        const uint8_t *src = im->data + (cr->y0 + r) * im->sh + cr->x0 * im->sw;
-        uint8_t *d = dst + (r - ylo) * cr->w * C;
-        if (C == 1) {
-            for (int64_t q = 0; q < cr->w; q++)
-                d[q] = dr_luma_pil(im, cr->y0 + r, cr->x0 + q);
-        } else if (im->sw == 3 && im->sc == 1) {
-            memcpy(d, src, (size_t)(cr->w * 3));
-        } else {
-            for (int64_t q = 0; q < cr->w; q++, src += im->sw) {
-                d[q * 3 + 0] = src[0];
-                d[q * 3 + 1] = src[im->sc];
-                d[q * 3 + 2] = src[2 * im->sc];
-            }
-        }
-    }
-}
-
-/* Pillow path of one view: pack, two passes, normalise. */
 /* dst[x] = normalised channel value of packed pixels src[x * 3] (the same float operations as dr_normalize_u8,
  * vectorised). */
 DR_SIMD_CLONES
@@ -149,19 +128,16 @@ static void normalize_row_u8(const uint8_t *src, int64_t n, float mean, float st
     }
 }
 
+/* Pillow path of one view: the two passes on the image in place, then the normalisation. */
 static int crop_resize_pil_view(crop_ctx *c, int64_t v, const dr_image_ref *im, const dr_crop *cr, const dr_taps *tx,
                                 const dr_taps *ty, dr_scratch *sc) {
     const dr_crop_resize_params *p = c->p;
     const int64_t S = p->size;
-    int64_t ylo, yhi;
-    dr_taps_rows(ty, S, &ylo, &yhi);
-    uint8_t *packed = (uint8_t *)dr_scratch_get(sc, 3, (size_t)((yhi - ylo) * cr->w * 3));
     uint8_t *o8 = (uint8_t *)dr_scratch_get(sc, 4, (size_t)(S * S * 3));
-    if (!packed || !o8)
+    if (!o8)
         return -1;
-    pack_crop(im, cr, ylo, yhi, 3, packed);
-    int vf = dr_pil_vertical_first(cr->w, cr->h, S, S, p->pil_order);
-    if (dr_pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 3, tx, ty, S, S, vf, o8, sc) < 0)
+    int vf = dr_pil_vertical_first(cr->w, cr->h, S, S, (int)p->pil_order);
+    if (dr_pil_resize_crop(im, cr, tx, ty, S, S, vf, o8, sc) < 0)
         return -1;
     dr_tensor *out = c->out;
     if (out->dtype == DR_FLOAT32 && out->strides[3] == 1) {
