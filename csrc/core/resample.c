@@ -509,29 +509,31 @@ void dr_dot_rows(const uint8_t *src, int64_t stride, int64_t rows, const dr_dot_
 
 #define HBLK 64 /* source rows per block of the horizontal-first pass: 192-byte rows, four AVX-512 blocks */
 
-/* dst[q][i][c] = pixel (r0 + i, x0 + q) channel c of the image, for i < b, q < n: a block of rows, transposed. */
+/* dst[q][i][c] = pixel (r0 + i, x0 + q) channel c of the image, for i < b, q < n: a block of rows, transposed.
+ * Column by column, all b rows at once: each destination column is written whole, and the b source lines in use
+ * stay in L1 across the columns they hold. */
 static void transpose_rows_in(const dr_image_ref *im, int64_t r0, int64_t x0, int64_t b, int64_t n, uint8_t *dst) {
-    const int packed = im->sw == 3 && im->sc == 1;
-    for (int64_t i0 = 0; i0 < b; i0 += 16) {
-        int64_t i1 = i0 + 16 < b ? i0 + 16 : b;
+    const uint8_t *s0 = im->data + r0 * im->sh + x0 * im->sw;
+    const int64_t sh = im->sh, sw = im->sw, sc = im->sc;
+    if (sw == 3 && sc == 1) {
         for (int64_t q = 0; q < n; q++) {
-            const uint8_t *sp = im->data + r0 * im->sh + (x0 + q) * im->sw;
+            const uint8_t *sp = s0 + q * 3;
             uint8_t *dp = dst + q * b * 3;
-            if (packed) {
-                for (int64_t i = i0; i < i1; i++) {
-                    const uint8_t *p = sp + i * im->sh;
-                    dp[i * 3 + 0] = p[0];
-                    dp[i * 3 + 1] = p[1];
-                    dp[i * 3 + 2] = p[2];
-                }
-            } else {
-                for (int64_t i = i0; i < i1; i++) {
-                    const uint8_t *p = sp + i * im->sh;
-                    dp[i * 3 + 0] = p[0];
-                    dp[i * 3 + 1] = p[im->sc];
-                    dp[i * 3 + 2] = p[2 * im->sc];
-                }
+            for (int64_t i = 0; i < b; i++) {
+                dp[i * 3 + 0] = sp[i * sh];
+                dp[i * 3 + 1] = sp[i * sh + 1];
+                dp[i * 3 + 2] = sp[i * sh + 2];
             }
+        }
+        return;
+    }
+    for (int64_t q = 0; q < n; q++) {
+        const uint8_t *sp = s0 + q * sw;
+        uint8_t *dp = dst + q * b * 3;
+        for (int64_t i = 0; i < b; i++) {
+            dp[i * 3 + 0] = sp[i * sh];
+            dp[i * 3 + 1] = sp[i * sh + sc];
+            dp[i * 3 + 2] = sp[i * sh + 2 * sc];
         }
     }
 }
