@@ -2,8 +2,9 @@
 
     python benchmarks/mem_views.py [--case NAME ...]
 
-Each case runs in its own subprocess: import dynrefer, allocate the image (every page touched), read
-``ru_maxrss``, run one call, read it again; the difference is the call's extra peak memory (output included).
+Each case runs in its own subprocess: import dynrefer, allocate the image (every page touched), read the peak
+resident set (``VmHWM``; ``ru_maxrss`` reads the same from a small parent, but carries a larger parent's peak across
+exec), run one call, read it again; the difference is the call's extra peak memory (output included).
 Cases:
   big-crop   a 10000 x 10000 crop of a 10000 x 10000 RGB image resized to 8 x 8 (horizontal pass first);
   tall-crop  a 2000 x 10000 crop resized to 8 x 8 (vertical pass first);
@@ -21,16 +22,18 @@ CASES = {
 }
 
 CHILD = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
 from dynrefer.ops import crop_resize
+def hwm():
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])
 h, w, box, size = json.loads(sys.argv[1])
 img = np.empty((h, w, 3), np.uint8)
 img[:] = 7
 img[::97, :, 1] = 200
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm()
 out = crop_resize(img, np.array([box], np.float32), size=size, mode="pil")
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = hwm()
 print(json.dumps({"extra_kib": after - before, "sum": float(out.sum())}))
 """
 

@@ -137,6 +137,25 @@ def test_non_finite_boxes_refused(rng):
             NestedViews()(im, b)
 
 
+
+@pytest.mark.parametrize("order", ["adaptive", "horizontal"])
+def test_crop_resize_pil_reads_every_layout_in_place(rng, order):
+    """The PIL path reads the crop straight from the image in every layout — packed RGB (rows combined in place),
+    RGBA, channel-planar and flipped (gathered) — and in blocks of 64 rows: equal to the per-element body on tall
+    crops (vertical pass first under the adaptive rule), wide ones and crops taller than a block, down to 1 x 1 and
+    up from 1-pixel strips."""
+    h, w = 203, 150
+    base = _image(rng, h, w, 4)
+    packed = np.ascontiguousarray(base[:, :, :3])
+    layouts = [packed, base, np.ascontiguousarray(packed.transpose(2, 0, 1)).transpose(1, 2, 0),
+               np.ascontiguousarray(packed[::-1, ::-1])[::-1, ::-1]]
+    b = np.array([[0, 0, w, h], [3, 1, 12, 200], [1, 130, 149, 141], [7, 9, 8, 150], [20, 30, 140, 31],
+                  [40.5, 60.2, 41, 61]], np.float32)
+    for size in (1, 5, 17, 70):
+        want = crop_resize(packed, b, size=size, pil_order=order, impl="elementwise")
+        for im in layouts:
+            np.testing.assert_array_equal(crop_resize(im, b, size=size, pil_order=order), want)
+
 def test_strided_and_rgba_images(rng):
     base = _image(rng, 50, 60, 4)
     b = _boxes(rng, 4, 30, 25)
