@@ -34,16 +34,15 @@ static PyObject *launch(const dr_image_list *im, dr_pyarg *t, const dr_crop_resi
                         long long stream) {
     const dr_tensor *b = &t[A_BOXES].t, *idx = dr_opt(&t[A_INDEX]), *rb = dr_opt(&t[A_REF_BOXES]);
     dr_tensor *ro = t[A_REF_OUT].keep ? &t[A_REF_OUT].t : NULL, *out = &t[A_OUT].t;
-    dr_status st;
-    if (im->t[0].device == DR_CUDA) {
-        __typeof__(dr_crop_resize_cuda) *fn = dr_cuda_fn("dr_crop_resize_cuda");
-        if (!fn)
-            return NULL;
+    void *cuda_fn; /* the argument builder has put every tensor on the images' device */
+    const int where = dr_run_where(im->args, 1, "dr_crop_resize_cuda", &cuda_fn);
+    __typeof__(dr_crop_resize_cuda) *fn = cuda_fn;
+    dr_status st = DR_OK;
+    if (where == DR_RUN_CUDA)
         DR_NOGIL(st, fn(im->refs, im->n, b, idx, rb, out, ro, p, (void *)(intptr_t)stream));
-    } else {
+    else if (where == DR_RUN_CPU)
         DR_NOGIL(st, dr_crop_resize_cpu(im->refs, im->n, b, idx, rb, out, ro, p, elementwise));
-    }
-    return dr_kernel_result(st, out);
+    return where == DR_RUN_ERROR ? NULL : dr_kernel_result(st, out);
 }
 
 static PyObject *py_crop_resize(PyObject *self, PyObject *args, PyObject *kw) {

@@ -13,16 +13,15 @@ static PyObject *launch(const dr_image_list *im, dr_pyarg *t, const dr_phash_par
                         long long stream) {
     const dr_tensor *b = &t[A_BOXES].t, *idx = dr_opt(&t[A_INDEX]);
     dr_tensor *h = &t[A_HASHES].t, *th = t[A_THUMBS].keep ? &t[A_THUMBS].t : NULL;
-    dr_status st;
-    if (im->t[0].device == DR_CUDA) {
-        __typeof__(dr_phash_cuda) *fn = dr_cuda_fn("dr_phash_cuda");
-        if (!fn)
-            return NULL;
+    void *cuda_fn; /* the argument builder has put every tensor on the images' device */
+    const int where = dr_run_where(im->args, 1, "dr_phash_cuda", &cuda_fn);
+    __typeof__(dr_phash_cuda) *fn = cuda_fn;
+    dr_status st = DR_OK;
+    if (where == DR_RUN_CUDA)
         DR_NOGIL(st, fn(im->refs, im->n, b, idx, h, p, (void *)(intptr_t)stream));
-    } else {
+    else if (where == DR_RUN_CPU)
         DR_NOGIL(st, dr_phash_cpu(im->refs, im->n, b, idx, h, p, elementwise, th));
-    }
-    return dr_kernel_result(st, h);
+    return where == DR_RUN_ERROR ? NULL : dr_kernel_result(st, h);
 }
 
 static PyObject *py_phash(PyObject *self, PyObject *args, PyObject *kw) {

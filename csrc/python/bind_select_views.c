@@ -10,16 +10,15 @@ enum { A_HASHES, A_COEFFS, A_OUT, A_N };
 static PyObject *launch(dr_pyarg *t, long long stream) {
     const dr_tensor *h = &t[A_HASHES].t, *c = &t[A_COEFFS].t;
     dr_tensor *o = &t[A_OUT].t;
-    dr_status st;
-    if (h->device == DR_CUDA) {
-        __typeof__(dr_select_views_cuda) *fn = dr_cuda_fn("dr_select_views_cuda");
-        if (!fn)
-            return NULL;
+    void *cuda_fn;
+    const int where = dr_run_where(t, A_N, "dr_select_views_cuda", &cuda_fn);
+    __typeof__(dr_select_views_cuda) *fn = cuda_fn;
+    dr_status st = DR_OK;
+    if (where == DR_RUN_CUDA)
         DR_NOGIL(st, fn(h, c, o, (void *)(intptr_t)stream));
-    } else {
+    else if (where == DR_RUN_CPU)
         DR_NOGIL(st, dr_select_views_cpu(h, c, o));
-    }
-    return dr_kernel_result(st, o);
+    return where == DR_RUN_ERROR ? NULL : dr_kernel_result(st, o);
 }
 
 static PyObject *py_select_views(PyObject *self, PyObject *args, PyObject *kw) {

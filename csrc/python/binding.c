@@ -2,7 +2,6 @@
  * device choice and the status-to-exception mapping. */
 #include "binding.h"
 
-#include <stdarg.h>
 #include <string.h>
 
 /* ---- the CUDA module ----------------------------------------------------------------------------------- */
@@ -103,17 +102,20 @@ int dr_image_list_from(PyObject *seq, const char *op, long long stream, dr_image
 
 /* ---- device choice and status ------------------------------------------------------------------------ */
 
-int dr_all_cuda(int n, ...) {
-    va_list ap;
-    va_start(ap, n);
-    int all = n > 0;
+int dr_run_where(const dr_pyarg *t, int n, const char *name, void **fn) {
+    int any = 0;
+    *fn = NULL;
     for (int i = 0; i < n; i++) {
-        const dr_pyarg *a = va_arg(ap, const dr_pyarg *);
-        if (a->t.device != DR_CUDA)
-            all = 0;
+        if (!t[i].keep)
+            continue;
+        if (t[i].t.device != DR_CUDA)
+            return DR_RUN_CPU;
+        any = 1;
     }
-    va_end(ap);
-    return all;
+    if (!any)
+        return DR_RUN_CPU;
+    *fn = dr_cuda_fn(name);
+    return *fn ? DR_RUN_CUDA : DR_RUN_ERROR;
 }
 
 PyObject *dr_raise_kernel(dr_status st, const dr_tensor *t) {

@@ -11,9 +11,10 @@
 #include "tensor.h"
 
 /* The CUDA launcher `name` exported by dynrefer._C_cuda, or NULL with a RuntimeError saying why (module not
- * built, or the launcher missing from it). Assign it to a pointer typed by the launcher's prototype in its op's
- * header, `__typeof__(dr_x_cuda) *fn = dr_cuda_fn("dr_x_cuda");`, so that calls are checked against that prototype
- * (and a launcher whose definition drifts from it does not compile: the .cu files include the same header). */
+ * built, or the launcher missing from it). Bindings get it through dr_run_where and assign it to a pointer typed by
+ * the launcher's prototype in its op's header, `__typeof__(dr_x_cuda) *fn = ...`, so that calls are checked against
+ * that prototype (and a launcher whose definition drifts from it does not compile: the .cu files include the same
+ * header). */
 void *dr_cuda_fn(const char *name);
 /* The loaded CUDA table, or NULL (raise=1: with a RuntimeError). */
 const dr_cuda_api *dr_cuda_table(int raise);
@@ -47,9 +48,12 @@ typedef struct {
 int dr_image_list_from(PyObject *seq, const char *op, long long stream, dr_image_list *l);
 void dr_image_list_release(dr_image_list *l);
 
-/* 1 if all n dr_pyarg pointers that follow are CUDA tensors: the call goes to the CUDA launcher. Mixed devices go
- * to the CPU kernel, whose argument builder rejects them with a message naming both devices. */
-int dr_all_cuda(int n, ...);
+/* Where a call runs: the CUDA launcher `name` (*fn set, for a pointer typed `__typeof__(dr_x_cuda) *`) when the given
+ * tensors of t[0..n) (optional ones not given are skipped) are all CUDA tensors, else the CPU kernel; mixed devices
+ * go to the CPU kernel, whose argument builder rejects them with a message naming both devices. DR_RUN_ERROR with a
+ * RuntimeError when the launcher is missing. */
+enum { DR_RUN_ERROR = -1, DR_RUN_CPU = 0, DR_RUN_CUDA = 1 };
+int dr_run_where(const dr_pyarg *t, int n, const char *name, void **fn);
 /* Raise the exception of a failed kernel on t's device (the CUDA module's message for CUDA tensors). */
 PyObject *dr_raise_kernel(dr_status st, const dr_tensor *t);
 /* Raise the exception of an argument builder (dr_<op>_make_args run by the binding, in this module) that failed. */
