@@ -4,6 +4,7 @@ a NumPy rendition of the official greedy selection, torch.nn.functional.interpol
 import glob
 import os
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -602,3 +603,35 @@ def test_phash_memory_follows_the_boxes():
     grown = int(subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], check=True, capture_output=True,
                                text=True).stdout.split()[-1])
     assert grown < 64 << 20, grown  # the image is 1.2 GB, its luma plane 400 MB
+
+
+_CROP_PEAK_SCRIPT = """
+import json, sys
+import numpy as np
+from dynrefer.ops import crop_resize
+def hwm():  # this process's peak RSS (ru_maxrss would carry the parent's peak across exec)
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024
+h, w, c, size = json.loads(sys.argv[1])
+img = np.empty((h, w, c), np.uint8)
+img[:] = 3
+img[::5, :, 0] = 250
+crop_resize(img[:40, :40], [[0, 0, 40, 40]], size=size)  # thread pool and first-call state, before the baseline
+base = hwm()
+crop_resize(img, [[0, 0, w, h]], size=size)
+print(hwm() - base)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("h,w,c", [(6000, 6000, 3), (6000, 1500, 3), (6000, 1500, 4)])
+def test_crop_resize_pil_memory_follows_the_work(h, w, c):
+    """A large crop resized to 8 x 8 on the PIL path needs buffers of the rows it reads times the output width, or of
+    a block of rows times the crop width — not the crop (108 MB here) or transposed copies of it."""
+    import json
+    import subprocess
+
+    size = 8
+    grown = int(subprocess.run([sys.executable, "-c", _CROP_PEAK_SCRIPT, json.dumps([h, w, c, size])], check=True,
+                               capture_output=True, text=True).stdout.split()[-1])
+    work = h * size * 3 + 64 * w * 3 + size * w * 3 * 4  # first-pass result, a row block, int32 sums
+    assert grown < (16 << 20) + 8 * work, (grown, work)

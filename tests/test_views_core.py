@@ -137,6 +137,25 @@ def test_non_finite_boxes_refused(rng):
             NestedViews()(im, b)
 
 
+
+@pytest.mark.parametrize("order", ["adaptive", "horizontal"])
+def test_crop_resize_pil_reads_every_layout_in_place(rng, order):
+    """The PIL path reads the crop straight from the image in every layout — packed RGB (rows combined in place),
+    RGBA, channel-planar and flipped (gathered) — and in blocks of 64 rows: equal to the per-element body on tall
+    crops (vertical pass first under the adaptive rule), wide ones and crops taller than a block, down to 1 x 1 and
+    up from 1-pixel strips."""
+    h, w = 203, 150
+    base = _image(rng, h, w, 4)
+    packed = np.ascontiguousarray(base[:, :, :3])
+    layouts = [packed, base, np.ascontiguousarray(packed.transpose(2, 0, 1)).transpose(1, 2, 0),
+               np.ascontiguousarray(packed[::-1, ::-1])[::-1, ::-1]]
+    b = np.array([[0, 0, w, h], [3, 1, 12, 200], [1, 130, 149, 141], [7, 9, 8, 150], [20, 30, 140, 31],
+                  [40.5, 60.2, 41, 61]], np.float32)
+    for size in (1, 5, 17, 70):
+        want = crop_resize(packed, b, size=size, pil_order=order, impl="elementwise")
+        for im in layouts:
+            np.testing.assert_array_equal(crop_resize(im, b, size=size, pil_order=order), want)
+
 def test_strided_and_rgba_images(rng):
     base = _image(rng, 50, 60, 4)
     b = _boxes(rng, 4, 30, 25)
@@ -392,3 +411,90 @@ def test_errors_name_the_argument_and_show_the_shape(rng):
         _C.phash([im], b, np.empty(2, np.uint64), 2**80)
     with pytest.raises(TypeError, match="crop_resize: filter must be an int"):
         _C.crop_resize([im], b, out, 8, 0, "bicubic", (0, 0, 0), (1, 1, 1))
+
+
+def test_argument_builders_name_the_argument(rng):
+    """The kernels' argument builders (dr_<op>_make_args) are where the views ops are validated: called straight
+    through the binding, every bad argument gets a message naming it and showing the value."""
+    from dynrefer import _C
+
+    im = _image(rng, 30, 40)
+    b = _boxes(rng, 2, 40, 30)
+    out = np.empty((2, 3, 8, 8), np.float32)
+    cr = lambda **kw: _C.crop_resize(kw.pop("images", [im]), kw.pop("boxes", b), kw.pop("out", out), kw.pop("size", 8),
+                                     kw.pop("kind", 0), kw.pop("filter", 1), kw.pop("mean", (0, 0, 0)),
+                                     kw.pop("std", (1, 1, 1)), **kw)
+    cr()  # the baseline call is valid
+    with pytest.raises(ValueError, match=r"crop_resize: mean\[2\] must be finite, got nan"):
+        cr(mean=(0, 0, float("nan")))
+    with pytest.raises(ValueError, match=r"crop_resize: std\[0\] must be finite and > 0, got -1"):
+        cr(std=(-1, 1, 1))
+    with pytest.raises(ValueError, match=r"crop_resize: std\[1\] must be finite and > 0, got inf"):
+        cr(std=(1, 1e300, 1))  # finite as a double, not as the float32 the kernels use
+    with pytest.raises(ValueError, match="crop_resize: unknown resampling kind 4294967296"):
+        cr(kind=2**32)  # not narrowed to a valid kind on its way to the builder
+    with pytest.raises(ValueError, match="crop_resize: unknown filter -1"):
+        cr(filter=-1)
+    with pytest.raises(ValueError, match=r"crop_resize: size must be in \[1, 16384\], got 0"):
+        cr(size=0)
+    with pytest.raises(ValueError, match="crop_resize: images is empty"):
+        cr(images=[])
+    with pytest.raises(ValueError, match=r"crop_resize: images\[1\] has shape \[30, 40\] \(2-D, grayscale\)"):
+        cr(images=[im, im[:, :, 0]], image_index=np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="crop_resize: image_index is required with 2 images"):
+        cr(images=[im, im])
+    with pytest.raises(ValueError, match="crop_resize: image_index has 3 entries for 2 boxes"):
+        cr(images=[im, im], image_index=np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="crop_resize: image_index must be int64, got int32"):
+        cr(images=[im, im], image_index=np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match=r"crop_resize: image_index\[1\] = 2 is not an image index in \[0, 2\)"):
+        cr(images=[im, im], image_index=np.array([0, 2]))
+    with pytest.raises(TypeError, match="crop_resize: boxes must be float32 or float64, got int64"):
+        cr(boxes=b.astype(np.int64))
+    with pytest.raises(ValueError, match=r"crop_resize: boxes must have shape \[V, 4\], got \[2, 5\]"):
+        cr(boxes=np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"crop_resize: out has shape \[2, 3, 8, 7\], expected \[2, 3, 8, 8\]"):
+        cr(out=np.empty((2, 3, 8, 7), np.float32))
+    rb, ro = b.copy(), np.empty((2, 4), np.float32)
+    cr(ref_boxes=rb, ref_out=ro)
+    with pytest.raises(ValueError, match="crop_resize: ref_boxes and ref_out go together"):
+        cr(ref_boxes=rb)
+    with pytest.raises(ValueError, match="crop_resize: ref_boxes has 1 rows for 2 boxes"):
+        cr(ref_boxes=rb[:1], ref_out=ro)
+    with pytest.raises(ValueError, match=r"crop_resize: ref_out has shape \[2, 3\], expected \[2, 4\]"):
+        cr(ref_boxes=rb, ref_out=np.empty((2, 3), np.float32))
+    with pytest.raises(TypeError, match="crop_resize: ref_out must be float32, got float64"):
+        cr(ref_boxes=rb, ref_out=np.empty((2, 4)))
+
+    h = np.empty(2, np.uint64)
+    with pytest.raises(ValueError, match="phash: unknown method 2"):
+        _C.phash([im], b, h, 2)
+    with pytest.raises(ValueError, match="phash: unknown pil_order 3"):
+        _C.phash([im], b, h, 1, pil_order=3)
+    with pytest.raises(ValueError, match="phash: the official .* hash is 8 x 8"):
+        _C.phash([im], b, h, 0, hash_size=9)
+    with pytest.raises(ValueError, match="Hash size must be greater than or equal to 2"):
+        _C.phash([im], b, h, 1, hash_size=1)
+    with pytest.raises(ValueError, match="phash: hash_size \\* highfreq_factor .* at most 4096, got 64 \\* 65"):
+        _C.phash([im], b, h, 1, hash_size=64, highfreq_factor=65)
+    with pytest.raises(TypeError, match="phash: hashes must be uint64, got int64"):
+        _C.phash([im], b, np.empty(2, np.int64), 1)
+    with pytest.raises(ValueError, match=r"phash: hashes must have shape \[2\]"):
+        _C.phash([im], b, np.empty(3, np.uint64), 1)
+    with pytest.raises(ValueError, match=r"phash: hashes must be 2-D, got 1-D"):
+        _C.phash([im], b, h, 1, hash_size=9)
+    with pytest.raises(ValueError, match="phash: thumbnails are only available for method imagehash"):
+        _C.phash([im], b, h, 0, thumbnails=np.empty((2, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match=r"phash: thumbnails must be a contiguous \[2, 32, 32\] array"):
+        _C.phash([im], b, h, 1, thumbnails=np.empty((2, 32, 33), np.uint8))
+
+    hs, c, o = np.zeros((3, 4), np.uint64), np.array([0.25, 0.5, 1.0]), np.empty((3, 2), np.int64)
+    _C.select_views(hs, c, o)
+    with pytest.raises(ValueError, match=r"select_views: hashes must have shape \[R, 1 \+ 3\]"):
+        _C.select_views(hs[:, :3], c, o)
+    with pytest.raises(TypeError, match="select_views: coeffs must be float64, got float32"):
+        _C.select_views(hs, c.astype(np.float32), o)
+    with pytest.raises(ValueError, match=r"select_views: out must have shape \[3, n\] with n <= 3"):
+        _C.select_views(hs, c, np.empty((3, 4), np.int64))
+    with pytest.raises(ValueError, match=r"select_views: coeffs\[1\] = nan must be finite and > 0"):
+        _C.select_views(hs, np.array([0.25, np.nan, 1.0]), o)

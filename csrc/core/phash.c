@@ -541,3 +541,59 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
         return dr_set_error(DR_ENOMEM, "phash: out of memory");
     return DR_OK;
 }
+
+/* ---- arguments --------------------------------------------------------------------------------------- */
+
+dr_status dr_phash_make_args(const dr_tensor *images, int64_t n_images, const dr_tensor *boxes,
+                             const dr_tensor *image_index, const dr_tensor *hashes, const dr_tensor *thumbs,
+                             const dr_phash_params *p, dr_image_ref *refs) {
+    const char *op = "phash";
+    const long long hs = (long long)p->hash_size, hf = (long long)p->highfreq_factor;
+    if (p->pil_order != DR_PIL_ORDER_ADAPTIVE && p->pil_order != DR_PIL_ORDER_HORIZONTAL)
+        return dr_set_error(DR_EINVAL, "%s: unknown pil_order %lld", op, (long long)p->pil_order);
+    if (p->method != DR_PHASH_DYNREFER && p->method != DR_PHASH_IMAGEHASH)
+        return dr_set_error(DR_EINVAL, "%s: unknown method %lld", op, (long long)p->method);
+    if (p->method == DR_PHASH_DYNREFER && (hs != 8 || hf != 4))
+        return dr_set_error(DR_EINVAL, "%s: the official (dynrefer) hash is 8 x 8: hash_size and highfreq_factor are "
+                            "imagehash's (method='imagehash')", op);
+    if (hs < 2)
+        return dr_set_error(DR_EINVAL, "%s: hash_size must be >= 2 (imagehash: Hash size must be greater than or equal "
+                            "to 2), got %lld", op, hs);
+    if (hf < 1)
+        return dr_set_error(DR_EINVAL, "%s: highfreq_factor must be >= 1 (the resize side hash_size * "
+                            "highfreq_factor must be > 0; Pillow: height and width must be > 0), got %lld", op, hf);
+    if (hs > DR_PHASH_IH_MAX_RES || hf > DR_PHASH_IH_MAX_RES / hs)
+        return dr_set_error(DR_EINVAL, "%s: hash_size * highfreq_factor (the resize side) must be at most %d, got "
+                            "%lld * %lld", op, DR_PHASH_IH_MAX_RES, hs, hf);
+    dr_status st = dr_views_images_make(op, images, n_images, refs);
+    if (st == DR_OK)
+        st = dr_views_boxes_check(op, &images[0], n_images, boxes, "boxes", image_index);
+    if (st != DR_OK)
+        return st;
+    const long long nv = (long long)boxes->shape[0], words = (hs * hs + 63) / 64, res = hs * hf;
+    st = dr_check_ndim(op, "hashes", hashes, words == 1 ? 1 : 2);
+    if (st == DR_OK)
+        st = dr_check_dtype(op, "hashes", hashes, DR_UINT64);
+    if (st == DR_OK)
+        st = dr_check_same_device(op, "images", &images[0], "hashes", hashes);
+    if (st != DR_OK)
+        return st;
+    if (hashes->shape[0] != nv || (words > 1 && hashes->shape[1] != words))
+        return dr_set_error(DR_EINVAL, "%s: hashes must have shape [%lld] (or [%lld, %lld] uint64 words for hashes "
+                            "wider than 64 bits), got %d-D with %lld entries", op, nv, nv, words, hashes->ndim,
+                            (long long)hashes->shape[0]);
+    if (!thumbs)
+        return DR_OK;
+    /* the resized luma views imagehash hashes: [V, R, R] uint8, contiguous, CPU */
+    if (p->method != DR_PHASH_IMAGEHASH || images[0].device != DR_CPU)
+        return dr_set_error(DR_EINVAL, "%s: thumbnails are only available for method imagehash on the CPU", op);
+    st = dr_check_ndim(op, "thumbnails", thumbs, 3);
+    if (st == DR_OK)
+        st = dr_check_dtype(op, "thumbnails", thumbs, DR_UINT8);
+    if (st != DR_OK)
+        return st;
+    if (thumbs->shape[0] != nv || thumbs->shape[1] != res || thumbs->shape[2] != res || !dr_is_contiguous(thumbs))
+        return dr_set_error(DR_EINVAL, "%s: thumbnails must be a contiguous [%lld, %lld, %lld] array", op, nv, res,
+                            res);
+    return DR_OK;
+}

@@ -69,40 +69,24 @@ static PyObject *py_roi_align_forward(PyObject *self, PyObject *args, PyObject *
         PyErr_Format(PyExc_ValueError, "impl must be 'fast', 'elementwise' or 'tiled', got '%s'", impl);
         return NULL;
     }
-    dr_pyarg in, ro, out;
-    PyObject *ret = NULL;
-    memset(&ro, 0, sizeof ro);
-    memset(&out, 0, sizeof out);
-    if (dr_pyarg_from(oi, "input", 0, stream, &in) < 0)
+    const dr_argspec spec[3] = {{oi, "input", 0, 0}, {orr, "rois", 0, 0}, {oo, "output", 1, 0}};
+    dr_pyarg t[3];
+    if (dr_pyargs_from(spec, 3, stream, t) < 0)
         return NULL;
-    if (dr_pyarg_from(orr, "rois", 0, stream, &ro) < 0 || dr_pyarg_from(oo, "output", 1, stream, &out) < 0)
-        goto done;
-    dr_status st;
-    if (dr_all_cuda(3, &in, &ro, &out)) {
-        if (raise_pending && raise_pending_cuda(in.t.device_id) < 0)
-            goto done;
-        __typeof__(dr_roi_align_forward_cuda) *fn = dr_cuda_fn("dr_roi_align_forward_cuda");
-        if (!fn)
-            goto done;
-        Py_BEGIN_ALLOW_THREADS st = fn(&in.t, &ro.t, &out.t, &p, (void *)(intptr_t)stream);
-        Py_END_ALLOW_THREADS
-    } else if (tiled) {
-        Py_BEGIN_ALLOW_THREADS st = dr_roi_align_forward_tiled_cpu(&in.t, &ro.t, &out.t, &p, tile_taps);
-        Py_END_ALLOW_THREADS
-    } else {
-        Py_BEGIN_ALLOW_THREADS st = elementwise ? dr_roi_align_forward_elementwise_cpu(&in.t, &ro.t, &out.t, &p)
-                                                : dr_roi_align_forward_cpu(&in.t, &ro.t, &out.t, &p);
-        Py_END_ALLOW_THREADS
-    }
-    if (st != DR_OK) {
-        dr_raise_kernel(st, &in.t);
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
-done:
-    dr_pyarg_release(&in);
-    dr_pyarg_release(&ro);
-    dr_pyarg_release(&out);
+    void *cuda_fn;
+    int where = dr_run_where(t, 3, "dr_roi_align_forward_cuda", &cuda_fn);
+    if (where == DR_RUN_CUDA && raise_pending && raise_pending_cuda(t[0].t.device_id) < 0)
+        where = DR_RUN_ERROR;
+    __typeof__(dr_roi_align_forward_cuda) *fn = cuda_fn;
+    dr_status st = DR_OK;
+    if (where == DR_RUN_CUDA)
+        DR_NOGIL(st, fn(&t[0].t, &t[1].t, &t[2].t, &p, (void *)(intptr_t)stream));
+    else if (where == DR_RUN_CPU)
+        DR_NOGIL(st, tiled         ? dr_roi_align_forward_tiled_cpu(&t[0].t, &t[1].t, &t[2].t, &p, tile_taps)
+                     : elementwise ? dr_roi_align_forward_elementwise_cpu(&t[0].t, &t[1].t, &t[2].t, &p)
+                                   : dr_roi_align_forward_cpu(&t[0].t, &t[1].t, &t[2].t, &p));
+    PyObject *ret = where == DR_RUN_ERROR ? NULL : dr_kernel_result(st, &t[0].t);
+    dr_pyargs_release(t, 3);
     return ret;
 }
 
@@ -131,41 +115,24 @@ static PyObject *py_roi_align_backward(PyObject *self, PyObject *args, PyObject 
         PyErr_Format(PyExc_ValueError, "impl must be 'fast', 'elementwise' or 'tiled', got '%s'", impl);
         return NULL;
     }
-    dr_pyarg go, ro, gi;
-    PyObject *ret = NULL;
-    memset(&ro, 0, sizeof ro);
-    memset(&gi, 0, sizeof gi);
-    if (dr_pyarg_from(og, "grad_output", 0, stream, &go) < 0)
+    const dr_argspec spec[3] = {{og, "grad_output", 0, 0}, {orr, "rois", 0, 0}, {oo, "grad_input", 1, 0}};
+    dr_pyarg t[3];
+    if (dr_pyargs_from(spec, 3, stream, t) < 0)
         return NULL;
-    if (dr_pyarg_from(orr, "rois", 0, stream, &ro) < 0 || dr_pyarg_from(oo, "grad_input", 1, stream, &gi) < 0)
-        goto done;
-    dr_status st;
-    if (dr_all_cuda(3, &go, &ro, &gi)) {
-        if (raise_pending && raise_pending_cuda(go.t.device_id) < 0)
-            goto done;
-        __typeof__(dr_roi_align_backward_cuda) *fn = dr_cuda_fn("dr_roi_align_backward_cuda");
-        if (!fn)
-            goto done;
-        Py_BEGIN_ALLOW_THREADS st = fn(&go.t, &ro.t, &gi.t, &p, deterministic, (void *)(intptr_t)stream);
-        Py_END_ALLOW_THREADS
-    } else if (tiled) {
-        Py_BEGIN_ALLOW_THREADS st = dr_roi_align_backward_tiled_cpu(&go.t, &ro.t, &gi.t, &p, tile_taps);
-        Py_END_ALLOW_THREADS
-    } else {
-        Py_BEGIN_ALLOW_THREADS st = elementwise
-                                        ? dr_roi_align_backward_elementwise_cpu(&go.t, &ro.t, &gi.t, &p, deterministic)
-                                        : dr_roi_align_backward_cpu(&go.t, &ro.t, &gi.t, &p);
-        Py_END_ALLOW_THREADS
-    }
-    if (st != DR_OK) {
-        dr_raise_kernel(st, &go.t);
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
-done:
-    dr_pyarg_release(&go);
-    dr_pyarg_release(&ro);
-    dr_pyarg_release(&gi);
+    void *cuda_fn;
+    int where = dr_run_where(t, 3, "dr_roi_align_backward_cuda", &cuda_fn);
+    if (where == DR_RUN_CUDA && raise_pending && raise_pending_cuda(t[0].t.device_id) < 0)
+        where = DR_RUN_ERROR;
+    __typeof__(dr_roi_align_backward_cuda) *fn = cuda_fn;
+    dr_status st = DR_OK;
+    if (where == DR_RUN_CUDA)
+        DR_NOGIL(st, fn(&t[0].t, &t[1].t, &t[2].t, &p, deterministic, (void *)(intptr_t)stream));
+    else if (where == DR_RUN_CPU)
+        DR_NOGIL(st, tiled         ? dr_roi_align_backward_tiled_cpu(&t[0].t, &t[1].t, &t[2].t, &p, tile_taps)
+                     : elementwise ? dr_roi_align_backward_elementwise_cpu(&t[0].t, &t[1].t, &t[2].t, &p, deterministic)
+                                   : dr_roi_align_backward_cpu(&t[0].t, &t[1].t, &t[2].t, &p));
+    PyObject *ret = where == DR_RUN_ERROR ? NULL : dr_kernel_result(st, &t[0].t);
+    dr_pyargs_release(t, 3);
     return ret;
 }
 

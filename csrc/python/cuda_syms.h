@@ -1,5 +1,5 @@
-/* cuda_syms.h — every CUDA launcher dynrefer._C_cuda exports, one line per launcher. Bindings find them with
- * dr_cuda_fn("<name>"). Each op includes the header that declares its launchers here. */
+/* cuda_syms.h — every CUDA launcher dynrefer._C_cuda exports, one line per launcher. Bindings find them by name
+ * with dr_run_where(..., "<name>", ...). Each op includes the header that declares its launchers here. */
 #ifndef DR_CUDA_SYMS_H
 #define DR_CUDA_SYMS_H
 
