@@ -254,6 +254,190 @@ static void ih_bits(const double *coef, int64_t K, double *sorted, uint64_t *out
         }
 }
 
+#ifdef DOT_X86
+/* ---- imagehash's LANCZOS passes, 16 rows per vector (AVX-512 VNNI) ------------------------------------------
+ * A pass computes, for m outputs x and every row r, Pillow's ½ + Σ_j k_x[j] · p[r][s_x + j] (int32, 22-bit weights),
+ * clipped to 8 bits. Here the 16 int32 lanes of a vector are 16 rows, so no horizontal sums are needed: the rows'
+ * samples are transposed in 4-byte groups ("quads": Q[q][r] = samples 4q .. 4q + 3 of row r), each weight is split
+ * exactly into signed bytes k = d0 + 256·d1 + 65536·d2, and vpdpbusd adds 4 taps × 16 rows per instruction and
+ * digit. Σ p·d0 + 256·Σ p·d1 + 65536·Σ p·d2 is the sum Pillow forms (exact in int32), so the result is Pillow's
+ * bit for bit. The taps of an output start at a quad boundary (zero weights before and after its span). */
+typedef struct {
+    int64_t m, mp;   /* outputs; padded to a multiple of 4 (the padding outputs have zero weights) */
+    int64_t off;     /* the first sample any tap reads: quad 0 starts there */
+    int64_t len;     /* samples from off that the taps read */
+    int64_t nq;      /* quads per output: the longest span */
+    int64_t qmax;    /* quads the kernel may read: max(q0) + nq */
+    int64_t *q0;     /* [mp] first quad of each output */
+    int32_t *w;      /* [mp][nq][3] the 3 digits' 4 signed bytes for each quad */
+} quad_taps;
+
+static void quad_taps_free(quad_taps *q) {
+    if (q) {
+        free(q->q0);
+        free(q->w);
+        free(q);
+    }
+}
+
+static quad_taps *quad_taps_make(const dr_taps *t, int64_t m) {
+    quad_taps *q = (quad_taps *)calloc(1, sizeof *q);
+    if (!q)
+        return NULL;
+    int64_t lo = t->start[0], hi = t->start[0] + t->n[0];
+    for (int64_t x = 0; x < m; x++) {
+        lo = t->start[x] < lo ? t->start[x] : lo;
+        hi = t->start[x] + t->n[x] > hi ? t->start[x] + t->n[x] : hi;
+    }
+    q->m = m;
+    q->mp = (m + 3) / 4 * 4;
+    q->off = lo;
+    q->len = hi - lo;
+    for (int64_t x = 0; x < m; x++) {
+        int64_t s = t->start[x] - lo, n = (s % 4 + t->n[x] + 3) / 4;
+        q->nq = n > q->nq ? n : q->nq;
+    }
+    q->q0 = (int64_t *)calloc((size_t)q->mp, sizeof(int64_t));
+    q->w = (int32_t *)calloc((size_t)(q->mp * q->nq * 3), sizeof(int32_t));
+    if (!q->q0 || !q->w) {
+        quad_taps_free(q);
+        return NULL;
+    }
+    for (int64_t x = 0; x < m; x++) {
+        int64_t s = t->start[x] - lo;
+        q->q0[x] = s / 4;
+        uint8_t *b = (uint8_t *)(q->w + x * q->nq * 3);
+        for (int64_t j = 0; j < t->n[x]; j++) {
+            int32_t k = t->wi[x * t->kmax + j], d[3];
+            d[0] = (int8_t)(uint8_t)(k & 255); /* signed digits: each step leaves an exact multiple of 256 */
+            k = (k - d[0]) / 256;
+            d[1] = (int8_t)(uint8_t)(k & 255);
+            d[2] = (k - d[1]) / 256; /* |k| <= 2^22 + rounding: |d2| <= 65 */
+            int64_t p = s % 4 + j;   /* position in the output's quads */
+            for (int e = 0; e < 3; e++)
+                b[((p / 4) * 3 + e) * 4 + p % 4] = (uint8_t)(int8_t)d[e];
+        }
+    }
+    for (int64_t x = 0; x < q->mp; x++)
+        q->qmax = q->q0[x] + q->nq > q->qmax ? q->q0[x] + q->nq : q->qmax;
+    return q;
+}
+
+/* Process-wide cache of the quad form of the LANCZOS → 32 taps by source length (as dr_lanczos_taps'). */
+#define QUAD_CACHE_LEN 4096
+#define QUAD_CACHE_BYTES ((size_t)32 << 20)
+static quad_taps *quad_cache[QUAD_CACHE_LEN];
+static size_t quad_cache_bytes;
+
+/* The quad form of the taps d (n samples → m outputs); *owned = 1 when the caller must free it. */
+static quad_taps *quad_taps_of(const dr_dot_taps *d, int64_t n, int64_t m, int *owned) {
+    *owned = 0;
+    const int cached = m == DR_PHASH_IH_RES && n < QUAD_CACHE_LEN;
+    if (cached) {
+        quad_taps *q = __atomic_load_n(&quad_cache[n], __ATOMIC_ACQUIRE);
+        if (q)
+            return q;
+    }
+    quad_taps *q = quad_taps_make(&d->t, m);
+    if (!q || !cached) {
+        *owned = q != NULL;
+        return q;
+    }
+    size_t bytes = sizeof *q + (size_t)(q->mp * (8 + 12 * q->nq));
+    if (__atomic_add_fetch(&quad_cache_bytes, bytes, __ATOMIC_RELAXED) > QUAD_CACHE_BYTES) {
+        *owned = 1;
+        return q;
+    }
+    quad_taps *expected = NULL;
+    if (!__atomic_compare_exchange_n(&quad_cache[n], &expected, q, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        quad_taps_free(q); /* another thread published the same taps first */
+        return expected;
+    }
+    return q;
+}
+
+/* Quads of scratch quad_pass needs (16 uint32 each). */
+static int64_t quad_scratch(const quad_taps *q) {
+    int64_t nqin = (q->len + 63) / 64 * 16;
+    return nqin > q->qmax ? nqin : q->qmax;
+}
+
+/* 16 × 16 uint32 transpose in registers: v[i] (row i) → v[j] (column j). */
+__attribute__((target("avx512f"))) static inline void transpose16x16(__m512i *v) {
+    __m512i a[16], b[16];
+    for (int i = 0; i < 8; i++) {
+        a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* b[4i + c], 128-bit lane L: rows 4i .. 4i + 3 of column 4L + c */
+        b[4 * i + 0] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512i s0 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44), s1 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xee);
+        __m512i s2 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44), s3 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xee);
+        v[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+        v[4 + c] = _mm512_shuffle_i32x4(s0, s2, 0xdd);
+        v[8 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+        v[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xdd);
+    }
+}
+
+/* dst[x·ld + r] = the pass's 8-bit output x of row r (r < rows, x < m), src[r·stride] being sample q->off of row
+ * r; reads only the q->len samples of each row from there. Q: quad_scratch(q) · 64 bytes. */
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void quad_pass(const uint8_t *src, int64_t stride,
+                                                                             int64_t rows, const quad_taps *q,
+                                                                             uint8_t *dst, int64_t ld, __m512i *Q) {
+    const int64_t nch = (q->len + 63) / 64, nq = q->nq;
+    const __m512i half = _mm512_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1)), zero = _mm512_setzero_si512();
+    for (int64_t i = nch * 16; i < quad_scratch(q); i++)
+        Q[i] = zero; /* quads past the samples meet zero weights only */
+    for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+        const int64_t nr = rows - r0 < 16 ? rows - r0 : 16;
+        for (int64_t c = 0; c < nch; c++) {
+            const int64_t nb = q->len - 64 * c;
+            const __mmask64 mk = nb >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << nb) - 1);
+            __m512i v[16];
+            for (int64_t i = 0; i < 16; i++)
+                v[i] = i < nr ? _mm512_maskz_loadu_epi8(mk, src + (r0 + i) * stride + 64 * c) : zero;
+            transpose16x16(v);
+            for (int i = 0; i < 16; i++)
+                Q[16 * c + i] = v[i];
+        }
+        const __mmask16 sm = (__mmask16)((1u << nr) - 1);
+        for (int64_t x = 0; x < q->mp; x += 4) {
+            __m512i a[4][3];
+            for (int e = 0; e < 4; e++)
+                a[e][0] = a[e][1] = a[e][2] = zero;
+            const __m512i *p0 = Q + q->q0[x], *p1 = Q + q->q0[x + 1], *p2 = Q + q->q0[x + 2], *p3 = Q + q->q0[x + 3];
+            const int32_t *w0 = q->w + x * nq * 3, *w1 = w0 + nq * 3, *w2 = w1 + nq * 3, *w3 = w2 + nq * 3;
+            for (int64_t j = 0; j < nq; j++) {
+                a[0][0] = _mm512_dpbusd_epi32(a[0][0], p0[j], _mm512_set1_epi32(w0[3 * j]));
+                a[0][1] = _mm512_dpbusd_epi32(a[0][1], p0[j], _mm512_set1_epi32(w0[3 * j + 1]));
+                a[0][2] = _mm512_dpbusd_epi32(a[0][2], p0[j], _mm512_set1_epi32(w0[3 * j + 2]));
+                a[1][0] = _mm512_dpbusd_epi32(a[1][0], p1[j], _mm512_set1_epi32(w1[3 * j]));
+                a[1][1] = _mm512_dpbusd_epi32(a[1][1], p1[j], _mm512_set1_epi32(w1[3 * j + 1]));
+                a[1][2] = _mm512_dpbusd_epi32(a[1][2], p1[j], _mm512_set1_epi32(w1[3 * j + 2]));
+                a[2][0] = _mm512_dpbusd_epi32(a[2][0], p2[j], _mm512_set1_epi32(w2[3 * j]));
+                a[2][1] = _mm512_dpbusd_epi32(a[2][1], p2[j], _mm512_set1_epi32(w2[3 * j + 1]));
+                a[2][2] = _mm512_dpbusd_epi32(a[2][2], p2[j], _mm512_set1_epi32(w2[3 * j + 2]));
+                a[3][0] = _mm512_dpbusd_epi32(a[3][0], p3[j], _mm512_set1_epi32(w3[3 * j]));
+                a[3][1] = _mm512_dpbusd_epi32(a[3][1], p3[j], _mm512_set1_epi32(w3[3 * j + 1]));
+                a[3][2] = _mm512_dpbusd_epi32(a[3][2], p3[j], _mm512_set1_epi32(w3[3 * j + 2]));
+            }
+            for (int e = 0; e < 4 && x + e < q->m; e++) {
+                __m512i s = _mm512_add_epi32(a[e][0], _mm512_slli_epi32(a[e][1], 8));
+                s = _mm512_add_epi32(_mm512_add_epi32(s, _mm512_slli_epi32(a[e][2], 16)), half);
+                s = _mm512_max_epi32(_mm512_srai_epi32(s, DR_PIL_PRECISION_BITS), zero); /* then saturation to 255 */
+                _mm512_mask_cvtusepi32_storeu_epi8(dst + (x + e) * ld + r0, sm, s);
+            }
+        }
+    }
+}
+#endif
+
 /* imagehash pHash of one view (hash_size K, resize side R = K · highfreq_factor): Pillow LANCZOS R × R of the luma
  * crop (fixed point, uint8 between passes; the source-sized pass as row dot products, the R-wide one as row
  * combinations), scipy's DCT-II along axis 0 then axis 1 (dr_dct2_exec: scipy's own arithmetic, so coefficients
@@ -268,7 +452,30 @@ static int phash_ih_fast(const uint8_t *plane, int64_t pstride, const dr_crop *c
     int rc = -1;
     if (dx && dy && px) {
         const dr_taps *ty = &dy->t;
-        if (!dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order)) {
+        const int vfirst = dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order);
+#ifdef DOT_X86
+        if (!vfirst && !dx->amx && dr_cpu_level() >= DR_CPU_LEVEL_AVX512) {
+            /* both passes 16 rows per vector: rows → [R][rows], then its R rows → px */
+            int oqx = 0, oqy = 0;
+            quad_taps *qx = quad_taps_of(dx, cr->w, R, &oqx), *qy = qx ? quad_taps_of(dy, cr->h, R, &oqy) : NULL;
+            if (qy) {
+                const int64_t rows = qy->len, nq = quad_scratch(qx) > quad_scratch(qy) ? quad_scratch(qx) : quad_scratch(qy);
+                uint8_t *t2 = (uint8_t *)dr_scratch_get(sc, 1, (size_t)(rows * R));
+                uint8_t *qb = (uint8_t *)dr_scratch_get(sc, 0, (size_t)(nq * 64 + 64));
+                if (t2 && qb) {
+                    __m512i *Q = (__m512i *)(qb + (64 - (uintptr_t)qb % 64) % 64);
+                    quad_pass(src + qy->off * pstride + qx->off, pstride, rows, qx, t2, rows, Q);
+                    quad_pass(t2, rows, R, qy, px, R, Q);
+                    rc = 0;
+                }
+            }
+            if (oqx)
+                quad_taps_free(qx);
+            if (oqy)
+                quad_taps_free(qy);
+        } else
+#endif
+        if (!vfirst) {
             /* rows → [R][rows] (written transposed), so the vertical pass is row dot products too */
             int64_t ylo, yhi;
             dr_taps_rows(ty, R, &ylo, &yhi);
