@@ -232,29 +232,52 @@ static uint64_t phash_dyn_fold(const uint8_t *crop, int64_t stride, const dr_cro
     return dr_phash_bits(coef, DR_PHASH_DYNREFER);
 }
 
-/* imagehash's bits of K × K coefficients (row-major): bit = c > median (numpy's: the middle value, or the mean of
- * the two middle values), the first coefficient the most significant bit of the K² -bit integer, stored as W =
- * ceil(K² / 64) uint64 words from the most significant (out[0]) to the least. */
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+/* The k-th smallest of a[0 .. n) (k < n), the array reordered: a[k] holds it, a[0 .. k) are <= it and a(k .. n) >=
+ * it. The median is a value, so it does not depend on how it is found. */
+static double select_kth(double *a, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        const double pv = a[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < pv)
+                i++;
+            while (a[j] > pv)
+                j--;
+            if (i <= j) {
+                double t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            break;
+    }
+    return a[k];
 }
 
+/* imagehash's bits of K × K coefficients (row-major) into W words (dr_ih_word): bit = c > numpy's median. */
 static void ih_bits(const double *coef, int64_t K, double *sorted, uint64_t *out, int64_t W) {
-    const int64_t L = K * K;
+    const int64_t L = K * K, lo = (L - 1) / 2, hi = L / 2;
     memcpy(sorted, coef, (size_t)L * sizeof(double));
-    qsort(sorted, (size_t)L, sizeof(double), cmp_double);
-    const double med = L % 2 ? sorted[L / 2] : (sorted[L / 2 - 1] + sorted[L / 2]) / 2.0;
+    double mid[2];
+    mid[0] = select_kth(sorted, L, lo);
+    mid[1] = mid[0];
+    for (int64_t i = lo + 1; hi > lo && i < L; i++) /* the next value: the smallest of those after lo */
+        mid[1] = i == lo + 1 || sorted[i] < mid[1] ? sorted[i] : mid[1];
+    const double med = dr_ih_median(mid, K);
     for (int64_t w = 0; w < W; w++)
-        out[w] = 0;
-    for (int64_t k = 0; k < L; k++)
-        if (coef[k] > med) {
-            int64_t pos = L - 1 - k; /* bit position in the integer */
-            out[W - 1 - pos / 64] |= (uint64_t)1 << (pos % 64);
-        }
+        out[w] = dr_ih_word(coef, K, K, med, w);
 }
 
 #ifdef DOT_X86
+
 /* ---- imagehash's LANCZOS passes, 16 rows per vector (AVX-512 VNNI) ------------------------------------------
  * A pass computes, for m outputs x and every row r, Pillow's ½ + Σ_j k_x[j] · p[r][s_x + j] (int32, 22-bit weights),
  * clipped to 8 bits. Here the 16 int32 lanes of a vector are 16 rows, so no horizontal sums are needed: the rows'
@@ -504,24 +527,32 @@ static int phash_ih_fast(const uint8_t *plane, int64_t pstride, const dr_crop *c
         dr_dot_taps_free(dx);
     if (own_y)
         dr_dot_taps_free(dy);
-    double *buf = rc < 0 ? NULL : (double *)dr_scratch_get(sc, 4, (size_t)(R * K + 2 * R + K * K) * sizeof(double));
+    const int64_t Kp = (K + 7) / 8 * 8;
+    double *buf = rc < 0 ? NULL : (double *)dr_scratch_get(sc, 4, (size_t)(16 * R + R * Kp + K * K) * sizeof(double));
     if (!buf)
         return -1;
     if (thumb)
         memcpy(thumb, px, (size_t)(R * R));
-    /* axis 0: the DCT of every column, its first K values kept in T[u][j]; axis 1: the DCT of those K rows */
-    double *T = buf, *line = buf + R * K, *work = line + R, *coef = T; /* coef overwrites T's head once read */
-    for (int64_t j = 0; j < R; j++) {
+    /* axis 0: the DCT of 8 columns at a time (one per lane; lanes past R compute zeros), their first K values into
+     * T[j][u]; axis 1: the DCT of 8 of those K rows at a time, their first K values into coef[u][v] */
+    double *V = buf, *work = buf + 8 * R, *T = work + 8 * R, *coef = T + R * Kp;
+    for (int64_t j0 = 0; j0 < R; j0 += 8) {
+        const int64_t nl = R - j0 < 8 ? R - j0 : 8;
         for (int64_t i = 0; i < R; i++)
-            line[i] = (double)px[i * R + j];
-        dr_dct2_exec(plan, line, work);
-        for (int64_t u = 0; u < K; u++)
-            T[u * R + j] = line[u];
+            for (int64_t l = 0; l < 8; l++)
+                V[i * 8 + l] = l < nl ? (double)px[i * R + j0 + l] : 0.0;
+        dr_dct2_exec8(plan, V, work);
+        for (int64_t l = 0; l < nl; l++)
+            for (int64_t u = 0; u < Kp; u++)
+                T[(j0 + l) * Kp + u] = u < K ? V[u * 8 + l] : 0.0;
     }
-    for (int64_t u = 0; u < K; u++) {
-        memcpy(line, T + u * R, (size_t)R * sizeof(double));
-        dr_dct2_exec(plan, line, work);
-        memcpy(coef + u * K, line, (size_t)K * sizeof(double)); /* row u of T is no longer needed */
+    for (int64_t u0 = 0; u0 < K; u0 += 8) {
+        for (int64_t j = 0; j < R; j++)
+            memcpy(V + j * 8, T + j * Kp + u0, 8 * sizeof(double));
+        dr_dct2_exec8(plan, V, work);
+        for (int64_t l = 0; l < 8 && u0 + l < K; l++)
+            for (int64_t v = 0; v < K; v++)
+                coef[(u0 + l) * K + v] = V[v * 8 + l];
     }
     double *sorted = (double *)dr_scratch_get(sc, 5, (size_t)(K * K) * sizeof(double));
     if (!sorted)
@@ -610,19 +641,40 @@ static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
             for (int k = 0; k < 64; k++)
                 coef[k] = dr_phash_dyn_coef(cols, k / 8, k % 8);
             free(cols);
-        } else {
-            uint8_t px[DR_PHASH_IH_RES * DR_PHASH_IH_RES]; /* the CUDA body: hash_size 8, highfreq_factor 4 */
-            dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.w, DR_PHASH_IH_RES);
-            dr_axis ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.h, DR_PHASH_IH_RES);
-            for (int64_t y = 0; y < DR_PHASH_IH_RES; y++)
-                for (int64_t x = 0; x < DR_PHASH_IH_RES; x++)
-                    px[y * DR_PHASH_IH_RES + x] = dr_pil_resize_px(
-                        im, &cr, &ax, &ay, y, x, 0, 1,
-                        dr_pil_vertical_first(cr.w, cr.h, DR_PHASH_IH_RES, DR_PHASH_IH_RES, c->pil_order));
+        } else { /* the CUDA kernel's steps, one thread's work at a time (R <= DR_PHASH_IH_GPU_RES) */
+            const int64_t R = c->res, K = c->hash_size, L = K * K;
+            uint8_t *px = (uint8_t *)malloc((size_t)(R * R));
+            double *T = (double *)malloc((size_t)(K * R) * sizeof(double));
+            if (!px || !T) {
+                free(px);
+                free(T);
+                c->failed = 1;
+                return;
+            }
+            dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.w, R);
+            dr_axis ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.h, R);
+            const int vf = dr_pil_vertical_first(cr.w, cr.h, R, R, c->pil_order);
+            for (int64_t k = 0; k < R * R; k++)
+                px[k] = dr_pil_resize_px(im, &cr, &ax, &ay, k / R, k % R, 0, 1, vf);
             if (thumb_of(c, v))
-                memcpy(thumb_of(c, v), px, sizeof px);
-            for (int k = 0; k < 64; k++)
-                coef[k] = dr_imagehash_coef(px, k / 8, k % 8);
+                memcpy(thumb_of(c, v), px, (size_t)(R * R));
+            const double *tw;
+            const dr_dct_plan *pl = dr_dct2_plan_of(c->plan, &tw);
+            for (int64_t j = 0; j < R; j++)
+                dr_ih_dct_column(px, R, K, j, pl, tw, T);
+            for (int64_t u = 0; u < K; u++)
+                dr_ih_dct_row(T, R, K, u, pl, tw);
+            double mid[2] = {0.0, 0.0};
+            for (int64_t i = 0; i < L; i++)
+                dr_ih_median_rank(T, R, K, i, mid);
+            const double med = dr_ih_median(mid, K);
+            uint64_t w[DR_PHASH_IH_GPU_RES * DR_PHASH_IH_GPU_RES / 64];
+            for (int64_t k = 0; k < c->words; k++)
+                w[k] = dr_ih_word(T, R, K, med, k);
+            put_words(c->hashes, v, w, c->words);
+            free(px);
+            free(T);
+            continue;
         }
         put_hash(c->hashes, v, dr_phash_bits(coef, c->method));
     }
@@ -664,9 +716,9 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
         return st;
     const int64_t K = p->method == DR_PHASH_IMAGEHASH ? p->hash_size : 8;
     const int64_t R = p->method == DR_PHASH_IMAGEHASH ? p->hash_size * p->highfreq_factor : DR_PHASH_IH_RES;
-    if (elementwise && p->method == DR_PHASH_IMAGEHASH && (K != 8 || R != DR_PHASH_IH_RES))
+    if (elementwise && p->method == DR_PHASH_IMAGEHASH && R > DR_PHASH_IH_GPU_RES)
         return dr_set_error(DR_EUNSUPPORTED, "phash: impl='elementwise' (the CUDA kernel's body) hashes with "
-                            "hash_size=8, highfreq_factor=4 only, got %lld, %lld", (long long)K,
+                            "hash_size * highfreq_factor <= %d, got %lld * %lld", DR_PHASH_IH_GPU_RES, (long long)K,
                             (long long)p->highfreq_factor);
     static double cos224[8 * DR_PHASH_DYN_RES];
     static int ready = 0; /* the tables are pure functions: racing initialisers write the same values */
@@ -690,7 +742,13 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
     c.words = (K * K + 63) / 64;
     c.cos224 = cos224;
     if (elementwise) {
-        dr_parallel_for(nv, 1, phash_elem_task, &c);
+        dr_dct2_plan *plan = p->method == DR_PHASH_IMAGEHASH ? dr_dct2_make(R) : NULL;
+        c.plan = plan;
+        if (plan || p->method != DR_PHASH_IMAGEHASH)
+            dr_parallel_for(nv, 1, phash_elem_task, &c);
+        else
+            c.failed = 1;
+        dr_dct2_free(plan);
     } else if (nv > 0) {
         /* per image, the luma of the rectangle bounding its views' crops (not the whole image: a small box of a
          * large image reads only its own pixels), once, shared by those views */
