@@ -416,40 +416,47 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void quad_pass(con
     const int64_t nch = (q->len + 63) / 64, nq = q->nq;
     const __m512i half = _mm512_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1)), zero = _mm512_setzero_si512();
     for (int64_t i = nch * 16; i < quad_scratch(q); i++)
-        Q[i] = zero; /* quads past the samples meet zero weights only */
+        _mm512_store_si512(Q + i, zero); /* quads past the samples meet zero weights only */
     for (int64_t r0 = 0; r0 < rows; r0 += 16) {
         const int64_t nr = rows - r0 < 16 ? rows - r0 : 16;
         for (int64_t c = 0; c < nch; c++) {
             const int64_t nb = q->len - 64 * c;
             const __mmask64 mk = nb >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << nb) - 1);
             __m512i v[16];
-            for (int64_t i = 0; i < 16; i++)
-                v[i] = i < nr ? _mm512_maskz_loadu_epi8(mk, src + (r0 + i) * stride + 64 * c) : zero;
+            if (nr == 16)
+                for (int64_t i = 0; i < 16; i++)
+                    v[i] = _mm512_maskz_loadu_epi8(mk, src + (r0 + i) * stride + 64 * c);
+            else
+                for (int64_t i = 0; i < 16; i++)
+                    v[i] = i < nr ? _mm512_maskz_loadu_epi8(mk, src + (r0 + i) * stride + 64 * c) : zero;
             transpose16x16(v);
             for (int i = 0; i < 16; i++)
-                Q[16 * c + i] = v[i];
+                _mm512_store_si512(Q + 16 * c + i, v[i]);
         }
         const __mmask16 sm = (__mmask16)((1u << nr) - 1);
         for (int64_t x = 0; x < q->mp; x += 4) {
-            __m512i a[4][3];
-            for (int e = 0; e < 4; e++)
-                a[e][0] = a[e][1] = a[e][2] = zero;
+            /* 12 named accumulators (4 outputs × 3 digits): independent chains, no spills between taps */
+            __m512i a00 = zero, a01 = zero, a02 = zero, a10 = zero, a11 = zero, a12 = zero;
+            __m512i a20 = zero, a21 = zero, a22 = zero, a30 = zero, a31 = zero, a32 = zero;
             const __m512i *p0 = Q + q->q0[x], *p1 = Q + q->q0[x + 1], *p2 = Q + q->q0[x + 2], *p3 = Q + q->q0[x + 3];
             const int32_t *w0 = q->w + x * nq * 3, *w1 = w0 + nq * 3, *w2 = w1 + nq * 3, *w3 = w2 + nq * 3;
-            for (int64_t j = 0; j < nq; j++) {
-                a[0][0] = _mm512_dpbusd_epi32(a[0][0], p0[j], _mm512_set1_epi32(w0[3 * j]));
-                a[0][1] = _mm512_dpbusd_epi32(a[0][1], p0[j], _mm512_set1_epi32(w0[3 * j + 1]));
-                a[0][2] = _mm512_dpbusd_epi32(a[0][2], p0[j], _mm512_set1_epi32(w0[3 * j + 2]));
-                a[1][0] = _mm512_dpbusd_epi32(a[1][0], p1[j], _mm512_set1_epi32(w1[3 * j]));
-                a[1][1] = _mm512_dpbusd_epi32(a[1][1], p1[j], _mm512_set1_epi32(w1[3 * j + 1]));
-                a[1][2] = _mm512_dpbusd_epi32(a[1][2], p1[j], _mm512_set1_epi32(w1[3 * j + 2]));
-                a[2][0] = _mm512_dpbusd_epi32(a[2][0], p2[j], _mm512_set1_epi32(w2[3 * j]));
-                a[2][1] = _mm512_dpbusd_epi32(a[2][1], p2[j], _mm512_set1_epi32(w2[3 * j + 1]));
-                a[2][2] = _mm512_dpbusd_epi32(a[2][2], p2[j], _mm512_set1_epi32(w2[3 * j + 2]));
-                a[3][0] = _mm512_dpbusd_epi32(a[3][0], p3[j], _mm512_set1_epi32(w3[3 * j]));
-                a[3][1] = _mm512_dpbusd_epi32(a[3][1], p3[j], _mm512_set1_epi32(w3[3 * j + 1]));
-                a[3][2] = _mm512_dpbusd_epi32(a[3][2], p3[j], _mm512_set1_epi32(w3[3 * j + 2]));
+            for (int64_t j = 0; j < nq; j++, w0 += 3, w1 += 3, w2 += 3, w3 += 3) {
+                const __m512i v0 = _mm512_load_si512(p0 + j), v1 = _mm512_load_si512(p1 + j);
+                const __m512i v2 = _mm512_load_si512(p2 + j), v3 = _mm512_load_si512(p3 + j);
+                a00 = _mm512_dpbusd_epi32(a00, v0, _mm512_set1_epi32(w0[0]));
+                a01 = _mm512_dpbusd_epi32(a01, v0, _mm512_set1_epi32(w0[1]));
+                a02 = _mm512_dpbusd_epi32(a02, v0, _mm512_set1_epi32(w0[2]));
+                a10 = _mm512_dpbusd_epi32(a10, v1, _mm512_set1_epi32(w1[0]));
+                a11 = _mm512_dpbusd_epi32(a11, v1, _mm512_set1_epi32(w1[1]));
+                a12 = _mm512_dpbusd_epi32(a12, v1, _mm512_set1_epi32(w1[2]));
+                a20 = _mm512_dpbusd_epi32(a20, v2, _mm512_set1_epi32(w2[0]));
+                a21 = _mm512_dpbusd_epi32(a21, v2, _mm512_set1_epi32(w2[1]));
+                a22 = _mm512_dpbusd_epi32(a22, v2, _mm512_set1_epi32(w2[2]));
+                a30 = _mm512_dpbusd_epi32(a30, v3, _mm512_set1_epi32(w3[0]));
+                a31 = _mm512_dpbusd_epi32(a31, v3, _mm512_set1_epi32(w3[1]));
+                a32 = _mm512_dpbusd_epi32(a32, v3, _mm512_set1_epi32(w3[2]));
             }
+            const __m512i a[4][3] = {{a00, a01, a02}, {a10, a11, a12}, {a20, a21, a22}, {a30, a31, a32}};
             for (int e = 0; e < 4 && x + e < q->m; e++) {
                 __m512i s = _mm512_add_epi32(a[e][0], _mm512_slli_epi32(a[e][1], 8));
                 s = _mm512_add_epi32(_mm512_add_epi32(s, _mm512_slli_epi32(a[e][2], 16)), half);
@@ -688,6 +695,21 @@ typedef struct {
     int method;
 } luma_ctx;
 
+/* dr_luma_pil / dr_luma_cv of n packed RGB pixels (vectorised). */
+DR_SIMD_CLONES
+static void luma_row_pil(const uint8_t *DR_RESTRICT p, int64_t n, uint8_t *DR_RESTRICT d) {
+    for (int64_t x = 0; x < n; x++)
+        d[x] = (uint8_t)(((uint32_t)p[3 * x] * 19595u + (uint32_t)p[3 * x + 1] * 38470u +
+                          (uint32_t)p[3 * x + 2] * 7471u + 0x8000u) >> 16);
+}
+
+DR_SIMD_CLONES
+static void luma_row_cv(const uint8_t *DR_RESTRICT p, int64_t n, uint8_t *DR_RESTRICT d) {
+    for (int64_t x = 0; x < n; x++)
+        d[x] = (uint8_t)(((uint32_t)p[3 * x] * 4899u + (uint32_t)p[3 * x + 1] * 9617u + (uint32_t)p[3 * x + 2] * 1868u +
+                          (1u << 13)) >> 14);
+}
+
 static void luma_task(void *vctx, int64_t begin, int64_t end) {
     luma_ctx *c = (luma_ctx *)vctx;
     int64_t i = 0;
@@ -698,7 +720,13 @@ static void luma_task(void *vctx, int64_t begin, int64_t end) {
         const luma_plane *pl = &c->planes[i];
         int64_t r = g - c->row0[i], y = pl->y0 + r;
         uint8_t *d = pl->data + r * pl->w;
-        if (c->method == DR_PHASH_DYNREFER)
+        if (im->sw == 3 && im->sc == 1) { /* packed RGB rows */
+            const uint8_t *p = im->data + y * im->sh + pl->x0 * 3;
+            if (c->method == DR_PHASH_DYNREFER)
+                luma_row_cv(p, pl->w, d);
+            else
+                luma_row_pil(p, pl->w, d);
+        } else if (c->method == DR_PHASH_DYNREFER)
             for (int64_t x = 0; x < pl->w; x++)
                 d[x] = dr_luma_cv(im, y, pl->x0 + x);
         else
