@@ -41,6 +41,38 @@ dr_dct2_plan *dr_dct2_make(int64_t n) {
     return p;
 }
 
+/* Plans by length, made once per process: immutable once published (a racing thread's duplicate is freed), the
+ * cache stops growing at PLAN_CACHE_BYTES. */
+#define PLAN_CACHE_LEN 4097
+#define PLAN_CACHE_BYTES ((size_t)16 << 20)
+static dr_dct2_plan *plan_cache[PLAN_CACHE_LEN];
+static size_t plan_cache_bytes;
+
+dr_dct2_plan *dr_dct2_plan_get(int64_t n, int *owned) {
+    *owned = 0;
+    if (n >= 1 && n < PLAN_CACHE_LEN) {
+        dr_dct2_plan *p = __atomic_load_n(&plan_cache[n], __ATOMIC_ACQUIRE);
+        if (p)
+            return p;
+    }
+    dr_dct2_plan *p = dr_dct2_make(n);
+    if (!p || n >= PLAN_CACHE_LEN) {
+        *owned = p != NULL;
+        return p;
+    }
+    size_t bytes = sizeof *p + (size_t)(p->p.size + 1) * sizeof(double);
+    if (__atomic_add_fetch(&plan_cache_bytes, bytes, __ATOMIC_RELAXED) > PLAN_CACHE_BYTES) {
+        *owned = 1;
+        return p;
+    }
+    dr_dct2_plan *expected = NULL;
+    if (!__atomic_compare_exchange_n(&plan_cache[n], &expected, p, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        dr_dct2_free(p);
+        return expected;
+    }
+    return p;
+}
+
 const dr_dct_plan *dr_dct2_plan_of(const dr_dct2_plan *p, const double **tw) {
     *tw = p->tw;
     return &p->p;

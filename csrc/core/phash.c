@@ -770,19 +770,22 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
     c.words = (K * K + 63) / 64;
     c.cos224 = cos224;
     if (elementwise) {
-        dr_dct2_plan *plan = p->method == DR_PHASH_IMAGEHASH ? dr_dct2_make(R) : NULL;
+        int own_plan = 0;
+        dr_dct2_plan *plan = p->method == DR_PHASH_IMAGEHASH ? dr_dct2_plan_get(R, &own_plan) : NULL;
         c.plan = plan;
         if (plan || p->method != DR_PHASH_IMAGEHASH)
             dr_parallel_for(nv, 1, phash_elem_task, &c);
         else
             c.failed = 1;
-        dr_dct2_free(plan);
+        if (own_plan)
+            dr_dct2_free(plan);
     } else if (nv > 0) {
         /* per image, the luma of the rectangle bounding its views' crops (not the whole image: a small box of a
          * large image reads only its own pixels), once, shared by those views */
         luma_plane *planes = (luma_plane *)calloc((size_t)n_images, sizeof(luma_plane));
         int64_t *row0 = (int64_t *)malloc((size_t)(n_images + 1) * sizeof(int64_t));
-        dr_dct2_plan *plan = p->method == DR_PHASH_IMAGEHASH ? dr_dct2_make(R) : NULL;
+        int own_plan = 0;
+        dr_dct2_plan *plan = p->method == DR_PHASH_IMAGEHASH ? dr_dct2_plan_get(R, &own_plan) : NULL;
         int ok = planes && row0 && (plan || p->method != DR_PHASH_IMAGEHASH);
         for (int64_t i = 0; ok && i < n_images; i++) {
             planes[i].x0 = images[i].w;
@@ -826,7 +829,8 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
             free(planes[i].data);
         free(planes);
         free(row0);
-        dr_dct2_free(plan);
+        if (own_plan)
+            dr_dct2_free(plan);
         if (!ok)
             c.failed = 1;
     }
