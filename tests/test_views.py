@@ -257,6 +257,7 @@ def test_phash_imagehash_simd_levels(shared_data, isa, tmp_path):
         "im = np.asarray(Image.open(sys.argv[1]).convert('RGB')); h, w = im.shape[:2]\n"
         "g = np.random.default_rng(5); xy = g.uniform(0, 0.7, (40, 2)) * [w, h]\n"
         "b = np.concatenate([xy, xy + g.uniform(0.02, 0.3, (40, 2)) * [w, h]], 1).astype(np.float32)\n"
+        "b = np.concatenate([b, [[0, 0, 2, 90], [5, 5, 6, 70], [0, 0, 64, 1], [3, 3, 4, 4]]]).astype(np.float32)\n"
         "t = [phash(im, b, method='imagehash', hash_size=s, highfreq_factor=f, thumbnails=True) for s, f in\n"
         "     ((8, 4), (5, 3), (7, 1), (16, 4))]\n"
         "np.savez(sys.argv[2], *[a for h, th in t for a in (h, th)])\n"
