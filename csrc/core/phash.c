@@ -132,7 +132,7 @@ static uint64_t phash_dyn_rows(const uint8_t *crop, int64_t stride, const dr_cro
             double cu = u == 0 ? sqrt(1.0 / n) : sqrt(2.0 / n), cv = v == 0 ? sqrt(1.0 / n) : sqrt(2.0 / n);
             coef[u * 8 + v] = s * cu * cv;
         }
-    return dr_phash_bits(coef, DR_PHASH_DYNREFER);
+    return dr_phash_bits(coef);
 }
 
 /* P[u][q] += m[u] · g[q] for the 8 frequencies (float32, vectorised along the row; gf: scratch of w floats). */
@@ -229,7 +229,7 @@ static uint64_t phash_dyn_fold(const uint8_t *crop, int64_t stride, const dr_cro
             double cu = u == 0 ? sqrt(1.0 / nn) : sqrt(2.0 / nn), cv = v == 0 ? sqrt(1.0 / nn) : sqrt(2.0 / nn);
             coef[u * 8 + v] = sum * cu * cv;
         }
-    return dr_phash_bits(coef, DR_PHASH_DYNREFER);
+    return dr_phash_bits(coef);
 }
 
 /* The k-th smallest of a[0 .. n) (k < n), the array reordered: a[k] holds it, a[0 .. k) are <= it and a(k .. n) >=
@@ -683,7 +683,7 @@ static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
             free(T);
             continue;
         }
-        put_hash(c->hashes, v, dr_phash_bits(coef, c->method));
+        put_hash(c->hashes, v, dr_phash_bits(coef));
     }
 }
 

@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(PHASH_THREADS) phash_dyn_kernel(dr_image_table
             coef[threadIdx.x] = dr_phash_dyn_coef(cols, threadIdx.x / 8, threadIdx.x % 8);
         __syncthreads();
         if (threadIdx.x == 0)
-            hashes[v * hs0] = dr_phash_bits(coef, DR_PHASH_DYNREFER);
+            hashes[v * hs0] = dr_phash_bits(coef);
         __syncthreads();
     }
 }
