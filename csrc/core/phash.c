@@ -2,7 +2,8 @@
  *
  * The fast path works per view (one task per view on the thread pool) on each image's luma plane, computed once:
  * the official hash folds the crop's rows into the 8 low vertical frequencies (small crops) or resamples rows on
- * the fly (large ones); imagehash's resize runs as Pillow fixed-point row kernels. The `elementwise` path evaluates
+ * the fly (large ones); imagehash's resize runs as Pillow fixed-point kernels (16 rows per vector with AVX-512
+ * VNNI) and its DCT on 8 lines per vector. The `elementwise` path evaluates
  * the per-view bodies the CUDA kernel runs, so tests exercise the GPU arithmetic on the CPU.
  */
 #include "dr_phash.h"
@@ -469,10 +470,11 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void quad_pass(con
 #endif
 
 /* imagehash pHash of one view (hash_size K, resize side R = K · highfreq_factor): Pillow LANCZOS R × R of the luma
- * crop (fixed point, uint8 between passes; the source-sized pass as row dot products, the R-wide one as row
- * combinations), scipy's DCT-II along axis 0 then axis 1 (dr_dct2_exec: scipy's own arithmetic, so coefficients
- * that vanish in exact arithmetic carry scipy's rounding), the low K × K block, median threshold into `out` (W
- * words). Returns -1 on allocation failure. */
+ * crop (fixed point, uint8 between passes; horizontal first: both passes as quad_pass with AVX-512 VNNI, else row
+ * dot products; vertical first: row combinations, then row dot products), scipy's DCT-II along axis 0 then axis 1
+ * (dr_dct2_exec8: scipy's own arithmetic on 8 lines per vector, so coefficients that vanish in exact arithmetic
+ * carry scipy's rounding), the low K × K block, median threshold into `out` (W words). Returns -1 on allocation
+ * failure. */
 static int phash_ih_fast(const uint8_t *plane, int64_t pstride, const dr_crop *cr, int pil_order, int64_t R, int64_t K,
                          const dr_dct2_plan *plan, uint8_t *thumb, uint64_t *out, int64_t W, dr_scratch *sc) {
     int own_x, own_y;
