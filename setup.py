@@ -53,7 +53,9 @@ def find_cuda():
 SANITIZE = env_flag("DYNREFER_SANITIZE")
 WERROR = env_flag("DYNREFER_WERROR")
 
-c_flags = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden", "-D_GNU_SOURCE"]
+# -ffp-contract=off: no fused multiply-adds where the source has a multiply and an add (they change the bits of
+# the ops that reproduce a peer's float arithmetic, e.g. imagehash's DCT); GCC's ISO C default, clang's is "on"
+c_flags = ["-std=c11", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-fvisibility=hidden", "-D_GNU_SOURCE"]
 link_flags = []
 if WERROR:
     c_flags.append("-Werror")
@@ -121,6 +123,8 @@ class BuildExt(build_ext):
                 if WERROR:  # nvcc's own warnings (device code, ptxas) are errors too
                     cmd += ["-Werror", "all-warnings"]
                 cmd += [f"-I{d}" for d in ext.include_dirs]
+                if os.path.basename(src) == "phash.cu":  # imagehash's DCT in scipy's arithmetic: no fused multiply-adds
+                    cmd.append("--fmad=false")
                 print(" ".join(cmd), flush=True)
                 subprocess.check_call(cmd)
                 objs.append(obj)

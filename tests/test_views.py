@@ -263,7 +263,8 @@ def test_phash_imagehash_thumbnails_uncached_lengths(rng):
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
 def test_phash_imagehash_simd_levels(shared_data, isa, tmp_path):
     """The portable, AVX2 and AVX-512 kernels (chosen per CPU; DYNREFER_CPU_ISA caps the choice) give the same
-    thumbnails as the widest one (AMX where the CPU and the kernel allow it)."""
+    thumbnails and hashes as the widest one (AMX where the CPU and the kernel allow it), at the default size and
+    at sizes whose resize side is not a multiple of the vector widths."""
     import subprocess
     import sys
 
@@ -272,20 +273,26 @@ def test_phash_imagehash_simd_levels(shared_data, isa, tmp_path):
         "im = np.asarray(Image.open(sys.argv[1]).convert('RGB')); h, w = im.shape[:2]\n"
         "g = np.random.default_rng(5); xy = g.uniform(0, 0.7, (40, 2)) * [w, h]\n"
         "b = np.concatenate([xy, xy + g.uniform(0.02, 0.3, (40, 2)) * [w, h]], 1).astype(np.float32)\n"
-        "np.save(sys.argv[2], phash(im, b, method='imagehash', thumbnails=True)[1])\n"
+        "b = np.concatenate([b, [[0, 0, 2, 90], [5, 5, 6, 70], [0, 0, 64, 1], [3, 3, 4, 4]]]).astype(np.float32)\n"
+        "t = [phash(im, b, method='imagehash', hash_size=s, highfreq_factor=f, thumbnails=True) for s, f in\n"
+        "     ((8, 4), (5, 3), (7, 1), (16, 4))]\n"
+        "np.savez(sys.argv[2], *[a for h, th in t for a in (h, th)])\n"
         "from dynrefer import _C; print(_C.views_cpu_isa())\n")
     photo = _photo_paths(shared_data)[0]
     outs = {}
     for cap in (isa, "native"):
         env = dict(os.environ, DYNREFER_CPU_ISA=cap)
-        f = tmp_path / f"{cap}.npy"
+        f = tmp_path / f"{cap}.npz"
         used = subprocess.run([sys.executable, "-c", script, photo, str(f)], check=True, env=env,
                               capture_output=True, text=True).stdout.split()[-1]
         levels = ["portable", "avx2", "avx512", "amx"]
         top = len(levels) - 1 if cap == "native" else levels.index(cap.replace("default", "portable"))
         assert used in levels and levels.index(used) <= top, (cap, used)
-        outs[cap] = np.load(f)
-    np.testing.assert_array_equal(outs[isa], outs["native"])
+        with np.load(f) as z:
+            outs[cap] = [z[k] for k in sorted(z.files, key=lambda k: int(k.split("_")[1]))]
+    assert len(outs[isa]) == 8
+    for a, b in zip(outs[isa], outs["native"]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_phash_thumbnails_errors():

@@ -90,6 +90,29 @@ def test_phash_elementwise_equals_fast(rng, method):
         assert (hamming(fast, elem) <= 1).all()
 
 
+@pytest.mark.parametrize("hs,hf", [(8, 4), (2, 1), (5, 3), (7, 1), (16, 4), (8, 8)])
+def test_phash_imagehash_elementwise_every_size(rng, hs, hf):
+    """The CUDA kernel's steps (scipy's DCT per line, median by rank) equal the fast path bit for bit, also on crops
+    whose coefficients vanish in exact arithmetic (flat, mirror-symmetric, two pixels wide), where the bits follow
+    the DCT's rounding."""
+    r = _image(rng, 37, 29)
+    mirror = np.concatenate([r[:, :15], r[:, :14][:, ::-1]], 1)
+    flat = np.full((37, 29, 3), 77, np.uint8)
+    for im in (r, mirror, flat):
+        b = np.array([[0, 0, 29, 37], [0, 0, 2, 37], [3, 4, 5, 6], [0, 0, 29, 1]], np.float32)
+        fast, th = phash(im, b, method="imagehash", hash_size=hs, highfreq_factor=hf, thumbnails=True)
+        elem, th_e = phash(im, b, method="imagehash", hash_size=hs, highfreq_factor=hf, thumbnails=True,
+                           impl="elementwise")
+        np.testing.assert_array_equal(th, th_e)
+        np.testing.assert_array_equal(fast, elem)
+
+
+def test_phash_imagehash_elementwise_size_limit():
+    with pytest.raises(TypeError, match="hash_size \\* highfreq_factor <= 64"):
+        phash(np.zeros((9, 9, 3), np.uint8), [[0, 0, 9, 9]], method="imagehash", hash_size=9, highfreq_factor=8,
+              impl="elementwise")
+
+
 def test_imagehash_golden(shared_data):
     # imagehash's own test image hashes to ba8c84536bd3c366 (its test suite); alpha is ignored
     from PIL import Image

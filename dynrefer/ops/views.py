@@ -260,8 +260,8 @@ def phash(images: Any, boxes: Any, *, method: str = "dynrefer", image_index: Any
     Returns ``uint64`` hashes: ``[V]`` when ``hash_size**2 <= 64`` (the bits as one integer, right-aligned: a
     ``hash_size`` of 5 gives 25-bit values), else ``[V, W]`` with ``W = ceil(hash_size**2 / 64)`` words of that
     integer, the most significant word first (``hash_words(hash_size)`` tells which). ``hamming(a, b)`` compares
-    words; sum over the last axis for wide hashes. CUDA images and ``impl="elementwise"`` hash with the defaults
-    only (8 and 4).
+    words; sum over the last axis for wide hashes. CUDA images and ``impl="elementwise"`` (the CUDA kernel's steps
+    on the CPU) hash every size with ``hash_size * highfreq_factor <= 64``, bit for bit as the CPU.
 
     ``thumbnails=True`` (``method="imagehash"``, CPU) returns ``(hashes, thumbnails)``: the ``[V, R, R]`` uint8
     luma views the hashes are taken from (``R = hash_size * highfreq_factor``), equal to
