@@ -133,7 +133,14 @@ DR_HD static inline void dr_tc_fill(uint16_t *dst, int stride, int rows, int wid
 
 /* ---- fragment loads from shared memory ---------------------------------------------------------------------- */
 
-DR_HD static inline uint32_t dr_tc_ld2(const uint16_t *s) { return (uint32_t)s[0] | ((uint32_t)s[1] << 16); }
+/* Two consecutive halves (s 4-byte aligned: even offsets, even strides), the first in the low half. */
+DR_HD static inline uint32_t dr_tc_ld2(const uint16_t *s) {
+#ifdef __CUDA_ARCH__
+    return *(const uint32_t *)s;
+#else
+    return (uint32_t)s[0] | ((uint32_t)s[1] << 16);
+#endif
+}
 
 /* A fragment of the 16x16 block at (m0, k0) of a row-major matrix in shared memory (element (m, k) at
  * s[m * stride + k]). */
@@ -245,6 +252,13 @@ dr_status dr_attention_tc_backward_emulated(const dr_tensor *q, const dr_tensor 
                                             const dr_tensor *mask, const dr_tensor *o, const dr_tensor *lse,
                                             const dr_tensor *dout, dr_tensor *dq, dr_tensor *dk, dr_tensor *dv,
                                             const dr_attention_params *p);
+
+/* The CUDA kernels (csrc/cuda/attention_tc.cu), called by the CUDA attention launchers (csrc/cuda/attention.cu)
+ * with checked args: 1 if the tensor-core kernels take this call (float16/bfloat16 data on a device of compute
+ * capability 8.0 or more whose shared memory holds the plan's tiles), then the launches on `stream`. */
+int dr_attention_tc_supported(const dr_attn_args *a, int device);
+dr_status dr_attention_tc_forward_launch(const dr_attn_args *a, void *stream);
+dr_status dr_attention_tc_backward_launch(const dr_attn_args *a, void *stream);
 #ifdef __cplusplus
 }
 #endif
