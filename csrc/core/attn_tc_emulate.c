@@ -81,7 +81,7 @@ static void emu_fwd_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx
             ws[w].m[lane][0] = ws[w].m[lane][1] = -INFINITY;
             ws[w].l[lane][0] = ws[w].l[lane][1] = 0.0f;
         }
-    const int64_t ntiles = (a->Lk + p->bk - 1) / p->bk;
+    const int64_t ntiles = dr_tc_ntiles(a->Lk, p->bk);
     for (int64_t kt = 0; kt < ntiles; kt++) {
         const int64_t k0 = kt * p->bk;
         for (int t = 0; t < nthr; t++) {
@@ -109,34 +109,16 @@ static void emu_fwd_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx
                     emu_mma(cp, fa, fb, bf);
                 }
             }
-            float mt[2][32];
+            float mt[32][2], mq[2][32];
             for (int lane = 0; lane < 32; lane++) {
-                mt[0][lane] = mt[1][lane] = -INFINITY;
-                for (int n = 0; n < NKT; n++)
-                    for (int e = 0; e < 4; e++) {
-                        const float x = dr_tc_score(a, b, h, q0 + m0 + dr_tc_c_row(lane, e),
-                                                    k0 + 8 * n + dr_tc_c_col(lane, e), s[lane][n][e]);
-                        s[lane][n][e] = x;
-                        mt[e >> 1][lane] = dr_tc_max(mt[e >> 1][lane], x);
-                    }
+                dr_tc_fwd_scores(a, b, h, q0 + m0, k0, lane, s[lane], NKT, mt[lane]);
+                mq[0][lane] = mt[lane][0], mq[1][lane] = mt[lane][1];
             }
-            emu_quad_max(mt[0]);
-            emu_quad_max(mt[1]);
+            emu_quad_max(mq[0]);
+            emu_quad_max(mq[1]);
             for (int lane = 0; lane < 32; lane++) {
-                float corr[2];
-                for (int hh = 0; hh < 2; hh++) {
-                    corr[hh] = dr_tc_rescale(&st->m[lane][hh], mt[hh][lane]);
-                    st->l[lane][hh] *= corr[hh];
-                }
-                for (int n = 0; n < NKT; n++)
-                    for (int e = 0; e < 4; e++) {
-                        const float pw = dr_tc_weight(s[lane][n][e], st->m[lane][e >> 1]);
-                        s[lane][n][e] = pw;
-                        st->l[lane][e >> 1] += pw;
-                    }
-                for (int n = 0; n < NT; n++)
-                    for (int e = 0; e < 4; e++)
-                        st->o[lane][n][e] *= corr[e >> 1];
+                const float mtq[2] = {mq[0][lane], mq[1][lane]};
+                dr_tc_fwd_softmax(s[lane], NKT, mtq, st->m[lane], st->l[lane], st->o[lane], NT);
             }
             for (int kk = 0; kk < NKT / 2; kk++) {
                 for (int lane = 0; lane < 32; lane++)
@@ -158,19 +140,10 @@ static void emu_fwd_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx
             l[0][lane] = st->l[lane][0], l[1][lane] = st->l[lane][1];
         emu_quad_sum(l[0]);
         emu_quad_sum(l[1]);
-        const int64_t r0 = q0 + 16 * w;
-        uint16_t *out = (uint16_t *)a->out + b * a->o_s[0] + h * a->o_s[1];
         for (int lane = 0; lane < 32; lane++) {
-            for (int n = 0; n < NT; n++)
-                dr_tc_store_c(out, a->o_s[2], a->o_s[3], r0, a->Lq, chunk * p->dc + 8 * n, a->Dv, st->o[lane][n],
-                              dr_tc_inv_sum(l[0][lane]), dr_tc_inv_sum(l[1][lane]), lane, bf);
-            if (chunk == 0 && (lane & 3) == 0)
-                for (int hh = 0; hh < 2; hh++) {
-                    const int64_t i = r0 + (lane >> 2) + 8 * hh;
-                    if (i < a->Lq)
-                        ((float *)a->lse)[b * a->lse_s[0] + h * a->lse_s[1] + i * a->lse_s[2]] =
-                            dr_tc_lse(st->m[lane][hh], l[hh][lane]);
-                }
+            const float lq[2] = {l[0][lane], l[1][lane]};
+            dr_tc_fwd_store(a, b, h, q0 + 16 * w, chunk * p->dc, chunk == 0, lane, st->o[lane], NT, st->m[lane], lq,
+                            bf);
         }
     }
 }
@@ -234,7 +207,7 @@ static void emu_dq_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
     }
     for (int w = 0; w < W; w++)
         memset(ws[w].acc, 0, sizeof ws[w].acc);
-    const int64_t ntiles = (a->Lk + DR_TC_BKQ - 1) / DR_TC_BKQ;
+    const int64_t ntiles = dr_tc_ntiles(a->Lk, DR_TC_BKQ);
     for (int64_t kt = 0; kt < ntiles; kt++) {
         const int64_t k0 = kt * DR_TC_BKQ;
         for (int t = 0; t < nthr; t++) {
@@ -273,13 +246,7 @@ static void emu_dq_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
                 }
             }
             for (int lane = 0; lane < 32; lane++)
-                for (int n = 0; n < DR_TC_BKQ / 8; n++)
-                    for (int e = 0; e < 4; e++) {
-                        const int r = m0 + dr_tc_c_row(lane, e);
-                        const float sc =
-                            dr_tc_score(a, b, h, q0 + r, k0 + 8 * n + dr_tc_c_col(lane, e), s[lane][n][e]);
-                        s[lane][n][e] = dr_tc_dscore(dr_tc_prob(sc, lse_s[r]), dp[lane][n][e], delta_s[r]);
-                    }
+                dr_tc_dq_dscores(a, b, h, q0, m0, k0, lane, s[lane], dp[lane], DR_TC_BKQ / 8, lse_s, delta_s);
             for (int kk = 0; kk < DR_TC_BKQ / 16; kk++) {
                 for (int lane = 0; lane < 32; lane++)
                     dr_tc_c_to_a(s[lane][2 * kk], s[lane][2 * kk + 1], bf, fa[lane]);
@@ -322,7 +289,7 @@ static void emu_kv_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
         memset(wk[w].acc, 0, sizeof wk[w].acc);
         memset(wv[w].acc, 0, sizeof wv[w].acc);
     }
-    const int64_t ntiles = (a->Lq + DR_TC_BQB - 1) / DR_TC_BQB;
+    const int64_t ntiles = dr_tc_ntiles(a->Lq, DR_TC_BQB);
     for (int64_t h = hk * a->G; h < (hk + 1) * a->G; h++)
         for (int64_t qt = 0; qt < ntiles; qt++) {
             const int64_t q0 = qt * DR_TC_BQB;
@@ -364,15 +331,7 @@ static void emu_kv_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
                     }
                 }
                 for (int lane = 0; lane < 32; lane++)
-                    for (int n = 0; n < DR_TC_BQB / 8; n++)
-                        for (int e = 0; e < 4; e++) {
-                            const int c = 8 * n + dr_tc_c_col(lane, e); /* query in the tile */
-                            const float sc =
-                                dr_tc_score(a, b, h, q0 + c, k0 + m0 + dr_tc_c_row(lane, e), s[lane][n][e]);
-                            const float pr = dr_tc_prob(sc, lse_s[c]);
-                            s[lane][n][e] = pr;
-                            dp[lane][n][e] = dr_tc_dscore(pr, dp[lane][n][e], delta_s[c]);
-                        }
+                    dr_tc_kv_dscores(a, b, h, q0, k0 + m0, lane, s[lane], dp[lane], DR_TC_BQB / 8, lse_s, delta_s);
                 for (int kk = 0; kk < DR_TC_BQB / 16; kk++) {
                     if (do_v) {
                         for (int lane = 0; lane < 32; lane++)

@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(128) attn_tc_fwd(const dr_attn_args a, const d
     for (int n = 0; n < NT; n++)
         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     const int m0 = 16 * w;
-    const int64_t ntiles = (a.Lk + BK - 1) / BK;
+    const int64_t ntiles = dr_tc_ntiles(a.Lk, BK);
     for (int64_t kt = 0; kt < ntiles; kt++) {
         const int64_t k0 = kt * BK;
         __syncthreads(); /* the previous tile's readers are done */
@@ -86,37 +86,11 @@ __global__ void __launch_bounds__(128) attn_tc_fwd(const dr_attn_args a, const d
                 mma16816<BF>(s[n], fa, fb);
             }
         }
-        float mt[2] = {-INFINITY, -INFINITY};
-        DR_TC_UNROLL
-        for (int n = 0; n < NKT; n++)
-            DR_TC_UNROLL
-            for (int e = 0; e < 4; e++) {
-                const float x =
-                    dr_tc_score(&a, b, h, q0 + m0 + dr_tc_c_row(lane, e), k0 + 8 * n + dr_tc_c_col(lane, e), s[n][e]);
-                s[n][e] = x;
-                mt[e >> 1] = dr_tc_max(mt[e >> 1], x);
-            }
+        float mt[2];
+        dr_tc_fwd_scores(&a, b, h, q0 + m0, k0, lane, s, NKT, mt);
         mt[0] = quad_max(mt[0]);
         mt[1] = quad_max(mt[1]);
-        float corr[2];
-        DR_TC_UNROLL
-        for (int hh = 0; hh < 2; hh++) {
-            corr[hh] = dr_tc_rescale(&m[hh], mt[hh]);
-            l[hh] *= corr[hh];
-        }
-        DR_TC_UNROLL
-        for (int n = 0; n < NKT; n++)
-            DR_TC_UNROLL
-            for (int e = 0; e < 4; e++) {
-                const float pw = dr_tc_weight(s[n][e], m[e >> 1]);
-                s[n][e] = pw;
-                l[e >> 1] += pw;
-            }
-        DR_TC_UNROLL
-        for (int n = 0; n < NT; n++)
-            DR_TC_UNROLL
-            for (int e = 0; e < 4; e++)
-                o[n][e] *= corr[e >> 1];
+        dr_tc_fwd_softmax(s, NKT, mt, m, l, o, NT);
         DR_TC_UNROLL
         for (int kk = 0; kk < NKT / 2; kk++) {
             uint32_t fa[4], fb[2];
@@ -130,20 +104,7 @@ __global__ void __launch_bounds__(128) attn_tc_fwd(const dr_attn_args a, const d
     }
     l[0] = quad_sum(l[0]);
     l[1] = quad_sum(l[1]);
-    const int64_t r0 = q0 + m0;
-    uint16_t *out = (uint16_t *)a.out + b * a.o_s[0] + h * a.o_s[1];
-    const float inv0 = dr_tc_inv_sum(l[0]), inv1 = dr_tc_inv_sum(l[1]);
-    DR_TC_UNROLL
-    for (int n = 0; n < NT; n++)
-        dr_tc_store_c(out, a.o_s[2], a.o_s[3], r0, a.Lq, chunk * p.dc + 8 * n, a.Dv, o[n], inv0, inv1, lane, BF);
-    if (chunk == 0 && (lane & 3) == 0) {
-        DR_TC_UNROLL
-        for (int hh = 0; hh < 2; hh++) {
-            const int64_t i = r0 + (lane >> 2) + 8 * hh;
-            if (i < a.Lq)
-                ((float *)a.lse)[b * a.lse_s[0] + h * a.lse_s[1] + i * a.lse_s[2]] = dr_tc_lse(m[hh], l[hh]);
-        }
-    }
+    dr_tc_fwd_store(&a, b, h, q0 + m0, chunk * p.dc, chunk == 0, lane, o, NT, m, l, BF);
 }
 
 /* ---- backward: dQ ------------------------------------------------------------------------------------------- */
@@ -169,7 +130,7 @@ template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dq(cons
     for (int n = 0; n < NT; n++)
         acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     const int m0 = 16 * w;
-    const int64_t ntiles = (a.Lk + DR_TC_BKQ - 1) / DR_TC_BKQ;
+    const int64_t ntiles = dr_tc_ntiles(a.Lk, DR_TC_BKQ);
     for (int64_t kt = 0; kt < ntiles; kt++) {
         const int64_t k0 = kt * DR_TC_BKQ;
         __syncthreads();
@@ -202,14 +163,7 @@ template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dq(cons
                 mma16816<BF>(dp[n], fa, fb);
             }
         }
-        DR_TC_UNROLL
-        for (int n = 0; n < NK; n++)
-            DR_TC_UNROLL
-            for (int e = 0; e < 4; e++) {
-                const int r = m0 + dr_tc_c_row(lane, e);
-                const float sc = dr_tc_score(&a, b, h, q0 + r, k0 + 8 * n + dr_tc_c_col(lane, e), s[n][e]);
-                s[n][e] = dr_tc_dscore(dr_tc_prob(sc, lse_s[r]), dp[n][e], delta_s[r]);
-            }
+        dr_tc_dq_dscores(&a, b, h, q0, m0, k0, lane, s, dp, NK, lse_s, delta_s);
         DR_TC_UNROLL
         for (int kk = 0; kk < NK / 2; kk++) {
             uint32_t fa[4], fb[2];
@@ -251,7 +205,7 @@ template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dkv(con
         for (int e = 0; e < 4; e++)
             gk[n][e] = gv[n][e] = 0.0f;
     const int m0 = 16 * w;
-    const int64_t ntiles = (a.Lq + DR_TC_BQB - 1) / DR_TC_BQB;
+    const int64_t ntiles = dr_tc_ntiles(a.Lq, DR_TC_BQB);
     for (int64_t h = hk * a.G; h < (hk + 1) * a.G; h++)
         for (int64_t qt = 0; qt < ntiles; qt++) {
             const int64_t q0 = qt * DR_TC_BQB;
@@ -287,16 +241,7 @@ template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dkv(con
                     mma16816<BF>(dp[n], fa, fb);
                 }
             }
-            DR_TC_UNROLL
-            for (int n = 0; n < NQ; n++)
-                DR_TC_UNROLL
-                for (int e = 0; e < 4; e++) {
-                    const int c = 8 * n + dr_tc_c_col(lane, e);
-                    const float sc = dr_tc_score(&a, b, h, q0 + c, k0 + m0 + dr_tc_c_row(lane, e), s[n][e]);
-                    const float pr = dr_tc_prob(sc, lse_s[c]);
-                    s[n][e] = pr;
-                    dp[n][e] = dr_tc_dscore(pr, dp[n][e], delta_s[c]);
-                }
+            dr_tc_kv_dscores(&a, b, h, q0, k0 + m0, lane, s, dp, NQ, lse_s, delta_s);
             DR_TC_UNROLL
             for (int kk = 0; kk < NQ / 2; kk++) {
                 uint32_t fa[4], fb[2];

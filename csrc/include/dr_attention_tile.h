@@ -237,6 +237,105 @@ DR_HD static inline void dr_tc_store_c(uint16_t *dst, int64_t rs, int64_t cs, in
     }
 }
 
+/* ---- per-lane tile steps (the kernels and the emulation call these between their MMAs and quad reductions) -- */
+
+/* Tiles of t covering n rows: the trip count of every tile loop. */
+DR_HD static inline int64_t dr_tc_ntiles(int64_t n, int t) { return (n + t - 1) / t; }
+
+/* Forward, after S = Q K^T of one key tile: the lane's nkt score tiles (rows r0 + c_row, keys k0 + 8 n + c_col)
+ * fixed up in place (scale, mask, bounds) and the lane's maxima of its two rows in mt (quad-reduced next). */
+DR_HD static inline void dr_tc_fwd_scores(const dr_attn_args *a, int64_t b, int64_t h, int64_t r0, int64_t k0,
+                                          int lane, float (*s)[4], int nkt, float mt[2]) {
+    mt[0] = mt[1] = -INFINITY;
+    DR_TC_UNROLL
+    for (int n = 0; n < nkt; n++)
+        DR_TC_UNROLL
+        for (int e = 0; e < 4; e++) {
+            const float x =
+                dr_tc_score(a, b, h, r0 + dr_tc_c_row(lane, e), k0 + 8 * n + dr_tc_c_col(lane, e), s[n][e]);
+            s[n][e] = x;
+            mt[e >> 1] = dr_tc_max(mt[e >> 1], x);
+        }
+}
+
+/* Forward, after the quad max mt of the tile: the online-softmax step of the lane's two rows — running max m and
+ * (lane-partial) sum l rescaled, scores turned into weights P = exp(s - m) in place (summed into l in tile
+ * order), the nt output tiles o rescaled. */
+DR_HD static inline void dr_tc_fwd_softmax(float (*s)[4], int nkt, const float mt[2], float m[2], float l[2],
+                                           float (*o)[4], int nt) {
+    float corr[2];
+    DR_TC_UNROLL
+    for (int hh = 0; hh < 2; hh++) {
+        corr[hh] = dr_tc_rescale(&m[hh], mt[hh]);
+        l[hh] *= corr[hh];
+    }
+    DR_TC_UNROLL
+    for (int n = 0; n < nkt; n++)
+        DR_TC_UNROLL
+        for (int e = 0; e < 4; e++) {
+            const float pw = dr_tc_weight(s[n][e], m[e >> 1]);
+            s[n][e] = pw;
+            l[e >> 1] += pw;
+        }
+    DR_TC_UNROLL
+    for (int n = 0; n < nt; n++)
+        DR_TC_UNROLL
+        for (int e = 0; e < 4; e++)
+            o[n][e] *= corr[e >> 1];
+}
+
+/* Forward, after the quad sum l: the lane's output elements of rows r0 + c_row, columns col0 + 8 n + c_col,
+ * divided by the row sums, and (chunk 0, first lane of a quad) the rows' log-sum-exp. */
+DR_HD static inline void dr_tc_fwd_store(const dr_attn_args *a, int64_t b, int64_t h, int64_t r0, int col0,
+                                         int store_lse, int lane, float (*o)[4], int nt, const float m[2],
+                                         const float l[2], int bf) {
+    uint16_t *out = (uint16_t *)a->out + b * a->o_s[0] + h * a->o_s[1];
+    const float inv0 = dr_tc_inv_sum(l[0]), inv1 = dr_tc_inv_sum(l[1]);
+    DR_TC_UNROLL
+    for (int n = 0; n < nt; n++)
+        dr_tc_store_c(out, a->o_s[2], a->o_s[3], r0, a->Lq, col0 + 8 * n, a->Dv, o[n], inv0, inv1, lane, bf);
+    if (store_lse && (lane & 3) == 0) {
+        DR_TC_UNROLL
+        for (int hh = 0; hh < 2; hh++) {
+            const int64_t i = r0 + (lane >> 2) + 8 * hh;
+            if (i < a->Lq)
+                ((float *)a->lse)[b * a->lse_s[0] + h * a->lse_s[1] + i * a->lse_s[2]] = dr_tc_lse(m[hh], l[hh]);
+        }
+    }
+}
+
+/* dQ, after S = Q K^T and dP = dO V^T of one key tile: dS = P (dP - delta) in s, P = exp(S - lse) of the lane's
+ * rows (warp row m0 + c_row of the block's rows from q0; lse and delta of the block's rows in shared memory). */
+DR_HD static inline void dr_tc_dq_dscores(const dr_attn_args *a, int64_t b, int64_t h, int64_t q0, int m0,
+                                          int64_t k0, int lane, float (*s)[4], float (*dp)[4], int nk, const float *lse_s,
+                                          const float *delta_s) {
+    DR_TC_UNROLL
+    for (int n = 0; n < nk; n++)
+        DR_TC_UNROLL
+        for (int e = 0; e < 4; e++) {
+            const int r = m0 + dr_tc_c_row(lane, e);
+            const float sc = dr_tc_score(a, b, h, q0 + r, k0 + 8 * n + dr_tc_c_col(lane, e), s[n][e]);
+            s[n][e] = dr_tc_dscore(dr_tc_prob(sc, lse_s[r]), dp[n][e], delta_s[r]);
+        }
+}
+
+/* dK/dV, after S^T = K Q^T and dP^T = V dO^T of one query tile (keys kr0 + c_row, queries q0 + 8 n + c_col; lse
+ * and delta of the tile's queries in shared memory): P^T in s, dS^T = P^T (dP^T - delta) in dp. */
+DR_HD static inline void dr_tc_kv_dscores(const dr_attn_args *a, int64_t b, int64_t h, int64_t q0, int64_t kr0,
+                                          int lane, float (*s)[4], float (*dp)[4], int nq, const float *lse_s,
+                                          const float *delta_s) {
+    DR_TC_UNROLL
+    for (int n = 0; n < nq; n++)
+        DR_TC_UNROLL
+        for (int e = 0; e < 4; e++) {
+            const int c = 8 * n + dr_tc_c_col(lane, e);
+            const float sc = dr_tc_score(a, b, h, q0 + c, kr0 + dr_tc_c_row(lane, e), s[n][e]);
+            const float pr = dr_tc_prob(sc, lse_s[c]);
+            s[n][e] = pr;
+            dp[n][e] = dr_tc_dscore(pr, dp[n][e], delta_s[c]);
+        }
+}
+
 /* ---- the emulation's entry points (csrc/core/attn_tc_emulate.c); float16/bfloat16 CPU tensors ------------- */
 
 #ifdef __cplusplus
