@@ -70,9 +70,11 @@ def reference(q, k, v, mask=None, causal=False, scale=None, grad=None, dtype=tor
     return out.detach(), lse.detach(), g
 
 
-def rel(a, b):
+def rel(a, b, floor=1e-30):
+    """Largest error relative to the largest golden magnitude (at least `floor`: a golden that is exactly 0, such
+    as dQ where every row sees one key, is compared absolutely)."""
     a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(floor)).item()
 
 
 def make(gen, b, h, lq, lk, d, dv, dtype, hk=None):
@@ -100,7 +102,7 @@ def check(q, k, v, g, mask=None, causal=False, backward=True, sdpa=True):
     assert err_o <= max(FLOOR[dtype], 3 * (torch_err or 0)), (err_o, torch_err)
     if backward:
         for mine, gold in zip(res[2], ref[2]):
-            assert rel(mine, gold) <= 2 * FLOOR[dtype], [rel(m, r) for m, r in zip(res[2], ref[2])]
+            assert rel(mine, gold, 1e-2) <= 2 * FLOOR[dtype], [rel(m, r, 1e-2) for m, r in zip(res[2], ref[2])]
     return res
 
 
@@ -193,6 +195,27 @@ def test_fully_masked_rows_and_nan(gen, dtype):
     cpu_grads = torch.autograd.grad(cpu, cpu_inputs, g)
     for mine_g, cpu_g in zip(mine[2], cpu_grads):
         assert torch.equal(mine_g.isnan(), cpu_g.isnan())
+
+
+@pytest.mark.parametrize("draw", range(8))
+def test_random_configurations(gen, draw):
+    """Fresh shapes, head counts, masks and dtypes per draw: lengths around the tile sizes, head dims 1-256."""
+    pick = lambda xs: xs[int(torch.randint(len(xs), (1,), generator=gen))]  # noqa: E731
+    dtype = pick(DTYPES)
+    hk = pick([1, 2])
+    h = hk * pick([1, 2])
+    lq, lk = pick([1, 15, 16, 17, 31, 32, 33, 65, 100]), pick([1, 31, 32, 33, 63, 64, 65, 130])
+    d, dv = pick([1, 8, 40, 64, 88, 130, 256]), pick([3, 16, 64, 96, 200])
+    q, k, v, g = make(gen, 1, h, lq, lk, d, dv, dtype, hk=hk)
+    kind = pick(["none", "bool", "add", "causal"])
+    mask = None
+    if kind == "bool":
+        mask = torch.rand(1, 1, lq, lk, generator=gen) > 0.3
+        mask[..., 0] = True
+        mask = mask.expand(1, h, lq, lk)
+    elif kind == "add":
+        mask = torch.randn(lq, 1, generator=gen).expand(1, h, lq, lk)
+    check(q, k, v, g, mask=mask, causal=kind == "causal")
 
 
 def test_long_query_dynrefer_tag_decoder_scale(gen):

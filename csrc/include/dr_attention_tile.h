@@ -205,8 +205,11 @@ DR_HD static inline float dr_tc_lse(float m, float l) { return l > 0 ? m + logf(
 /* Probability of a score in the backward: exp(s - lse), 0 for a row whose keys are all masked (lse = -inf). */
 DR_HD static inline float dr_tc_prob(float s, float lse) { return lse == -INFINITY ? 0.0f : expf(s - lse); }
 
-/* dS = P (dP - delta). */
-DR_HD static inline float dr_tc_dscore(float p, float dp, float delta) { return p * (dp - delta); }
+/* dS = P (dP - delta); exactly 0 with one key (Lk = 1: the softmax is constant, whatever the rounding of dP, a
+ * tensor-core sum, and delta, a sequential one), as the CPU kernels give. */
+DR_HD static inline float dr_tc_dscore(const dr_attn_args *a, float p, float dp, float delta) {
+    return a->Lk == 1 ? 0.0f : p * (dp - delta);
+}
 
 /* lse and delta = dO . O (float32, in order of the columns) of query row i of (b, h); lse = -inf and delta = 0
  * past the last row, so padded rows give zero weights. */
@@ -315,7 +318,7 @@ DR_HD static inline void dr_tc_dq_dscores(const dr_attn_args *a, int64_t b, int6
         for (int e = 0; e < 4; e++) {
             const int r = m0 + dr_tc_c_row(lane, e);
             const float sc = dr_tc_score(a, b, h, q0 + r, k0 + 8 * n + dr_tc_c_col(lane, e), s[n][e]);
-            s[n][e] = dr_tc_dscore(dr_tc_prob(sc, lse_s[r]), dp[n][e], delta_s[r]);
+            s[n][e] = dr_tc_dscore(a, dr_tc_prob(sc, lse_s[r]), dp[n][e], delta_s[r]);
         }
 }
 
@@ -332,7 +335,7 @@ DR_HD static inline void dr_tc_kv_dscores(const dr_attn_args *a, int64_t b, int6
             const float sc = dr_tc_score(a, b, h, q0 + c, kr0 + dr_tc_c_row(lane, e), s[n][e]);
             const float pr = dr_tc_prob(sc, lse_s[c]);
             s[n][e] = pr;
-            dp[n][e] = dr_tc_dscore(pr, dp[n][e], delta_s[c]);
+            dp[n][e] = dr_tc_dscore(a, pr, dp[n][e], delta_s[c]);
         }
 }
 
