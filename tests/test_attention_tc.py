@@ -280,3 +280,21 @@ def test_cuda_tensor_cores_masks_causal_empty_rows(gen, device, dtype):
             assert rel(mine.cpu(), gold) <= 2 * FLOOR[dtype]
         if m is not None and m.dtype == torch.bool:
             assert not out[1, :, 7].any() and not grads[0][1, :, 7].any()
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_tensor_cores_nan_and_emulation_agree(gen, device, dtype):
+    """Non-finite inputs reach the same outputs on the GPU as in the emulation and dynrefer's CPU kernels."""
+    q, k, v, g = make(gen, 1, 2, 33, 40, 64, 64, dtype)
+    q[0, 0, 3, 2] = math.nan
+    v[0, 1, 7, 0] = math.inf
+    mask = torch.rand(1, 2, 33, 40, generator=gen) > 0.3
+    mask[..., 0] = True
+    qc, kc, vc = (t.to(device).requires_grad_(True) for t in (q, k, v))
+    out = attention(qc, kc, vc, attn_mask=mask.to(device))
+    grads = torch.autograd.grad(out, (qc, kc, vc), g.to(device))
+    emu = emulated(q, k, v, mask, grad=g)
+    assert torch.equal(out.isnan().cpu(), emu[0].isnan())
+    for mine, theirs in zip(grads, emu[2]):
+        assert torch.equal(mine.isnan().cpu(), theirs.isnan())
