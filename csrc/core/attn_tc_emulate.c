@@ -273,12 +273,12 @@ static void emu_dq_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
 
 static void emu_kv_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx, int64_t bhk, int chunk,
                          uint16_t *smem, emu_acc_warp *wk, emu_acc_warp *wv) {
-    const int W = p->kv_warps, nthr = 32 * W, rows = 16 * W, bf = p->bf, NT = p->dc / 8;
+    const int KG = p->kv_warps, QS = p->kv_slices, W = KG * QS, nthr = 32 * W, rows = 16 * KG, bf = p->bf,
+              NT = p->dc / 8, qrows = DR_TC_BQB * QS;
     const int64_t b = bhk / a->Hk, hk = bhk % a->Hk, k0 = bx * rows;
     const int do_k = chunk < p->nchunk_q, do_v = chunk < p->nchunk_o;
-    uint16_t *Ks = smem, *Vs = Ks + rows * p->stride_k, *Qs = Vs + rows * p->stride_v,
-             *Os = Qs + DR_TC_BQB * p->stride_k;
-    float *lse_s = (float *)(Os + DR_TC_BQB * p->stride_v), *delta_s = lse_s + DR_TC_BQB;
+    uint16_t *Ks = smem, *Vs = Ks + rows * p->stride_k, *Qs = Vs + rows * p->stride_v, *Os = Qs + qrows * p->stride_k;
+    float *lse_s = (float *)(Os + qrows * p->stride_v), *delta_s = lse_s + qrows;
     for (int t = 0; t < nthr; t++) {
         dr_tc_fill(Ks, p->stride_k, rows, p->dkw, Q16(a, a->k, a->k_s, b, hk), a->k_s[2], a->k_s[3], k0, a->Lk, a->D,
                    t, nthr);
@@ -291,18 +291,20 @@ static void emu_kv_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
     }
     const int64_t ntiles = dr_tc_ntiles(a->Lq, DR_TC_BQB);
     for (int64_t h = hk * a->G; h < (hk + 1) * a->G; h++)
-        for (int64_t qt = 0; qt < ntiles; qt++) {
-            const int64_t q0 = qt * DR_TC_BQB;
+        for (int64_t qt = 0; qt < ntiles; qt += QS) { /* slice s of warp w = kg + KG s takes tile qt + s */
             for (int t = 0; t < nthr; t++) {
-                dr_tc_fill(Qs, p->stride_k, DR_TC_BQB, p->dkw, Q16(a, a->q, a->q_s, b, h), a->q_s[2], a->q_s[3], q0,
-                           a->Lq, a->D, t, nthr);
-                dr_tc_fill(Os, p->stride_v, DR_TC_BQB, p->dvw, Q16(a, a->dout, a->do_s, b, h), a->do_s[2],
-                           a->do_s[3], q0, a->Lq, a->Dv, t, nthr);
-                if (t < DR_TC_BQB)
-                    dr_tc_row_stats(a, b, h, q0 + t, bf, &lse_s[t], &delta_s[t]);
+                dr_tc_fill(Qs, p->stride_k, qrows, p->dkw, Q16(a, a->q, a->q_s, b, h), a->q_s[2], a->q_s[3],
+                           qt * DR_TC_BQB, a->Lq, a->D, t, nthr);
+                dr_tc_fill(Os, p->stride_v, qrows, p->dvw, Q16(a, a->dout, a->do_s, b, h), a->do_s[2], a->do_s[3],
+                           qt * DR_TC_BQB, a->Lq, a->Dv, t, nthr);
+                if (t < qrows)
+                    dr_tc_row_stats(a, b, h, qt * DR_TC_BQB + t, bf, &lse_s[t], &delta_s[t]);
             }
             for (int w = 0; w < W; w++) {
-                const int m0 = 16 * w;
+                const int m0 = 16 * (w % KG), sl = w / KG;
+                const int64_t q0 = (qt + sl) * DR_TC_BQB;
+                const uint16_t *Qw = Qs + sl * DR_TC_BQB * p->stride_k, *Ow = Os + sl * DR_TC_BQB * p->stride_v;
+                const float *lse_w = lse_s + sl * DR_TC_BQB, *delta_w = delta_s + sl * DR_TC_BQB;
                 float s[32][DR_TC_BQB / 8][4], dp[32][DR_TC_BQB / 8][4];
                 uint32_t fa[32][4], fb[32][2];
                 float *cp[32];
@@ -313,7 +315,7 @@ static void emu_kv_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
                         dr_tc_load_a(Ks, p->stride_k, m0, ks, lane, fa[lane]);
                     for (int n = 0; n < DR_TC_BQB / 8; n++) {
                         for (int lane = 0; lane < 32; lane++) {
-                            dr_tc_load_b_nk(Qs, p->stride_k, ks, 8 * n, lane, fb[lane]);
+                            dr_tc_load_b_nk(Qw, p->stride_k, ks, 8 * n, lane, fb[lane]);
                             cp[lane] = s[lane][n];
                         }
                         emu_mma(cp, fa, fb, bf);
@@ -324,21 +326,21 @@ static void emu_kv_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
                         dr_tc_load_a(Vs, p->stride_v, m0, ks, lane, fa[lane]);
                     for (int n = 0; n < DR_TC_BQB / 8; n++) {
                         for (int lane = 0; lane < 32; lane++) {
-                            dr_tc_load_b_nk(Os, p->stride_v, ks, 8 * n, lane, fb[lane]);
+                            dr_tc_load_b_nk(Ow, p->stride_v, ks, 8 * n, lane, fb[lane]);
                             cp[lane] = dp[lane][n];
                         }
                         emu_mma(cp, fa, fb, bf);
                     }
                 }
                 for (int lane = 0; lane < 32; lane++)
-                    dr_tc_kv_dscores(a, b, h, q0, k0 + m0, lane, s[lane], dp[lane], DR_TC_BQB / 8, lse_s, delta_s);
+                    dr_tc_kv_dscores(a, b, h, q0, k0 + m0, lane, s[lane], dp[lane], DR_TC_BQB / 8, lse_w, delta_w);
                 for (int kk = 0; kk < DR_TC_BQB / 16; kk++) {
                     if (do_v) {
                         for (int lane = 0; lane < 32; lane++)
                             dr_tc_c_to_a(s[lane][2 * kk], s[lane][2 * kk + 1], bf, fa[lane]);
                         for (int n = 0; n < NT; n++) {
                             for (int lane = 0; lane < 32; lane++) {
-                                dr_tc_load_b_kn(Os, p->stride_v, 16 * kk, chunk * p->dc + 8 * n, lane, fb[lane]);
+                                dr_tc_load_b_kn(Ow, p->stride_v, 16 * kk, chunk * p->dc + 8 * n, lane, fb[lane]);
                                 cp[lane] = wv[w].acc[lane][n];
                             }
                             emu_mma(cp, fa, fb, bf);
@@ -349,7 +351,7 @@ static void emu_kv_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
                             dr_tc_c_to_a(dp[lane][2 * kk], dp[lane][2 * kk + 1], bf, fa[lane]);
                         for (int n = 0; n < NT; n++) {
                             for (int lane = 0; lane < 32; lane++) {
-                                dr_tc_load_b_kn(Qs, p->stride_k, 16 * kk, chunk * p->dc + 8 * n, lane, fb[lane]);
+                                dr_tc_load_b_kn(Qw, p->stride_k, 16 * kk, chunk * p->dc + 8 * n, lane, fb[lane]);
                                 cp[lane] = wk[w].acc[lane][n];
                             }
                             emu_mma(cp, fa, fb, bf);
@@ -358,18 +360,32 @@ static void emu_kv_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
                 }
             }
         }
+    /* the slices' sums into slice 0, in slice order, through shared memory (the K/V/Q tiles are done with) */
+    float *red_k = (float *)smem, *red_v = red_k + rows * p->dc;
+    for (int sl = 1; sl < QS; sl++) {
+        for (int kg = 0; kg < KG; kg++)
+            for (int lane = 0; lane < 32; lane++) {
+                dr_tc_red_store(red_k, p->dc, 16 * kg, lane, wk[kg + KG * sl].acc[lane], NT);
+                dr_tc_red_store(red_v, p->dc, 16 * kg, lane, wv[kg + KG * sl].acc[lane], NT);
+            }
+        for (int kg = 0; kg < KG; kg++)
+            for (int lane = 0; lane < 32; lane++) {
+                dr_tc_red_add(red_k, p->dc, 16 * kg, lane, wk[kg].acc[lane], NT);
+                dr_tc_red_add(red_v, p->dc, 16 * kg, lane, wv[kg].acc[lane], NT);
+            }
+    }
     uint16_t *dk = (uint16_t *)a->dk + b * a->dk_s[0] + hk * a->dk_s[1];
     uint16_t *dv = (uint16_t *)a->dv + b * a->dv_s[0] + hk * a->dv_s[1];
     const float sc = (float)a->scale;
-    for (int w = 0; w < W; w++)
+    for (int kg = 0; kg < KG; kg++)
         for (int lane = 0; lane < 32; lane++)
             for (int n = 0; n < NT; n++) {
                 if (do_k)
-                    dr_tc_store_c(dk, a->dk_s[2], a->dk_s[3], k0 + 16 * w, a->Lk, chunk * p->dc + 8 * n, a->D,
-                                  wk[w].acc[lane][n], sc, sc, lane, bf);
+                    dr_tc_store_c(dk, a->dk_s[2], a->dk_s[3], k0 + 16 * kg, a->Lk, chunk * p->dc + 8 * n, a->D,
+                                  wk[kg].acc[lane][n], sc, sc, lane, bf);
                 if (do_v)
-                    dr_tc_store_c(dv, a->dv_s[2], a->dv_s[3], k0 + 16 * w, a->Lk, chunk * p->dc + 8 * n, a->Dv,
-                                  wv[w].acc[lane][n], 1.0f, 1.0f, lane, bf);
+                    dr_tc_store_c(dv, a->dv_s[2], a->dv_s[3], k0 + 16 * kg, a->Lk, chunk * p->dc + 8 * n, a->Dv,
+                                  wv[kg].acc[lane][n], 1.0f, 1.0f, lane, bf);
             }
 }
 
@@ -387,7 +403,7 @@ dr_status dr_attention_tc_backward_emulated(const dr_tensor *q, const dr_tensor 
     dr_tc_make_plan(&a, &pl);
     size_t sm = dr_tc_smem_dq(&pl) > dr_tc_smem_kv(&pl) ? dr_tc_smem_dq(&pl) : dr_tc_smem_kv(&pl);
     uint16_t *smem = malloc(sm);
-    emu_acc_warp *ws = malloc(sizeof(emu_acc_warp) * 8);
+    emu_acc_warp *ws = malloc(sizeof(emu_acc_warp) * 16); /* dK/dV: up to 8 warps, two accumulators each */
     if (!smem || !ws) {
         free(smem), free(ws);
         return dr_set_error(DR_ENOMEM, "attention: out of memory");
@@ -401,7 +417,7 @@ dr_status dr_attention_tc_backward_emulated(const dr_tensor *q, const dr_tensor 
         for (int c = 0; c < pl.nchunk_kv; c++)
             for (int64_t bh = 0; bh < a.B * a.Hk; bh++)
                 for (int64_t bx = 0; bx < pl.kv_blocks; bx++)
-                    emu_kv_block(&a, &pl, bx, bh, c, smem, ws, ws + 4);
+                    emu_kv_block(&a, &pl, bx, bh, c, smem, ws, ws + 8);
     free(smem), free(ws);
     return DR_OK;
 }

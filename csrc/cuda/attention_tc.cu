@@ -15,7 +15,9 @@
  *         dP = dO V^T, dS = P (dP - delta) with P = exp(S - lse), dQ += dS K;
  *   dK/dV (grid: key tiles x B*Hk, chunks): warps own 16 key rows (transposed products S^T = K Q^T,
  *         dP^T = V dO^T) and loop over every query head of the group and its query tiles of 32 in order:
- *         dV += P^T dO, dK += dS^T Q.
+ *         dV += P^T dO, dK += dS^T Q. With Lk <= 32 (few keys, many queries: a block alone owns the keys) up
+ *         to 4 query slices of warps share the query tiles round-robin and their sums are added in slice order
+ *         through shared memory at the end (dr_tc_red_*), still without atomics.
  *   delta = dO . O and lse of a query tile are computed into shared memory by the block (the same float32
  *   arithmetic in both kernels). No scratch memory, no host synchronisation, nothing allocated: the outputs only.
  * float32 and float64 data keep the CUDA-core kernels of attention.cu (exact float32 products; no TF32).
@@ -184,18 +186,22 @@ template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dq(cons
 
 /* ---- backward: dK, dV --------------------------------------------------------------------------------------- */
 
-/* Shared memory: K [16 W][stride_k], V [16 W][stride_v], Q [32][stride_k], dO [32][stride_v] (halves), then lse and
- * delta [32] (float). */
-template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dkv(const dr_attn_args a, const dr_tc_plan p) {
+/* Warps: key group kg = w % kv_warps (16 key rows), query slice w / kv_warps. Shared memory: K [16 kv_warps]
+ * [stride_k], V [16 kv_warps][stride_v], Q [32 slices][stride_k], dO [32 slices][stride_v] (halves), then lse and
+ * delta [32 slices] (float); with slices, the reduction buffer [2][16 kv_warps][dc] (float) over it at the end. */
+template <int BF, int NT> __global__ void __launch_bounds__(256) attn_tc_dkv(const dr_attn_args a, const dr_tc_plan p) {
     extern __shared__ __align__(16) uint16_t smem[];
-    const int W = p.kv_warps, nthr = 32 * W, rows = 16 * W, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int KG = p.kv_warps, QS = p.kv_slices, nthr = 32 * KG * QS, rows = 16 * KG, qrows = DR_TC_BQB * QS;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, sl = w / KG;
     const int64_t bx = blockIdx.x % p.kv_blocks, bhk = blockIdx.x / p.kv_blocks;
     const int chunk = blockIdx.z;
     const int64_t b = bhk / a.Hk, hk = bhk % a.Hk, k0 = bx * rows;
     const bool do_k = chunk < p.nchunk_q, do_v = chunk < p.nchunk_o;
     constexpr int NQ = DR_TC_BQB / 8;
-    uint16_t *Ks = smem, *Vs = Ks + rows * p.stride_k, *Qs = Vs + rows * p.stride_v, *Os = Qs + DR_TC_BQB * p.stride_k;
-    float *lse_s = (float *)(Os + DR_TC_BQB * p.stride_v), *delta_s = lse_s + DR_TC_BQB;
+    uint16_t *Ks = smem, *Vs = Ks + rows * p.stride_k, *Qs = Vs + rows * p.stride_v, *Os = Qs + qrows * p.stride_k;
+    float *lse_s = (float *)(Os + qrows * p.stride_v), *delta_s = lse_s + qrows;
+    const uint16_t *Qw = Qs + sl * DR_TC_BQB * p.stride_k, *Ow = Os + sl * DR_TC_BQB * p.stride_v;
+    const float *lse_w = lse_s + sl * DR_TC_BQB, *delta_w = delta_s + sl * DR_TC_BQB;
     dr_tc_fill(Ks, p.stride_k, rows, p.dkw, QPTR(a.k, a.k_s, b, hk), a.k_s[2], a.k_s[3], k0, a.Lk, a.D, tid, nthr);
     dr_tc_fill(Vs, p.stride_v, rows, p.dvw, QPTR(a.v, a.v_s, b, hk), a.v_s[2], a.v_s[3], k0, a.Lk, a.Dv, tid, nthr);
     float gk[NT][4], gv[NT][4];
@@ -204,18 +210,18 @@ template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dkv(con
         DR_TC_UNROLL
         for (int e = 0; e < 4; e++)
             gk[n][e] = gv[n][e] = 0.0f;
-    const int m0 = 16 * w;
+    const int m0 = 16 * (w % KG);
     const int64_t ntiles = dr_tc_ntiles(a.Lq, DR_TC_BQB);
     for (int64_t h = hk * a.G; h < (hk + 1) * a.G; h++)
-        for (int64_t qt = 0; qt < ntiles; qt++) {
-            const int64_t q0 = qt * DR_TC_BQB;
+        for (int64_t qt = 0; qt < ntiles; qt += QS) {
+            const int64_t q0 = (qt + sl) * DR_TC_BQB;
             __syncthreads();
-            dr_tc_fill(Qs, p.stride_k, DR_TC_BQB, p.dkw, QPTR(a.q, a.q_s, b, h), a.q_s[2], a.q_s[3], q0, a.Lq, a.D,
-                       tid, nthr);
-            dr_tc_fill(Os, p.stride_v, DR_TC_BQB, p.dvw, QPTR(a.dout, a.do_s, b, h), a.do_s[2], a.do_s[3], q0, a.Lq,
-                       a.Dv, tid, nthr);
-            if (tid < DR_TC_BQB)
-                dr_tc_row_stats(&a, b, h, q0 + tid, BF, &lse_s[tid], &delta_s[tid]);
+            dr_tc_fill(Qs, p.stride_k, qrows, p.dkw, QPTR(a.q, a.q_s, b, h), a.q_s[2], a.q_s[3], qt * DR_TC_BQB, a.Lq,
+                       a.D, tid, nthr);
+            dr_tc_fill(Os, p.stride_v, qrows, p.dvw, QPTR(a.dout, a.do_s, b, h), a.do_s[2], a.do_s[3],
+                       qt * DR_TC_BQB, a.Lq, a.Dv, tid, nthr);
+            if (tid < qrows)
+                dr_tc_row_stats(&a, b, h, qt * DR_TC_BQB + tid, BF, &lse_s[tid], &delta_s[tid]);
             __syncthreads();
             float s[NQ][4], dp[NQ][4];
             DR_TC_UNROLL
@@ -228,7 +234,7 @@ template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dkv(con
                 dr_tc_load_a(Ks, p.stride_k, m0, ks, lane, fa);
                 DR_TC_UNROLL
                 for (int n = 0; n < NQ; n++) {
-                    dr_tc_load_b_nk(Qs, p.stride_k, ks, 8 * n, lane, fb);
+                    dr_tc_load_b_nk(Qw, p.stride_k, ks, 8 * n, lane, fb);
                     mma16816<BF>(s[n], fa, fb);
                 }
             }
@@ -237,11 +243,11 @@ template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dkv(con
                 dr_tc_load_a(Vs, p.stride_v, m0, ks, lane, fa);
                 DR_TC_UNROLL
                 for (int n = 0; n < NQ; n++) {
-                    dr_tc_load_b_nk(Os, p.stride_v, ks, 8 * n, lane, fb);
+                    dr_tc_load_b_nk(Ow, p.stride_v, ks, 8 * n, lane, fb);
                     mma16816<BF>(dp[n], fa, fb);
                 }
             }
-            dr_tc_kv_dscores(&a, b, h, q0, k0 + m0, lane, s, dp, NQ, lse_s, delta_s);
+            dr_tc_kv_dscores(&a, b, h, q0, k0 + m0, lane, s, dp, NQ, lse_w, delta_w);
             DR_TC_UNROLL
             for (int kk = 0; kk < NQ / 2; kk++) {
                 uint32_t fa[4], fb[2];
@@ -249,7 +255,7 @@ template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dkv(con
                     dr_tc_c_to_a(s[2 * kk], s[2 * kk + 1], BF, fa);
                     DR_TC_UNROLL
                     for (int n = 0; n < NT; n++) {
-                        dr_tc_load_b_kn(Os, p.stride_v, 16 * kk, chunk * p.dc + 8 * n, lane, fb);
+                        dr_tc_load_b_kn(Ow, p.stride_v, 16 * kk, chunk * p.dc + 8 * n, lane, fb);
                         mma16816<BF>(gv[n], fa, fb);
                     }
                 }
@@ -257,12 +263,28 @@ template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dkv(con
                     dr_tc_c_to_a(dp[2 * kk], dp[2 * kk + 1], BF, fa);
                     DR_TC_UNROLL
                     for (int n = 0; n < NT; n++) {
-                        dr_tc_load_b_kn(Qs, p.stride_k, 16 * kk, chunk * p.dc + 8 * n, lane, fb);
+                        dr_tc_load_b_kn(Qw, p.stride_k, 16 * kk, chunk * p.dc + 8 * n, lane, fb);
                         mma16816<BF>(gk[n], fa, fb);
                     }
                 }
             }
         }
+    /* the slices' sums into slice 0, in slice order, through shared memory (the tiles are done with) */
+    float *red_k = (float *)smem, *red_v = red_k + rows * p.dc;
+    for (int t = 1; t < QS; t++) {
+        __syncthreads();
+        if (sl == t) {
+            dr_tc_red_store(red_k, p.dc, m0, lane, gk, NT);
+            dr_tc_red_store(red_v, p.dc, m0, lane, gv, NT);
+        }
+        __syncthreads();
+        if (sl == 0) {
+            dr_tc_red_add(red_k, p.dc, m0, lane, gk, NT);
+            dr_tc_red_add(red_v, p.dc, m0, lane, gv, NT);
+        }
+    }
+    if (sl != 0)
+        return;
     uint16_t *dk = (uint16_t *)a.dk + b * a.dk_s[0] + hk * a.dk_s[1];
     uint16_t *dv = (uint16_t *)a.dv + b * a.dv_s[0] + hk * a.dv_s[1];
     const float sc = (float)a.scale;
@@ -339,7 +361,7 @@ extern "C" dr_status dr_attention_tc_backward_launch(const dr_attn_args *a, void
     const int64_t qx = p.dq_blocks * a->B * a->H, kx = p.kv_blocks * a->B * a->Hk;
     const size_t smq = dr_tc_smem_dq(&p), smk = dr_tc_smem_kv(&p);
 #define DQ(BF, NT) launch(attn_tc_dq<BF, NT>, qx, p.nchunk_q, p.dq_warps, smq, s, *a, p, what)
-#define DKV(BF, NT) launch(attn_tc_dkv<BF, NT>, kx, p.nchunk_kv, p.kv_warps, smk, s, *a, p, what)
+#define DKV(BF, NT) launch(attn_tc_dkv<BF, NT>, kx, p.nchunk_kv, p.kv_warps * p.kv_slices, smk, s, *a, p, what)
     if (qx > 0)
         st = p.bf ? (p.dc == 64 ? DQ(1, 8) : DQ(1, 16)) : (p.dc == 64 ? DQ(0, 8) : DQ(0, 16));
     if (st == DR_OK && kx > 0)

@@ -43,7 +43,10 @@
 
 /* Tiles and grids of one call. Forward: block = `fwd_warps` warps of 16 query rows each, key tiles of `bk`;
  * grid (q tiles, B*H, Dv chunks). dQ: `dq_warps` warps of 16 query rows, key tiles of DR_TC_BKQ; grid
- * (q tiles, B*H, D chunks). dK/dV: `kv_warps` warps of 16 key rows, query tiles of DR_TC_BQB over every query
+ * (q tiles, B*H, D chunks). dK/dV: `kv_warps` key groups of 16 key rows times `kv_slices` query slices (a warp
+ * each; slices > 1 only for Lk <= 32, the tag decoder's few keys and many queries, where a block alone owns
+ * its keys: slice s takes query tiles s, s + slices, ..., and the slices' dK/dV are summed in slice order through
+ * shared memory at the end, deterministic), query tiles of DR_TC_BQB over every query
  * head of the key/value head's group in order; grid (key tiles, B*Hk, max(D, Dv) chunks). An output chunk is `dc`
  * columns (64 or 128): a block accumulates one chunk of O, dQ or dK/dV in registers and recomputes the scores
  * (and dP) over the full head dims from shared memory, so no register array grows with the head dim. */
@@ -54,7 +57,8 @@ typedef struct {
     int dk16, dv16;         /* D, Dv rounded up to 16: the k-steps of the score and dP products */
     int stride_k, stride_v; /* shared row strides in halves: dkw + DR_TC_PAD, dvw + DR_TC_PAD */
     int fwd_warps, bk;      /* forward: warps per block (2 for Lq <= 32, else 4), keys per tile (32 or 64) */
-    int dq_warps, kv_warps; /* dQ warps per block (as fwd_warps), dK/dV warps per block (2 for Lk <= 32, else 4) */
+    int dq_warps, kv_warps; /* dQ warps per block (as fwd_warps), dK/dV key groups (2 for Lk <= 32, else 4) */
+    int kv_slices;          /* dK/dV query slices: min(4, query tiles) for Lk <= 32, else 1 */
     int nchunk_o, nchunk_q, nchunk_kv;
     int64_t fwd_blocks, dq_blocks, kv_blocks; /* x extent of each grid */
 } dr_tc_plan;
@@ -72,6 +76,10 @@ static inline void dr_tc_make_plan(const dr_attn_args *a, dr_tc_plan *p) {
     p->bk = a->Lk <= 32 ? 32 : 64;
     p->dq_warps = p->fwd_warps;
     p->kv_warps = a->Lk <= 32 ? 2 : 4;
+    {
+        const int64_t qt = (a->Lq + DR_TC_BQB - 1) / DR_TC_BQB;
+        p->kv_slices = a->Lk > 32 ? 1 : qt >= 4 ? 4 : qt < 1 ? 1 : (int)qt;
+    }
     p->nchunk_o = p->dvw / p->dc, p->nchunk_q = p->dkw / p->dc;
     p->nchunk_kv = p->nchunk_o > p->nchunk_q ? p->nchunk_o : p->nchunk_q;
     p->fwd_blocks = (a->Lq + 16 * p->fwd_warps - 1) / (16 * p->fwd_warps);
@@ -91,10 +99,12 @@ static inline size_t dr_tc_smem_dq(const dr_tc_plan *p) {
            4 * 2 * rows;
 }
 static inline size_t dr_tc_smem_kv(const dr_tc_plan *p) {
-    /* K and V rows of the block, one query tile of Q and of dO, then lse and delta of the tile's rows (float) */
-    const size_t rows = (size_t)16 * p->kv_warps;
-    return 2 * (rows * (p->stride_k + p->stride_v) + (size_t)DR_TC_BQB * (p->stride_k + p->stride_v)) +
-           4 * 2 * DR_TC_BQB;
+    /* K and V rows of the block, one query tile of Q and of dO per slice, then lse and delta of those rows (float);
+     * at the end, with slices, the reduction buffer of dr_tc_red_* over the same memory */
+    const size_t rows = (size_t)16 * p->kv_warps, qrows = (size_t)DR_TC_BQB * p->kv_slices;
+    const size_t tiles = 2 * (rows * (p->stride_k + p->stride_v) + qrows * (p->stride_k + p->stride_v)) + 4 * 2 * qrows;
+    const size_t red = p->kv_slices > 1 ? (size_t)4 * 2 * rows * p->dc : 0;
+    return tiles > red ? tiles : red;
 }
 
 /* ---- fragment maps ------------------------------------------------------------------------------------------ */
@@ -337,6 +347,24 @@ DR_HD static inline void dr_tc_kv_dscores(const dr_attn_args *a, int64_t b, int6
             s[n][e] = pr;
             dp[n][e] = dr_tc_dscore(a, pr, dp[n][e], delta_s[c]);
         }
+}
+
+/* The dK/dV slices' reduction: a warp of slice s > 0 stores its nt accumulator tiles (rows m0 + c_row, columns
+ * 8 n + c_col of a [16 * key groups][dc] float buffer), the warp of slice 0 with the same key rows adds them, for
+ * s = 1, 2, ... in order (a barrier between the two). */
+DR_HD static inline void dr_tc_red_store(float *red, int dc, int m0, int lane, float (*acc)[4], int nt) {
+    DR_TC_UNROLL
+    for (int n = 0; n < nt; n++)
+        DR_TC_UNROLL
+        for (int e = 0; e < 4; e++)
+            red[(m0 + dr_tc_c_row(lane, e)) * dc + 8 * n + dr_tc_c_col(lane, e)] = acc[n][e];
+}
+DR_HD static inline void dr_tc_red_add(const float *red, int dc, int m0, int lane, float (*acc)[4], int nt) {
+    DR_TC_UNROLL
+    for (int n = 0; n < nt; n++)
+        DR_TC_UNROLL
+        for (int e = 0; e < 4; e++)
+            acc[n][e] += red[(m0 + dr_tc_c_row(lane, e)) * dc + 8 * n + dr_tc_c_col(lane, e)];
 }
 
 /* ---- the emulation's entry points (csrc/core/attn_tc_emulate.c); float16/bfloat16 CPU tensors ------------- */
