@@ -29,7 +29,7 @@
 
 #include "dr_attention.h"
 
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__) /* device compilation only: host compilers do not know the pragma */
 #define DR_TC_UNROLL _Pragma("unroll")
 #else
 #define DR_TC_UNROLL
