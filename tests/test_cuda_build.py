@@ -20,9 +20,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("80", "90")
 STATIC_SMEM_LIMIT = 48 * 1024
-# Kernels known to spill, by source: each must still spill (remove it here once fixed) and no other may.
-# phash_kernel (the views' pHash, one block per view) spills about 150 bytes on sm_80 and sm_90.
-KNOWN_SPILLS = {"phash.cu": {"phash_kernel"}}
+# Kernels known to spill, by source, with the architectures where they do: each must still spill there (remove it
+# here once fixed) and no other kernel may. phash_kernel (the views' pHash, one block per view) spills about 150
+# bytes; the tiled float64 RoI-Align backward scatter 8 bytes; the tiled bfloat16 DCNv4 forward 4 bytes on sm_90.
+KNOWN_SPILLS = {
+    "phash.cu": {"phash_kernel": ("80", "90")},
+    "roi_align.cu": {"roi_bwd_scatter_tiled_f64": ("80", "90")},
+    "dcnv4.cu": {"dcn_fwd_tiled_bf16": ("90",)},
+}
 
 
 def _nvcc():
@@ -134,7 +139,7 @@ def test_compiles_without_spills(reports, src, arch):
         assert kernels, f"no ptxas resource report for {os.path.basename(src)}:\n{log[-2000:]}"
     big = [k for k in kernels if k["smem"] > STATIC_SMEM_LIMIT]
     assert not big, f"sm_{arch}: static shared memory over 48 KB: {big}"
-    known = KNOWN_SPILLS.get(os.path.basename(src), set())
+    known = {n for n, archs in KNOWN_SPILLS.get(os.path.basename(src), {}).items() if arch in archs}
     spills = [k for k in kernels if k["spill_st"] or k["spill_ld"]]
     new = [k for k in spills if not any(n in k["name"] for n in known)]
     assert not new, f"sm_{arch}: register spills: {new}"
