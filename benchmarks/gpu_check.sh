@@ -21,7 +21,7 @@ $PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_alig
 status=${PIPESTATUS[0]}
 echo "== training engine on CUDA (fp16 + GradScaler, bf16, NCCL-free single process)"
 $PY -m pytest -q -p no:cacheprovider tests/test_train_optim.py tests/test_train_checkpoint.py -rs 2>&1 | tail -5
-$PY -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_attention_core.py -x -rs 2>&1 | tail -15
+$PY -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_attention_core.py tests/test_attention_tc.py -x -rs 2>&1 | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "== benchmarks (CUDA)"
 $PY benchmarks/bench_roi_align.py --device cuda

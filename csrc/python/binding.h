@@ -81,7 +81,8 @@ int dr_int_arg(PyObject *o, const char *op, const char *name, long long *v);
     DR_BINDING(phash)                                                                                              \
     DR_BINDING(select_views)                                                                                       \
     DR_BINDING(dcnv4)                                                                                              \
-    DR_BINDING(attention)
+    DR_BINDING(attention)                                                                                          \
+    DR_BINDING(attention_tc)
 
 #define DR_BINDING(name) extern PyMethodDef dr_##name##_methods[];
 DR_BINDINGS
