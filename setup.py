@@ -8,7 +8,8 @@ Environment:
   DYNREFER_CUDA_ARCHS      compute capabilities, e.g. "80;90" (default); PTX is embedded for the last one
   CUDA_HOME / CUDA_PATH    where CUDA lives (default: from nvcc on PATH, else /usr/local/cuda)
   DYNREFER_SANITIZE=1      build with -fsanitize=address,undefined (for the sanitizer test run)
-  DYNREFER_WERROR=1        treat C warnings as errors (CI)
+  DYNREFER_WERROR=1        treat C and CUDA warnings as errors (CI): -Werror for the C compiler, -Werror
+                           all-warnings for nvcc and -Wall,-Wextra,-Werror for its host compiler
 """
 import os
 import shutil
@@ -52,7 +53,9 @@ def find_cuda():
 SANITIZE = env_flag("DYNREFER_SANITIZE")
 WERROR = env_flag("DYNREFER_WERROR")
 
-c_flags = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden", "-D_GNU_SOURCE"]
+# -ffp-contract=off: no fused multiply-adds where the source has a multiply and an add (they change the bits of
+# the ops that reproduce a peer's float arithmetic, e.g. imagehash's DCT); GCC's ISO C default, clang's is "on"
+c_flags = ["-std=c11", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-fvisibility=hidden", "-D_GNU_SOURCE"]
 link_flags = []
 if WERROR:
     c_flags.append("-Werror")
@@ -114,9 +117,14 @@ class BuildExt(build_ext):
             objs = []
             for src in cu:
                 obj = os.path.join(objdir, os.path.basename(src) + ".o")
-                cmd = [NVCC, "-c", src, "-o", obj, "-O3", "-std=c++17", "-Xcompiler", "-fPIC,-fvisibility=hidden",
+                host_flags = "-fPIC,-fvisibility=hidden" + (",-Wall,-Wextra,-Werror" if WERROR else "")
+                cmd = [NVCC, "-c", src, "-o", obj, "-O3", "-std=c++17", "-Xcompiler", host_flags,
                        "--expt-relaxed-constexpr", "-lineinfo"] + gencode
+                if WERROR:  # nvcc's own warnings (device code, ptxas) are errors too
+                    cmd += ["-Werror", "all-warnings"]
                 cmd += [f"-I{d}" for d in ext.include_dirs]
+                if os.path.basename(src) == "phash.cu":  # imagehash's DCT in scipy's arithmetic: no fused multiply-adds
+                    cmd.append("--fmad=false")
                 print(" ".join(cmd), flush=True)
                 subprocess.check_call(cmd)
                 objs.append(obj)

@@ -16,17 +16,15 @@ start=$(date +%s)
 $PY -m pip install --no-build-isolation --no-deps -q -e . || { echo "BUILD FAILED"; exit 1; }
 echo "built in $(( $(date +%s) - start )) s"
 $PY -c "import dynrefer, torch; print('torch', torch.__version__, '| dynrefer.cuda_available():', dynrefer.cuda_available()); assert dynrefer.cuda_available()" || exit 1
-echo "== tests"
+echo "== tests (CUDA ones included: the tiled kernels against torchvision and the official PIL pipeline)"
 $PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_roi_align_core.py tests/test_views.py tests/test_views_core.py tests/test_dcnv4.py tests/test_dcnv4_core.py -rs 2>&1 | tail -15
 status=${PIPESTATUS[0]}
 echo "== training engine on CUDA (fp16 + GradScaler, bf16, NCCL-free single process)"
 $PY -m pytest -q -p no:cacheprovider tests/test_train_optim.py tests/test_train_checkpoint.py -rs 2>&1 | tail -5
-$PY -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_attention_core.py -x -rs 2>&1 | tail -15
+$PY -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_attention_core.py tests/test_attention_tc.py -x -rs 2>&1 | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "== benchmarks (CUDA)"
 $PY benchmarks/bench_roi_align.py --device cuda
-echo "-- without the per-call batch-index check (no host sync)"
-$PY benchmarks/bench_roi_align.py --device cuda --no-index-checks
 $PY benchmarks/bench_views.py --device cuda
 echo "-- training engine overhead"
 $PY benchmarks/bench_train.py --device cuda

@@ -253,6 +253,24 @@ def test_cuda_matches_cpu(dtype, case):
 
 
 @CUDA
+@pytest.mark.parametrize("shape", [(4, 16, (3, 3), False, 20, 24), (2, 64, (3, 3), True, 13, 9),
+                                   (1, 1100, (3, 3), False, 4, 5), (2, 8, (7, 7), False, 12, 12)])
+def test_cuda_tiled_forward_matches_torchvision_cuda(shape):
+    """The tiled forward on the GPU (several (pixel, group) pairs per block, one pair per block, large K) against
+    torchvision's deform_conv2d on the GPU."""
+    gr, d, kernel, rc, h, w = shape
+    g = torch.Generator().manual_seed(300 + d)
+    pad = (kernel[0] // 2, kernel[1] // 2)
+    value, om = make_inputs(g, n=2, h=h, w=w, group=gr, d=d, kernel=kernel, pad=pad, rc=rc, dtype=torch.float32,
+                            spread=2.0)
+    value, om = value.cuda(), om.cuda()
+    out = dcnv4(value, om, kernel, 1, pad, 1, gr, d, 1.0, rc)
+    x, off, weight, mask = to_torchvision(value.cpu(), om.cpu(), kernel, (1, 1), pad, (1, 1), gr, 1.0, rc)
+    ref = deform_conv2d(x.cuda(), off.cuda(), weight.cuda(), padding=pad, mask=mask.cuda()).permute(0, 2, 3, 1)
+    assert rel_err(out.cpu(), ref.cpu()) < 1e-5
+
+
+@CUDA
 def test_cuda_deterministic_backward_bitwise():
     g = torch.Generator().manual_seed(9)
     value, om = make_inputs(g, n=4, h=16, w=16, group=4, d=32, dtype=torch.float32, spread=0.5)

@@ -111,6 +111,54 @@ def test_backward_matches_finite_differences(rng):
         assert abs((f(value, op) - f(value, omm)) / (2 * eps) - gom[idx]) < 1e-5
 
 
+TILED_CASES = CASES + [  # more pairs than one block holds, one pair per block (D > 1024), K > the table
+    (4, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1.0, False, 9, 11),
+    (1, 1100, (3, 3), (1, 1), (1, 1), (1, 1), 1.0, False, 3, 2),
+    (2, 40, (7, 7), (1, 1), (3, 3), (1, 1), 0.5, True, 6, 5),
+    (1, 2, (33, 33), (1, 1), (16, 16), (1, 1), 1.0, False, 2, 2),
+]
+
+
+@pytest.mark.parametrize("case", range(len(TILED_CASES)))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_tiled_forward_schedule_equals_elementwise_bodies(rng, case, dtype):
+    """The CUDA forward's block schedule (taps once per (pixel, group) pair in the block's table, then the
+    channels), run on the CPU, gives the per-element bodies' values bit for bit, on contiguous and strided data."""
+    g, d, kernel, stride, pad, dil, scale, rc, h, w = TILED_CASES[case]
+    value, om = make_inputs(rng, h=h, w=w, group=g, d=d, kernel=kernel, stride=stride, pad=pad, dil=dil,
+                            remove_center=rc, spread=3.0, dtype=dtype, extra_p=3)
+    prm = params(g, d, kernel, stride, pad, dil, scale, rc)
+    outs = []
+    for v, o in ((value, om), (value[:, :, ::-1], np.asfortranarray(om))):  # strided value, permuted offsets
+        el = np.empty(v.shape[:1] + o.shape[1:3] + v.shape[3:], dtype)
+        tiled = np.full_like(el, 7)
+        _C.dcnv4_forward(v, o, el, *prm, impl="elementwise")
+        _C.dcnv4_forward(v, o, tiled, *prm, impl="tiled")
+        np.testing.assert_array_equal(tiled, el)
+        outs.append(tiled)
+    if dtype != np.float16:
+        ref = dcnv4_ref(value, om, kernel, stride, pad, dil, g, scale, rc)
+        assert rel_err(outs[0], ref) < (1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("case", range(len(TILED_CASES)))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tiled_backward_schedule_equals_elementwise_bodies(rng, case, dtype):
+    """The CUDA backward's default mode with the tiled value scatter (taps from the block's table), its blocks run
+    in order on the CPU, adds the same products in the same order as the per-element scatter: bit for bit."""
+    g, d, kernel, stride, pad, dil, scale, rc, h, w = TILED_CASES[case]
+    value, om = make_inputs(rng, h=h, w=w, group=g, d=d, kernel=kernel, stride=stride, pad=pad, dil=dil,
+                            remove_center=rc, spread=3.0, dtype=dtype, extra_p=3)
+    prm = params(g, d, kernel, stride, pad, dil, scale, rc)
+    go = rng.standard_normal((value.shape[0], om.shape[1], om.shape[2], value.shape[3])).astype(dtype)
+    gv_el, gom_el = run_backward(value, om, go, prm, "elementwise", False)
+    gv_t, gom_t = run_backward(value, om, go, prm, "tiled")
+    np.testing.assert_array_equal(gv_t, gv_el)
+    np.testing.assert_array_equal(gom_t, gom_el)
+    gv_ref, _ = dcnv4_grad_ref(value, om, go, kernel, stride, pad, dil, g, scale, rc)
+    assert rel_err(gv_t, gv_ref) < (1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_elementwise_backward_bodies_equal_fast_path_bitwise_for_value(rng):
     # the deterministic gather body adds in the fast path's order (rows, columns, taps), product for product
     value, om = make_inputs(rng, n=2, h=6, w=5, group=2, d=11, dtype=np.float32)

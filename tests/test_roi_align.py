@@ -392,8 +392,15 @@ def test_non_finite_boxes_zero_output_and_grad():
 def test_bad_batch_index(device):
     x = torch.randn(2, 1, 4, 4, device=device)
     for b in (-1.0, 2.0, float("nan")):
-        with pytest.raises(ValueError, match="batch index"):
-            ops.roi_align(x, torch.tensor([[b, 0, 0, 2, 2]], device=device), 2)
+        if device == "cpu":
+            with pytest.raises(ValueError, match="batch index"):
+                ops.roi_align(x, torch.tensor([[b, 0, 0, 2, 2]], device=device), 2)
+            continue
+        # CUDA checks on the device without a sync: the RoI pools to zeros, check_errors (or the next call) raises
+        y = ops.roi_align(x, torch.tensor([[b, 0, 0, 2, 2]], device=device), 2)
+        with pytest.raises(ValueError, match="batch index in \\[0, 2\\)"):
+            ops.check_errors()
+        assert torch.all(y == 0)
 
 
 def test_bad_arguments_torch():
@@ -497,6 +504,42 @@ def test_dataloader_forked_workers():
         assert torch.equal(ours, ref)
 
 
+# --- the tiled CUDA forward's block schedule on the CPU, against torchvision ------------------------------------
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tiled_schedule_bitwise_equals_torchvision(rng, layout, dtype):
+    """The CUDA forward's tiling and indexing (impl="tiled": one block per RoI and channel slice, taps from the
+    block's table or, when they do not fit, per element) equal torchvision's CPU kernel bit for bit: ragged sizes,
+    sampling_ratio 0 and > 0, aligned True/False, boxes partly outside the map, empty boxes."""
+    for trial in range(25):
+        n, c = int(rng.integers(1, 4)), int(rng.integers(1, 80))
+        h, w = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+        k = int(rng.integers(1, 16))
+        x = _layout(torch.from_numpy(rng.standard_normal((n, c, h, w))).to(dtype), layout)
+        xy = rng.uniform(-0.3, 1.1, (k, 2)) * [w, h]
+        wh = rng.uniform(0, 1.2, (k, 2)) * [w, h]
+        rois = torch.from_numpy(np.concatenate([rng.integers(0, n, (k, 1)), xy, xy + wh], 1)).to(dtype)
+        rois[0, 3:] = rois[0, 1:3]  # empty box
+        ph, pw = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        scale = float(rng.choice([1.0, 0.5, 0.25, 1 / 3]))
+        for sr in (0, 1, 2, 3):
+            for aligned in (False, True):
+                ref = tv_roi_align(x, rois, (ph, pw), scale, sr, aligned)
+                for taps in (-1, 0):
+                    out = torch.full((k, c, ph, pw), 7.0, dtype=dtype)
+                    _C_forward_tiled(x, rois, out, scale, ph, pw, sr, aligned, taps)
+                    assert torch.equal(out, ref), (trial, sr, aligned, taps, (out - ref).abs().max())
+
+
+def _C_forward_tiled(x, rois, out, scale, ph, pw, sr, aligned, taps):
+    from dynrefer import _C
+
+    # NumPy views share memory with the tensors (strides, channels-last included)
+    xn = x.numpy() if x.is_contiguous() else x.permute(0, 2, 3, 1).numpy().transpose(0, 3, 1, 2)
+    _C.roi_align_forward(xn, rois.numpy(), out.numpy(), scale, ph, pw, sr, aligned, impl="tiled", tile_taps=taps)
+
+
 # --- CUDA ------------------------------------------------------------------------------------------------------
 
 cuda = pytest.mark.skipif(not cuda_devices(), reason="no CUDA device (or dynrefer built without CUDA)")
@@ -558,9 +601,64 @@ def test_cuda_index_checks_off_gives_zeros():
     ops.set_cuda_index_checks(False)
     try:
         y = ops.roi_align(x, rois, 2)
+        ops.roi_align(x, rois[1:], 2)  # the next call does not raise: checks are off
     finally:
         ops.set_cuda_index_checks(True)
     assert torch.all(y[0] == 0) and torch.allclose(y[1], tv_roi_align(x, rois[1:], 2)[0])
+    with pytest.raises(ValueError, match=r"rois\[0, 0\] = 5 is not a batch index in \[0, 2\)"):
+        ops.check_errors("cuda")
+    ops.check_errors()
+
+
+@cuda
+def test_cuda_bad_batch_index_without_sync_raised_by_next_call():
+    x = torch.randn(2, 8, 16, 16, device="cuda", requires_grad=True)
+    rois = torch.tensor([[0, 1, 1, 9, 9], [3.0, 0, 0, 4, 4], [1, 2, 2, 12, 14]], device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising torch call in the op raises
+    try:
+        y = ops.roi_align(x, rois, 3, 1.0, 2)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    with pytest.raises(ValueError, match=r"rois\[1, 0\] = 3 is not a batch index in \[0, 2\).*forward"):
+        ops.roi_align(x, rois[:1], 3, 1.0, 2)  # the next call on the device raises the recorded error
+    ops.check_errors()  # taken: nothing pending
+    assert torch.all(y[1] == 0)
+    good = rois[[0, 2]]
+    assert torch.allclose(y[[0, 2]], tv_roi_align(x, good, 3, 1.0, 2), rtol=1e-5, atol=1e-6)
+    # backward reports too, and grad_input holds only the good RoIs' gradient
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    with pytest.raises(ValueError, match="backward"):
+        ops.check_errors(torch.device("cuda", 0))
+    xt = x.detach().requires_grad_()
+    (gt,) = torch.autograd.grad(tv_roi_align(xt, good, 3, 1.0, 2).sum(), xt)
+    assert torch.allclose(g, gt, rtol=1e-5, atol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_tiled_forward_matches_torchvision_cuda(dtype, layout):
+    """The tiled kernel on the GPU against torchvision's CUDA kernel: ragged sizes, RoIs with more taps than the
+    block's table, more channels than a block holds, boxes partly outside, empty boxes."""
+    g = torch.Generator().manual_seed(5)
+    for n, c, h, w, k, ph, pw in [(2, 3, 13, 11, 40, 3, 4), (3, 70, 25, 31, 64, 7, 7), (1, 256, 50, 40, 30, 14, 14),
+                                  (2, 5, 300, 200, 9, 2, 3)]:
+        x = _layout(torch.randn(n, c, h, w, generator=g).to(dtype), layout).cuda()
+        xy = torch.rand(k, 2, generator=g) * torch.tensor([w, h]) * 1.2 - 0.1 * torch.tensor([w, h])
+        wh = torch.rand(k, 2, generator=g) * torch.tensor([w, h])
+        rois = torch.cat([torch.randint(0, n, (k, 1), generator=g).float(), xy, xy + wh], 1)
+        rois[0, 3:] = rois[0, 1:3]  # empty
+        rois[1, 1:] = torch.tensor([-0.3 * w, -0.3 * h, 1.3 * w, 1.3 * h])  # partly outside, many taps
+        rois = rois.cuda()
+        for sr in (-1, 0, 2):
+            for aligned in (False, True):
+                ours = ops.roi_align(x, rois, (ph, pw), 0.8, sr, aligned)
+                ref = tv_roi_align(x.float(), rois, (ph, pw), 0.8, sr, aligned).to(dtype)
+                tol = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2
+                assert rel_err(ours.cpu(), ref.cpu()) < tol, (n, c, h, w, sr, aligned)
+    ops.check_errors()
 
 
 @cuda

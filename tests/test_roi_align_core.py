@@ -149,6 +149,130 @@ def test_elementwise_bodies_equal_fast_path(rng, dtype, aligned, channels_last):
         np.testing.assert_allclose(g_fast, g_atomic, rtol=1e-5, atol=1e-6)
 
 
+# --- the tiled CUDA forward's block schedule, run on the CPU ----------------------------------------------------
+
+def _layout(x, channels_last):
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if channels_last else x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_tiled_schedule_equals_elementwise_bodies(rng, dtype, channels_last):
+    """The tiled kernel (geometry and taps once per block, in its table) gives the per-element bodies' values bit
+    for bit: table and per-element taps, ragged sizes, more channels than one block holds, empty grids, huge and
+    non-finite boxes."""
+    for trial in range(12):
+        n, c = int(rng.integers(1, 4)), int(rng.integers(1, 70))
+        h, w = int(rng.integers(1, 24)), int(rng.integers(1, 24))
+        k = int(rng.integers(0, 12))
+        x = _layout(rng.standard_normal((n, c, h, w)).astype(dtype), channels_last)
+        rois = random_rois(rng, n, k, h, w)
+        if k >= 3:
+            rois[0, 3:] = rois[0, 1:3]  # empty box
+            rois[1, 1:] = [-1e6, -1e6, 1e6, 1e6]  # far more taps than a table holds
+            rois[2, 1] = np.nan
+        ph, pw = int(rng.integers(1, 8)), int(rng.integers(1, 8))
+        for sampling in (-1, 0, 2, 5):
+            for aligned in (False, True):
+                elem = np.empty((k, c, ph, pw), dtype)
+                _C.roi_align_forward(x, rois, elem, 0.7, ph, pw, sampling, aligned, impl="elementwise")
+                for taps in (-1, 0, 9):  # the GPU's table, per-element taps only, a table too small for most RoIs
+                    tiled = np.full((k, c, ph, pw), 7, dtype)
+                    _C.roi_align_forward(x, rois, tiled, 0.7, ph, pw, sampling, aligned, impl="tiled", tile_taps=taps)
+                    np.testing.assert_array_equal(tiled, elem, err_msg=f"trial {trial} sr {sampling} taps {taps}")
+    assert _C.roi_align_take_error("cpu") is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_tiled_backward_schedule_equals_elementwise_scatter(rng, dtype, channels_last):
+    """The CUDA backward's default mode, tiled like the forward (taps from the block's table), run block by block on
+    the CPU: the same adds as the per-element scatter, in the same order while the blocks' order matches it (planar
+    maps; channels-last maps within one channel slice), else equal up to the order of float additions."""
+    acc = np.float64 if dtype == np.float64 else np.float32
+    for trial in range(8):
+        n, c = int(rng.integers(1, 4)), int(rng.integers(1, 70))
+        h, w = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        k = int(rng.integers(0, 10))
+        rois = random_rois(rng, n, k, h, w)
+        if k >= 2:
+            rois[0, 1:] = [-1e6, -1e6, 1e6, 1e6]  # far more taps than a table holds
+            rois[1, 3:] = rois[1, 1:3]  # empty box
+        ph, pw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        go = rng.standard_normal((k, c, ph, pw)).astype(dtype)
+        for sampling in (-1, 2):
+            for aligned in (False, True):
+                def grad(impl, **kw):
+                    g = np.full((n, h, w, c), np.nan, acc).transpose(0, 3, 1, 2) if channels_last else \
+                        np.full((n, c, h, w), np.nan, acc)
+                    _C.roi_align_backward(go, rois, g, 0.9, ph, pw, sampling, aligned, impl=impl, **kw)
+                    return g
+                ref = grad("elementwise")
+                for taps in (-1, 0, 9):
+                    got = grad("tiled", tile_taps=taps)
+                    if not channels_last or c <= 32:
+                        np.testing.assert_array_equal(got, ref, err_msg=f"trial {trial} taps {taps}")
+                    else:
+                        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert _C.roi_align_take_error("cpu") is None
+
+
+def test_tiled_bad_batch_index_recorded_not_raised(rng):
+    """Device-side index validation, on the CPU emulation: a bad index pools to zeros, nothing is read out of
+    bounds, the first report since the last take is kept (later ones dropped), a take clears it."""
+    assert _C.roi_align_take_error("cpu") is None
+    x = rng.standard_normal((2, 40, 9, 9)).astype(np.float32)
+    rois = random_rois(rng, 2, 6, 9, 9)
+    good = np.empty((6, 40, 2, 3), np.float32)
+    _C.roi_align_forward(x, rois, good, 1.0, 2, 3, 2, False, impl="tiled")
+    bad = rois.copy()
+    bad[2, 0], bad[4, 0] = 2.0, -1e9
+    out = np.full_like(good, 5)
+    _C.roi_align_forward(x, bad, out, 1.0, 2, 3, 2, False, impl="tiled")  # no exception: the GPU would not sync
+    assert np.all(out[[2, 4]] == 0)
+    keep = [0, 1, 3, 5]
+    np.testing.assert_array_equal(out[keep], good[keep])
+    later = rois[:2].copy()
+    later[:, 0] = [0, 7]
+    _C.roi_align_forward(x[:1], later, out[:2], 1.0, 2, 3, 2, False, impl="tiled")  # a second failing call
+    roi, value, n, op = _C.roi_align_take_error("cpu")
+    assert (roi, value, n, op) in [(2, 2.0, 2, "forward"), (4, -1e9, 2, "forward")]  # the first failing call's
+    assert _C.roi_align_take_error("cpu") is None  # taken: cleared
+    bad2 = rois.copy()
+    bad2[1, 0] = 7.0
+    _C.roi_align_forward(x, bad2, out, 1.0, 2, 3, 2, False, impl="tiled")  # reported again after a take
+    with pytest.raises(ValueError, match=r"rois\[1, 0\] = 7 is not a batch index in \[0, 2\)"):
+        dynrefer.ops.check_errors("cpu")
+    dynrefer.ops.check_errors()  # nothing pending any more
+    # the backward reports too
+    gi = np.full_like(x, np.nan)
+    _C.roi_align_backward(np.ones_like(out), bad, gi, 1.0, 2, 3, 2, False, impl="tiled")
+    assert _C.roi_align_take_error("cpu")[3] == "backward"
+    assert np.isfinite(gi).all()
+    # NaN and fractional indices: NaN is bad, (-1, N) truncates to an image as torchvision's cast does
+    frac = rois.copy()
+    frac[0, 0], frac[1, 0], frac[2, 0] = -0.5, 1.9, np.nan
+    _C.roi_align_forward(x, frac, out, 1.0, 2, 3, 2, False, impl="tiled")
+    roi, value, n, op = _C.roi_align_take_error("cpu")
+    assert roi == 2 and np.isnan(value)
+    assert np.all(out[2] == 0)
+    ref = np.empty_like(out)
+    _C.roi_align_forward(x, frac[[0, 1]], ref[:2], 1.0, 2, 3, 2, False)
+    np.testing.assert_array_equal(out[:2], ref[:2])
+
+
+def test_take_error_arguments():
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        _C.roi_align_take_error("tpu")
+    with pytest.raises(ValueError, match="device"):
+        dynrefer.ops.check_errors("gpu")
+    with pytest.raises(TypeError, match="device"):
+        dynrefer.ops.check_errors(1.5)
+    with pytest.raises(ValueError, match="impl must be 'fast', 'elementwise' or 'tiled'"):
+        _C.roi_align_forward(np.zeros((1, 1, 2, 2), np.float32), np.zeros((1, 5), np.float32),
+                             np.zeros((1, 1, 1, 1), np.float32), 1.0, 1, 1, 1, False, impl="tiles")
+
+
 def test_backward_is_adjoint_of_forward(rng):
     # <roi_align(x), g> == <x, roi_align_backward(g)> for the linear map
     x = rng.standard_normal((2, 3, 8, 8))

@@ -81,11 +81,58 @@ def _train(tmp_path, name, **run):
 
 
 def test_lr_logged_per_step_and_ends_at_min(tmp_path):
-    summary, recs, _ = _train(tmp_path, "a", max_epoch=2, warmup_steps=3, warmup_lr=1e-4, min_lr=1e-4)
+    summary, recs, _ = _train(tmp_path, "a", max_epoch=2, warmup_steps=3, warmup_lr=1e-4, min_lr=1e-4,
+                              lr_decay="step")
     train = [r for r in recs if r["type"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 13)) and summary["total_steps"] == 12
     s = LinearWarmupCosineLR(None, 12, 1e-2, 1e-4, 3, 1e-4)
     assert [r["lr"] for r in train] == pytest.approx([s.lr_at(i) for i in range(12)], rel=1e-12)
+
+
+def _lavis_lrs(max_epoch, steps_per_epoch, init_lr, min_lr, warmup_steps, warmup_start_lr):
+    """The learning rates LAVIS's LinearWarmupCosineLRScheduler sets (its formulas; lavis/common/optims.py)."""
+    out = []
+    for epoch in range(max_epoch):
+        for i in range(steps_per_epoch):
+            if epoch == 0:
+                start = warmup_start_lr if warmup_start_lr >= 0 else init_lr
+                out.append(min(init_lr, start + (init_lr - start) * i / max(warmup_steps, 1)))
+            else:
+                out.append((init_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * epoch / max_epoch)) + min_lr)
+    return out
+
+
+@pytest.mark.parametrize("warmup_lr,lavis_start", [(None, -1), (1e-5, 1e-5)])
+def test_epoch_schedule_is_lavis(warmup_lr, lavis_start):
+    # the official settings: warmup_lr unset (LAVIS -1 → init_lr: epoch 0 flat at init_lr), warm-up longer than an
+    # epoch (5000 steps); and a real ramp that ends within epoch 0
+    for warmup in (5000, 3):
+        s = LinearWarmupCosineLR(None, 4 * 6, 1e-4, 1e-6, warmup, warmup_lr, epoch_steps=6)
+        ref = _lavis_lrs(4, 6, 1e-4, 1e-6, warmup, lavis_start)
+        assert [s.lr_at(i) for i in range(24)] == pytest.approx(ref, rel=1e-12, abs=0)
+    flat = LinearWarmupCosineLR(None, 24, 1e-4, 0.0, 5000, None, epoch_steps=6)
+    assert [flat.lr_at(i) for i in range(6)] == [1e-4] * 6
+    assert flat.lr_at(6) == flat.lr_at(11) == pytest.approx(1e-4 * 0.5 * (1 + math.cos(math.pi / 4)))
+    try:
+        from lavis.common.optims import LinearWarmupCosineLRScheduler
+    except ImportError:
+        return
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    lav = LinearWarmupCosineLRScheduler(opt, max_epoch=4, min_lr=1e-6, init_lr=1e-4, warmup_steps=3,
+                                        warmup_start_lr=lavis_start)
+    s = LinearWarmupCosineLR(None, 24, 1e-4, 1e-6, 3, warmup_lr, epoch_steps=6)
+    for step in range(24):
+        lav.step(cur_epoch=step // 6, cur_step=step % 6)
+        assert opt.param_groups[0]["lr"] == pytest.approx(s.lr_at(step), rel=1e-12)
+
+
+def test_lr_per_epoch_in_training(tmp_path):
+    summary, recs, _ = _train(tmp_path, "e", max_epoch=2, warmup_steps=3, min_lr=1e-4)
+    train = [r for r in recs if r["type"] == "train"]
+    per_epoch = summary["total_steps"] // 2
+    # warmup_lr unset: epoch 0 at init_lr throughout; epoch 1 at the cosine value of epoch 1 of 2 (the midpoint)
+    assert [r["lr"] for r in train[:per_epoch]] == pytest.approx([1e-2] * per_epoch, rel=1e-12)
+    assert [r["lr"] for r in train[per_epoch:]] == pytest.approx([1e-4 + (1e-2 - 1e-4) * 0.5] * per_epoch, rel=1e-12)
     for r in train:
         assert {"loss", "loss_ce", "loss_reg", "grad_norm", "samples_per_s", "steps_per_s", "mem_mb"} <= set(r)
         assert r["loss"] == pytest.approx(r["loss_ce"] + r["loss_reg"], rel=1e-6)

@@ -4,6 +4,7 @@ a NumPy rendition of the official greedy selection, torch.nn.functional.interpol
 import glob
 import os
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -140,6 +141,21 @@ def test_crop_resize_pil_equals_official_on_photos(shared_data, rng):
         np.testing.assert_array_equal(rb, want_b)
 
 
+def test_crop_resize_tiled_schedule_equals_official_on_photos(shared_data, rng):
+    """The CUDA kernel's block schedule run on the CPU (impl="tiled") against the official PIL pipeline on COCO
+    photos at 224: whole-image views (column taps in the table), tight boxes, boxes partly outside."""
+    order = _pillow_order()
+    for im in _photos(shared_data, 3):
+        h, w = im.shape[:2]
+        b = _random_boxes(rng, 4, w, h)
+        b[0] = [0, 0, w, h]
+        tight = b[1]
+        views, rb = crop_resize(im, b, ref_boxes=np.repeat(tight[None], len(b), 0), pil_order=order, impl="tiled")
+        want_v, want_b = official_crops(im, b, tight)
+        np.testing.assert_array_equal(views, want_v)
+        np.testing.assert_array_equal(rb, want_b)
+
+
 @pytest.mark.parametrize("trial", range(3))
 def test_crop_resize_pil_equals_official_random(rng, trial):
     order = _pillow_order()
@@ -247,7 +263,8 @@ def test_phash_imagehash_thumbnails_uncached_lengths(rng):
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
 def test_phash_imagehash_simd_levels(shared_data, isa, tmp_path):
     """The portable, AVX2 and AVX-512 kernels (chosen per CPU; DYNREFER_CPU_ISA caps the choice) give the same
-    thumbnails as the widest one (AMX where the CPU and the kernel allow it)."""
+    thumbnails and hashes as the widest one (AMX where the CPU and the kernel allow it), at the default size and
+    at sizes whose resize side is not a multiple of the vector widths."""
     import subprocess
     import sys
 
@@ -256,20 +273,26 @@ def test_phash_imagehash_simd_levels(shared_data, isa, tmp_path):
         "im = np.asarray(Image.open(sys.argv[1]).convert('RGB')); h, w = im.shape[:2]\n"
         "g = np.random.default_rng(5); xy = g.uniform(0, 0.7, (40, 2)) * [w, h]\n"
         "b = np.concatenate([xy, xy + g.uniform(0.02, 0.3, (40, 2)) * [w, h]], 1).astype(np.float32)\n"
-        "np.save(sys.argv[2], phash(im, b, method='imagehash', thumbnails=True)[1])\n"
+        "b = np.concatenate([b, [[0, 0, 2, 90], [5, 5, 6, 70], [0, 0, 64, 1], [3, 3, 4, 4]]]).astype(np.float32)\n"
+        "t = [phash(im, b, method='imagehash', hash_size=s, highfreq_factor=f, thumbnails=True) for s, f in\n"
+        "     ((8, 4), (5, 3), (7, 1), (16, 4))]\n"
+        "np.savez(sys.argv[2], *[a for h, th in t for a in (h, th)])\n"
         "from dynrefer import _C; print(_C.views_cpu_isa())\n")
     photo = _photo_paths(shared_data)[0]
     outs = {}
     for cap in (isa, "native"):
         env = dict(os.environ, DYNREFER_CPU_ISA=cap)
-        f = tmp_path / f"{cap}.npy"
+        f = tmp_path / f"{cap}.npz"
         used = subprocess.run([sys.executable, "-c", script, photo, str(f)], check=True, env=env,
                               capture_output=True, text=True).stdout.split()[-1]
         levels = ["portable", "avx2", "avx512", "amx"]
         top = len(levels) - 1 if cap == "native" else levels.index(cap.replace("default", "portable"))
         assert used in levels and levels.index(used) <= top, (cap, used)
-        outs[cap] = np.load(f)
-    np.testing.assert_array_equal(outs[isa], outs["native"])
+        with np.load(f) as z:
+            outs[cap] = [z[k] for k in sorted(z.files, key=lambda k: int(k.split("_")[1]))]
+    assert len(outs[isa]) == 8
+    for a, b in zip(outs[isa], outs["native"]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_phash_thumbnails_errors():
@@ -462,6 +485,26 @@ def test_cuda_equals_cpu(device, rng):
                                   select_views(hs.numpy(), CANDIDATES, 2))
 
 
+@pytest.mark.parametrize("device", cuda_devices())
+def test_cuda_crop_resize_equals_official_on_photos(device, shared_data, rng):
+    """The tiled CUDA kernel against the official PIL pipeline on COCO photos at 224, with views whose taps fit the
+    block's tables and views that fall back to the per-element bodies (a 4x-upsampled photo, whole)."""
+    order = _pillow_order()
+    photos = _photos(shared_data, 3)
+    photos.append(np.asarray(Image.fromarray(photos[0]).resize((photos[0].shape[1] * 4, photos[0].shape[0] * 4))))
+    for im in photos:
+        h, w = im.shape[:2]
+        b = _random_boxes(rng, 5, w, h)
+        b[0] = [0, 0, w, h]
+        tight = b[1]
+        ref = np.repeat(tight[None], len(b), 0)
+        got, rb = crop_resize(torch.from_numpy(im.copy()).to(device), torch.from_numpy(b).to(device),
+                              ref_boxes=torch.from_numpy(ref).to(device), pil_order=order)
+        want_v, want_b = official_crops(im, b, tight)
+        np.testing.assert_array_equal(got.cpu().numpy(), want_v)
+        np.testing.assert_array_equal(rb.cpu().numpy(), want_b)
+
+
 def test_random_module_untouched(rng):
     # the transform must not consume Python's global random stream (the training loop seeds and uses it)
     state = random.getstate()
@@ -567,3 +610,35 @@ def test_phash_memory_follows_the_boxes():
     grown = int(subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], check=True, capture_output=True,
                                text=True).stdout.split()[-1])
     assert grown < 64 << 20, grown  # the image is 1.2 GB, its luma plane 400 MB
+
+
+_CROP_PEAK_SCRIPT = """
+import json, sys
+import numpy as np
+from dynrefer.ops import crop_resize
+def hwm():  # this process's peak RSS (ru_maxrss would carry the parent's peak across exec)
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024
+h, w, c, size = json.loads(sys.argv[1])
+img = np.empty((h, w, c), np.uint8)
+img[:] = 3
+img[::5, :, 0] = 250
+crop_resize(img[:40, :40], [[0, 0, 40, 40]], size=size)  # thread pool and first-call state, before the baseline
+base = hwm()
+crop_resize(img, [[0, 0, w, h]], size=size)
+print(hwm() - base)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("h,w,c", [(6000, 6000, 3), (6000, 1500, 3), (6000, 1500, 4)])
+def test_crop_resize_pil_memory_follows_the_work(h, w, c):
+    """A large crop resized to 8 x 8 on the PIL path needs buffers of the rows it reads times the output width, or of
+    a block of rows times the crop width — not the crop (108 MB here) or transposed copies of it."""
+    import json
+    import subprocess
+
+    size = 8
+    grown = int(subprocess.run([sys.executable, "-c", _CROP_PEAK_SCRIPT, json.dumps([h, w, c, size])], check=True,
+                               capture_output=True, text=True).stdout.split()[-1])
+    work = h * size * 3 + 64 * w * 3 + size * w * 3 * 4  # first-pass result, a row block, int32 sums
+    assert grown < (16 << 20) + 8 * work, (grown, work)

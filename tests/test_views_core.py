@@ -48,6 +48,34 @@ def test_crop_resize_pass_orders_elementwise(rng, order):
     np.testing.assert_array_equal(fast, elem)
 
 
+@pytest.mark.parametrize("mode,interp,aa", [("pil", "bicubic", True), ("pil", "bilinear", True),
+                                            ("tensor", "bicubic", True), ("tensor", "bilinear", False),
+                                            ("tensor", "bicubic", False)])
+def test_crop_resize_tiled_schedule_equals_elementwise(rng, mode, interp, aa):
+    """The CUDA kernel's block schedule (bands of rows, column taps and Pillow's first pass in shared tables; the
+    per-element bodies for views too large for them), run on the CPU, equals the per-element bodies bit for bit:
+    both pass orders, sizes not a multiple of the band, more images than one launch's table (chunks), downscales
+    beyond the tables, one-pixel and outside boxes."""
+    ims = [_image(rng, int(rng.integers(5, 60)), int(rng.integers(5, 60))) for _ in range(35)]
+    ims[3] = _image(rng, 700, 40)   # tall: vertical pass first, many taps along y
+    ims[4] = _image(rng, 30, 1300)  # wide: column taps beyond the table at this size
+    idx = rng.integers(0, len(ims), 40).astype(np.int64)
+    idx[:4] = [3, 4, 34, 0]
+    b = np.concatenate([_boxes(rng, 1, ims[i].shape[1], ims[i].shape[0]) for i in idx])
+    b[0] = [0, 0, 40, 700]
+    b[1] = [0, 0, 1300, 30]
+    b[2] = [3.2, 4.7, 4.9, 5.1]     # one pixel
+    b[3] = [-50, -50, -10, -10]     # outside: widened to one pixel
+    for size in (13, 40):
+        kw = dict(size=size, mode=mode, interpolation=interp, antialias=aa, image_index=idx, ref_boxes=b)
+        elem, re_ = crop_resize(ims, b, impl="elementwise", **kw)
+        tiled, rt = crop_resize(ims, b, impl="tiled", **kw)
+        np.testing.assert_array_equal(tiled, elem)
+        np.testing.assert_array_equal(rt, re_)
+    order = crop_resize(ims[3], b[:1], size=16, pil_order="horizontal", impl="tiled")
+    np.testing.assert_array_equal(order, crop_resize(ims[3], b[:1], size=16, pil_order="horizontal"))
+
+
 @pytest.mark.parametrize("method", ["dynrefer", "imagehash"])
 def test_phash_elementwise_equals_fast(rng, method):
     im = _image(rng, 61, 47)
@@ -60,6 +88,29 @@ def test_phash_elementwise_equals_fast(rng, method):
         np.testing.assert_array_equal(fast, elem)
     else:  # double sums in a different order: a bit may flip only where a coefficient ties the mean
         assert (hamming(fast, elem) <= 1).all()
+
+
+@pytest.mark.parametrize("hs,hf", [(8, 4), (2, 1), (5, 3), (7, 1), (16, 4), (8, 8)])
+def test_phash_imagehash_elementwise_every_size(rng, hs, hf):
+    """The CUDA kernel's steps (scipy's DCT per line, median by rank) equal the fast path bit for bit, also on crops
+    whose coefficients vanish in exact arithmetic (flat, mirror-symmetric, two pixels wide), where the bits follow
+    the DCT's rounding."""
+    r = _image(rng, 37, 29)
+    mirror = np.concatenate([r[:, :15], r[:, :14][:, ::-1]], 1)
+    flat = np.full((37, 29, 3), 77, np.uint8)
+    for im in (r, mirror, flat):
+        b = np.array([[0, 0, 29, 37], [0, 0, 2, 37], [3, 4, 5, 6], [0, 0, 29, 1]], np.float32)
+        fast, th = phash(im, b, method="imagehash", hash_size=hs, highfreq_factor=hf, thumbnails=True)
+        elem, th_e = phash(im, b, method="imagehash", hash_size=hs, highfreq_factor=hf, thumbnails=True,
+                           impl="elementwise")
+        np.testing.assert_array_equal(th, th_e)
+        np.testing.assert_array_equal(fast, elem)
+
+
+def test_phash_imagehash_elementwise_size_limit():
+    with pytest.raises(TypeError, match="hash_size \\* highfreq_factor <= 64"):
+        phash(np.zeros((9, 9, 3), np.uint8), [[0, 0, 9, 9]], method="imagehash", hash_size=9, highfreq_factor=8,
+              impl="elementwise")
 
 
 def test_imagehash_golden(shared_data):
@@ -108,6 +159,25 @@ def test_non_finite_boxes_refused(rng):
         with pytest.raises(ValueError, match=r"boxes\[1\]"):
             NestedViews()(im, b)
 
+
+
+@pytest.mark.parametrize("order", ["adaptive", "horizontal"])
+def test_crop_resize_pil_reads_every_layout_in_place(rng, order):
+    """The PIL path reads the crop straight from the image in every layout — packed RGB (rows combined in place),
+    RGBA, channel-planar and flipped (gathered) — and in blocks of 64 rows: equal to the per-element body on tall
+    crops (vertical pass first under the adaptive rule), wide ones and crops taller than a block, down to 1 x 1 and
+    up from 1-pixel strips."""
+    h, w = 203, 150
+    base = _image(rng, h, w, 4)
+    packed = np.ascontiguousarray(base[:, :, :3])
+    layouts = [packed, base, np.ascontiguousarray(packed.transpose(2, 0, 1)).transpose(1, 2, 0),
+               np.ascontiguousarray(packed[::-1, ::-1])[::-1, ::-1]]
+    b = np.array([[0, 0, w, h], [3, 1, 12, 200], [1, 130, 149, 141], [7, 9, 8, 150], [20, 30, 140, 31],
+                  [40.5, 60.2, 41, 61]], np.float32)
+    for size in (1, 5, 17, 70):
+        want = crop_resize(packed, b, size=size, pil_order=order, impl="elementwise")
+        for im in layouts:
+            np.testing.assert_array_equal(crop_resize(im, b, size=size, pil_order=order), want)
 
 def test_strided_and_rgba_images(rng):
     base = _image(rng, 50, 60, 4)
@@ -364,3 +434,90 @@ def test_errors_name_the_argument_and_show_the_shape(rng):
         _C.phash([im], b, np.empty(2, np.uint64), 2**80)
     with pytest.raises(TypeError, match="crop_resize: filter must be an int"):
         _C.crop_resize([im], b, out, 8, 0, "bicubic", (0, 0, 0), (1, 1, 1))
+
+
+def test_argument_builders_name_the_argument(rng):
+    """The kernels' argument builders (dr_<op>_make_args) are where the views ops are validated: called straight
+    through the binding, every bad argument gets a message naming it and showing the value."""
+    from dynrefer import _C
+
+    im = _image(rng, 30, 40)
+    b = _boxes(rng, 2, 40, 30)
+    out = np.empty((2, 3, 8, 8), np.float32)
+    cr = lambda **kw: _C.crop_resize(kw.pop("images", [im]), kw.pop("boxes", b), kw.pop("out", out), kw.pop("size", 8),
+                                     kw.pop("kind", 0), kw.pop("filter", 1), kw.pop("mean", (0, 0, 0)),
+                                     kw.pop("std", (1, 1, 1)), **kw)
+    cr()  # the baseline call is valid
+    with pytest.raises(ValueError, match=r"crop_resize: mean\[2\] must be finite, got nan"):
+        cr(mean=(0, 0, float("nan")))
+    with pytest.raises(ValueError, match=r"crop_resize: std\[0\] must be finite and > 0, got -1"):
+        cr(std=(-1, 1, 1))
+    with pytest.raises(ValueError, match=r"crop_resize: std\[1\] must be finite and > 0, got inf"):
+        cr(std=(1, 1e300, 1))  # finite as a double, not as the float32 the kernels use
+    with pytest.raises(ValueError, match="crop_resize: unknown resampling kind 4294967296"):
+        cr(kind=2**32)  # not narrowed to a valid kind on its way to the builder
+    with pytest.raises(ValueError, match="crop_resize: unknown filter -1"):
+        cr(filter=-1)
+    with pytest.raises(ValueError, match=r"crop_resize: size must be in \[1, 16384\], got 0"):
+        cr(size=0)
+    with pytest.raises(ValueError, match="crop_resize: images is empty"):
+        cr(images=[])
+    with pytest.raises(ValueError, match=r"crop_resize: images\[1\] has shape \[30, 40\] \(2-D, grayscale\)"):
+        cr(images=[im, im[:, :, 0]], image_index=np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="crop_resize: image_index is required with 2 images"):
+        cr(images=[im, im])
+    with pytest.raises(ValueError, match="crop_resize: image_index has 3 entries for 2 boxes"):
+        cr(images=[im, im], image_index=np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="crop_resize: image_index must be int64, got int32"):
+        cr(images=[im, im], image_index=np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match=r"crop_resize: image_index\[1\] = 2 is not an image index in \[0, 2\)"):
+        cr(images=[im, im], image_index=np.array([0, 2]))
+    with pytest.raises(TypeError, match="crop_resize: boxes must be float32 or float64, got int64"):
+        cr(boxes=b.astype(np.int64))
+    with pytest.raises(ValueError, match=r"crop_resize: boxes must have shape \[V, 4\], got \[2, 5\]"):
+        cr(boxes=np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"crop_resize: out has shape \[2, 3, 8, 7\], expected \[2, 3, 8, 8\]"):
+        cr(out=np.empty((2, 3, 8, 7), np.float32))
+    rb, ro = b.copy(), np.empty((2, 4), np.float32)
+    cr(ref_boxes=rb, ref_out=ro)
+    with pytest.raises(ValueError, match="crop_resize: ref_boxes and ref_out go together"):
+        cr(ref_boxes=rb)
+    with pytest.raises(ValueError, match="crop_resize: ref_boxes has 1 rows for 2 boxes"):
+        cr(ref_boxes=rb[:1], ref_out=ro)
+    with pytest.raises(ValueError, match=r"crop_resize: ref_out has shape \[2, 3\], expected \[2, 4\]"):
+        cr(ref_boxes=rb, ref_out=np.empty((2, 3), np.float32))
+    with pytest.raises(TypeError, match="crop_resize: ref_out must be float32, got float64"):
+        cr(ref_boxes=rb, ref_out=np.empty((2, 4)))
+
+    h = np.empty(2, np.uint64)
+    with pytest.raises(ValueError, match="phash: unknown method 2"):
+        _C.phash([im], b, h, 2)
+    with pytest.raises(ValueError, match="phash: unknown pil_order 3"):
+        _C.phash([im], b, h, 1, pil_order=3)
+    with pytest.raises(ValueError, match="phash: the official .* hash is 8 x 8"):
+        _C.phash([im], b, h, 0, hash_size=9)
+    with pytest.raises(ValueError, match="Hash size must be greater than or equal to 2"):
+        _C.phash([im], b, h, 1, hash_size=1)
+    with pytest.raises(ValueError, match="phash: hash_size \\* highfreq_factor .* at most 4096, got 64 \\* 65"):
+        _C.phash([im], b, h, 1, hash_size=64, highfreq_factor=65)
+    with pytest.raises(TypeError, match="phash: hashes must be uint64, got int64"):
+        _C.phash([im], b, np.empty(2, np.int64), 1)
+    with pytest.raises(ValueError, match=r"phash: hashes must have shape \[2\]"):
+        _C.phash([im], b, np.empty(3, np.uint64), 1)
+    with pytest.raises(ValueError, match=r"phash: hashes must be 2-D, got 1-D"):
+        _C.phash([im], b, h, 1, hash_size=9)
+    with pytest.raises(ValueError, match="phash: thumbnails are only available for method imagehash"):
+        _C.phash([im], b, h, 0, thumbnails=np.empty((2, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match=r"phash: thumbnails must be a contiguous \[2, 32, 32\] array"):
+        _C.phash([im], b, h, 1, thumbnails=np.empty((2, 32, 33), np.uint8))
+
+    hs, c, o = np.zeros((3, 4), np.uint64), np.array([0.25, 0.5, 1.0]), np.empty((3, 2), np.int64)
+    _C.select_views(hs, c, o)
+    with pytest.raises(ValueError, match=r"select_views: hashes must have shape \[R, 1 \+ 3\]"):
+        _C.select_views(hs[:, :3], c, o)
+    with pytest.raises(TypeError, match="select_views: coeffs must be float64, got float32"):
+        _C.select_views(hs, c.astype(np.float32), o)
+    with pytest.raises(ValueError, match=r"select_views: out must have shape \[3, n\] with n <= 3"):
+        _C.select_views(hs, c, np.empty((3, 4), np.int64))
+    with pytest.raises(ValueError, match=r"select_views: coeffs\[1\] = nan must be finite and > 0"):
+        _C.select_views(hs, np.array([0.25, np.nan, 1.0]), o)

@@ -5,8 +5,87 @@
  * size of a crop is materialised beyond one pass buffer of S columns. The `elementwise` path evaluates the
  * per-element body the CUDA kernel runs, for every output, so tests exercise the GPU arithmetic on the CPU.
  */
+#include <math.h>
+
 #include "dr_crop_resize.h"
 #include "resample.inc"
+
+/* ---- arguments --------------------------------------------------------------------------------------- */
+
+static dr_status check_params(const dr_crop_resize_params *p) {
+    const char *op = "crop_resize";
+    if (p->kind != DR_RS_PIL && p->kind != DR_RS_AA && p->kind != DR_RS_PLAIN)
+        return dr_set_error(DR_EINVAL, "%s: unknown resampling kind %lld", op, (long long)p->kind);
+    if (p->filter != DR_FILTER_BILINEAR && p->filter != DR_FILTER_BICUBIC)
+        return dr_set_error(DR_EINVAL, "%s: unknown filter %lld", op, (long long)p->filter);
+    if (p->size < 1 || p->size > 16384)
+        return dr_set_error(DR_EINVAL, "%s: size must be in [1, 16384], got %lld", op, (long long)p->size);
+    if (p->pil_order != DR_PIL_ORDER_ADAPTIVE && p->pil_order != DR_PIL_ORDER_HORIZONTAL)
+        return dr_set_error(DR_EINVAL, "%s: unknown pil_order %lld", op, (long long)p->pil_order);
+    for (int k = 0; k < 3; k++) {
+        if (!isfinite(p->mean[k]))
+            return dr_set_error(DR_EINVAL, "%s: mean[%d] must be finite, got %s", op, k,
+                                dr_nonfinite_name(p->mean[k]));
+        if (!isfinite(p->std[k]) || !(p->std[k] > 0.0f))
+            return dr_set_error(DR_EINVAL, "%s: std[%d] must be finite and > 0, got %g", op, k, (double)p->std[k]);
+    }
+    return DR_OK;
+}
+
+dr_status dr_crop_resize_make_args(const dr_tensor *images, int64_t n_images, const dr_tensor *boxes,
+                                   const dr_tensor *image_index, const dr_tensor *ref_boxes, const dr_tensor *out,
+                                   const dr_tensor *ref_out, const dr_crop_resize_params *p, dr_image_ref *refs) {
+    const char *op = "crop_resize";
+    dr_status st = check_params(p);
+    if (st == DR_OK)
+        st = dr_views_images_make(op, images, n_images, refs);
+    if (st != DR_OK)
+        return st;
+    if ((ref_boxes == NULL) != (ref_out == NULL))
+        return dr_set_error(DR_EINVAL, "%s: ref_boxes and ref_out go together", op);
+    st = dr_views_boxes_check(op, &images[0], n_images, boxes, "boxes", image_index);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, "out", out, 4);
+    if (st == DR_OK)
+        st = dr_check_same_device(op, "images", &images[0], "out", out);
+    if (st != DR_OK)
+        return st;
+    if (out->dtype != DR_FLOAT32 && out->dtype != DR_FLOAT16 && out->dtype != DR_BFLOAT16)
+        return dr_set_error(DR_ETYPE, "%s: out must be float32, float16 or bfloat16, got %s", op,
+                            dr_dtype_name(out->dtype));
+    const int64_t nv = boxes->shape[0], S = p->size;
+    if (out->shape[0] != nv || out->shape[1] != 3 || out->shape[2] != S || out->shape[3] != S)
+        return dr_set_error(DR_EINVAL, "%s: out has shape [%lld, %lld, %lld, %lld], expected [%lld, 3, %lld, %lld]",
+                            op, (long long)out->shape[0], (long long)out->shape[1], (long long)out->shape[2],
+                            (long long)out->shape[3], (long long)nv, (long long)S, (long long)S);
+    if (!ref_boxes)
+        return DR_OK;
+    st = dr_check_ndim(op, "ref_boxes", ref_boxes, 2);
+    if (st == DR_OK)
+        st = dr_check_ndim(op, "ref_out", ref_out, 2);
+    if (st == DR_OK)
+        st = dr_check_dtype(op, "ref_out", ref_out, DR_FLOAT32);
+    if (st != DR_OK)
+        return st;
+    if (ref_boxes->dtype != DR_FLOAT32 && ref_boxes->dtype != DR_FLOAT64)
+        return dr_set_error(DR_ETYPE, "%s: ref_boxes must be float32 or float64, got %s", op,
+                            dr_dtype_name(ref_boxes->dtype));
+    if (ref_boxes->shape[1] != 4)
+        return dr_set_error(DR_EINVAL, "%s: ref_boxes must have shape [V, 4], got [%lld, %lld]", op,
+                            (long long)ref_boxes->shape[0], (long long)ref_boxes->shape[1]);
+    if (ref_boxes->shape[0] != nv)
+        return dr_set_error(DR_EINVAL, "%s: ref_boxes has %lld rows for %lld boxes", op,
+                            (long long)ref_boxes->shape[0], (long long)nv);
+    if (ref_out->shape[0] != nv || ref_out->shape[1] != 4)
+        return dr_set_error(DR_EINVAL, "%s: ref_out has shape [%lld, %lld], expected [%lld, 4]", op,
+                            (long long)ref_out->shape[0], (long long)ref_out->shape[1], (long long)nv);
+    st = dr_check_same_device(op, "images", &images[0], "ref_boxes", ref_boxes);
+    if (st == DR_OK)
+        st = dr_check_same_device(op, "images", &images[0], "ref_out", ref_out);
+    return st;
+}
+
+/* ---- the CPU kernels --------------------------------------------------------------------------------- */
 
 static void store_out(dr_tensor *out, int64_t v, int c, int64_t y, int64_t x, float val) {
     dr_views_store(out->data, out->dtype,
@@ -39,27 +118,6 @@ static void write_ref(const crop_ctx *c, int64_t v, const dr_crop *cr, const dr_
         ((float *)c->ref_out->data)[v * c->ref_out->strides[0] + k * c->ref_out->strides[1]] = o[k];
 }
 
-/* Pack rows [ylo, yhi) of a crop, C = 3 channels (or C = 1: Pillow luma), contiguous. */
-static void pack_crop(const dr_image_ref *im, const dr_crop *cr, int64_t ylo, int64_t yhi, int C, uint8_t *dst) {
-    for (int64_t r = ylo; r < yhi; r++) {
-        const uint8_t *src = im->data + (cr->y0 + r) * im->sh + cr->x0 * im->sw;
-        uint8_t *d = dst + (r - ylo) * cr->w * C;
-        if (C == 1) {
-            for (int64_t q = 0; q < cr->w; q++)
-                d[q] = dr_luma_pil(im, cr->y0 + r, cr->x0 + q);
-        } else if (im->sw == 3 && im->sc == 1) {
-            memcpy(d, src, (size_t)(cr->w * 3));
-        } else {
-            for (int64_t q = 0; q < cr->w; q++, src += im->sw) {
-                d[q * 3 + 0] = src[0];
-                d[q * 3 + 1] = src[im->sc];
-                d[q * 3 + 2] = src[2 * im->sc];
-            }
-        }
-    }
-}
-
-/* Pillow path of one view: pack, two passes, normalise. */
 /* dst[x] = normalised channel value of packed pixels src[x * 3] (the same float operations as dr_normalize_u8,
  * vectorised). */
 DR_SIMD_CLONES
@@ -70,19 +128,16 @@ static void normalize_row_u8(const uint8_t *src, int64_t n, float mean, float st
     }
 }
 
+/* Pillow path of one view: the two passes on the image in place, then the normalisation. */
 static int crop_resize_pil_view(crop_ctx *c, int64_t v, const dr_image_ref *im, const dr_crop *cr, const dr_taps *tx,
                                 const dr_taps *ty, dr_scratch *sc) {
     const dr_crop_resize_params *p = c->p;
     const int64_t S = p->size;
-    int64_t ylo, yhi;
-    dr_taps_rows(ty, S, &ylo, &yhi);
-    uint8_t *packed = (uint8_t *)dr_scratch_get(sc, 3, (size_t)((yhi - ylo) * cr->w * 3));
     uint8_t *o8 = (uint8_t *)dr_scratch_get(sc, 4, (size_t)(S * S * 3));
-    if (!packed || !o8)
+    if (!o8)
         return -1;
-    pack_crop(im, cr, ylo, yhi, 3, packed);
-    int vf = dr_pil_vertical_first(cr->w, cr->h, S, S, p->pil_order);
-    if (dr_pil_resize_packed(packed, ylo, yhi - ylo, cr->w, 3, tx, ty, S, S, vf, o8, sc) < 0)
+    int vf = dr_pil_vertical_first(cr->w, cr->h, S, S, (int)p->pil_order);
+    if (dr_pil_resize_crop(im, cr, tx, ty, S, S, vf, o8, sc) < 0)
         return -1;
     dr_tensor *out = c->out;
     if (out->dtype == DR_FLOAT32 && out->strides[3] == 1) {
@@ -208,6 +263,8 @@ static void crop_resize_elem_task(void *vctx, int64_t begin, int64_t end) {
 dr_status dr_crop_resize_cpu(const dr_image_ref *images, int64_t n_images, const dr_tensor *boxes,
                              const dr_tensor *image_index, const dr_tensor *ref_boxes, dr_tensor *out,
                              dr_tensor *ref_out, const dr_crop_resize_params *p, int elementwise) {
+    if (elementwise == 2) /* impl="tiled": the CUDA kernel's block schedule */
+        return dr_crop_resize_tiled_cpu(images, n_images, boxes, image_index, ref_boxes, out, ref_out, p);
     int64_t nv = boxes->shape[0];
     dr_status st = check_images(images, n_images, image_index, nv, "crop_resize");
     if (st != DR_OK)

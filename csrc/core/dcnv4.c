@@ -91,6 +91,21 @@ dr_status dr_dcnv4_forward_elementwise_cpu(const dr_tensor *value, const dr_tens
     return run(a.N * a.Ho * a.Wo * a.G * a.D, 256, DCN_PICK(value->dtype, dcn_fwd_elem_task), &a);
 }
 
+dr_status dr_dcnv4_forward_tiled_cpu(const dr_tensor *value, const dr_tensor *offset_mask, dr_tensor *output,
+                                     const dr_dcnv4_params *p) {
+    dr_dcn_args a;
+    dr_status st = prepare(value, offset_mask, output, NULL, NULL, p, &a);
+    if (st != DR_OK)
+        return st;
+    const int64_t pairs = a.N * a.Ho * a.Wo * a.G;
+    if (pairs == 0 || a.D == 0)
+        return DR_OK;
+    a.tile_pix = dr_dcn_tile_pix(&a);
+    if (a.tile_pix == 0) /* the launcher's per-element kernel */
+        return run(pairs * a.D, 256, DCN_PICK(value->dtype, dcn_fwd_elem_task), &a);
+    return run((pairs + a.tile_pix - 1) / a.tile_pix, 1, DCN_PICK(value->dtype, dcn_fwd_tiled_task), &a);
+}
+
 dr_status dr_dcnv4_backward_elementwise_cpu(const dr_tensor *value, const dr_tensor *offset_mask,
                                             const dr_tensor *grad_output, dr_tensor *grad_value,
                                             dr_tensor *grad_offset_mask, const dr_dcnv4_params *p,
@@ -116,6 +131,36 @@ dr_status dr_dcnv4_backward_elementwise_cpu(const dr_tensor *value, const dr_ten
         break;
     default:
         dcn_bwd_scatter_serial_bf16(&a);
+        break;
+    }
+    return DR_OK;
+}
+
+dr_status dr_dcnv4_backward_tiled_cpu(const dr_tensor *value, const dr_tensor *offset_mask,
+                                      const dr_tensor *grad_output, dr_tensor *grad_value,
+                                      dr_tensor *grad_offset_mask, const dr_dcnv4_params *p) {
+    dr_dcn_args a;
+    dr_status st = prepare(value, offset_mask, grad_value, grad_output, grad_offset_mask, p, &a);
+    if (st != DR_OK)
+        return st;
+    a.tile_pix = dr_dcn_tile_pix(&a);
+    if (a.tile_pix == 0 || a.N * a.Ho * a.Wo * a.G == 0) /* the launcher's per-element kernels */
+        return dr_dcnv4_backward_elementwise_cpu(value, offset_mask, grad_output, grad_value, grad_offset_mask, p, 0);
+    st = run(a.N * a.Ho * a.Wo * a.G * a.K, 64, DCN_PICK(value->dtype, dcn_bwd_om_elem_task), &a);
+    if (st != DR_OK)
+        return st;
+    switch (value->dtype) {
+    case DR_FLOAT32:
+        dcn_bwd_scatter_tiled_serial_f32(&a);
+        break;
+    case DR_FLOAT64:
+        dcn_bwd_scatter_tiled_serial_f64(&a);
+        break;
+    case DR_FLOAT16:
+        dcn_bwd_scatter_tiled_serial_f16(&a);
+        break;
+    default:
+        dcn_bwd_scatter_tiled_serial_bf16(&a);
         break;
     }
     return DR_OK;

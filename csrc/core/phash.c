@@ -2,7 +2,8 @@
  *
  * The fast path works per view (one task per view on the thread pool) on each image's luma plane, computed once:
  * the official hash folds the crop's rows into the 8 low vertical frequencies (small crops) or resamples rows on
- * the fly (large ones); imagehash's resize runs as Pillow fixed-point row kernels. The `elementwise` path evaluates
+ * the fly (large ones); imagehash's resize runs as Pillow fixed-point kernels (16 rows per vector with AVX-512
+ * VNNI) and its DCT on 8 lines per vector. The `elementwise` path evaluates
  * the per-view bodies the CUDA kernel runs, so tests exercise the GPU arithmetic on the CPU.
  */
 #include "dr_phash.h"
@@ -132,7 +133,7 @@ static uint64_t phash_dyn_rows(const uint8_t *crop, int64_t stride, const dr_cro
             double cu = u == 0 ? sqrt(1.0 / n) : sqrt(2.0 / n), cv = v == 0 ? sqrt(1.0 / n) : sqrt(2.0 / n);
             coef[u * 8 + v] = s * cu * cv;
         }
-    return dr_phash_bits(coef, DR_PHASH_DYNREFER);
+    return dr_phash_bits(coef);
 }
 
 /* P[u][q] += m[u] · g[q] for the 8 frequencies (float32, vectorised along the row; gf: scratch of w floats). */
@@ -229,36 +230,251 @@ static uint64_t phash_dyn_fold(const uint8_t *crop, int64_t stride, const dr_cro
             double cu = u == 0 ? sqrt(1.0 / nn) : sqrt(2.0 / nn), cv = v == 0 ? sqrt(1.0 / nn) : sqrt(2.0 / nn);
             coef[u * 8 + v] = sum * cu * cv;
         }
-    return dr_phash_bits(coef, DR_PHASH_DYNREFER);
+    return dr_phash_bits(coef);
 }
 
-/* imagehash's bits of K × K coefficients (row-major): bit = c > median (numpy's: the middle value, or the mean of
- * the two middle values), the first coefficient the most significant bit of the K² -bit integer, stored as W =
- * ceil(K² / 64) uint64 words from the most significant (out[0]) to the least. */
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static void ih_bits(const double *coef, int64_t K, double *sorted, uint64_t *out, int64_t W) {
-    const int64_t L = K * K;
-    memcpy(sorted, coef, (size_t)L * sizeof(double));
-    qsort(sorted, (size_t)L, sizeof(double), cmp_double);
-    const double med = L % 2 ? sorted[L / 2] : (sorted[L / 2 - 1] + sorted[L / 2]) / 2.0;
-    for (int64_t w = 0; w < W; w++)
-        out[w] = 0;
-    for (int64_t k = 0; k < L; k++)
-        if (coef[k] > med) {
-            int64_t pos = L - 1 - k; /* bit position in the integer */
-            out[W - 1 - pos / 64] |= (uint64_t)1 << (pos % 64);
+/* The k-th smallest of a[0 .. n) (k < n), the array reordered: a[k] holds it, a[0 .. k) are <= it and a(k .. n) >=
+ * it. The median is a value, so it does not depend on how it is found. */
+static double select_kth(double *a, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        const double pv = a[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < pv)
+                i++;
+            while (a[j] > pv)
+                j--;
+            if (i <= j) {
+                double t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
+            }
         }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            break;
+    }
+    return a[k];
 }
+
+/* imagehash's bits of K × K coefficients (row-major) into W words (dr_ih_word): bit = c > numpy's median. */
+static void ih_bits(const double *coef, int64_t K, double *sorted, uint64_t *out, int64_t W) {
+    const int64_t L = K * K, lo = (L - 1) / 2, hi = L / 2;
+    memcpy(sorted, coef, (size_t)L * sizeof(double));
+    double mid[2];
+    mid[0] = select_kth(sorted, L, lo);
+    mid[1] = mid[0];
+    for (int64_t i = lo + 1; hi > lo && i < L; i++) /* the next value: the smallest of those after lo */
+        mid[1] = i == lo + 1 || sorted[i] < mid[1] ? sorted[i] : mid[1];
+    const double med = dr_ih_median(mid, K);
+    for (int64_t w = 0; w < W; w++)
+        out[w] = dr_ih_word(coef, K, K, med, w);
+}
+
+#ifdef DOT_X86
+
+/* ---- imagehash's LANCZOS passes, 16 rows per vector (AVX-512 VNNI) ------------------------------------------
+ * A pass computes, for m outputs x and every row r, Pillow's ½ + Σ_j k_x[j] · p[r][s_x + j] (int32, 22-bit weights),
+ * clipped to 8 bits. Here the 16 int32 lanes of a vector are 16 rows, so no horizontal sums are needed: the rows'
+ * samples are transposed in 4-byte groups ("quads": Q[q][r] = samples 4q .. 4q + 3 of row r), each weight is split
+ * exactly into signed bytes k = d0 + 256·d1 + 65536·d2, and vpdpbusd adds 4 taps × 16 rows per instruction and
+ * digit. Σ p·d0 + 256·Σ p·d1 + 65536·Σ p·d2 is the sum Pillow forms (exact in int32), so the result is Pillow's
+ * bit for bit. The taps of an output start at a quad boundary (zero weights before and after its span). */
+typedef struct {
+    int64_t m, mp;   /* outputs; padded to a multiple of 4 (the padding outputs have zero weights) */
+    int64_t off;     /* the first sample any tap reads: quad 0 starts there */
+    int64_t len;     /* samples from off that the taps read */
+    int64_t nq;      /* quads per output: the longest span */
+    int64_t qmax;    /* quads the kernel may read: max(q0) + nq */
+    int64_t *q0;     /* [mp] first quad of each output */
+    int32_t *w;      /* [mp][nq][3] the 3 digits' 4 signed bytes for each quad */
+} quad_taps;
+
+static void quad_taps_free(quad_taps *q) {
+    if (q) {
+        free(q->q0);
+        free(q->w);
+        free(q);
+    }
+}
+
+static quad_taps *quad_taps_make(const dr_taps *t, int64_t m) {
+    quad_taps *q = (quad_taps *)calloc(1, sizeof *q);
+    if (!q)
+        return NULL;
+    int64_t lo = t->start[0], hi = t->start[0] + t->n[0];
+    for (int64_t x = 0; x < m; x++) {
+        lo = t->start[x] < lo ? t->start[x] : lo;
+        hi = t->start[x] + t->n[x] > hi ? t->start[x] + t->n[x] : hi;
+    }
+    q->m = m;
+    q->mp = (m + 3) / 4 * 4;
+    q->off = lo;
+    q->len = hi - lo;
+    for (int64_t x = 0; x < m; x++) {
+        int64_t s = t->start[x] - lo, n = (s % 4 + t->n[x] + 3) / 4;
+        q->nq = n > q->nq ? n : q->nq;
+    }
+    q->q0 = (int64_t *)calloc((size_t)q->mp, sizeof(int64_t));
+    q->w = (int32_t *)calloc((size_t)(q->mp * q->nq * 3), sizeof(int32_t));
+    if (!q->q0 || !q->w) {
+        quad_taps_free(q);
+        return NULL;
+    }
+    for (int64_t x = 0; x < m; x++) {
+        int64_t s = t->start[x] - lo;
+        q->q0[x] = s / 4;
+        uint8_t *b = (uint8_t *)(q->w + x * q->nq * 3);
+        for (int64_t j = 0; j < t->n[x]; j++) {
+            int32_t k = t->wi[x * t->kmax + j], d[3];
+            d[0] = (int8_t)(uint8_t)(k & 255); /* signed digits: each step leaves an exact multiple of 256 */
+            k = (k - d[0]) / 256;
+            d[1] = (int8_t)(uint8_t)(k & 255);
+            d[2] = (k - d[1]) / 256; /* |k| <= 2^22 + rounding: |d2| <= 65 */
+            int64_t p = s % 4 + j;   /* position in the output's quads */
+            for (int e = 0; e < 3; e++)
+                b[((p / 4) * 3 + e) * 4 + p % 4] = (uint8_t)(int8_t)d[e];
+        }
+    }
+    for (int64_t x = 0; x < q->mp; x++)
+        q->qmax = q->q0[x] + q->nq > q->qmax ? q->q0[x] + q->nq : q->qmax;
+    return q;
+}
+
+/* Process-wide cache of the quad form of the LANCZOS → 32 taps by source length (as dr_lanczos_taps'). */
+#define QUAD_CACHE_LEN 4096
+#define QUAD_CACHE_BYTES ((size_t)32 << 20)
+static quad_taps *quad_cache[QUAD_CACHE_LEN];
+static size_t quad_cache_bytes;
+
+/* The quad form of the taps d (n samples → m outputs); *owned = 1 when the caller must free it. */
+static quad_taps *quad_taps_of(const dr_dot_taps *d, int64_t n, int64_t m, int *owned) {
+    *owned = 0;
+    const int cached = m == DR_PHASH_IH_RES && n < QUAD_CACHE_LEN;
+    if (cached) {
+        quad_taps *q = __atomic_load_n(&quad_cache[n], __ATOMIC_ACQUIRE);
+        if (q)
+            return q;
+    }
+    quad_taps *q = quad_taps_make(&d->t, m);
+    if (!q || !cached) {
+        *owned = q != NULL;
+        return q;
+    }
+    size_t bytes = sizeof *q + (size_t)(q->mp * (8 + 12 * q->nq));
+    if (__atomic_add_fetch(&quad_cache_bytes, bytes, __ATOMIC_RELAXED) > QUAD_CACHE_BYTES) {
+        *owned = 1;
+        return q;
+    }
+    quad_taps *expected = NULL;
+    if (!__atomic_compare_exchange_n(&quad_cache[n], &expected, q, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        quad_taps_free(q); /* another thread published the same taps first */
+        return expected;
+    }
+    return q;
+}
+
+/* Quads of scratch quad_pass needs (16 uint32 each). */
+static int64_t quad_scratch(const quad_taps *q) {
+    int64_t nqin = (q->len + 63) / 64 * 16;
+    return nqin > q->qmax ? nqin : q->qmax;
+}
+
+/* 16 × 16 uint32 transpose in registers: v[i] (row i) → v[j] (column j). */
+__attribute__((target("avx512f"))) static inline void transpose16x16(__m512i *v) {
+    __m512i a[16], b[16];
+    for (int i = 0; i < 8; i++) {
+        a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* b[4i + c], 128-bit lane L: rows 4i .. 4i + 3 of column 4L + c */
+        b[4 * i + 0] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512i s0 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44), s1 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xee);
+        __m512i s2 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44), s3 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xee);
+        v[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+        v[4 + c] = _mm512_shuffle_i32x4(s0, s2, 0xdd);
+        v[8 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+        v[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xdd);
+    }
+}
+
+/* dst[x·ld + r] = the pass's 8-bit output x of row r (r < rows, x < m), src[r·stride] being sample q->off of row
+ * r; reads only the q->len samples of each row from there. Q: quad_scratch(q) · 64 bytes. */
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void quad_pass(const uint8_t *src, int64_t stride,
+                                                                             int64_t rows, const quad_taps *q,
+                                                                             uint8_t *dst, int64_t ld, __m512i *Q) {
+    const int64_t nch = (q->len + 63) / 64, nq = q->nq;
+    const __m512i half = _mm512_set1_epi32(1 << (DR_PIL_PRECISION_BITS - 1)), zero = _mm512_setzero_si512();
+    for (int64_t i = nch * 16; i < quad_scratch(q); i++)
+        _mm512_store_si512(Q + i, zero); /* quads past the samples meet zero weights only */
+    for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+        const int64_t nr = rows - r0 < 16 ? rows - r0 : 16;
+        for (int64_t c = 0; c < nch; c++) {
+            const int64_t nb = q->len - 64 * c;
+            const __mmask64 mk = nb >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << nb) - 1);
+            __m512i v[16];
+            if (nr == 16)
+                for (int64_t i = 0; i < 16; i++)
+                    v[i] = _mm512_maskz_loadu_epi8(mk, src + (r0 + i) * stride + 64 * c);
+            else
+                for (int64_t i = 0; i < 16; i++)
+                    v[i] = i < nr ? _mm512_maskz_loadu_epi8(mk, src + (r0 + i) * stride + 64 * c) : zero;
+            transpose16x16(v);
+            for (int i = 0; i < 16; i++)
+                _mm512_store_si512(Q + 16 * c + i, v[i]);
+        }
+        const __mmask16 sm = (__mmask16)((1u << nr) - 1);
+        for (int64_t x = 0; x < q->mp; x += 4) {
+            /* 12 named accumulators (4 outputs × 3 digits): independent chains, no spills between taps */
+            __m512i a00 = zero, a01 = zero, a02 = zero, a10 = zero, a11 = zero, a12 = zero;
+            __m512i a20 = zero, a21 = zero, a22 = zero, a30 = zero, a31 = zero, a32 = zero;
+            const __m512i *p0 = Q + q->q0[x], *p1 = Q + q->q0[x + 1], *p2 = Q + q->q0[x + 2], *p3 = Q + q->q0[x + 3];
+            const int32_t *w0 = q->w + x * nq * 3, *w1 = w0 + nq * 3, *w2 = w1 + nq * 3, *w3 = w2 + nq * 3;
+            for (int64_t j = 0; j < nq; j++, w0 += 3, w1 += 3, w2 += 3, w3 += 3) {
+                const __m512i v0 = _mm512_load_si512(p0 + j), v1 = _mm512_load_si512(p1 + j);
+                const __m512i v2 = _mm512_load_si512(p2 + j), v3 = _mm512_load_si512(p3 + j);
+                a00 = _mm512_dpbusd_epi32(a00, v0, _mm512_set1_epi32(w0[0]));
+                a01 = _mm512_dpbusd_epi32(a01, v0, _mm512_set1_epi32(w0[1]));
+                a02 = _mm512_dpbusd_epi32(a02, v0, _mm512_set1_epi32(w0[2]));
+                a10 = _mm512_dpbusd_epi32(a10, v1, _mm512_set1_epi32(w1[0]));
+                a11 = _mm512_dpbusd_epi32(a11, v1, _mm512_set1_epi32(w1[1]));
+                a12 = _mm512_dpbusd_epi32(a12, v1, _mm512_set1_epi32(w1[2]));
+                a20 = _mm512_dpbusd_epi32(a20, v2, _mm512_set1_epi32(w2[0]));
+                a21 = _mm512_dpbusd_epi32(a21, v2, _mm512_set1_epi32(w2[1]));
+                a22 = _mm512_dpbusd_epi32(a22, v2, _mm512_set1_epi32(w2[2]));
+                a30 = _mm512_dpbusd_epi32(a30, v3, _mm512_set1_epi32(w3[0]));
+                a31 = _mm512_dpbusd_epi32(a31, v3, _mm512_set1_epi32(w3[1]));
+                a32 = _mm512_dpbusd_epi32(a32, v3, _mm512_set1_epi32(w3[2]));
+            }
+            const __m512i a[4][3] = {{a00, a01, a02}, {a10, a11, a12}, {a20, a21, a22}, {a30, a31, a32}};
+            for (int e = 0; e < 4 && x + e < q->m; e++) {
+                __m512i s = _mm512_add_epi32(a[e][0], _mm512_slli_epi32(a[e][1], 8));
+                s = _mm512_add_epi32(_mm512_add_epi32(s, _mm512_slli_epi32(a[e][2], 16)), half);
+                s = _mm512_max_epi32(_mm512_srai_epi32(s, DR_PIL_PRECISION_BITS), zero); /* then saturation to 255 */
+                _mm512_mask_cvtusepi32_storeu_epi8(dst + (x + e) * ld + r0, sm, s);
+            }
+        }
+    }
+}
+#endif
 
 /* imagehash pHash of one view (hash_size K, resize side R = K · highfreq_factor): Pillow LANCZOS R × R of the luma
- * crop (fixed point, uint8 between passes; the source-sized pass as row dot products, the R-wide one as row
- * combinations), scipy's DCT-II along axis 0 then axis 1 (dr_dct2_exec: scipy's own arithmetic, so coefficients
- * that vanish in exact arithmetic carry scipy's rounding), the low K × K block, median threshold into `out` (W
- * words). Returns -1 on allocation failure. */
+ * crop (fixed point, uint8 between passes; horizontal first: both passes as quad_pass with AVX-512 VNNI, else row
+ * dot products; vertical first: row combinations, then row dot products), scipy's DCT-II along axis 0 then axis 1
+ * (dr_dct2_exec8: scipy's own arithmetic on 8 lines per vector, so coefficients that vanish in exact arithmetic
+ * carry scipy's rounding), the low K × K block, median threshold into `out` (W words). Returns -1 on allocation
+ * failure. */
 static int phash_ih_fast(const uint8_t *plane, int64_t pstride, const dr_crop *cr, int pil_order, int64_t R, int64_t K,
                          const dr_dct2_plan *plan, uint8_t *thumb, uint64_t *out, int64_t W, dr_scratch *sc) {
     int own_x, own_y;
@@ -268,7 +484,30 @@ static int phash_ih_fast(const uint8_t *plane, int64_t pstride, const dr_crop *c
     int rc = -1;
     if (dx && dy && px) {
         const dr_taps *ty = &dy->t;
-        if (!dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order)) {
+        const int vfirst = dr_pil_vertical_first(cr->w, cr->h, R, R, pil_order);
+#ifdef DOT_X86
+        if (!vfirst && !dx->amx && dr_cpu_level() >= DR_CPU_LEVEL_AVX512) {
+            /* both passes 16 rows per vector: rows → [R][rows], then its R rows → px */
+            int oqx = 0, oqy = 0;
+            quad_taps *qx = quad_taps_of(dx, cr->w, R, &oqx), *qy = qx ? quad_taps_of(dy, cr->h, R, &oqy) : NULL;
+            if (qy) {
+                const int64_t rows = qy->len, nq = quad_scratch(qx) > quad_scratch(qy) ? quad_scratch(qx) : quad_scratch(qy);
+                uint8_t *t2 = (uint8_t *)dr_scratch_get(sc, 1, (size_t)(rows * R));
+                uint8_t *qb = (uint8_t *)dr_scratch_get(sc, 0, (size_t)(nq * 64 + 64));
+                if (t2 && qb) {
+                    __m512i *Q = (__m512i *)(qb + (64 - (uintptr_t)qb % 64) % 64);
+                    quad_pass(src + qy->off * pstride + qx->off, pstride, rows, qx, t2, rows, Q);
+                    quad_pass(t2, rows, R, qy, px, R, Q);
+                    rc = 0;
+                }
+            }
+            if (oqx)
+                quad_taps_free(qx);
+            if (oqy)
+                quad_taps_free(qy);
+        } else
+#endif
+        if (!vfirst) {
             /* rows → [R][rows] (written transposed), so the vertical pass is row dot products too */
             int64_t ylo, yhi;
             dr_taps_rows(ty, R, &ylo, &yhi);
@@ -297,24 +536,32 @@ static int phash_ih_fast(const uint8_t *plane, int64_t pstride, const dr_crop *c
         dr_dot_taps_free(dx);
     if (own_y)
         dr_dot_taps_free(dy);
-    double *buf = rc < 0 ? NULL : (double *)dr_scratch_get(sc, 4, (size_t)(R * K + 2 * R + K * K) * sizeof(double));
+    const int64_t Kp = (K + 7) / 8 * 8;
+    double *buf = rc < 0 ? NULL : (double *)dr_scratch_get(sc, 4, (size_t)(16 * R + R * Kp + K * K) * sizeof(double));
     if (!buf)
         return -1;
     if (thumb)
         memcpy(thumb, px, (size_t)(R * R));
-    /* axis 0: the DCT of every column, its first K values kept in T[u][j]; axis 1: the DCT of those K rows */
-    double *T = buf, *line = buf + R * K, *work = line + R, *coef = T; /* coef overwrites T's head once read */
-    for (int64_t j = 0; j < R; j++) {
+    /* axis 0: the DCT of 8 columns at a time (one per lane; lanes past R compute zeros), their first K values into
+     * T[j][u]; axis 1: the DCT of 8 of those K rows at a time, their first K values into coef[u][v] */
+    double *V = buf, *work = buf + 8 * R, *T = work + 8 * R, *coef = T + R * Kp;
+    for (int64_t j0 = 0; j0 < R; j0 += 8) {
+        const int64_t nl = R - j0 < 8 ? R - j0 : 8;
         for (int64_t i = 0; i < R; i++)
-            line[i] = (double)px[i * R + j];
-        dr_dct2_exec(plan, line, work);
-        for (int64_t u = 0; u < K; u++)
-            T[u * R + j] = line[u];
+            for (int64_t l = 0; l < 8; l++)
+                V[i * 8 + l] = l < nl ? (double)px[i * R + j0 + l] : 0.0;
+        dr_dct2_exec8(plan, V, work);
+        for (int64_t l = 0; l < nl; l++)
+            for (int64_t u = 0; u < Kp; u++)
+                T[(j0 + l) * Kp + u] = u < K ? V[u * 8 + l] : 0.0;
     }
-    for (int64_t u = 0; u < K; u++) {
-        memcpy(line, T + u * R, (size_t)R * sizeof(double));
-        dr_dct2_exec(plan, line, work);
-        memcpy(coef + u * K, line, (size_t)K * sizeof(double)); /* row u of T is no longer needed */
+    for (int64_t u0 = 0; u0 < K; u0 += 8) {
+        for (int64_t j = 0; j < R; j++)
+            memcpy(V + j * 8, T + j * Kp + u0, 8 * sizeof(double));
+        dr_dct2_exec8(plan, V, work);
+        for (int64_t l = 0; l < 8 && u0 + l < K; l++)
+            for (int64_t v = 0; v < K; v++)
+                coef[(u0 + l) * K + v] = V[v * 8 + l];
     }
     double *sorted = (double *)dr_scratch_get(sc, 5, (size_t)(K * K) * sizeof(double));
     if (!sorted)
@@ -403,21 +650,42 @@ static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
             for (int k = 0; k < 64; k++)
                 coef[k] = dr_phash_dyn_coef(cols, k / 8, k % 8);
             free(cols);
-        } else {
-            uint8_t px[DR_PHASH_IH_RES * DR_PHASH_IH_RES]; /* the CUDA body: hash_size 8, highfreq_factor 4 */
-            dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.w, DR_PHASH_IH_RES);
-            dr_axis ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.h, DR_PHASH_IH_RES);
-            for (int64_t y = 0; y < DR_PHASH_IH_RES; y++)
-                for (int64_t x = 0; x < DR_PHASH_IH_RES; x++)
-                    px[y * DR_PHASH_IH_RES + x] = dr_pil_resize_px(
-                        im, &cr, &ax, &ay, y, x, 0, 1,
-                        dr_pil_vertical_first(cr.w, cr.h, DR_PHASH_IH_RES, DR_PHASH_IH_RES, c->pil_order));
+        } else { /* the CUDA kernel's steps, one thread's work at a time (R <= DR_PHASH_IH_GPU_RES) */
+            const int64_t R = c->res, K = c->hash_size, L = K * K;
+            uint8_t *px = (uint8_t *)malloc((size_t)(R * R));
+            double *T = (double *)malloc((size_t)(K * R) * sizeof(double));
+            if (!px || !T) {
+                free(px);
+                free(T);
+                c->failed = 1;
+                return;
+            }
+            dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.w, R);
+            dr_axis ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.h, R);
+            const int vf = dr_pil_vertical_first(cr.w, cr.h, R, R, c->pil_order);
+            for (int64_t k = 0; k < R * R; k++)
+                px[k] = dr_pil_resize_px(im, &cr, &ax, &ay, k / R, k % R, 0, 1, vf);
             if (thumb_of(c, v))
-                memcpy(thumb_of(c, v), px, sizeof px);
-            for (int k = 0; k < 64; k++)
-                coef[k] = dr_imagehash_coef(px, k / 8, k % 8);
+                memcpy(thumb_of(c, v), px, (size_t)(R * R));
+            const double *tw;
+            const dr_dct_plan *pl = dr_dct2_plan_of(c->plan, &tw);
+            for (int64_t j = 0; j < R; j++)
+                dr_ih_dct_column(px, R, K, j, pl, tw, T);
+            for (int64_t u = 0; u < K; u++)
+                dr_ih_dct_row(T, R, K, u, pl, tw);
+            double mid[2] = {0.0, 0.0};
+            for (int64_t i = 0; i < L; i++)
+                dr_ih_median_rank(T, R, K, i, mid);
+            const double med = dr_ih_median(mid, K);
+            uint64_t w[DR_PHASH_IH_GPU_RES * DR_PHASH_IH_GPU_RES / 64];
+            for (int64_t k = 0; k < c->words; k++)
+                w[k] = dr_ih_word(T, R, K, med, k);
+            put_words(c->hashes, v, w, c->words);
+            free(px);
+            free(T);
+            continue;
         }
-        put_hash(c->hashes, v, dr_phash_bits(coef, c->method));
+        put_hash(c->hashes, v, dr_phash_bits(coef));
     }
 }
 
@@ -429,6 +697,21 @@ typedef struct {
     int method;
 } luma_ctx;
 
+/* dr_luma_pil / dr_luma_cv of n packed RGB pixels (vectorised). */
+DR_SIMD_CLONES
+static void luma_row_pil(const uint8_t *DR_RESTRICT p, int64_t n, uint8_t *DR_RESTRICT d) {
+    for (int64_t x = 0; x < n; x++)
+        d[x] = (uint8_t)(((uint32_t)p[3 * x] * 19595u + (uint32_t)p[3 * x + 1] * 38470u +
+                          (uint32_t)p[3 * x + 2] * 7471u + 0x8000u) >> 16);
+}
+
+DR_SIMD_CLONES
+static void luma_row_cv(const uint8_t *DR_RESTRICT p, int64_t n, uint8_t *DR_RESTRICT d) {
+    for (int64_t x = 0; x < n; x++)
+        d[x] = (uint8_t)(((uint32_t)p[3 * x] * 4899u + (uint32_t)p[3 * x + 1] * 9617u + (uint32_t)p[3 * x + 2] * 1868u +
+                          (1u << 13)) >> 14);
+}
+
 static void luma_task(void *vctx, int64_t begin, int64_t end) {
     luma_ctx *c = (luma_ctx *)vctx;
     int64_t i = 0;
@@ -439,7 +722,13 @@ static void luma_task(void *vctx, int64_t begin, int64_t end) {
         const luma_plane *pl = &c->planes[i];
         int64_t r = g - c->row0[i], y = pl->y0 + r;
         uint8_t *d = pl->data + r * pl->w;
-        if (c->method == DR_PHASH_DYNREFER)
+        if (im->sw == 3 && im->sc == 1) { /* packed RGB rows */
+            const uint8_t *p = im->data + y * im->sh + pl->x0 * 3;
+            if (c->method == DR_PHASH_DYNREFER)
+                luma_row_cv(p, pl->w, d);
+            else
+                luma_row_pil(p, pl->w, d);
+        } else if (c->method == DR_PHASH_DYNREFER)
             for (int64_t x = 0; x < pl->w; x++)
                 d[x] = dr_luma_cv(im, y, pl->x0 + x);
         else
@@ -457,9 +746,9 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
         return st;
     const int64_t K = p->method == DR_PHASH_IMAGEHASH ? p->hash_size : 8;
     const int64_t R = p->method == DR_PHASH_IMAGEHASH ? p->hash_size * p->highfreq_factor : DR_PHASH_IH_RES;
-    if (elementwise && p->method == DR_PHASH_IMAGEHASH && (K != 8 || R != DR_PHASH_IH_RES))
+    if (elementwise && p->method == DR_PHASH_IMAGEHASH && R > DR_PHASH_IH_GPU_RES)
         return dr_set_error(DR_EUNSUPPORTED, "phash: impl='elementwise' (the CUDA kernel's body) hashes with "
-                            "hash_size=8, highfreq_factor=4 only, got %lld, %lld", (long long)K,
+                            "hash_size * highfreq_factor <= %d, got %lld * %lld", DR_PHASH_IH_GPU_RES, (long long)K,
                             (long long)p->highfreq_factor);
     static double cos224[8 * DR_PHASH_DYN_RES];
     static int ready = 0; /* the tables are pure functions: racing initialisers write the same values */
@@ -483,13 +772,22 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
     c.words = (K * K + 63) / 64;
     c.cos224 = cos224;
     if (elementwise) {
-        dr_parallel_for(nv, 1, phash_elem_task, &c);
+        int own_plan = 0;
+        dr_dct2_plan *plan = p->method == DR_PHASH_IMAGEHASH ? dr_dct2_plan_get(R, &own_plan) : NULL;
+        c.plan = plan;
+        if (plan || p->method != DR_PHASH_IMAGEHASH)
+            dr_parallel_for(nv, 1, phash_elem_task, &c);
+        else
+            c.failed = 1;
+        if (own_plan)
+            dr_dct2_free(plan);
     } else if (nv > 0) {
         /* per image, the luma of the rectangle bounding its views' crops (not the whole image: a small box of a
          * large image reads only its own pixels), once, shared by those views */
         luma_plane *planes = (luma_plane *)calloc((size_t)n_images, sizeof(luma_plane));
         int64_t *row0 = (int64_t *)malloc((size_t)(n_images + 1) * sizeof(int64_t));
-        dr_dct2_plan *plan = p->method == DR_PHASH_IMAGEHASH ? dr_dct2_make(R) : NULL;
+        int own_plan = 0;
+        dr_dct2_plan *plan = p->method == DR_PHASH_IMAGEHASH ? dr_dct2_plan_get(R, &own_plan) : NULL;
         int ok = planes && row0 && (plan || p->method != DR_PHASH_IMAGEHASH);
         for (int64_t i = 0; ok && i < n_images; i++) {
             planes[i].x0 = images[i].w;
@@ -533,11 +831,68 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
             free(planes[i].data);
         free(planes);
         free(row0);
-        dr_dct2_free(plan);
+        if (own_plan)
+            dr_dct2_free(plan);
         if (!ok)
             c.failed = 1;
     }
     if (c.failed)
         return dr_set_error(DR_ENOMEM, "phash: out of memory");
+    return DR_OK;
+}
+
+/* ---- arguments --------------------------------------------------------------------------------------- */
+
+dr_status dr_phash_make_args(const dr_tensor *images, int64_t n_images, const dr_tensor *boxes,
+                             const dr_tensor *image_index, const dr_tensor *hashes, const dr_tensor *thumbs,
+                             const dr_phash_params *p, dr_image_ref *refs) {
+    const char *op = "phash";
+    const long long hs = (long long)p->hash_size, hf = (long long)p->highfreq_factor;
+    if (p->pil_order != DR_PIL_ORDER_ADAPTIVE && p->pil_order != DR_PIL_ORDER_HORIZONTAL)
+        return dr_set_error(DR_EINVAL, "%s: unknown pil_order %lld", op, (long long)p->pil_order);
+    if (p->method != DR_PHASH_DYNREFER && p->method != DR_PHASH_IMAGEHASH)
+        return dr_set_error(DR_EINVAL, "%s: unknown method %lld", op, (long long)p->method);
+    if (p->method == DR_PHASH_DYNREFER && (hs != 8 || hf != 4))
+        return dr_set_error(DR_EINVAL, "%s: the official (dynrefer) hash is 8 x 8: hash_size and highfreq_factor are "
+                            "imagehash's (method='imagehash')", op);
+    if (hs < 2)
+        return dr_set_error(DR_EINVAL, "%s: hash_size must be >= 2 (imagehash: Hash size must be greater than or equal "
+                            "to 2), got %lld", op, hs);
+    if (hf < 1)
+        return dr_set_error(DR_EINVAL, "%s: highfreq_factor must be >= 1 (the resize side hash_size * "
+                            "highfreq_factor must be > 0; Pillow: height and width must be > 0), got %lld", op, hf);
+    if (hs > DR_PHASH_IH_MAX_RES || hf > DR_PHASH_IH_MAX_RES / hs)
+        return dr_set_error(DR_EINVAL, "%s: hash_size * highfreq_factor (the resize side) must be at most %d, got "
+                            "%lld * %lld", op, DR_PHASH_IH_MAX_RES, hs, hf);
+    dr_status st = dr_views_images_make(op, images, n_images, refs);
+    if (st == DR_OK)
+        st = dr_views_boxes_check(op, &images[0], n_images, boxes, "boxes", image_index);
+    if (st != DR_OK)
+        return st;
+    const long long nv = (long long)boxes->shape[0], words = (hs * hs + 63) / 64, res = hs * hf;
+    st = dr_check_ndim(op, "hashes", hashes, words == 1 ? 1 : 2);
+    if (st == DR_OK)
+        st = dr_check_dtype(op, "hashes", hashes, DR_UINT64);
+    if (st == DR_OK)
+        st = dr_check_same_device(op, "images", &images[0], "hashes", hashes);
+    if (st != DR_OK)
+        return st;
+    if (hashes->shape[0] != nv || (words > 1 && hashes->shape[1] != words))
+        return dr_set_error(DR_EINVAL, "%s: hashes must have shape [%lld] (or [%lld, %lld] uint64 words for hashes "
+                            "wider than 64 bits), got %d-D with %lld entries", op, nv, nv, words, hashes->ndim,
+                            (long long)hashes->shape[0]);
+    if (!thumbs)
+        return DR_OK;
+    /* the resized luma views imagehash hashes: [V, R, R] uint8, contiguous, CPU */
+    if (p->method != DR_PHASH_IMAGEHASH || images[0].device != DR_CPU)
+        return dr_set_error(DR_EINVAL, "%s: thumbnails are only available for method imagehash on the CPU", op);
+    st = dr_check_ndim(op, "thumbnails", thumbs, 3);
+    if (st == DR_OK)
+        st = dr_check_dtype(op, "thumbnails", thumbs, DR_UINT8);
+    if (st != DR_OK)
+        return st;
+    if (thumbs->shape[0] != nv || thumbs->shape[1] != res || thumbs->shape[2] != res || !dr_is_contiguous(thumbs))
+        return dr_set_error(DR_EINVAL, "%s: thumbnails must be a contiguous [%lld, %lld, %lld] array", op, nv, res,
+                            res);
     return DR_OK;
 }

@@ -500,30 +500,142 @@ void dr_dot_rows(const uint8_t *src, int64_t stride, int64_t rows, const dr_dot_
     dot_rows_default(src, stride, rows, d, off, m, dst, rs, xs);
 }
 
-/* Resize `packed` (rows [ylo, ylo + rows) of a crop, each `w` pixels of C channels, contiguous) to oh × ow × C with
- * the taps tx (columns) and ty (rows, in crop coordinates), in Pillow's order. Returns -1 on allocation failure. */
-int dr_pil_resize_packed(const uint8_t *packed, int64_t ylo, int64_t rows, int64_t w, int C, const dr_taps *tx,
-                         const dr_taps *ty, int64_t ow, int64_t oh, int vfirst, uint8_t *out, dr_scratch *sc) {
-    int64_t mr = rows > oh ? rows : oh, mc = w > ow ? w : ow;
-    int64_t big = mr * mc * C, line = (mr > mc ? mr : mc) * C;
-    uint8_t *t1 = (uint8_t *)dr_scratch_get(sc, 0, (size_t)big), *t2 = (uint8_t *)dr_scratch_get(sc, 1, (size_t)big);
-    int32_t *acc = (int32_t *)dr_scratch_get(sc, 2, (size_t)line * sizeof(int32_t));
-    if (!t1 || !t2 || !acc)
-        return -1;
-    if (!vfirst) {
-        transpose_px(packed, rows, w, C, t1);                 /* [w][rows][C] */
-        for (int64_t x = 0; x < ow; x++)                      /* horizontal: rows of t1 → t2 [ow][rows][C] */
-            dr_combine_rows_u8(t1, rows * C, tx->start[x], tx->n[x], tx->wi + x * tx->kmax, rows * C, acc, t2 + x * rows * C);
-        transpose_px(t2, ow, rows, C, t1);                    /* [rows][ow][C] */
-        for (int64_t y = 0; y < oh; y++)                      /* vertical */
-            dr_combine_rows_u8(t1, ow * C, ty->start[y] - ylo, ty->n[y], ty->wi + y * ty->kmax, ow * C, acc, out + y * ow * C);
-    } else {
-        for (int64_t y = 0; y < oh; y++)                      /* vertical: t1 [oh][w][C] */
-            dr_combine_rows_u8(packed, w * C, ty->start[y] - ylo, ty->n[y], ty->wi + y * ty->kmax, w * C, acc, t1 + y * w * C);
-        transpose_px(t1, oh, w, C, t2);                       /* [w][oh][C] */
-        for (int64_t x = 0; x < ow; x++)                      /* horizontal: t1 [ow][oh][C] */
-            dr_combine_rows_u8(t2, oh * C, tx->start[x], tx->n[x], tx->wi + x * tx->kmax, oh * C, acc, t1 + x * oh * C);
-        transpose_px(t1, ow, oh, C, out);                     /* [oh][ow][C] */
+/* ---- Pillow's two-pass resize of a crop, read in place ---------------------------------------------------
+ * Only the source rows and columns the taps cover are read, straight from the strided image, and no buffer is
+ * the size of the crop: the horizontal-first order transposes HBLK source rows at a time (a block of HBLK × the
+ * covered width) and keeps its result (rows × ow); the vertical-first order combines the image rows in place when
+ * the pixels are packed RGB, else accumulates row by row in int32 (oh × covered width), and transposes only its
+ * oh-row result. Same integer sums as Pillow, so bit-exact. */
+
+#define HBLK 64 /* source rows per block of the horizontal-first pass: 192-byte rows, four AVX-512 blocks */
+
+/* dst[q][i][c] = pixel (r0 + i, x0 + q) channel c of the image, for i < b, q < n: a block of rows, transposed.
+ * Column by column, all b rows at once: each destination column is written whole, and the b source lines in use
+ * stay in L1 across the columns they hold. */
+static void transpose_rows_in(const dr_image_ref *im, int64_t r0, int64_t x0, int64_t b, int64_t n, uint8_t *dst) {
+    const uint8_t *s0 = im->data + r0 * im->sh + x0 * im->sw;
+    const int64_t sh = im->sh, sw = im->sw, sc = im->sc;
+    if (sw == 3 && sc == 1) {
+        for (int64_t q = 0; q < n; q++) {
+            const uint8_t *sp = s0 + q * 3;
+            uint8_t *dp = dst + q * b * 3;
+            for (int64_t i = 0; i < b; i++) {
+                dp[i * 3 + 0] = sp[i * sh];
+                dp[i * 3 + 1] = sp[i * sh + 1];
+                dp[i * 3 + 2] = sp[i * sh + 2];
+            }
+        }
+        return;
     }
+    for (int64_t q = 0; q < n; q++) {
+        const uint8_t *sp = s0 + q * sw;
+        uint8_t *dp = dst + q * b * 3;
+        for (int64_t i = 0; i < b; i++) {
+            dp[i * 3 + 0] = sp[i * sh];
+            dp[i * 3 + 1] = sp[i * sh + sc];
+            dp[i * 3 + 2] = sp[i * sh + 2 * sc];
+        }
+    }
+}
+
+/* acc[k] += w · line[k], k < len. */
+DR_SIMD_CLONES
+static void accumulate_row(const uint8_t *line, int32_t w, int64_t len, int32_t *acc) {
+    for (int64_t k = 0; k < len; k++)
+        acc[k] += (int32_t)line[k] * w;
+}
+
+/* dst[k] = Pillow's 8-bit result of the fixed-point sum acc[k] (which includes the rounding half). */
+DR_SIMD_CLONES
+static void clip_row(const int32_t *acc, int64_t len, uint8_t *dst) {
+    for (int64_t k = 0; k < len; k++) {
+        int32_t v = acc[k] >> DR_PIL_PRECISION_BITS;
+        dst[k] = (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
+    }
+}
+
+/* The vertical pass over rows [ylo, yhi) and columns [xlo, xlo + n) of the crop into v [oh][n][3]: combinations of
+ * the image rows in place when pixels are packed RGB, else each source row gathered once and added, with its
+ * weight, to the int32 sums of the outputs whose taps cover it. -1 on allocation failure. */
+static int vertical_pass_in(const dr_image_ref *im, const dr_crop *cr, int64_t xlo, int64_t n, const dr_taps *ty,
+                            int64_t ylo, int64_t yhi, int64_t oh, uint8_t *v, dr_scratch *sc) {
+    const int64_t len = n * 3;
+    const uint8_t *base = im->data + cr->y0 * im->sh + (cr->x0 + xlo) * im->sw;
+    if (im->sw == 3 && im->sc == 1) {
+        int32_t *acc = (int32_t *)dr_scratch_get(sc, 2, (size_t)len * sizeof(int32_t));
+        if (!acc)
+            return -1;
+        for (int64_t y = 0; y < oh; y++)
+            dr_combine_rows_u8(base, im->sh, ty->start[y], ty->n[y], ty->wi + y * ty->kmax, len, acc, v + y * len);
+        return 0;
+    }
+    int32_t *acc = (int32_t *)dr_scratch_get(sc, 2, (size_t)(oh * len) * sizeof(int32_t));
+    uint8_t *line = (uint8_t *)dr_scratch_get(sc, 1, (size_t)len);
+    if (!acc || !line)
+        return -1;
+    const int32_t half = 1 << (DR_PIL_PRECISION_BITS - 1);
+    for (int64_t k = 0; k < oh * len; k++)
+        acc[k] = half;
+    int64_t y0 = 0; /* first output whose taps end after the current row (tap spans only move forward) */
+    for (int64_t r = ylo; r < yhi; r++) {
+        const uint8_t *src = base + r * im->sh;
+        for (int64_t q = 0; q < n; q++, src += im->sw) {
+            line[q * 3 + 0] = src[0];
+            line[q * 3 + 1] = src[im->sc];
+            line[q * 3 + 2] = src[2 * im->sc];
+        }
+        while (y0 < oh && ty->start[y0] + ty->n[y0] <= r)
+            y0++;
+        for (int64_t y = y0; y < oh && ty->start[y] <= r; y++)
+            if (r < ty->start[y] + ty->n[y])
+                accumulate_row(line, ty->wi[y * ty->kmax + r - ty->start[y]], len, acc + y * len);
+    }
+    for (int64_t y = 0; y < oh; y++)
+        clip_row(acc + y * len, len, v + y * len);
+    return 0;
+}
+
+int dr_pil_resize_crop(const dr_image_ref *im, const dr_crop *cr, const dr_taps *tx, const dr_taps *ty, int64_t ow,
+                       int64_t oh, int vfirst, uint8_t *out, dr_scratch *sc) {
+    int64_t ylo, yhi, xlo, xhi;
+    dr_taps_rows(ty, oh, &ylo, &yhi);
+    dr_taps_rows(tx, ow, &xlo, &xhi);
+    const int64_t rows = yhi - ylo, n = xhi - xlo;
+    if (!vfirst) {
+        /* horizontal: blocks of HBLK source rows, transposed ([n][b][3]), combined per output column ([ow][b][3]),
+         * transposed back into rows [b][ow][3] of h */
+        uint8_t *h = (uint8_t *)dr_scratch_get(sc, 0, (size_t)(rows * ow * 3));
+        uint8_t *blk = (uint8_t *)dr_scratch_get(sc, 1, (size_t)(n * HBLK * 3));
+        uint8_t *t2 = (uint8_t *)dr_scratch_get(sc, 3, (size_t)(ow * HBLK * 3));
+        int32_t *acc = (int32_t *)dr_scratch_get(sc, 2, (size_t)((ow > HBLK ? ow : HBLK) * 3) * sizeof(int32_t));
+        if (!h || !blk || !t2 || !acc)
+            return -1;
+        for (int64_t r0 = ylo; r0 < yhi; r0 += HBLK) {
+            const int64_t b = yhi - r0 < HBLK ? yhi - r0 : HBLK;
+            transpose_rows_in(im, cr->y0 + r0, cr->x0 + xlo, b, n, blk);
+            for (int64_t x = 0; x < ow; x++)
+                dr_combine_rows_u8(blk, b * 3, tx->start[x] - xlo, tx->n[x], tx->wi + x * tx->kmax, b * 3, acc,
+                                   t2 + x * b * 3);
+            transpose_px(t2, ow, b, 3, h + (r0 - ylo) * ow * 3);
+        }
+        for (int64_t y = 0; y < oh; y++) /* vertical */
+            dr_combine_rows_u8(h, ow * 3, ty->start[y] - ylo, ty->n[y], ty->wi + y * ty->kmax, ow * 3, acc,
+                               out + y * ow * 3);
+        return 0;
+    }
+    /* vertical into v [oh][n][3], transposed ([n][oh][3]), horizontal per output column ([ow][oh][3]), transposed
+     * into out */
+    uint8_t *v = (uint8_t *)dr_scratch_get(sc, 0, (size_t)(oh * n * 3));
+    uint8_t *t1 = (uint8_t *)dr_scratch_get(sc, 3, (size_t)(oh * n * 3));
+    if (!v || !t1 || vertical_pass_in(im, cr, xlo, n, ty, ylo, yhi, oh, v, sc) < 0)
+        return -1;
+    int32_t *acc = (int32_t *)dr_scratch_get(sc, 2, (size_t)(oh * 3) * sizeof(int32_t));
+    uint8_t *t2 = (uint8_t *)dr_scratch_get(sc, 1, (size_t)(ow * oh * 3));
+    if (!acc || !t2)
+        return -1;
+    transpose_px(v, oh, n, 3, t1);
+    for (int64_t x = 0; x < ow; x++)
+        dr_combine_rows_u8(t1, oh * 3, tx->start[x] - xlo, tx->n[x], tx->wi + x * tx->kmax, oh * 3, acc, t2 + x * oh * 3);
+    transpose_px(t2, ow, oh, 3, out);
     return 0;
 }

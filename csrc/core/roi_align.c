@@ -3,6 +3,7 @@
  * Complexity: forward O(K * C * ph * pw * samples), backward the same plus O(N * C * H * W) to clear grad_input.
  * Threads: forward over (RoI, channel block), backward over (image, channel block); deterministic.
  */
+#include <pthread.h>
 #include <string.h>
 
 #include "dr_roi_align.h"
@@ -156,4 +157,64 @@ dr_status dr_roi_align_backward_elementwise_cpu(const dr_tensor *grad_output, co
         DR_DISPATCH(grad_output->dtype, roi_bwd_scatter_serial, &a);
     }
     return DR_OK;
+}
+
+/* The tiled CPU emulation's error record, the CPU twin of a device's (roi_align.cu): election word, record, and
+ * the generation the next launch may take the word from; takes and launches are serialised by the mutex. */
+static pthread_mutex_t g_tiled_err_mu = PTHREAD_MUTEX_INITIALIZER;
+static dr_roi_index_error g_tiled_err;
+static unsigned int g_tiled_claim, g_tiled_gen;
+
+dr_status dr_roi_align_forward_tiled_cpu(const dr_tensor *input, const dr_tensor *rois, dr_tensor *output,
+                                         const dr_roi_align_params *p, int64_t tile_taps) {
+    dr_roi_args a;
+    dr_status st = dr_roi_align_make_args(input, rois, output, p, 0, &a);
+    if (st != DR_OK)
+        return st;
+    if (input->device != DR_CPU)
+        return dr_set_error(DR_EINVAL, "roi_align: CPU kernel called with tensors on another device");
+    if (a.K == 0 || a.C == 0)
+        return DR_OK;
+    a.tile_taps = tile_taps < 0 || tile_taps > DR_ROI_TILE_TAPS ? DR_ROI_TILE_TAPS : tile_taps;
+    a.tile_channels = dr_roi_tile_channels(a.C, a.pooled_h * a.pooled_w, a.in_s[1] == 1);
+    pthread_mutex_lock(&g_tiled_err_mu);
+    a.err = &g_tiled_err;
+    a.err_claim = &g_tiled_claim;
+    a.err_gen = g_tiled_gen;
+    pthread_mutex_unlock(&g_tiled_err_mu);
+    roi_ctx cx;
+    cx.a = &a;
+    const int64_t blocks = a.K * ((a.C + a.tile_channels - 1) / a.tile_channels);
+    run_by_dtype(input->dtype, blocks, roi_fwd_tiled_task_f32, roi_fwd_tiled_task_f64, roi_fwd_tiled_task_f16,
+                 roi_fwd_tiled_task_bf16, &cx);
+    return DR_OK;
+}
+
+dr_status dr_roi_align_backward_tiled_cpu(const dr_tensor *grad_output, const dr_tensor *rois, dr_tensor *grad_input,
+                                          const dr_roi_align_params *p, int64_t tile_taps) {
+    dr_roi_args a;
+    dr_status st = dr_roi_align_make_args(grad_input, rois, grad_output, p, 1, &a);
+    if (st != DR_OK)
+        return st;
+    if (grad_input->device != DR_CPU)
+        return dr_set_error(DR_EINVAL, "roi_align: CPU kernel called with tensors on another device");
+    if (a.C == 0)
+        return DR_OK;
+    a.tile_taps = tile_taps < 0 || tile_taps > DR_ROI_TILE_TAPS ? DR_ROI_TILE_TAPS : tile_taps;
+    a.tile_channels = dr_roi_tile_channels(a.C, a.pooled_h * a.pooled_w, a.out_s[1] == 1);
+    pthread_mutex_lock(&g_tiled_err_mu);
+    a.err = &g_tiled_err;
+    a.err_claim = &g_tiled_claim;
+    a.err_gen = g_tiled_gen;
+    a.err_op = 1;
+    pthread_mutex_unlock(&g_tiled_err_mu);
+    DR_DISPATCH(grad_output->dtype, roi_bwd_tiled_serial, &a);
+    return DR_OK;
+}
+
+int dr_roi_align_take_error_cpu(dr_roi_index_error *out) {
+    pthread_mutex_lock(&g_tiled_err_mu);
+    int r = dr_roi_take_report(&g_tiled_err, &g_tiled_gen, out);
+    pthread_mutex_unlock(&g_tiled_err_mu);
+    return r;
 }

@@ -8,8 +8,10 @@
  *             queries, no atomics: deterministic, bitwise repeatable).
  * Keys and values are read through the L1/L2 caches shared by the threads of a head (blocks cover consecutive
  * rows of one head). No host synchronisation, no allocation. Complexity as the CPU kernels.
+ * float16 and bfloat16 on compute capability 8.0 and later go to the tensor-core kernels (attention_tc.cu)
+ * instead; float32 and float64 always run here.
  */
-#include "dr_attention.h"
+#include "dr_attention_tile.h"
 #include "runtime.cuh"
 
 #define DR_ATTN_KERNELS(SFX)                                                                                       \
@@ -58,6 +60,8 @@ extern "C" dr_status dr_attention_forward_cuda(const dr_tensor *q, const dr_tens
     if (rows == 0)
         return DR_OK;
     dr_device_guard guard(q->device_id);
+    if (dr_attention_tc_supported(&a, q->device_id))
+        return dr_attention_tc_forward_launch(&a, stream);
     cudaStream_t s = (cudaStream_t)stream;
     const int threads = 128;
     DR_LAUNCH_BY_DTYPE(a.dtype, attn_fwd, dr_blocks(rows, threads), threads, s, a, rows);
@@ -77,6 +81,8 @@ extern "C" dr_status dr_attention_backward_cuda(const dr_tensor *q, const dr_ten
     if (st != DR_OK)
         return st;
     dr_device_guard guard(q->device_id);
+    if (dr_attention_tc_supported(&a, q->device_id))
+        return dr_attention_tc_backward_launch(&a, stream);
     cudaStream_t s = (cudaStream_t)stream;
     const int threads = 128;
     const int64_t qrows = a.B * a.H * a.Lq, krows = a.B * a.Hk * a.Lk; /* dk, dv: one thread per key/value row */

@@ -1,6 +1,9 @@
-/* crop_resize.cu — crop_resize on CUDA, around the per-element body of dr_crop_resize.h that the CPU tests also run
- * (impl="elementwise"): one thread per output element, and one per view for the referred box. No allocation, no
- * host sync. */
+/* crop_resize.cu — crop_resize on CUDA. crop_resize_tiled runs the block schedule of dr_crop_resize_tiled.inc that
+ * the CPU tests also run (impl="tiled"): one block per (view, band of 8 output rows), the view's geometry and its
+ * columns' resampling taps computed once per block into shared memory, Pillow's first pass computed once per row
+ * into a shared buffer, then one thread per output (x fastest: contiguous writes). Views too large for the tables
+ * fall back, inside the same kernel, to the per-element bodies (impl="elementwise"). One thread per view writes the
+ * referred box. No allocation, no host sync. */
 #include "dr_crop_resize.h"
 #include "views.cuh"
 
@@ -15,23 +18,40 @@ struct dr_crop_out {
     int64_t ros0, ros1;
 };
 
-__global__ void crop_resize_kernel(dr_image_table tab, dr_view_io io, dr_crop_out o, dr_crop_resize_params p,
-                                   int64_t total) {
+__global__ void __launch_bounds__(256) crop_resize_tiled(dr_image_table tab, dr_view_io io, dr_crop_out o,
+                                                          dr_crop_resize_params p, int64_t nblk) {
+    __shared__ dr_crop_tile t;
+    __shared__ int64_t view;
+    __shared__ int32_t xs[DR_CROP_TILE_SPANS], xn[DR_CROP_TILE_SPANS];
+    __shared__ dr_crop_w w[DR_CROP_TILE_TAPS];
+    __shared__ uint8_t pass[DR_CROP_TILE_PASS];
     const int64_t S = p.size;
-    DR_GRID_STRIDE(i, total) {
-        int64_t x = i % S, y = (i / S) % S, c = (i / (S * S)) % 3, v = i / (S * S * 3);
-        const dr_image_ref *im = view_image(tab, io, v);
-        if (!im)
-            continue;
-        double b[4];
-        view_box(io, v, b);
-        dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
-        dr_axis ax = dr_axis_make(p.kind, p.filter, cr.w, S), ay = dr_axis_make(p.kind, p.filter, cr.h, S);
-        int vf = dr_pil_vertical_first(cr.w, cr.h, S, S, p.pil_order);
-        float val = p.kind == DR_RS_PIL
-                        ? dr_normalize_u8(dr_pil_resize_px(im, &cr, &ax, &ay, y, x, (int)c, 0, vf), p.mean[c], p.std[c])
-                        : dr_normalize_f(dr_float_resize_px(im, &cr, &ax, &ay, y, x, (int)c), p.mean[c], p.std[c]);
-        dr_views_store(o.data, o.dtype, v * o.s[0] + c * o.s[1] + y * o.s[2] + x * o.s[3], val);
+    for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {
+        if (threadIdx.x == 0)
+            dr_crop_tile_begin(tab.im, tab.base, tab.count, io.boxes, io.boxes_dtype, io.bs0, io.bs1, io.index, io.is0,
+                               &p, blk, &view, &t);
+        __syncthreads();
+        if (t.ok) { /* uniform across the block */
+            if (t.table)
+                for (int64_t x = threadIdx.x; x < S; x += blockDim.x)
+                    dr_crop_tile_fill_x(&p, &t, xs, xn, w, x);
+            dr_crop_w *wy = w + S * t.tx;
+            for (int64_t y = t.y0; y < t.y1; y++) {
+                __syncthreads(); /* the table is filled; the previous row's outputs are done with wy and pass */
+                if (t.table) {
+                    if (threadIdx.x == 0)
+                        dr_crop_tile_row(&p, &t, wy, y);
+                    __syncthreads();
+                    const int64_t np = dr_crop_tile_pass_count(&p, &t);
+                    for (int64_t e = threadIdx.x; e < np; e += blockDim.x)
+                        dr_crop_tile_pass(&p, &t, xs, xn, w, wy, pass, e);
+                    __syncthreads();
+                }
+                for (int64_t e = threadIdx.x; e < 3 * S; e += blockDim.x)
+                    dr_crop_tile_elem(&p, &t, xs, xn, w, wy, pass, o.data, o.dtype, o.s, view, y, e);
+            }
+        }
+        __syncthreads(); /* before thread 0 starts the next block's geometry */
     }
 }
 
@@ -75,10 +95,11 @@ extern "C" dr_status dr_crop_resize_cuda(const dr_image_ref *images, int64_t n_i
     o.ros0 = ref_out ? ref_out->strides[0] : 0;
     o.ros1 = ref_out ? ref_out->strides[1] : 0;
     cudaStream_t s = (cudaStream_t)stream;
-    int64_t total = nv * 3 * p->size * p->size;
+    const int64_t nblk = nv * ((p->size + DR_CROP_TILE_ROWS - 1) / DR_CROP_TILE_ROWS);
+    const unsigned grid = (unsigned)(nblk < ((int64_t)1 << 20) ? nblk : ((int64_t)1 << 20));
     dr_crop_resize_params pp = *p;
     return for_image_chunks(images, n_images, [&](const dr_image_table &tab) {
-        crop_resize_kernel<<<dr_blocks(total, 256), 256, 0, s>>>(tab, io, o, pp, total);
+        crop_resize_tiled<<<grid, 256, 0, s>>>(tab, io, o, pp, nblk);
         if (ref_boxes)
             ref_box_kernel<<<dr_blocks(nv, 128), 128, 0, s>>>(tab, io, o, pp, nv);
     });

@@ -1,8 +1,13 @@
-/* dcnv4.cu — DCNv4 deformable aggregation on CUDA. Every thread runs a per-element body from dr_dcnv4.h that the
- * CPU tests also run (dr_dcnv4_*_elementwise_cpu), so the GPU's indexing and arithmetic are covered without a GPU.
- * Forward: one thread per output element (channel fastest: a warp reads contiguous channels of each corner).
+/* dcnv4.cu — DCNv4 deformable aggregation on CUDA. The kernels run bodies from dr_dcnv4.h that the CPU tests also
+ * run (dr_dcnv4_forward_tiled_cpu, dr_dcnv4_*_elementwise_cpu), so the GPU's indexing and arithmetic are covered
+ * without a GPU.
+ * Forward (dcn_fwd_tiled): one block per run of tile_pix (pixel, group) pairs; the block first computes every tap's
+ * location, bilinear corners and weights and reads its modulation weight into a shared-memory table (once per pair,
+ * not once per channel as a thread per output would), then one thread per output (channel fastest: a warp reads
+ * contiguous channels of each corner). Pairs whose K taps exceed the table run the per-element kernel.
  * Backward: one thread per (pixel, group, tap) for the offset/weight gradients (sums over the group's channels),
- * and for the value gradient either one thread per grad_output element with atomic adds (default) or, in
+ * and for the value gradient either the forward's tiles (taps in the table) with one thread per grad_output element
+ * adding with atomics (default; the order of the adds varies from run to run) or, in
  * deterministic mode, one thread per (image, channel) map adding in a fixed order. No host synchronisation, no
  * allocation. */
 #include "runtime.cuh"
@@ -39,6 +44,50 @@ DR_DCN_KERNELS(f64, double)
 DR_DCN_KERNELS(f16, float)
 DR_DCN_KERNELS(bf16, float)
 
+/* The tiled forward: blocks [blockIdx.x, nblk) in steps of gridDim.x, the two steps of dr_dcn_tile_* (see
+ * dr_dcnv4_body.inc). TAP is the tap type of the compute type. */
+#define DR_DCN_TILED_KERNEL(SFX, TAP)                                                                               \
+    __global__ void __launch_bounds__(256) dcn_fwd_tiled_##SFX(dr_dcn_args a, int64_t pairs, int64_t nblk) {      \
+        __shared__ TAP tab[DR_DCN_TILE_TAPS];                                                                      \
+        for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {                                             \
+            const int64_t q0 = blk * a.tile_pix;                                                                   \
+            const int64_t npg = pairs - q0 < a.tile_pix ? pairs - q0 : a.tile_pix;                                 \
+            for (int64_t i = threadIdx.x; i < npg * a.K; i += blockDim.x)                                          \
+                dr_dcn_tile_fill_##SFX(&a, q0, tab, i);                                                            \
+            __syncthreads();                                                                                       \
+            for (int64_t e = threadIdx.x; e < npg * a.D; e += blockDim.x)                                          \
+                dr_dcn_tile_elem_##SFX(&a, q0, tab, e);                                                            \
+            __syncthreads();                                                                                       \
+        }                                                                                                          \
+    }
+
+/* The tiled value scatter of the backward's default mode: the forward's table, then one thread per grad_output
+ * element adding into its taps' corners with atomics. */
+#define DR_DCN_SCATTER_TILED_KERNEL(SFX, TAP)                                                                       \
+    __global__ void __launch_bounds__(256) dcn_bwd_scatter_tiled_##SFX(dr_dcn_args a, int64_t pairs, int64_t nblk) { \
+        __shared__ TAP tab[DR_DCN_TILE_TAPS];                                                                      \
+        for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {                                             \
+            const int64_t q0 = blk * a.tile_pix;                                                                   \
+            const int64_t npg = pairs - q0 < a.tile_pix ? pairs - q0 : a.tile_pix;                                 \
+            for (int64_t i = threadIdx.x; i < npg * a.K; i += blockDim.x)                                          \
+                dr_dcn_tile_fill_##SFX(&a, q0, tab, i);                                                            \
+            __syncthreads();                                                                                       \
+            for (int64_t e = threadIdx.x; e < npg * a.D; e += blockDim.x)                                          \
+                dr_dcn_tile_scatter_##SFX(&a, q0, tab, e);                                                         \
+            __syncthreads();                                                                                       \
+        }                                                                                                          \
+    }
+
+DR_DCN_SCATTER_TILED_KERNEL(f32, dr_dcn_tap_f)
+DR_DCN_SCATTER_TILED_KERNEL(f64, dr_dcn_tap_d)
+DR_DCN_SCATTER_TILED_KERNEL(f16, dr_dcn_tap_f)
+DR_DCN_SCATTER_TILED_KERNEL(bf16, dr_dcn_tap_f)
+
+DR_DCN_TILED_KERNEL(f32, dr_dcn_tap_f)
+DR_DCN_TILED_KERNEL(f64, dr_dcn_tap_d)
+DR_DCN_TILED_KERNEL(f16, dr_dcn_tap_f)
+DR_DCN_TILED_KERNEL(bf16, dr_dcn_tap_f)
+
 static dr_status dcn_check_cuda(const dr_tensor *value) {
     if (value->device != DR_CUDA)
         return dr_set_error(DR_EINVAL, "dcnv4: CUDA launcher called with tensors not on a CUDA device");
@@ -60,7 +109,14 @@ extern "C" dr_status dr_dcnv4_forward_cuda(const dr_tensor *value, const dr_tens
     dr_device_guard guard(value->device_id);
     cudaStream_t s = (cudaStream_t)stream;
     const int threads = 256;
-    DR_LAUNCH_BY_DTYPE(value->dtype, dcn_fwd, dr_blocks(total, threads), threads, s, a, total);
+    a.tile_pix = dr_dcn_tile_pix(&a);
+    if (a.tile_pix > 0) {
+        const int64_t pairs = a.N * a.Ho * a.Wo * a.G, nblk = (pairs + a.tile_pix - 1) / a.tile_pix;
+        const unsigned grid = (unsigned)(nblk < ((int64_t)1 << 20) ? nblk : ((int64_t)1 << 20));
+        DR_LAUNCH_BY_DTYPE(value->dtype, dcn_fwd_tiled, grid, threads, s, a, pairs, nblk);
+    } else {
+        DR_LAUNCH_BY_DTYPE(value->dtype, dcn_fwd, dr_blocks(total, threads), threads, s, a, total);
+    }
     return dr_cuda_check(cudaGetLastError(), "dcnv4 forward");
 }
 
@@ -89,7 +145,15 @@ extern "C" dr_status dr_dcnv4_backward_cuda(const dr_tensor *value, const dr_ten
         const int64_t nin = a.N * a.H * a.W * a.G * a.D, nout = a.N * a.Ho * a.Wo * a.G * a.D;
         if (nin > 0)
             DR_LAUNCH_BY_DTYPE(value->dtype, dcn_zero, dr_blocks(nin, threads), threads, s, a, nin);
-        DR_LAUNCH_BY_DTYPE(value->dtype, dcn_bwd_scatter, dr_blocks(nout, threads), threads, s, a, nout);
+        a.tile_pix = dr_dcn_tile_pix(&a);
+        const int64_t pairs = a.N * a.Ho * a.Wo * a.G;
+        if (a.tile_pix > 0 && pairs > 0) {
+            const int64_t nblk = (pairs + a.tile_pix - 1) / a.tile_pix;
+            const unsigned grid = (unsigned)(nblk < ((int64_t)1 << 20) ? nblk : ((int64_t)1 << 20));
+            DR_LAUNCH_BY_DTYPE(value->dtype, dcn_bwd_scatter_tiled, grid, threads, s, a, pairs, nblk);
+        } else if (nout > 0) {
+            DR_LAUNCH_BY_DTYPE(value->dtype, dcn_bwd_scatter, dr_blocks(nout, threads), threads, s, a, nout);
+        }
     }
     return dr_cuda_check(cudaGetLastError(), "dcnv4 backward");
 }

@@ -24,6 +24,13 @@ static inline dr_status dr_check_float(const char *op, const char *name, const d
                         op, name, dr_dtype_name(t->dtype));
 }
 
+/* dtype `want` exactly, or a DR_ETYPE naming the argument. */
+static inline dr_status dr_check_dtype(const char *op, const char *name, const dr_tensor *t, dr_dtype want) {
+    if (t->dtype == want)
+        return DR_OK;
+    return dr_set_error(DR_ETYPE, "%s: %s must be %s, got %s", op, name, dr_dtype_name(want), dr_dtype_name(t->dtype));
+}
+
 static inline dr_status dr_check_ndim(const char *op, const char *name, const dr_tensor *t, int nd) {
     if (t->ndim == nd)
         return DR_OK;

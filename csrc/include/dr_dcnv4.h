@@ -45,6 +45,15 @@ dr_status dr_dcnv4_backward_cpu(const dr_tensor *value, const dr_tensor *offset_
 /* The CUDA kernels' per-element bodies run on the CPU for every index (tests). */
 dr_status dr_dcnv4_forward_elementwise_cpu(const dr_tensor *value, const dr_tensor *offset_mask, dr_tensor *output,
                                            const dr_dcnv4_params *p);
+/* The tiled CUDA forward's block schedule (one block per run of (pixel, group) pairs, their taps in the block's
+ * table), block by block on the CPU (tests). */
+dr_status dr_dcnv4_forward_tiled_cpu(const dr_tensor *value, const dr_tensor *offset_mask, dr_tensor *output,
+                                     const dr_dcnv4_params *p);
+/* The CUDA backward's default (atomic) mode with the tiled value scatter (taps from the block's table), its blocks
+ * run in order on the CPU (tests). */
+dr_status dr_dcnv4_backward_tiled_cpu(const dr_tensor *value, const dr_tensor *offset_mask,
+                                      const dr_tensor *grad_output, dr_tensor *grad_value,
+                                      dr_tensor *grad_offset_mask, const dr_dcnv4_params *p);
 dr_status dr_dcnv4_backward_elementwise_cpu(const dr_tensor *value, const dr_tensor *offset_mask,
                                             const dr_tensor *grad_output, dr_tensor *grad_value,
                                             dr_tensor *grad_offset_mask, const dr_dcnv4_params *p,
@@ -79,7 +88,27 @@ typedef struct {
     int64_t K; /* taps per group */
     int remove_center;
     double offset_scale;
+    int64_t tile_pix; /* tiled forward: (pixel, group) pairs per block (dr_dcn_tile_pix) */
 } dr_dcn_args;
+
+/* Tiled forward (dcnv4.cu's dcn_fwd_tiled): sampling entries a block keeps in its table and the outputs it aims
+ * at (4 per thread of a 256-thread block). */
+#define DR_DCN_TILE_TAPS 1024
+#define DR_DCN_TILE_ELEMS 1024
+
+/* (pixel, group) pairs per block of the tiled forward: about DR_DCN_TILE_ELEMS outputs, at most
+ * DR_DCN_TILE_TAPS taps; 0 when one pair's K taps do not fit the table or the map needs 64-bit coordinates (the
+ * per-element kernel runs then). O(1). */
+static inline int64_t dr_dcn_tile_pix(const dr_dcn_args *a) {
+    if (a->K > DR_DCN_TILE_TAPS || a->H > INT32_MAX || a->W > INT32_MAX || a->D <= 0)
+        return 0;
+    int64_t pb = DR_DCN_TILE_ELEMS / a->D;
+    if (pb < 1)
+        pb = 1;
+    if (pb * a->K > DR_DCN_TILE_TAPS)
+        pb = DR_DCN_TILE_TAPS / (a->K > 0 ? a->K : 1);
+    return pb < 1 ? 1 : pb;
+}
 
 /* Kernel coordinates (i along x, j along y) of tap k: x outer, y inner, the centre skipped with remove_center. */
 DR_HD static inline void dr_dcn_tap_ij(const dr_dcn_args *a, int64_t k, int64_t *i, int64_t *j) {

@@ -28,11 +28,78 @@ typedef struct {
     int64_t pooled_h, pooled_w, sampling_ratio;
     int aligned;
     double spatial_scale;
+    /* bad batch indices (DESIGN §4): the record a kernel fills (mapped host memory on CUDA), the election word
+     * (device memory on CUDA) and the value this launch may move it from; err NULL: nothing is recorded */
+    dr_roi_index_error *err;
+    unsigned int *err_claim;
+    unsigned int err_gen;
+    int err_op;
+    /* tiled forward: taps the block's table holds, channels per block */
+    int64_t tile_taps, tile_channels;
 } dr_roi_args;
 
 #ifndef DR_ATOMIC_ADD
 #define DR_ATOMIC_ADD(ptr, v) (*(ptr) += (v))
 #endif
+
+/* Taps (per-axis bilinear sample entries) a tiled forward block keeps in its table: 16 KiB of shared memory for
+ * float compute, 24 KiB for double. */
+#define DR_ROI_TILE_TAPS 1024
+/* Output elements a tiled forward block aims at (4 per thread of a 256-thread block). */
+#define DR_ROI_TILE_ELEMS 1024
+
+/* Compare-and-swap on a 32-bit word: returns the old value (atomicCAS on the device, a sequentially consistent
+ * builtin on the host). */
+DR_HD static inline unsigned int dr_roi_cas(unsigned int *p, unsigned int expect, unsigned int want) {
+#ifdef __CUDA_ARCH__
+    return atomicCAS(p, expect, want);
+#else
+    __atomic_compare_exchange_n(p, &expect, want, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return expect;
+#endif
+}
+
+/* Record that RoI k names image b, which is not in [0, N): the first thread to move the election word from
+ * err_gen to err_gen + 1 fills the record and then sets its flag (after a system-wide fence on the device, so a
+ * host that sees the flag sees the fields); every later report until the host takes the record is dropped. */
+DR_HD static inline void dr_roi_report_bad_index(const dr_roi_args *a, int64_t k, double b) {
+    if (!a->err || !a->err_claim || dr_roi_cas(a->err_claim, a->err_gen, a->err_gen + 1u) != a->err_gen)
+        return;
+    a->err->op = a->err_op;
+    a->err->roi = k;
+    a->err->value = b;
+    a->err->n = a->N;
+#ifdef __CUDA_ARCH__
+    __threadfence_system();
+    *(volatile uint32_t *)&a->err->set = 1u;
+#else
+    __atomic_store_n(&a->err->set, 1u, __ATOMIC_RELEASE);
+#endif
+}
+
+/* Host side of the record: 1 and *out filled when a report is pending, which is then cleared and *gen advanced to
+ * the election word's new value (so later launches, given *gen, can report again); 0 otherwise. The caller
+ * serialises takes and launches. O(1). */
+static inline int dr_roi_take_report(dr_roi_index_error *rec, unsigned int *gen, dr_roi_index_error *out) {
+    if (!__atomic_load_n(&rec->set, __ATOMIC_ACQUIRE))
+        return 0;
+    *out = *rec;
+    out->set = 1u;
+    __atomic_store_n(&rec->set, 0u, __ATOMIC_RELEASE);
+    *gen += 1u;
+    return 1;
+}
+
+/* Channels per block of the tiled forward: enough for about DR_ROI_TILE_ELEMS outputs, and at least 32 when the
+ * channels are contiguous (channels-last), so a warp reads 32 neighbouring values per tap. O(1). */
+static inline int64_t dr_roi_tile_channels(int64_t C, int64_t bins, int channels_last) {
+    int64_t cs = (DR_ROI_TILE_ELEMS + bins - 1) / bins;
+    if (channels_last && cs < 32)
+        cs = 32;
+    if (cs > C)
+        cs = C;
+    return cs < 1 ? 1 : cs;
+}
 
 #define DR_INSTANTIATE "dr_roi_align_body.inc"
 #include "dr_instantiate.h"

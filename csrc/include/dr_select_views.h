@@ -3,6 +3,7 @@
 #ifndef DR_SELECT_VIEWS_H
 #define DR_SELECT_VIEWS_H
 
+#include "dr_check.h"
 #include "dr_math.h"
 #include "dynrefer.h"
 
@@ -10,7 +11,12 @@
 extern "C" {
 #endif
 
-/* hashes [R, 1+C] uint64 (tight view first), coeffs [C] float64 (> 0), out [R, n_sel] int64 candidate indices. */
+/* Check select_views' arguments (host code): this is where they are validated, before either kernel runs.
+ * hashes [R, 1+C] uint64 (tight view first), coeffs [C] float64, out [R, n_sel] int64 with n_sel <= C, all on one
+ * device. The coefficients' values (finite, > 0) are data: the CPU kernel checks them. O(1). */
+dr_status dr_select_views_make_args(const dr_tensor *hashes, const dr_tensor *coeffs, const dr_tensor *out);
+
+/* The kernels, on arguments dr_select_views_make_args accepted: out [R, n_sel] receives candidate indices. */
 dr_status dr_select_views_cpu(const dr_tensor *hashes, const dr_tensor *coeffs, dr_tensor *out);
 dr_status dr_select_views_cuda(const dr_tensor *hashes, const dr_tensor *coeffs, dr_tensor *out, void *stream);
 

@@ -80,4 +80,54 @@ static inline dr_status dr_views_image_make(const char *op, const char *name, co
     return DR_OK;
 }
 
+/* The images of a view op: n >= 1 descriptors, each checked by dr_views_image_make (named "images[i]") and on the
+ * device of images[0]; refs[n] receives their descriptions. O(n). */
+static inline dr_status dr_views_images_make(const char *op, const dr_tensor *images, int64_t n, dr_image_ref *refs) {
+    if (n < 1)
+        return dr_set_error(DR_EINVAL, "%s: images is empty", op);
+    for (int64_t i = 0; i < n; i++) {
+        char name[48];
+        snprintf(name, sizeof name, "images[%lld]", (long long)i);
+        dr_status st = dr_views_image_make(op, name, &images[i], &refs[i]);
+        if (st == DR_OK && i > 0)
+            st = dr_check_same_device(op, "images[0]", &images[0], name, &images[i]);
+        if (st != DR_OK)
+            return st;
+    }
+    return DR_OK;
+}
+
+/* View boxes `bname` [V, 4] float32/float64 on the images' device (`dev`: images[0]), and image_index [V] int64 on
+ * that device, or NULL with a single image. Index values are data: the CPU kernels check them. O(1). */
+static inline dr_status dr_views_boxes_check(const char *op, const dr_tensor *dev, int64_t n_images,
+                                             const dr_tensor *boxes, const char *bname, const dr_tensor *index) {
+    dr_status st = dr_check_ndim(op, bname, boxes, 2);
+    if (st != DR_OK)
+        return st;
+    if (boxes->dtype != DR_FLOAT32 && boxes->dtype != DR_FLOAT64)
+        return dr_set_error(DR_ETYPE, "%s: %s must be float32 or float64, got %s", op, bname,
+                            dr_dtype_name(boxes->dtype));
+    if (boxes->shape[1] != 4)
+        return dr_set_error(DR_EINVAL, "%s: %s must have shape [V, 4], got [%lld, %lld]", op, bname,
+                            (long long)boxes->shape[0], (long long)boxes->shape[1]);
+    st = dr_check_same_device(op, "images", dev, bname, boxes);
+    if (st != DR_OK)
+        return st;
+    if (!index) {
+        if (n_images != 1)
+            return dr_set_error(DR_EINVAL, "%s: image_index is required with %lld images", op, (long long)n_images);
+        return DR_OK;
+    }
+    st = dr_check_ndim(op, "image_index", index, 1);
+    if (st != DR_OK)
+        return st;
+    st = dr_check_dtype(op, "image_index", index, DR_INT64);
+    if (st != DR_OK)
+        return st;
+    if (index->shape[0] != boxes->shape[0])
+        return dr_set_error(DR_EINVAL, "%s: image_index has %lld entries for %lld boxes", op,
+                            (long long)index->shape[0], (long long)boxes->shape[0]);
+    return dr_check_same_device(op, "images", dev, "image_index", index);
+}
+
 #endif

@@ -112,9 +112,38 @@ dr_status dr_roi_align_backward_elementwise_cpu(const dr_tensor *grad_output, co
                                                 dr_tensor *grad_input, const dr_roi_align_params *p,
                                                 int deterministic);
 
+/* A batch index outside [0, N) found by a kernel, kept until the host takes it (DESIGN §4, "Errors found on the
+ * device"). Kernels fill it without a host synchronisation: the RoI pools to zeros (its gradient to nothing) and
+ * the first such RoI since the last take is recorded here. */
+typedef struct {
+    uint32_t set;  /* 1 once a kernel has filled the record, 0 when nothing is pending */
+    int32_t op;    /* 0: forward, 1: backward */
+    int64_t roi;   /* k of the offending rois[k, 0] */
+    double value;  /* rois[k, 0] as the kernel read it */
+    int64_t n;     /* the batch size N of that call */
+} dr_roi_index_error;
+
+/* The tiled forward (the CUDA kernel's block schedule: one block per RoI and channel slice, geometry and taps in
+ * the block's table) run block by block on the CPU, for tests. Batch indices are not checked beforehand: a bad one
+ * pools to zeros and is recorded for dr_roi_align_take_error_cpu, as on a GPU. tile_taps < 0: the GPU's table
+ * size; smaller values force the path for RoIs whose taps do not fit. */
+dr_status dr_roi_align_forward_tiled_cpu(const dr_tensor *input, const dr_tensor *rois, dr_tensor *output,
+                                         const dr_roi_align_params *p, int64_t tile_taps);
+/* The CUDA backward's default (atomic) mode, tiled like the forward, its blocks run in order on the CPU (tests);
+ * bad batch indices recorded as by the forward. */
+dr_status dr_roi_align_backward_tiled_cpu(const dr_tensor *grad_output, const dr_tensor *rois, dr_tensor *grad_input,
+                                          const dr_roi_align_params *p, int64_t tile_taps);
+/* 1 and *out filled when a tiled CPU call recorded a bad batch index since the last take (the record is then
+ * cleared), else 0. */
+int dr_roi_align_take_error_cpu(dr_roi_index_error *out);
+
 /* ---- CUDA launchers (csrc/cuda; only in builds with CUDA) ------------------------------------------- */
 
 int dr_cuda_device_count(void);
+/* 1 and *out filled when a RoI-Align kernel on `device` recorded a bad batch index since the last take (the record
+ * is cleared), 0 when none is pending, -1 on a CUDA error (message set). With `synchronize` the device is
+ * synchronised first, so every kernel launched before the call has reported; without, no synchronisation. */
+int dr_roi_align_take_error_cuda(int device, int synchronize, dr_roi_index_error *out);
 dr_status dr_roi_align_forward_cuda(const dr_tensor *input, const dr_tensor *rois, dr_tensor *output,
                                     const dr_roi_align_params *p, void *stream);
 dr_status dr_roi_align_backward_cuda(const dr_tensor *grad_output, const dr_tensor *rois, dr_tensor *grad_input,

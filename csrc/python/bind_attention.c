@@ -24,15 +24,6 @@ static int parse_attn_impl(const char *impl) {
     return -2;
 }
 
-/* 1 if the first n converted tensors are all on CUDA (then the CUDA launcher runs; mixed devices go to the CPU
- * kernel, whose argument builder names them). */
-static int all_cuda(const dr_pyarg *t, int n) {
-    for (int i = 0; i < n; i++)
-        if (t[i].t.device != DR_CUDA)
-            return 0;
-    return 1;
-}
-
 static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"q", "k", "v", "mask", "out", "lse", "scale", "causal", "stream", "impl", NULL};
@@ -48,39 +39,23 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *
     const int isa = parse_attn_impl(impl);
     if (isa == -2)
         return NULL;
+    const dr_argspec spec[6] = {{oq, "q", 0, 0},   {ok, "k", 0, 0},   {ov, "v", 0, 0},
+                                {oo, "out", 1, 0}, {ol, "lse", 1, 0}, {om, "attn_mask", 0, 1}};
     dr_pyarg t[6];
-    memset(t, 0, sizeof t);
-    PyObject *src[6] = {oq, ok, ov, oo, ol, om};
-    const char *names[6] = {"q", "k", "v", "out", "lse", "attn_mask"};
-    const int writable[6] = {0, 0, 0, 1, 1, 0};
-    PyObject *ret = NULL;
-    const int nt = om == Py_None ? 5 : 6;
-    for (int i = 0; i < nt; i++)
-        if (dr_pyarg_from(src[i], names[i], writable[i], stream, &t[i]) < 0)
-            goto done;
-    const dr_tensor *mt = nt == 6 ? &t[5].t : NULL;
-    dr_status st;
-    if (all_cuda(t, nt)) {
-        __typeof__(dr_attention_forward_cuda) *fn = dr_cuda_fn("dr_attention_forward_cuda");
-        if (!fn)
-            goto done;
-        Py_BEGIN_ALLOW_THREADS st = fn(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t, &p, (void *)(intptr_t)stream);
-        Py_END_ALLOW_THREADS
-    } else {
-        Py_BEGIN_ALLOW_THREADS st =
-            isa == -1 ? dr_attention_forward_elementwise_cpu(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t, &p)
-                      : dr_attention_forward_cpu_isa(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t, &p, isa);
-        Py_END_ALLOW_THREADS
-    }
-    if (st != DR_OK) {
-        dr_raise_kernel(st, &t[0].t);
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
-done:
-    for (int i = 0; i < 6; i++)
-        if (t[i].keep)
-            dr_pyarg_release(&t[i]);
+    if (dr_pyargs_from(spec, 6, stream, t) < 0)
+        return NULL;
+    const dr_tensor *mt = dr_opt(&t[5]);
+    dr_status st = DR_OK;
+    void *cuda_fn;
+    const int where = dr_run_where(t, 6, "dr_attention_forward_cuda", &cuda_fn);
+    __typeof__(dr_attention_forward_cuda) *fn = cuda_fn;
+    if (where == DR_RUN_CUDA)
+        DR_NOGIL(st, fn(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t, &p, (void *)(intptr_t)stream));
+    else if (where == DR_RUN_CPU)
+        DR_NOGIL(st, isa == -1 ? dr_attention_forward_elementwise_cpu(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t, &p)
+                               : dr_attention_forward_cpu_isa(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t, &p, isa));
+    PyObject *ret = where == DR_RUN_ERROR ? NULL : dr_kernel_result(st, &t[0].t);
+    dr_pyargs_release(t, 6);
     return ret;
 }
 
@@ -101,42 +76,32 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject 
     const int isa = parse_attn_impl(impl);
     if (isa == -2)
         return NULL;
-    dr_pyarg t[10];
-    memset(t, 0, sizeof t);
     const char *names[10] = {"q", "k", "v", "out", "lse", "grad_out", "grad_q", "grad_k", "grad_v", "attn_mask"};
-    const int writable[10] = {0, 0, 0, 0, 0, 0, 1, 1, 1, 0};
-    PyObject *ret = NULL;
-    const int nt = o[9] == Py_None ? 9 : 10;
-    for (int i = 0; i < nt; i++)
-        if (dr_pyarg_from(o[i], names[i], writable[i], stream, &t[i]) < 0)
-            goto done;
-    const dr_tensor *mt = nt == 10 ? &t[9].t : NULL;
-    dr_status st;
-    if (all_cuda(t, nt)) {
-        __typeof__(dr_attention_backward_cuda) *fn = dr_cuda_fn("dr_attention_backward_cuda");
-        if (!fn)
-            goto done;
-        Py_BEGIN_ALLOW_THREADS st = fn(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t, &t[5].t, &t[6].t, &t[7].t,
-                                       &t[8].t, &p, (void *)(intptr_t)stream);
-        Py_END_ALLOW_THREADS
-    } else {
-        Py_BEGIN_ALLOW_THREADS st = isa == -1 ? dr_attention_backward_elementwise_cpu(&t[0].t, &t[1].t, &t[2].t, mt,
-                                                                                      &t[3].t, &t[4].t, &t[5].t,
-                                                                                      &t[6].t, &t[7].t, &t[8].t, &p)
-                                              : dr_attention_backward_cpu_isa(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t,
-                                                                              &t[4].t, &t[5].t, &t[6].t, &t[7].t,
-                                                                              &t[8].t, &p, isa);
-        Py_END_ALLOW_THREADS
+    dr_argspec spec[10];
+    for (int i = 0; i < 10; i++) {
+        spec[i].obj = o[i];
+        spec[i].name = names[i];
+        spec[i].writable = i >= 6 && i < 9;
+        spec[i].optional = i == 9;
     }
-    if (st != DR_OK) {
-        dr_raise_kernel(st, &t[0].t);
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
-done:
-    for (int i = 0; i < 10; i++)
-        if (t[i].keep)
-            dr_pyarg_release(&t[i]);
+    dr_pyarg t[10];
+    if (dr_pyargs_from(spec, 10, stream, t) < 0)
+        return NULL;
+    const dr_tensor *mt = dr_opt(&t[9]);
+    dr_status st = DR_OK;
+    void *cuda_fn;
+    const int where = dr_run_where(t, 10, "dr_attention_backward_cuda", &cuda_fn);
+    __typeof__(dr_attention_backward_cuda) *fn = cuda_fn;
+    if (where == DR_RUN_CUDA)
+        DR_NOGIL(st, fn(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t, &t[5].t, &t[6].t, &t[7].t, &t[8].t, &p,
+                            (void *)(intptr_t)stream));
+    else if (where == DR_RUN_CPU)
+        DR_NOGIL(st, isa == -1 ? dr_attention_backward_elementwise_cpu(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t,
+                                                                       &t[5].t, &t[6].t, &t[7].t, &t[8].t, &p)
+                               : dr_attention_backward_cpu_isa(&t[0].t, &t[1].t, &t[2].t, mt, &t[3].t, &t[4].t,
+                                                               &t[5].t, &t[6].t, &t[7].t, &t[8].t, &p, isa));
+    PyObject *ret = where == DR_RUN_ERROR ? NULL : dr_kernel_result(st, &t[0].t);
+    dr_pyargs_release(t, 10);
     return ret;
 }
 

@@ -34,38 +34,29 @@ static PyObject *py_dcnv4_forward(PyObject *self, PyObject *args, PyObject *kw) 
         return NULL;
     dr_dcnv4_params p;
     dcn_params(v, scale, remove_center, &p);
-    int elementwise = dr_parse_impl(impl);
-    if (elementwise < 0)
+    /* impl: "fast", "elementwise" (the per-element bodies) or "tiled" (the tiled CUDA forward's block schedule) */
+    int tiled = strcmp(impl, "tiled") == 0;
+    int elementwise = tiled ? 0 : dr_parse_impl(impl);
+    if (elementwise < 0) {
+        PyErr_Format(PyExc_ValueError, "impl must be 'fast', 'elementwise' or 'tiled', got '%s'", impl);
         return NULL;
-    dr_pyarg val, om, out;
-    PyObject *ret = NULL;
-    memset(&om, 0, sizeof om);
-    memset(&out, 0, sizeof out);
-    if (dr_pyarg_from(ov, "value", 0, stream, &val) < 0)
+    }
+    const dr_argspec spec[3] = {{ov, "value", 0, 0}, {oo, "offset_mask", 0, 0}, {oout, "output", 1, 0}};
+    dr_pyarg t[3];
+    if (dr_pyargs_from(spec, 3, stream, t) < 0)
         return NULL;
-    if (dr_pyarg_from(oo, "offset_mask", 0, stream, &om) < 0 || dr_pyarg_from(oout, "output", 1, stream, &out) < 0)
-        goto done;
-    dr_status st;
-    if (dr_all_cuda(3, &val, &om, &out)) {
-        __typeof__(dr_dcnv4_forward_cuda) *fn = dr_cuda_fn("dr_dcnv4_forward_cuda");
-        if (!fn)
-            goto done;
-        Py_BEGIN_ALLOW_THREADS st = fn(&val.t, &om.t, &out.t, &p, (void *)(intptr_t)stream);
-        Py_END_ALLOW_THREADS
-    } else {
-        Py_BEGIN_ALLOW_THREADS st = elementwise ? dr_dcnv4_forward_elementwise_cpu(&val.t, &om.t, &out.t, &p)
-                                                : dr_dcnv4_forward_cpu(&val.t, &om.t, &out.t, &p);
-        Py_END_ALLOW_THREADS
-    }
-    if (st != DR_OK) {
-        dr_raise_kernel(st, &val.t);
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
-done:
-    dr_pyarg_release(&val);
-    dr_pyarg_release(&om);
-    dr_pyarg_release(&out);
+    void *cuda_fn;
+    const int where = dr_run_where(t, 3, "dr_dcnv4_forward_cuda", &cuda_fn);
+    __typeof__(dr_dcnv4_forward_cuda) *fn = cuda_fn;
+    dr_status st = DR_OK;
+    if (where == DR_RUN_CUDA)
+        DR_NOGIL(st, fn(&t[0].t, &t[1].t, &t[2].t, &p, (void *)(intptr_t)stream));
+    else if (where == DR_RUN_CPU)
+        DR_NOGIL(st, tiled         ? dr_dcnv4_forward_tiled_cpu(&t[0].t, &t[1].t, &t[2].t, &p)
+                     : elementwise ? dr_dcnv4_forward_elementwise_cpu(&t[0].t, &t[1].t, &t[2].t, &p)
+                                   : dr_dcnv4_forward_cpu(&t[0].t, &t[1].t, &t[2].t, &p));
+    PyObject *ret = where == DR_RUN_ERROR ? NULL : dr_kernel_result(st, &t[0].t);
+    dr_pyargs_release(t, 3);
     return ret;
 }
 
@@ -84,56 +75,42 @@ static PyObject *py_dcnv4_backward(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     dr_dcnv4_params p;
     dcn_params(v, scale, remove_center, &p);
-    int elementwise = dr_parse_impl(impl);
-    if (elementwise < 0)
+    /* impl "tiled": the CUDA default (atomic) mode with the tiled value scatter, run on the CPU */
+    int tiled = strcmp(impl, "tiled") == 0;
+    int elementwise = tiled ? 0 : dr_parse_impl(impl);
+    if (elementwise < 0) {
+        PyErr_Format(PyExc_ValueError, "impl must be 'fast', 'elementwise' or 'tiled', got '%s'", impl);
         return NULL;
-    dr_pyarg val, om, go, gv, gom;
-    PyObject *ret = NULL;
-    memset(&om, 0, sizeof om);
-    memset(&go, 0, sizeof go);
-    memset(&gv, 0, sizeof gv);
-    memset(&gom, 0, sizeof gom);
-    if (dr_pyarg_from(ov, "value", 0, stream, &val) < 0)
+    }
+    const dr_argspec spec[5] = {{ov, "value", 0, 0}, {oo, "offset_mask", 0, 0}, {og, "grad_output", 0, 0},
+                                {ogv, "grad_value", 1, 0}, {ogo, "grad_offset_mask", 1, 0}};
+    dr_pyarg t[5];
+    if (dr_pyargs_from(spec, 5, stream, t) < 0)
         return NULL;
-    if (dr_pyarg_from(oo, "offset_mask", 0, stream, &om) < 0 || dr_pyarg_from(og, "grad_output", 0, stream, &go) < 0 ||
-        dr_pyarg_from(ogv, "grad_value", 1, stream, &gv) < 0 ||
-        dr_pyarg_from(ogo, "grad_offset_mask", 1, stream, &gom) < 0)
-        goto done;
-    dr_status st;
-    if (dr_all_cuda(5, &val, &om, &go, &gv, &gom)) {
-        __typeof__(dr_dcnv4_backward_cuda) *fn = dr_cuda_fn("dr_dcnv4_backward_cuda");
-        if (!fn)
-            goto done;
-        Py_BEGIN_ALLOW_THREADS st = fn(&val.t, &om.t, &go.t, &gv.t, &gom.t, &p, deterministic, (void *)(intptr_t)stream);
-        Py_END_ALLOW_THREADS
-    } else {
-        Py_BEGIN_ALLOW_THREADS st =
-            elementwise ? dr_dcnv4_backward_elementwise_cpu(&val.t, &om.t, &go.t, &gv.t, &gom.t, &p, deterministic)
-                        : dr_dcnv4_backward_cpu(&val.t, &om.t, &go.t, &gv.t, &gom.t, &p);
-        Py_END_ALLOW_THREADS
-    }
-    if (st != DR_OK) {
-        dr_raise_kernel(st, &val.t);
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
-done:
-    dr_pyarg_release(&val);
-    dr_pyarg_release(&om);
-    dr_pyarg_release(&go);
-    dr_pyarg_release(&gv);
-    dr_pyarg_release(&gom);
+    void *cuda_fn;
+    const int where = dr_run_where(t, 5, "dr_dcnv4_backward_cuda", &cuda_fn);
+    __typeof__(dr_dcnv4_backward_cuda) *fn = cuda_fn;
+    dr_status st = DR_OK;
+    if (where == DR_RUN_CUDA)
+        DR_NOGIL(st, fn(&t[0].t, &t[1].t, &t[2].t, &t[3].t, &t[4].t, &p, deterministic, (void *)(intptr_t)stream));
+    else if (where == DR_RUN_CPU)
+        DR_NOGIL(st, tiled ? dr_dcnv4_backward_tiled_cpu(&t[0].t, &t[1].t, &t[2].t, &t[3].t, &t[4].t, &p)
+                     : elementwise
+                         ? dr_dcnv4_backward_elementwise_cpu(&t[0].t, &t[1].t, &t[2].t, &t[3].t, &t[4].t, &p, deterministic)
+                         : dr_dcnv4_backward_cpu(&t[0].t, &t[1].t, &t[2].t, &t[3].t, &t[4].t, &p));
+    PyObject *ret = where == DR_RUN_ERROR ? NULL : dr_kernel_result(st, &t[0].t);
+    dr_pyargs_release(t, 5);
     return ret;
 }
 
 PyMethodDef dr_dcnv4_methods[] = {
     {"dcnv4_forward", (PyCFunction)(void (*)(void))py_dcnv4_forward, METH_VARARGS | METH_KEYWORDS,
      "dcnv4_forward(value, offset_mask, output, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, "
-     "dilation_w, group, group_channels, offset_scale, remove_center, stream=0, impl='fast'): fill output "
+     "dilation_w, group, group_channels, offset_scale, remove_center, stream=0, impl='fast'|'elementwise'|'tiled'): fill output "
      "[N,Ho,Wo,G*D]."},
     {"dcnv4_backward", (PyCFunction)(void (*)(void))py_dcnv4_backward, METH_VARARGS | METH_KEYWORDS,
      "dcnv4_backward(value, offset_mask, grad_output, grad_value, grad_offset_mask, kernel_h, kernel_w, stride_h, "
      "stride_w, pad_h, pad_w, dilation_h, dilation_w, group, group_channels, offset_scale, remove_center, "
-     "deterministic=False, stream=0, impl='fast'): overwrite grad_value [N,H,W,C] and grad_offset_mask "
+     "deterministic=False, stream=0, impl='fast'|'elementwise'|'tiled'): overwrite grad_value [N,H,W,C] and grad_offset_mask "
      "[N,Ho,Wo,P] (float32; float64 for float64 data)."},
     {NULL, NULL, 0, NULL}};

@@ -1,10 +1,28 @@
-/* bind_phash.c — Python binding of phash. */
+/* bind_phash.c — Python binding of phash. dr_phash_make_args validates the arguments; this function converts them,
+ * launches the kernel of the images' device and maps the status to an exception. */
 #include "binding.h"
 
 #include <string.h>
 
 #include "dr_phash.h"
-#include "views_args.h"
+
+enum { A_BOXES, A_INDEX, A_HASHES, A_THUMBS, A_N };
+
+/* The kernel of the images' device on validated arguments; None, or NULL with the exception. */
+static PyObject *launch(const dr_image_list *im, dr_pyarg *t, const dr_phash_params *p, int elementwise,
+                        long long stream) {
+    const dr_tensor *b = &t[A_BOXES].t, *idx = dr_opt(&t[A_INDEX]);
+    dr_tensor *h = &t[A_HASHES].t, *th = t[A_THUMBS].keep ? &t[A_THUMBS].t : NULL;
+    void *cuda_fn; /* the argument builder has put every tensor on the images' device */
+    const int where = dr_run_where(im->args, 1, "dr_phash_cuda", &cuda_fn);
+    __typeof__(dr_phash_cuda) *fn = cuda_fn;
+    dr_status st = DR_OK;
+    if (where == DR_RUN_CUDA)
+        DR_NOGIL(st, fn(im->refs, im->n, b, idx, h, p, (void *)(intptr_t)stream));
+    else if (where == DR_RUN_CPU)
+        DR_NOGIL(st, dr_phash_cpu(im->refs, im->n, b, idx, h, p, elementwise, th));
+    return where == DR_RUN_ERROR ? NULL : dr_kernel_result(st, h);
+}
 
 static PyObject *py_phash(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
@@ -23,105 +41,25 @@ static PyObject *py_phash(PyObject *self, PyObject *args, PyObject *kw) {
         (ohs && dr_int_arg(ohs, op, "hash_size", &hash_size) < 0) ||
         (ohf && dr_int_arg(ohf, op, "highfreq_factor", &highfreq) < 0))
         return NULL;
-    if (pil_order != DR_PIL_ORDER_ADAPTIVE && pil_order != DR_PIL_ORDER_HORIZONTAL) {
-        PyErr_Format(PyExc_ValueError, "phash: unknown pil_order %lld", pil_order);
-        return NULL;
-    }
     int elementwise = dr_parse_impl(impl);
     if (elementwise < 0)
         return NULL;
-    if (method != DR_PHASH_DYNREFER && method != DR_PHASH_IMAGEHASH) {
-        PyErr_Format(PyExc_ValueError, "%s: unknown method %lld", op, method);
+    const dr_phash_params p = {method, pil_order, hash_size, highfreq};
+    const dr_argspec spec[A_N] = {{ob, "boxes", 0, 0}, {oidx, "image_index", 0, 1}, {oh, "hashes", 1, 0},
+                                  {othumb, "thumbnails", 1, 1}};
+    dr_image_list im;
+    dr_pyarg t[A_N];
+    if (dr_image_list_from(oim, op, stream, &im) < 0)
         return NULL;
-    }
-    if (method == DR_PHASH_DYNREFER && (hash_size != 8 || highfreq != 4)) {
-        PyErr_Format(PyExc_ValueError, "%s: the official (dynrefer) hash is 8 x 8: hash_size and highfreq_factor are "
-                     "imagehash's (method='imagehash')", op);
-        return NULL;
-    }
-    if (hash_size < 2) {
-        PyErr_Format(PyExc_ValueError, "%s: hash_size must be >= 2 (imagehash: Hash size must be greater than or equal "
-                     "to 2), got %lld", op, hash_size);
-        return NULL;
-    }
-    if (highfreq < 1) {
-        PyErr_Format(PyExc_ValueError, "%s: highfreq_factor must be >= 1 (the resize side hash_size * highfreq_factor "
-                     "must be > 0; Pillow: height and width must be > 0), got %lld", op, highfreq);
-        return NULL;
-    }
-    if (hash_size > DR_PHASH_IH_MAX_RES || highfreq > DR_PHASH_IH_MAX_RES / hash_size) {
-        PyErr_Format(PyExc_ValueError, "%s: hash_size * highfreq_factor (the resize side) must be at most %d, got %lld * "
-                     "%lld", op, DR_PHASH_IH_MAX_RES, hash_size, highfreq);
-        return NULL;
-    }
-    const int64_t res = hash_size * highfreq, words = (hash_size * hash_size + 63) / 64;
-    image_list im;
-    dr_pyarg b, idx, h, th;
-    memset(&b, 0, sizeof b);
-    memset(&idx, 0, sizeof idx);
-    memset(&h, 0, sizeof h);
-    memset(&th, 0, sizeof th);
     PyObject *ret = NULL;
-    if (dr_images_from(oim, op, stream, &im) < 0)
-        return NULL;
-    int has_idx = oidx != Py_None, has_th = othumb != Py_None;
-    if (dr_pyarg_from(ob, "boxes", 0, stream, &b) < 0 || (has_idx && dr_pyarg_from(oidx, "image_index", 0, stream, &idx) < 0) ||
-        dr_pyarg_from(oh, "hashes", 1, stream, &h) < 0)
-        goto done;
-    if (dr_check_boxes(op, &im, &b, "boxes", &idx, has_idx) < 0)
-        goto done;
-    if (dr_expect_ndim(&h, op, "hashes", words == 1 ? 1 : 2) < 0 || dr_expect_dtype(&h, op, "hashes", DR_UINT64) < 0 ||
-        dr_same_device(&im.args[0], "images", &h, "hashes", op) < 0)
-        goto done;
-    if (h.t.shape[0] != b.t.shape[0] || (words > 1 && h.t.shape[1] != words)) {
-        PyErr_Format(PyExc_ValueError, "%s: hashes must have shape [%lld] (or [%lld, %lld] uint64 words for hashes "
-                     "wider than 64 bits), got %d-D with %lld entries", op, (long long)b.t.shape[0],
-                     (long long)b.t.shape[0], (long long)words, h.t.ndim, (long long)h.t.shape[0]);
-        goto done;
+    if (dr_pyargs_from(spec, A_N, stream, t) == 0) {
+        dr_status st = dr_phash_make_args(im.t, im.n, &t[A_BOXES].t, dr_opt(&t[A_INDEX]), &t[A_HASHES].t,
+                                          dr_opt(&t[A_THUMBS]), &p, im.refs);
+        /* check_only: descriptors without data (meta tensors), validated only */
+        ret = st != DR_OK ? dr_raise_args(st) : check_only ? Py_NewRef(Py_None) : launch(&im, t, &p, elementwise, stream);
+        dr_pyargs_release(t, A_N);
     }
-    if (has_th) { /* the resized luma views imagehash hashes: [V, 32, 32] uint8, contiguous, CPU */
-        if (dr_pyarg_from(othumb, "thumbnails", 1, stream, &th) < 0)
-            goto done;
-        if (method != DR_PHASH_IMAGEHASH || im.args[0].t.device != DR_CPU) {
-            PyErr_Format(PyExc_ValueError, "%s: thumbnails are only available for method imagehash on the CPU", op);
-            goto done;
-        }
-        if (dr_expect_ndim(&th, op, "thumbnails", 3) < 0 || dr_expect_dtype(&th, op, "thumbnails", DR_UINT8) < 0)
-            goto done;
-        if (th.t.shape[0] != b.t.shape[0] || th.t.shape[1] != res || th.t.shape[2] != res ||
-            !dr_is_contiguous(&th.t)) {
-            PyErr_Format(PyExc_ValueError, "%s: thumbnails must be a contiguous [%lld, %lld, %lld] array", op,
-                         (long long)b.t.shape[0], (long long)res, (long long)res);
-            goto done;
-        }
-    }
-    dr_phash_params pp = {(int)method, (int)pil_order, hash_size, highfreq};
-    dr_status st;
-    if (check_only) { /* descriptors without data (meta tensors): the checks above only */
-        ret = Py_NewRef(Py_None);
-        goto done;
-    }
-    if (im.args[0].t.device == DR_CUDA) {
-        __typeof__(dr_phash_cuda) *fn = dr_cuda_fn("dr_phash_cuda");
-        if (!fn)
-            goto done;
-        Py_BEGIN_ALLOW_THREADS st = fn(im.refs, im.n, &b.t, has_idx ? &idx.t : NULL, &h.t, &pp, (void *)(intptr_t)stream);
-        Py_END_ALLOW_THREADS
-    } else {
-        Py_BEGIN_ALLOW_THREADS st = dr_phash_cpu(im.refs, im.n, &b.t, has_idx ? &idx.t : NULL, &h.t, &pp, elementwise, has_th ? &th.t : NULL);
-        Py_END_ALLOW_THREADS
-    }
-    if (st != DR_OK) {
-        dr_raise_kernel(st, &h.t);
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
-done:
-    dr_images_release(&im);
-    dr_pyarg_release(&b);
-    dr_pyarg_release(&idx);
-    dr_pyarg_release(&th);
-    dr_pyarg_release(&h);
+    dr_image_list_release(&im);
     return ret;
 }
 

@@ -1,8 +1,7 @@
-/* binding.c — shared pieces of the op bindings: the CUDA launcher table, the device choice and the views
- * bindings' argument checks. */
+/* binding.c — shared pieces of the op bindings: tensor and image-list conversion, the CUDA launcher table, the
+ * device choice and the status-to-exception mapping. */
 #include "binding.h"
 
-#include <stdarg.h>
 #include <string.h>
 
 /* ---- the CUDA module ----------------------------------------------------------------------------------- */
@@ -42,37 +41,81 @@ void *dr_cuda_fn(const char *name) {
     return NULL;
 }
 
-/* ---- validation helpers -------------------------------------------------------------------------------- */
+/* ---- conversion ---------------------------------------------------------------------------------------- */
 
-int dr_expect_ndim(const dr_pyarg *a, const char *op, const char *name, int nd) {
-    if (a->t.ndim == nd)
-        return 0;
-    PyErr_Format(PyExc_ValueError, "%s: %s must be %d-D, got %d-D", op, name, nd, a->t.ndim);
-    return -1;
-}
-
-int dr_same_device(const dr_pyarg *a, const char *an, const dr_pyarg *b, const char *bn, const char *op) {
-    if (a->t.device == b->t.device && (a->t.device == DR_CPU || a->t.device_id == b->t.device_id))
-        return 0;
-    char da[32], db[32];
-    dr_device_str(&a->t, da, sizeof da);
-    dr_device_str(&b->t, db, sizeof db);
-    PyErr_Format(PyExc_ValueError, "%s: %s is on %s but %s is on %s; all tensors must be on one device", op, an, da,
-                 bn, db);
-    return -1;
-}
-
-int dr_all_cuda(int n, ...) {
-    va_list ap;
-    va_start(ap, n);
-    int all = n > 0;
+int dr_pyargs_from(const dr_argspec *spec, int n, long long stream, dr_pyarg *t) {
+    memset(t, 0, (size_t)n * sizeof *t);
     for (int i = 0; i < n; i++) {
-        const dr_pyarg *a = va_arg(ap, const dr_pyarg *);
-        if (a->t.device != DR_CUDA)
-            all = 0;
+        if (spec[i].optional && spec[i].obj == Py_None)
+            continue;
+        if (dr_pyarg_from(spec[i].obj, spec[i].name, spec[i].writable, stream, &t[i]) < 0) {
+            dr_pyargs_release(t, n);
+            return -1;
+        }
     }
-    va_end(ap);
-    return all;
+    return 0;
+}
+
+void dr_pyargs_release(dr_pyarg *t, int n) {
+    for (int i = 0; i < n; i++)
+        dr_pyarg_release(&t[i]);
+}
+
+void dr_image_list_release(dr_image_list *l) {
+    for (Py_ssize_t i = 0; l->args && i < l->n; i++)
+        dr_pyarg_release(&l->args[i]);
+    PyMem_Free(l->args);
+    PyMem_Free(l->t);
+    PyMem_Free(l->refs);
+    memset(l, 0, sizeof *l);
+}
+
+int dr_image_list_from(PyObject *seq, const char *op, long long stream, dr_image_list *l) {
+    memset(l, 0, sizeof *l);
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+        PyErr_Format(PyExc_TypeError, "%s: images must be a list of HxWx3 uint8 images, got %s", op,
+                     Py_TYPE(seq)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    size_t cap = (size_t)(n > 0 ? n : 1);
+    l->args = (dr_pyarg *)PyMem_Calloc(cap, sizeof(dr_pyarg));
+    l->t = (dr_tensor *)PyMem_Calloc(cap, sizeof(dr_tensor));
+    l->refs = (dr_image_ref *)PyMem_Calloc(cap, sizeof(dr_image_ref));
+    if (!l->args || !l->t || !l->refs) {
+        dr_image_list_release(l);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char name[48];
+        snprintf(name, sizeof name, "images[%zd]", i);
+        if (dr_pyarg_from(PySequence_Fast_GET_ITEM(seq, i), name, 0, stream, &l->args[i]) < 0) {
+            dr_image_list_release(l);
+            return -1;
+        }
+        l->n = i + 1;
+        l->t[i] = l->args[i].t;
+    }
+    return 0;
+}
+
+/* ---- device choice and status ------------------------------------------------------------------------ */
+
+int dr_run_where(const dr_pyarg *t, int n, const char *name, void **fn) {
+    int any = 0;
+    *fn = NULL;
+    for (int i = 0; i < n; i++) {
+        if (!t[i].keep)
+            continue;
+        if (t[i].t.device != DR_CUDA)
+            return DR_RUN_CPU;
+        any = 1;
+    }
+    if (!any)
+        return DR_RUN_CPU;
+    *fn = dr_cuda_fn(name);
+    return *fn ? DR_RUN_CUDA : DR_RUN_ERROR;
 }
 
 PyObject *dr_raise_kernel(dr_status st, const dr_tensor *t) {
@@ -80,6 +123,14 @@ PyObject *dr_raise_kernel(dr_status st, const dr_tensor *t) {
     if (api)
         return dr_raise_status(st, api->last_error());
     return dr_raise_status(st, dr_last_error());
+}
+
+PyObject *dr_raise_args(dr_status st) { return dr_raise_status(st, dr_last_error()); }
+
+PyObject *dr_kernel_result(dr_status st, const dr_tensor *t) {
+    if (st != DR_OK)
+        return dr_raise_kernel(st, t);
+    return Py_NewRef(Py_None);
 }
 
 int dr_parse_impl(const char *impl) {
@@ -91,13 +142,6 @@ int dr_parse_impl(const char *impl) {
     return -1;
 }
 
-
-int dr_expect_dtype(const dr_pyarg *a, const char *op, const char *name, dr_dtype want) {
-    if (a->t.dtype == want)
-        return 0;
-    PyErr_Format(PyExc_TypeError, "%s: %s must be %s, got %s", op, name, dr_dtype_name(want), dr_dtype_name(a->t.dtype));
-    return -1;
-}
 
 int dr_int_arg(PyObject *o, const char *op, const char *name, long long *v) {
     if (PyBool_Check(o) || !PyIndex_Check(o)) {

@@ -2,7 +2,7 @@
  * first time it sees a CUDA tensor. Keeping CUDA in a sibling module means `import dynrefer` never needs a GPU, a
  * driver or CUDA libraries.
  *
- * Launchers are exported by name: each op's binding looks its launchers up with dr_cuda_fn("name") (binding.h) into
+ * Launchers are exported by name: each op's binding looks its launchers up by name with dr_run_where (binding.h) into
  * pointers typed by the prototypes declared in the op's header. Adding an op adds lines to the symbol list in cuda_syms.h
  * only. */
 #ifndef DR_CUDA_API_H

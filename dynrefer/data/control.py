@@ -10,17 +10,23 @@ given, without repeats.
 Unlike the official code (which uses Python's unordered ``set`` and the global random state) the candidates keep
 their order of first appearance and all randomness comes from the ``rng`` passed in, so a seed reproduces the
 sentence exactly.
+
+The official training candidates also hold the caption's noun and adjective phrases (``caption_phrases``; the
+dataset's ``control_phrases``): each noun or adjective starts a phrase that runs on over the nouns after it. The
+official code tags with TextBlob's default tagger (NLTK's averaged perceptron, whose model is a corpus download);
+here the tagger is the lexicon-and-rules tagger TextBlob ships (``textblob.en.tag``, Pattern's, no download;
+``pip install textblob``), so a few words get other tags.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = ["SEPARATOR", "control_sentence", "sample_control_words", "unique_words", "control_from_scores",
-           "TAG_THRESHOLDS"]
+           "TAG_THRESHOLDS", "caption_phrases", "phrases_from_tags"]
 
 #: Inference thresholds on the tag decoder's sigmoid scores (docs/DESIGN.md §8): 0.7 by default, 0.76 for RefCOCOg, 0.8 for
 #: VG region captioning.
@@ -85,3 +91,35 @@ def control_from_scores(scores: ArrayLike, vocab: Sequence[str], threshold: floa
     if not np.isfinite(s).all():
         raise ValueError("scores contain NaN or Inf")
     return [control_sentence([vocab[j] for j in np.flatnonzero(row > threshold).tolist()]) for row in s]
+
+
+def phrases_from_tags(tagged: Sequence[Tuple[str, str]]) -> List[str]:
+    """Noun/adjective phrases from (word, Penn tag) pairs, as the official ``parse_sentence`` builds them: every word
+    tagged NN* or JJ* starts a phrase at the first occurrence of that word, extended over the following words that
+    are tagged NN* anywhere in the sentence; one phrase per such word, in order (repeats kept)."""
+    tokens = [w for w, _ in tagged]
+    nouns = {w for w, t in tagged if "NN" in t}
+    out = []
+    for word, t in tagged:
+        if "NN" not in t and "JJ" not in t:
+            continue
+        st = tokens.index(word)
+        ed = st + 1
+        while ed < len(tokens) and tokens[ed] in nouns:
+            ed += 1
+        out.append(" ".join(tokens[st:ed]))
+    return out
+
+
+def caption_phrases(caption: str) -> List[str]:
+    """The noun/adjective phrases of a caption (:func:`phrases_from_tags` over TextBlob's bundled Pattern tagger);
+    needs ``textblob``. Phrases holding ',' or '|' (which would break the control sentence) are left out."""
+    if not isinstance(caption, str):
+        raise TypeError(f"caption must be a str, got {type(caption).__name__}")
+    try:
+        from textblob.en import tag
+    except ImportError as e:
+        raise ImportError("caption phrases (control_phrases) need TextBlob: pip install textblob") from e
+    if not caption.strip():
+        return []
+    return [p for p in phrases_from_tags(tag(caption, tokenize=True)) if "," not in p and SEPARATOR not in p]

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 import torch
 
-from .control import SEPARATOR, control_sentence, sample_control_words
+from .control import SEPARATOR, caption_phrases, control_sentence, sample_control_words
 from .readers import load_annotations
 from .records import Annotations, ImageReadError, RegionRecord
 
@@ -76,6 +76,8 @@ class RegionDataset(torch.utils.data.Dataset):
     boxes instead of views (``collate_regions`` then refuses the batch). ``training``: sample control words.
     ``control``: ``"sample"``, ``"all"`` or ``"none"`` (default: ``"sample"`` when training, else ``"none"``).
     ``num_tags``: length of the tag multi-hot when the annotations carry no vocabulary (default: its size).
+    ``control_phrases``: the control candidates also hold the caption's noun/adjective phrases
+    (:func:`~dynrefer.data.control.caption_phrases`, as the official training; needs ``textblob``).
     ``image_cache``: how many decoded images each process keeps (read-only) for the next items — with
     ``group="region"`` consecutive items are mostly regions of the same image.
     """
@@ -84,7 +86,7 @@ class RegionDataset(torch.utils.data.Dataset):
                  *, group: str = "region", training: bool = False, control: Optional[str] = None,
                  seed: Optional[int] = None, max_regions: Optional[int] = None, num_tags: Optional[int] = None,
                  p_drop_all: float = 0.5, p_drop_word: float = 0.5, image_loader: Callable = load_image,
-                 image_cache: int = 2, **reader_kwargs: Any) -> None:
+                 image_cache: int = 2, control_phrases: bool = False, **reader_kwargs: Any) -> None:
         if not isinstance(annotations, Annotations):
             annotations = load_annotations(annotations, **reader_kwargs)
         elif reader_kwargs:
@@ -106,6 +108,9 @@ class RegionDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.max_regions = max_regions
         self.p_drop_all, self.p_drop_word = p_drop_all, p_drop_word
+        self.control_phrases = bool(control_phrases)
+        if self.control_phrases:
+            caption_phrases("")  # fails now, naming the missing package, rather than in a worker
         self.image_loader = image_loader
         if not isinstance(image_cache, int) or image_cache < 0:
             raise ValueError(f"image_cache must be a non-negative integer, got {image_cache!r}")
@@ -141,6 +146,8 @@ class RegionDataset(torch.utils.data.Dataset):
         if self.control == "none" or self.ann.tag_vocab is None:
             return SEPARATOR
         names = [self.ann.tag_vocab[i] for i in rec.tag_set1] + [self.ann.tag_vocab[i] for i in rec.tag_set2]
+        if self.control_phrases and rec.caption:
+            names += caption_phrases(rec.caption)
         if self.control == "all":
             return control_sentence(names)
         return sample_control_words(names, rng, training=True, p_drop_all=self.p_drop_all,

@@ -19,8 +19,10 @@ A dataset config (LAVIS layout, the official DynRefer keys)::
             train: [data/vg/dynrefer/vg1.2/train.json]
             val: [data/vg/dynrefer/vg1.2/test.json]
 
-dynrefer adds two optional ``build_info`` keys: ``image_root`` (overrides the files' ``dataset.image_root``) and
-``seed`` (makes view sampling and control words a function of (seed, epoch, index)).
+dynrefer adds three optional ``build_info`` keys: ``image_root`` (overrides the files' ``dataset.image_root``),
+``seed`` (makes view sampling and control words a function of (seed, epoch, index)) and ``control_phrases``
+(training control candidates also from the caption's noun/adjective phrases, as the official ``parse_sentence``;
+needs ``textblob``; default off).
 """
 from __future__ import annotations
 
@@ -89,7 +91,7 @@ def dataset_class() -> type:
         def __init__(self, vis_processor: Any, text_processor: Any, split: str, annotations: Any = None,
                      num_views: int = 2, with_seg: bool = False, max_imgs: Any = int(1e7), max_objs: Any = int(1e7),
                      obj_lvl: bool = True, tag_list: Optional[str] = None, image_root: Optional[str] = None,
-                     seed: Optional[int] = None, **kwargs: Any) -> None:
+                     seed: Optional[int] = None, control_phrases: bool = False, **kwargs: Any) -> None:
             files = to_plain(get(annotations, split)) if annotations is not None else None
             if not files:
                 raise ValueError(f"build_info.annotations.{split}: no annotation file")
@@ -116,7 +118,8 @@ def dataset_class() -> type:
                 self.parts.append(RegionDataset(
                     ann, transform, group=group, training=self.training, seed=seed,
                     max_regions=max_objs if (self.training and group == "image") else None,
-                    num_tags=len(ann.tag_vocab) if ann.tag_vocab is not None else None))
+                    num_tags=len(ann.tag_vocab) if ann.tag_vocab is not None else None,
+                    control_phrases=bool(control_phrases) and self.training))
             self.num_tags = len(self.tag_vocab) if self.tag_vocab is not None else 0
             self._ends = np.cumsum([len(p) for p in self.parts])
 

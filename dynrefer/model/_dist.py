@@ -1,4 +1,4 @@
-"""Distributed utilities: all_gather that keeps the gradient of the local shard, rank and world size."""
+"""Distributed utilities: all_gather with or without the gradient of the local shard, rank and world size."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_dist", "rank", "world_size", "all_gather_with_grad"]
+__all__ = ["is_dist", "rank", "world_size", "all_gather_with_grad", "all_gather_no_grad"]
 
 
 def is_dist() -> bool:
@@ -48,3 +48,17 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     if world_size() == 1:
         return x
     return _AllGather.apply(x)
+
+
+def all_gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from every process along dim 0, with no gradient through the result (LAVIS's
+    ``concat_all_gather``: in a process group even the local shard of the output is detached).
+
+    Without an initialised process group (or with one process) it returns ``x`` itself, gradient included.
+    """
+    if world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    with torch.no_grad():
+        dist.all_gather(out, x.detach().contiguous())
+    return torch.cat(out, dim=0)

@@ -53,6 +53,7 @@ class QFormerConfig:
     num_query_tokens: int = 32
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02       # BERT initialisation (random-init models only; checkpoints overwrite it)
+    dropout: float = 0.0         # BERT hidden and attention-probability dropout in training (official: 0.1)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class HeadConfig:
     intermediate_size: int = 1024
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02
+    dropout: float = 0.0         # BERT hidden and attention-probability dropout in training (official: 0.1)
 
 
 @dataclass
@@ -78,6 +80,9 @@ class T5Config:
     feed_forward_proj: str = "gated-gelu"
     vocab_size: int = 32128
     tie_word_embeddings: bool = False
+    dense_act_fn: Optional[str] = None   # the FFN activation; None: Hugging Face's for feed_forward_proj ("gelu_new"
+    #                                      for gated-gelu); LAVIS sets exact "gelu" on FlanT5 (the official preset)
+    dropout_rate: float = 0.0            # T5 dropout; it acts only while the T5 runs in train mode (llm_train_mode)
 
 
 # The official Vicuna variant's LoRA (dynrefer_vicuna.py): r 64, alpha 128, dropout 0 on the modules named
@@ -208,11 +213,26 @@ class DynReferConfig:
     train_llm: bool = False       # also train the LLM (frozen officially; the tiny preset trains it)
     vit_precision: str = "fp32"   # "fp16" / "bf16": the frozen ViT runs under that autocast on CUDA
     llm_precision: str = "fp32"
+    head_precision: str = "fp32"  # "bf16": D_tag, D_rtc and t5_proj run under that autocast (officially, on CUDA)
+    cpu_autocast: bool = False    # also apply vit/llm/head precision autocast on the CPU (bf16 only; slow there)
+    llm_weights_bf16: bool = False  # store the frozen T5's weights in bfloat16 (LAVIS casts FlanT5 so)
+    llm_train_mode: bool = False  # run the frozen LLM in train mode while training (its dropout on), as LAVIS does
+    rtc_scores: str = "calibrated"  # inference scores of D_rtc: "calibrated" sigmoid(s·e^t + b) for categories and
+    #                                 attributes; "official": categories the raw similarity s, attributes sigmoid(s)
+    rtc_gather_grad: bool = True  # region-text loss: gradients flow through the features gathered from other
+    #                               processes (True) or not (False: LAVIS's concat_all_gather)
     # Weights build_dynrefer loads, in LAVIS's order, after text_encoder.weights and llm.path (local files only;
     # dynrefer.model.loading): the EVA ViT-g file, a BLIP-2 checkpoint, a DynRefer checkpoint.
     vit_checkpoint: Optional[str] = None  # LAVIS's eva_vit_g.pth (position embedding interpolated to image_size)
     pretrained: Optional[str] = None      # BLIP-2 {"model": ...} (LAVIS's `pretrained`, blip2_pretrained_flant5xl.pth)
     finetuned: Optional[str] = None       # a DynRefer checkpoint (LAVIS's `finetuned`; official: trainable keys)
+
+    def __post_init__(self) -> None:
+        for name in ("vit_precision", "llm_precision", "head_precision"):
+            if getattr(self, name) not in ("fp16", "bf16", "fp32"):
+                raise ValueError(f"{name} must be 'fp16', 'bf16' or 'fp32', got {getattr(self, name)!r}")
+        if self.rtc_scores not in ("calibrated", "official"):
+            raise ValueError(f"rtc_scores must be 'calibrated' or 'official', got {self.rtc_scores!r}")
 
     def __repr__(self) -> str:
         """One short line of the dimensions that tell configurations apart (``to_dict()`` has every field)."""
@@ -258,8 +278,13 @@ class DynReferConfig:
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {
+    # the official model (dynrefer_t5 on LAVIS 1.0.2); tests/test_official_parity.py checks it against goldens
+    # made by the official code at scaled-down sizes
     "official": DynReferConfig(text_encoder=TextEncoderConfig(**EVA_CLIP_TEXT), vit_precision="fp16",
-                               llm_precision="bf16").to_dict(),
+                               llm_precision="bf16", head_precision="bf16", llm_weights_bf16=True,
+                               qformer=QFormerConfig(dropout=0.1), head=HeadConfig(dropout=0.1),
+                               t5=T5Config(dense_act_fn="gelu", dropout_rate=0.1), llm_train_mode=True,
+                               rtc_scores="official", rtc_gather_grad=False).to_dict(),
     "medium": DynReferConfig(
         vision=VisionConfig(image_size=224, patch_size=14, width=384, depth=6, num_heads=6, mlp_ratio=4.0),
         qformer=QFormerConfig(hidden_size=384, num_layers=4, num_heads=6, intermediate_size=1536),

@@ -37,17 +37,23 @@ if TYPE_CHECKING:
 
 _Captions = Tuple[List[str], List[float]]
 
-__all__ = ["LanguageDecoder", "T5Decoder", "CausalDecoder", "DECODERS", "autocast", "build_t5"]
+__all__ = ["LanguageDecoder", "T5Decoder", "CausalDecoder", "DECODERS", "autocast", "build_t5", "untie_lm_head",
+           "set_t5_activation"]
 
 _PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 
 
-def autocast(device: torch.device, precision: str) -> ContextManager[Any]:
-    """torch.autocast for ``precision`` ("fp16", "bf16", "fp32") on CUDA; nothing on the CPU."""
+def autocast(device: torch.device, precision: str, cpu: bool = False) -> ContextManager[Any]:
+    """torch.autocast for ``precision`` ("fp16", "bf16", "fp32") on CUDA; on the CPU nothing, unless ``cpu``
+    (``config.cpu_autocast``) and the precision is bf16."""
     dt = _PRECISION[precision]
-    if dt is None or device.type != "cuda":
+    if dt is None:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dt)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=dt)
+    if device.type == "cpu" and cpu and dt is torch.bfloat16:
+        return torch.autocast("cpu", dtype=dt)
+    return contextlib.nullcontext()
 
 
 class LanguageDecoder:
@@ -118,9 +124,16 @@ class T5Decoder(LanguageDecoder):
         m = self.model
         m.t5_tokenizer = tokenizer
         m.t5_model = llm if llm is not None else build_t5(self.config.t5, tokenizer)
+        if self.config.t5.dense_act_fn is not None:
+            set_t5_activation(m.t5_model, self.config.t5.dense_act_fn)
         d_model = m.t5_model.config.d_model
         m.t5_proj = nn.Linear(width, d_model)
         return d_model
+
+    def finalize(self) -> None:
+        if self.config.llm_weights_bf16:  # LAVIS stores the frozen FlanT5 in bfloat16
+            for p in self.llm.parameters():
+                p.data = p.data.to(torch.bfloat16)
 
     def _inputs(self, x_v: Tensor, control_words: Sequence[str]) -> Tuple[Tensor, Tensor]:
         m = self.model
@@ -138,7 +151,7 @@ class T5Decoder(LanguageDecoder):
         out = self.tokenizer([normalize_text(c) for c in captions], padding="longest", truncation=True,
                              max_length=self.config.max_txt_len, return_tensors="pt").to(x_v.device)
         labels = out.input_ids.masked_fill(out.input_ids == self.tokenizer.pad_token_id, -100)
-        with autocast(x_v.device, self.config.llm_precision):
+        with autocast(x_v.device, self.config.llm_precision, self.config.cpu_autocast):
             res = self.llm(inputs_embeds=embeds, attention_mask=mask, decoder_attention_mask=out.attention_mask,
                            labels=labels, return_dict=True)
         return res.loss.float()
@@ -146,7 +159,7 @@ class T5Decoder(LanguageDecoder):
     def generate_captions(self, x_v: Tensor, control_words: Sequence[str], **gen: Any) -> _Captions:
         embeds, mask = self._inputs(x_v, control_words)
         kw = self.generation_kwargs(**gen)
-        with autocast(x_v.device, self.config.llm_precision):
+        with autocast(x_v.device, self.config.llm_precision, self.config.cpu_autocast):
             out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, output_scores=True,
                                     return_dict_in_generate=True, **kw)
         seqs = out.sequences
@@ -260,7 +273,7 @@ class CausalDecoder(LanguageDecoder):
         """Cross-entropy on the target segments of right-padded sequences."""
         batch = _causal.pack(seqs, self.llm.get_input_embeddings(), side="right", max_len=self.config.llm.max_len)
         labels = batch.pop("labels")
-        with autocast(batch["inputs_embeds"].device, self.config.llm_precision):
+        with autocast(batch["inputs_embeds"].device, self.config.llm_precision, self.config.cpu_autocast):
             out = self.llm(**batch, return_dict=True)
         logits = out.logits[:, :-1].float()
         targets = labels[:, 1:]
@@ -278,7 +291,8 @@ class CausalDecoder(LanguageDecoder):
         kw.setdefault("pad_token_id", pad)
         if bos is not None:
             kw.setdefault("bos_token_id", bos)
-        with autocast(batch["inputs_embeds"].device, self.config.llm_precision), warnings.catch_warnings():
+        with autocast(batch["inputs_embeds"].device, self.config.llm_precision, self.config.cpu_autocast), \
+                warnings.catch_warnings():
             # the repetition penalty sees the generated tokens only (the prompt is embeddings), as officially
             warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds")
             out = self.llm.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
@@ -307,7 +321,9 @@ DECODERS: Dict[str, Type[LanguageDecoder]] = {"t5": T5Decoder, "causal": CausalD
 
 
 def build_t5(tc: T5Config, tokenizer: Any) -> Any:
-    """A randomly initialised T5 encoder-decoder from a :class:`~dynrefer.model.config.T5Config` (dropout off)."""
+    """A randomly initialised T5 encoder-decoder from a :class:`~dynrefer.model.config.T5Config`; its
+    ``dense_act_fn``, when set, replaces the activation Hugging Face derives from ``feed_forward_proj`` (LAVIS
+    sets exact "gelu" on FlanT5 where Hugging Face's gated-gelu means the tanh approximation "gelu_new")."""
     from transformers import T5Config as HFT5Config
     from transformers import T5ForConditionalGeneration
 
@@ -315,6 +331,39 @@ def build_t5(tc: T5Config, tokenizer: Any) -> Any:
     hc = HFT5Config(vocab_size=vocab, d_model=tc.d_model, d_kv=tc.d_kv, d_ff=tc.d_ff, num_layers=tc.num_layers,
                     num_decoder_layers=tc.num_decoder_layers, num_heads=tc.num_heads,
                     feed_forward_proj=tc.feed_forward_proj, tie_word_embeddings=tc.tie_word_embeddings,
-                    dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    dropout_rate=tc.dropout_rate, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                     decoder_start_token_id=tokenizer.pad_token_id)
-    return T5ForConditionalGeneration(hc)
+    if tc.dense_act_fn is not None:
+        hc.dense_act_fn = tc.dense_act_fn
+    t5 = T5ForConditionalGeneration(hc)
+    if not tc.tie_word_embeddings:
+        untie_lm_head(t5)
+    return t5
+
+
+def set_t5_activation(t5: Any, name: str) -> None:
+    """Make every feed-forward block of ``t5`` use the activation ``name`` (a Hugging Face ``ACT2FN`` key), as
+    LAVIS does when it sets ``dense_act_fn = "gelu"`` on a FlanT5 config before loading it."""
+    from transformers.activations import ACT2FN
+
+    if name not in ACT2FN:
+        raise ValueError(f"t5.dense_act_fn: unknown activation {name!r}")
+    t5.config.dense_act_fn = name
+    for mod in t5.modules():
+        if hasattr(mod, "act") and (hasattr(mod, "wi") or hasattr(mod, "wi_0")):
+            mod.act = ACT2FN[name]
+
+
+def untie_lm_head(t5: Any) -> None:
+    """Give a T5 its own ``lm_head`` weight (FlanT5 and T5 v1.1 keep it apart from ``shared``).
+
+    Recent Hugging Face versions always build a T5 with ``lm_head`` tied to ``shared`` (they untie it only when a
+    checkpoint holds two different matrices), so a state dict with separate weights would load one into both.
+    The decoder output is not rescaled either way when the config was made with ``tie_word_embeddings=False``.
+    """
+    head, shared = t5.lm_head.weight, t5.shared.weight
+    if head is shared or head.data_ptr() == shared.data_ptr():
+        t5.lm_head.weight = nn.Parameter(shared.detach().clone(), requires_grad=head.requires_grad)
+    tied = getattr(t5, "all_tied_weights_keys", None)
+    if isinstance(tied, dict):
+        tied.pop("lm_head.weight", None)

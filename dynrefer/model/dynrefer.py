@@ -279,9 +279,14 @@ class DynRefer(nn.Module):
         super().train(mode)
         for name in _FROZEN_MODULES:  # frozen modules always run as in inference (no dropout)
             getattr(self, name).eval()
-        if not (self.config.train_llm or self.config.llm.lora):
-            self.llm.eval()
+        if not (self.config.train_llm or self.config.llm.lora or self.config.llm_train_mode):
+            self.llm.eval()  # llm_train_mode (official): the frozen LLM runs in train mode, its dropout on
         return self
+
+    def head_autocast(self) -> Any:
+        """The autocast D_tag, D_rtc and D_llm's projection run under (``config.head_precision``; officially bf16
+        on CUDA)."""
+        return autocast(self.device, self.config.head_precision, self.config.cpu_autocast)
 
     @property
     def device(self) -> torch.device:
@@ -308,7 +313,7 @@ class DynRefer(nn.Module):
             not any(p.requires_grad for p in self.ln_vision.parameters())
         images = views.reshape(R * n, 3, S, S).to(self.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen), \
-                autocast(images.device, self.config.vit_precision):
+                autocast(images.device, self.config.vit_precision, self.config.cpu_autocast):
             embeds = self.ln_vision(self.visual_encoder(images))
         embeds = embeds.float() if embeds.dtype == torch.float16 else embeds
         visual = self.cvem_forward(embeds, boxes.reshape(R * n, 4).to(embeds.device, embeds.dtype), R, n)
@@ -352,12 +357,14 @@ class DynRefer(nn.Module):
         return sim * self.attr_t.exp() + self.attr_b
 
     def rtc_loss(self, x_v: Tensor, captions: Iterable[str]) -> Tensor:
-        """Pairwise sigmoid loss between regions and their captions, negatives from every process."""
+        """Pairwise sigmoid loss between regions and their captions, negatives from every process (gathered with
+        their gradient, or without it as LAVIS's ``concat_all_gather`` when ``config.rtc_gather_grad`` is off)."""
         B = x_v.shape[0]
         vis = self.attr_vision_proj(x_v)
         txt = self.attr_text_proj(self.text_encoder.encode_memo(list(captions)).to(vis.device, vis.dtype))
-        vis_all = _dist.all_gather_with_grad(vis)
-        txt_all = _dist.all_gather_with_grad(txt)
+        gather = _dist.all_gather_with_grad if self.config.rtc_gather_grad else _dist.all_gather_no_grad
+        vis_all = gather(vis)
+        txt_all = gather(txt)
         off = _dist.rank() * B
         sim_i2t = self.rtc_similarity(txt, vis_all).t()   # [B texts, B_all regions]
         sim_t2i = self.rtc_similarity(txt_all, vis)       # [B regions, B_all texts]
@@ -406,12 +413,13 @@ class DynRefer(nn.Module):
             raise ValueError(f"{len(captions)} captions for {R} regions")
         x_v = self.encode_views(samples["views"], samples["boxes"])
         targets = self._tag_targets(samples["tags"], R)
-        loss_tag = self.tag_loss_function(self.tag_logits(x_v).float(), targets)
-        loss_rtc = self.rtc_loss(x_v, captions).float()
         control = samples.get("control_words", samples.get("control"))
         if control is None:
             control = self.training_control_words(targets) if self.training else ["|"] * R
-        loss_llm = self.llm_loss(x_v, control, captions)
+        with self.head_autocast():
+            loss_tag = self.tag_loss_function(self.tag_logits(x_v).float(), targets)
+            loss_rtc = self.rtc_loss(x_v, captions).float()
+            loss_llm = self.llm_loss(x_v, control, captions).float()
         loss = loss_llm + self.config.tag_weight * loss_tag + self.config.rtc_weight * loss_rtc
         return {"loss": loss, "loss_llm": loss_llm.detach(), "loss_tag": loss_tag.detach(),
                 "loss_rtc": loss_rtc.detach()}
@@ -563,6 +571,20 @@ class DynRefer(nn.Module):
 
     def _describe_chunk(self, x_v: Tensor, tasks: Sequence[str], control_words: Optional[Sequence[str]],
                         gen: Dict[str, Any]) -> List[_Region]:
+        with self.head_autocast():
+            return self._describe_chunk_heads(x_v, tasks, control_words, gen)
+
+    def _rtc_scores(self, sim: Tensor, kind: str) -> Tensor:
+        """Inference scores from D_rtc similarities: ``config.rtc_scores`` "official" gives categories the raw
+        similarity and attributes sigmoid(similarity) (dynrefer_t5's ov_forward / att_forward); "calibrated"
+        gives both sigmoid(similarity · e^t + b), the logits the region-text loss trains."""
+        sim = sim.float()
+        if self.config.rtc_scores == "official":
+            return sim if kind == "category" else torch.sigmoid(sim)
+        return torch.sigmoid(self.rtc_logits(sim))
+
+    def _describe_chunk_heads(self, x_v: Tensor, tasks: Sequence[str], control_words: Optional[Sequence[str]],
+                              gen: Dict[str, Any]) -> List[_Region]:
         n = x_v.shape[0]
         res: List[_Region] = [dict() for _ in range(n)]
         thr = self.config.generation.tag_threshold
@@ -576,14 +598,14 @@ class DynRefer(nn.Module):
                 res[i]["tags"] = tag_lists[-1]
         vis: Any = self.attr_vision_proj(x_v) if ("category" in tasks or "attribute" in tasks) else None
         if "category" in tasks and self.classes:
-            prob = torch.sigmoid(self.rtc_logits(self.rtc_similarity(self.attr_text_proj(self.ov_embeds), vis)))
+            prob = self._rtc_scores(self.rtc_similarity(self.attr_text_proj(self.ov_embeds), vis), "category")
             best = prob.argmax(-1)
             for i in range(n):
                 res[i]["category"] = self.classes[int(best[i])]
                 res[i]["category_score"] = float(prob[i, best[i]])
                 res[i]["category_scores"] = prob[i].float().cpu().tolist()
         if "attribute" in tasks and self.attributes:
-            prob = torch.sigmoid(self.rtc_logits(self.rtc_similarity(self.attr_text_proj(self.att_embeds), vis)))
+            prob = self._rtc_scores(self.rtc_similarity(self.attr_text_proj(self.att_embeds), vis), "attribute")
             per_attr = torch.stack([p.max(-1).values for p in prob.split(self.att_len_synonyms, dim=1)], dim=1)
             for i in range(n):
                 res[i]["attributes"] = [(name, float(sc)) for name, sc in

@@ -7,6 +7,10 @@ Q-Former (``Qformer.bert.*`` in BLIP-2 checkpoints; the learned queries are the 
     encoder.layer.i.intermediate_query.dense, encoder.layer.i.output_query.{dense,LayerNorm}
 Only the query path exists (BLIP-2-T5 removes the word/position embeddings and the text FFN).
 
+Dropout (``dropout`` of the config; 0.1 in the official model, as bert-base and DynRefer's tag-decoder config set
+it) sits where BERT has it: after the embeddings' LayerNorm, on the attention probabilities, and after each
+``output.dense`` before its residual LayerNorm; it acts in train mode only.
+
 CrossDecoder (DynRefer's ``tag_head`` / ``attr_head``: a BERT whose layers keep only cross-attention):
     encoder.layer.i.crossattention.{self.*, output.*}, encoder.layer.i.intermediate.dense,
     encoder.layer.i.output.{dense,LayerNorm}
@@ -28,15 +32,16 @@ __all__ = ["QFormer", "CrossDecoder", "BertAttention"]
 
 
 class _Dense(nn.Module):
-    """``dense`` + ``LayerNorm`` on the residual (BertSelfOutput / BertOutput)."""
+    """``dense`` + dropout + ``LayerNorm`` on the residual (BertSelfOutput / BertOutput)."""
 
-    def __init__(self, d_in: int, d_out: int, eps: float) -> None:
+    def __init__(self, d_in: int, d_out: int, eps: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.dense = nn.Linear(d_in, d_out)
         self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
 
 
 class _Intermediate(nn.Module):
@@ -49,10 +54,11 @@ class _Intermediate(nn.Module):
 
 
 class BertAttention(nn.Module):
-    def __init__(self, hidden: int, heads: int, eps: float, context_width: Optional[int] = None) -> None:
+    def __init__(self, hidden: int, heads: int, eps: float, context_width: Optional[int] = None,
+                 dropout: float = 0.0) -> None:
         super().__init__()
-        self.self = SeparateQKVAttention(hidden, heads, context_width)
-        self.output = _Dense(hidden, hidden, eps)
+        self.self = SeparateQKVAttention(hidden, heads, context_width, dropout=dropout)
+        self.output = _Dense(hidden, hidden, eps, dropout)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
         return self.output(self.self(x, context, mask), x)
@@ -61,13 +67,13 @@ class BertAttention(nn.Module):
 class QFormerLayer(nn.Module):
     def __init__(self, cfg: QFormerConfig, index: int, encoder_width: int) -> None:
         super().__init__()
-        h, eps = cfg.hidden_size, cfg.layer_norm_eps
-        self.attention = BertAttention(h, cfg.num_heads, eps)
+        h, eps, p = cfg.hidden_size, cfg.layer_norm_eps, cfg.dropout
+        self.attention = BertAttention(h, cfg.num_heads, eps, dropout=p)
         self.has_cross = index % cfg.cross_attention_freq == 0
         if self.has_cross:
-            self.crossattention = BertAttention(h, cfg.num_heads, eps, context_width=encoder_width)
+            self.crossattention = BertAttention(h, cfg.num_heads, eps, context_width=encoder_width, dropout=p)
         self.intermediate_query = _Intermediate(h, cfg.intermediate_size)
-        self.output_query = _Dense(cfg.intermediate_size, h, eps)
+        self.output_query = _Dense(cfg.intermediate_size, h, eps, p)
 
     def forward(self, x: Tensor, context: Tensor, context_mask: Optional[Tensor] = None) -> Tensor:
         x = self.attention(x)
@@ -77,9 +83,10 @@ class QFormerLayer(nn.Module):
 
 
 class _Embeddings(nn.Module):
-    def __init__(self, hidden: int, eps: float) -> None:
+    def __init__(self, hidden: int, eps: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
 
 
 class _Encoder(nn.Module):
@@ -91,12 +98,12 @@ class _Encoder(nn.Module):
 class _QFormerBert(nn.Module):
     def __init__(self, cfg: QFormerConfig, encoder_width: int) -> None:
         super().__init__()
-        self.embeddings = _Embeddings(cfg.hidden_size, cfg.layer_norm_eps)
+        self.embeddings = _Embeddings(cfg.hidden_size, cfg.layer_norm_eps, cfg.dropout)
         self.encoder = _Encoder(QFormerLayer(cfg, i, encoder_width) for i in range(cfg.num_layers))
 
     def forward(self, query_embeds: Tensor, encoder_hidden_states: Tensor,
                 encoder_attention_mask: Optional[Tensor] = None) -> Tensor:
-        x = self.embeddings.LayerNorm(query_embeds)
+        x = self.embeddings.dropout(self.embeddings.LayerNorm(query_embeds))
         for layer in self.encoder.layer:
             x = layer(x, encoder_hidden_states, encoder_attention_mask)
         return x
@@ -118,10 +125,10 @@ class QFormer(nn.Module):
 class CrossDecoderLayer(nn.Module):
     def __init__(self, cfg: HeadConfig) -> None:
         super().__init__()
-        h, eps = cfg.hidden_size, cfg.layer_norm_eps
-        self.crossattention = BertAttention(h, cfg.num_heads, eps, context_width=h)
+        h, eps, p = cfg.hidden_size, cfg.layer_norm_eps, cfg.dropout
+        self.crossattention = BertAttention(h, cfg.num_heads, eps, context_width=h, dropout=p)
         self.intermediate = _Intermediate(h, cfg.intermediate_size)
-        self.output = _Dense(cfg.intermediate_size, h, eps)
+        self.output = _Dense(cfg.intermediate_size, h, eps, p)
 
     def forward(self, x: Tensor, context: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         x = self.crossattention(x, context, mask)

@@ -46,13 +46,18 @@ class SeparateQKVAttention(nn.Module):
 
     forward(x, context=None, mask=None): context defaults to x; mask is a [B, Lk] key mask (1 = attend).
     Returns [B, Lq, hidden] before any output projection (BERT applies its own ``output.dense``).
+    ``dropout``: BERT's dropout on the attention probabilities, in train mode only (then PyTorch's SDPA runs).
     """
 
-    def __init__(self, hidden: int, num_heads: int, context_width: Optional[int] = None) -> None:
+    def __init__(self, hidden: int, num_heads: int, context_width: Optional[int] = None,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         if hidden % num_heads:
             raise ValueError(f"hidden {hidden} not divisible by num_heads {num_heads}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.num_heads = num_heads
+        self.dropout = float(dropout)
         kv = context_width or hidden
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(kv, hidden)
@@ -63,6 +68,9 @@ class SeparateQKVAttention(nn.Module):
         q = split_heads(self.query(x), self.num_heads)
         k = split_heads(self.key(ctx), self.num_heads)
         v = split_heads(self.value(ctx), self.num_heads)
+        if self.training and self.dropout > 0:
+            return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_mask(mask),
+                                                              dropout_p=self.dropout))
         return merge_heads(backend.attention(q, k, v, attn_mask=key_padding_mask(mask)))
 
 

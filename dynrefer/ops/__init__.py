@@ -17,22 +17,25 @@ Ops:
         DCNv4 deformable aggregation (channels last), DCNv4's semantics on CPU and CUDA
     attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None)
         drop-in for ``torch.nn.functional.scaled_dot_product_attention`` (fused, forward and backward)
+    check_errors(device=None)
+        synchronise and raise the error a CUDA kernel recorded on the device (a RoI-Align batch index outside
+        [0, N): checked on the device, without a host sync, and otherwise raised by the next call)
     set_cuda_index_checks(enabled)
-        skip the per-call batch-index check (one host sync) on CUDA tensors
+        whether the next CUDA RoI-Align call raises such a recorded error (default True)
 """
 from __future__ import annotations
 
 from typing import Any
 
 from dynrefer.ops._config import set_cuda_index_checks
-from dynrefer.ops.errors import BoxesShapeError
+from dynrefer.ops.errors import BoxesShapeError, check_errors
 from dynrefer.ops.attention import attention
 from dynrefer.ops.dcnv4 import dcnv4, offset_mask_channels
 from dynrefer.ops.roi_align import roi_align
 from dynrefer.ops.views import crop_resize, hamming, phash, phash_hex, select_views
 
 __all__ = ["roi_align", "RoIAlign", "attention", "dcnv4", "offset_mask_channels", "crop_resize", "phash", "phash_hex",
-           "hamming", "select_views", "BoxesShapeError", "set_cuda_index_checks"]
+           "hamming", "select_views", "BoxesShapeError", "check_errors", "set_cuda_index_checks"]
 
 
 def __getattr__(name: str) -> Any:

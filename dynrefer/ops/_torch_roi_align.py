@@ -6,7 +6,9 @@
 * backward: gradient for the input only (boxes get None, as in torchvision); the backward op is itself
   differentiable (it is linear in the gradient, its derivative is the forward op), so double backward works;
 * CUDA: runs on PyTorch's current stream; backward uses atomics unless
-  ``torch.use_deterministic_algorithms(True)`` is on, then a fixed-order gather;
+  ``torch.use_deterministic_algorithms(True)`` is on, then a fixed-order gather; batch indices are checked on
+  the device without a host synchronisation: a bad one pools to zeros and raises at the next call on that device
+  or at ``dynrefer.ops.check_errors()``;
 * ``roi_align`` and ``RoIAlign`` are scriptable (``torch.jit.script``; the graph calls
   ``torch.ops.dynrefer.roi_align``) and ``roi_align`` is a ``torch.fx`` leaf (``torch.fx.wrap``), as torchvision's;
 * quantized CPU inputs: torchvision's quantized RoI-Align, repeated with ATen operations (``_qroi_align``).
@@ -31,28 +33,16 @@ def _channels_last(t: Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
-def _check_cuda_batch_indices(rois: Tensor, n: int) -> None:
-    # The CPU kernel checks batch indices itself; device memory needs a reduction (one sync).
-    if rois.numel() == 0:
-        return
-    b = rois[:, 0]
-    bad = ~((b > -1) & (b < n))
-    if bool(bad.any()):
-        k = int(bad.nonzero()[0, 0])
-        raise ValueError(f"roi_align: rois[{k}, 0] = {float(b[k])} is not a batch index in [0, {n})")
-
-
 @torch.library.custom_op("dynrefer::roi_align", mutates_args=())
 def roi_align_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool
 ) -> Tensor:
     out = torch.empty(pooled_shape(input, rois, pooled_height, pooled_width), dtype=input.dtype, device=input.device)
-    if input.is_cuda and rois.device == input.device and cuda_index_checks():
-        _check_cuda_batch_indices(rois, input.shape[0])
+    # CUDA: batch indices are checked on the device; a bad one found by an earlier call is raised here (no sync)
     with _device_of(input):
         _C.roi_align_forward(
             _desc(input), _desc(rois), _desc(out), spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-            stream=_stream(input),
+            stream=_stream(input), raise_pending=cuda_index_checks(),
         )
     return out
 
@@ -84,6 +74,7 @@ def roi_align_backward_op(
         _C.roi_align_backward(
             _desc(grad), _desc(rois), _desc(gi), spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
             deterministic=torch.are_deterministic_algorithms_enabled(), stream=_stream(grad),
+            raise_pending=cuda_index_checks(),
         )
     return gi if gi.dtype == dtype else gi.to(dtype)
 

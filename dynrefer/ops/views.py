@@ -97,10 +97,11 @@ def _boxes(boxes: Any, like_torch: bool, device: Any, op: str, name: str = "boxe
     return b
 
 
-def _index(image_index: Any, n_images: int, nv: int, like_torch: bool, device: Any, op: str) -> Any:
+def _index(image_index: Any, n_images: int, like_torch: bool, device: Any, op: str) -> Any:
+    """image_index as int64 on the images' side, or None. Its length and its need with several images are the
+    argument builder's checks (dr_<op>_make_args), its values the CPU kernel's; only indices on a GPU, which the C
+    layer does not read, are range-checked here."""
     if image_index is None:
-        if n_images != 1:
-            raise ValueError(f"{op}: image_index is required with {n_images} images")
         return None
     if like_torch:
         import torch
@@ -109,19 +110,14 @@ def _index(image_index: Any, n_images: int, nv: int, like_torch: bool, device: A
         if idx.dtype.is_floating_point or idx.dtype == torch.bool:
             raise TypeError(f"{op}: image_index must be integers, got {idx.dtype}")
         idx = idx.to(device=device, dtype=torch.int64).reshape(-1)
-        if idx.numel() and not _is_meta(idx) and (int(idx.min()) < 0 or int(idx.max()) >= n_images):
+        if idx.device.type not in ("cpu", "meta") and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_images):
             raise ValueError(f"{op}: image_index must lie in [0, {n_images}), got values in "
                              f"[{int(idx.min())}, {int(idx.max())}]")
-    else:
-        idx = np.asarray(image_index)
-        if idx.dtype.kind not in "iu":
-            raise TypeError(f"{op}: image_index must be integers, got {idx.dtype}")
-        idx = idx.astype(np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= n_images):
-            raise ValueError(f"{op}: image_index must lie in [0, {n_images}), got values in [{idx.min()}, {idx.max()}]")
-    if idx.shape[0] != nv:
-        raise ValueError(f"{op}: image_index has {idx.shape[0]} entries for {nv} boxes")
-    return idx
+        return idx
+    idx = np.asarray(image_index)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{op}: image_index must be integers, got {idx.dtype}")
+    return idx.astype(np.int64).reshape(-1)
 
 
 def _call(fn: Callable[..., Any], images: List[Any], torch_in: bool, *arrays: Any, **kw: Any) -> Any:
@@ -191,7 +187,8 @@ def crop_resize(images: Any, boxes: Any, size: int = 224, *, image_index: Any = 
         pil_order: pass order of Pillow's two-pass resize: ``"adaptive"`` (current Pillow: vertical pass first when
             the height shrinks by more than twice as many pixels as the width) or ``"horizontal"`` (always
             horizontal first, as older Pillow releases); the uint8 rounding between passes makes them differ.
-        impl: ``"fast"`` or ``"elementwise"`` (the CUDA kernel's per-element body on the CPU; for tests).
+        impl: ``"fast"``, ``"elementwise"`` (the CUDA per-element body on the CPU) or ``"tiled"`` (the CUDA
+            kernel's block schedule on the CPU); the last two are for tests.
 
     Returns ``[V, 3, S, S]`` views, and ``[V, 4]`` float32 referred boxes when ``ref_boxes`` is given.
     """
@@ -208,10 +205,8 @@ def crop_resize(images: Any, boxes: Any, size: int = 224, *, image_index: Any = 
     device = imgs[0].device if torch_in else None
     b = _boxes(boxes, torch_in, device, op)
     nv = b.shape[0]
-    idx = _index(image_index, len(imgs), nv, torch_in, device, op)
+    idx = _index(image_index, len(imgs), torch_in, device, op)
     rb = None if ref_boxes is None else _boxes(ref_boxes, torch_in, device, op, "ref_boxes")
-    if rb is not None and rb.shape[0] != nv:
-        raise ValueError(f"{op}: ref_boxes has {rb.shape[0]} rows for {nv} boxes")
     out: Any   # a tensor or an array, as the images
     ref_out: Any
     if torch_in:
@@ -265,8 +260,8 @@ def phash(images: Any, boxes: Any, *, method: str = "dynrefer", image_index: Any
     Returns ``uint64`` hashes: ``[V]`` when ``hash_size**2 <= 64`` (the bits as one integer, right-aligned: a
     ``hash_size`` of 5 gives 25-bit values), else ``[V, W]`` with ``W = ceil(hash_size**2 / 64)`` words of that
     integer, the most significant word first (``hash_words(hash_size)`` tells which). ``hamming(a, b)`` compares
-    words; sum over the last axis for wide hashes. CUDA images and ``impl="elementwise"`` hash with the defaults
-    only (8 and 4).
+    words; sum over the last axis for wide hashes. CUDA images and ``impl="elementwise"`` (the CUDA kernel's steps
+    on the CPU) hash every size with ``hash_size * highfreq_factor <= 64``, bit for bit as the CPU.
 
     ``thumbnails=True`` (``method="imagehash"``, CPU) returns ``(hashes, thumbnails)``: the ``[V, R, R]`` uint8
     luma views the hashes are taken from (``R = hash_size * highfreq_factor``), equal to
@@ -278,7 +273,7 @@ def phash(images: Any, boxes: Any, *, method: str = "dynrefer", image_index: Any
     if thumbnails and method != "imagehash":
         raise ValueError(f"{op}: thumbnails=True needs method='imagehash'")
     hs, hf = _hash_int(hash_size, "hash_size"), _hash_int(highfreq_factor, "highfreq_factor")
-    if hs < 2:  # checked again by the binding; here so that no output is sized from it
+    if hs < 2:  # the argument builder checks these too; here so that no output is sized from them
         raise ValueError(f"{op}: hash_size must be >= 2 (imagehash: Hash size must be greater than or equal to 2), "
                          f"got {hs}")
     if not 1 <= hf <= 4096 or hs * hf > 4096:
@@ -287,7 +282,7 @@ def phash(images: Any, boxes: Any, *, method: str = "dynrefer", image_index: Any
     imgs, torch_in = _image_list(images, op)
     device = imgs[0].device if torch_in else None
     b = _boxes(boxes, torch_in, device, op)
-    idx = _index(image_index, len(imgs), b.shape[0], torch_in, device, op)
+    idx = _index(image_index, len(imgs), torch_in, device, op)
     nw, res = hash_words(hs), hs * hf
     shape = (b.shape[0],) if nw == 0 else (b.shape[0], nw)
     out: Any   # a tensor or an array, as the images
@@ -383,8 +378,10 @@ def select_views(hashes: Any, coeffs: Any, num: int) -> Any:
         h = h.view(np.uint64)
         c = np.ascontiguousarray(coeffs, dtype=np.float64).reshape(-1)
         out = np.empty((h.shape[0] if h.ndim == 2 else 0, int(num)), dtype=np.int64)
-    if not bool(np.all(np.isfinite(np.asarray(c.cpu() if torch_in else c)))) or not bool((c > 0).all()):
-        raise ValueError(f"{op}: coeffs must be finite and > 0")
+    if torch_in and h.device.type != "cpu":  # the CPU kernel checks them; a GPU's are checked here, on the host copy
+        host = c.cpu().numpy()
+        if not (np.isfinite(host).all() and (host > 0).all()):
+            raise ValueError(f"{op}: coeffs must be finite and > 0")
     from dynrefer import _C
 
     if torch_in:

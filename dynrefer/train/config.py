@@ -61,10 +61,15 @@ def _opt(kind: Any) -> Tuple[str, Any]:
 RUN_SCHEMA = {
     # schedule and optimiser (the official DynRefer settings are the defaults)
     "lr_sched": (("choice", "linear_warmup_cosine_lr", "constant_lr"), "linear_warmup_cosine_lr", None,
-                 "learning-rate schedule, stepped once per optimiser step"),
+                 "learning-rate schedule, set before every optimiser step"),
+    "lr_decay": (("choice", "epoch", "step"), "epoch", None,
+                 "epoch: LAVIS's schedule (warm-up within epoch 0, then the cosine value of each epoch held for the "
+                 "epoch); step: warm-up, then a cosine over optimiser steps"),
     "init_lr": (float, 1e-4, lambda v: v > 0, "peak learning rate"),
     "min_lr": (float, 0.0, lambda v: v >= 0, "learning rate at the end of the cosine"),
-    "warmup_lr": (float, 0.0, lambda v: v >= 0, "learning rate at step 0 of the linear warm-up"),
+    "warmup_lr": (_opt(float), None, lambda v: v >= 0,
+                  "learning rate at step 0 of the linear warm-up (null: init_lr with lr_decay epoch, as LAVIS "
+                  "without warmup_lr, i.e. no ramp; 0 with lr_decay step)"),
     "warmup_steps": (int, 0, lambda v: v >= 0, "optimiser steps of linear warm-up"),
     "weight_decay": (float, 0.05, lambda v: v >= 0, "AdamW weight decay (not on biases, norms, 1-D params)"),
     "beta1": (float, 0.9, lambda v: 0 <= v < 1, "AdamW beta1"),

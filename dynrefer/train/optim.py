@@ -1,19 +1,30 @@
-"""AdamW with the official DynRefer/LAVIS parameter groups, and the per-step learning-rate schedule.
+"""AdamW with the official DynRefer/LAVIS parameter groups, and the learning-rate schedule.
 
 Parameter groups: every parameter with ``requires_grad`` goes to the decayed group, except 1-D parameters
 (biases, norm scales, learned scalars), parameters named ``*.bias``, and parameters owned by a normalisation
 module (LayerNorm, GroupNorm, BatchNorm*, InstanceNorm*, LocalResponseNorm, RMSNorm), which get no weight decay.
 
-Schedule (``linear_warmup_cosine_lr``), per optimiser step s of S in total:
-``s < warmup_steps``: ``warmup_lr + (init_lr - warmup_lr) * s / warmup_steps``; afterwards a cosine from
-``init_lr`` to ``min_lr`` over the remaining steps: ``min_lr + (init_lr - min_lr) * (1 + cos(pi * p)) / 2`` with
-``p = (s - warmup_steps) / max(1, S - warmup_steps)``. ``constant_lr`` keeps ``init_lr`` after the warm-up.
-(LAVIS steps its cosine once per epoch; the DynRefer training settings decay per iteration, as here.)
+Schedule (``linear_warmup_cosine_lr``), two ways (``run.lr_decay``):
+
+``epoch`` (default; LAVIS's ``LinearWarmupCosineLRScheduler``, which the official DynRefer training uses): optimiser
+step s is step i = s mod P of epoch e = s div P (P steps per epoch, E epochs). In epoch 0,
+``min(init_lr, warmup_lr + (init_lr - warmup_lr) * i / max(1, warmup_steps))``; from epoch 1 on, the cosine value of
+the epoch, held for the whole epoch: ``min_lr + (init_lr - min_lr) * (1 + cos(pi * e / E)) / 2``. ``warmup_lr``
+unset (LAVIS's ``warmup_lr`` absent, as in the official settings) means ``init_lr``: no ramp at all, epoch 0 runs at
+``init_lr``. (LAVIS counts i in iterations; here it counts optimiser steps — the same without gradient
+accumulation.)
+
+``step``: per optimiser step s of S in total, ``s < warmup_steps``: ``warmup_lr + (init_lr - warmup_lr) * s /
+warmup_steps`` (``warmup_lr`` unset: 0); afterwards a cosine from ``init_lr`` to ``min_lr`` over the remaining
+steps: ``min_lr + (init_lr - min_lr) * (1 + cos(pi * p)) / 2`` with ``p = (s - warmup_steps) / max(1, S -
+warmup_steps)``.
+
+``constant_lr`` keeps ``init_lr`` after the warm-up (in epoch 0 only with ``epoch``).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -67,19 +78,29 @@ class LinearWarmupCosineLR:
     """Sets every group's ``lr`` before each optimiser step from the step index alone (resumable by position)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, init_lr: float, min_lr: float = 0.0,
-                 warmup_steps: int = 0, warmup_lr: float = 0.0, cosine: bool = True) -> None:
+                 warmup_steps: int = 0, warmup_lr: Optional[float] = 0.0, cosine: bool = True,
+                 epoch_steps: int = 0) -> None:
+        """``epoch_steps`` > 0: LAVIS's per-epoch schedule with that many steps an epoch (``total_steps`` a multiple
+        of it); 0: the per-step schedule. ``warmup_lr`` None: ``init_lr`` per epoch (LAVIS), 0 per step."""
         if total_steps < 0:
             raise ValueError(f"total_steps must be >= 0, got {total_steps}")
+        if epoch_steps < 0:
+            raise ValueError(f"epoch_steps must be >= 0, got {epoch_steps}")
         self.optimizer = optimizer
         self.total_steps = int(total_steps)
         self.init_lr = float(init_lr)
         self.min_lr = float(min_lr)
         self.warmup_steps = int(warmup_steps)
+        self.epoch_steps = int(epoch_steps)
+        if warmup_lr is None:
+            warmup_lr = self.init_lr if self.epoch_steps else 0.0
         self.warmup_lr = float(warmup_lr)
         self.cosine = cosine
         self.step_index = 0
 
     def lr_at(self, step: int) -> float:
+        if self.epoch_steps:
+            return self._lr_per_epoch(step)
         if step < self.warmup_steps:
             return self.warmup_lr + (self.init_lr - self.warmup_lr) * step / self.warmup_steps
         if not self.cosine:
@@ -87,6 +108,16 @@ class LinearWarmupCosineLR:
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
         return self.min_lr + (self.init_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _lr_per_epoch(self, step: int) -> float:
+        epoch, i = divmod(step, self.epoch_steps)
+        if epoch == 0:
+            return min(self.init_lr,
+                       self.warmup_lr + (self.init_lr - self.warmup_lr) * i / max(self.warmup_steps, 1))
+        if not self.cosine:
+            return self.init_lr
+        epochs = max(1, self.total_steps // self.epoch_steps)
+        return self.min_lr + (self.init_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
     def apply(self) -> float:
         """Set the learning rate of the coming step; returns it."""
@@ -101,7 +132,7 @@ class LinearWarmupCosineLR:
     def state_dict(self) -> dict:
         return {"step_index": self.step_index, "total_steps": self.total_steps, "init_lr": self.init_lr,
                 "min_lr": self.min_lr, "warmup_steps": self.warmup_steps, "warmup_lr": self.warmup_lr,
-                "cosine": self.cosine}
+                "cosine": self.cosine, "epoch_steps": self.epoch_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_index = int(state["step_index"])

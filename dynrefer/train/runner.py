@@ -155,7 +155,8 @@ class Runner:
         self.optimizer = build_optimizer(self.model, r) if self.train_set is not None else None
         self.scheduler = LinearWarmupCosineLR(
             self.optimizer, self.total_steps, r["init_lr"], r["min_lr"], r["warmup_steps"], r["warmup_lr"],
-            cosine=r["lr_sched"] == "linear_warmup_cosine_lr") if self.optimizer is not None else None
+            cosine=r["lr_sched"] == "linear_warmup_cosine_lr",
+            epoch_steps=self.steps_per_epoch if r["lr_decay"] == "epoch" else 0) if self.optimizer is not None else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=True) if self.amp == "fp16" else None
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
