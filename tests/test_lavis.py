@@ -263,7 +263,8 @@ def test_packaged_configs():
     known = {"num_views", "vit_model", "img_size", "vit_precision", "num_query_token", "max_txt_len", "tag_thr",
              "num_beams", "max_new_tokens", "min_length", "length_penalty", "repetition_penalty", "split_size",
              "full_drop_ratio", "drop_ratio", "tag_bert_config", "finetune_llm", "tag_list", "ov_file", "ovad_file",
-             "texts", "t5_model", "pretrained", "finetuned", "load_finetuned", "seed", "embed_cache_dir",
+             "texts", "t5_model", "pretrained", "finetuned", "load_finetuned", "vit_checkpoint", "clip_text_weights",
+             "seed", "embed_cache_dir",
              *dl.IGNORED_MODEL_KEYS}
     for t, rel in dl.MODEL_TYPES.items():
         y = _read_yaml(dl.config_path(rel))

@@ -83,3 +83,30 @@ def test_register_build_train_and_predict(tmp_path):
     taken.register_model(LAVIS_NAME)(torch.nn.Module)
     with pytest.raises(KeyError, match="already has a model named"):
         register(taken)
+
+
+def test_from_config_loads_weight_files_through_the_factory(tmp_path):
+    """LAVIS's weight keys (plus ``vit_checkpoint`` for the eva_vit_g.pth LAVIS downloads itself) reach the
+    factory: each file is loaded in LAVIS's order with a report, an absent one is named with its key."""
+    cls = register(FakeRegistry()).model
+    (tmp_path / "tags.txt").write_text("\n".join(TAGS) + "\n")
+    base = {"vit_model": "tiny", "num_views": 2, "tag_list": str(tmp_path / "tags.txt"), "texts": CAPTIONS}
+    src = cls.from_config(dict(base, seed=3))
+    sd = src.state_dict()
+    torch.save({k[len("visual_encoder."):]: v + 1 for k, v in sd.items() if k.startswith("visual_encoder.")},
+               tmp_path / "eva_vit_g.pth")
+    torch.save({"model": {k: v + 1 for k, v in sd.items() if k.startswith(("Qformer.", "query_tokens"))}},
+               tmp_path / "blip2.pth")
+    c = config_from_lavis(dict(base, vit_checkpoint="v.pth", pretrained="p.pth", finetuned="f.pth",
+                               t5_model="t5dir", clip_text_weights="c.pt"))
+    assert (c.vit_checkpoint, c.pretrained, c.finetuned, c.llm.path, c.text_encoder.weights) == \
+        ("v.pth", "p.pth", "f.pth", "t5dir", "c.pt")
+    assert config_from_lavis(dict(base, finetuned="f.pth", load_finetuned=False)).finetuned is None
+    m = cls.from_config(dict(base, seed=4, vit_checkpoint=str(tmp_path / "eva_vit_g.pth"),
+                             pretrained=str(tmp_path / "blip2.pth")))
+    assert [r.key for r in m.load_reports if r.key] == ["vit_checkpoint", "pretrained"]
+    got = m.state_dict()
+    for k in ("visual_encoder.pos_embed", "Qformer.bert.encoder.layer.0.attention.self.query.weight", "query_tokens"):
+        assert torch.equal(got[k], sd[k] + 1), k
+    with pytest.raises(FileNotFoundError, match="finetuned.*absent.pth"):
+        cls.from_config(dict(base, finetuned=str(tmp_path / "absent.pth")))

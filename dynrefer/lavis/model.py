@@ -70,6 +70,14 @@ def config_from_lavis(cfg: Any) -> Any:
         v = get(cfg, theirs)
         if v is not None:
             gen[ours] = type(gen[ours])(v)
+    # weight files, loaded by the factory in LAVIS's order (ViT, T5, text tower, BLIP-2, DynRefer checkpoint)
+    d["vit_checkpoint"] = get(cfg, "vit_checkpoint") or None
+    d["pretrained"] = get(cfg, "pretrained") or None
+    d["finetuned"] = (get(cfg, "finetuned") or None) if get(cfg, "load_finetuned", True) else None
+    if get(cfg, "t5_model"):
+        d["llm"]["path"] = str(get(cfg, "t5_model"))
+    if get(cfg, "clip_text_weights"):
+        d["text_encoder"]["weights"] = str(get(cfg, "clip_text_weights"))
     return DynReferConfig.from_dict(d)
 
 
@@ -178,11 +186,13 @@ def model_class(base: Optional[type] = None) -> type:
 
             Vocabularies: ``tag_list`` (required; one tag per line), ``ov_file`` (class names), ``ovad_file``
             (attributes), ``texts`` (extra words for the word-level tokenizers of a model without ``t5_model``).
-            Weights (local files only): ``t5_model`` (a Hugging Face directory), ``pretrained`` (a BLIP-2
-            checkpoint), ``finetuned`` (a DynRefer checkpoint; loaded unless ``load_finetuned`` is false).
-            ``seed`` fixes the random initialisation."""
+            Weights (local files only, loaded by :func:`dynrefer.model.factory.build_dynrefer` in LAVIS's order,
+            large frozen towers built on the meta device and assigned, a report per file): ``vit_checkpoint``
+            (``eva_vit_g.pth``, which LAVIS itself downloads), ``t5_model`` (a Hugging Face directory),
+            ``clip_text_weights`` (EVA-CLIP text weights), ``pretrained`` (a BLIP-2 checkpoint), ``finetuned`` (a
+            DynRefer checkpoint; loaded unless ``load_finetuned`` is false). An absent file is an error naming
+            its key and path. ``seed`` fixes the random initialisation."""
             from dynrefer.model.factory import build_dynrefer
-            from dynrefer.model.loading import load_t5_directory
 
             config = config_from_lavis(cfg)
             tag_file = vocabulary_file(cfg, "tag_list")
@@ -192,22 +202,11 @@ def model_class(base: Optional[type] = None) -> type:
             tags = _read_tags(tag_file)
             classes = read_class_names(ov_file) if ov_file else []
             attributes = read_attributes(ovad_file) if ovad_file else []
-            t5_model = t5_tok = None
-            t5_dir = get(cfg, "t5_model")
-            if t5_dir:
-                if not os.path.isdir(t5_dir):
-                    raise FileNotFoundError(f"t5_model must be a local Hugging Face directory (nothing is "
-                                            f"downloaded), got {t5_dir!r}")
-                t5_model, t5_tok = load_t5_directory(t5_dir)
             seed = get(cfg, "seed")
             model: Any = build_dynrefer(config, texts=list(get(cfg, "texts", []) or []), tag_list=tags,
-                                        classes=classes, attributes=attributes, t5_model=t5_model,
-                                        t5_tokenizer=t5_tok, embed_cache_dir=get(cfg, "embed_cache_dir"),
+                                        classes=classes, attributes=attributes,
+                                        embed_cache_dir=get(cfg, "embed_cache_dir"),
                                         seed=None if seed is None else int(seed), model_cls=cls)
-            if get(cfg, "pretrained"):
-                model.load_from_pretrained(get(cfg, "pretrained"))
-            if get(cfg, "finetuned") and get(cfg, "load_finetuned", True):
-                model.load_checkpoint(get(cfg, "finetuned"))
             return model
 
         # ---- checkpoints ----------------------------------------------------------------------------------
