@@ -646,9 +646,9 @@ static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
                 return;
             }
             for (int64_t x = 0; x < DR_PHASH_DYN_RES; x++)
-                dr_phash_dyn_column(im, &cr, x, cols + x * 8);
+                dr_phash_dyn_column(im, &cr, x, c->cos224, cols + x * 8);
             for (int k = 0; k < 64; k++)
-                coef[k] = dr_phash_dyn_coef(cols, k / 8, k % 8);
+                coef[k] = dr_phash_dyn_coef(cols, c->cos224, k / 8, k % 8);
             free(cols);
         } else { /* the CUDA kernel's steps, one thread's work at a time (R <= DR_PHASH_IH_GPU_RES) */
             const int64_t R = c->res, K = c->hash_size, L = K * K;
@@ -753,9 +753,8 @@ dr_status dr_phash_cpu(const dr_image_ref *images, int64_t n_images, const dr_te
     static double cos224[8 * DR_PHASH_DYN_RES];
     static int ready = 0; /* the tables are pure functions: racing initialisers write the same values */
     if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
-        for (int u = 0; u < 8; u++)
-            for (int64_t i = 0; i < DR_PHASH_DYN_RES; i++)
-                cos224[u * DR_PHASH_DYN_RES + i] = dr_dct_cos(u, i, DR_PHASH_DYN_RES);
+        for (int64_t k = 0; k < 8 * DR_PHASH_DYN_RES; k++)
+            dr_phash_dyn_cos(cos224, k);
         __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
     }
     phash_ctx c;

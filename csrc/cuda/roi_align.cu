@@ -84,8 +84,12 @@ DR_ROI_KERNELS(bf16, float)
                     dr_roi_tile_fill_##SFX(&a, &t, tab, i);                                                        \
             __syncthreads();                                                                                       \
             const int64_t ne = (t.c1 - t.c0) * bins;                                                               \
-            for (int64_t e = threadIdx.x; e < ne; e += blockDim.x)                                                 \
-                dr_roi_tile_scatter_##SFX(&a, &t, tab, e);                                                         \
+            if (t.table)                                                                                           \
+                for (int64_t e = threadIdx.x; e < ne; e += blockDim.x)                                             \
+                    dr_roi_tile_scatter_as_##SFX(&a, &t, tab, e, 1);                                               \
+            else                                                                                                   \
+                for (int64_t e = threadIdx.x; e < ne; e += blockDim.x)                                             \
+                    dr_roi_tile_scatter_as_##SFX(&a, &t, tab, e, 0);                                               \
             __syncthreads();                                                                                       \
         }                                                                                                          \
     }
