@@ -653,18 +653,26 @@ static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
         } else { /* the CUDA kernel's steps, one thread's work at a time (R <= DR_PHASH_IH_GPU_RES) */
             const int64_t R = c->res, K = c->hash_size, L = K * K;
             uint8_t *px = (uint8_t *)malloc((size_t)(R * R));
-            double *T = (double *)malloc((size_t)(K * R) * sizeof(double));
+            double *T = (double *)malloc(DR_PHASH_IH_TILE_BYTES); /* also the pixels' scratch, as on the GPU */
             if (!px || !T) {
                 free(px);
                 free(T);
                 c->failed = 1;
                 return;
             }
-            dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.w, R);
-            dr_axis ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.h, R);
-            const int vf = dr_pil_vertical_first(cr.w, cr.h, R, R, c->pil_order);
-            for (int64_t k = 0; k < R * R; k++)
-                px[k] = dr_pil_resize_px(im, &cr, &ax, &ay, k / R, k % R, 0, 1, vf);
+            dr_ih_tile t;
+            dr_ih_tile_begin(&cr, R, c->pil_order, &t);
+            if (t.table) {
+                for (int64_t e = 0; e < 2 * R; e++)
+                    dr_ih_tile_taps(&t, T, e);
+                for (int64_t e = 0; e < dr_ih_tile_pass_count(&t); e++)
+                    dr_ih_tile_pass(im, &cr, &t, T, e);
+                for (int64_t k = 0; k < R * R; k++)
+                    px[k] = dr_ih_tile_px(&t, T, k);
+            } else {
+                for (int64_t k = 0; k < R * R; k++)
+                    px[k] = dr_pil_resize_px(im, &cr, &t.ax, &t.ay, k / R, k % R, 0, 1, t.vf);
+            }
             if (thumb_of(c, v))
                 memcpy(thumb_of(c, v), px, (size_t)(R * R));
             const double *tw;
