@@ -1,9 +1,11 @@
 /* phash.cu — phash on CUDA, around the per-view bodies of dr_phash.h that the CPU tests also run
  * (impl="elementwise"): one block per view. The official hash: columns per thread, then 64 coefficient threads,
  * then the mean threshold. imagehash's (every hash_size and highfreq_factor with a resize side R <=
- * DR_PHASH_IH_GPU_RES): R × R LANCZOS pixels per thread, scipy's DCT of one column per thread, then of one of the
- * K kept rows per thread (dr_dct_radix.inc: scipy's own arithmetic, the plan's twiddles computed on the host with
- * the C library's cos and sin, as on the CPU), the median by rank, one hash word per thread. This file is compiled
+ * DR_PHASH_IH_GPU_RES): the R × R LANCZOS pixels by dr_ih_tile's steps (both axes' taps once per view, Pillow's
+ * first pass once per row and output column, both in the DCT buffer; views too large for it: the per-pixel body,
+ * one pixel per thread), scipy's DCT of one column per thread, then of one of the K kept rows per thread
+ * (dr_dct_radix.inc: scipy's own arithmetic, the plan's twiddles computed on the host with the C library's cos and
+ * sin, as on the CPU), the median by rank, one hash word per thread. This file is compiled
  * with --fmad=false (setup.py): a fused multiply-add would change the DCT's bits. No allocation, no host sync. */
 #include "dr_phash.h"
 #include "views.cuh"
@@ -49,9 +51,10 @@ __global__ void __launch_bounds__(PHASH_THREADS, 2) phash_ih_kernel(dr_image_tab
                                                                     int64_t hs0, int64_t hs1, ih_plan plan, int64_t K,
                                                                     int pil_order, int64_t nv) {
     __shared__ uint8_t px[DR_PHASH_IH_GPU_RES * DR_PHASH_IH_GPU_RES];
-    __shared__ double T[DR_PHASH_IH_GPU_RES * DR_PHASH_IH_GPU_RES]; /* K rows of stride R */
+    __shared__ double T[DR_PHASH_IH_GPU_RES * DR_PHASH_IH_GPU_RES]; /* K rows of stride R; before: the pixels' scratch */
     __shared__ ih_plan sp;
     __shared__ double mid[2];
+    __shared__ dr_ih_tile t; /* the current view's */
     if (threadIdx.x == 0)
         sp = plan;
     __syncthreads();
@@ -63,11 +66,23 @@ __global__ void __launch_bounds__(PHASH_THREADS, 2) phash_ih_kernel(dr_image_tab
         double b[4];
         view_box(io, v, b);
         dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
-        dr_axis ax = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.w, R);
-        dr_axis ay = dr_axis_make(DR_RS_PIL, DR_FILTER_LANCZOS, cr.h, R);
-        int vf = dr_pil_vertical_first(cr.w, cr.h, R, R, pil_order);
-        for (int64_t k = threadIdx.x; k < R * R; k += blockDim.x)
-            px[k] = dr_pil_resize_px(im, &cr, &ax, &ay, k / R, k % R, 0, 1, vf);
+        if (threadIdx.x == 0)
+            dr_ih_tile_begin(&cr, R, pil_order, &t); /* read from shared memory: fewer registers */
+        __syncthreads();
+        if (t.table) {
+            for (int64_t e = threadIdx.x; e < 2 * R; e += blockDim.x)
+                dr_ih_tile_taps(&t, T, e);
+            __syncthreads();
+            const int64_t np = dr_ih_tile_pass_count(&t);
+            for (int64_t e = threadIdx.x; e < np; e += blockDim.x)
+                dr_ih_tile_pass(im, &cr, &t, T, e);
+            __syncthreads();
+            for (int64_t k = threadIdx.x; k < R * R; k += blockDim.x)
+                px[k] = dr_ih_tile_px(&t, T, k);
+        } else {
+            for (int64_t k = threadIdx.x; k < R * R; k += blockDim.x)
+                px[k] = dr_pil_resize_px(im, &cr, &t.ax, &t.ay, k / R, k % R, 0, 1, t.vf);
+        }
         __syncthreads();
         for (int64_t j = threadIdx.x; j < R; j += blockDim.x)
             dr_ih_dct_column(px, R, K, j, &sp.p, sp.tw, T);
