@@ -575,15 +575,15 @@ def test_phash_imagehash_every_size(shared_data, rng, hs, hf):
 @pytest.mark.parametrize("hs,hf", [(8, 4), (2, 1), (5, 3), (7, 1), (8, 8), (16, 4)])
 def test_phash_imagehash_block_schedule(rng, hs, hf):
     """impl="elementwise" runs the CUDA kernel's schedule (both axes' taps once per view, Pillow's first pass once
-    per row and output column, then the second pass; the per-pixel body for crops whose tables do not fit): its
-    thumbnails and hashes equal the fast path's for both pass orders, and imagehash's, on random, flat, thin, tiny,
-    tall, wide and large crops."""
+    per source line and output in chunks, each added into the second pass's sums; the per-pixel body for crops
+    whose tables do not fit): its thumbnails and hashes equal the fast path's for both pass orders, and imagehash's,
+    on random, flat, thin, tiny, tall, wide and large crops (one chunk or several, both pass orders)."""
     order = _pillow_order()
     r = rng.integers(0, 256, (420, 380, 3), np.uint8)
     flat = np.full((420, 380, 3), int(rng.integers(0, 256)), np.uint8)
     b = np.array([[0, 0, 380, 420], [10, 20, 110, 120], [5, 5, 6, 6], [3, 4, 5, 9], [0, 0, 1, 300], [0, 7, 2, 9],
                   [0, 0, 300, 2], [30, 0, 50, 250], [0, 30, 250, 50], [40, 40, 340, 320], [17, 3, 80, 11],
-                  [1, 1, 64, 64]], np.float32)
+                  [1, 1, 64, 64], [0, 0, 200, 380], [0, 0, 380, 160]], np.float32)
     b = np.concatenate([b, _random_boxes(rng, 4, 380, 420)]).astype(np.float32)
     kw = dict(method="imagehash", hash_size=hs, highfreq_factor=hf, thumbnails=True)
     for im in (r, flat):

@@ -663,10 +663,14 @@ static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
             dr_ih_tile t;
             dr_ih_tile_begin(&cr, R, c->pil_order, &t);
             if (t.table) {
-                for (int64_t e = 0; e < 2 * R; e++)
+                for (int64_t e = 0; e < 2 * R + R * R; e++)
                     dr_ih_tile_taps(&t, T, e);
-                for (int64_t e = 0; e < dr_ih_tile_pass_count(&t); e++)
-                    dr_ih_tile_pass(im, &cr, &t, T, e);
+                for (int64_t c0 = 0; c0 < t.lines; c0 += t.chunk) {
+                    for (int64_t e = 0; e < dr_ih_tile_pass_count(&t, c0); e++)
+                        dr_ih_tile_pass(im, &cr, &t, T, c0, e);
+                    for (int64_t k = 0; k < R * R; k++)
+                        dr_ih_tile_acc(&t, T, c0, k);
+                }
                 for (int64_t k = 0; k < R * R; k++)
                     px[k] = dr_ih_tile_px(&t, T, k);
             } else {

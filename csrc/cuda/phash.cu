@@ -2,10 +2,10 @@
  * (impl="elementwise"): one block per view. The official hash: columns per thread, then 64 coefficient threads,
  * then the mean threshold. imagehash's (every hash_size and highfreq_factor with a resize side R <=
  * DR_PHASH_IH_GPU_RES): the R × R LANCZOS pixels by dr_ih_tile's steps (both axes' taps once per view, Pillow's
- * first pass once per row and output column, both in the DCT buffer; views too large for it: the per-pixel body,
- * one pixel per thread), scipy's DCT of one column per thread, then of one of the K kept rows per thread
- * (dr_dct_radix.inc: scipy's own arithmetic, the plan's twiddles computed on the host with the C library's cos and
- * sin, as on the CPU), the median by rank, one hash word per thread. This file is compiled
+ * first pass once per source line and output, in chunks, all in the DCT buffer; views whose taps do not fit it:
+ * the per-pixel body, one pixel per thread), scipy's DCT of one column per thread, then of one of the K kept rows
+ * per thread (dr_dct_radix.inc: scipy's own arithmetic, the plan's twiddles computed on the host with the C
+ * library's cos and sin, as on the CPU), the median by rank, one hash word per thread. This file is compiled
  * with --fmad=false (setup.py): a fused multiply-add would change the DCT's bits. No allocation, no host sync. */
 #include "dr_phash.h"
 #include "views.cuh"
@@ -70,13 +70,18 @@ __global__ void __launch_bounds__(PHASH_THREADS, 2) phash_ih_kernel(dr_image_tab
             dr_ih_tile_begin(&cr, R, pil_order, &t); /* read from shared memory: fewer registers */
         __syncthreads();
         if (t.table) {
-            for (int64_t e = threadIdx.x; e < 2 * R; e += blockDim.x)
+            for (int64_t e = threadIdx.x; e < 2 * R + R * R; e += blockDim.x)
                 dr_ih_tile_taps(&t, T, e);
             __syncthreads();
-            const int64_t np = dr_ih_tile_pass_count(&t);
-            for (int64_t e = threadIdx.x; e < np; e += blockDim.x)
-                dr_ih_tile_pass(im, &cr, &t, T, e);
-            __syncthreads();
+            for (int64_t c0 = 0; c0 < t.lines; c0 += t.chunk) {
+                const int64_t np = dr_ih_tile_pass_count(&t, c0);
+                for (int64_t e = threadIdx.x; e < np; e += blockDim.x)
+                    dr_ih_tile_pass(im, &cr, &t, T, c0, e);
+                __syncthreads();
+                for (int64_t k = threadIdx.x; k < R * R; k += blockDim.x)
+                    dr_ih_tile_acc(&t, T, c0, k);
+                __syncthreads();
+            }
             for (int64_t k = threadIdx.x; k < R * R; k += blockDim.x)
                 px[k] = dr_ih_tile_px(&t, T, k);
         } else {
