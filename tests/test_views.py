@@ -598,6 +598,23 @@ def test_phash_imagehash_block_schedule(rng, hs, hf):
                     assert got[k] == _ih(im[y1:y2, x1:x2], hs, hf), (hs, hf, k, b[k])
 
 
+def test_phash_dynrefer_block_schedule(rng):
+    """impl="elementwise" runs the CUDA kernel's schedule for the official hash (both axes' taps once per view, each
+    source row's horizontal value once per column): its hashes equal the fast path's on random, flat, thin, tiny,
+    tall, wide and large crops (enlarged, reduced by less than 2 and by more, 1-pixel lines)."""
+    r = rng.integers(0, 256, (700, 600, 3), np.uint8)
+    flat = np.full((700, 600, 3), int(rng.integers(0, 256)), np.uint8)
+    b = np.array([[0, 0, 600, 700], [10, 20, 110, 120], [5, 5, 6, 6], [3, 4, 5, 9], [0, 0, 1, 300], [0, 7, 2, 9],
+                  [0, 0, 300, 2], [30, 0, 50, 650], [0, 30, 590, 50], [40, 40, 340, 320], [17, 3, 80, 11],
+                  [1, 1, 225, 223], [0, 0, 200, 680], [0, 0, 600, 160], [7, 9, 457, 459], [100, 200, 101, 201]],
+                 np.float32)
+    b = np.concatenate([b, _random_boxes(rng, 6, 600, 700)]).astype(np.float32)
+    for im in (r, flat):
+        fast = phash(im, b, method="dynrefer")
+        elem = phash(im, b, method="dynrefer", impl="elementwise")
+        np.testing.assert_array_equal(elem, fast)
+
+
 def test_phash_imagehash_size_errors():
     im = np.zeros((20, 20, 3), np.uint8)
     with pytest.raises(ValueError, match="Hash size must be greater than or equal to 2"):

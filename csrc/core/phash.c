@@ -641,12 +641,18 @@ static void phash_elem_task(void *vctx, int64_t begin, int64_t end) {
         double coef[64];
         if (c->method == DR_PHASH_DYNREFER) {
             double *cols = (double *)malloc(sizeof(double) * DR_PHASH_DYN_RES * 8);
-            if (!cols) {
+            dr_phash_dyn_tap *taps = (dr_phash_dyn_tap *)malloc(sizeof(dr_phash_dyn_tap) * 2 * DR_PHASH_DYN_RES);
+            if (!cols || !taps) {
+                free(cols);
+                free(taps);
                 c->failed = 1;
                 return;
             }
+            for (int64_t e = 0; e < 2 * DR_PHASH_DYN_RES; e++)
+                dr_phash_dyn_taps(&cr, taps, e);
             for (int64_t x = 0; x < DR_PHASH_DYN_RES; x++)
-                dr_phash_dyn_column(im, &cr, x, c->cos224, cols + x * 8);
+                dr_phash_dyn_column(im, &cr, taps, x, c->cos224, cols + x * 8);
+            free(taps);
             for (int k = 0; k < 64; k++)
                 coef[k] = dr_phash_dyn_coef(cols, c->cos224, k / 8, k % 8);
             free(cols);

@@ -1,22 +1,25 @@
 /* phash.cu — phash on CUDA, around the per-view bodies of dr_phash.h that the CPU tests also run
- * (impl="elementwise"): one block per view. The official hash: columns per thread, then 64 coefficient threads,
- * then the mean threshold. imagehash's (every hash_size and highfreq_factor with a resize side R <=
- * DR_PHASH_IH_GPU_RES): the R × R LANCZOS pixels by dr_ih_tile's steps (both axes' taps once per view, Pillow's
- * first pass once per source line and output, in chunks, all in the DCT buffer; views whose taps do not fit it:
- * the per-pixel body, one pixel per thread), scipy's DCT of one column per thread, then of one of the K kept rows
- * per thread (dr_dct_radix.inc: scipy's own arithmetic, the plan's twiddles computed on the host with the C
- * library's cos and sin, as on the CPU), the median by rank, one hash word per thread. This file is compiled
- * with --fmad=false (setup.py): a fused multiply-add would change the DCT's bits. No allocation, no host sync. */
+ * (impl="elementwise"): one block per view. The official hash: both axes' taps once per view, columns per
+ * thread, then 64 coefficient threads, then the mean threshold. imagehash's (every hash_size and highfreq_factor
+ * with a resize side R <= DR_PHASH_IH_GPU_RES): the R × R LANCZOS pixels by dr_ih_tile's steps (both axes' taps
+ * once per view, Pillow's first pass once per source line and output, in chunks, all in the DCT buffer; views whose
+ * taps do not fit it: the per-pixel body, one pixel per thread), scipy's DCT of one column per thread, then of one
+ * of the K kept rows per thread (dr_dct_radix.inc: scipy's own arithmetic, the plan's twiddles computed on the host
+ * with the C library's cos and sin, as on the CPU), the median by rank, one hash word per thread. This file is
+ * compiled with --fmad=false (setup.py): a fused multiply-add would change the DCT's bits. No allocation, no host
+ * sync. */
 #include "dr_phash.h"
 #include "views.cuh"
 
 #define PHASH_THREADS 256
 
-__global__ void __launch_bounds__(PHASH_THREADS) phash_dyn_kernel(dr_image_table tab, dr_view_io io, uint64_t *hashes,
-                                                                  int64_t hs0, int64_t nv) {
+/* One block per SM named: with the bound on threads alone ptxas kept 128 registers and spilled 40 bytes. */
+__global__ void __launch_bounds__(PHASH_THREADS, 1) phash_dyn_kernel(dr_image_table tab, dr_view_io io,
+                                                                     uint64_t *hashes, int64_t hs0, int64_t nv) {
     __shared__ double cols[DR_PHASH_DYN_RES * 8];
     __shared__ double coef[64];
     __shared__ double cs[8 * DR_PHASH_DYN_RES]; /* the DCT's cosines, once per block: no cos call in the loops */
+    __shared__ dr_phash_dyn_tap taps[2 * DR_PHASH_DYN_RES]; /* the current view's x then y taps */
     for (int64_t k = threadIdx.x; k < 8 * DR_PHASH_DYN_RES; k += blockDim.x)
         dr_phash_dyn_cos(cs, k);
     __syncthreads();
@@ -27,8 +30,11 @@ __global__ void __launch_bounds__(PHASH_THREADS) phash_dyn_kernel(dr_image_table
         double b[4];
         view_box(io, v, b);
         dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
+        for (int64_t e = threadIdx.x; e < 2 * DR_PHASH_DYN_RES; e += blockDim.x)
+            dr_phash_dyn_taps(&cr, taps, e);
+        __syncthreads();
         for (int64_t x = threadIdx.x; x < DR_PHASH_DYN_RES; x += blockDim.x)
-            dr_phash_dyn_column(im, &cr, x, cs, cols + x * 8);
+            dr_phash_dyn_column(im, &cr, taps, x, cs, cols + x * 8);
         __syncthreads();
         if (threadIdx.x < 64)
             coef[threadIdx.x] = dr_phash_dyn_coef(cols, cs, threadIdx.x / 8, threadIdx.x % 8);
