@@ -146,7 +146,8 @@ dr_status dr_dcnv4_backward_tiled_cpu(const dr_tensor *value, const dr_tensor *o
     a.tile_pix = dr_dcn_tile_pix(&a);
     if (a.tile_pix == 0 || a.N * a.Ho * a.Wo * a.G == 0) /* the launcher's per-element kernels */
         return dr_dcnv4_backward_elementwise_cpu(value, offset_mask, grad_output, grad_value, grad_offset_mask, p, 0);
-    st = run(a.N * a.Ho * a.Wo * a.G * a.K, 64, DCN_PICK(value->dtype, dcn_bwd_om_elem_task), &a);
+    const int64_t pairs = a.N * a.Ho * a.Wo * a.G;
+    st = run((pairs + a.tile_pix - 1) / a.tile_pix, 1, DCN_PICK(value->dtype, dcn_bwd_om_tiled_task), &a);
     if (st != DR_OK)
         return st;
     switch (value->dtype) {

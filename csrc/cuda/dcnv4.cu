@@ -5,8 +5,9 @@
  * location, bilinear corners and weights and reads its modulation weight into a shared-memory table (once per pair,
  * not once per channel as a thread per output would), then one thread per output (channel fastest: a warp reads
  * contiguous channels of each corner). Pairs whose K taps exceed the table run the per-element kernel.
- * Backward: one thread per (pixel, group, tap) for the offset/weight gradients (sums over the group's channels),
- * and for the value gradient either the forward's tiles (taps in the table) with one thread per grad_output element
+ * Backward: the offset/weight gradients (sums over the group's channels) by the forward's tiles, one warp per
+ * table entry with its lanes over consecutive channels and their sums added by a fixed shuffle tree
+ * (dcn_bwd_om_tiled; one thread per (pixel, group, tap) where the taps do not fit the table), and for the value gradient either the forward's tiles (taps in the table) with one thread per grad_output element
  * adding with atomics (default; the order of the adds varies from run to run) or, in
  * deterministic mode, one thread per (image, channel) map adding in a fixed order. No host synchronisation, no
  * allocation. */
@@ -83,6 +84,41 @@ DR_DCN_SCATTER_TILED_KERNEL(f64, dr_dcn_tap_d)
 DR_DCN_SCATTER_TILED_KERNEL(f16, dr_dcn_tap_f)
 DR_DCN_SCATTER_TILED_KERNEL(bf16, dr_dcn_tap_f)
 
+/* The tiled offset/weight gradients: the forward's table, then warp w of the block takes entries w, w + warps, ...
+ * (the loop is uniform across a warp, so every lane is in each shuffle); lane l sums channels l, l + 32, ...
+ * (dr_dcn_tile_om_lane) and the shuffle tree adds lane l + s into lane l for s = 16, ..., 1, the order the CPU
+ * emulation runs (dcn_bwd_om_tiled_task). RT is the compute type. */
+#define DR_DCN_OM_TILED_KERNEL(SFX, TAP, RT)                                                                        \
+    __global__ void __launch_bounds__(256) dcn_bwd_om_tiled_##SFX(dr_dcn_args a, int64_t pairs, int64_t nblk) {  \
+        __shared__ TAP tab[DR_DCN_TILE_TAPS];                                                                      \
+        const int lane = (int)(threadIdx.x % DR_DCN_WARP);                                                         \
+        const int64_t warp = threadIdx.x / DR_DCN_WARP, nwarp = blockDim.x / DR_DCN_WARP;                          \
+        for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {                                             \
+            const int64_t q0 = blk * a.tile_pix;                                                                   \
+            const int64_t npg = pairs - q0 < a.tile_pix ? pairs - q0 : a.tile_pix;                                 \
+            for (int64_t i = threadIdx.x; i < npg * a.K; i += blockDim.x)                                          \
+                dr_dcn_tile_fill_##SFX(&a, q0, tab, i);                                                            \
+            __syncthreads();                                                                                       \
+            for (int64_t t = warp; t < npg * a.K; t += nwarp) {                                                    \
+                RT s[3];                                                                                           \
+                dr_dcn_tile_om_lane_##SFX(&a, q0, tab, t, lane, s);                                                \
+                _Pragma("unroll") for (int off = DR_DCN_WARP / 2; off > 0; off >>= 1) {                            \
+                    s[0] += __shfl_down_sync(0xffffffffu, s[0], off);                                              \
+                    s[1] += __shfl_down_sync(0xffffffffu, s[1], off);                                              \
+                    s[2] += __shfl_down_sync(0xffffffffu, s[2], off);                                              \
+                }                                                                                                  \
+                if (lane == 0)                                                                                     \
+                    dr_dcn_tile_om_store_##SFX(&a, q0, tab, t, s);                                                 \
+            }                                                                                                      \
+            __syncthreads();                                                                                       \
+        }                                                                                                          \
+    }
+
+DR_DCN_OM_TILED_KERNEL(f32, dr_dcn_tap_f, float)
+DR_DCN_OM_TILED_KERNEL(f64, dr_dcn_tap_d, double)
+DR_DCN_OM_TILED_KERNEL(f16, dr_dcn_tap_f, float)
+DR_DCN_OM_TILED_KERNEL(bf16, dr_dcn_tap_f, float)
+
 DR_DCN_TILED_KERNEL(f32, dr_dcn_tap_f)
 DR_DCN_TILED_KERNEL(f64, dr_dcn_tap_d)
 DR_DCN_TILED_KERNEL(f16, dr_dcn_tap_f)
@@ -136,8 +172,15 @@ extern "C" dr_status dr_dcnv4_backward_cuda(const dr_tensor *value, const dr_ten
     dr_device_guard guard(value->device_id);
     cudaStream_t s = (cudaStream_t)stream;
     const int threads = 256;
-    const int64_t taps = a.N * a.Ho * a.Wo * a.G * a.K;
-    DR_LAUNCH_BY_DTYPE(value->dtype, dcn_bwd_om, dr_blocks(taps, 128), 128, s, a, taps);
+    const int64_t taps = a.N * a.Ho * a.Wo * a.G * a.K, pairs = a.N * a.Ho * a.Wo * a.G;
+    a.tile_pix = dr_dcn_tile_pix(&a);
+    if (a.tile_pix > 0 && pairs > 0) {
+        const int64_t nblk = (pairs + a.tile_pix - 1) / a.tile_pix;
+        const unsigned grid = (unsigned)(nblk < ((int64_t)1 << 20) ? nblk : ((int64_t)1 << 20));
+        DR_LAUNCH_BY_DTYPE(value->dtype, dcn_bwd_om_tiled, grid, threads, s, a, pairs, nblk);
+    } else if (taps > 0) {
+        DR_LAUNCH_BY_DTYPE(value->dtype, dcn_bwd_om, dr_blocks(taps, 128), 128, s, a, taps);
+    }
     if (deterministic) {
         const int64_t planes = a.N * a.G * a.D;
         DR_LAUNCH_BY_DTYPE(value->dtype, dcn_bwd_plane, dr_blocks(planes, 128), 128, s, a, planes);
@@ -145,8 +188,6 @@ extern "C" dr_status dr_dcnv4_backward_cuda(const dr_tensor *value, const dr_ten
         const int64_t nin = a.N * a.H * a.W * a.G * a.D, nout = a.N * a.Ho * a.Wo * a.G * a.D;
         if (nin > 0)
             DR_LAUNCH_BY_DTYPE(value->dtype, dcn_zero, dr_blocks(nin, threads), threads, s, a, nin);
-        a.tile_pix = dr_dcn_tile_pix(&a);
-        const int64_t pairs = a.N * a.Ho * a.Wo * a.G;
         if (a.tile_pix > 0 && pairs > 0) {
             const int64_t nblk = (pairs + a.tile_pix - 1) / a.tile_pix;
             const unsigned grid = (unsigned)(nblk < ((int64_t)1 << 20) ? nblk : ((int64_t)1 << 20));

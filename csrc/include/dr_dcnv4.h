@@ -50,7 +50,8 @@ dr_status dr_dcnv4_forward_elementwise_cpu(const dr_tensor *value, const dr_tens
 dr_status dr_dcnv4_forward_tiled_cpu(const dr_tensor *value, const dr_tensor *offset_mask, dr_tensor *output,
                                      const dr_dcnv4_params *p);
 /* The CUDA backward's default (atomic) mode with the tiled value scatter (taps from the block's table), its blocks
- * run in order on the CPU (tests). */
+ * run in order on the CPU, and the tiled offset/weight gradients (a warp's lanes over channels, their sums added
+ * in the shuffle tree's order) (tests). */
 dr_status dr_dcnv4_backward_tiled_cpu(const dr_tensor *value, const dr_tensor *offset_mask,
                                       const dr_tensor *grad_output, dr_tensor *grad_value,
                                       dr_tensor *grad_offset_mask, const dr_dcnv4_params *p);
