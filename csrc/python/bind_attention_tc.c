@@ -2,8 +2,6 @@
  * (dr_attention_tile.h, csrc/core/attn_tc_emulate.c) on float16/bfloat16 CPU tensors. */
 #include "binding.h"
 
-#include <string.h>
-
 #include "dr_attention_tile.h"
 
 static PyObject *py_attention_tc_forward_emulated(PyObject *self, PyObject *args, PyObject *kw) {
@@ -16,65 +14,44 @@ static PyObject *py_attention_tc_forward_emulated(PyObject *self, PyObject *args
                                      &oo, &ol, &p.scale, &causal))
         return NULL;
     p.causal = causal;
-    dr_pyarg t[6];
-    memset(t, 0, sizeof t);
-    PyObject *src[6] = {oq, ok, ov, oo, ol, om};
-    const char *names[6] = {"q", "k", "v", "out", "lse", "attn_mask"};
-    const int writable[6] = {0, 0, 0, 1, 1, 0};
-    PyObject *ret = NULL;
-    const int nt = om == Py_None ? 5 : 6;
-    for (int i = 0; i < nt; i++)
-        if (dr_pyarg_from(src[i], names[i], writable[i], 0, &t[i]) < 0)
-            goto done;
+    enum { Q, K, V, OUT, LSE, MASK, N };
+    const dr_argspec spec[N] = {{oq, "q", 0, 0},   {ok, "k", 0, 0},     {ov, "v", 0, 0},
+                                {oo, "out", 1, 0}, {ol, "lse", 1, 0}, {om, "attn_mask", 0, 1}};
+    dr_pyarg t[N];
+    if (dr_pyargs_from(spec, N, 0, t) < 0)
+        return NULL;
     dr_status st;
-    Py_BEGIN_ALLOW_THREADS st = dr_attention_tc_forward_emulated(&t[0].t, &t[1].t, &t[2].t, nt == 6 ? &t[5].t : NULL,
-                                                                  &t[3].t, &t[4].t, &p);
-    Py_END_ALLOW_THREADS
-    if (st != DR_OK) {
-        dr_raise_kernel(st, &t[0].t);
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
-done:
-    for (int i = 0; i < 6; i++)
-        if (t[i].keep)
-            dr_pyarg_release(&t[i]);
+    DR_NOGIL(st, dr_attention_tc_forward_emulated(&t[Q].t, &t[K].t, &t[V].t, dr_opt(&t[MASK]), &t[OUT].t,
+                                                  &t[LSE].t, &p));
+    PyObject *ret = dr_kernel_result(st, &t[Q].t);
+    dr_pyargs_release(t, N);
     return ret;
 }
 
 static PyObject *py_attention_tc_backward_emulated(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"q", "k", "v", "mask", "out", "lse", "dout", "dq", "dk", "dv", "scale", "causal", NULL};
-    PyObject *o[10];
+    enum { Q, K, V, OUT, LSE, DOUT, DQ, DK, DV, MASK, N };
+    PyObject *o[N];
     dr_attention_params p;
     int causal;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOOdp:attention_tc_backward_emulated", kwlist, &o[0], &o[1],
-                                     &o[2], &o[9], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &p.scale, &causal))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOOdp:attention_tc_backward_emulated", kwlist, &o[Q], &o[K],
+                                     &o[V], &o[MASK], &o[OUT], &o[LSE], &o[DOUT], &o[DQ], &o[DK], &o[DV], &p.scale,
+                                     &causal))
         return NULL;
     p.causal = causal;
-    dr_pyarg t[10];
-    memset(t, 0, sizeof t);
-    const char *names[10] = {"q", "k", "v", "out", "lse", "grad_out", "grad_q", "grad_k", "grad_v", "attn_mask"};
-    const int writable[10] = {0, 0, 0, 0, 0, 0, 1, 1, 1, 0};
-    PyObject *ret = NULL;
-    const int nt = o[9] == Py_None ? 9 : 10;
-    for (int i = 0; i < nt; i++)
-        if (dr_pyarg_from(o[i], names[i], writable[i], 0, &t[i]) < 0)
-            goto done;
+    const dr_argspec spec[N] = {{o[Q], "q", 0, 0},          {o[K], "k", 0, 0},        {o[V], "v", 0, 0},
+                                {o[OUT], "out", 0, 0},      {o[LSE], "lse", 0, 0},    {o[DOUT], "grad_out", 0, 0},
+                                {o[DQ], "grad_q", 1, 0},    {o[DK], "grad_k", 1, 0},  {o[DV], "grad_v", 1, 0},
+                                {o[MASK], "attn_mask", 0, 1}};
+    dr_pyarg t[N];
+    if (dr_pyargs_from(spec, N, 0, t) < 0)
+        return NULL;
     dr_status st;
-    Py_BEGIN_ALLOW_THREADS st = dr_attention_tc_backward_emulated(&t[0].t, &t[1].t, &t[2].t,
-                                                                   nt == 10 ? &t[9].t : NULL, &t[3].t, &t[4].t,
-                                                                   &t[5].t, &t[6].t, &t[7].t, &t[8].t, &p);
-    Py_END_ALLOW_THREADS
-    if (st != DR_OK) {
-        dr_raise_kernel(st, &t[0].t);
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
-done:
-    for (int i = 0; i < 10; i++)
-        if (t[i].keep)
-            dr_pyarg_release(&t[i]);
+    DR_NOGIL(st, dr_attention_tc_backward_emulated(&t[Q].t, &t[K].t, &t[V].t, dr_opt(&t[MASK]), &t[OUT].t,
+                                                   &t[LSE].t, &t[DOUT].t, &t[DQ].t, &t[DK].t, &t[DV].t, &p));
+    PyObject *ret = dr_kernel_result(st, &t[Q].t);
+    dr_pyargs_release(t, N);
     return ret;
 }
 
