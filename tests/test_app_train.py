@@ -153,3 +153,14 @@ def test_eval_out_writes_metrics_and_every_region(data, capsys):
     assert len(doc["regions"]) == n
     r = doc["regions"][0]
     assert {"id", "box", "ground_truth", "caption", "category", "attributes", "view_coeffs"} <= set(r)
+
+
+def test_model_category_weight_trains_on_the_category_file(data, capsys):
+    """``model.category_weight`` turns the category loss on: the regions of train_caption.json get the categories
+    of train_category.json and every logged training record has a positive ``loss_cat``."""
+    cfg = data / "category.yaml"
+    cfg.write_text(f"model: {{preset: tiny, category_weight: 0.5}}\ndatasets: {{root: {data / 'data'}}}\n"
+                   f"run: {{output_dir: {data / 'cat'}, max_epoch: 1, log_freq: 1}}\n")
+    assert main(["train", str(cfg)]) == 0
+    train = [r for r in _records(data / "cat" / "metrics.jsonl") if r["type"] == "train"]
+    assert train and all(r["loss_cat"] > 0 for r in train)

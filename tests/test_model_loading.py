@@ -48,7 +48,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def model():
-    return build_tiny(seed=0, train_llm=False)
+    return build_tiny(seed=0, train_llm=False, rtc_head="cross")  # the official D_rtc (the tiny preset's is bilinear)
 
 
 def test_state_dict_uses_the_official_names(model):
@@ -115,7 +115,7 @@ def test_dynrefer_checkpoint_round_trip(tmp_path, model):
     sd = read_checkpoint(str(tmp_path / "dynrefer.pth"))
     assert set(sd) == {n for n, p in model.named_parameters() if p.requires_grad}
     assert torch.load(tmp_path / "dynrefer.pth", weights_only=True)["config"] == model.config.to_dict()
-    other = build_tiny(seed=9, train_llm=False)
+    other = build_tiny(seed=9, train_llm=False, rtc_head="cross")
     # the frozen parts (ViT, ln_vision, query_tokens, T5) come from their own files in practice
     other.load_state_dict({k: v for k, v in model.state_dict().items() if k not in sd}, strict=False)
     rep = load_dynrefer_checkpoint(other, str(tmp_path / "dynrefer.pth"))

@@ -26,8 +26,9 @@ def test_macs_match_design_section_8():
     assert "791.66" in text and "6.67 GMACs" in text and "trainable" in text
 
 
-def test_parameter_split_counts_the_built_model():
-    m = build_tiny(seed=0, train_llm=False)
+@pytest.mark.parametrize("rtc_head", ["bilinear", "cross"])
+def test_parameter_split_counts_the_built_model(rtc_head):
+    m = build_tiny(seed=0, train_llm=False, rtc_head=rtc_head)
     split = parameter_split(m.config)
     count = lambda pre: sum(p.numel() for n, p in m.named_parameters() if n.startswith(pre))  # noqa: E731
     assert split["visual_encoder"] == count("visual_encoder") + count("ln_vision")

@@ -22,8 +22,8 @@ import numpy as np
 
 from dynrefer.eval import java_available
 
-__all__ = ["train_scheme", "evaluate_model", "evaluate_scheme", "score", "dataset_root", "model_config", "train_on_folder",
-           "evaluate_bundle"]
+__all__ = ["train_scheme", "training_annotations", "evaluate_model", "evaluate_scheme", "score", "dataset_root",
+           "model_config", "train_on_folder", "evaluate_bundle"]
 
 
 def _ptb_available() -> bool:
@@ -121,13 +121,40 @@ PRESET_RUN_DEFAULTS: Dict[str, Dict[str, Any]] = {
 }
 
 
+def training_annotations(data_dir: str, split: str, classes: Sequence[str]) -> Annotations:
+    """``<split>_caption.json`` of ``data_dir``, each region given its category from ``<split>_category.json`` when
+    that file exists and names the region (same id, image and box) with a class of ``classes``
+    (``category_index`` then indexes ``classes``): the labels the category loss (``model.category_weight`` > 0)
+    trains on."""
+    import dataclasses
+
+    from dynrefer.data.readers import load_annotations
+
+    ann = load_annotations(os.path.join(data_dir, f"{split}_caption.json"))
+    path = os.path.join(data_dir, f"{split}_category.json")
+    if not classes or not os.path.isfile(path):
+        return ann
+    index = {str(c): i for i, c in enumerate(classes)}
+    cats = {r.id: r for r in load_annotations(path).records if r.category is not None}
+    records = []
+    for r in ann.records:
+        c = cats.get(r.id)
+        if (r.category is None and c is not None and c.image_id == r.image_id and tuple(c.box) == tuple(r.box)
+                and str(c.category) in index):
+            r = dataclasses.replace(r, category=c.category, category_id=c.category_id,
+                                    category_index=index[str(c.category)])
+        records.append(r)
+    return dataclasses.replace(ann, records=records)
+
+
 def train_scheme(cfg: DynReferConfig, data_dir: str, out_dir: str, views_kwargs: Mapping[str, Any],
                  texts: Iterable[str], tags: Sequence[str], classes: Sequence[str], attributes: Sequence[Any],
                  epochs: Optional[int] = None, seed: Optional[int] = None, batch_size: Optional[int] = None,
                  run_extra: Optional[Mapping[str, Any]] = None, sections: Optional[Mapping[str, Any]] = None,
                  evaluate: Optional[Callable[[DynRefer, str], Any]] = None,
                  preset: Optional[str] = None) -> Tuple[DynRefer, dict]:
-    """Train DynRefer on ``train_caption.json`` of ``data_dir`` with the training engine. The ``run`` section is the
+    """Train DynRefer on ``train_caption.json`` of ``data_dir`` with the training engine (with the categories of
+    ``train_category.json`` when ``cfg.category_weight`` > 0: :func:`training_annotations`). The ``run`` section is the
     training defaults of ``preset`` (:data:`PRESET_RUN_DEFAULTS`), then ``epochs`` / ``seed`` / ``batch_size`` when given,
     then ``run_extra`` (a config's explicit keys: they win). ``sections``: the config's ``model`` and ``datasets``
     sections, saved with the run's ``config.yaml`` so that it reproduces the run; ``evaluate(model, split)``: the
@@ -145,7 +172,10 @@ def train_scheme(cfg: DynReferConfig, data_dir: str, out_dir: str, views_kwargs:
     seed = run.get("seed", 42)
     from dynrefer.views import NestedViews
 
-    ds = RegionDataset(os.path.join(data_dir, "train_caption.json"),
+    # with the category loss on (cfg.category_weight > 0) the regions carry their categories
+    train_ann: Any = (training_annotations(data_dir, "train", classes) if cfg.category_weight > 0
+                      else os.path.join(data_dir, "train_caption.json"))
+    ds = RegionDataset(train_ann,
                        NestedViews(size=cfg.vision.image_size, seed=seed, **views_kwargs), training=True, seed=seed,
                        num_tags=len(tags))
     ds.collate_fn = collate_regions  # type: ignore[attr-defined]

@@ -203,6 +203,7 @@ class DynReferConfig:
     max_txt_len: int = 32
     tag_weight: float = 0.01
     rtc_weight: float = 0.5
+    category_weight: float = 0.0  # > 0: also train D_rtc on category labels against the class prompts (off officially)
     full_drop_ratio: float = 0.5  # training: drop the whole control sentence with this probability
     drop_ratio: float = 0.5       # training: otherwise drop each control word with this probability
     asl_gamma_neg: float = 7.0
@@ -219,6 +220,8 @@ class DynReferConfig:
     llm_train_mode: bool = False  # run the frozen LLM in train mode while training (its dropout on), as LAVIS does
     rtc_scores: str = "calibrated"  # inference scores of D_rtc: "calibrated" sigmoid(s·e^t + b) for categories and
     #                                 attributes; "official": categories the raw similarity s, attributes sigmoid(s)
+    rtc_head: str = "cross"      # D_rtc's read-out: "cross" (official: a cross-attention decoder with the text as
+    #                              queries) or "bilinear" (Σ over region tokens of ⟨vision token, text⟩ / √width)
     rtc_gather_grad: bool = True  # region-text loss: gradients flow through the features gathered from other
     #                               processes (True) or not (False: LAVIS's concat_all_gather)
     # Weights build_dynrefer loads, in LAVIS's order, after text_encoder.weights and llm.path (local files only;
@@ -233,6 +236,10 @@ class DynReferConfig:
                 raise ValueError(f"{name} must be 'fp16', 'bf16' or 'fp32', got {getattr(self, name)!r}")
         if self.rtc_scores not in ("calibrated", "official"):
             raise ValueError(f"rtc_scores must be 'calibrated' or 'official', got {self.rtc_scores!r}")
+        if self.rtc_head not in ("cross", "bilinear"):
+            raise ValueError(f"rtc_head must be 'cross' or 'bilinear', got {self.rtc_head!r}")
+        if self.category_weight < 0:
+            raise ValueError(f"category_weight must be >= 0, got {self.category_weight}")
 
     def __repr__(self) -> str:
         """One short line of the dimensions that tell configurations apart (``to_dict()`` has every field)."""
@@ -305,6 +312,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                                        vocab_size=256, max_length=16),
         num_views=2,
         train_llm=True,  # a random-init T5 cannot be steered by its inputs alone
+        # no pretrained text tower gives its class prompts meaning, and a small Q-Former trained from scratch gives
+        # the cross read-out nothing to tell classes apart: categories are learnt from their labels, read bilinearly
+        rtc_head="bilinear", category_weight=0.5,
         generation=GenerationConfig(num_beams=2, max_new_tokens=16, chunk_size=8),
     ).to_dict(),
 }

@@ -8,7 +8,8 @@ Parameter names follow the official implementation so its checkpoints load by na
     llm_proj, llm_model, cem_memory     D_llm with a decoder-only LLM (``config.llm.kind == "causal"``; the names of the
                                         official Vicuna variant); LoRA adapters, when on, live inside llm_model
     tag_head, tag_vision_proj, tag_text_proj, tag_fc                            D_tag
-    attr_head, attr_vision_proj, attr_text_proj, attr_fc, attr_t, attr_b        D_rtc (region–text contrast)
+    attr_head, attr_vision_proj, attr_text_proj, attr_fc, attr_t, attr_b        D_rtc (region–text contrast; the
+                                        bilinear read-out, ``config.rtc_head``, has no attr_head / attr_fc)
     clip_embeds, att_embeds, ov_embeds  frozen text embeddings of tags, attribute prompts, class prompts (buffers)
     text_encoder                        the frozen text encoder that made them (and embeds captions in training)
 D_llm's language model is a component, ``self.decoder`` (:mod:`dynrefer.model.decoders`: a T5 or a causal LM behind
@@ -23,8 +24,12 @@ Training batch (``forward(samples)``), R regions of n views each:
     samples["tags"]         0/1 [R, T] or [R, 2T]  multi-hot tag targets over ``tag_list`` (two tag sets are OR-ed)
     samples["control_words"] optional list of R control sentences ("w1,w2|"; also read from "control", the key
                             of dynrefer.data.collate_regions); default: drawn from the tags with torch's RNG
-    Other keys (coeffs, category, att_vec, ids, …) are ignored.
-→ {"loss", "loss_llm", "loss_tag", "loss_rtc"} (the components detached).
+    samples["category"]     optional int [R]: class indices into ``classes`` (-1: none); read only when
+                            ``config.category_weight`` > 0 (the tiny preset's; 0 in the others), see
+                            :meth:`DynRefer.category_loss`
+    Other keys (coeffs, att_vec, ids, …) are ignored.
+→ {"loss", "loss_llm", "loss_tag", "loss_rtc"} (the components detached), and "loss_cat" when the category
+loss is on and the batch carries ``category``.
 
 Conversation batch (referring reasoning, causal LLM only; ``dynrefer.data.conversation_dataset``): ``views`` and
 ``boxes`` of every region of every conversation, ``turns`` (per conversation a list of [human, gpt] texts whose
@@ -219,11 +224,13 @@ class DynRefer(nn.Module):
         self.tag_text_proj = nn.Linear(E, H)
         self.tag_fc = nn.Linear(H, 1)
         self.tag_loss_function = AsymmetricLoss(cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip)
-        # D_rtc
-        self.attr_head = CrossDecoder(hc)
+        # D_rtc (the bilinear read-out has no decoder of its own)
+        if cfg.rtc_head == "cross":
+            self.attr_head = CrossDecoder(hc)
         self.attr_text_proj = nn.Linear(E, H)
         self.attr_vision_proj = nn.Linear(qc.hidden_size, H)
-        self.attr_fc = nn.Linear(H, 1)
+        if cfg.rtc_head == "cross":
+            self.attr_fc = nn.Linear(H, 1)
         self.attr_t = nn.Parameter(torch.tensor(math.log(10.0)))
         self.attr_b = nn.Parameter(torch.tensor(-10.0))
         self.decoder.finalize()
@@ -349,7 +356,16 @@ class DynRefer(nn.Module):
         return self.tag_fc(self.tag_head(txt, vis)).squeeze(-1)
 
     def rtc_similarity(self, text_embeds: Tensor, vis: Tensor) -> Tensor:
-        """Cosine-like similarity of every (vision, text) pair: text_embeds [Lt, H], vis [Rv, Q, H] → [Rv, Lt]."""
+        """Similarity of every (vision, text) pair: text_embeds [Lt, H], vis [Rv, Q, H] → [Rv, Lt].
+
+        ``config.rtc_head`` "cross" (official): each text attends to the region's tokens through ``attr_head`` and
+        ``attr_fc`` reads the normalised result (a cosine-like score). "bilinear": Σ_q ⟨vis_q, text⟩ / √H, a score
+        in which the region and the text interact linearly. The cross read-out's text query and region enter
+        additively (query + attention over the region's tokens); when the region's tokens are alike — as in a small
+        Q-Former trained from scratch — only its layer norms and MLP let a text read the region differently from
+        another, and the tiny preset's categories do not emerge."""
+        if self.config.rtc_head == "bilinear":
+            return torch.einsum("rqh,lh->rl", vis, text_embeds.to(vis.dtype)) / math.sqrt(vis.shape[-1])
         q = text_embeds.unsqueeze(0).expand(vis.shape[0], -1, -1)
         return self.attr_fc(F.normalize(self.attr_head(q, vis), dim=-1)).squeeze(-1)
 
@@ -371,6 +387,25 @@ class DynRefer(nn.Module):
         l_i2t = pairwise_sigmoid_loss(self.rtc_logits(sim_i2t), off)
         l_t2i = pairwise_sigmoid_loss(self.rtc_logits(sim_t2i), off)
         return (l_i2t + l_t2i) / 2
+
+    def category_loss(self, x_v: Tensor, labels: Any) -> Tensor:
+        """D_rtc read against the class prompts (as :meth:`describe` reads categories), trained on category
+        labels ``labels`` [R] (indices into ``classes``, -1: none): −Σ_c log σ(z_c · logit_c) over the labelled
+        regions, divided by their number (z = +1 for the region's class, −1 for the others; the pairwise sigmoid
+        loss of :meth:`rtc_loss` with the class prompts as texts). 0 when no region has a label."""
+        labels = torch.as_tensor(labels, device=x_v.device).long().reshape(-1)
+        if labels.numel() != x_v.shape[0]:
+            raise ValueError(f"samples['category'] has {labels.numel()} labels for {x_v.shape[0]} regions")
+        if bool((labels >= len(self.classes)).any()):
+            raise ValueError(f"category label {int(labels.max())} but the model has {len(self.classes)} classes")
+        keep = labels >= 0
+        if not bool(keep.any()):
+            return x_v.new_zeros(())
+        vis = self.attr_vision_proj(x_v[keep])
+        logits = self.rtc_logits(self.rtc_similarity(self.attr_text_proj(self.ov_embeds.to(vis.dtype)), vis))
+        z = -torch.ones_like(logits)
+        z[torch.arange(logits.shape[0], device=logits.device), labels[keep]] = 1
+        return -F.logsigmoid(z * logits).sum() / logits.shape[0]
 
     def _tag_targets(self, tags: Any, R: int) -> Tensor:
         tags = torch.as_tensor(tags, device=self.device)
@@ -421,8 +456,12 @@ class DynRefer(nn.Module):
             loss_rtc = self.rtc_loss(x_v, captions).float()
             loss_llm = self.llm_loss(x_v, control, captions).float()
         loss = loss_llm + self.config.tag_weight * loss_tag + self.config.rtc_weight * loss_rtc
-        return {"loss": loss, "loss_llm": loss_llm.detach(), "loss_tag": loss_tag.detach(),
-                "loss_rtc": loss_rtc.detach()}
+        out = {"loss_llm": loss_llm.detach(), "loss_tag": loss_tag.detach(), "loss_rtc": loss_rtc.detach()}
+        if self.config.category_weight > 0 and samples.get("category") is not None:
+            loss_cat = self.category_loss(x_v, samples["category"]).float()
+            loss = loss + self.config.category_weight * loss_cat
+            out["loss_cat"] = loss_cat.detach()
+        return {"loss": loss, **out}
 
     # ------------------------------------------------------------------------------------------- referring chat
     def _require_causal(self, what: str) -> None:

@@ -93,7 +93,8 @@ def parameter_split(config: DynReferConfig) -> Dict[str, int]:
                                         num_hidden_layers=ec.num_layers, num_attention_heads=ec.num_heads,
                                         intermediate_size=ec.intermediate_size), add_pooling_layer=False)
         E = ec.embed_width
-        head = lambda: count(CrossDecoder(hc)) + (qc.hidden_size * H + H) + (E * H + H) + (H + 1)  # noqa: E731
+        projections = (qc.hidden_size * H + H) + (E * H + H)
+        head = lambda: count(CrossDecoder(hc)) + projections + (H + 1)  # noqa: E731
         split = {
             "visual_encoder": count(build_vision_encoder(vc)) + 2 * C,  # + ln_vision
             "cvem": count(DeformableAlign(C, group=config.align_group)) + count(
@@ -103,7 +104,7 @@ def parameter_split(config: DynReferConfig) -> Dict[str, int]:
             "t5_proj": qc.hidden_size * d_model + d_model,
             "cem": d_model,
             "tag": head(),
-            "attr": head() + 2,
+            "attr": (head() if config.rtc_head == "cross" else projections) + 2,  # the bilinear D_rtc: no decoder
             "t5_model": count(t5),
             "text_encoder": count(text),
         }
