@@ -38,6 +38,43 @@ static void emu_mma(float *c[32], const uint32_t a[32][4], const uint32_t b[32][
         }
 }
 
+/* The warp's C[lane][n] (n < nt) += A Bᵀ over k < kend: A the 16 rows of As from m0, B the 8·nt rows of Bs
+ * (both row-major, k along the row): the S = Q Kᵀ and dP = dO Vᵀ steps. c: [32][cn][4] fragments. */
+static void emu_mma_abt(const uint16_t *As, int sa, int m0, const uint16_t *Bs, int sb, int kend, int nt, float *c,
+                        int cn, int bf) {
+    uint32_t fa[32][4], fb[32][2];
+    float *cp[32];
+    for (int ks = 0; ks < kend; ks += 16) {
+        for (int lane = 0; lane < 32; lane++)
+            dr_tc_load_a(As, sa, m0, ks, lane, fa[lane]);
+        for (int n = 0; n < nt; n++) {
+            for (int lane = 0; lane < 32; lane++) {
+                dr_tc_load_b_nk(Bs, sb, ks, 8 * n, lane, fb[lane]);
+                cp[lane] = c + ((size_t)lane * cn + n) * 4;
+            }
+            emu_mma(cp, fa, fb, bf);
+        }
+    }
+}
+
+/* The warp's C[lane][n] (n < nt) += P B over the kk-th 16 columns of P: P's fragments (p: [32][pn][4], the
+ * accumulators of an earlier MMA) become A, B is rows 16 kk.. of Bs from column col0: the P V, dS K, Pᵀ dO and
+ * dSᵀ Q steps. */
+static void emu_mma_pb(const float *pf, int pn, int kk, const uint16_t *Bs, int sb, int col0, int nt, float *c, int cn,
+                       int bf) {
+    uint32_t fa[32][4], fb[32][2];
+    float *cp[32];
+    for (int lane = 0; lane < 32; lane++)
+        dr_tc_c_to_a(pf + ((size_t)lane * pn + 2 * kk) * 4, pf + ((size_t)lane * pn + 2 * kk + 1) * 4, bf, fa[lane]);
+    for (int n = 0; n < nt; n++) {
+        for (int lane = 0; lane < 32; lane++) {
+            dr_tc_load_b_kn(Bs, sb, 16 * kk, col0 + 8 * n, lane, fb[lane]);
+            cp[lane] = c + ((size_t)lane * cn + n) * 4;
+        }
+        emu_mma(cp, fa, fb, bf);
+    }
+}
+
 /* The butterfly reductions of the 4 lanes of a quad: x = op(x, shfl_xor(x, 1)); x = op(x, shfl_xor(x, 2)). */
 static void emu_quad_max(float x[32]) {
     for (int mask = 1; mask <= 2; mask <<= 1) {
@@ -94,21 +131,8 @@ static void emu_fwd_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx
             emu_fwd_warp *st = &ws[w];
             const int m0 = 16 * w;
             float s[32][DR_TC_MAX_NKT][4];
-            uint32_t fa[32][4], fb[32][2];
-            float *cp[32];
-            for (int lane = 0; lane < 32; lane++)
-                memset(s[lane], 0, sizeof s[lane]);
-            for (int ks = 0; ks < p->dk16; ks += 16) {
-                for (int lane = 0; lane < 32; lane++)
-                    dr_tc_load_a(Qs, p->stride_k, m0, ks, lane, fa[lane]);
-                for (int n = 0; n < NKT; n++) {
-                    for (int lane = 0; lane < 32; lane++) {
-                        dr_tc_load_b_nk(Ks, p->stride_k, ks, 8 * n, lane, fb[lane]);
-                        cp[lane] = s[lane][n];
-                    }
-                    emu_mma(cp, fa, fb, bf);
-                }
-            }
+            memset(s, 0, sizeof s);
+            emu_mma_abt(Qs, p->stride_k, m0, Ks, p->stride_k, p->dk16, NKT, &s[0][0][0], DR_TC_MAX_NKT, bf);
             float mt[32][2], mq[2][32];
             for (int lane = 0; lane < 32; lane++) {
                 dr_tc_fwd_scores(a, b, h, q0 + m0, k0, lane, s[lane], NKT, mt[lane]);
@@ -120,17 +144,9 @@ static void emu_fwd_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx
                 const float mtq[2] = {mq[0][lane], mq[1][lane]};
                 dr_tc_fwd_softmax(s[lane], NKT, mtq, st->m[lane], st->l[lane], st->o[lane], NT);
             }
-            for (int kk = 0; kk < NKT / 2; kk++) {
-                for (int lane = 0; lane < 32; lane++)
-                    dr_tc_c_to_a(s[lane][2 * kk], s[lane][2 * kk + 1], bf, fa[lane]);
-                for (int n = 0; n < NT; n++) {
-                    for (int lane = 0; lane < 32; lane++) {
-                        dr_tc_load_b_kn(Vs, p->stride_v, 16 * kk, chunk * p->dc + 8 * n, lane, fb[lane]);
-                        cp[lane] = st->o[lane][n];
-                    }
-                    emu_mma(cp, fa, fb, bf);
-                }
-            }
+            for (int kk = 0; kk < NKT / 2; kk++)
+                emu_mma_pb(&s[0][0][0], DR_TC_MAX_NKT, kk, Vs, p->stride_v, chunk * p->dc, NT, &st->o[0][0][0],
+                           DR_TC_MAX_NT, bf);
         }
     }
     for (int w = 0; w < W; w++) {
@@ -218,46 +234,17 @@ static void emu_dq_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
         }
         for (int w = 0; w < W; w++) {
             const int m0 = 16 * w;
-            float s[32][DR_TC_BKQ / 8][4], dp[32][DR_TC_BKQ / 8][4];
-            uint32_t fa[32][4], fb[32][2];
-            float *cp[32];
+            enum { N8 = DR_TC_BKQ / 8 };
+            float s[32][N8][4], dp[32][N8][4];
             memset(s, 0, sizeof s);
             memset(dp, 0, sizeof dp);
-            for (int ks = 0; ks < p->dk16; ks += 16) {
-                for (int lane = 0; lane < 32; lane++)
-                    dr_tc_load_a(Qs, p->stride_k, m0, ks, lane, fa[lane]);
-                for (int n = 0; n < DR_TC_BKQ / 8; n++) {
-                    for (int lane = 0; lane < 32; lane++) {
-                        dr_tc_load_b_nk(Ks, p->stride_k, ks, 8 * n, lane, fb[lane]);
-                        cp[lane] = s[lane][n];
-                    }
-                    emu_mma(cp, fa, fb, bf);
-                }
-            }
-            for (int ks = 0; ks < p->dv16; ks += 16) {
-                for (int lane = 0; lane < 32; lane++)
-                    dr_tc_load_a(Os, p->stride_v, m0, ks, lane, fa[lane]);
-                for (int n = 0; n < DR_TC_BKQ / 8; n++) {
-                    for (int lane = 0; lane < 32; lane++) {
-                        dr_tc_load_b_nk(Vs, p->stride_v, ks, 8 * n, lane, fb[lane]);
-                        cp[lane] = dp[lane][n];
-                    }
-                    emu_mma(cp, fa, fb, bf);
-                }
-            }
+            emu_mma_abt(Qs, p->stride_k, m0, Ks, p->stride_k, p->dk16, N8, &s[0][0][0], N8, bf);
+            emu_mma_abt(Os, p->stride_v, m0, Vs, p->stride_v, p->dv16, N8, &dp[0][0][0], N8, bf);
             for (int lane = 0; lane < 32; lane++)
-                dr_tc_dq_dscores(a, b, h, q0, m0, k0, lane, s[lane], dp[lane], DR_TC_BKQ / 8, lse_s, delta_s);
-            for (int kk = 0; kk < DR_TC_BKQ / 16; kk++) {
-                for (int lane = 0; lane < 32; lane++)
-                    dr_tc_c_to_a(s[lane][2 * kk], s[lane][2 * kk + 1], bf, fa[lane]);
-                for (int n = 0; n < NT; n++) {
-                    for (int lane = 0; lane < 32; lane++) {
-                        dr_tc_load_b_kn(Ks, p->stride_k, 16 * kk, chunk * p->dc + 8 * n, lane, fb[lane]);
-                        cp[lane] = ws[w].acc[lane][n];
-                    }
-                    emu_mma(cp, fa, fb, bf);
-                }
-            }
+                dr_tc_dq_dscores(a, b, h, q0, m0, k0, lane, s[lane], dp[lane], N8, lse_s, delta_s);
+            for (int kk = 0; kk < N8 / 2; kk++)
+                emu_mma_pb(&s[0][0][0], N8, kk, Ks, p->stride_k, chunk * p->dc, NT, &ws[w].acc[0][0][0], DR_TC_MAX_NT,
+                           bf);
         }
     }
     uint16_t *dq = (uint16_t *)a->dq + b * a->dq_s[0] + h * a->dq_s[1];
@@ -305,58 +292,21 @@ static void emu_kv_block(const dr_attn_args *a, const dr_tc_plan *p, int64_t bx,
                 const int64_t q0 = (qt + sl) * DR_TC_BQB;
                 const uint16_t *Qw = Qs + sl * DR_TC_BQB * p->stride_k, *Ow = Os + sl * DR_TC_BQB * p->stride_v;
                 const float *lse_w = lse_s + sl * DR_TC_BQB, *delta_w = delta_s + sl * DR_TC_BQB;
-                float s[32][DR_TC_BQB / 8][4], dp[32][DR_TC_BQB / 8][4];
-                uint32_t fa[32][4], fb[32][2];
-                float *cp[32];
+                enum { N8 = DR_TC_BQB / 8 };
+                float s[32][N8][4], dp[32][N8][4];
                 memset(s, 0, sizeof s);
                 memset(dp, 0, sizeof dp);
-                for (int ks = 0; ks < p->dk16; ks += 16) {
-                    for (int lane = 0; lane < 32; lane++)
-                        dr_tc_load_a(Ks, p->stride_k, m0, ks, lane, fa[lane]);
-                    for (int n = 0; n < DR_TC_BQB / 8; n++) {
-                        for (int lane = 0; lane < 32; lane++) {
-                            dr_tc_load_b_nk(Qw, p->stride_k, ks, 8 * n, lane, fb[lane]);
-                            cp[lane] = s[lane][n];
-                        }
-                        emu_mma(cp, fa, fb, bf);
-                    }
-                }
-                for (int ks = 0; ks < p->dv16; ks += 16) {
-                    for (int lane = 0; lane < 32; lane++)
-                        dr_tc_load_a(Vs, p->stride_v, m0, ks, lane, fa[lane]);
-                    for (int n = 0; n < DR_TC_BQB / 8; n++) {
-                        for (int lane = 0; lane < 32; lane++) {
-                            dr_tc_load_b_nk(Ow, p->stride_v, ks, 8 * n, lane, fb[lane]);
-                            cp[lane] = dp[lane][n];
-                        }
-                        emu_mma(cp, fa, fb, bf);
-                    }
-                }
+                emu_mma_abt(Ks, p->stride_k, m0, Qw, p->stride_k, p->dk16, N8, &s[0][0][0], N8, bf);
+                emu_mma_abt(Vs, p->stride_v, m0, Ow, p->stride_v, p->dv16, N8, &dp[0][0][0], N8, bf);
                 for (int lane = 0; lane < 32; lane++)
-                    dr_tc_kv_dscores(a, b, h, q0, k0 + m0, lane, s[lane], dp[lane], DR_TC_BQB / 8, lse_w, delta_w);
-                for (int kk = 0; kk < DR_TC_BQB / 16; kk++) {
-                    if (do_v) {
-                        for (int lane = 0; lane < 32; lane++)
-                            dr_tc_c_to_a(s[lane][2 * kk], s[lane][2 * kk + 1], bf, fa[lane]);
-                        for (int n = 0; n < NT; n++) {
-                            for (int lane = 0; lane < 32; lane++) {
-                                dr_tc_load_b_kn(Ow, p->stride_v, 16 * kk, chunk * p->dc + 8 * n, lane, fb[lane]);
-                                cp[lane] = wv[w].acc[lane][n];
-                            }
-                            emu_mma(cp, fa, fb, bf);
-                        }
-                    }
-                    if (do_k) {
-                        for (int lane = 0; lane < 32; lane++)
-                            dr_tc_c_to_a(dp[lane][2 * kk], dp[lane][2 * kk + 1], bf, fa[lane]);
-                        for (int n = 0; n < NT; n++) {
-                            for (int lane = 0; lane < 32; lane++) {
-                                dr_tc_load_b_kn(Qw, p->stride_k, 16 * kk, chunk * p->dc + 8 * n, lane, fb[lane]);
-                                cp[lane] = wk[w].acc[lane][n];
-                            }
-                            emu_mma(cp, fa, fb, bf);
-                        }
-                    }
+                    dr_tc_kv_dscores(a, b, h, q0, k0 + m0, lane, s[lane], dp[lane], N8, lse_w, delta_w);
+                for (int kk = 0; kk < N8 / 2; kk++) {
+                    if (do_v)
+                        emu_mma_pb(&s[0][0][0], N8, kk, Ow, p->stride_v, chunk * p->dc, NT, &wv[w].acc[0][0][0],
+                                   DR_TC_MAX_NT, bf);
+                    if (do_k)
+                        emu_mma_pb(&dp[0][0][0], N8, kk, Qw, p->stride_k, chunk * p->dc, NT, &wk[w].acc[0][0][0],
+                                   DR_TC_MAX_NT, bf);
                 }
             }
         }

@@ -48,6 +48,36 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+/* c[n] (n < N) += A Bᵀ over k < kend: A the warp's 16 rows of As from m0, B the 8 N rows of Bs (both k along the
+ * row): the S = Q Kᵀ and dP = dO Vᵀ steps (the emulation's emu_mma_abt). */
+template <int BF, int N>
+__device__ __forceinline__ void mma_abt(const uint16_t *As, int sa, int m0, const uint16_t *Bs, int sb, int kend,
+                                        int lane, float (&c)[N][4]) {
+    for (int ks = 0; ks < kend; ks += 16) {
+        uint32_t fa[4], fb[2];
+        dr_tc_load_a(As, sa, m0, ks, lane, fa);
+        DR_TC_UNROLL
+        for (int n = 0; n < N; n++) {
+            dr_tc_load_b_nk(Bs, sb, ks, 8 * n, lane, fb);
+            mma16816<BF>(c[n], fa, fb);
+        }
+    }
+}
+
+/* c[n] (n < N) += P B: P the 16x16 tile whose accumulator fragments are p0, p1 (columns 16 kk..), B rows 16 kk.. of
+ * Bs from column col0: the P V, dS K, Pᵀ dO and dSᵀ Q steps (the emulation's emu_mma_pb). */
+template <int BF, int N>
+__device__ __forceinline__ void mma_pb(const float (&p0)[4], const float (&p1)[4], const uint16_t *Bs, int sb, int kk,
+                                       int col0, int lane, float (&c)[N][4]) {
+    uint32_t fa[4], fb[2];
+    dr_tc_c_to_a(p0, p1, BF, fa);
+    DR_TC_UNROLL
+    for (int n = 0; n < N; n++) {
+        dr_tc_load_b_kn(Bs, sb, 16 * kk, col0 + 8 * n, lane, fb);
+        mma16816<BF>(c[n], fa, fb);
+    }
+}
+
 #define QPTR(ptr, s, b, h) ((const uint16_t *)(ptr) + (b) * (s)[0] + (h) * (s)[1])
 
 /* ---- forward ------------------------------------------------------------------------------------------------ */
@@ -79,30 +109,15 @@ __global__ void __launch_bounds__(128) attn_tc_fwd(const dr_attn_args a, const d
         DR_TC_UNROLL
         for (int n = 0; n < NKT; n++)
             s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-        for (int ks = 0; ks < p.dk16; ks += 16) {
-            uint32_t fa[4], fb[2];
-            dr_tc_load_a(Qs, p.stride_k, m0, ks, lane, fa);
-            DR_TC_UNROLL
-            for (int n = 0; n < NKT; n++) {
-                dr_tc_load_b_nk(Ks, p.stride_k, ks, 8 * n, lane, fb);
-                mma16816<BF>(s[n], fa, fb);
-            }
-        }
+        mma_abt<BF>(Qs, p.stride_k, m0, Ks, p.stride_k, p.dk16, lane, s);
         float mt[2];
         dr_tc_fwd_scores(&a, b, h, q0 + m0, k0, lane, s, NKT, mt);
         mt[0] = quad_max(mt[0]);
         mt[1] = quad_max(mt[1]);
         dr_tc_fwd_softmax(s, NKT, mt, m, l, o, NT);
         DR_TC_UNROLL
-        for (int kk = 0; kk < NKT / 2; kk++) {
-            uint32_t fa[4], fb[2];
-            dr_tc_c_to_a(s[2 * kk], s[2 * kk + 1], BF, fa);
-            DR_TC_UNROLL
-            for (int n = 0; n < NT; n++) {
-                dr_tc_load_b_kn(Vs, p.stride_v, 16 * kk, chunk * p.dc + 8 * n, lane, fb);
-                mma16816<BF>(o[n], fa, fb);
-            }
-        }
+        for (int kk = 0; kk < NKT / 2; kk++)
+            mma_pb<BF>(s[2 * kk], s[2 * kk + 1], Vs, p.stride_v, kk, chunk * p.dc, lane, o);
     }
     l[0] = quad_sum(l[0]);
     l[1] = quad_sum(l[1]);
@@ -147,35 +162,12 @@ template <int BF, int NT> __global__ void __launch_bounds__(128) attn_tc_dq(cons
             DR_TC_UNROLL
             for (int e = 0; e < 4; e++)
                 s[n][e] = dp[n][e] = 0.0f;
-        for (int ks = 0; ks < p.dk16; ks += 16) {
-            uint32_t fa[4], fb[2];
-            dr_tc_load_a(Qs, p.stride_k, m0, ks, lane, fa);
-            DR_TC_UNROLL
-            for (int n = 0; n < NK; n++) {
-                dr_tc_load_b_nk(Ks, p.stride_k, ks, 8 * n, lane, fb);
-                mma16816<BF>(s[n], fa, fb);
-            }
-        }
-        for (int ks = 0; ks < p.dv16; ks += 16) {
-            uint32_t fa[4], fb[2];
-            dr_tc_load_a(Os, p.stride_v, m0, ks, lane, fa);
-            DR_TC_UNROLL
-            for (int n = 0; n < NK; n++) {
-                dr_tc_load_b_nk(Vs, p.stride_v, ks, 8 * n, lane, fb);
-                mma16816<BF>(dp[n], fa, fb);
-            }
-        }
+        mma_abt<BF>(Qs, p.stride_k, m0, Ks, p.stride_k, p.dk16, lane, s);
+        mma_abt<BF>(Os, p.stride_v, m0, Vs, p.stride_v, p.dv16, lane, dp);
         dr_tc_dq_dscores(&a, b, h, q0, m0, k0, lane, s, dp, NK, lse_s, delta_s);
         DR_TC_UNROLL
-        for (int kk = 0; kk < NK / 2; kk++) {
-            uint32_t fa[4], fb[2];
-            dr_tc_c_to_a(s[2 * kk], s[2 * kk + 1], BF, fa);
-            DR_TC_UNROLL
-            for (int n = 0; n < NT; n++) {
-                dr_tc_load_b_kn(Ks, p.stride_k, 16 * kk, chunk * p.dc + 8 * n, lane, fb);
-                mma16816<BF>(acc[n], fa, fb);
-            }
-        }
+        for (int kk = 0; kk < NK / 2; kk++)
+            mma_pb<BF>(s[2 * kk], s[2 * kk + 1], Ks, p.stride_k, kk, chunk * p.dc, lane, acc);
     }
     uint16_t *dq = (uint16_t *)a.dq + b * a.dq_s[0] + h * a.dq_s[1];
     const float sc = (float)a.scale;
@@ -229,44 +221,15 @@ template <int BF, int NT> __global__ void __launch_bounds__(256) attn_tc_dkv(con
                 DR_TC_UNROLL
                 for (int e = 0; e < 4; e++)
                     s[n][e] = dp[n][e] = 0.0f;
-            for (int ks = 0; ks < p.dk16; ks += 16) {
-                uint32_t fa[4], fb[2];
-                dr_tc_load_a(Ks, p.stride_k, m0, ks, lane, fa);
-                DR_TC_UNROLL
-                for (int n = 0; n < NQ; n++) {
-                    dr_tc_load_b_nk(Qw, p.stride_k, ks, 8 * n, lane, fb);
-                    mma16816<BF>(s[n], fa, fb);
-                }
-            }
-            for (int ks = 0; ks < p.dv16; ks += 16) {
-                uint32_t fa[4], fb[2];
-                dr_tc_load_a(Vs, p.stride_v, m0, ks, lane, fa);
-                DR_TC_UNROLL
-                for (int n = 0; n < NQ; n++) {
-                    dr_tc_load_b_nk(Ow, p.stride_v, ks, 8 * n, lane, fb);
-                    mma16816<BF>(dp[n], fa, fb);
-                }
-            }
+            mma_abt<BF>(Ks, p.stride_k, m0, Qw, p.stride_k, p.dk16, lane, s);
+            mma_abt<BF>(Vs, p.stride_v, m0, Ow, p.stride_v, p.dv16, lane, dp);
             dr_tc_kv_dscores(&a, b, h, q0, k0 + m0, lane, s, dp, NQ, lse_w, delta_w);
             DR_TC_UNROLL
             for (int kk = 0; kk < NQ / 2; kk++) {
-                uint32_t fa[4], fb[2];
-                if (do_v) {
-                    dr_tc_c_to_a(s[2 * kk], s[2 * kk + 1], BF, fa);
-                    DR_TC_UNROLL
-                    for (int n = 0; n < NT; n++) {
-                        dr_tc_load_b_kn(Ow, p.stride_v, 16 * kk, chunk * p.dc + 8 * n, lane, fb);
-                        mma16816<BF>(gv[n], fa, fb);
-                    }
-                }
-                if (do_k) {
-                    dr_tc_c_to_a(dp[2 * kk], dp[2 * kk + 1], BF, fa);
-                    DR_TC_UNROLL
-                    for (int n = 0; n < NT; n++) {
-                        dr_tc_load_b_kn(Qw, p.stride_k, 16 * kk, chunk * p.dc + 8 * n, lane, fb);
-                        mma16816<BF>(gk[n], fa, fb);
-                    }
-                }
+                if (do_v)
+                    mma_pb<BF>(s[2 * kk], s[2 * kk + 1], Ow, p.stride_v, kk, chunk * p.dc, lane, gv);
+                if (do_k)
+                    mma_pb<BF>(dp[2 * kk], dp[2 * kk + 1], Qw, p.stride_k, kk, chunk * p.dc, lane, gk);
             }
         }
     /* the slices' sums into slice 0, in slice order, through shared memory (the tiles are done with) */
