@@ -45,38 +45,35 @@ DR_DCN_KERNELS(f64, double)
 DR_DCN_KERNELS(f16, float)
 DR_DCN_KERNELS(bf16, float)
 
-/* The tiled forward: blocks [blockIdx.x, nblk) in steps of gridDim.x, the two steps of dr_dcn_tile_* (see
- * dr_dcnv4_body.inc). TAP is the tap type of the compute type. */
-#define DR_DCN_TILED_KERNEL(SFX, TAP)                                                                               \
-    __global__ void __launch_bounds__(256) dcn_fwd_tiled_##SFX(dr_dcn_args a, int64_t pairs, int64_t nblk) {      \
+/* The tiled kernels' block loop: blocks [blockIdx.x, nblk) in steps of gridDim.x, each the pixels [q0, q0 + npg)
+ * whose taps every thread of the block fills into the shared table (dr_dcn_tile_fill, see dr_dcnv4_body.inc),
+ * then BODY (which reads tab, q0 and npg). */
+#define DR_DCN_TILE_LOOP(SFX, BODY)                                                                                \
+    for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {                                                 \
+        const int64_t q0 = blk * a.tile_pix;                                                                       \
+        const int64_t npg = pairs - q0 < a.tile_pix ? pairs - q0 : a.tile_pix;                                     \
+        for (int64_t i = threadIdx.x; i < npg * a.K; i += blockDim.x)                                              \
+            dr_dcn_tile_fill_##SFX(&a, q0, tab, i);                                                                \
+        __syncthreads();                                                                                           \
+        BODY                                                                                                       \
+        __syncthreads();                                                                                           \
+    }
+
+/* The tiled forward: one thread per output element of the block. TAP is the tap type of the compute type. */
+#define DR_DCN_TILED_KERNEL(SFX, TAP)                                                                              \
+    __global__ void __launch_bounds__(256) dcn_fwd_tiled_##SFX(dr_dcn_args a, int64_t pairs, int64_t nblk) {       \
         __shared__ TAP tab[DR_DCN_TILE_TAPS];                                                                      \
-        for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {                                             \
-            const int64_t q0 = blk * a.tile_pix;                                                                   \
-            const int64_t npg = pairs - q0 < a.tile_pix ? pairs - q0 : a.tile_pix;                                 \
-            for (int64_t i = threadIdx.x; i < npg * a.K; i += blockDim.x)                                          \
-                dr_dcn_tile_fill_##SFX(&a, q0, tab, i);                                                            \
-            __syncthreads();                                                                                       \
-            for (int64_t e = threadIdx.x; e < npg * a.D; e += blockDim.x)                                          \
-                dr_dcn_tile_elem_##SFX(&a, q0, tab, e);                                                            \
-            __syncthreads();                                                                                       \
-        }                                                                                                          \
+        DR_DCN_TILE_LOOP(SFX, for (int64_t e = threadIdx.x; e < npg * a.D; e += blockDim.x)                        \
+                                  dr_dcn_tile_elem_##SFX(&a, q0, tab, e);)                                         \
     }
 
 /* The tiled value scatter of the backward's default mode: the forward's table, then one thread per grad_output
  * element adding into its taps' corners with atomics. */
-#define DR_DCN_SCATTER_TILED_KERNEL(SFX, TAP)                                                                       \
+#define DR_DCN_SCATTER_TILED_KERNEL(SFX, TAP)                                                                      \
     __global__ void __launch_bounds__(256) dcn_bwd_scatter_tiled_##SFX(dr_dcn_args a, int64_t pairs, int64_t nblk) { \
         __shared__ TAP tab[DR_DCN_TILE_TAPS];                                                                      \
-        for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {                                             \
-            const int64_t q0 = blk * a.tile_pix;                                                                   \
-            const int64_t npg = pairs - q0 < a.tile_pix ? pairs - q0 : a.tile_pix;                                 \
-            for (int64_t i = threadIdx.x; i < npg * a.K; i += blockDim.x)                                          \
-                dr_dcn_tile_fill_##SFX(&a, q0, tab, i);                                                            \
-            __syncthreads();                                                                                       \
-            for (int64_t e = threadIdx.x; e < npg * a.D; e += blockDim.x)                                          \
-                dr_dcn_tile_scatter_##SFX(&a, q0, tab, e);                                                         \
-            __syncthreads();                                                                                       \
-        }                                                                                                          \
+        DR_DCN_TILE_LOOP(SFX, for (int64_t e = threadIdx.x; e < npg * a.D; e += blockDim.x)                        \
+                                  dr_dcn_tile_scatter_##SFX(&a, q0, tab, e);)                                      \
     }
 
 DR_DCN_SCATTER_TILED_KERNEL(f32, dr_dcn_tap_f)
@@ -88,30 +85,22 @@ DR_DCN_SCATTER_TILED_KERNEL(bf16, dr_dcn_tap_f)
  * (the loop is uniform across a warp, so every lane is in each shuffle); lane l sums channels l, l + 32, ...
  * (dr_dcn_tile_om_lane) and the shuffle tree adds lane l + s into lane l for s = 16, ..., 1, the order the CPU
  * emulation runs (dcn_bwd_om_tiled_task). RT is the compute type. */
-#define DR_DCN_OM_TILED_KERNEL(SFX, TAP, RT)                                                                        \
-    __global__ void __launch_bounds__(256) dcn_bwd_om_tiled_##SFX(dr_dcn_args a, int64_t pairs, int64_t nblk) {  \
+#define DR_DCN_OM_TILED_KERNEL(SFX, TAP, RT)                                                                       \
+    __global__ void __launch_bounds__(256) dcn_bwd_om_tiled_##SFX(dr_dcn_args a, int64_t pairs, int64_t nblk) {    \
         __shared__ TAP tab[DR_DCN_TILE_TAPS];                                                                      \
         const int lane = (int)(threadIdx.x % DR_DCN_WARP);                                                         \
         const int64_t warp = threadIdx.x / DR_DCN_WARP, nwarp = blockDim.x / DR_DCN_WARP;                          \
-        for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {                                             \
-            const int64_t q0 = blk * a.tile_pix;                                                                   \
-            const int64_t npg = pairs - q0 < a.tile_pix ? pairs - q0 : a.tile_pix;                                 \
-            for (int64_t i = threadIdx.x; i < npg * a.K; i += blockDim.x)                                          \
-                dr_dcn_tile_fill_##SFX(&a, q0, tab, i);                                                            \
-            __syncthreads();                                                                                       \
-            for (int64_t t = warp; t < npg * a.K; t += nwarp) {                                                    \
-                RT s[3];                                                                                           \
-                dr_dcn_tile_om_lane_##SFX(&a, q0, tab, t, lane, s);                                                \
-                _Pragma("unroll") for (int off = DR_DCN_WARP / 2; off > 0; off >>= 1) {                            \
-                    s[0] += __shfl_down_sync(0xffffffffu, s[0], off);                                              \
-                    s[1] += __shfl_down_sync(0xffffffffu, s[1], off);                                              \
-                    s[2] += __shfl_down_sync(0xffffffffu, s[2], off);                                              \
-                }                                                                                                  \
-                if (lane == 0)                                                                                     \
-                    dr_dcn_tile_om_store_##SFX(&a, q0, tab, t, s);                                                 \
+        DR_DCN_TILE_LOOP(SFX, for (int64_t t = warp; t < npg * a.K; t += nwarp) {                                  \
+            RT s[3];                                                                                               \
+            dr_dcn_tile_om_lane_##SFX(&a, q0, tab, t, lane, s);                                                    \
+            _Pragma("unroll") for (int off = DR_DCN_WARP / 2; off > 0; off >>= 1) {                                \
+                s[0] += __shfl_down_sync(0xffffffffu, s[0], off);                                                  \
+                s[1] += __shfl_down_sync(0xffffffffu, s[1], off);                                                  \
+                s[2] += __shfl_down_sync(0xffffffffu, s[2], off);                                                  \
             }                                                                                                      \
-            __syncthreads();                                                                                       \
-        }                                                                                                          \
+            if (lane == 0)                                                                                         \
+                dr_dcn_tile_om_store_##SFX(&a, q0, tab, t, s);                                                     \
+        })                                                                                                         \
     }
 
 DR_DCN_OM_TILED_KERNEL(f32, dr_dcn_tap_f, float)

@@ -46,52 +46,44 @@ DR_ROI_KERNELS(f64, double)
 DR_ROI_KERNELS(f16, float)
 DR_ROI_KERNELS(bf16, float)
 
-/* The tiled forward: blocks [blockIdx.x, nblk) in steps of gridDim.x, each the three steps of dr_roi_tile_* (see
- * dr_roi_align_body.inc). TAP is the tap type of the compute type. */
-#define DR_ROI_TILED_KERNEL(SFX, TAP)                                                                               \
-    __global__ void __launch_bounds__(256) roi_fwd_tiled_##SFX(dr_roi_args a, int64_t nblk) {                     \
-        __shared__ dr_roi_tile_##SFX t;                                                                           \
+/* The tiled kernels' block loop: blocks [blockIdx.x, nblk) in steps of gridDim.x, each the three steps of
+ * dr_roi_tile_* (see dr_roi_align_body.inc): thread 0 plans the block (begin), every thread fills the shared tap
+ * table when the block has one (fill), then BODY runs over the block's ne elements (it reads t, tab and ne). */
+#define DR_ROI_TILE_LOOP(SFX, BODY)                                                                                \
+    for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {                                                 \
+        if (threadIdx.x == 0)                                                                                      \
+            dr_roi_tile_begin_##SFX(&a, blk, &t);                                                                  \
+        __syncthreads();                                                                                           \
+        if (t.table)                                                                                               \
+            for (int64_t i = threadIdx.x; i < t.ny + t.nx; i += blockDim.x)                                        \
+                dr_roi_tile_fill_##SFX(&a, &t, tab, i);                                                            \
+        __syncthreads();                                                                                           \
+        const int64_t ne = (t.c1 - t.c0) * bins;                                                                   \
+        BODY                                                                                                       \
+        __syncthreads();                                                                                           \
+    }
+
+/* The tiled forward: one thread per output element of the block. TAP is the tap type of the compute type. */
+#define DR_ROI_TILED_KERNEL(SFX, TAP)                                                                              \
+    __global__ void __launch_bounds__(256) roi_fwd_tiled_##SFX(dr_roi_args a, int64_t nblk) {                      \
+        __shared__ dr_roi_tile_##SFX t;                                                                            \
         __shared__ TAP tab[DR_ROI_TILE_TAPS];                                                                      \
-        const int64_t bins = a.pooled_h * a.pooled_w;                                                             \
-        for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {                                             \
-            if (threadIdx.x == 0)                                                                                  \
-                dr_roi_tile_begin_##SFX(&a, blk, &t);                                                              \
-            __syncthreads();                                                                                       \
-            if (t.table)                                                                                           \
-                for (int64_t i = threadIdx.x; i < t.ny + t.nx; i += blockDim.x)                                    \
-                    dr_roi_tile_fill_##SFX(&a, &t, tab, i);                                                        \
-            __syncthreads();                                                                                       \
-            const int64_t ne = (t.c1 - t.c0) * bins;                                                               \
-            for (int64_t e = threadIdx.x; e < ne; e += blockDim.x)                                                 \
-                dr_roi_tile_elem_##SFX(&a, &t, tab, e);                                                            \
-            __syncthreads();                                                                                       \
-        }                                                                                                          \
+        const int64_t bins = a.pooled_h * a.pooled_w;                                                              \
+        DR_ROI_TILE_LOOP(SFX, for (int64_t e = threadIdx.x; e < ne; e += blockDim.x)                               \
+                                  dr_roi_tile_elem_##SFX(&a, &t, tab, e);)                                         \
     }
 
 /* The tiled backward's default (atomic) mode: the forward's steps 1 and 2, then one thread per grad_output element
  * of the block scattering with atomics. */
-#define DR_ROI_SCATTER_TILED_KERNEL(SFX, TAP)                                                                       \
-    __global__ void __launch_bounds__(256) roi_bwd_scatter_tiled_##SFX(dr_roi_args a, int64_t nblk) {             \
-        __shared__ dr_roi_tile_##SFX t;                                                                           \
+#define DR_ROI_SCATTER_TILED_KERNEL(SFX, TAP)                                                                      \
+    __global__ void __launch_bounds__(256) roi_bwd_scatter_tiled_##SFX(dr_roi_args a, int64_t nblk) {              \
+        __shared__ dr_roi_tile_##SFX t;                                                                            \
         __shared__ TAP tab[DR_ROI_TILE_TAPS];                                                                      \
-        const int64_t bins = a.pooled_h * a.pooled_w;                                                             \
-        for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {                                             \
-            if (threadIdx.x == 0)                                                                                  \
-                dr_roi_tile_begin_##SFX(&a, blk, &t);                                                              \
-            __syncthreads();                                                                                       \
-            if (t.table)                                                                                           \
-                for (int64_t i = threadIdx.x; i < t.ny + t.nx; i += blockDim.x)                                    \
-                    dr_roi_tile_fill_##SFX(&a, &t, tab, i);                                                        \
-            __syncthreads();                                                                                       \
-            const int64_t ne = (t.c1 - t.c0) * bins;                                                               \
-            if (t.table)                                                                                           \
-                for (int64_t e = threadIdx.x; e < ne; e += blockDim.x)                                             \
-                    dr_roi_tile_scatter_as_##SFX(&a, &t, tab, e, 1);                                               \
-            else                                                                                                   \
-                for (int64_t e = threadIdx.x; e < ne; e += blockDim.x)                                             \
-                    dr_roi_tile_scatter_as_##SFX(&a, &t, tab, e, 0);                                               \
-            __syncthreads();                                                                                       \
-        }                                                                                                          \
+        const int64_t bins = a.pooled_h * a.pooled_w;                                                              \
+        DR_ROI_TILE_LOOP(SFX, if (t.table) for (int64_t e = threadIdx.x; e < ne; e += blockDim.x)                  \
+                                  dr_roi_tile_scatter_as_##SFX(&a, &t, tab, e, 1);                                 \
+                              else for (int64_t e = threadIdx.x; e < ne; e += blockDim.x)                          \
+                                  dr_roi_tile_scatter_as_##SFX(&a, &t, tab, e, 0);)                                \
     }
 
 DR_ROI_SCATTER_TILED_KERNEL(f32, dr_roi_tap_f)
