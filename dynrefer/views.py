@@ -1,4 +1,4 @@
-"""Nested views of referred regions: geometry, view selection and the transform the model consumes (docs/DESIGN.md §7.2–7.4).
+"""Nested views of referred regions: geometry, view selection and the transform the model consumes.
 
 A region ``b_r`` of an image of size ``W x H`` has views ``b(t) = b_r + t·([0, 0, W, H] − b_r)`` for coefficients
 ``t ∈ [0, 1]``: ``t = 0`` is the tight box, ``t = 1`` the whole image. DynRefer feeds the model ``n`` views per

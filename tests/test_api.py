@@ -43,3 +43,22 @@ def test_config_repr_is_one_short_line():
     for preset in ("official", "medium", "tiny"):
         r = repr(DynReferConfig.from_preset(preset))
         assert "\n" not in r and len(r) < 160 and "views" in r
+
+
+def test_package_text_points_only_inside_the_package():
+    """Docstrings, comments and shipped configs do not send a reader to documents that are not installed with the
+    package (the repository's docs/ folder)."""
+    import re
+
+    import dynrefer
+
+    root = os.path.dirname(dynrefer.__file__)
+    pattern = re.compile(r"docs/|DESIGN(\.md| §)|ARCHITECTURE\.md")
+    hits = []
+    for base, _, files in os.walk(root):
+        for name in files:
+            if name.endswith((".py", ".yaml", ".yml", ".txt", ".json")):
+                path = os.path.join(base, name)
+                with open(path, encoding="utf-8") as f:
+                    hits += [f"{os.path.relpath(path, root)}:{i}" for i, line in enumerate(f, 1) if pattern.search(line)]
+    assert hits == []

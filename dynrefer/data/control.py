@@ -28,8 +28,8 @@ from numpy.typing import ArrayLike
 __all__ = ["SEPARATOR", "control_sentence", "sample_control_words", "unique_words", "control_from_scores",
            "TAG_THRESHOLDS", "caption_phrases", "phrases_from_tags"]
 
-#: Inference thresholds on the tag decoder's sigmoid scores (docs/DESIGN.md §8): 0.7 by default, 0.76 for RefCOCOg, 0.8 for
-#: VG region captioning.
+#: Inference thresholds on the tag decoder's sigmoid scores (the official evaluation configs): 0.7 by default,
+#: 0.76 for RefCOCOg, 0.8 for VG region captioning.
 TAG_THRESHOLDS = {"default": 0.7, "refcocog": 0.76, "vg": 0.8}
 
 SEPARATOR = "|"

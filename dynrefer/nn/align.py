@@ -5,7 +5,7 @@ Parameter names follow the official ``cvem_align`` module so its weights load un
     offset_mask     Linear(C → P), P = 3·G·K rounded up to a multiple of 8, zero-initialised
     value_proj      Linear(C → C), xavier-uniform, zero bias
     output_proj     Linear(C → C), xavier-uniform, zero bias
-Kernel 3, stride 1, pad 1, dilation 1, group 4, offset_scale 1.0 (docs/DESIGN.md §7.5).
+Kernel 3, stride 1, pad 1, dilation 1, group 4, offset_scale 1.0 (``dynrefer.ops.dcnv4``).
 """
 from __future__ import annotations
 

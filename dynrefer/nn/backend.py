@@ -7,7 +7,7 @@ Backends:
                 kind of GPU (the table ``cuda_dispatch.json`` next to this file, written by the GPU check;
                 :func:`set_cuda_dispatch` / ``DYNREFER_CUDA_DISPATCH`` override it) — so the backend never loses.
     "peer"      torch.nn.functional.scaled_dot_product_attention, torchvision.ops.roi_align and
-                :func:`dcnv4_reference` (pure PyTorch, docs/DESIGN.md §7.5; also the peer of the A/B benchmarks).
+                :func:`dcnv4_reference` (pure PyTorch; also the peer of the A/B benchmarks).
 
     set_backend("peer"); with use_backend("dynrefer"): ...; get_backend()
 """
@@ -167,7 +167,7 @@ def _pair(x: _IntPair) -> Tuple[int, ...]:
 def dcnv4_reference(value: Tensor, offset_mask: Tensor, kernel_size: _IntPair = 3, stride: _IntPair = 1,
                     padding: _IntPair = 1, dilation: _IntPair = 1, group: int = 4, group_channels: Optional[int] = None,
                     offset_scale: float = 1.0, remove_center: bool = False) -> Tensor:
-    """Pure-PyTorch DCNv4 (docs/DESIGN.md §7.5): value [N,H,W,G*D] channels-last, offset_mask [N,Ho,Wo,P].
+    """Pure-PyTorch DCNv4 (``dynrefer.ops.dcnv4``'s semantics): value [N,H,W,G*D] channels-last, offset_mask [N,Ho,Wo,P].
 
     For each output pixel, group g and tap k (kernel x outer, y inner): sample value bilinearly at
     (h, w) = (ho*s - p + (dil*(kh-1))//2*(1-os) + (j*dil + dy)*os, likewise w with i, dx), only when

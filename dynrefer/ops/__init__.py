@@ -11,7 +11,7 @@ Ops:
         drop-in for ``torchvision.ops.RoIAlign`` (an ``nn.Module``; needs PyTorch)
     crop_resize(images, boxes, size=224, ...), phash(images, boxes, method=...), phash_hex(hashes),
     hamming(a, b), select_views(hashes, coeffs, num)
-        nested-view kernels (docs/DESIGN.md §7.2–7.4); see ``dynrefer.views`` for the transform built on them
+        nested-view kernels; see ``dynrefer.views`` for the transform built on them
     dcnv4(value, offset_mask, kernel_size=3, stride=1, padding=1, dilation=1, group=4, group_channels=None,
           offset_scale=1.0, remove_center=False)
         DCNv4 deformable aggregation (channels last), DCNv4's semantics on CPU and CUDA

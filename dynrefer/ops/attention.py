@@ -1,5 +1,5 @@
-"""Fused scaled-dot-product attention with the semantics of ``torch.nn.functional.scaled_dot_product_attention``
-(docs/DESIGN.md §7.6), for NumPy arrays and PyTorch tensors."""
+"""Fused scaled-dot-product attention with the semantics of ``torch.nn.functional.scaled_dot_product_attention``,
+for NumPy arrays and PyTorch tensors."""
 from __future__ import annotations
 
 import math

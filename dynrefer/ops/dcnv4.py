@@ -1,4 +1,4 @@
-"""DCNv4 deformable aggregation (docs/DESIGN.md §7.5), for NumPy arrays and PyTorch tensors.
+"""DCNv4 deformable aggregation, for NumPy arrays and PyTorch tensors.
 
 Semantics are those of DCNv4's ``DCNv4Function`` (OpenGVLab/DCNv4) with softmax off, on CPU and CUDA.
 """

@@ -19,7 +19,7 @@ def check_errors(device: Optional[Any] = None) -> None:
     """Raise the error a kernel recorded on the device since the last check, after synchronising it.
 
     CUDA RoI-Align checks batch indices on the device without a host synchronisation: a RoI whose batch index is
-    outside ``[0, N)`` pools to zeros and the first one is recorded (DESIGN §4). The next RoI-Align call on that
+    outside ``[0, N)`` pools to zeros and the first one is recorded. The next RoI-Align call on that
     device raises it; this raises it now: it waits for the device's queued work and raises ``ValueError`` naming
     the RoI, its index and N, then clears the record. ``device``: None (every device dynrefer has used, and the
     CPU emulation of the CUDA kernel), ``"cpu"``, ``"cuda"`` (the current device), ``"cuda:<i>"``, an ``int`` or a

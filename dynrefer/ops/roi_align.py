@@ -1,4 +1,4 @@
-"""RoI-Align with torchvision's semantics (docs/DESIGN.md §7.1), for NumPy arrays and PyTorch tensors."""
+"""RoI-Align with torchvision's semantics, for NumPy arrays and PyTorch tensors."""
 # Annotations stay unevaluated (no torch here); TorchScript reads them from the source.
 from __future__ import annotations
 

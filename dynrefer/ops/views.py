@@ -1,4 +1,4 @@
-"""Nested-view kernels (docs/DESIGN.md §7.2–7.4): batched crop + resize + normalise, perceptual hashes, view selection.
+"""Nested-view kernels: batched crop + resize + normalise, perceptual hashes, view selection.
 
 All three take many boxes of one or more images in one call and run in C (CPU threads) or CUDA, without
 materialising crops. Images are ``H x W x 3`` uint8 RGB, channels last (NumPy arrays or torch tensors; any strides;
