@@ -165,6 +165,19 @@ static pthread_mutex_t g_tiled_err_mu = PTHREAD_MUTEX_INITIALIZER;
 static dr_roi_index_error g_tiled_err;
 static unsigned int g_tiled_claim, g_tiled_gen;
 
+/* The tiled schedule's settings of a launch (tap-table size, channels per block) and its error record; op: 0
+ * forward, 1 backward; channels_last: the pooled tensor's channel stride is 1. */
+static void tiled_setup(dr_roi_args *a, int64_t tile_taps, int channels_last, int op) {
+    a->tile_taps = tile_taps < 0 || tile_taps > DR_ROI_TILE_TAPS ? DR_ROI_TILE_TAPS : tile_taps;
+    a->tile_channels = dr_roi_tile_channels(a->C, a->pooled_h * a->pooled_w, channels_last);
+    pthread_mutex_lock(&g_tiled_err_mu);
+    a->err = &g_tiled_err;
+    a->err_claim = &g_tiled_claim;
+    a->err_gen = g_tiled_gen;
+    a->err_op = op;
+    pthread_mutex_unlock(&g_tiled_err_mu);
+}
+
 dr_status dr_roi_align_forward_tiled_cpu(const dr_tensor *input, const dr_tensor *rois, dr_tensor *output,
                                          const dr_roi_align_params *p, int64_t tile_taps) {
     dr_roi_args a;
@@ -175,13 +188,7 @@ dr_status dr_roi_align_forward_tiled_cpu(const dr_tensor *input, const dr_tensor
         return dr_set_error(DR_EINVAL, "roi_align: CPU kernel called with tensors on another device");
     if (a.K == 0 || a.C == 0)
         return DR_OK;
-    a.tile_taps = tile_taps < 0 || tile_taps > DR_ROI_TILE_TAPS ? DR_ROI_TILE_TAPS : tile_taps;
-    a.tile_channels = dr_roi_tile_channels(a.C, a.pooled_h * a.pooled_w, a.in_s[1] == 1);
-    pthread_mutex_lock(&g_tiled_err_mu);
-    a.err = &g_tiled_err;
-    a.err_claim = &g_tiled_claim;
-    a.err_gen = g_tiled_gen;
-    pthread_mutex_unlock(&g_tiled_err_mu);
+    tiled_setup(&a, tile_taps, a.in_s[1] == 1, 0);
     roi_ctx cx;
     cx.a = &a;
     const int64_t blocks = a.K * ((a.C + a.tile_channels - 1) / a.tile_channels);
@@ -200,14 +207,7 @@ dr_status dr_roi_align_backward_tiled_cpu(const dr_tensor *grad_output, const dr
         return dr_set_error(DR_EINVAL, "roi_align: CPU kernel called with tensors on another device");
     if (a.C == 0)
         return DR_OK;
-    a.tile_taps = tile_taps < 0 || tile_taps > DR_ROI_TILE_TAPS ? DR_ROI_TILE_TAPS : tile_taps;
-    a.tile_channels = dr_roi_tile_channels(a.C, a.pooled_h * a.pooled_w, a.out_s[1] == 1);
-    pthread_mutex_lock(&g_tiled_err_mu);
-    a.err = &g_tiled_err;
-    a.err_claim = &g_tiled_claim;
-    a.err_gen = g_tiled_gen;
-    a.err_op = 1;
-    pthread_mutex_unlock(&g_tiled_err_mu);
+    tiled_setup(&a, tile_taps, a.out_s[1] == 1, 1);
     DR_DISPATCH(grad_output->dtype, roi_bwd_tiled_serial, &a);
     return DR_OK;
 }
