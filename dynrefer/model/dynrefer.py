@@ -369,6 +369,11 @@ class DynRefer(nn.Module):
         q = text_embeds.unsqueeze(0).expand(vis.shape[0], -1, -1)
         return self.attr_fc(F.normalize(self.attr_head(q, vis), dim=-1)).squeeze(-1)
 
+    def prompt_similarity(self, prompt_embeds: Tensor, vis: Tensor) -> Tensor:
+        """D_rtc's similarity of regions ``vis`` [R, Q, H] (``attr_vision_proj`` of x_v) to frozen prompt embeddings
+        [L, E] (``ov_embeds`` for the classes, ``att_embeds`` for the attribute prompts) → [R, L]."""
+        return self.rtc_similarity(self.attr_text_proj(prompt_embeds.to(vis.dtype)), vis)
+
     def rtc_logits(self, sim: Tensor) -> Tensor:
         return sim * self.attr_t.exp() + self.attr_b
 
@@ -402,7 +407,7 @@ class DynRefer(nn.Module):
         if not bool(keep.any()):
             return x_v.new_zeros(())
         vis = self.attr_vision_proj(x_v[keep])
-        logits = self.rtc_logits(self.rtc_similarity(self.attr_text_proj(self.ov_embeds.to(vis.dtype)), vis))
+        logits = self.rtc_logits(self.prompt_similarity(self.ov_embeds, vis))
         z = -torch.ones_like(logits)
         z[torch.arange(logits.shape[0], device=logits.device), labels[keep]] = 1
         return -F.logsigmoid(z * logits).sum() / logits.shape[0]
@@ -637,14 +642,14 @@ class DynRefer(nn.Module):
                 res[i]["tags"] = tag_lists[-1]
         vis: Any = self.attr_vision_proj(x_v) if ("category" in tasks or "attribute" in tasks) else None
         if "category" in tasks and self.classes:
-            prob = self._rtc_scores(self.rtc_similarity(self.attr_text_proj(self.ov_embeds), vis), "category")
+            prob = self._rtc_scores(self.prompt_similarity(self.ov_embeds, vis), "category")
             best = prob.argmax(-1)
             for i in range(n):
                 res[i]["category"] = self.classes[int(best[i])]
                 res[i]["category_score"] = float(prob[i, best[i]])
                 res[i]["category_scores"] = prob[i].float().cpu().tolist()
         if "attribute" in tasks and self.attributes:
-            prob = self._rtc_scores(self.rtc_similarity(self.attr_text_proj(self.att_embeds), vis), "attribute")
+            prob = self._rtc_scores(self.prompt_similarity(self.att_embeds, vis), "attribute")
             per_attr = torch.stack([p.max(-1).values for p in prob.split(self.att_len_synonyms, dim=1)], dim=1)
             for i in range(n):
                 res[i]["attributes"] = [(name, float(sc)) for name, sc in
