@@ -460,10 +460,11 @@ class DynRefer(nn.Module):
             loss_tag = self.tag_loss_function(self.tag_logits(x_v).float(), targets)
             loss_rtc = self.rtc_loss(x_v, captions).float()
             loss_llm = self.llm_loss(x_v, control, captions).float()
+            with_cat = self.config.category_weight > 0 and samples.get("category") is not None
+            loss_cat = self.category_loss(x_v, samples["category"]).float() if with_cat else None
         loss = loss_llm + self.config.tag_weight * loss_tag + self.config.rtc_weight * loss_rtc
         out = {"loss_llm": loss_llm.detach(), "loss_tag": loss_tag.detach(), "loss_rtc": loss_rtc.detach()}
-        if self.config.category_weight > 0 and samples.get("category") is not None:
-            loss_cat = self.category_loss(x_v, samples["category"]).float()
+        if loss_cat is not None:  # D_rtc under the heads' autocast, as the other head losses
             loss = loss + self.config.category_weight * loss_cat
             out["loss_cat"] = loss_cat.detach()
         return {"loss": loss, **out}
