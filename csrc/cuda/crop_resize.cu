@@ -60,13 +60,12 @@ __global__ void ref_box_kernel(dr_image_table tab, dr_view_io io, dr_crop_out o,
         const dr_image_ref *im = view_image(tab, io, v);
         if (!im)
             continue;
-        double b[4], rb[4];
-        view_box(io, v, b);
+        double rb[4];
         for (int k = 0; k < 4; k++) {
             int64_t off = v * o.rs0 + k * o.rs1;
             rb[k] = dr_load_real(o.ref, o.ref_dtype, off);
         }
-        dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
+        dr_crop cr = view_crop(io, v, im);
         float r[4];
         dr_ref_box(&cr, rb, im->w, im->h, p.size, p.kind == DR_RS_PIL, r);
         for (int k = 0; k < 4; k++)

@@ -27,9 +27,7 @@ __global__ void __launch_bounds__(PHASH_THREADS, 1) phash_dyn_kernel(dr_image_ta
         const dr_image_ref *im = view_image(tab, io, v);
         if (!im)
             continue; /* uniform across the block */
-        double b[4];
-        view_box(io, v, b);
-        dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
+        dr_crop cr = view_crop(io, v, im);
         for (int64_t e = threadIdx.x; e < 2 * DR_PHASH_DYN_RES; e += blockDim.x)
             dr_phash_dyn_taps(&cr, taps, e);
         __syncthreads();
@@ -69,9 +67,7 @@ __global__ void __launch_bounds__(PHASH_THREADS, 2) phash_ih_kernel(dr_image_tab
         const dr_image_ref *im = view_image(tab, io, v);
         if (!im)
             continue; /* uniform across the block */
-        double b[4];
-        view_box(io, v, b);
-        dr_crop cr = dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
+        dr_crop cr = view_crop(io, v, im);
         if (threadIdx.x == 0)
             dr_ih_tile_begin(&cr, R, pil_order, &t); /* read from shared memory: fewer registers */
         __syncthreads();

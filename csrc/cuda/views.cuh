@@ -27,6 +27,13 @@ __device__ static inline void view_box(const dr_view_io &io, int64_t v, double b
     }
 }
 
+/* The crop of view v's box on its image im. */
+__device__ static inline dr_crop view_crop(const dr_view_io &io, int64_t v, const dr_image_ref *im) {
+    double b[4];
+    view_box(io, v, b);
+    return dr_crop_of_box(b[0], b[1], b[2], b[3], im->w, im->h);
+}
+
 /* The image of view v if it is in this launch's chunk, else NULL. */
 __device__ static inline const dr_image_ref *view_image(const dr_image_table &tab, const dr_view_io &io, int64_t v) {
     int64_t i = io.index ? io.index[v * io.is0] : 0;
